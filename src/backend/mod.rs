@@ -1,0 +1,360 @@
+//! The backend seam. Every numeric kernel the engine needs is a method of [`Backend`]; the CPU
+//! reference (`cpu`) and CUDA (`cuda`) implement the same set. Autograd (`crate::ops`) and the
+//! models only ever call these methods, so a backend is added without touching them.
+//!
+//! Layout conventions: f32, NCHW, contiguous. Conv weights `[c_out, c_in, kh, kw]`.
+
+pub mod cpu;
+pub mod cuda;
+
+use anyhow::{bail, Result};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+
+/// Where a tensor lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Element storage. One variant per backend; a backend only ever sees its own variant.
+pub enum Storage {
+    Cpu(Vec<f32>),
+    Cuda(cuda::CudaBuffer),
+}
+
+impl Storage {
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(v) => v.len(),
+            Storage::Cuda(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(b) => Device::Cuda(b.ordinal()),
+        }
+    }
+}
+
+/// Geometry of one 2-D convolution (cross-correlation, as PyTorch): input `[n, c_in, h, w]`,
+/// weight `[c_out, c_in, kh, kw]`, output `[n, c_out, oh, ow]`. A transposed convolution is
+/// described by the geometry of the convolution whose backward-data it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Geometry of a forward convolution; errors if the kernel does not fit.
+    pub fn conv(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        if stride == 0 || k == 0 {
+            bail!("conv2d: stride and kernel size must be positive");
+        }
+        if h + 2 * pad < k || w + 2 * pad < k {
+            bail!("conv2d: kernel {k} larger than padded input {h}x{w} (padding {pad})");
+        }
+        Ok(ConvGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+            oh: (h + 2 * pad - k) / stride + 1,
+            ow: (w + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    /// The convolution whose backward-data is `conv_transpose2d` of an input `[n, c_in, h, w]`
+    /// with weight `[c_in, c_out, k, k]`: its input is the transposed conv's output.
+    pub fn transposed(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        output_padding: usize,
+    ) -> Result<Self> {
+        if stride == 0 || k == 0 {
+            bail!("conv_transpose2d: stride and kernel size must be positive");
+        }
+        if output_padding >= stride {
+            bail!("conv_transpose2d: output_padding {output_padding} must be smaller than stride {stride}");
+        }
+        let full_h = (h - 1) * stride + k + output_padding;
+        let full_w = (w - 1) * stride + k + output_padding;
+        if full_h <= 2 * pad || full_w <= 2 * pad {
+            bail!("conv_transpose2d: padding {pad} leaves no output");
+        }
+        Ok(ConvGeom {
+            n,
+            c_in: c_out,
+            h: full_h - 2 * pad,
+            w: full_w - 2 * pad,
+            c_out: c_in,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+            oh: h,
+            ow: w,
+        })
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    pub fn output_len(&self) -> usize {
+        self.n * self.c_out * self.oh * self.ow
+    }
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.c_in * self.kh * self.kw
+    }
+}
+
+/// Elementwise nonlinearities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Relu,
+    LeakyRelu(f32),
+    Tanh,
+    Sigmoid,
+}
+
+/// `[n, c, hw]` view of an NCHW tensor for per-channel ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelDims {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl ChannelDims {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a training-mode batch norm forward saves for its backward.
+pub struct BatchNormSaved {
+    pub y: Storage,
+    /// Per-channel batch mean.
+    pub mean: Storage,
+    /// Per-channel 1/sqrt(biased var + eps).
+    pub invstd: Storage,
+}
+
+/// Hyper-parameters of one Adam step, bias corrections already folded in by the optimiser.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// 1 - beta1^t
+    pub bias_correction1: f32,
+    /// 1 - beta2^t
+    pub bias_correction2: f32,
+}
+
+/// One parameter tensor in an Adam update.
+pub struct AdamItem<'a> {
+    pub param: &'a mut Storage,
+    pub grad: &'a Storage,
+    pub m: &'a mut Storage,
+    pub v: &'a mut Storage,
+    pub lr: f32,
+}
+
+/// The op set. Inputs are validated by the caller (`crate::ops`): lengths agree with the
+/// dimensions passed. Every method may fail (device errors, out of memory).
+pub trait Backend {
+    fn device(&self) -> Device;
+
+    // ---- memory
+    fn upload(&self, host: &[f32]) -> Result<Storage>;
+    fn download(&self, s: &Storage) -> Result<Vec<f32>>;
+    fn zeros(&self, len: usize) -> Result<Storage>;
+    fn full(&self, len: usize, value: f32) -> Result<Storage>;
+    fn copy(&self, s: &Storage) -> Result<Storage>;
+
+    // ---- elementwise
+    fn add(&self, a: &Storage, b: &Storage) -> Result<Storage>;
+    /// `acc += x` (gradient accumulation).
+    fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()>;
+    fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage>;
+    fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage>;
+    /// `a * s[0] * alpha` where `s` holds one element (on the device).
+    fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage>;
+    fn activation(&self, act: Activation, x: &Storage) -> Result<Storage>;
+    /// dx from the forward input `x`, its output `y` and `dy`.
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &Storage,
+        y: &Storage,
+        dy: &Storage,
+    ) -> Result<Storage>;
+
+    // ---- reductions on a `[rows, cols]` view
+    /// `out[r] = alpha * sum_c x[r, c]`.
+    fn sum_rows(&self, x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage>;
+    /// `out[r, c] = alpha * g[r]` (backward of `sum_rows`).
+    fn broadcast_rows(&self, g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage>;
+
+    // ---- convolution (cross-correlation, no bias)
+    fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage>;
+    fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage>;
+    fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage>;
+    /// `y[n, c, :] + b[c]`.
+    fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage>;
+    /// `out[c] = sum_{n, hw} dy[n, c, hw]` (bias gradient).
+    fn channel_sum(&self, dy: &Storage, d: ChannelDims) -> Result<Storage>;
+
+    // ---- batch norm (PyTorch semantics: biased var to normalise, unbiased into running_var)
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<BatchNormSaved>;
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+    ) -> Result<Storage>;
+    /// Returns (dx, dgamma, dbeta) for a training-mode forward.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+    ) -> Result<(Storage, Storage, Storage)>;
+
+    // ---- random (counter-based: element i depends only on seed and i; see crate::rng)
+    /// Inverted-dropout mask: `1/(1-p)` where kept, else 0.
+    fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage>;
+    /// `x + std * N(0, 1)`.
+    fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage>;
+
+    // ---- spectral norm of `w` viewed as `[rows, cols]`
+    /// One power iteration when `update` (v = normalize(Wᵀu), u = normalize(Wv), written
+    /// back), then sigma = uᵀWv. Returns sigma as a one-element storage.
+    fn spectral_norm_sigma(
+        &self,
+        w: &Storage,
+        u: &mut Storage,
+        v: &mut Storage,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+        update: bool,
+    ) -> Result<Storage>;
+    /// Gradient of W/sigma(W) with respect to W, u and v held fixed:
+    /// `dW = g/sigma - (sum(g*W)/sigma^2) u vᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn spectral_norm_backward(
+        &self,
+        w: &Storage,
+        g: &Storage,
+        u: &Storage,
+        v: &Storage,
+        sigma: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Storage>;
+
+    // ---- loss
+    /// Mean binary cross-entropy with logits against a constant `target`, fused: returns
+    /// (loss as one element, d loss / d x).
+    fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)>;
+
+    // ---- optimiser
+    /// Bias-corrected Adam (PyTorch's formula) over every item, in one pass where possible.
+    fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()>;
+
+    /// Waits for queued work (timing, error surfacing). A no-op on the CPU.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+thread_local! {
+    static BACKENDS: RefCell<HashMap<Device, Rc<dyn Backend>>> = RefCell::new(HashMap::new());
+}
+
+/// The backend for `device`, created on first use (which is where a missing GPU or library is
+/// reported).
+pub fn backend(device: Device) -> Result<Rc<dyn Backend>> {
+    if let Some(b) = BACKENDS.with(|m| m.borrow().get(&device).cloned()) {
+        return Ok(b);
+    }
+    let b: Rc<dyn Backend> = match device {
+        Device::Cpu => Rc::new(cpu::CpuBackend),
+        Device::Cuda(ordinal) => Rc::new(cuda::CudaBackend::new(ordinal)?),
+    };
+    BACKENDS.with(|m| m.borrow_mut().insert(device, b.clone()));
+    Ok(b)
+}

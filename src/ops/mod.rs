@@ -1,0 +1,1 @@
+//! Differentiable ops: shape checks, the backend call, and the backward wiring.
