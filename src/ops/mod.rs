@@ -1,1 +1,37 @@
-//! Differentiable ops: shape checks, the backend call, and the backward wiring.
+//! Differentiable ops: shape checks, the backend call, and the backward wiring. Each op's
+//! numeric kernels live in the backends (`crate::backend::cpu`, `crate::backend::cuda`).
+
+mod batchnorm;
+mod conv;
+mod elementwise;
+mod loss;
+mod regularize;
+mod spectral_norm;
+
+pub use batchnorm::batch_norm2d;
+pub use conv::{conv2d, conv_transpose2d};
+pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
+pub use loss::bce_with_logits;
+pub use regularize::{dropout, gaussian_noise};
+pub use spectral_norm::spectral_norm_weight;
+
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
+
+fn same_device(op: &str, tensors: &[&Tensor]) -> Result<()> {
+    let d = tensors[0].device();
+    if let Some(t) = tensors.iter().find(|t| t.device() != d) {
+        bail!(
+            "{op}: tensors on different devices ({d} and {})",
+            t.device()
+        );
+    }
+    Ok(())
+}
+
+fn nchw(op: &str, x: &Tensor) -> Result<[usize; 4]> {
+    match *x.shape() {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        ref s => bail!("{op}: expected an NCHW tensor, got shape {s:?}"),
+    }
+}

@@ -1,0 +1,115 @@
+//! Elementwise ops, activations and reductions.
+
+use super::same_device;
+use crate::backend::{Activation, Storage};
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
+
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_device("add", &[a, b])?;
+    if a.shape() != b.shape() {
+        bail!("add: shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    let be = a.backend();
+    let y = be.add(&a.storage(), &b.storage())?;
+    Tensor::from_op(y, a.shape(), "add", &[a, b], move |g: &Storage| {
+        Ok(vec![Some(be.copy(g)?), Some(be.copy(g)?)])
+    })
+}
+
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_device("mul", &[a, b])?;
+    if a.shape() != b.shape() {
+        bail!("mul: shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    let be = a.backend();
+    let y = be.mul(&a.storage(), &b.storage())?;
+    let (sa, sb) = (a.storage_rc(), b.storage_rc());
+    Tensor::from_op(y, a.shape(), "mul", &[a, b], move |g: &Storage| {
+        Ok(vec![
+            Some(be.mul(g, &sb.borrow())?),
+            Some(be.mul(g, &sa.borrow())?),
+        ])
+    })
+}
+
+pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
+    let be = x.backend();
+    let y = be.scale(&x.storage(), alpha)?;
+    Tensor::from_op(y, x.shape(), "scale", &[x], move |g: &Storage| {
+        Ok(vec![Some(be.scale(g, alpha)?)])
+    })
+}
+
+fn activation(x: &Tensor, act: Activation, name: &'static str) -> Result<Tensor> {
+    let be = x.backend();
+    let y = be.activation(act, &x.storage())?;
+    let y_for_backward = be.copy(&y)?;
+    let sx = x.storage_rc();
+    Tensor::from_op(y, x.shape(), name, &[x], move |g: &Storage| {
+        Ok(vec![Some(be.activation_backward(
+            act,
+            &sx.borrow(),
+            &y_for_backward,
+            g,
+        )?)])
+    })
+}
+
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    activation(x, Activation::Relu, "relu")
+}
+
+pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
+    activation(x, Activation::LeakyRelu(slope), "leaky_relu")
+}
+
+pub fn tanh(x: &Tensor) -> Result<Tensor> {
+    activation(x, Activation::Tanh, "tanh")
+}
+
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    activation(x, Activation::Sigmoid, "sigmoid")
+}
+
+/// `[rows, cols]`-view row reduction scaled by `alpha`, with output shape `out_shape`.
+fn reduce_rows(
+    x: &Tensor,
+    rows: usize,
+    alpha: f32,
+    out_shape: &[usize],
+    name: &'static str,
+) -> Result<Tensor> {
+    let cols = x.numel() / rows.max(1);
+    let be = x.backend();
+    let y = be.sum_rows(&x.storage(), rows, cols, alpha)?;
+    Tensor::from_op(y, out_shape, name, &[x], move |g: &Storage| {
+        Ok(vec![Some(be.broadcast_rows(g, rows, cols, alpha)?)])
+    })
+}
+
+/// Sum of all elements, shape `[1]`.
+pub fn sum(x: &Tensor) -> Result<Tensor> {
+    reduce_rows(x, 1, 1.0, &[1], "sum")
+}
+
+/// Mean of all elements, shape `[1]`.
+pub fn mean(x: &Tensor) -> Result<Tensor> {
+    if x.numel() == 0 {
+        bail!("mean of an empty tensor");
+    }
+    reduce_rows(x, 1, 1.0 / x.numel() as f32, &[1], "mean")
+}
+
+/// Mean over everything but the first dimension: `[n, ...]` → `[n]` (global average pooling
+/// of a one-channel map).
+pub fn mean_rows(x: &Tensor) -> Result<Tensor> {
+    let Some(&n) = x.shape().first() else {
+        bail!("mean_rows of a scalar");
+    };
+    let cols = x.numel() / n.max(1);
+    if cols == 0 {
+        bail!("mean_rows of an empty tensor");
+    }
+    reduce_rows(x, n, 1.0 / cols as f32, &[n], "mean_rows")
+}

@@ -1,0 +1,37 @@
+//! Training-only regularisers: dropout and additive Gaussian noise. Both draw from the
+//! counter-based generator (`crate::rng`), so a given seed gives the same mask on every backend.
+
+use crate::backend::Storage;
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
+
+/// Inverted dropout with drop probability `p`; the identity when not training.
+pub fn dropout(x: &Tensor, p: f32, seed: u64, training: bool) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        bail!("dropout: probability {p} outside [0, 1)");
+    }
+    if !training || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let be = x.backend();
+    let mask = be.dropout_mask(x.numel(), p, seed)?;
+    let y = be.mul(&x.storage(), &mask)?;
+    Tensor::from_op(y, x.shape(), "dropout", &[x], move |g: &Storage| {
+        Ok(vec![Some(be.mul(g, &mask)?)])
+    })
+}
+
+/// `x + std·N(0, 1)` when training; the identity otherwise (and when `std` is 0).
+pub fn gaussian_noise(x: &Tensor, std: f32, seed: u64, training: bool) -> Result<Tensor> {
+    if !(std >= 0.0 && std.is_finite()) {
+        bail!("gaussian_noise: std {std} must be finite and non-negative");
+    }
+    if !training || std == 0.0 {
+        return Ok(x.clone());
+    }
+    let be = x.backend();
+    let y = be.add_gaussian_noise(&x.storage(), std, seed)?;
+    Tensor::from_op(y, x.shape(), "gaussian_noise", &[x], move |g: &Storage| {
+        Ok(vec![Some(be.copy(g)?)])
+    })
+}
