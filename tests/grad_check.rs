@@ -1,0 +1,410 @@
+//! Finite-difference checks of every op's backward on the CPU reference path.
+//!
+//! The engine computes in f32, so the check is done in f32 with a tolerance derived from the
+//! arithmetic rather than picked: for the probe loss L = Σ y·R (R fixed and random), central
+//! differences (L(x+h) − L(x−h))/2h carry a rounding error of about ε₃₂·Σ|y·R|/h (each
+//! evaluation of L is a sum of f32 outputs, each within a few ε₃₂ of exact, accumulated in f64
+//! here), plus a truncation error O(h²·L‴) that is under 1e-3 relative for the smooth ops at the
+//! step sizes used. The tolerance is `4·ε₃₂·Σ|y·R|/h + 2e-3·|g|` per element. Inputs of kinked
+//! ops (relu, leaky relu) are kept further than h from the kink.
+
+use artgan::ops;
+use artgan::rng::Rng;
+use artgan::tensor::{no_grad, Tensor};
+use artgan::Device;
+
+const CPU: Device = Device::Cpu;
+
+struct Input {
+    values: Vec<f32>,
+    shape: Vec<usize>,
+    /// Compare this input's gradient.
+    check: bool,
+}
+
+fn input(values: Vec<f32>, shape: &[usize]) -> Input {
+    Input {
+        values,
+        shape: shape.to_vec(),
+        check: true,
+    }
+}
+
+fn fixed(values: Vec<f32>, shape: &[usize]) -> Input {
+    Input {
+        check: false,
+        ..input(values, shape)
+    }
+}
+
+fn randn(rng: &mut Rng, shape: &[usize]) -> Vec<f32> {
+    rng.normal_vec(shape.iter().product(), 0.0, 1.0)
+}
+
+/// Values in ±[0.1, 1.1]: never within the finite-difference step of 0.
+fn away_from_zero(rng: &mut Rng, shape: &[usize]) -> Vec<f32> {
+    let n = shape.iter().product();
+    (0..n)
+        .map(|_| {
+            let m = 0.1 + rng.uniform();
+            if rng.uniform() < 0.5 {
+                -m
+            } else {
+                m
+            }
+        })
+        .collect()
+}
+
+/// Runs `f` on the inputs, back-propagates Σ f(x)·R, and compares the gradients of the checked
+/// inputs with central differences at up to `max_probes` random elements each.
+fn check_grad(name: &str, inputs: Vec<Input>, h: f32, f: impl Fn(&[Tensor]) -> Tensor) {
+    let mut rng = Rng::derive(0x9e37, name);
+    let leaves: Vec<Tensor> = inputs
+        .iter()
+        .map(|i| {
+            let t = Tensor::from_vec(i.values.clone(), &i.shape, CPU).unwrap();
+            if i.check {
+                t.requiring_grad()
+            } else {
+                t
+            }
+        })
+        .collect();
+    let y = f(&leaves);
+    let r_values = rng.normal_vec(y.numel(), 0.0, 1.0);
+    let r = Tensor::from_vec(r_values.clone(), y.shape(), CPU).unwrap();
+    let loss = ops::sum(&ops::mul(&y, &r).unwrap()).unwrap();
+    loss.backward().unwrap();
+
+    let probe_loss = |values: &[Vec<f32>]| -> (f64, f64) {
+        let _g = no_grad();
+        let ts: Vec<Tensor> = values
+            .iter()
+            .zip(&inputs)
+            .map(|(v, i)| Tensor::from_vec(v.clone(), &i.shape, CPU).unwrap())
+            .collect();
+        let out = f(&ts).to_vec().unwrap();
+        let l = out
+            .iter()
+            .zip(&r_values)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b));
+        let abs = out
+            .iter()
+            .zip(&r_values)
+            .map(|(&a, &b)| f64::from((a * b).abs()));
+        (l.sum(), abs.sum())
+    };
+
+    let mut checked = 0;
+    for (k, inp) in inputs.iter().enumerate() {
+        if !inp.check {
+            continue;
+        }
+        let analytic = leaves[k]
+            .grad_to_vec()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: input {k} got no gradient"));
+        assert_eq!(analytic.len(), inp.values.len(), "{name}: gradient length");
+        let n = inp.values.len();
+        let probes: Vec<usize> = if n <= 48 {
+            (0..n).collect()
+        } else {
+            (0..48).map(|_| rng.below(n)).collect()
+        };
+        for &i in &probes {
+            let mut values: Vec<Vec<f32>> = inputs.iter().map(|x| x.values.clone()).collect();
+            values[k][i] = inp.values[i] + h;
+            let (plus, mag) = probe_loss(&values);
+            values[k][i] = inp.values[i] - h;
+            let (minus, _) = probe_loss(&values);
+            let numeric = (plus - minus) / (2.0 * f64::from(h));
+            let a = f64::from(analytic[i]);
+            let tol = 4.0 * f64::from(f32::EPSILON) * mag / f64::from(h) + 2e-3 * numeric.abs();
+            assert!(
+                (a - numeric).abs() <= tol,
+                "{name}: input {k} element {i}: analytic {a}, finite difference {numeric}, tolerance {tol}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "{name}: nothing was checked");
+}
+
+#[test]
+fn conv2d_grad_matches_finite_difference() {
+    let mut rng = Rng::new(1);
+    // (n, c_in, h, w, c_out, k, stride, pad, bias)
+    let cases = [
+        (2, 3, 5, 5, 4, 3, 1, 1, true),
+        (1, 2, 7, 6, 3, 4, 2, 1, false),
+        (3, 1, 4, 4, 2, 4, 1, 0, true),
+        (2, 2, 9, 9, 2, 3, 2, 0, false),
+    ];
+    for (n, ci, h, w, co, k, s, p, bias) in cases {
+        let mut inputs = vec![
+            input(randn(&mut rng, &[n, ci, h, w]), &[n, ci, h, w]),
+            input(randn(&mut rng, &[co, ci, k, k]), &[co, ci, k, k]),
+        ];
+        if bias {
+            inputs.push(input(randn(&mut rng, &[co]), &[co]));
+        }
+        check_grad(
+            &format!("conv2d {n}x{ci}x{h}x{w} k{k} s{s} p{p}"),
+            inputs,
+            0.25,
+            |t| ops::conv2d(&t[0], &t[1], t.get(2), s, p).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn conv_transpose2d_grad_matches_finite_difference() {
+    let mut rng = Rng::new(2);
+    // (n, c_in, h, w, c_out, k, stride, pad, output_padding, bias)
+    let cases = [
+        (2, 3, 1, 1, 4, 4, 1, 0, 0, false),
+        (1, 2, 3, 5, 3, 4, 2, 1, 0, true),
+        (2, 2, 4, 3, 2, 3, 2, 1, 1, false),
+        (1, 3, 5, 5, 2, 3, 1, 1, 0, true),
+    ];
+    for (n, ci, h, w, co, k, s, p, op, bias) in cases {
+        let mut inputs = vec![
+            input(randn(&mut rng, &[n, ci, h, w]), &[n, ci, h, w]),
+            input(randn(&mut rng, &[ci, co, k, k]), &[ci, co, k, k]),
+        ];
+        if bias {
+            inputs.push(input(randn(&mut rng, &[co]), &[co]));
+        }
+        let name = format!("conv_transpose2d {n}x{ci}x{h}x{w} k{k} s{s} p{p} op{op}");
+        check_grad(&name, inputs, 0.25, |t| {
+            ops::conv_transpose2d(&t[0], &t[1], t.get(2), s, p, op).unwrap()
+        });
+    }
+}
+
+fn bn_params(rng: &mut Rng, c: usize) -> Vec<Input> {
+    vec![
+        input(rng.normal_vec(c, 1.0, 0.3), &[c]),
+        input(randn(rng, &[c]), &[c]),
+    ]
+}
+
+#[test]
+fn batch_norm2d_training_grad_matches_finite_difference() {
+    let mut rng = Rng::new(3);
+    for shape in [[4, 3, 2, 2], [2, 2, 3, 5], [5, 1, 1, 1], [3, 4, 3, 3]] {
+        let c = shape[1];
+        let mut inputs = vec![input(
+            rng.normal_vec(shape.iter().product(), 0.5, 2.0),
+            &shape,
+        )];
+        inputs.extend(bn_params(&mut rng, c));
+        check_grad(
+            &format!("batch_norm2d train {shape:?}"),
+            inputs,
+            1e-2,
+            |t| {
+                let rm = Tensor::zeros(&[c], CPU).unwrap();
+                let rv = Tensor::full(&[c], 1.0, CPU).unwrap();
+                ops::batch_norm2d(&t[0], &t[1], &t[2], &rm, &rv, true, 0.1, 1e-5).unwrap()
+            },
+        );
+    }
+}
+
+#[test]
+fn batch_norm2d_eval_grad_matches_finite_difference() {
+    let mut rng = Rng::new(4);
+    for shape in [[2, 3, 2, 2], [1, 2, 3, 5], [3, 1, 4, 1]] {
+        let c = shape[1];
+        let mut inputs = vec![input(randn(&mut rng, &shape), &shape)];
+        inputs.extend(bn_params(&mut rng, c));
+        let rm = rng.normal_vec(c, 0.0, 0.5);
+        let rv = rng.uniform_vec(c, 0.5, 2.0);
+        check_grad(&format!("batch_norm2d eval {shape:?}"), inputs, 1e-2, |t| {
+            let rm = Tensor::from_vec(rm.clone(), &[c], CPU).unwrap();
+            let rv = Tensor::from_vec(rv.clone(), &[c], CPU).unwrap();
+            ops::batch_norm2d(&t[0], &t[1], &t[2], &rm, &rv, false, 0.1, 1e-5).unwrap()
+        });
+    }
+}
+
+fn check_unary(name: &str, kinked: bool, h: f32, f: impl Fn(&Tensor) -> Tensor) {
+    let mut rng = Rng::derive(5, name);
+    for shape in [vec![7], vec![2, 3, 5], vec![3, 2, 3, 3]] {
+        let values = if kinked {
+            away_from_zero(&mut rng, &shape)
+        } else {
+            rng.normal_vec(shape.iter().product(), 0.0, 2.0)
+        };
+        check_grad(
+            &format!("{name} {shape:?}"),
+            vec![input(values, &shape)],
+            h,
+            |t| f(&t[0]),
+        );
+    }
+}
+
+#[test]
+fn relu_grad_matches_finite_difference() {
+    check_unary("relu", true, 1e-2, |x| ops::relu(x).unwrap());
+}
+
+#[test]
+fn leaky_relu_grad_matches_finite_difference() {
+    check_unary("leaky_relu", true, 1e-2, |x| {
+        ops::leaky_relu(x, 0.2).unwrap()
+    });
+}
+
+#[test]
+fn tanh_grad_matches_finite_difference() {
+    check_unary("tanh", false, 1e-2, |x| ops::tanh(x).unwrap());
+}
+
+#[test]
+fn sigmoid_grad_matches_finite_difference() {
+    check_unary("sigmoid", false, 1e-2, |x| ops::sigmoid(x).unwrap());
+}
+
+#[test]
+fn dropout_grad_matches_finite_difference() {
+    check_unary("dropout", false, 0.25, |x| {
+        ops::dropout(x, 0.3, 99, true).unwrap()
+    });
+}
+
+#[test]
+fn gaussian_noise_grad_matches_finite_difference() {
+    check_unary("gaussian_noise", false, 0.25, |x| {
+        ops::gaussian_noise(x, 0.1, 7, true).unwrap()
+    });
+}
+
+#[test]
+fn spectral_norm_grad_matches_finite_difference() {
+    // The gradient treats u and v as constants (as PyTorch, which computes them without
+    // gradient), so the forward is checked with the power iteration frozen (`training` false)
+    // after a few warm-up iterations on the same weight.
+    let mut rng = Rng::new(6);
+    for (shape, rows) in [
+        (vec![4, 3, 2, 2], 4),
+        (vec![3, 5], 3),
+        (vec![2, 3, 3, 3], 2),
+        (vec![1, 2, 4, 4], 1),
+    ] {
+        let n: usize = shape.iter().product();
+        let cols = n / rows;
+        let w = randn(&mut rng, &shape);
+        let u = Tensor::from_vec(randn(&mut rng, &[rows]), &[rows], CPU).unwrap();
+        let v = Tensor::from_vec(randn(&mut rng, &[cols]), &[cols], CPU).unwrap();
+        let w_t = Tensor::from_vec(w.clone(), &shape, CPU).unwrap();
+        for _ in 0..3 {
+            ops::spectral_norm_weight(&w_t, &u, &v, rows, true, 1e-12).unwrap();
+        }
+        let (u0, v0) = (u.to_vec().unwrap(), v.to_vec().unwrap());
+        check_grad(
+            &format!("spectral_norm {shape:?}"),
+            vec![input(w, &shape)],
+            1e-2,
+            |t| {
+                let u = Tensor::from_vec(u0.clone(), &[rows], CPU).unwrap();
+                let v = Tensor::from_vec(v0.clone(), &[cols], CPU).unwrap();
+                ops::spectral_norm_weight(&t[0], &u, &v, rows, false, 1e-12).unwrap()
+            },
+        );
+    }
+}
+
+#[test]
+fn bce_with_logits_grad_matches_finite_difference() {
+    let mut rng = Rng::new(7);
+    for (shape, target) in [(vec![5], 1.0), (vec![4, 1, 1, 1], 0.0), (vec![3, 7], 0.9)] {
+        let values = rng.normal_vec(shape.iter().product(), 0.0, 3.0);
+        check_grad(
+            &format!("bce_with_logits {shape:?} y={target}"),
+            vec![input(values, &shape)],
+            1e-2,
+            |t| ops::bce_with_logits(&t[0], target).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn sum_mean_and_mean_rows_grads_match_finite_difference() {
+    let mut rng = Rng::new(8);
+    for shape in [vec![5], vec![2, 3, 4], vec![3, 1, 5, 5]] {
+        let v = randn(&mut rng, &shape);
+        check_grad("sum", vec![input(v.clone(), &shape)], 0.25, |t| {
+            ops::sum(&t[0]).unwrap()
+        });
+        check_grad("mean", vec![input(v.clone(), &shape)], 0.25, |t| {
+            ops::mean(&t[0]).unwrap()
+        });
+        check_grad("mean_rows", vec![input(v, &shape)], 0.25, |t| {
+            ops::mean_rows(&t[0]).unwrap()
+        });
+    }
+}
+
+#[test]
+fn reshape_add_mul_scale_grads_match_finite_difference() {
+    let mut rng = Rng::new(9);
+    for shape in [vec![6], vec![2, 3, 2], vec![3, 1, 3, 3]] {
+        let n: usize = shape.iter().product();
+        let (a, b) = (randn(&mut rng, &shape), randn(&mut rng, &shape));
+        check_grad("reshape", vec![input(a.clone(), &shape)], 0.25, |t| {
+            t[0].reshape(&[n]).unwrap()
+        });
+        check_grad(
+            "add",
+            vec![input(a.clone(), &shape), input(b.clone(), &shape)],
+            0.25,
+            |t| ops::add(&t[0], &t[1]).unwrap(),
+        );
+        check_grad(
+            "mul",
+            vec![input(a.clone(), &shape), input(b.clone(), &shape)],
+            1e-2,
+            |t| ops::mul(&t[0], &t[1]).unwrap(),
+        );
+        check_grad(
+            "scale",
+            vec![input(a, &shape), fixed(b, &shape)],
+            0.25,
+            |t| ops::scale(&t[0], -1.7).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn shared_input_gradients_accumulate() {
+    // y = x·x + x: dy/dx = 2x + 1, with x used three times in the graph.
+    let x = Tensor::parameter(vec![0.5, -2.0, 3.0], &[3], CPU).unwrap();
+    let y = ops::add(&ops::mul(&x, &x).unwrap(), &x).unwrap();
+    ops::sum(&y).unwrap().backward().unwrap();
+    assert_eq!(x.grad_to_vec().unwrap().unwrap(), vec![2.0, -3.0, 7.0]);
+    // A second backward accumulates into the same leaf.
+    let y = ops::sum(&ops::scale(&x, 2.0).unwrap()).unwrap();
+    y.backward().unwrap();
+    assert_eq!(x.grad_to_vec().unwrap().unwrap(), vec![4.0, -1.0, 9.0]);
+    x.zero_grad();
+    assert!(x.grad_to_vec().unwrap().is_none());
+}
+
+#[test]
+fn no_grad_and_detach_record_nothing() {
+    let x = Tensor::parameter(vec![1.0, 2.0], &[2], CPU).unwrap();
+    {
+        let _g = no_grad();
+        let y = ops::tanh(&x).unwrap();
+        assert!(!y.requires_grad());
+        assert!(ops::sum(&y).unwrap().backward().is_err());
+    }
+    let y = ops::tanh(&x.detach()).unwrap();
+    assert!(!y.requires_grad());
+    let z = ops::tanh(&x).unwrap();
+    assert_eq!(z.grad_fn_name(), Some("tanh"));
+}
