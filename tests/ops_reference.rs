@@ -1,0 +1,301 @@
+//! Forward values of the ops against direct definitions and values worked out by hand with
+//! PyTorch's formulas (design.md, "PyTorch semantics to match").
+
+use approx::assert_relative_eq;
+use artgan::ops;
+use artgan::rng::{self, Rng};
+use artgan::tensor::Tensor;
+use artgan::Device;
+
+const CPU: Device = Device::Cpu;
+
+fn t(values: Vec<f32>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(values, shape, CPU).unwrap()
+}
+
+/// Direct 7-loop cross-correlation, the definition PyTorch's Conv2d computes.
+#[allow(clippy::too_many_arguments)]
+fn direct_conv(
+    x: &[f32],
+    w: &[f32],
+    [n, ci, h, wd]: [usize; 4],
+    co: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> (Vec<f64>, usize, usize) {
+    let oh = (h + 2 * p - k) / s + 1;
+    let ow = (wd + 2 * p - k) / s + 1;
+    let mut y = vec![0.0; n * co * oh * ow];
+    for b in 0..n {
+        for o in 0..co {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0f64;
+                    for c in 0..ci {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s + ky) as isize - p as isize;
+                                let ix = (ox * s + kx) as isize - p as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                                    continue;
+                                }
+                                let xv = x[((b * ci + c) * h + iy as usize) * wd + ix as usize];
+                                let wv = w[((o * ci + c) * k + ky) * k + kx];
+                                acc += f64::from(xv) * f64::from(wv);
+                            }
+                        }
+                    }
+                    y[((b * co + o) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    (y, oh, ow)
+}
+
+fn assert_close(got: &[f32], want: &[f64], rel: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().map(|v| v.abs()).fold(1e-6, f64::max);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(g) - w).abs() <= rel * scale,
+            "{what}: element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+#[test]
+fn conv2d_forward_matches_direct_definition() {
+    let mut rng = Rng::new(10);
+    for (shape, co, k, s, p) in [
+        ([2, 3, 7, 7], 4, 3, 1, 1),
+        ([1, 2, 9, 8], 3, 4, 2, 1),
+        ([3, 4, 6, 6], 2, 4, 2, 0),
+        ([1, 1, 5, 5], 1, 5, 1, 0),
+    ] {
+        let x = rng.normal_vec(shape.iter().product(), 0.0, 1.0);
+        let w = rng.normal_vec(co * shape[1] * k * k, 0.0, 1.0);
+        let b = rng.normal_vec(co, 0.0, 1.0);
+        let (mut want, oh, ow) = direct_conv(&x, &w, shape, co, k, s, p);
+        for (i, v) in want.iter_mut().enumerate() {
+            *v += f64::from(b[(i / (oh * ow)) % co]);
+        }
+        let y = ops::conv2d(
+            &t(x, &shape),
+            &t(w, &[co, shape[1], k, k]),
+            Some(&t(b, &[co])),
+            s,
+            p,
+        )
+        .unwrap();
+        assert_eq!(y.shape(), [shape[0], co, oh, ow]);
+        assert_close(&y.to_vec().unwrap(), &want, 1e-5, "conv2d");
+    }
+}
+
+#[test]
+fn conv_transpose2d_forward_matches_scatter_definition() {
+    // PyTorch: y[b, o, iy·s − p + ky, ix·s − p + kx] += x[b, c, iy, ix] · w[c, o, ky, kx].
+    let mut rng = Rng::new(11);
+    for (n, ci, h, wd, co, k, s, p, op) in [
+        (2, 4, 1, 1, 3, 4, 1, 0, 0),
+        (1, 3, 4, 4, 2, 4, 2, 1, 0),
+        (2, 2, 3, 5, 3, 3, 2, 1, 1),
+        (1, 2, 5, 3, 2, 3, 1, 0, 0),
+    ] {
+        let x = rng.normal_vec(n * ci * h * wd, 0.0, 1.0);
+        let w = rng.normal_vec(ci * co * k * k, 0.0, 1.0);
+        let oh = (h - 1) * s + k + op - 2 * p;
+        let ow = (wd - 1) * s + k + op - 2 * p;
+        let mut want = vec![0f64; n * co * oh * ow];
+        for b in 0..n {
+            for c in 0..ci {
+                for iy in 0..h {
+                    for ix in 0..wd {
+                        for o in 0..co {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let y = (iy * s + ky) as isize - p as isize;
+                                    let xx = (ix * s + kx) as isize - p as isize;
+                                    if y < 0 || xx < 0 || y as usize >= oh || xx as usize >= ow {
+                                        continue;
+                                    }
+                                    want[((b * co + o) * oh + y as usize) * ow + xx as usize] +=
+                                        f64::from(x[((b * ci + c) * h + iy) * wd + ix])
+                                            * f64::from(w[((c * co + o) * k + ky) * k + kx]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let y = ops::conv_transpose2d(
+            &t(x, &[n, ci, h, wd]),
+            &t(w, &[ci, co, k, k]),
+            None,
+            s,
+            p,
+            op,
+        )
+        .unwrap();
+        assert_eq!(y.shape(), [n, co, oh, ow]);
+        assert_close(&y.to_vec().unwrap(), &want, 1e-5, "conv_transpose2d");
+    }
+}
+
+#[test]
+fn batch_norm2d_matches_pytorch_formulas_by_hand() {
+    // Two channels, batch 2, 1x2 pixels. Channel 0 holds 1, 2, 3, 4: mean 2.5, biased var 1.25,
+    // unbiased var 5/3. Channel 1 holds 10, 10, 10, 14: mean 11, biased var 3, unbiased 4.
+    let x = t(
+        vec![1.0, 2.0, 10.0, 10.0, 3.0, 4.0, 10.0, 14.0],
+        &[2, 2, 1, 2],
+    );
+    let gamma = t(vec![2.0, 0.5], &[2]);
+    let beta = t(vec![0.0, 1.0], &[2]);
+    let rm = t(vec![0.0, 0.0], &[2]);
+    let rv = t(vec![1.0, 1.0], &[2]);
+    let y = ops::batch_norm2d(&x, &gamma, &beta, &rm, &rv, true, 0.1, 1e-5).unwrap();
+    let s0 = 2.0 / (1.25f64 + 1e-5).sqrt();
+    let s1 = 0.5 / (3.0f64 + 1e-5).sqrt();
+    let want = [
+        -1.5 * s0,
+        -0.5 * s0,
+        1.0 - s1,
+        1.0 - s1,
+        0.5 * s0,
+        1.5 * s0,
+        1.0 - s1,
+        1.0 + 3.0 * s1,
+    ];
+    assert_close(&y.to_vec().unwrap(), &want, 1e-6, "batch_norm2d train");
+    // running_mean = 0.9·0 + 0.1·mean; running_var = 0.9·1 + 0.1·unbiased var.
+    let rm_v = rm.to_vec().unwrap();
+    let rv_v = rv.to_vec().unwrap();
+    assert_relative_eq!(rm_v[0], 0.25, max_relative = 1e-6);
+    assert_relative_eq!(rm_v[1], 1.1, max_relative = 1e-6);
+    assert_relative_eq!(rv_v[0], 0.9 + 0.1 * 5.0 / 3.0, max_relative = 1e-6);
+    assert_relative_eq!(rv_v[1], 0.9 + 0.4, max_relative = 1e-6);
+    // Eval mode uses the running stats: (x − rm)/sqrt(rv + eps)·gamma + beta.
+    let e = ops::batch_norm2d(&x, &gamma, &beta, &rm, &rv, false, 0.1, 1e-5).unwrap();
+    let e0 = e.to_vec().unwrap()[0];
+    let want0 = (1.0 - 0.25) / (f64::from(rv_v[0]) + 1e-5).sqrt() * 2.0;
+    assert_relative_eq!(f64::from(e0), want0, max_relative = 1e-6);
+    // Eval leaves the running stats alone.
+    assert_eq!(rm.to_vec().unwrap(), rm_v);
+}
+
+#[test]
+fn spectral_norm_matches_power_iteration_by_hand() {
+    // W = diag(3, 1), u0 = (1, 1): v = normalize(Wᵀu) = (3, 1)/√10,
+    // u = normalize(Wv) = (9, 1)/√82, sigma = uᵀWv = 82/√820 = √8.2.
+    let w = t(vec![3.0, 0.0, 0.0, 1.0], &[2, 2]);
+    let u = t(vec![1.0, 1.0], &[2]);
+    let v = t(vec![0.5, 0.5], &[2]);
+    let y = ops::spectral_norm_weight(&w, &u, &v, 2, true, 1e-12).unwrap();
+    let sigma = 8.2f64.sqrt();
+    assert_close(
+        &y.to_vec().unwrap(),
+        &[3.0 / sigma, 0.0, 0.0, 1.0 / sigma],
+        1e-6,
+        "W/sigma",
+    );
+    assert_close(
+        &u.to_vec().unwrap(),
+        &[9.0 / 82f64.sqrt(), 1.0 / 82f64.sqrt()],
+        1e-6,
+        "u",
+    );
+    assert_close(
+        &v.to_vec().unwrap(),
+        &[3.0 / 10f64.sqrt(), 1.0 / 10f64.sqrt()],
+        1e-6,
+        "v",
+    );
+    // Power iteration converges to the top singular value.
+    for _ in 0..30 {
+        ops::spectral_norm_weight(&w, &u, &v, 2, true, 1e-12).unwrap();
+    }
+    let y = ops::spectral_norm_weight(&w, &u, &v, 2, false, 1e-12).unwrap();
+    assert_relative_eq!(y.to_vec().unwrap()[0], 1.0, max_relative = 1e-5);
+}
+
+#[test]
+fn bce_with_logits_is_stable_at_large_logits() {
+    // loss = max(x,0) − x·y + log(1 + exp(−|x|)); grad = (σ(x) − y)/N.
+    let x = t(vec![50.0, -50.0, 0.0, 2.0], &[4]).requiring_grad();
+    let loss = ops::bce_with_logits(&x, 1.0).unwrap();
+    let want = (0.0 + 50.0 + 2f64.ln() + (1.0 + (-2f64).exp()).ln()) / 4.0;
+    assert_relative_eq!(f64::from(loss.item().unwrap()), want, max_relative = 1e-6);
+    loss.backward().unwrap();
+    let g = x.grad_to_vec().unwrap().unwrap();
+    let sig2 = 1.0 / (1.0 + (-2f64).exp());
+    assert_close(
+        &g,
+        &[0.0, -0.25, -0.125, (sig2 - 1.0) / 4.0],
+        1e-6,
+        "bce grad y=1",
+    );
+    let loss0 = ops::bce_with_logits(&t(vec![50.0, -50.0], &[2]), 0.0).unwrap();
+    assert_relative_eq!(loss0.item().unwrap(), 25.0, max_relative = 1e-6);
+    assert!(loss0.item().unwrap().is_finite());
+}
+
+#[test]
+fn dropout_follows_the_counter_based_mask_and_is_identity_in_eval() {
+    let mut rng = Rng::new(12);
+    let v = rng.normal_vec(1000, 0.0, 1.0);
+    let x = t(v.clone(), &[10, 100]);
+    let y = ops::dropout(&x, 0.3, 42, true).unwrap().to_vec().unwrap();
+    for (i, (&a, &b)) in v.iter().zip(&y).enumerate() {
+        assert_eq!(b, a * rng::dropout_value_at(42, i as u64, 0.3));
+    }
+    let zeros = y.iter().filter(|&&b| b == 0.0).count();
+    assert!(
+        (200..400).contains(&zeros),
+        "{zeros} dropped of 1000 at p=0.3"
+    );
+    assert_eq!(
+        ops::dropout(&x, 0.3, 42, false).unwrap().to_vec().unwrap(),
+        v
+    );
+    assert!(ops::dropout(&x, 1.5, 42, true).is_err());
+}
+
+#[test]
+fn gaussian_noise_has_the_requested_std_and_is_identity_in_eval() {
+    let x = t(vec![1.0; 20_000], &[20_000]);
+    let y = ops::gaussian_noise(&x, 0.1, 5, true)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / 20_000.0;
+    let std = (y
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / 20_000.0)
+        .sqrt();
+    assert!((mean - 1.0).abs() < 0.005, "mean {mean}");
+    assert!((std - 0.1).abs() < 0.005, "std {std}");
+    assert_eq!(y[3], 1.0 + 0.1 * rng::normal_at(5, 3));
+    let e = ops::gaussian_noise(&x, 0.1, 5, false)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert!(e.iter().all(|&v| v == 1.0));
+}
+
+#[test]
+fn ops_reject_bad_shapes_with_errors() {
+    let x = t(vec![1.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
+    let w = t(vec![1.0; 5 * 2 * 3 * 3], &[5, 2, 3, 3]);
+    let e = ops::conv2d(&x, &w, None, 1, 1).unwrap_err().to_string();
+    assert!(e.contains("does not fit"), "{e}");
+    let big = t(vec![1.0; 3 * 3 * 9 * 9], &[3, 3, 9, 9]);
+    assert!(ops::conv2d(&x, &big, None, 1, 0).is_err());
+    assert!(ops::add(&x, &t(vec![1.0; 4], &[4])).is_err());
+    assert!(x.reshape(&[7]).is_err());
+}
