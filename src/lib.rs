@@ -2,9 +2,16 @@
 //! backend and a CUDA backend.
 
 pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod rng;
+/// TEMPORARY stand-in for `artgan::data` (delete at the data-pipeline merge).
+pub mod tempdata;
 pub mod tensor;
+pub mod train;
 
 pub use backend::Device;
 pub use tensor::{no_grad, Tensor};

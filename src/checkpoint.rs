@@ -1,0 +1,270 @@
+//! Checkpoints: safetensors files with PyTorch `state_dict()` names (f32 tensors, int64
+//! `num_batches_tracked`), plus the run's `config.json`. Every file is written atomically
+//! (temp file in the same folder, fsync, rename), so a crash leaves the previous file or the new
+//! one, never half of one.
+
+use crate::backend::Device;
+use crate::nn::{Discriminator, Generator, ModelConfig, Module, StateRef};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+pub const GENERATOR_FILE: &str = "generator.safetensors";
+pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Writes `bytes` to `path` atomically: `path.tmp` in the same folder, fsync, rename over
+/// `path`, then fsync the folder so the rename itself survives a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp_name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?
+        .to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Directory fsync is not supported everywhere; the data is already safe in the file.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+enum Owned {
+    F32(Vec<usize>, Vec<u8>),
+    I64(Vec<u8>),
+}
+
+/// The state dict of `module` as safetensors bytes, with `metadata` in the header.
+pub fn state_dict_bytes(module: &dyn Module, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut entries: Vec<(String, StateRef)> = Vec::new();
+    module.visit_state("", &mut |name, s| entries.push((name, s)));
+    let mut owned: Vec<(String, Owned)> = Vec::with_capacity(entries.len());
+    for (name, s) in entries {
+        let o = match s {
+            StateRef::Param(t) | StateRef::Buffer(t) => Owned::F32(
+                t.shape().to_vec(),
+                bytemuck::cast_slice::<f32, u8>(&t.to_vec()?).to_vec(),
+            ),
+            StateRef::Count(c) => Owned::I64(c.get().to_le_bytes().to_vec()),
+        };
+        owned.push((name, o));
+    }
+    let views = owned
+        .iter()
+        .map(|(name, o)| {
+            let view = match o {
+                Owned::F32(shape, bytes) => TensorView::new(Dtype::F32, shape.clone(), bytes),
+                Owned::I64(bytes) => TensorView::new(Dtype::I64, Vec::new(), bytes),
+            };
+            Ok((name.clone(), view.context("building a safetensors view")?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, &Some(metadata))?)
+}
+
+/// Saves `module`'s state dict to `path` atomically.
+pub fn save_state_dict(
+    module: &dyn Module,
+    path: &Path,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    write_atomic(path, &state_dict_bytes(module, metadata)?)
+}
+
+/// Loads a state dict into `module` in place. Every tensor is checked (present, dtype, shape,
+/// nothing extra) before any is written, so a bad file changes nothing. `what` describes the
+/// expected model for error messages (e.g. "preset dcgan, nz 100, ngf 64, image size 64").
+pub fn load_state_dict(module: &dyn Module, path: &Path, what: &str) -> Result<()> {
+    let p = path.display();
+    let bytes = fs::read(path).with_context(|| format!("cannot read checkpoint {p}"))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("checkpoint {p} is not a safetensors file ({e:?})"))?;
+    let mut entries: Vec<(String, StateRef)> = Vec::new();
+    module.visit_state("", &mut |name, s| entries.push((name, s)));
+    let expected: std::collections::HashSet<&str> =
+        entries.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(extra) = st
+        .names()
+        .into_iter()
+        .find(|n| !expected.contains(n.as_str()))
+    {
+        bail!("checkpoint {p}: unexpected tensor {extra} (expected a model with {what})");
+    }
+    let mut staged: Vec<(&StateRef, Vec<u8>)> = Vec::new();
+    for (name, s) in &entries {
+        let view = st
+            .tensor(name)
+            .map_err(|_| anyhow::anyhow!("checkpoint {p}: tensor {name} is missing ({what})"))?;
+        let want_shape = s.shape();
+        if view.shape() != want_shape.as_slice() {
+            bail!(
+                "checkpoint {p}: tensor {name} has shape {:?}, expected {:?} ({what})",
+                view.shape(),
+                want_shape
+            );
+        }
+        let want_dtype = match s {
+            StateRef::Count(_) => Dtype::I64,
+            _ => Dtype::F32,
+        };
+        if view.dtype() != want_dtype {
+            bail!(
+                "checkpoint {p}: tensor {name} has dtype {:?}, expected {want_dtype:?}",
+                view.dtype()
+            );
+        }
+        staged.push((s, view.data().to_vec()));
+    }
+    for (s, data) in staged {
+        match s {
+            StateRef::Param(t) | StateRef::Buffer(t) => {
+                // The bytes of a safetensors file need not be 4-aligned: decode explicitly.
+                let values: Vec<f32> = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                t.set_values(&values)?;
+            }
+            StateRef::Count(c) => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&data);
+                c.set(i64::from_le_bytes(b));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A one-line description of a model configuration for error messages.
+pub fn describe(c: &ModelConfig) -> String {
+    format!(
+        "preset {}, nz {}, ngf {}, ndf {}, image size {}",
+        c.preset, c.nz, c.ngf, c.ndf, c.image_size
+    )
+}
+
+fn metadata(c: &ModelConfig, model: &str) -> HashMap<String, String> {
+    HashMap::from([
+        // PyTorch's safetensors helpers expect this key.
+        ("format".to_string(), "pt".to_string()),
+        ("artgan_model".to_string(), model.to_string()),
+        ("preset".to_string(), c.preset.to_string()),
+    ])
+}
+
+/// Writes `generator.safetensors` and `discriminator.safetensors` into `dir`.
+pub fn save_models(dir: &Path, g: &Generator, d: &Discriminator) -> Result<()> {
+    save_state_dict(
+        g,
+        &dir.join(GENERATOR_FILE),
+        metadata(&g.config, "generator"),
+    )?;
+    save_state_dict(
+        d,
+        &dir.join(DISCRIMINATOR_FILE),
+        metadata(&d.config, "discriminator"),
+    )
+}
+
+/// Writes `value` as pretty JSON to `dir/config.json`, atomically.
+pub fn save_config<T: serde::Serialize>(dir: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// The model configuration stored in a run folder's `config.json`.
+pub fn load_model_config(run_dir: &Path) -> Result<ModelConfig> {
+    let path = run_dir.join(CONFIG_FILE);
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not a training run folder (cannot read {})",
+            run_dir.display(),
+            path.display()
+        )
+    })?;
+    let c: ModelConfig = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("{}: not an artgan run configuration ({e})", path.display())
+    })?;
+    c.validate()
+        .with_context(|| format!("{}: invalid configuration", path.display()))?;
+    Ok(c)
+}
+
+/// Rebuilds the generator of a run folder and loads its weights.
+pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
+    let c = load_model_config(run_dir)?;
+    // Initial values are overwritten by the checkpoint; any seed will do.
+    let g = Generator::new(&c, &mut Rng::new(0), device)?;
+    load_state_dict(&g, &run_dir.join(GENERATOR_FILE), &describe(&c))?;
+    Ok(g)
+}
+
+/// Rebuilds the discriminator of a run folder and loads its weights.
+pub fn load_discriminator(run_dir: &Path, device: Device) -> Result<Discriminator> {
+    let c = load_model_config(run_dir)?;
+    let d = Discriminator::new(&c, &mut Rng::new(0), device)?;
+    load_state_dict(&d, &run_dir.join(DISCRIMINATOR_FILE), &describe(&c))?;
+    Ok(d)
+}
+
+/// Saves `tensors` (f32) to a safetensors file atomically (e.g. `latents.safetensors`).
+pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let owned = tensors
+        .iter()
+        .map(|(n, t)| {
+            Ok((
+                n.to_string(),
+                t.shape().to_vec(),
+                bytemuck::cast_slice::<f32, u8>(&t.to_vec()?).to_vec(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let views = owned
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    write_atomic(path, &safetensors::serialize(views, &None)?)
+}
+
+/// A tensor read from a file: shape and values.
+pub type HostTensor = (Vec<usize>, Vec<f32>);
+
+/// Reads every f32 tensor of a safetensors file as `(shape, values)`.
+pub fn load_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let p = path.display();
+    let bytes = fs::read(path).with_context(|| format!("cannot read {p}"))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{p} is not a safetensors file ({e:?})"))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            bail!("{p}: tensor {name} is {:?}, expected F32", view.dtype());
+        }
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}

@@ -1,0 +1,319 @@
+//! The `artgan` command line: `train` and `sample`.
+
+use crate::backend::Device;
+use crate::checkpoint;
+use crate::nn::{Mode, ModelConfig, Preset};
+use crate::rng::Rng;
+use crate::tensor::{no_grad, Tensor};
+use crate::train::{self, RunOptions, TrainConfig};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Train GANs that paint artworks, on a hand-written tensor engine (CPU; CUDA coming).
+#[derive(Parser, Debug)]
+#[command(name = "artgan", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a generator/discriminator pair (built-in paintings unless --data is given).
+    Train(TrainArgs),
+    /// Generate images with a trained generator.
+    Sample(SampleArgs),
+}
+
+/// Image size, widths and epochs default to a small configuration that trains in minutes on a
+/// 2-core CPU; `--full` selects the preset's published architecture instead.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model recipe: dcgan (pytorch/examples) or classical (seed 001).
+    #[arg(long, value_enum, default_value_t = Preset::Dcgan)]
+    pub preset: Preset,
+    /// Use the preset's published sizes (dcgan: 64 px, ngf = ndf = 64; classical: 128 px,
+    /// ngf = ndf = 64). Explicit --image-size/--ngf/--ndf still override.
+    #[arg(long)]
+    pub full: bool,
+    /// Passes over the data [default: 5].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Adam learning rate of D and G (classical: G's initial stage; its detail stage gets
+    /// lr/4, i.e. the seed's 2e-4 and 5e-5).
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f32,
+    /// Latent size [default: 100 for dcgan, 128 for classical].
+    #[arg(long)]
+    pub nz: Option<usize>,
+    /// Generator width (channels of its last hidden layer) [default: 32, --full 64].
+    #[arg(long)]
+    pub ngf: Option<usize>,
+    /// Discriminator width (channels of its first layer) [default: 32, --full 64].
+    #[arg(long)]
+    pub ndf: Option<usize>,
+    /// Image side: 32, 64 or 128 [default: 32; --full: 64 dcgan, 128 classical].
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Use only the first N images of the dataset.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Compute device (cpu).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of every random stream (init, latents, dropout/noise, data order).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run folder [default: runs/<preset>-NNN, the first free number].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the fixed-noise grid every N epochs (and always after the last one).
+    #[arg(long, default_value_t = 1)]
+    pub sample_every: usize,
+    /// Discriminator updates per generator update [default: 1 for dcgan, 4 for classical].
+    #[arg(long)]
+    pub d_steps: Option<usize>,
+    /// Train into --out even if it already holds files (they are overwritten).
+    #[arg(long)]
+    pub force: bool,
+    /// A folder of images (or the Kaggle "Best Artworks of All Time" folder) to train on.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Number of built-in procedural paintings when no --data is given.
+    #[arg(long, default_value_t = 1024)]
+    pub builtin_count: usize,
+    /// No per-epoch lines and no progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Run folder written by `artgan train` (holds config.json and generator.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 16)]
+    pub count: usize,
+    /// Seed of the latents.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder [default: RUN_DIR/samples-seed-S].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Compute device (cpu).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Normalise with the batch's own statistics instead of the running ones (as the training
+    /// grids do); images then depend on which others are in the batch.
+    #[arg(long)]
+    pub batch_stats: bool,
+    /// Write into --out even if it already holds files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Turns a `--device` string into a device. The one place to extend when more backends
+/// arrive.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "cpu" => Ok(Device::Cpu),
+        other => bail!(
+            "device {other:?} is not available: this build trains on the CPU only (--device cpu)"
+        ),
+    }
+}
+
+/// Creates `dir` (and parents) and checks it can take our files. An existing non-empty folder
+/// is refused unless `force`, so an earlier run is never overwritten by accident.
+fn prepare_out_dir(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            bail!("output {} exists and is not a folder", dir.display());
+        }
+        let non_empty = fs::read_dir(dir)
+            .with_context(|| format!("cannot read output folder {}", dir.display()))?
+            .next()
+            .is_some();
+        if non_empty && !force {
+            bail!(
+                "output folder {} is not empty: choose another --out or pass --force to overwrite",
+                dir.display()
+            );
+        }
+    } else {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    }
+    // Probe: fail now, not after an hour of training.
+    let probe = dir.join(".artgan-write-test");
+    fs::write(&probe, b"")
+        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// `runs/<preset>-NNN`, the first that does not exist.
+fn default_run_dir(preset: Preset) -> PathBuf {
+    (1..)
+        .map(|i| PathBuf::from(format!("runs/{preset}-{i:03}")))
+        .find(|p| !p.exists())
+        .expect("some run number is free")
+}
+
+/// The model and recipe a `train` command asks for.
+pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let full = ModelConfig::full(a.preset);
+    let model = ModelConfig {
+        preset: a.preset,
+        image_size: a
+            .image_size
+            .unwrap_or(if a.full { full.image_size } else { 32 }),
+        nz: a.nz.unwrap_or(full.nz),
+        ngf: a.ngf.unwrap_or(if a.full { full.ngf } else { 32 }),
+        ndf: a.ndf.unwrap_or(if a.full { full.ndf } else { 32 }),
+    };
+    model.validate()?;
+    if a.batch_size == 0 {
+        bail!("batch size must be at least 1");
+    }
+    let mut cfg = TrainConfig::for_model(model);
+    cfg.epochs = a.epochs.unwrap_or(5);
+    cfg.batch_size = a.batch_size;
+    cfg.lr = a.lr;
+    if a.preset == Preset::Classical {
+        cfg.lr_detail = a.lr / 4.0;
+    } else {
+        cfg.lr_detail = a.lr;
+    }
+    if let Some(k) = a.d_steps {
+        cfg.d_steps = k;
+    }
+    cfg.sample_every = a.sample_every;
+    cfg.seed = a.seed;
+    cfg.device = a.device.clone();
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run_train(a: &TrainArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let mut cfg = train_config(a)?;
+    if let Some(path) = &a.data {
+        // TEMPORARY until the data pipeline (artgan::data) is merged.
+        bail!(
+            "--data {}: reading image folders is not in this build yet; train on the built-in set (no --data)",
+            path.display()
+        );
+    }
+    let count = a.limit.map_or(a.builtin_count, |l| l.min(a.builtin_count));
+    if count == 0 {
+        bail!("--limit 0 leaves no images to train on");
+    }
+    let size = cfg.model.image_size;
+    let mut data = crate::tempdata::builtin_source(count, size, cfg.batch_size, cfg.seed)?;
+    cfg.data = format!(
+        "built-in procedural paintings ({count} images, seed {})",
+        cfg.seed
+    );
+    let out = a.out.clone().unwrap_or_else(|| default_run_dir(a.preset));
+    prepare_out_dir(&out, a.force)?;
+    let m = &cfg.model;
+    if !a.quiet {
+        println!(
+            "artgan train: preset {}, {}x{} px, nz {}, ngf {}, ndf {}, batch {}, {} epochs, lr {}, {} D step(s) per G step, device {}, seed {}",
+            m.preset, m.image_size, m.image_size, m.nz, m.ngf, m.ndf, cfg.batch_size, cfg.epochs,
+            cfg.lr, cfg.d_steps, device, cfg.seed
+        );
+        println!(
+            "data: {} — to train on real paintings pass --data PATH (a folder of images, or the Kaggle \"Best Artworks of All Time\" folder)",
+            cfg.data
+        );
+        println!("writing to {}", out.display());
+    }
+    let opts = RunOptions {
+        out: out.clone(),
+        device,
+        progress: !a.quiet,
+        verbose: !a.quiet,
+    };
+    train::train(cfg, &mut data, &opts)?;
+    if !a.quiet {
+        println!(
+            "done: {}/generator.safetensors, discriminator.safetensors, metrics.csv, samples/",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn run_sample(a: &SampleArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    if a.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let g = checkpoint::load_generator(&a.checkpoint, device)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.checkpoint.join(format!("samples-seed-{}", a.seed)));
+    prepare_out_dir(&out, a.force)?;
+    let nz = g.config.nz;
+    let mut rng = Rng::derive(a.seed, "sample-latents");
+    let z = Tensor::randn(&[a.count, nz, 1, 1], 0.0, 1.0, &mut rng, device)?;
+    let mode = if a.batch_stats {
+        if a.count < 2 {
+            bail!("--batch-stats needs --count of at least 2");
+        }
+        Mode::BatchStats
+    } else {
+        Mode::Eval
+    };
+    let images = {
+        let _guard = no_grad();
+        g.forward(&z, &mut crate::nn::Ctx::new(mode, &mut Rng::new(0)))?
+            .to_vec()?
+    };
+    let size = g.config.image_size;
+    let per = 3 * size * size;
+    for i in 0..a.count {
+        let path = out.join(format!("sample-{i:04}.png"));
+        write_png(&images[i * per..(i + 1) * per], size, &path)?;
+    }
+    checkpoint::save_tensors(&out.join("latents.safetensors"), &[("z", &z)])?;
+    println!(
+        "wrote {} images and latents.safetensors to {}",
+        a.count,
+        out.display()
+    );
+    Ok(())
+}
+
+/// One CHW image in [-1, 1] as an RGB PNG, written atomically.
+fn write_png(chw: &[f32], size: usize, path: &Path) -> Result<()> {
+    let plane = size * size;
+    let img = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
+        let i = y as usize * size + x as usize;
+        image::Rgb(
+            [0, 1, 2].map(|k| ((chw[k * plane + i].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8),
+        )
+    });
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    checkpoint::write_atomic(path, &bytes)
+}
+
+pub fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Train(a) => run_train(a),
+        Command::Sample(a) => run_sample(a),
+    }
+}

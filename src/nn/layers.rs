@@ -1,0 +1,368 @@
+//! The layers the two presets need, each owning its tensors and knowing their PyTorch names.
+
+use super::{Ctx, Mode, Module};
+use crate::backend::Device;
+use crate::ops;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use anyhow::Result;
+use std::cell::Cell;
+
+/// DCGAN's weight init: N(0, 0.02) for conv weights (pytorch/examples `weights_init`).
+pub const CONV_INIT_STD: f32 = 0.02;
+
+/// One state-dict entry.
+#[derive(Clone, Copy)]
+pub enum StateRef<'a> {
+    /// Trainable, f32.
+    Param(&'a Tensor),
+    /// Persistent, not trained, f32 (running stats, spectral norm's u and v).
+    Buffer(&'a Tensor),
+    /// An int64 scalar counter (`num_batches_tracked`, shape `[]` in PyTorch).
+    Count(&'a Cell<i64>),
+}
+
+impl StateRef<'_> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            StateRef::Param(t) | StateRef::Buffer(t) => t.shape().to_vec(),
+            StateRef::Count(_) => Vec::new(),
+        }
+    }
+}
+
+fn conv_weight(shape: [usize; 4], rng: &mut Rng, device: Device) -> Result<Tensor> {
+    Ok(Tensor::randn(&shape, 0.0, CONV_INIT_STD, rng, device)?.requiring_grad())
+}
+
+/// `nn.Conv2d(c_in, c_out, k, stride, pad, bias=...)`.
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<Self> {
+        Ok(Conv2d {
+            weight: conv_weight([c_out, c_in, k, k], rng, device)?,
+            bias: if bias {
+                Some(Tensor::zeros(&[c_out], device)?.requiring_grad())
+            } else {
+                None
+            },
+            stride,
+            pad,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.pad)
+    }
+}
+
+/// `nn.ConvTranspose2d(c_in, c_out, k, stride, pad, bias=...)`, weight `[c_in, c_out, k, k]`.
+pub struct ConvTranspose2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub pad: usize,
+    pub output_padding: usize,
+}
+
+impl ConvTranspose2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<Self> {
+        Ok(ConvTranspose2d {
+            weight: conv_weight([c_in, c_out, k, k], rng, device)?,
+            bias: if bias {
+                Some(Tensor::zeros(&[c_out], device)?.requiring_grad())
+            } else {
+                None
+            },
+            stride,
+            pad,
+            output_padding: 0,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::conv_transpose2d(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.pad,
+            self.output_padding,
+        )
+    }
+}
+
+/// `nn.BatchNorm2d(c)` (momentum 0.1, eps 1e-5) with DCGAN's init: weight N(1, 0.02), bias 0.
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub num_batches_tracked: Cell<i64>,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl BatchNorm2d {
+    pub fn new(c: usize, rng: &mut Rng, device: Device) -> Result<Self> {
+        Ok(BatchNorm2d {
+            weight: Tensor::randn(&[c], 1.0, CONV_INIT_STD, rng, device)?.requiring_grad(),
+            bias: Tensor::zeros(&[c], device)?.requiring_grad(),
+            running_mean: Tensor::zeros(&[c], device)?,
+            running_var: Tensor::full(&[c], 1.0, device)?,
+            num_batches_tracked: Cell::new(0),
+            momentum: 0.1,
+            eps: 1e-5,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Train => {
+                self.num_batches_tracked
+                    .set(self.num_batches_tracked.get() + 1);
+                ops::batch_norm2d(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    &self.running_mean,
+                    &self.running_var,
+                    true,
+                    self.momentum,
+                    self.eps,
+                )
+            }
+            Mode::Eval => ops::batch_norm2d(
+                x,
+                &self.weight,
+                &self.bias,
+                &self.running_mean,
+                &self.running_var,
+                false,
+                self.momentum,
+                self.eps,
+            ),
+            Mode::BatchStats => {
+                // Training-mode normalisation writes the running stats in place; hand it
+                // throw-away copies so the real ones stay untouched.
+                let rm = scratch_copy(&self.running_mean)?;
+                let rv = scratch_copy(&self.running_var)?;
+                ops::batch_norm2d(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    &rm,
+                    &rv,
+                    true,
+                    self.momentum,
+                    self.eps,
+                )
+            }
+        }
+    }
+}
+
+/// A new tensor (own storage, no graph) holding a copy of `t`'s values.
+fn scratch_copy(t: &Tensor) -> Result<Tensor> {
+    let s = t.backend().copy(&t.storage())?;
+    Tensor::from_storage(s, t.shape())
+}
+
+/// `torch.nn.utils.spectral_norm(nn.Conv2d(...))`: trainable `weight_orig`, persistent `u`
+/// (`[c_out]`) and `v` (`[c_in·k·k]`), one power iteration per training forward, eps 1e-12.
+pub struct SpectralNormConv2d {
+    pub weight_orig: Tensor,
+    pub weight_u: Tensor,
+    pub weight_v: Tensor,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// A random unit vector, as PyTorch initialises u and v (`normalize(randn(n))`).
+fn random_unit(n: usize, rng: &mut Rng, device: Device) -> Result<Tensor> {
+    let mut v = rng.normal_vec(n, 0.0, 1.0);
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    Tensor::from_vec(v, &[n], device)
+}
+
+impl SpectralNormConv2d {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<Self> {
+        Ok(SpectralNormConv2d {
+            weight_orig: conv_weight([c_out, c_in, k, k], rng, device)?,
+            weight_u: random_unit(c_out, rng, device)?,
+            weight_v: random_unit(c_in * k * k, rng, device)?,
+            stride,
+            pad,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let rows = self.weight_orig.shape()[0];
+        let w = ops::spectral_norm_weight(
+            &self.weight_orig,
+            &self.weight_u,
+            &self.weight_v,
+            rows,
+            mode == Mode::Train,
+            1e-12,
+        )?;
+        ops::conv2d(x, &w, None, self.stride, self.pad)
+    }
+}
+
+/// One entry of a [`Sequential`]; parameter-free modules keep their index like in PyTorch.
+pub enum Layer {
+    Conv(Conv2d),
+    ConvT(ConvTranspose2d),
+    SnConv(SpectralNormConv2d),
+    Bn(BatchNorm2d),
+    Relu,
+    LeakyRelu(f32),
+    Tanh,
+    /// Drop probability.
+    Dropout(f32),
+    /// Additive Gaussian noise whose std is changed during training (decay schedule).
+    GaussianNoise(Cell<f32>),
+}
+
+impl Layer {
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let train = ctx.mode == Mode::Train;
+        match self {
+            Layer::Conv(c) => c.forward(x),
+            Layer::ConvT(c) => c.forward(x),
+            Layer::SnConv(c) => c.forward(x, ctx.mode),
+            Layer::Bn(b) => b.forward(x, ctx.mode),
+            Layer::Relu => ops::relu(x),
+            Layer::LeakyRelu(s) => ops::leaky_relu(x, *s),
+            Layer::Tanh => ops::tanh(x),
+            Layer::Dropout(p) => {
+                if !train {
+                    return Ok(x.clone());
+                }
+                ops::dropout(x, *p, ctx.rng.next_u64(), true)
+            }
+            Layer::GaussianNoise(std) => {
+                if !train || std.get() == 0.0 {
+                    return Ok(x.clone());
+                }
+                ops::gaussian_noise(x, std.get(), ctx.rng.next_u64(), true)
+            }
+        }
+    }
+}
+
+impl Module for Layer {
+    fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
+        match self {
+            Layer::Conv(c) => {
+                f(format!("{prefix}weight"), StateRef::Param(&c.weight));
+                if let Some(b) = &c.bias {
+                    f(format!("{prefix}bias"), StateRef::Param(b));
+                }
+            }
+            Layer::ConvT(c) => {
+                f(format!("{prefix}weight"), StateRef::Param(&c.weight));
+                if let Some(b) = &c.bias {
+                    f(format!("{prefix}bias"), StateRef::Param(b));
+                }
+            }
+            Layer::SnConv(c) => {
+                f(
+                    format!("{prefix}weight_orig"),
+                    StateRef::Param(&c.weight_orig),
+                );
+                f(format!("{prefix}weight_u"), StateRef::Buffer(&c.weight_u));
+                f(format!("{prefix}weight_v"), StateRef::Buffer(&c.weight_v));
+            }
+            Layer::Bn(b) => {
+                f(format!("{prefix}weight"), StateRef::Param(&b.weight));
+                f(format!("{prefix}bias"), StateRef::Param(&b.bias));
+                f(
+                    format!("{prefix}running_mean"),
+                    StateRef::Buffer(&b.running_mean),
+                );
+                f(
+                    format!("{prefix}running_var"),
+                    StateRef::Buffer(&b.running_var),
+                );
+                f(
+                    format!("{prefix}num_batches_tracked"),
+                    StateRef::Count(&b.num_batches_tracked),
+                );
+            }
+            Layer::Relu
+            | Layer::LeakyRelu(_)
+            | Layer::Tanh
+            | Layer::Dropout(_)
+            | Layer::GaussianNoise(_) => {}
+        }
+    }
+}
+
+/// `nn.Sequential`: children named by index.
+#[derive(Default)]
+pub struct Sequential {
+    pub layers: Vec<Layer>,
+}
+
+impl Sequential {
+    pub fn new() -> Self {
+        Sequential { layers: Vec::new() }
+    }
+
+    pub fn push(&mut self, layer: Layer) {
+        self.layers.push(layer);
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let mut h = x.clone();
+        for layer in &self.layers {
+            h = layer.forward(&h, ctx)?;
+        }
+        Ok(h)
+    }
+}
+
+impl Module for Sequential {
+    fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.visit_state(&format!("{prefix}{i}."), f);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Layers with named parameters and buffers, and the two model presets built from them.
+//!
+//! Naming follows PyTorch's `state_dict()`: a [`Sequential`] names its children by their index
+//! (parameter-free modules such as ReLU still take an index), a layer names its tensors as the
+//! PyTorch module does (`weight`, `bias`, `running_mean`, …, `weight_orig`/`weight_u`/`weight_v`
+//! under spectral norm), and parameters come before buffers within a module. That keeps our
+//! safetensors files loadable with `load_state_dict` in PyTorch.
+
+pub mod layers;
+pub mod models;
+
+pub use layers::{
+    BatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential, SpectralNormConv2d, StateRef,
+};
+pub use models::{Discriminator, Generator, ModelConfig, Preset};
+
+use crate::rng::Rng;
+
+/// How a forward pass behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Training: batch statistics (running stats updated), dropout and noise on, one spectral
+    /// norm power iteration.
+    Train,
+    /// Evaluation: running statistics, no dropout or noise, spectral norm `u` frozen.
+    Eval,
+    /// Batch statistics like `Train`, but nothing is changed: running stats, `u`/`v` and
+    /// `num_batches_tracked` stay as they are and dropout/noise are off. Used for the sample
+    /// grids during training, where eval-mode BN on a young generator looks much worse than
+    /// what training sees (pytorch/examples samples in train mode for the same reason), but a
+    /// sample must not disturb the training state.
+    BatchStats,
+}
+
+/// Per-forward context: the mode and where the seeds of dropout and noise come from. Each
+/// dropout/noise call draws a fresh `u64` seed from `rng`, so masks differ per call but a run
+/// is reproducible from its seed.
+pub struct Ctx<'a> {
+    pub mode: Mode,
+    pub rng: &'a mut Rng,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(mode: Mode, rng: &'a mut Rng) -> Self {
+        Ctx { mode, rng }
+    }
+}
+
+/// Anything with a PyTorch-style state dict.
+pub trait Module {
+    /// Calls `f` with every parameter and buffer, in PyTorch `state_dict()` order, with names
+    /// prefixed by `prefix` (e.g. `"main."`).
+    fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>));
+
+    /// `(name, tensor)` of every trainable parameter, in state-dict order.
+    fn parameters(&self) -> Vec<(String, crate::tensor::Tensor)> {
+        let mut out = Vec::new();
+        self.visit_state("", &mut |name, s| {
+            if let StateRef::Param(t) = s {
+                out.push((name, t.clone()));
+            }
+        });
+        out
+    }
+
+    /// Number of trainable scalars (what PyTorch users count with `p.numel()`).
+    fn parameter_count(&self) -> usize {
+        self.parameters().iter().map(|(_, t)| t.numel()).sum()
+    }
+
+    /// `(name, shape)` of every state-dict entry, in order.
+    fn state_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        self.visit_state("", &mut |name, s| out.push((name, s.shape())));
+        out
+    }
+
+    fn zero_grad(&self) {
+        for (_, p) in self.parameters() {
+            p.zero_grad();
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The two model presets.
+//!
+//! * `dcgan`: pytorch/examples `dcgan/main.py`, names and shapes included, so its weights load
+//!   there. At 64 px it is that network exactly; 32 px drops one stride-2 stage and 128 px
+//!   adds one (the widths keep doubling: G starts at `ngf·2^(stages-1)`).
+//! * `classical`: seed 001 (see README): a two-stage generator (`initial.*` and `detail.*`,
+//!   separate Adam groups) and a spectral-normalised discriminator with input noise and
+//!   dropout, a 5×5 logit map and global average pooling.
+
+use super::layers::{
+    BatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential, SpectralNormConv2d, StateRef,
+};
+use super::{Ctx, Module};
+use crate::backend::Device;
+use crate::ops;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// pytorch/examples DCGAN (nz 100, 64 px, ngf = ndf = 64 at full size).
+    Dcgan,
+    /// Seed 001: two-stage G, spectral-norm D with noise and dropout (nz 128, 128 px).
+    Classical,
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Preset::Dcgan => "dcgan",
+            Preset::Classical => "classical",
+        })
+    }
+}
+
+/// Leaky ReLU slope of both discriminators.
+pub const LEAKY_SLOPE: f32 = 0.2;
+/// Dropout after each hidden conv of the classical discriminator (seed 001 does not publish it).
+pub const CLASSICAL_DROPOUT: f32 = 0.3;
+/// Initial std of the classical discriminator's input noise (decayed to 0 over training).
+pub const CLASSICAL_NOISE_STD: f32 = 0.1;
+/// Number of hidden generator layers in the classical "initial" stage (the 1024 and 512 layers
+/// at full size).
+pub const CLASSICAL_INITIAL_LAYERS: usize = 2;
+
+/// The architecture of a G/D pair: everything needed to rebuild it from a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub preset: Preset,
+    pub image_size: usize,
+    pub nz: usize,
+    pub ngf: usize,
+    pub ndf: usize,
+}
+
+impl ModelConfig {
+    /// The preset at its published size.
+    pub fn full(preset: Preset) -> Self {
+        match preset {
+            Preset::Dcgan => ModelConfig {
+                preset,
+                image_size: 64,
+                nz: 100,
+                ngf: 64,
+                ndf: 64,
+            },
+            Preset::Classical => ModelConfig {
+                preset,
+                image_size: 128,
+                nz: 128,
+                ngf: 64,
+                ndf: 64,
+            },
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if ![32, 64, 128].contains(&self.image_size) {
+            bail!(
+                "image size {} is not supported: use 32, 64 or 128",
+                self.image_size
+            );
+        }
+        for (name, v) in [("nz", self.nz), ("ngf", self.ngf), ("ndf", self.ndf)] {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hidden generator layers = stride-2 stages before the output layer: 4 px after the
+    /// first ConvT, doubled by each of these and by the output layer.
+    pub fn g_hidden_layers(&self) -> usize {
+        log2(self.image_size) - 2
+    }
+
+    /// Generator widths, widest first: `ngf·2^(n-1) … ngf`.
+    pub fn g_widths(&self) -> Vec<usize> {
+        let n = self.g_hidden_layers();
+        (0..n).map(|i| self.ngf << (n - 1 - i)).collect()
+    }
+
+    /// Discriminator widths of the stride-2 convs: `ndf … ndf·2^(n-1)`. DCGAN halves down to
+    /// 4×4 (log2(size) − 2 convs); classical stops at 8×8 (one fewer) so that its final k4
+    /// conv gives the seed's 5×5 map at every size.
+    pub fn d_widths(&self) -> Vec<usize> {
+        let n = match self.preset {
+            Preset::Dcgan => log2(self.image_size) - 2,
+            Preset::Classical => log2(self.image_size) - 3,
+        };
+        (0..n).map(|i| self.ndf << i).collect()
+    }
+}
+
+fn log2(n: usize) -> usize {
+    n.trailing_zeros() as usize
+}
+
+/// Generator: latents `[B, nz, 1, 1]` → images `[B, 3, S, S]` in [-1, 1].
+pub struct Generator {
+    pub config: ModelConfig,
+    /// Named stages: `main` for dcgan; `initial` and `detail` for classical (each its own Adam
+    /// group).
+    pub stages: Vec<(String, Sequential)>,
+}
+
+fn g_block(seq: &mut Sequential, conv: ConvTranspose2d, rng: &mut Rng, dev: Device) -> Result<()> {
+    let c = conv.weight.shape()[1];
+    seq.push(Layer::ConvT(conv));
+    seq.push(Layer::Bn(BatchNorm2d::new(c, rng, dev)?));
+    seq.push(Layer::Relu);
+    Ok(())
+}
+
+impl Generator {
+    pub fn new(config: &ModelConfig, rng: &mut Rng, device: Device) -> Result<Self> {
+        config.validate()?;
+        let widths = config.g_widths();
+        // Hidden layers: ConvT-BN-ReLU, the first from the 1×1 latent to 4×4.
+        let mut hidden = Vec::new();
+        for (i, &w) in widths.iter().enumerate() {
+            let conv = if i == 0 {
+                ConvTranspose2d::new(config.nz, w, 4, 1, 0, false, rng, device)?
+            } else {
+                ConvTranspose2d::new(widths[i - 1], w, 4, 2, 1, false, rng, device)?
+            };
+            hidden.push(conv);
+        }
+        let last = ConvTranspose2d::new(widths[widths.len() - 1], 3, 4, 2, 1, false, rng, device)?;
+        let split = match config.preset {
+            Preset::Dcgan => hidden.len(),
+            Preset::Classical => CLASSICAL_INITIAL_LAYERS.min(hidden.len()),
+        };
+        let mut first = Sequential::new();
+        let mut second = Sequential::new();
+        for (i, conv) in hidden.into_iter().enumerate() {
+            let seq = if i < split { &mut first } else { &mut second };
+            g_block(seq, conv, rng, device)?;
+        }
+        let out_seq = match config.preset {
+            Preset::Dcgan => &mut first,
+            Preset::Classical => &mut second,
+        };
+        out_seq.push(Layer::ConvT(last));
+        out_seq.push(Layer::Tanh);
+        let stages = match config.preset {
+            Preset::Dcgan => vec![("main".to_string(), first)],
+            Preset::Classical => vec![
+                ("initial".to_string(), first),
+                ("detail".to_string(), second),
+            ],
+        };
+        Ok(Generator {
+            config: config.clone(),
+            stages,
+        })
+    }
+
+    pub fn forward(&self, z: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let nz = self.config.nz;
+        let z = match *z.shape() {
+            [_, c, 1, 1] if c == nz => z.clone(),
+            [b, c] if c == nz => z.reshape(&[b, nz, 1, 1])?,
+            ref s => bail!("generator: latents of shape {s:?}, expected [B, {nz}, 1, 1]"),
+        };
+        let mut h = z;
+        for (_, seq) in &self.stages {
+            h = seq.forward(&h, ctx)?;
+        }
+        Ok(h)
+    }
+
+    /// Parameters by Adam group: `(stage name, [(full name, tensor)])`.
+    pub fn param_groups(&self) -> Vec<(String, Vec<(String, Tensor)>)> {
+        self.stages
+            .iter()
+            .map(|(name, seq)| {
+                let params = seq
+                    .parameters()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{name}.{n}"), t))
+                    .collect();
+                (name.clone(), params)
+            })
+            .collect()
+    }
+}
+
+impl Module for Generator {
+    fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
+        for (name, seq) in &self.stages {
+            seq.visit_state(&format!("{prefix}{name}."), f);
+        }
+    }
+}
+
+/// Discriminator: images `[B, 3, S, S]` → one logit per image `[B]` (the sigmoid lives in the
+/// fused loss; pytorch/examples' final `Sigmoid` has no state, so names still match).
+pub struct Discriminator {
+    pub config: ModelConfig,
+    pub main: Sequential,
+}
+
+impl Discriminator {
+    pub fn new(config: &ModelConfig, rng: &mut Rng, device: Device) -> Result<Self> {
+        config.validate()?;
+        let widths = config.d_widths();
+        let mut main = Sequential::new();
+        let mut c_in = 3;
+        match config.preset {
+            Preset::Dcgan => {
+                for (i, &w) in widths.iter().enumerate() {
+                    main.push(Layer::Conv(Conv2d::new(
+                        c_in, w, 4, 2, 1, false, rng, device,
+                    )?));
+                    // pytorch/examples: no BN on the first layer.
+                    if i > 0 {
+                        main.push(Layer::Bn(BatchNorm2d::new(w, rng, device)?));
+                    }
+                    main.push(Layer::LeakyRelu(LEAKY_SLOPE));
+                    c_in = w;
+                }
+                main.push(Layer::Conv(Conv2d::new(
+                    c_in, 1, 4, 1, 0, false, rng, device,
+                )?));
+            }
+            Preset::Classical => {
+                main.push(Layer::GaussianNoise(Cell::new(CLASSICAL_NOISE_STD)));
+                for &w in &widths {
+                    main.push(Layer::SnConv(SpectralNormConv2d::new(
+                        c_in, w, 4, 2, 1, rng, device,
+                    )?));
+                    main.push(Layer::LeakyRelu(LEAKY_SLOPE));
+                    main.push(Layer::Dropout(CLASSICAL_DROPOUT));
+                    c_in = w;
+                }
+                // The final conv is spectral-normalised too (as in SN-GAN): the seed lists
+                // "spectral normalized Conv2d layers" without exception, and an unnormalised
+                // last layer would undo the Lipschitz bound of the others.
+                main.push(Layer::SnConv(SpectralNormConv2d::new(
+                    c_in, 1, 4, 1, 0, rng, device,
+                )?));
+            }
+        }
+        Ok(Discriminator {
+            config: config.clone(),
+            main,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let s = self.config.image_size;
+        match *x.shape() {
+            [_, 3, h, w] if h == s && w == s => {}
+            ref shape => {
+                bail!("discriminator: images of shape {shape:?}, expected [B, 3, {s}, {s}]")
+            }
+        }
+        let y = self.main.forward(x, ctx)?;
+        // dcgan: [B, 1, 1, 1]; classical: [B, 1, 5, 5] averaged to one logit per image.
+        ops::mean_rows(&y)
+    }
+
+    /// Sets the std of the input noise (classical only; a no-op for dcgan).
+    pub fn set_noise_std(&self, std: f32) {
+        for layer in &self.main.layers {
+            if let Layer::GaussianNoise(s) = layer {
+                s.set(std);
+            }
+        }
+    }
+
+    pub fn noise_std(&self) -> Option<f32> {
+        self.main.layers.iter().find_map(|l| match l {
+            Layer::GaussianNoise(s) => Some(s.get()),
+            _ => None,
+        })
+    }
+}
+
+impl Module for Discriminator {
+    fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
+        self.main.visit_state(&format!("{prefix}main."), f);
+    }
+}

@@ -1,0 +1,147 @@
+//! Adam (PyTorch's `torch.optim.Adam`, bias-corrected, no weight decay) with parameter groups.
+//!
+//! The update itself is one backend call over every parameter of every group
+//! (`Backend::adam_update`), so the CUDA backend can do a whole step in one launch.
+
+use crate::backend::{AdamItem, AdamStep, Storage};
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
+use std::cell::{Ref, RefMut};
+
+/// One parameter with its moment estimates (`exp_avg`, `exp_avg_sq` in PyTorch's state).
+pub struct AdamParam {
+    pub name: String,
+    pub param: Tensor,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+}
+
+/// Parameters that share a learning rate.
+pub struct ParamGroup {
+    pub name: String,
+    pub lr: f32,
+    pub params: Vec<AdamParam>,
+}
+
+pub struct Adam {
+    pub groups: Vec<ParamGroup>,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Completed steps (PyTorch keeps one per parameter; they are equal here because every
+    /// parameter gets a gradient every step).
+    pub step: u64,
+}
+
+impl Adam {
+    pub fn new(beta1: f32, beta2: f32, eps: f32) -> Self {
+        Adam {
+            groups: Vec::new(),
+            beta1,
+            beta2,
+            eps,
+            step: 0,
+        }
+    }
+
+    /// Adds a group; its moments start at zero on the parameters' device.
+    pub fn add_group(&mut self, name: &str, lr: f32, params: Vec<(String, Tensor)>) -> Result<()> {
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("learning rate {lr} of group {name} must be positive");
+        }
+        let params = params
+            .into_iter()
+            .map(|(n, p)| {
+                if !p.requires_grad() {
+                    bail!("parameter {n} does not require gradients");
+                }
+                Ok(AdamParam {
+                    exp_avg: Tensor::zeros(p.shape(), p.device())?,
+                    exp_avg_sq: Tensor::zeros(p.shape(), p.device())?,
+                    name: n,
+                    param: p,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.groups.push(ParamGroup {
+            name: name.to_string(),
+            lr,
+            params,
+        });
+        Ok(())
+    }
+
+    pub fn group_mut(&mut self, name: &str) -> Option<&mut ParamGroup> {
+        self.groups.iter_mut().find(|g| g.name == name)
+    }
+
+    pub fn zero_grad(&self) {
+        for g in &self.groups {
+            for p in &g.params {
+                p.param.zero_grad();
+            }
+        }
+    }
+
+    /// One update of every parameter that has a gradient (like PyTorch, parameters without a
+    /// gradient are left alone).
+    pub fn step(&mut self) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let step = AdamStep {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            bias_correction1: 1.0 - self.beta1.powi(t),
+            bias_correction2: 1.0 - self.beta2.powi(t),
+        };
+        type Guards<'a> = (
+            RefMut<'a, Storage>,
+            Ref<'a, Option<Storage>>,
+            RefMut<'a, Storage>,
+            RefMut<'a, Storage>,
+            f32,
+        );
+        let mut guards: Vec<Guards> = Vec::new();
+        let mut backend = None;
+        for g in &self.groups {
+            for p in &g.params {
+                let Some(grad) = p.param.grad() else { continue };
+                backend.get_or_insert_with(|| p.param.backend());
+                guards.push((
+                    p.param.storage_mut(),
+                    grad,
+                    p.exp_avg.storage_mut(),
+                    p.exp_avg_sq.storage_mut(),
+                    g.lr,
+                ));
+            }
+        }
+        let Some(backend) = backend else {
+            return Ok(());
+        };
+        let mut items: Vec<AdamItem> = guards
+            .iter_mut()
+            .map(|(param, grad, m, v, lr)| AdamItem {
+                param,
+                grad: grad.as_ref().expect("grad() only returns Some"),
+                m,
+                v,
+                lr: *lr,
+            })
+            .collect();
+        backend.adam_update(&mut items, step)
+    }
+
+    /// Named state tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            for p in &g.params {
+                out.push((format!("{}.exp_avg", p.name), p.exp_avg.clone()));
+                out.push((format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.clone()));
+            }
+        }
+        out
+    }
+}

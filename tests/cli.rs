@@ -1,0 +1,184 @@
+//! The `artgan` binary: bad input gives one clear `error:` line and a non-zero exit without
+//! touching existing files; a tiny train + sample run works end to end.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn artgan(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_artgan"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run artgan")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with exactly one `error:` line containing `needle`.
+fn assert_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+}
+
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert_error(o, needle);
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+const TINY: &[&str] = &[
+    "train",
+    "--image-size",
+    "32",
+    "--ngf",
+    "4",
+    "--ndf",
+    "4",
+    "--nz",
+    "8",
+    "--batch-size",
+    "8",
+    "--builtin-count",
+    "16",
+    "--epochs",
+    "1",
+    "--quiet",
+];
+
+#[test]
+fn help_works_on_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["--help"][..], &["train", "--help"], &["sample", "--help"]] {
+        let o = artgan(args, dir.path());
+        assert!(o.status.success());
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
+    }
+}
+
+#[test]
+fn bad_training_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // clap rejects unknown presets itself (exit code 2), naming the valid ones.
+    let o = artgan(&["train", "--preset", "stylegan"], d);
+    assert_error(&o, "invalid value 'stylegan'");
+    assert!(stderr(&o).contains("dcgan") && stderr(&o).contains("classical"));
+
+    let o = artgan(&["train", "--batch-size", "0"], d);
+    assert_one_line_error(&o, "batch size must be at least 1");
+    let o = artgan(&["train", "--image-size", "100"], d);
+    assert_one_line_error(&o, "image size 100 is not supported: use 32, 64 or 128");
+    let o = artgan(&["train", "--device", "tpu"], d);
+    assert_one_line_error(&o, "device \"tpu\" is not available");
+
+    // Unwritable output: a path below a regular file.
+    std::fs::write(d.join("file"), b"x").unwrap();
+    let o = artgan(&["train", "--out", "file/run"], d);
+    assert_one_line_error(&o, "cannot create output folder file/run");
+    // Nothing ran: no default run folder was made.
+    assert!(!d.join("runs").exists());
+}
+
+#[test]
+fn an_existing_run_is_never_overwritten_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("run")).unwrap();
+    std::fs::write(d.join("run/generator.safetensors"), b"precious").unwrap();
+    let o = artgan(&[TINY, &["--out", "run"]].concat(), d);
+    assert_one_line_error(&o, "output folder run is not empty");
+    assert_eq!(
+        std::fs::read(d.join("run/generator.safetensors")).unwrap(),
+        b"precious"
+    );
+}
+
+#[test]
+fn sample_rejects_missing_and_foreign_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = artgan(&["sample", "--checkpoint", "nowhere"], d);
+    assert_one_line_error(&o, "nowhere is not a training run folder");
+
+    // A run folder whose generator file is not safetensors.
+    std::fs::create_dir(d.join("fake")).unwrap();
+    std::fs::write(
+        d.join("fake/config.json"),
+        r#"{"preset":"dcgan","image_size":32,"nz":8,"ngf":4,"ndf":4}"#,
+    )
+    .unwrap();
+    std::fs::write(d.join("fake/generator.safetensors"), b"GIF89a not a tensor").unwrap();
+    let o = artgan(&["sample", "--checkpoint", "fake", "--out", "s"], d);
+    assert_one_line_error(&o, "fake/generator.safetensors is not a safetensors file");
+    assert!(
+        !d.join("s").exists(),
+        "output made before the checkpoint was checked"
+    );
+}
+
+#[test]
+fn tiny_train_then_sample_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = artgan(&[TINY, &["--out", "run", "--seed", "3"]].concat(), d);
+    assert!(o.status.success(), "train failed: {}", stderr(&o));
+    for f in [
+        "config.json",
+        "metrics.csv",
+        "generator.safetensors",
+        "discriminator.safetensors",
+        "samples/epoch-0000.png",
+        "samples/epoch-0001.png",
+    ] {
+        assert!(d.join("run").join(f).is_file(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(d.join("run/metrics.csv")).unwrap();
+    let mut lines = metrics.lines();
+    assert_eq!(
+        lines.next(),
+        Some("epoch,step,seconds,loss_d,loss_g,d_x,d_g_z")
+    );
+    assert!(lines.next().unwrap().starts_with("1,2,"));
+    let grid = image::open(d.join("run/samples/epoch-0001.png")).unwrap();
+    assert_eq!(grid.width(), 8 * (32 + 2) + 2);
+
+    let o = artgan(
+        &[
+            "sample",
+            "--checkpoint",
+            "run",
+            "--count",
+            "3",
+            "--seed",
+            "1",
+            "--out",
+            "out",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "sample failed: {}", stderr(&o));
+    for i in 0..3 {
+        let img = image::open(d.join(format!("out/sample-{i:04}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (32, 32));
+    }
+    let latents = artgan::checkpoint::load_tensors(&d.join("out/latents.safetensors")).unwrap();
+    assert_eq!(latents["z"].0, vec![3, 8, 1, 1]);
+
+    // A checkpoint of another shape: the config says ngf 8, the weights are ngf 4.
+    let cfg = std::fs::read_to_string(d.join("run/config.json")).unwrap();
+    std::fs::write(
+        d.join("run/config.json"),
+        cfg.replace("\"ngf\": 4", "\"ngf\": 8"),
+    )
+    .unwrap();
+    let o = artgan(&["sample", "--checkpoint", "run", "--out", "out2"], d);
+    assert_one_line_error(
+        &o,
+        "tensor main.0.weight has shape [8, 16, 4, 4], expected [8, 32, 4, 4]",
+    );
+}

@@ -1,0 +1,163 @@
+//! Architecture tests: pytorch/examples dcgan state-dict names and shapes, seed 001 parameter
+//! counts, output shapes at every supported size.
+
+use artgan::backend::Device;
+use artgan::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
+use artgan::rng::Rng;
+use artgan::tensor::{no_grad, Tensor};
+
+fn bn(prefix: &str, c: usize, out: &mut Vec<(String, Vec<usize>)>) {
+    for (n, s) in [
+        ("weight", vec![c]),
+        ("bias", vec![c]),
+        ("running_mean", vec![c]),
+        ("running_var", vec![c]),
+        ("num_batches_tracked", vec![]),
+    ] {
+        out.push((format!("{prefix}.{n}"), s));
+    }
+}
+
+fn w(name: &str, shape: [usize; 4]) -> (String, Vec<usize>) {
+    (name.to_string(), shape.to_vec())
+}
+
+/// `netG.state_dict()` of pytorch/examples dcgan (nz 100, ngf 64), written out by hand from
+/// its `nn.Sequential`: ConvT, BN, ReLU ×4, ConvT, Tanh.
+fn pytorch_dcgan_generator() -> Vec<(String, Vec<usize>)> {
+    let mut e = vec![w("main.0.weight", [100, 512, 4, 4])];
+    bn("main.1", 512, &mut e);
+    e.push(w("main.3.weight", [512, 256, 4, 4]));
+    bn("main.4", 256, &mut e);
+    e.push(w("main.6.weight", [256, 128, 4, 4]));
+    bn("main.7", 128, &mut e);
+    e.push(w("main.9.weight", [128, 64, 4, 4]));
+    bn("main.10", 64, &mut e);
+    e.push(w("main.12.weight", [64, 3, 4, 4]));
+    e
+}
+
+/// `netD.state_dict()` of pytorch/examples dcgan (ndf 64): Conv, LReLU, (Conv, BN, LReLU) ×3,
+/// Conv, Sigmoid.
+fn pytorch_dcgan_discriminator() -> Vec<(String, Vec<usize>)> {
+    let mut e = vec![w("main.0.weight", [64, 3, 4, 4])];
+    e.push(w("main.2.weight", [128, 64, 4, 4]));
+    bn("main.3", 128, &mut e);
+    e.push(w("main.5.weight", [256, 128, 4, 4]));
+    bn("main.6", 256, &mut e);
+    e.push(w("main.8.weight", [512, 256, 4, 4]));
+    bn("main.9", 512, &mut e);
+    e.push(w("main.11.weight", [1, 512, 4, 4]));
+    e
+}
+
+#[test]
+fn dcgan_state_dict_names_and_shapes_match_pytorch_examples() {
+    let c = ModelConfig::full(Preset::Dcgan);
+    let mut rng = Rng::new(0);
+    let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
+    let d = Discriminator::new(&c, &mut rng, Device::Cpu).unwrap();
+    assert_eq!(g.state_shapes(), pytorch_dcgan_generator());
+    assert_eq!(d.state_shapes(), pytorch_dcgan_discriminator());
+    // pytorch/examples' counts: G 3,576,704, D 2,765,568.
+    assert_eq!(g.parameter_count(), 3_576_704);
+    assert_eq!(d.parameter_count(), 2_765_568);
+}
+
+#[test]
+fn classical_parameter_counts_match_seed_001() {
+    let c = ModelConfig::full(Preset::Classical);
+    let mut rng = Rng::new(0);
+    let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
+    let d = Discriminator::new(&c, &mut rng, Device::Cpu).unwrap();
+    assert_eq!(g.parameter_count(), 13_245_312);
+    assert_eq!(d.parameter_count(), 2_763_776);
+    // Two Adam groups: the 1024 and 512 layers, then the rest.
+    let groups = g.param_groups();
+    let names: Vec<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["initial", "detail"]);
+    assert_eq!(groups[0].1[0].1.shape(), &[128, 1024, 4, 4]);
+    assert_eq!(groups[0].1[3].1.shape(), &[1024, 512, 4, 4]);
+    assert_eq!(groups[1].1[0].1.shape(), &[512, 256, 4, 4]);
+    // Spectral norm state as PyTorch names it.
+    let shapes = d.state_shapes();
+    assert_eq!(
+        shapes[0],
+        ("main.1.weight_orig".to_string(), vec![64, 3, 4, 4])
+    );
+    assert_eq!(shapes[1], ("main.1.weight_u".to_string(), vec![64]));
+    assert_eq!(shapes[2], ("main.1.weight_v".to_string(), vec![48]));
+}
+
+#[test]
+fn both_presets_give_the_right_shapes_at_32_64_and_128_px() {
+    for preset in [Preset::Dcgan, Preset::Classical] {
+        for size in [32, 64, 128] {
+            let c = ModelConfig {
+                preset,
+                image_size: size,
+                nz: 8,
+                ngf: 4,
+                ndf: 4,
+            };
+            let mut rng = Rng::new(1);
+            let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
+            let d = Discriminator::new(&c, &mut rng, Device::Cpu).unwrap();
+            let _guard = no_grad();
+            let z = Tensor::randn(&[2, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
+            let img = g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
+            assert_eq!(img.shape(), &[2, 3, size, size], "{preset} {size}");
+            let v = img.to_vec().unwrap();
+            assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "tanh output");
+            let logits = d
+                .forward(&img, &mut Ctx::new(Mode::Train, &mut rng))
+                .unwrap();
+            assert_eq!(logits.shape(), &[2], "{preset} {size}");
+        }
+    }
+}
+
+#[test]
+fn unsupported_sizes_are_rejected_with_a_clear_message() {
+    let c = ModelConfig {
+        image_size: 48,
+        ..ModelConfig::full(Preset::Dcgan)
+    };
+    let err = Generator::new(&c, &mut Rng::new(0), Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("image size 48"), "{err}");
+}
+
+#[test]
+fn batch_stats_mode_leaves_running_stats_untouched_and_train_mode_moves_them() {
+    let c = ModelConfig {
+        preset: Preset::Dcgan,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    };
+    let mut rng = Rng::new(2);
+    let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
+    let z = Tensor::randn(&[4, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
+    let snapshot = |g: &Generator| {
+        let mut v = Vec::new();
+        g.visit_state("", &mut |_, s| {
+            if let artgan::nn::StateRef::Buffer(t) = s {
+                v.extend(t.to_vec().unwrap());
+            }
+            if let artgan::nn::StateRef::Count(n) = s {
+                v.push(n.get() as f32);
+            }
+        });
+        v
+    };
+    let before = snapshot(&g);
+    let _guard = no_grad();
+    g.forward(&z, &mut Ctx::new(Mode::BatchStats, &mut rng))
+        .unwrap();
+    assert_eq!(snapshot(&g), before);
+    g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
+    assert_ne!(snapshot(&g), before);
+}
