@@ -2,6 +2,7 @@
 //! backend and a CUDA backend.
 
 pub mod backend;
+pub mod data;
 pub mod ops;
 pub mod rng;
 pub mod tensor;
