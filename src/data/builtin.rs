@@ -43,8 +43,8 @@ impl Canvas {
     }
     fn blend(&mut self, x: usize, y: usize, c: Rgb, a: f32) {
         let o = (y * self.s + x) * 3;
-        for k in 0..3 {
-            self.px[o + k] += (c[k] - self.px[o + k]) * a;
+        for (p, &ck) in self.px[o..o + 3].iter_mut().zip(&c) {
+            *p += (ck - *p) * a;
         }
     }
     /// Vertical gradient from `top` to `bottom` between rows y0 and y1 (fractions of height).
@@ -157,8 +157,7 @@ fn paint(rng: &mut Rng, s: usize) -> Vec<u8> {
         px: vec![0.0; s * s * 3],
     };
     let kind = rng.below(4);
-    let tilt;
-    match kind {
+    let tilt = match kind {
         0 => {
             // Day landscape.
             let top = jitter(rng, [0.25, 0.45, 0.85], 0.1);
@@ -175,7 +174,7 @@ fn paint(rng: &mut Rng, s: usize) -> Vec<u8> {
             let grass = jitter(rng, [0.25, 0.5, 0.2], 0.12);
             let far = jitter(rng, [0.45, 0.6, 0.4], 0.1);
             cv.ground(&line, grass, far);
-            tilt = 0.5;
+            0.5
         }
         1 => {
             // Sunset over the sea.
@@ -202,7 +201,7 @@ fn paint(rng: &mut Rng, s: usize) -> Vec<u8> {
                     }
                 }
             }
-            tilt = 0.1;
+            0.1
         }
         2 => {
             // Night: moon, stars, dark hills.
@@ -223,7 +222,7 @@ fn paint(rng: &mut Rng, s: usize) -> Vec<u8> {
             let line = hills(rng, sf, h, sf * 0.2);
             let dark = jitter(rng, [0.04, 0.06, 0.08], 0.03);
             cv.ground(&line, dark, lerp(dark, low, 0.3));
-            tilt = 0.8;
+            0.8
         }
         _ => {
             // Colour field: two or three stacked soft rectangles on a ground colour.
@@ -238,9 +237,9 @@ fn paint(rng: &mut Rng, s: usize) -> Vec<u8> {
                 let c = jitter(rng, [0.6, 0.45, 0.3], 0.4);
                 cv.field(margin + 0.03, y0, 1.0 - margin - 0.03, y0 + band, c);
             }
-            tilt = 0.3;
+            0.3
         }
-    }
+    };
     cv.strokes(rng, s * s / 12, tilt);
     cv.px
         .iter()

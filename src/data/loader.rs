@@ -70,11 +70,7 @@ impl Loader {
 
     /// Full batches per epoch; a last partial batch is dropped.
     pub fn batches_per_epoch(&self) -> usize {
-        if self.batch_size == 0 {
-            0
-        } else {
-            self.set.len() / self.batch_size
-        }
+        self.set.len().checked_div(self.batch_size).unwrap_or(0)
     }
 
     /// Shuffles for `epoch` (depends only on the seed and the epoch) and rewinds to its start.

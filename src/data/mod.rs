@@ -199,7 +199,7 @@ impl ImageSet {
     /// An in-memory set; `pixels` holds `count` HWC RGB images of `size`×`size`.
     pub fn from_pixels(size: usize, pixels: Vec<u8>, meta: Vec<ImageMeta>) -> Result<ImageSet> {
         let per = size * size * 3;
-        if per == 0 || pixels.len() % per != 0 || pixels.len() / per != meta.len() {
+        if per == 0 || !pixels.len().is_multiple_of(per) || pixels.len() / per != meta.len() {
             bail!(
                 "image set: {} bytes do not hold {} images of {size}x{size} RGB",
                 pixels.len(),
