@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod nn;
 pub mod ops;
 pub mod optim;
