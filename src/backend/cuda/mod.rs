@@ -139,10 +139,8 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self> {
         // cudarc panics on a missing library: find them all first (cuDNN is optional).
         libs::ensure_libraries(false)?;
-        let cudnn_note = match conv_impl() {
-            ConvImpl::Own => None,
-            ConvImpl::Cudnn => libs::ensure_libraries(true).err(),
-        };
+        // cuDNN is optional and probed always, so that the switch can be flipped at run time.
+        let cudnn_libs = libs::ensure_libraries(true);
         let ctx =
             libs::catch_cudarc_panic("creating the CUDA context", || CudaContext::new(ordinal))?
                 .map_err(|e| drv(e, &format!("cuda:{ordinal}: creating the context")))?;
@@ -154,23 +152,23 @@ impl CudaBackend {
             .map_err(|e| drv(e, "creating the stream"))?;
         let blas = libs::catch_cudarc_panic("loading cuBLAS", || CudaBlas::new(stream.clone()))?
             .map_err(|e| err::blas(e, "creating the cuBLAS handle"))?;
-        let dnn = match cudnn_note {
-            None if conv_impl() == ConvImpl::Cudnn => {
-                match libs::catch_cudarc_panic("loading cuDNN", || {
-                    cudnn::CudnnConv::new(stream.clone())
-                }) {
-                    Ok(Ok(d)) => Some(d),
-                    Ok(Err(e)) | Err(e) => {
-                        eprintln!("note: cuDNN unusable ({e:#}); convolutions use our own kernels");
-                        None
-                    }
-                }
+        let dnn = match cudnn_libs {
+            Ok(()) => {
+                libs::catch_cudarc_panic("loading cuDNN", || cudnn::CudnnConv::new(stream.clone()))
+                    .and_then(|r| r)
             }
-            None => None,
-            Some(e) => {
-                let first = format!("{e:#}");
-                let first = first.lines().next().unwrap_or_default().to_string();
-                eprintln!("note: cuDNN not found ({first}); convolutions use our own kernels");
+            Err(e) => Err(e),
+        };
+        let dnn = match dnn {
+            Ok(d) => Some(d),
+            Err(e) => {
+                if conv_impl() == ConvImpl::Cudnn {
+                    let msg = format!("{e:#}");
+                    let first = msg.lines().next().unwrap_or_default();
+                    eprintln!(
+                        "note: cuDNN unavailable ({first}); convolutions use our own kernels"
+                    );
+                }
                 None
             }
         };
