@@ -213,9 +213,14 @@ impl Nvrtc {
     /// Tries each candidate in priority order; on failure returns the list of places looked.
     fn find() -> Result<Nvrtc, String> {
         let mut looked = String::new();
+        let mut dirs_listed = HashSet::new();
         for (origin, path) in nvrtc_candidates() {
             if !path.is_file() {
-                writeln!(looked, "  {} ({origin}): not there", path.display()).unwrap();
+                // One line per folder: the names tried are the same everywhere.
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                if dirs_listed.insert(dir.clone()) {
+                    writeln!(looked, "  {} ({origin}): no libnvrtc", dir.display()).unwrap();
+                }
                 continue;
             }
             match Nvrtc::load(&path) {

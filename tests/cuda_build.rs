@@ -159,3 +159,72 @@ fn auto_and_cuda_without_gpu() {
         }
     }
 }
+
+/// The first `__global__` function declared in a kernel source, to check a loaded module holds
+/// real code.
+fn first_kernel_name(source: &str) -> Option<&str> {
+    let at = source.find("__global__")?;
+    let rest = &source[at..];
+    let open = rest.find('(')?;
+    rest[..open].split_whitespace().last()
+}
+
+#[test]
+fn finds_kernel_names() {
+    assert_eq!(
+        first_kernel_name("extern \"C\" __global__ void relu_fwd(float* x) {}"),
+        Some("relu_fwd")
+    );
+}
+
+/// On a GPU: every module loads through each path (cubin, PTX, run-time nvrtc) and its first
+/// kernel resolves. Skipped without a GPU unless `ARTGAN_REQUIRE_GPU=1`.
+#[test]
+fn gpu_loads_every_module_each_way() {
+    use artgan::backend::cuda::libs;
+    use artgan::backend::cuda::loader::{load_module_with, ImagePolicy, LoadedFrom};
+    let ctx = match libs::ensure_libraries(false).and_then(|_| {
+        libs::catch_cudarc_panic("CudaContext::new", || cudarc::driver::CudaContext::new(0))?
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    }) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            if std::env::var("ARTGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("ARTGAN_REQUIRE_GPU=1 but no GPU: {reason}");
+            }
+            eprintln!(
+                "skipped (no GPU): {}",
+                reason.lines().next().unwrap_or_default()
+            );
+            return;
+        }
+    };
+    let (major, minor) = ctx.compute_capability().unwrap();
+    let cc = (major * 10 + minor) as u32;
+    eprintln!("device cc {major}.{minor}; kernels built by nvrtc {BUILD_NVRTC_VERSION:?}");
+    let nvrtc = libs::nvrtc_available();
+    for m in KERNEL_MODULES {
+        let kernel = first_kernel_name(m.source).expect("a __global__ function");
+        for policy in [ImagePolicy::Auto, ImagePolicy::Ptx, ImagePolicy::Nvrtc] {
+            if policy == ImagePolicy::Nvrtc && !nvrtc {
+                eprintln!("{}: no run-time nvrtc here, nvrtc path not checked", m.name);
+                continue;
+            }
+            let (module, from) = load_module_with(&ctx, m.name, policy)
+                .unwrap_or_else(|e| panic!("{} ({policy:?}): {e:#}", m.name));
+            module
+                .load_function(kernel)
+                .unwrap_or_else(|e| panic!("{}: kernel {kernel} missing: {e:?}", m.name));
+            eprintln!("{}: {policy:?} -> {from:?}", m.name);
+            match policy {
+                ImagePolicy::Auto if m.cubins.iter().any(|(s, _)| *s == cc) => {
+                    assert_eq!(from, LoadedFrom::Cubin(cc))
+                }
+                ImagePolicy::Ptx if m.ptx.is_some() => assert_eq!(from, LoadedFrom::Ptx),
+                ImagePolicy::Nvrtc => assert_eq!(from, LoadedFrom::Nvrtc),
+                _ => {}
+            }
+        }
+    }
+}

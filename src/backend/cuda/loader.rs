@@ -74,6 +74,39 @@ fn cache() -> &'static Cache {
     C.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Which image a module was loaded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadedFrom {
+    Cubin(u32),
+    Ptx,
+    /// Compiled at run time by the local nvrtc.
+    Nvrtc,
+}
+
+/// Which images [`load_module_with`] may use. `ARTGAN_KERNEL_IMAGE=auto|ptx|nvrtc` sets it for
+/// [`load_module`]: a way to exercise (and, if a prebuilt image misbehaves, bypass) each path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePolicy {
+    /// Cubin, then PTX, then nvrtc.
+    Auto,
+    /// Skip cubins: PTX, then nvrtc.
+    Ptx,
+    /// Always compile at run time.
+    Nvrtc,
+}
+
+impl ImagePolicy {
+    /// From `ARTGAN_KERNEL_IMAGE`; unknown values are an error rather than silently `auto`.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("ARTGAN_KERNEL_IMAGE").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(ImagePolicy::Auto),
+            Ok("ptx") => Ok(ImagePolicy::Ptx),
+            Ok("nvrtc") => Ok(ImagePolicy::Nvrtc),
+            Ok(other) => bail!("ARTGAN_KERNEL_IMAGE={other:?}: expected auto, ptx or nvrtc"),
+        }
+    }
+}
+
 /// Loads kernel module `name` (a `kernels/*.cu` file stem) into `ctx`, once per context.
 pub fn load_module(ctx: &Arc<CudaContext>, name: &str) -> Result<Arc<CudaModule>> {
     // Keyed by the context's address. A cached module holds an Arc of its context, so that
@@ -82,12 +115,17 @@ pub fn load_module(ctx: &Arc<CudaContext>, name: &str) -> Result<Arc<CudaModule>
     if let Some(m) = cache().lock().unwrap().get(&key) {
         return Ok(m.clone());
     }
-    let module = load_uncached(ctx, name)?;
+    let (module, _) = load_module_with(ctx, name, ImagePolicy::from_env()?)?;
     cache().lock().unwrap().insert(key, module.clone());
     Ok(module)
 }
 
-fn load_uncached(ctx: &Arc<CudaContext>, name: &str) -> Result<Arc<CudaModule>> {
+/// Loads module `name` without the cache, under `policy`, and says which image was used.
+pub fn load_module_with(
+    ctx: &Arc<CudaContext>,
+    name: &str,
+    policy: ImagePolicy,
+) -> Result<(Arc<CudaModule>, LoadedFrom)> {
     let m = embedded(name).ok_or_else(|| {
         anyhow!(
             "no kernel module {name:?} (known: {})",
@@ -103,30 +141,48 @@ fn load_uncached(ctx: &Arc<CudaContext>, name: &str) -> Result<Arc<CudaModule>> 
         .context("reading the device's compute capability")?;
     let cc = (major * 10 + minor) as u32;
 
+    let images = match policy {
+        ImagePolicy::Auto => candidate_images(m, cc),
+        ImagePolicy::Ptx => candidate_images(m, cc)
+            .into_iter()
+            .filter(|i| matches!(i, Image::Ptx(_)))
+            .collect(),
+        ImagePolicy::Nvrtc => Vec::new(),
+    };
     let mut rejected = Vec::new();
-    for image in candidate_images(m, cc) {
-        let (what, ptx) = match image {
-            Image::Cubin(sm, bin) => (format!("cubin sm_{sm}"), Ptx::from_binary(bin.to_vec())),
-            Image::Ptx(src) => (format!("PTX compute_{PTX_ARCH}"), Ptx::from_src(src)),
+    for image in images {
+        let (what, ptx, from) = match image {
+            Image::Cubin(sm, bin) => (
+                format!("cubin sm_{sm}"),
+                Ptx::from_binary(bin.to_vec()),
+                LoadedFrom::Cubin(sm),
+            ),
+            Image::Ptx(src) => (
+                format!("PTX compute_{PTX_ARCH}"),
+                Ptx::from_src(src),
+                LoadedFrom::Ptx,
+            ),
         };
         match ctx.load_module(ptx) {
-            Ok(module) => return Ok(module),
+            Ok(module) => return Ok((module, from)),
             Err(e) => rejected.push(format!("{what}: {e:?}")),
         }
     }
 
-    let reason = if rejected.is_empty() {
-        match BUILD_NVRTC_VERSION {
-            None => "no nvrtc was found when artgan was built".to_string(),
-            Some(_) => format!("no prebuilt image suits compute capability {major}.{minor}"),
-        }
-    } else {
+    let reason = if policy == ImagePolicy::Nvrtc {
+        "ARTGAN_KERNEL_IMAGE=nvrtc".to_string()
+    } else if !rejected.is_empty() {
         format!(
             "the driver rejected the prebuilt kernels ({})",
             rejected.join("; ")
         )
+    } else if BUILD_NVRTC_VERSION.is_none() {
+        "no nvrtc was found when artgan was built".to_string()
+    } else {
+        format!("no prebuilt image suits compute capability {major}.{minor}")
     };
-    compile_at_run_time(ctx, m, cc, &reason)
+    let module = compile_at_run_time(ctx, m, cc, &reason)?;
+    Ok((module, LoadedFrom::Nvrtc))
 }
 
 fn compile_at_run_time(
