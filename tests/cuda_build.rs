@@ -228,3 +228,26 @@ fn gpu_loads_every_module_each_way() {
         }
     }
 }
+
+/// The run-time fallback compiler works (no GPU needed): with the nvrtc that build.rs used (or
+/// one on the usual paths), every embedded source compiles to an sm_75 cubin and to PTX.
+#[test]
+fn run_time_nvrtc_compiles_every_module() {
+    use artgan::backend::cuda::libs;
+    use artgan::backend::cuda::loader::{compile_embedded, BUILD_NVRTC_PATH};
+    if !libs::nvrtc_available() {
+        assert!(
+            BUILD_NVRTC_PATH.is_none_or(|p| !Path::new(p).exists()),
+            "build.rs used {BUILD_NVRTC_PATH:?} but the run time does not find it"
+        );
+        eprintln!("skipped: no nvrtc at run time");
+        return;
+    }
+    for m in KERNEL_MODULES {
+        let bin = compile_embedded(m, "sm_75", true).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(bin.starts_with(b"\x7fELF"), "{}: not a cubin", m.name);
+        let ptx = compile_embedded(m, "compute_75", false).unwrap_or_else(|e| panic!("{e:#}"));
+        let ptx = String::from_utf8(ptx).unwrap();
+        assert_eq!(ptx_target(&ptx), Some("sm_75"), "{}", m.name);
+    }
+}

@@ -200,6 +200,20 @@ pub fn search_dirs() -> Vec<PathBuf> {
     static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
     DIRS.get_or_init(|| {
         let mut dirs: Vec<PathBuf> = Vec::new();
+        // The nvrtc build.rs used (ARTGAN_NVRTC at build time) serves the run-time fallback too.
+        for p in [
+            std::env::var_os("ARTGAN_NVRTC").map(PathBuf::from),
+            super::loader::BUILD_NVRTC_PATH.map(PathBuf::from),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            dirs.push(if p.is_dir() {
+                p
+            } else {
+                p.parent().map(Path::to_path_buf).unwrap_or_default()
+            });
+        }
         for var in ["ARTGAN_CUDA_LIBS", "LD_LIBRARY_PATH"] {
             if let Some(v) = std::env::var_os(var) {
                 dirs.extend(std::env::split_paths(&v).filter(|d| !d.as_os_str().is_empty()));

@@ -242,8 +242,13 @@ fn nvrtc_version() -> Result<(i32, i32)> {
     Ok((major, minor))
 }
 
-/// Compiles the embedded source with the run-time nvrtc (same options as build.rs). Returns a
-/// cubin (`cubin`) or NUL-free PTX bytes.
+/// Compiles the embedded source with the run-time nvrtc (same options as build.rs) for `arch`
+/// (`sm_XX` with `cubin`, else `compute_XX`). Returns the cubin or NUL-free PTX. Needs no GPU;
+/// call [`libs::nvrtc_available`] first (cudarc panics when nvrtc is missing).
+pub fn compile_embedded(m: &KernelModule, arch: &str, cubin: bool) -> Result<Vec<u8>> {
+    compile(m, arch, cubin)
+}
+
 fn compile(m: &KernelModule, arch: &str, cubin: bool) -> Result<Vec<u8>> {
     use cudarc::nvrtc::{result, sys};
     let src = CString::new(m.source).context("kernel source contains a NUL byte")?;
