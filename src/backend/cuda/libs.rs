@@ -73,6 +73,9 @@ fn cache() -> &'static Mutex<HashMap<&'static str, Result<String, String>>> {
 pub fn ensure_libraries(need_cudnn: bool) -> Result<()> {
     ensure(&LIBCUDA)?;
     let nvrtc = ensure(&NVRTC);
+    if let Ok(path) = &nvrtc {
+        preload_siblings(Path::new(path), |n| n.starts_with("libnvrtc-builtins.so"));
+    }
     if nvrtc_required() {
         nvrtc?;
     }
@@ -80,7 +83,9 @@ pub fn ensure_libraries(need_cudnn: bool) -> Result<()> {
     ensure(&CUBLAS)?;
     if need_cudnn {
         let path = ensure(&CUDNN)?;
-        preload_cudnn_sublibraries(Path::new(&path));
+        preload_siblings(Path::new(&path), |n| {
+            n.starts_with("libcudnn_") && n.ends_with(".so.9")
+        });
     }
     Ok(())
 }
@@ -165,13 +170,14 @@ fn dlopen_global(name: &OsStr) -> Result<(), String> {
     }
 }
 
-/// cuDNN 9 is split: libcudnn.so.9 dlopens libcudnn_graph/ops/cnn/adv/engines_*.so.9 by soname
-/// when first used. Where cuDNN is not on the linker's path those would fail (cuDNN then
-/// reports a cryptic sub-library error), so load them from the same folder now. They depend on
-/// each other; retry until no more load.
-fn preload_cudnn_sublibraries(cudnn: &Path) {
-    let dir = match cudnn.parent() {
-        Some(d) if cudnn.is_absolute() => d.to_path_buf(),
+/// Loads the libraries next to `lib` whose file names pass `wanted`. Why: cuDNN 9 is split, and
+/// libcudnn.so.9 dlopens libcudnn_graph/ops/cnn/adv/engines_*.so.9 by soname when first used;
+/// nvrtc loads libnvrtc-builtins the same way. Where the folder is not on the linker's path those
+/// lookups fail (cuDNN then reports a cryptic sub-library error), so load them now. They may
+/// depend on each other: retry until no more load.
+fn preload_siblings(lib: &Path, wanted: impl Fn(&str) -> bool) {
+    let dir = match lib.parent() {
+        Some(d) if lib.is_absolute() => d.to_path_buf(),
         // Found by soname: the linker can find its siblings the same way.
         _ => return,
     };
@@ -181,10 +187,7 @@ fn preload_cudnn_sublibraries(cudnn: &Path) {
     let mut pending: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().unwrap_or_default().to_string_lossy();
-            n.starts_with("libcudnn_") && n.ends_with(".so.9")
-        })
+        .filter(|p| wanted(&p.file_name().unwrap_or_default().to_string_lossy()))
         .collect();
     loop {
         let before = pending.len();
