@@ -251,3 +251,29 @@ fn run_time_nvrtc_compiles_every_module() {
         assert_eq!(ptx_target(&ptx), Some("sm_75"), "{}", m.name);
     }
 }
+
+/// Library discovery off the linker's path (no GPU needed). Opt-in, for a machine with cuBLAS
+/// and cuDNN somewhere `libs` searches (e.g. `ARTGAN_CUDA_LIBS=<wheel>/nvidia/cublas/lib:<wheel>/nvidia/cudnn/lib`)
+/// and `ARTGAN_EXPECT_CUDA_LIBS=1`: our preload must make cudarc's own soname lookup succeed.
+#[test]
+fn preloaded_libraries_satisfy_cudarc() {
+    use artgan::backend::cuda::libs;
+    if !std::env::var("ARTGAN_EXPECT_CUDA_LIBS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: set ARTGAN_EXPECT_CUDA_LIBS=1 where cuBLAS and cuDNN can be found");
+        return;
+    }
+    eprintln!("cublasLt: {}", libs::ensure(&libs::CUBLASLT).unwrap());
+    eprintln!("cublas: {}", libs::ensure(&libs::CUBLAS).unwrap());
+    libs::ensure_cudnn().unwrap();
+    // SAFETY: these only dlopen by the names cudarc uses.
+    unsafe {
+        assert!(
+            cudarc::cublas::sys::is_culib_present(),
+            "cudarc does not see cuBLAS"
+        );
+        assert!(
+            cudarc::cudnn::sys::is_culib_present(),
+            "cudarc does not see cuDNN"
+        );
+    }
+}

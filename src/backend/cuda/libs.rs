@@ -82,11 +82,17 @@ pub fn ensure_libraries(need_cudnn: bool) -> Result<()> {
     ensure(&CUBLASLT)?;
     ensure(&CUBLAS)?;
     if need_cudnn {
-        let path = ensure(&CUDNN)?;
-        preload_siblings(Path::new(&path), |n| {
-            n.starts_with("libcudnn_") && n.ends_with(".so.9")
-        });
+        ensure_cudnn()?;
     }
+    Ok(())
+}
+
+/// cuDNN 9 and its sub-libraries (see [`preload_siblings`]). Part of `ensure_libraries(true)`.
+pub fn ensure_cudnn() -> Result<()> {
+    let path = ensure(&CUDNN)?;
+    preload_siblings(Path::new(&path), |n| {
+        n.starts_with("libcudnn_") && n.ends_with(".so.9")
+    });
     Ok(())
 }
 
