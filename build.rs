@@ -214,10 +214,20 @@ impl Nvrtc {
     fn find() -> Result<Nvrtc, String> {
         let mut looked = String::new();
         let mut dirs_listed = HashSet::new();
-        for (origin, path) in nvrtc_candidates() {
+        let explicit = env::var_os("ARTGAN_NVRTC").is_some_and(|v| !v.is_empty());
+        let candidates = nvrtc_candidates()
+            .into_iter()
+            .filter(|(origin, _)| !explicit || origin == "ARTGAN_NVRTC");
+        for (origin, path) in candidates {
             if !path.is_file() {
                 // One line per folder: the names tried are the same everywhere.
-                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                // ARTGAN_NVRTC may name the library file itself: then show that.
+                let names_file = origin == "ARTGAN_NVRTC"
+                    && !Path::new(&env::var_os("ARTGAN_NVRTC").unwrap()).is_dir();
+                let dir = match path.parent() {
+                    Some(d) if !names_file => d.to_path_buf(),
+                    _ => path.clone(),
+                };
                 if dirs_listed.insert(dir.clone()) {
                     writeln!(looked, "  {} ({origin}): no libnvrtc", dir.display()).unwrap();
                 }
@@ -227,6 +237,15 @@ impl Nvrtc {
                 Ok(n) => return Ok(n),
                 Err(e) => writeln!(looked, "  {} ({origin}): {e}", path.display()).unwrap(),
             }
+        }
+        if explicit {
+            // Asked for a specific nvrtc: silently using another (say a newer toolkit's, whose
+            // PTX old drivers reject) would hide the mistake.
+            eprintln!(
+                "error: ARTGAN_NVRTC={:?} holds no loadable libnvrtc. Looked in:\n{looked}",
+                env::var_os("ARTGAN_NVRTC").unwrap()
+            );
+            std::process::exit(1);
         }
         Err(looked)
     }
