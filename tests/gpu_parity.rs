@@ -19,8 +19,12 @@ use std::sync::Mutex;
 
 /// The GPU backend, or `None` (after printing why) when there is none and it is not required.
 fn gpu() -> Option<Rc<dyn Backend>> {
-    // Must be set before this thread's backend is created (backends are per thread).
-    std::env::set_var("ARTGAN_POISON", "1");
+    // Must be set before this thread's backend is created (backends are per thread). The
+    // runner (gpu-carry/run.sh) exports it already; setting it only when absent avoids
+    // touching the environment while other test threads read it.
+    if std::env::var_os("ARTGAN_POISON").is_none() {
+        std::env::set_var("ARTGAN_POISON", "1");
+    }
     match backend(Device::Cuda(0)) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -311,7 +315,10 @@ fn reductions_add_channel_bias_and_channel_sum() {
 static CONV_LOCK: Mutex<()> = Mutex::new(());
 
 /// (n, c_in, h, w, c_out, k, stride, pad): odd sizes, stride 1/2, pad 0/1, 1x1 outputs.
-const CONV_SHAPES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+/// (n, c_in, h, w, c_out, k, stride, pad).
+type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CONV_SHAPES: &[ConvShape] = &[
     (2, 3, 9, 9, 4, 3, 1, 1),
     (3, 5, 17, 17, 7, 4, 2, 1),
     (1, 1, 5, 5, 1, 1, 1, 0),

@@ -957,7 +957,7 @@ impl Backend for CudaBackend {
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         let bc2_sqrt = step.bias_correction2.sqrt();
         let live: Vec<usize> = (0..items.len())
-            .filter(|&i| items[i].param.len() > 0)
+            .filter(|&i| !items[i].param.is_empty())
             .collect();
         for group in live.chunks(ADAM_MAX_ITEMS) {
             let mut t = AdamTable {
