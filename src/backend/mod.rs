@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod select;
 
 use anyhow::{bail, Result};
 use std::cell::RefCell;

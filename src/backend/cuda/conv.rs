@@ -1,0 +1,302 @@
+//! Convolution as im2col/col2im (kernels/conv.cu) + cuBLAS SGEMM, and the process-wide switch
+//! between this path and cuDNN.
+//!
+//! cuBLAS is column-major: a row-major `[r, c]` matrix is, to cuBLAS, a `c x r` matrix with
+//! leading dimension `c`. Every GEMM below is written as the column-major product of those
+//! transposed views (comments give the row-major meaning). Per chunk of `nb` images,
+//! K = c_in*kh*kw, L = oh*ow:
+//! - forward:  y_n[c_out, L] = W[c_out, K] . col_n[K, L]           (batched over the chunk)
+//! - bwd data: col_n[K, L]  = W^T[K, c_out] . dy_n[c_out, L], then col2im (a gather)
+//! - bwd filt: dW[c_out, K] += dyt[c_out, nb*L] . col^T[nb*L, K]   (one GEMM per chunk)
+
+use super::err::blas;
+use super::{CudaBackend, CudaBuffer};
+use crate::backend::ConvGeom;
+use anyhow::Result;
+use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::PushKernelArg;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which implementation runs the convolutions on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvImpl {
+    /// cuDNN (default when the library is found).
+    Cudnn,
+    /// Our im2col/col2im kernels + cuBLAS.
+    Own,
+}
+
+impl std::str::FromStr for ConvImpl {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cudnn" => Ok(ConvImpl::Cudnn),
+            "own" => Ok(ConvImpl::Own),
+            _ => anyhow::bail!("unknown conv implementation {s:?} (expected cudnn or own)"),
+        }
+    }
+}
+
+/// 0 = not chosen yet (read ARTGAN_CONV_IMPL on first use), 1 = cuDNN, 2 = own.
+static CONV_IMPL: AtomicU8 = AtomicU8::new(0);
+
+/// Selects the convolution implementation for the whole process (`--conv-impl`). cuDNN falls
+/// back to `Own` when the library is missing (the backend says so once).
+pub fn set_conv_impl(i: ConvImpl) {
+    CONV_IMPL.store(
+        match i {
+            ConvImpl::Cudnn => 1,
+            ConvImpl::Own => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The selected implementation: set by [`set_conv_impl`], else `ARTGAN_CONV_IMPL=cudnn|own`,
+/// else cuDNN.
+pub fn conv_impl() -> ConvImpl {
+    match CONV_IMPL.load(Ordering::Relaxed) {
+        1 => ConvImpl::Cudnn,
+        2 => ConvImpl::Own,
+        _ => {
+            let i = match std::env::var("ARTGAN_CONV_IMPL") {
+                Ok(v) => v.parse().unwrap_or_else(|e| {
+                    eprintln!("warning: ARTGAN_CONV_IMPL: {e}; using cudnn");
+                    ConvImpl::Cudnn
+                }),
+                Err(_) => ConvImpl::Cudnn,
+            };
+            set_conv_impl(i);
+            i
+        }
+    }
+}
+
+/// Upper bound on the column buffer (elements): the batch is processed in chunks below it.
+const COL_LIMIT: usize = 1 << 25; // 128 MiB
+
+struct Dims {
+    k: usize,
+    l: usize,
+    nb: usize,
+}
+
+fn dims(g: &ConvGeom) -> Dims {
+    let k = g.c_in * g.kh * g.kw;
+    let l = g.oh * g.ow;
+    let nb = (COL_LIMIT / (k * l).max(1)).clamp(1, g.n.max(1));
+    Dims { k, l, nb }
+}
+
+fn int(x: usize) -> Result<i32> {
+    i32::try_from(x).map_err(|_| anyhow::anyhow!("convolution dimension {x} exceeds i32"))
+}
+
+/// Launches im2col for images `n0..n0+nb` with the given column layout strides.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    be: &CudaBackend,
+    x: &CudaBuffer,
+    g: &ConvGeom,
+    n0: usize,
+    nb: usize,
+    nstride: u64,
+    kstride: u64,
+    col: &mut CudaBuffer,
+) -> Result<()> {
+    let (n0, nb) = (int(n0)?, int(nb)?);
+    let (c_in, h, w, kh, kw) = (int(g.c_in)?, int(g.h)?, int(g.w)?, int(g.kh)?, int(g.kw)?);
+    let (stride, pad, oh, ow) = (int(g.stride)?, int(g.pad)?, int(g.oh)?, int(g.ow)?);
+    let total = (nb as u64) * (g.c_in * g.kh * g.kw * g.oh * g.ow) as u64;
+    let cfg = be.grid(total);
+    launch!(
+        be,
+        "im2col_f32",
+        cfg,
+        x.slice(),
+        &n0,
+        &nb,
+        &c_in,
+        &h,
+        &w,
+        &kh,
+        &kw,
+        &stride,
+        &pad,
+        &oh,
+        &ow,
+        &nstride,
+        &kstride,
+        col.slice_mut()
+    )
+}
+
+pub fn forward(
+    be: &CudaBackend,
+    x: &CudaBuffer,
+    w: &CudaBuffer,
+    y: &mut CudaBuffer,
+    g: &ConvGeom,
+) -> Result<()> {
+    let Dims { k, l, nb } = dims(g);
+    let mut col = be.alloc(nb * k * l)?;
+    let mut n0 = 0;
+    while n0 < g.n {
+        let cur = nb.min(g.n - n0);
+        im2col(be, x, g, n0, cur, (k * l) as u64, l as u64, &mut col)?;
+        let cfg = StridedBatchedConfig {
+            gemm: GemmConfig {
+                transa: CUBLAS_OP_N,
+                transb: CUBLAS_OP_N,
+                m: int(l)?,
+                n: int(g.c_out)?,
+                k: int(k)?,
+                alpha: 1.0f32,
+                lda: int(l)?,
+                ldb: int(k)?,
+                beta: 0.0f32,
+                ldc: int(l)?,
+            },
+            batch_size: int(cur)?,
+            stride_a: (k * l) as i64,
+            stride_b: 0,
+            stride_c: (g.c_out * l) as i64,
+        };
+        let off = n0 * g.c_out * l;
+        let mut out = y.slice_mut().slice_mut(off..off + cur * g.c_out * l);
+        // SAFETY: the views cover exactly the extents the GEMM reads and writes.
+        unsafe {
+            be.blas.gemm_strided_batched(
+                cfg,
+                &col.slice().slice(..cur * k * l),
+                w.slice(),
+                &mut out,
+            )
+        }
+        .map_err(|e| blas(e, "conv forward GEMM"))?;
+        n0 += cur;
+    }
+    Ok(())
+}
+
+pub fn backward_data(
+    be: &CudaBackend,
+    dy: &CudaBuffer,
+    w: &CudaBuffer,
+    dx: &mut CudaBuffer,
+    g: &ConvGeom,
+) -> Result<()> {
+    let Dims { k, l, nb } = dims(g);
+    let mut col = be.alloc(nb * k * l)?;
+    let mut n0 = 0;
+    while n0 < g.n {
+        let cur = nb.min(g.n - n0);
+        let cfg = StridedBatchedConfig {
+            gemm: GemmConfig {
+                transa: CUBLAS_OP_N,
+                transb: CUBLAS_OP_T,
+                m: int(l)?,
+                n: int(k)?,
+                k: int(g.c_out)?,
+                alpha: 1.0f32,
+                lda: int(l)?,
+                ldb: int(k)?,
+                beta: 0.0f32,
+                ldc: int(l)?,
+            },
+            batch_size: int(cur)?,
+            stride_a: (g.c_out * l) as i64,
+            stride_b: 0,
+            stride_c: (k * l) as i64,
+        };
+        let off = n0 * g.c_out * l;
+        let a = dy.slice().slice(off..off + cur * g.c_out * l);
+        {
+            let mut c = col.slice_mut().slice_mut(..cur * k * l);
+            // SAFETY: the views cover exactly the extents the GEMM reads and writes.
+            unsafe { be.blas.gemm_strided_batched(cfg, &a, w.slice(), &mut c) }
+                .map_err(|e| blas(e, "conv backward-data GEMM"))?;
+        }
+        let (n0i, nbi) = (int(n0)?, int(cur)?);
+        let (c_in, h, wd, kh, kw) = (int(g.c_in)?, int(g.h)?, int(g.w)?, int(g.kh)?, int(g.kw)?);
+        let (stride, pad, oh, ow) = (int(g.stride)?, int(g.pad)?, int(g.oh)?, int(g.ow)?);
+        let lcfg = be.grid((cur * g.c_in * g.h * g.w) as u64);
+        launch!(
+            be,
+            "col2im_f32",
+            lcfg,
+            col.slice(),
+            &n0i,
+            &nbi,
+            &c_in,
+            &h,
+            &wd,
+            &kh,
+            &kw,
+            &stride,
+            &pad,
+            &oh,
+            &ow,
+            dx.slice_mut()
+        )?;
+        n0 += cur;
+    }
+    Ok(())
+}
+
+pub fn backward_filter(
+    be: &CudaBackend,
+    x: &CudaBuffer,
+    dy: &CudaBuffer,
+    dw: &mut CudaBuffer,
+    g: &ConvGeom,
+) -> Result<()> {
+    let Dims { k, l, nb } = dims(g);
+    let mut col = be.alloc(nb * k * l)?;
+    let mut dyt = be.alloc(nb * g.c_out * l)?;
+    let mut n0 = 0;
+    while n0 < g.n {
+        let cur = nb.min(g.n - n0);
+        let cols = cur * l;
+        // col as [K, cur*L], dy gathered as [c_out, cur*L]: the chunk is one GEMM.
+        im2col(be, x, g, n0, cur, l as u64, cols as u64, &mut col)?;
+        let (n0i, nbi, c_out, l64) = (int(n0)?, int(cur)?, int(g.c_out)?, l as u64);
+        let lcfg = be.grid((g.c_out * cols) as u64);
+        launch!(
+            be,
+            "gather_dy_f32",
+            lcfg,
+            dy.slice(),
+            &n0i,
+            &nbi,
+            &c_out,
+            &l64,
+            dyt.slice_mut()
+        )?;
+        let cfg = GemmConfig {
+            transa: CUBLAS_OP_T,
+            transb: CUBLAS_OP_N,
+            m: int(k)?,
+            n: int(g.c_out)?,
+            k: int(cols)?,
+            alpha: 1.0f32,
+            lda: int(cols)?,
+            ldb: int(cols)?,
+            beta: if n0 == 0 { 0.0f32 } else { 1.0 },
+            ldc: int(k)?,
+        };
+        // SAFETY: the views cover exactly the extents the GEMM reads and writes.
+        unsafe {
+            be.blas.gemm(
+                cfg,
+                &col.slice().slice(..k * cols),
+                &dyt.slice().slice(..g.c_out * cols),
+                dw.slice_mut(),
+            )
+        }
+        .map_err(|e| blas(e, "conv backward-filter GEMM"))?;
+        n0 += cur;
+    }
+    Ok(())
+}

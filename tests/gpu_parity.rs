@@ -1,0 +1,840 @@
+//! Every CUDA backend method against the CPU reference, on random inputs (never zeros) of
+//! several shapes including odd sizes.
+//!
+//! Without a usable GPU each test prints `skipped: <reason>` and passes; with
+//! `ARTGAN_REQUIRE_GPU=1` a missing GPU fails it. Outputs are poisoned: the helper turns on
+//! `ARTGAN_POISON=1`, so the CUDA allocator fills every buffer it hands out with NaN, and an
+//! element a kernel forgets to write fails the comparison.
+//!
+//! Error bound used throughout: |gpu - cpu| <= atol + rtol * |cpu| per element, stated per test.
+//! Run with `--nocapture` to see the worst element of every comparison.
+
+use artgan::backend::cuda::{set_conv_impl, ConvImpl};
+use artgan::backend::{
+    backend, Activation, AdamItem, AdamStep, Backend, ChannelDims, ConvGeom, Device, Storage,
+};
+use artgan::rng::{self, Rng};
+use std::rc::Rc;
+use std::sync::Mutex;
+
+/// The GPU backend, or `None` (after printing why) when there is none and it is not required.
+fn gpu() -> Option<Rc<dyn Backend>> {
+    // Must be set before this thread's backend is created (backends are per thread). The
+    // runner (gpu-carry/run.sh) exports it already; setting it only when absent avoids
+    // touching the environment while other test threads read it.
+    if std::env::var_os("ARTGAN_POISON").is_none() {
+        std::env::set_var("ARTGAN_POISON", "1");
+    }
+    match backend(Device::Cuda(0)) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            if std::env::var("ARTGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("ARTGAN_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e:#}");
+            }
+            let msg = format!("{e:#}");
+            println!("skipped: {}", msg.lines().next().unwrap_or_default());
+            None
+        }
+    }
+}
+
+fn cpu() -> Rc<dyn Backend> {
+    backend(Device::Cpu).expect("CPU backend")
+}
+
+/// Uniform in [-scale, scale], with exact zeros replaced (zeros hide sign and mask bugs).
+fn rand(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
+    rng.uniform_vec(len, -scale, scale)
+        .into_iter()
+        .map(|x| if x == 0.0 { 0.5 * scale } else { x })
+        .collect()
+}
+
+fn positive(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    rng.uniform_vec(len, lo, hi)
+}
+
+fn up(b: &Rc<dyn Backend>, v: &[f32]) -> Storage {
+    b.upload(v).expect("upload")
+}
+
+fn down(b: &Rc<dyn Backend>, s: &Storage) -> Vec<f32> {
+    b.download(s).expect("download")
+}
+
+/// Asserts |g - c| <= atol + rtol * |c| everywhere and prints the worst element.
+fn close(what: &str, g: &[f32], c: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(
+        g.len(),
+        c.len(),
+        "{what}: length {} vs {}",
+        g.len(),
+        c.len()
+    );
+    let mut worst = (0usize, 0.0f32);
+    let mut bad = 0usize;
+    let mut first_bad = None;
+    for (i, (&gv, &cv)) in g.iter().zip(c).enumerate() {
+        let err = (gv - cv).abs();
+        let ratio = if err.is_nan() || gv.is_nan() != cv.is_nan() {
+            f32::INFINITY
+        } else {
+            err / (atol + rtol * cv.abs())
+        };
+        if ratio > worst.1 || (i == 0 && ratio.is_infinite()) {
+            worst = (i, ratio);
+        }
+        if ratio > 1.0 || gv.is_nan() {
+            bad += 1;
+            first_bad.get_or_insert(i);
+        }
+    }
+    let (i, r) = worst;
+    let msg = if g.is_empty() {
+        format!("{what}: empty")
+    } else {
+        format!(
+            "{what}: n={} worst [{i}] gpu={:e} cpu={:e} (err/bound {r:.3}; rtol {rtol:e}, atol {atol:e}); {bad} out of bound{}",
+            g.len(),
+            g[i],
+            c[i],
+            first_bad.map_or(String::new(), |f| format!(", first at [{f}] gpu={:e} cpu={:e}", g[f], c[f]))
+        )
+    };
+    println!("{msg}");
+    assert_eq!(bad, 0, "{msg}");
+}
+
+/// Magnitude-scaled absolute tolerance: `k` times the RMS of the reference.
+fn rms_tol(c: &[f32], k: f32) -> f32 {
+    let ms = c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / c.len().max(1) as f64;
+    (ms.sqrt() as f32).max(1e-30) * k
+}
+
+#[test]
+fn memory_upload_download_zeros_full_copy() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(1);
+    for len in [1usize, 7, 1000, 65_537] {
+        let v = rand(&mut rng, len, 3.0);
+        let s = up(&g, &v);
+        assert_eq!(down(&g, &s), v, "upload/download len {len}");
+        assert_eq!(down(&g, &g.copy(&s).unwrap()), v, "copy len {len}");
+        assert_eq!(down(&g, &g.zeros(len).unwrap()), vec![0.0; len], "zeros");
+        assert_eq!(
+            down(&g, &g.full(len, -2.5).unwrap()),
+            vec![-2.5; len],
+            "full"
+        );
+    }
+    assert!(down(&g, &g.zeros(0).unwrap()).is_empty());
+}
+
+#[test]
+fn elementwise_add_mul_scale_add_assign() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(2);
+    for len in [1usize, 31, 257, 100_003] {
+        let a = rand(&mut rng, len, 2.0);
+        let b = rand(&mut rng, len, 2.0);
+        let (ga, gb, ca, cb) = (up(&g, &a), up(&g, &b), up(&c, &a), up(&c, &b));
+        let t = format!("len {len}");
+        close(
+            &format!("add {t}"),
+            &down(&g, &g.add(&ga, &gb).unwrap()),
+            &down(&c, &c.add(&ca, &cb).unwrap()),
+            1e-6,
+            0.0,
+        );
+        close(
+            &format!("mul {t}"),
+            &down(&g, &g.mul(&ga, &gb).unwrap()),
+            &down(&c, &c.mul(&ca, &cb).unwrap()),
+            1e-6,
+            0.0,
+        );
+        close(
+            &format!("scale {t}"),
+            &down(&g, &g.scale(&ga, -0.37).unwrap()),
+            &down(&c, &c.scale(&ca, -0.37).unwrap()),
+            1e-6,
+            0.0,
+        );
+        let (mut gacc, mut cacc) = (g.copy(&ga).unwrap(), c.copy(&ca).unwrap());
+        g.add_assign(&mut gacc, &gb).unwrap();
+        c.add_assign(&mut cacc, &cb).unwrap();
+        close(
+            &format!("add_assign {t}"),
+            &down(&g, &gacc),
+            &down(&c, &cacc),
+            1e-6,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn elementwise_scale_by_scalar() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(3);
+    for len in [1usize, 129, 40_000] {
+        let a = rand(&mut rng, len, 2.0);
+        let s = [1.7f32];
+        let gy = g.scale_by_scalar(&up(&g, &a), &up(&g, &s), -0.5).unwrap();
+        let cy = c.scale_by_scalar(&up(&c, &a), &up(&c, &s), -0.5).unwrap();
+        close(
+            &format!("scale_by_scalar len {len}"),
+            &down(&g, &gy),
+            &down(&c, &cy),
+            1e-6,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn activations_forward_and_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(4);
+    let acts = [
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ];
+    for len in [1usize, 33, 70_001] {
+        let x = rand(&mut rng, len, 4.0);
+        let dy = rand(&mut rng, len, 1.0);
+        for act in acts {
+            let (gx, cx) = (up(&g, &x), up(&c, &x));
+            let gy = g.activation(act, &gx).unwrap();
+            let cy = c.activation(act, &cx).unwrap();
+            // tanhf/expf are within a few ulp of the CPU's libm.
+            close(
+                &format!("{act:?} forward len {len}"),
+                &down(&g, &gy),
+                &down(&c, &cy),
+                1e-5,
+                1e-7,
+            );
+            // Backward from the same y on both sides, so only the backward formula is compared.
+            let y = down(&c, &cy);
+            let gdx = g
+                .activation_backward(act, &gx, &up(&g, &y), &up(&g, &dy))
+                .unwrap();
+            let cdx = c
+                .activation_backward(act, &cx, &up(&c, &y), &up(&c, &dy))
+                .unwrap();
+            close(
+                &format!("{act:?} backward len {len}"),
+                &down(&g, &gdx),
+                &down(&c, &cdx),
+                1e-5,
+                1e-7,
+            );
+        }
+    }
+}
+
+#[test]
+fn reductions_sum_rows_and_broadcast_rows() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(5);
+    for (rows, cols) in [
+        (1usize, 1usize),
+        (7, 13),
+        (64, 1000),
+        (3, 70_000),
+        (1000, 3),
+    ] {
+        let x = rand(&mut rng, rows * cols, 1.0);
+        let gs = g.sum_rows(&up(&g, &x), rows, cols, 0.5).unwrap();
+        let cs = c.sum_rows(&up(&c, &x), rows, cols, 0.5).unwrap();
+        let cv = down(&c, &cs);
+        // Summation order differs (tree vs sequential): bound by sqrt(cols) ulps of the terms.
+        close(
+            &format!("sum_rows {rows}x{cols}"),
+            &down(&g, &gs),
+            &cv,
+            1e-5,
+            1e-6 * (cols as f32).sqrt(),
+        );
+        let r = rand(&mut rng, rows, 1.0);
+        let gb = g.broadcast_rows(&up(&g, &r), rows, cols, -2.0).unwrap();
+        let cb = c.broadcast_rows(&up(&c, &r), rows, cols, -2.0).unwrap();
+        close(
+            &format!("broadcast_rows {rows}x{cols}"),
+            &down(&g, &gb),
+            &down(&c, &cb),
+            1e-6,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn reductions_add_channel_bias_and_channel_sum() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(6);
+    for (n, ch, hw) in [
+        (1usize, 1usize, 1usize),
+        (3, 5, 7),
+        (64, 3, 4096),
+        (2, 512, 16),
+    ] {
+        let d = ChannelDims { n, c: ch, hw };
+        let y = rand(&mut rng, d.len(), 1.0);
+        let b = rand(&mut rng, ch, 1.0);
+        let gy = g.add_channel_bias(&up(&g, &y), &up(&g, &b), d).unwrap();
+        let cy = c.add_channel_bias(&up(&c, &y), &up(&c, &b), d).unwrap();
+        close(
+            &format!("add_channel_bias {d:?}"),
+            &down(&g, &gy),
+            &down(&c, &cy),
+            1e-6,
+            0.0,
+        );
+        let gs = g.channel_sum(&up(&g, &y), d).unwrap();
+        let cs = c.channel_sum(&up(&c, &y), d).unwrap();
+        close(
+            &format!("channel_sum {d:?}"),
+            &down(&g, &gs),
+            &down(&c, &cs),
+            1e-5,
+            1e-6 * ((n * hw) as f32).sqrt(),
+        );
+    }
+}
+
+/// The conv switch is process-wide: conv tests take turns.
+static CONV_LOCK: Mutex<()> = Mutex::new(());
+
+/// (n, c_in, h, w, c_out, k, stride, pad): odd sizes, stride 1/2, pad 0/1, 1x1 outputs.
+/// (n, c_in, h, w, c_out, k, stride, pad).
+type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CONV_SHAPES: &[ConvShape] = &[
+    (2, 3, 9, 9, 4, 3, 1, 1),
+    (3, 5, 17, 17, 7, 4, 2, 1),
+    (1, 1, 5, 5, 1, 1, 1, 0),
+    (5, 3, 13, 11, 6, 3, 2, 0),
+    (4, 8, 16, 16, 16, 4, 2, 1),
+    (2, 16, 4, 4, 8, 4, 1, 0),
+    (3, 64, 8, 8, 32, 4, 2, 1),
+];
+
+fn conv_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, geom: &ConvGeom, rng: &mut Rng, tag: &str) {
+    let x = rand(rng, geom.input_len(), 1.0);
+    let w = rand(rng, geom.weight_len(), 0.5);
+    let dy = rand(rng, geom.output_len(), 1.0);
+    // Sums of K products: bound relative to the output's RMS, growing with sqrt(K).
+    let k = (geom.c_in * geom.kh * geom.kw) as f32;
+    let (gx, gw, gdy) = (up(g, &x), up(g, &w), up(g, &dy));
+    let (cx, cw, cdy) = (up(c, &x), up(c, &w), up(c, &dy));
+
+    let cy = down(c, &c.conv2d_forward(&cx, &cw, geom).unwrap());
+    let gy = down(g, &g.conv2d_forward(&gx, &gw, geom).unwrap());
+    close(
+        &format!("conv2d_forward {tag} {geom:?}"),
+        &gy,
+        &cy,
+        1e-4,
+        rms_tol(&cy, 1e-5 * k.sqrt()),
+    );
+
+    let cdx = down(c, &c.conv2d_backward_data(&cdy, &cw, geom).unwrap());
+    let gdx = down(g, &g.conv2d_backward_data(&gdy, &gw, geom).unwrap());
+    let kd = (geom.c_out * geom.kh * geom.kw) as f32;
+    close(
+        &format!("conv2d_backward_data {tag} {geom:?}"),
+        &gdx,
+        &cdx,
+        1e-4,
+        rms_tol(&cdx, 1e-5 * kd.sqrt()),
+    );
+
+    let cdw = down(c, &c.conv2d_backward_filter(&cx, &cdy, geom).unwrap());
+    let gdw = down(g, &g.conv2d_backward_filter(&gx, &gdy, geom).unwrap());
+    let kf = (geom.n * geom.oh * geom.ow) as f32;
+    close(
+        &format!("conv2d_backward_filter {tag} {geom:?}"),
+        &gdw,
+        &cdw,
+        1e-4,
+        rms_tol(&cdw, 1e-5 * kf.sqrt()),
+    );
+}
+
+#[test]
+fn conv2d_forward_backward_data_backward_filter_both_impls() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
+        set_conv_impl(imp);
+        let mut rng = Rng::new(7);
+        for &(n, ci, h, w, co, k, s, p) in CONV_SHAPES {
+            let geom = ConvGeom::conv(n, ci, h, w, co, k, s, p).unwrap();
+            conv_case(&g, &c, &geom, &mut rng, &format!("{imp:?}"));
+        }
+    }
+}
+
+#[test]
+fn conv_transpose2d_geometries_both_impls() {
+    // conv_transpose2d runs as conv2d_backward_data of the transposed geometry (and its
+    // backward as conv2d_forward / backward_filter): the DCGAN generator's shapes.
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // (n, c_in, h, w, c_out, k, stride, pad, output_padding)
+    let shapes = [
+        (
+            2usize, 16usize, 1usize, 1usize, 8usize, 4usize, 1usize, 0usize, 0usize,
+        ),
+        (3, 8, 4, 4, 4, 4, 2, 1, 0),
+        (2, 5, 7, 7, 3, 4, 2, 1, 0),
+        (2, 4, 5, 5, 3, 3, 2, 1, 1),
+    ];
+    for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
+        set_conv_impl(imp);
+        let mut rng = Rng::new(8);
+        for (n, ci, h, w, co, k, s, p, op) in shapes {
+            let geom = ConvGeom::transposed(n, ci, h, w, co, k, s, p, op).unwrap();
+            conv_case(&g, &c, &geom, &mut rng, &format!("{imp:?} transposed"));
+        }
+    }
+}
+
+#[test]
+fn batch_norm_train_running_stats_and_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(9);
+    for (n, ch, hw) in [
+        (2usize, 3usize, 5usize),
+        (64, 16, 16),
+        (8, 1024, 1),
+        (4, 3, 4096),
+    ] {
+        let d = ChannelDims { n, c: ch, hw };
+        // An offset mean makes a one-pass variance visibly wrong.
+        let x: Vec<f32> = rand(&mut rng, d.len(), 1.0)
+            .iter()
+            .map(|v| v * 2.0 + 3.0)
+            .collect();
+        let gamma = positive(&mut rng, ch, 0.5, 1.5);
+        let beta = rand(&mut rng, ch, 0.5);
+        let rm0 = rand(&mut rng, ch, 0.2);
+        let rv0 = positive(&mut rng, ch, 0.5, 2.0);
+        let (mut grm, mut grv) = (up(&g, &rm0), up(&g, &rv0));
+        let (mut crm, mut crv) = (up(&c, &rm0), up(&c, &rv0));
+        let (gx, cx) = (up(&g, &x), up(&c, &x));
+        let (gg, gb, cg, cb) = (up(&g, &gamma), up(&g, &beta), up(&c, &gamma), up(&c, &beta));
+        let gs = g
+            .batch_norm_train(&gx, &gg, &gb, &mut grm, &mut grv, d, 0.1, 1e-5)
+            .unwrap();
+        let cs = c
+            .batch_norm_train(&cx, &cg, &cb, &mut crm, &mut crv, d, 0.1, 1e-5)
+            .unwrap();
+        let t = format!("{d:?}");
+        close(
+            &format!("batch_norm_train y {t}"),
+            &down(&g, &gs.y),
+            &down(&c, &cs.y),
+            1e-4,
+            1e-4,
+        );
+        close(
+            &format!("batch_norm_train mean {t}"),
+            &down(&g, &gs.mean),
+            &down(&c, &cs.mean),
+            1e-5,
+            1e-5,
+        );
+        close(
+            &format!("batch_norm_train invstd {t}"),
+            &down(&g, &gs.invstd),
+            &down(&c, &cs.invstd),
+            1e-4,
+            0.0,
+        );
+        close(
+            &format!("batch_norm running_mean {t}"),
+            &down(&g, &grm),
+            &down(&c, &crm),
+            1e-5,
+            1e-6,
+        );
+        close(
+            &format!("batch_norm running_var {t}"),
+            &down(&g, &grv),
+            &down(&c, &crv),
+            1e-4,
+            1e-6,
+        );
+
+        let ge = g
+            .batch_norm_eval(&gx, &gg, &gb, &grm, &grv, d, 1e-5)
+            .unwrap();
+        let ce = c
+            .batch_norm_eval(&cx, &cg, &cb, &crm, &crv, d, 1e-5)
+            .unwrap();
+        close(
+            &format!("batch_norm_eval {t}"),
+            &down(&g, &ge),
+            &down(&c, &ce),
+            1e-4,
+            1e-4,
+        );
+
+        // Backward from the CPU's saved statistics on both sides.
+        let dy = rand(&mut rng, d.len(), 1.0);
+        let (cmean, cinv) = (down(&c, &cs.mean), down(&c, &cs.invstd));
+        let (gdx, gdg, gdb) = g
+            .batch_norm_backward(&gx, &up(&g, &dy), &gg, &up(&g, &cmean), &up(&g, &cinv), d)
+            .unwrap();
+        let (cdx, cdg, cdb) = c
+            .batch_norm_backward(&cx, &up(&c, &dy), &cg, &cs.mean, &cs.invstd, d)
+            .unwrap();
+        let m = ((n * hw) as f32).sqrt();
+        close(
+            &format!("batch_norm_backward dbeta {t}"),
+            &down(&g, &gdb),
+            &down(&c, &cdb),
+            1e-5,
+            1e-6 * m,
+        );
+        close(
+            &format!("batch_norm_backward dgamma {t}"),
+            &down(&g, &gdg),
+            &down(&c, &cdg),
+            1e-4,
+            1e-5 * m,
+        );
+        let cdxv = down(&c, &cdx);
+        close(
+            &format!("batch_norm_backward dx {t}"),
+            &down(&g, &gdx),
+            &cdxv,
+            1e-3,
+            rms_tol(&cdxv, 1e-4),
+        );
+    }
+}
+
+#[test]
+fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    for (len, p, seed) in [
+        (1usize, 0.3f32, 1u64),
+        (1001, 0.5, 42),
+        (100_000, 0.3, u64::MAX - 3),
+    ] {
+        let gm = down(&g, &g.dropout_mask(len, p, seed).unwrap());
+        let want: Vec<f32> = (0..len as u64)
+            .map(|i| rng::dropout_value_at(seed, i, p))
+            .collect();
+        let first_diff = gm
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(
+            first_diff.is_none(),
+            "dropout_mask len {len} p {p} seed {seed}: first difference at {first_diff:?}"
+        );
+        assert_eq!(
+            gm,
+            down(&c, &c.dropout_mask(len, p, seed).unwrap()),
+            "vs CPU backend"
+        );
+        let kept = gm.iter().filter(|&&v| v > 0.0).count();
+        println!("dropout_mask len {len} p {p}: exact; kept {kept}");
+    }
+}
+
+#[test]
+fn gaussian_noise_matches_rng_formula_and_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(10);
+    for (len, std, seed) in [
+        (1usize, 0.1f32, 3u64),
+        (777, 1.0, 9),
+        (200_000, 0.05, 1 << 40),
+    ] {
+        let x = rand(&mut rng, len, 1.0);
+        let gy = down(&g, &g.add_gaussian_noise(&up(&g, &x), std, seed).unwrap());
+        let want: Vec<f32> = (0..len)
+            .map(|i| x[i] + std * rng::normal_at(seed, i as u64))
+            .collect();
+        // logf/cosf on the GPU vs the CPU's libm: a few ulp of the noise term.
+        close(
+            &format!("gaussian_noise vs rng len {len}"),
+            &gy,
+            &want,
+            1e-6,
+            4e-7 * std * 5.0,
+        );
+        let cy = down(&c, &c.add_gaussian_noise(&up(&c, &x), std, seed).unwrap());
+        close(
+            &format!("gaussian_noise vs cpu len {len}"),
+            &gy,
+            &cy,
+            1e-6,
+            4e-7 * std * 5.0,
+        );
+    }
+}
+
+#[test]
+fn spectral_norm_sigma_u_v_and_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(11);
+    for (rows, cols) in [(1usize, 1usize), (3, 7), (64, 48), (512, 4096), (1, 8192)] {
+        let w = rand(&mut rng, rows * cols, 0.1);
+        let u0 = rand(&mut rng, rows, 1.0);
+        let v0 = rand(&mut rng, cols, 1.0);
+        let (gw, cw) = (up(&g, &w), up(&c, &w));
+        let (mut gu, mut gv) = (up(&g, &u0), up(&g, &v0));
+        let (mut cu, mut cv) = (up(&c, &u0), up(&c, &v0));
+        let t = format!("{rows}x{cols}");
+        for (step, update) in [(0, true), (1, true), (2, false)] {
+            let gs = g
+                .spectral_norm_sigma(&gw, &mut gu, &mut gv, rows, cols, 1e-12, update)
+                .unwrap();
+            let cs = c
+                .spectral_norm_sigma(&cw, &mut cu, &mut cv, rows, cols, 1e-12, update)
+                .unwrap();
+            close(
+                &format!("spectral_norm sigma {t} step {step}"),
+                &down(&g, &gs),
+                &down(&c, &cs),
+                1e-4,
+                0.0,
+            );
+            close(
+                &format!("spectral_norm u {t} step {step}"),
+                &down(&g, &gu),
+                &down(&c, &cu),
+                1e-3,
+                1e-5,
+            );
+            close(
+                &format!("spectral_norm v {t} step {step}"),
+                &down(&g, &gv),
+                &down(&c, &cv),
+                1e-3,
+                1e-5,
+            );
+        }
+        // Backward with identical u, v, sigma on both sides.
+        let (uu, vv) = (down(&c, &cu), down(&c, &cv));
+        let sigma = down(
+            &c,
+            &c.spectral_norm_sigma(&cw, &mut cu, &mut cv, rows, cols, 1e-12, false)
+                .unwrap(),
+        );
+        let grad = rand(&mut rng, rows * cols, 1.0);
+        let gd = g
+            .spectral_norm_backward(
+                &gw,
+                &up(&g, &grad),
+                &up(&g, &uu),
+                &up(&g, &vv),
+                &up(&g, &sigma),
+                rows,
+                cols,
+            )
+            .unwrap();
+        let cd = c
+            .spectral_norm_backward(
+                &cw,
+                &up(&c, &grad),
+                &up(&c, &uu),
+                &up(&c, &vv),
+                &up(&c, &sigma),
+                rows,
+                cols,
+            )
+            .unwrap();
+        let cdv = down(&c, &cd);
+        close(
+            &format!("spectral_norm_backward {t}"),
+            &down(&g, &gd),
+            &cdv,
+            1e-4,
+            rms_tol(&cdv, 1e-5),
+        );
+    }
+}
+
+#[test]
+fn bce_with_logits_loss_and_grad() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(12);
+    for len in [1usize, 64, 1000, 5001] {
+        // Wide range of logits, including saturated ones.
+        let x = rand(&mut rng, len, 12.0);
+        for target in [0.0f32, 1.0, 0.9] {
+            let (gl, gg) = g.bce_with_logits(&up(&g, &x), target).unwrap();
+            let (cl, cg) = c.bce_with_logits(&up(&c, &x), target).unwrap();
+            let t = format!("len {len} target {target}");
+            close(
+                &format!("bce_with_logits loss {t}"),
+                &down(&g, &gl),
+                &down(&c, &cl),
+                1e-5,
+                1e-7,
+            );
+            close(
+                &format!("bce_with_logits grad {t}"),
+                &down(&g, &gg),
+                &down(&c, &cg),
+                1e-5,
+                1e-9,
+            );
+        }
+    }
+}
+
+fn adam_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let params: Vec<Vec<f32>> = lens.iter().map(|&l| rand(&mut rng, l, 1.0)).collect();
+    let lrs: Vec<f32> = (0..lens.len())
+        .map(|i| if i % 2 == 0 { 2e-4 } else { 5e-5 })
+        .collect();
+    let mk = |b: &Rc<dyn Backend>, vs: &[Vec<f32>]| -> Vec<Storage> {
+        vs.iter().map(|v| up(b, v)).collect()
+    };
+    let zeros: Vec<Vec<f32>> = lens.iter().map(|&l| vec![0.0; l]).collect();
+    let (mut gp, mut gm, mut gv) = (mk(g, &params), mk(g, &zeros), mk(g, &zeros));
+    let (mut cp, mut cm, mut cv) = (mk(c, &params), mk(c, &zeros), mk(c, &zeros));
+    let (b1, b2) = (0.5f32, 0.999f32);
+    for t in 1..=3 {
+        let grads: Vec<Vec<f32>> = lens.iter().map(|&l| rand(&mut rng, l, 0.1)).collect();
+        let (gg, cg) = (mk(g, &grads), mk(c, &grads));
+        let step = AdamStep {
+            beta1: b1,
+            beta2: b2,
+            eps: 1e-8,
+            bias_correction1: 1.0 - b1.powi(t),
+            bias_correction2: 1.0 - b2.powi(t),
+        };
+        let mut gi: Vec<AdamItem> = gp
+            .iter_mut()
+            .zip(&gg)
+            .zip(gm.iter_mut().zip(gv.iter_mut()))
+            .zip(&lrs)
+            .map(|(((param, grad), (m, v)), &lr)| AdamItem {
+                param,
+                grad,
+                m,
+                v,
+                lr,
+            })
+            .collect();
+        g.adam_update(&mut gi, step).unwrap();
+        let mut ci: Vec<AdamItem> = cp
+            .iter_mut()
+            .zip(&cg)
+            .zip(cm.iter_mut().zip(cv.iter_mut()))
+            .zip(&lrs)
+            .map(|(((param, grad), (m, v)), &lr)| AdamItem {
+                param,
+                grad,
+                m,
+                v,
+                lr,
+            })
+            .collect();
+        c.adam_update(&mut ci, step).unwrap();
+    }
+    for k in 0..lens.len() {
+        let t = format!("item {k} len {}", lens[k]);
+        close(
+            &format!("adam param {t}"),
+            &down(g, &gp[k]),
+            &down(c, &cp[k]),
+            1e-5,
+            1e-7,
+        );
+        close(
+            &format!("adam m {t}"),
+            &down(g, &gm[k]),
+            &down(c, &cm[k]),
+            1e-5,
+            1e-9,
+        );
+        close(
+            &format!("adam v {t}"),
+            &down(g, &gv[k]),
+            &down(c, &cv[k]),
+            1e-5,
+            1e-12,
+        );
+    }
+}
+
+#[test]
+fn adam_multi_tensor_update() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    adam_case(&g, &c, &[1, 7, 4096, 4097, 10_000, 3, 65_537], 13);
+}
+
+#[test]
+fn adam_multi_tensor_more_items_than_one_launch_holds() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let lens: Vec<usize> = (0..70).map(|i| 1 + (i * 37) % 300).collect();
+    adam_case(&g, &c, &lens, 14);
+}
+
+#[test]
+fn allocator_reuses_buffers_in_steady_state() {
+    if gpu().is_none() {
+        return;
+    }
+    let be = artgan::backend::cuda::CudaBackend::new(0).expect("CUDA backend");
+    let step = |be: &artgan::backend::cuda::CudaBackend| {
+        let a = be.full(1000, 1.0).unwrap();
+        let b = be.full(4097, 2.0).unwrap();
+        let s = be.scale(&a, 3.0).unwrap();
+        let t = be.add(&s, &a).unwrap();
+        drop((a, b, s, t));
+    };
+    step(&be);
+    let after_first = be.pool_stats();
+    for _ in 0..5 {
+        step(&be);
+    }
+    let after = be.pool_stats();
+    println!("allocator: after first step {after_first:?}, after six {after:?}");
+    assert_eq!(
+        after.driver_allocs, after_first.driver_allocs,
+        "steady state must not allocate"
+    );
+    assert!(after.reuses > after_first.reuses);
+}
+
+#[test]
+fn out_of_memory_is_reported_clearly() {
+    let Some(g) = gpu() else { return };
+    // 2^40 floats = 4 TiB: more than any GPU has.
+    let e = g
+        .zeros(1 << 40)
+        .err()
+        .expect("a 4 TiB allocation must fail");
+    let msg = format!("{e:#}");
+    println!("oom message: {msg}");
+    assert!(msg.contains("out of GPU memory"), "{msg}");
+}
