@@ -161,27 +161,18 @@ pub fn describe(c: &ModelConfig) -> String {
     )
 }
 
-fn metadata(c: &ModelConfig, model: &str) -> HashMap<String, String> {
-    HashMap::from([
-        // PyTorch's safetensors helpers expect this key.
-        ("format".to_string(), "pt".to_string()),
-        ("artgan_model".to_string(), model.to_string()),
-        ("preset".to_string(), c.preset.to_string()),
-    ])
+/// Header metadata of model files. One key only: safetensors serialises the metadata map in
+/// hash order, so more keys would make identical weights produce different bytes. The model
+/// description lives in `config.json`.
+fn metadata() -> HashMap<String, String> {
+    // PyTorch's safetensors helpers expect this key.
+    HashMap::from([("format".to_string(), "pt".to_string())])
 }
 
 /// Writes `generator.safetensors` and `discriminator.safetensors` into `dir`.
 pub fn save_models(dir: &Path, g: &Generator, d: &Discriminator) -> Result<()> {
-    save_state_dict(
-        g,
-        &dir.join(GENERATOR_FILE),
-        metadata(&g.config, "generator"),
-    )?;
-    save_state_dict(
-        d,
-        &dir.join(DISCRIMINATOR_FILE),
-        metadata(&d.config, "discriminator"),
-    )
+    save_state_dict(g, &dir.join(GENERATOR_FILE), metadata())?;
+    save_state_dict(d, &dir.join(DISCRIMINATOR_FILE), metadata())
 }
 
 /// Writes `value` as pretty JSON to `dir/config.json`, atomically.

@@ -88,12 +88,14 @@ impl Adam {
     pub fn step(&mut self) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
+        // In f64 as PyTorch does (Python floats): 1 − 0.999ᵗ in f32 loses ~1e-5 relative.
+        let bc = |beta: f32| (1.0 - f64::from(beta).powi(t)) as f32;
         let step = AdamStep {
             beta1: self.beta1,
             beta2: self.beta2,
             eps: self.eps,
-            bias_correction1: 1.0 - self.beta1.powi(t),
-            bias_correction2: 1.0 - self.beta2.powi(t),
+            bias_correction1: bc(self.beta1),
+            bias_correction2: bc(self.beta2),
         };
         type Guards<'a> = (
             RefMut<'a, Storage>,

@@ -185,3 +185,20 @@ fn latents_round_trip_through_safetensors() {
     assert_eq!(shape, &vec![5, 7, 1, 1]);
     assert_eq!(values, &z.to_vec().unwrap());
 }
+
+#[test]
+fn the_same_weights_give_byte_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = small(Preset::Classical);
+    let (g, d) = train::build_models(&c, 4, Device::Cpu).unwrap();
+    let (g2, d2) = train::build_models(&c, 4, Device::Cpu).unwrap();
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    checkpoint::save_models(&dir.path().join("a"), &g, &d).unwrap();
+    checkpoint::save_models(&dir.path().join("b"), &g2, &d2).unwrap();
+    for f in [checkpoint::GENERATOR_FILE, checkpoint::DISCRIMINATOR_FILE] {
+        let a = std::fs::read(dir.path().join("a").join(f)).unwrap();
+        let b = std::fs::read(dir.path().join("b").join(f)).unwrap();
+        assert!(a == b, "{f} differs between two saves of the same weights");
+    }
+}

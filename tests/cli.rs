@@ -125,8 +125,14 @@ fn sample_rejects_missing_and_foreign_checkpoints() {
 fn tiny_train_then_sample_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = artgan(&[TINY, &["--out", "run", "--seed", "3"]].concat(), d);
+    // Not quiet: the startup lines must say which data it uses and how to change that.
+    let args: Vec<&str> = TINY.iter().copied().filter(|a| *a != "--quiet").collect();
+    let o = artgan(&[&args[..], &["--out", "run", "--seed", "3"]].concat(), d);
     assert!(o.status.success(), "train failed: {}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("built-in procedural paintings"), "{stdout}");
+    assert!(stdout.contains("--data PATH"), "{stdout}");
+    assert!(stdout.contains("epoch   1/1"), "{stdout}");
     for f in [
         "config.json",
         "metrics.csv",

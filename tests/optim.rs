@@ -38,15 +38,17 @@ fn adam_matches_hand_computed_bias_corrected_steps() {
     // √v̂ = 0.790688051, step = 0.1·0.289473684/0.790688051 = 0.036610354.
     set_grad(&p, &[-1.0, 0.0]);
     opt.step().unwrap();
-    assert_relative_eq!(p.to_vec().unwrap()[0], 0.936_610_354, epsilon = 2e-6);
+    assert_relative_eq!(p.to_vec().unwrap()[0], 0.936_610_4, epsilon = 2e-6);
     let state = opt.state_tensors();
     assert_eq!(state[0].0, "p.exp_avg");
     assert_eq!(state[1].0, "p.exp_avg_sq");
     assert_relative_eq!(state[0].1.to_vec().unwrap()[0], -0.055, epsilon = 1e-7);
+    // The backend evaluates 1 − β2 in f32 (1.3e-5 relative off 0.001), hence the relative
+    // tolerance.
     assert_relative_eq!(
         state[1].1.to_vec().unwrap()[0],
         0.001_249_75,
-        epsilon = 1e-9
+        max_relative = 5e-5
     );
     assert_eq!(opt.step, 2);
 }
