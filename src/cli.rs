@@ -1,7 +1,8 @@
-//! The `artgan` command line: `train` and `sample`.
+//! The `artgan` command line: `train`, `sample` and `explore`.
 
-use crate::backend::Device;
+use crate::backend::{select, Device};
 use crate::checkpoint;
+use crate::data::{self, AugmentArgs, DataArgs, ExploreArgs};
 use crate::nn::{Mode, ModelConfig, Preset};
 use crate::rng::Rng;
 use crate::tensor::{no_grad, Tensor};
@@ -11,11 +12,12 @@ use clap::{Args, Parser, Subcommand};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Epochs of a plain `artgan train`: about two minutes on a 2-core CPU at the default size,
-/// enough for the built-in paintings' sky/horizon/ground layout to appear in the grids.
-pub const DEFAULT_EPOCHS: usize = 20;
+/// Epochs of a plain `artgan train` (2048 built-in images, 320 steps at batch 64): a few
+/// minutes on a 2-core CPU at the default size, enough for the built-in paintings'
+/// sky/horizon/ground layout to appear in the grids.
+pub const DEFAULT_EPOCHS: usize = 10;
 
-/// Train GANs that paint artworks, on a hand-written tensor engine (CPU; CUDA coming).
+/// Train GANs that paint artworks, on a hand-written tensor engine (CPU reference and CUDA).
 #[derive(Parser, Debug)]
 #[command(name = "artgan", version, about)]
 pub struct Cli {
@@ -29,6 +31,40 @@ pub enum Command {
     Train(TrainArgs),
     /// Generate images with a trained generator.
     Sample(SampleArgs),
+    /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
+    /// sample grids.
+    Explore(ExploreArgs),
+}
+
+/// `--device` and `--conv-impl`, shared by every command that computes.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Compute device: auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Convolution implementation on CUDA: cudnn, or own (im2col kernels + cuBLAS)
+    /// [default: cudnn, or ARTGAN_CONV_IMPL].
+    #[arg(long, value_enum)]
+    pub conv_impl: Option<ConvImplArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvImplArg {
+    Cudnn,
+    Own,
+}
+
+impl DeviceArgs {
+    /// Applies `--conv-impl` and resolves `--device` (printing why when auto picks the CPU).
+    pub fn resolve(&self) -> Result<Device> {
+        use crate::backend::cuda::{set_conv_impl, ConvImpl};
+        match self.conv_impl {
+            Some(ConvImplArg::Cudnn) => set_conv_impl(ConvImpl::Cudnn),
+            Some(ConvImplArg::Own) => set_conv_impl(ConvImpl::Own),
+            None => {}
+        }
+        select::resolve(select::parse_device(&self.device)?)
+    }
 }
 
 /// Image size, widths and epochs default to a small configuration that trains in minutes on a
@@ -64,12 +100,12 @@ pub struct TrainArgs {
     /// Image side: 32, 64 or 128 [default: 32; --full: 64 dcgan, 128 classical].
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Use only the first N images of the dataset.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Compute device (cpu).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub augment: AugmentArgs,
     /// Seed of every random stream (init, latents, dropout/noise, data order).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -85,12 +121,6 @@ pub struct TrainArgs {
     /// Train into --out even if it already holds files (they are overwritten).
     #[arg(long)]
     pub force: bool,
-    /// A folder of images (or the Kaggle "Best Artworks of All Time" folder) to train on.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Number of built-in procedural paintings when no --data is given.
-    #[arg(long, default_value_t = 1024)]
-    pub builtin_count: usize,
     /// No per-epoch lines and no progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -110,9 +140,8 @@ pub struct SampleArgs {
     /// Output folder [default: RUN_DIR/samples-seed-S].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Compute device (cpu).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Normalise with the batch's own statistics instead of the running ones (as the training
     /// grids do); images then depend on which others are in the batch.
     #[arg(long)]
@@ -120,17 +149,6 @@ pub struct SampleArgs {
     /// Write into --out even if it already holds files.
     #[arg(long)]
     pub force: bool,
-}
-
-/// Turns a `--device` string into a device. The one place to extend when more backends
-/// arrive.
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "cpu" => Ok(Device::Cpu),
-        other => bail!(
-            "device {other:?} is not available: this build trains on the CPU only (--device cpu)"
-        ),
-    }
 }
 
 /// Creates `dir` (and parents) and checks it can take our files. An existing non-empty folder
@@ -200,33 +218,41 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     cfg.sample_every = a.sample_every;
     cfg.seed = a.seed;
-    cfg.device = a.device.clone();
+    cfg.device = a.device.device.clone();
     cfg.validate()?;
     Ok(cfg)
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<()> {
-    let device = parse_device(&a.device)?;
     let mut cfg = train_config(a)?;
-    if let Some(path) = &a.data {
-        // TEMPORARY until the data pipeline (artgan::data) is merged.
-        bail!(
-            "--data {}: reading image folders is not in this build yet; train on the built-in set (no --data)",
-            path.display()
-        );
-    }
-    let count = a.limit.map_or(a.builtin_count, |l| l.min(a.builtin_count));
-    if count == 0 {
-        bail!("--limit 0 leaves no images to train on");
-    }
-    let size = cfg.model.image_size;
-    let mut data = crate::tempdata::builtin_source(count, size, cfg.batch_size, cfg.seed)?;
-    cfg.data = format!(
-        "built-in procedural paintings ({count} images, seed {})",
-        cfg.seed
-    );
+    // Seed 001 rotates by at most 5 degrees; pytorch/examples does not rotate.
+    let default_rotate = if a.preset == Preset::Classical {
+        5.0
+    } else {
+        0.0
+    };
+    let augment = a.augment.resolve(default_rotate)?;
+    let device = a.device.resolve()?;
     let out = a.out.clone().unwrap_or_else(|| default_run_dir(a.preset));
     prepare_out_dir(&out, a.force)?;
+    let size = cfg.model.image_size;
+    let set = data::load_shared(&a.data, size, cfg.seed, &out)?;
+    cfg.data = match &a.data.data {
+        Some(path) => format!("{} images from {}", set.len(), path.display()),
+        None => format!(
+            "built-in procedural paintings ({} images, seed {})",
+            set.len(),
+            cfg.seed
+        ),
+    };
+    if set.len() < cfg.batch_size {
+        bail!(
+            "the dataset has {} images, fewer than one batch of {}: lower --batch-size",
+            set.len(),
+            cfg.batch_size
+        );
+    }
+    let mut data = data::Loader::new(set, cfg.batch_size, augment, cfg.seed);
     let m = &cfg.model;
     if !a.quiet {
         println!(
@@ -235,8 +261,16 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.lr, cfg.d_steps, device, cfg.seed
         );
         println!(
-            "data: {} — to train on real paintings pass --data PATH (a folder of images, or the Kaggle \"Best Artworks of All Time\" folder)",
-            cfg.data
+            "augmentation: {}",
+            match (augment.flip, augment.rotate_deg > 0.0) {
+                (false, false) => "none".to_string(),
+                (true, false) => "random horizontal flip".to_string(),
+                (false, true) => format!("random rotation up to {} degrees", augment.rotate_deg),
+                (true, true) => format!(
+                    "random horizontal flip and rotation up to {} degrees",
+                    augment.rotate_deg
+                ),
+            }
         );
         println!("writing to {}", out.display());
     }
@@ -257,7 +291,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run_sample(a: &SampleArgs) -> Result<()> {
-    let device = parse_device(&a.device)?;
+    let device = a.device.resolve()?;
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -319,5 +353,6 @@ pub fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Train(a) => run_train(a),
         Command::Sample(a) => run_sample(a),
+        Command::Explore(a) => data::explore(a),
     }
 }

@@ -9,8 +9,6 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;
-/// TEMPORARY stand-in for `artgan::data` (delete at the data-pipeline merge).
-pub mod tempdata;
 pub mod tensor;
 pub mod train;
 

@@ -26,6 +26,21 @@ pub trait BatchSource {
     fn next_batch(&mut self, device: Device) -> Result<Option<Tensor>>;
 }
 
+impl BatchSource for crate::data::Loader {
+    fn image_count(&self) -> usize {
+        self.set().len()
+    }
+    fn batches_per_epoch(&self) -> usize {
+        crate::data::Loader::batches_per_epoch(self)
+    }
+    fn start_epoch(&mut self, epoch: usize) {
+        crate::data::Loader::start_epoch(self, epoch)
+    }
+    fn next_batch(&mut self, device: Device) -> Result<Option<Tensor>> {
+        crate::data::Loader::next_batch(self, device)
+    }
+}
+
 /// Side of the fixed-noise sample grid (8×8 = 64 images, as the seeds save).
 pub const GRID_SIDE: usize = 8;
 
@@ -372,7 +387,7 @@ fn write_metrics(path: &Path, rows: &[EpochStats]) -> Result<()> {
 fn save_grid(g: &Generator, z: &Tensor, dir: &Path, epoch: usize) -> Result<PathBuf> {
     let images = generate_for_grid(g, z)?;
     let path = dir.join(format!("epoch-{epoch:04}.png"));
-    crate::tempdata::save_grid_png(
+    crate::data::save_grid_png(
         &images,
         GRID_SIDE * GRID_SIDE,
         g.config.image_size,

@@ -43,7 +43,7 @@ const TINY: &[&str] = &[
     "8",
     "--batch-size",
     "8",
-    "--builtin-count",
+    "--limit",
     "16",
     "--epochs",
     "1",
@@ -53,7 +53,12 @@ const TINY: &[&str] = &[
 #[test]
 fn help_works_on_every_command() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["--help"][..], &["train", "--help"], &["sample", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["train", "--help"],
+        &["sample", "--help"],
+        &["explore", "--help"],
+    ] {
         let o = artgan(args, dir.path());
         assert!(o.status.success());
         assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
@@ -74,7 +79,7 @@ fn bad_training_input_is_a_clear_error() {
     let o = artgan(&["train", "--image-size", "100"], d);
     assert_one_line_error(&o, "image size 100 is not supported: use 32, 64 or 128");
     let o = artgan(&["train", "--device", "tpu"], d);
-    assert_one_line_error(&o, "device \"tpu\" is not available");
+    assert_one_line_error(&o, "bad device \"tpu\": expected auto, cpu, cuda or cuda:N");
 
     // Unwritable output: a path below a regular file.
     std::fs::write(d.join("file"), b"x").unwrap();

@@ -3,9 +3,10 @@
 //! D's scores must behave as a GAN's do.
 
 use artgan::backend::Device;
+use artgan::data;
 use artgan::nn::{ModelConfig, Preset};
 use artgan::rng::Rng;
-use artgan::train::{generate_for_grid, BatchSource, TrainConfig, Trainer};
+use artgan::train::{generate_for_grid, TrainConfig, Trainer};
 
 const SIZE: usize = 32;
 /// Images are compared as 8×8 colour thumbnails (4×4 average pooling): 192-d vectors that
@@ -55,6 +56,13 @@ fn sliced_wasserstein(a: &[Vec<f32>], b: &[Vec<f32>], rng: &mut Rng) -> f32 {
     total / dirs as f32
 }
 
+/// `count` built-in paintings as NCHW values in [-1, 1].
+fn builtin_images(count: usize, seed: u64) -> Vec<f32> {
+    let set = data::builtin(count, SIZE, seed);
+    let all: Vec<usize> = (0..count).collect();
+    data::assemble_batch(&set, &all, &[], &[])
+}
+
 #[test]
 fn tiny_dcgan_learns_the_builtin_paintings() {
     let model = ModelConfig {
@@ -68,14 +76,12 @@ fn tiny_dcgan_learns_the_builtin_paintings() {
     cfg.batch_size = 32;
     cfg.seed = 7;
     let count = 512;
-    let mut data = artgan::tempdata::builtin_source(count, SIZE, cfg.batch_size, 123).unwrap();
+    let set = std::sync::Arc::new(data::builtin(count, SIZE, 123));
+    let mut data = data::Loader::new(set, cfg.batch_size, data::Augment::NONE, 123);
     let mut trainer = Trainer::new(cfg, Device::Cpu).unwrap();
 
     // Reference sets: 64 real images vs 64 generated from fixed latents.
-    let real_images: Vec<f32> = artgan::tempdata::builtin_images(64, SIZE, 999)
-        .into_iter()
-        .flatten()
-        .collect();
+    let real_images = builtin_images(64, 999);
     let real = thumbnails(&real_images, 64);
     let z = artgan::train::fixed_noise(5, 32, Device::Cpu).unwrap();
     let distance = |trainer: &Trainer| {
@@ -84,10 +90,7 @@ fn tiny_dcgan_learns_the_builtin_paintings() {
     };
     let untrained = distance(&trainer);
     let noise_floor = {
-        let other: Vec<f32> = artgan::tempdata::builtin_images(64, SIZE, 4242)
-            .into_iter()
-            .flatten()
-            .collect();
+        let other = builtin_images(64, 4242);
         sliced_wasserstein(&real, &thumbnails(&other, 64), &mut Rng::new(11))
     };
 

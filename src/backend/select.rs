@@ -52,7 +52,7 @@ pub fn parse_device(spec: &str) -> Result<DeviceSpec> {
 pub fn resolve(spec: DeviceSpec) -> Result<Device> {
     let (device, why_not_cuda) = resolve_with_reason(spec)?;
     if let Some(why) = why_not_cuda {
-        eprintln!("using cpu: {why}");
+        println!("using cpu: {why}");
     }
     Ok(device)
 }
