@@ -102,7 +102,10 @@ fn assembled_values_are_the_plan() {
                     };
                     let want = f32::from(byte(i, sx, sy, c)) / 127.5 - 1.0;
                     let v = got[b * 3 * plane + c * plane + y * s + x];
-                    assert!((v - want).abs() < 1e-4, "b{b} c{c} ({x},{y}): {v} vs {want}");
+                    assert!(
+                        (v - want).abs() < 1e-4,
+                        "b{b} c{c} ({x},{y}): {v} vs {want}"
+                    );
                 }
             }
         }

@@ -77,6 +77,7 @@ pub struct ConvGeom {
 
 impl ConvGeom {
     /// Geometry of a forward convolution; errors if the kernel does not fit.
+    #[allow(clippy::too_many_arguments)]
     pub fn conv(
         n: usize,
         c_in: usize,
@@ -110,6 +111,7 @@ impl ConvGeom {
 
     /// The convolution whose backward-data is `conv_transpose2d` of an input `[n, c_in, h, w]`
     /// with weight `[c_in, c_out, k, k]`: its input is the transposed conv's output.
+    #[allow(clippy::too_many_arguments)]
     pub fn transposed(
         n: usize,
         c_in: usize,
@@ -323,6 +325,7 @@ pub trait Backend {
     // ---- spectral norm of `w` viewed as `[rows, cols]`
     /// One power iteration when `update` (v = normalize(Wᵀu), u = normalize(Wv), written
     /// back), then sigma = uᵀWv. Returns sigma as a one-element storage.
+    #[allow(clippy::too_many_arguments)]
     fn spectral_norm_sigma(
         &self,
         w: &Storage,

@@ -18,6 +18,7 @@ fn check_bias(op: &str, bias: Option<&Tensor>, channels: usize) -> Result<()> {
 }
 
 /// Adds the bias (if any) and records the full op; `grads` yields (d input, d weight).
+#[allow(clippy::too_many_arguments)]
 fn finish(
     be: Rc<dyn Backend>,
     y: Storage,

@@ -19,7 +19,7 @@ pub fn spectral_norm_weight(
     eps: f32,
 ) -> Result<Tensor> {
     same_device("spectral_norm", &[w, u, v])?;
-    if rows == 0 || w.numel() % rows != 0 {
+    if rows == 0 || !w.numel().is_multiple_of(rows) {
         bail!(
             "spectral_norm: {rows} rows do not divide weight {:?}",
             w.shape()
