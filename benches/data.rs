@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use artgan::backend::backend;
 use artgan::data::{load, Augment, DataArgs, Loader};
 use artgan::Device;
 
@@ -32,6 +33,17 @@ fn main() -> anyhow::Result<()> {
         rayon::current_num_threads()
     );
     println!("{:<40} {:>12} {:>14}", "case", "time", "throughput");
+
+    // The loader on the CPU, and on the GPU when there is one (set kept there, batches made
+    // there).
+    let mut devices = vec![Device::Cpu];
+    match backend(Device::Cuda(0)) {
+        Ok(_) => devices.push(Device::Cuda(0)),
+        Err(e) => println!(
+            "loader on cuda:0 skipped: {}",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        ),
+    }
 
     for size in [64usize, 128] {
         let args = DataArgs {
@@ -77,26 +89,33 @@ fn main() -> anyhow::Result<()> {
                 64,
             ),
         ] {
-            let mut loader = Loader::new(set.clone(), batch, aug, 0);
-            let mut batches = 0usize;
-            let t = Instant::now();
-            let mut epoch = 0;
-            while t.elapsed().as_secs_f64() < 1.5 {
-                match loader.next_batch(Device::Cpu)? {
-                    Some(_) => batches += 1,
-                    None => {
-                        epoch += 1;
-                        loader.start_epoch(epoch);
+            for &device in &devices {
+                let be = backend(device)?;
+                let mut loader = Loader::new(set.clone(), batch, aug, 0);
+                // The first batch uploads the set to the device: not part of the steady state.
+                loader.next_batch(device)?;
+                be.synchronize()?;
+                let mut batches = 0usize;
+                let t = Instant::now();
+                let mut epoch = 0;
+                while t.elapsed().as_secs_f64() < 1.5 {
+                    match loader.next_batch(device)? {
+                        Some(_) => batches += 1,
+                        None => {
+                            epoch += 1;
+                            loader.start_epoch(epoch);
+                        }
                     }
                 }
+                be.synchronize()?;
+                let s = t.elapsed().as_secs_f64();
+                println!(
+                    "{:<40} {:>8.2} ms/b {:>10.1} batch/s",
+                    format!("loader {device} {size}px b{batch} {name}"),
+                    s * 1e3 / batches as f64,
+                    batches as f64 / s
+                );
             }
-            let s = t.elapsed().as_secs_f64();
-            println!(
-                "{:<40} {:>8.2} ms/b {:>10.1} batch/s",
-                format!("loader {size}px b{batch} {name}"),
-                s * 1e3 / batches as f64,
-                batches as f64 / s
-            );
         }
     }
     std::fs::remove_dir_all(&dir)?;

@@ -838,3 +838,124 @@ fn out_of_memory_is_reported_clearly() {
     println!("oom message: {msg}");
     assert!(msg.contains("out of GPU memory"), "{msg}");
 }
+
+/// `count` random `size`×`size` RGB images (bytes in 1..=255) for batch assembly.
+fn random_images(rng: &mut Rng, count: usize, size: usize) -> artgan::data::ImageSet {
+    let pixels: Vec<u8> = (0..count * size * size * 3)
+        .map(|_| 1 + (rng.next_u32() % 255) as u8)
+        .collect();
+    let meta = (0..count)
+        .map(|i| artgan::data::ImageMeta {
+            path: format!("random/{i}"),
+            artist: None,
+            width: size as u32,
+            height: size as u32,
+        })
+        .collect();
+    artgan::data::ImageSet::from_pixels(size, pixels, meta).expect("image set")
+}
+
+/// Batch assembly (gather, flip, rotation with bilinear sampling and reflected edges, bytes to
+/// [-1, 1]) from images kept on the GPU, against the CPU reference `data::assemble_batch`.
+///
+/// The kernel repeats the reference's f32 operations in order with round-to-nearest
+/// intrinsics (sin/cos come from the host), so the output is expected to be bit-identical
+/// (the count of differing elements is printed). Asserted bound: |gpu - cpu| <= 1e-6
+/// (atol, rtol 0): a 1-ulp disagreement in a bilinear weight moves a value by at most
+/// 255 * 2^-24 / 127.5 ≈ 1.2e-7, so the bound allows a few of those while any indexing, flip
+/// or rotation error is orders of magnitude larger. Odd sizes give a padded packing tail;
+/// 300 images exceed one launch's table (128).
+#[test]
+fn assemble_batch_gpu_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let angles = [0.0f32, 5.0, -5.0, 90.0, 2.7, -0.3, 180.0, -37.5, 1e-3];
+    let mut rng = Rng::new(41);
+    for (size, count, batch) in [
+        (5usize, 7usize, 20usize),
+        (17, 5, 18),
+        (32, 4, 36),
+        (64, 9, 64),
+        (1, 3, 9),
+        (5, 11, 300),
+    ] {
+        let set = random_images(&mut rng, count, size);
+        let indices: Vec<u32> = (0..batch)
+            .map(|b| match b {
+                0 => count as u32 - 1,
+                1 => 0,
+                _ => ((b * 7 + 3) % count) as u32,
+            })
+            .collect();
+        let flips: Vec<bool> = (0..batch).map(|b| (b / angles.len()) % 2 == 1).collect();
+        let ang: Vec<f32> = (0..batch).map(|b| angles[b % angles.len()]).collect();
+        let idx: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+        let want = artgan::data::assemble_batch(&set, &idx, &flips, &ang);
+        let images = g.upload_images(set.pixels()).expect("upload_images");
+        assert_eq!(images.len(), set.pixels().len().div_ceil(4));
+        let out = g
+            .assemble_batch(&images, size, &indices, &flips, &ang)
+            .expect("assemble_batch");
+        let got = down(&g, &out);
+        let differing = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        println!("assemble_batch {size}px x{batch}: {differing} elements not bit-identical");
+        close(
+            &format!("assemble_batch {size}px x{batch}"),
+            &got,
+            &want,
+            0.0,
+            1e-6,
+        );
+        // The CPU backend's op is the reference itself.
+        let ci = c.upload_images(set.pixels()).unwrap();
+        let cw = down(
+            &c,
+            &c.assemble_batch(&ci, size, &indices, &flips, &ang).unwrap(),
+        );
+        assert_eq!(cw, want);
+    }
+    // Out-of-range indices are refused before any launch.
+    let set = random_images(&mut rng, 2, 5);
+    let images = g.upload_images(set.pixels()).unwrap();
+    assert!(g
+        .assemble_batch(&images, 5, &[2], &[false], &[0.0])
+        .is_err());
+}
+
+/// The loader on the GPU (set uploaded once, batches made there) gives the CPU loader's batches.
+#[test]
+fn loader_on_gpu_matches_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    use artgan::data::{builtin, Augment, Loader};
+    let set = std::sync::Arc::new(builtin(40, 32, 5));
+    let aug = Augment {
+        flip: true,
+        rotate_deg: 5.0,
+    };
+    let mut on_gpu = Loader::new(set.clone(), 16, aug, 3);
+    let mut on_cpu = Loader::new(set, 16, aug, 3);
+    for epoch in 0..2 {
+        on_gpu.start_epoch(epoch);
+        on_cpu.start_epoch(epoch);
+        while let Some(gb) = on_gpu.next_batch(Device::Cuda(0)).unwrap() {
+            assert_eq!(on_gpu.resident_device(), Some(Device::Cuda(0)));
+            assert_eq!(gb.device(), Device::Cuda(0));
+            let cb = on_cpu.next_batch(Device::Cpu).unwrap().unwrap();
+            assert_eq!(gb.shape(), cb.shape());
+            close(
+                &format!("loader epoch {epoch}"),
+                &gb.to_vec().unwrap(),
+                &cb.to_vec().unwrap(),
+                0.0,
+                1e-6,
+            );
+        }
+        assert!(on_cpu.next_batch(Device::Cpu).unwrap().is_none());
+    }
+}

@@ -80,6 +80,29 @@ impl Backend for CpuBackend {
         Ok(Storage::Cpu(host(s)?.clone()))
     }
 
+    fn upload_images(&self, pixels: &[u8]) -> Result<Storage> {
+        Ok(Storage::Cpu(augment::pack_bytes(pixels)))
+    }
+    fn assemble_batch(
+        &self,
+        images: &Storage,
+        image_size: usize,
+        indices: &[u32],
+        flips: &[bool],
+        angles_deg: &[f32],
+    ) -> Result<Storage> {
+        let packed = host(images)?;
+        augment::check_batch(packed.len(), image_size, indices, flips, angles_deg)?;
+        let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+        Ok(Storage::Cpu(augment::assemble(
+            augment::packed_bytes(packed),
+            image_size,
+            &indices,
+            flips,
+            angles_deg,
+        )))
+    }
+
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         zip_map(a, b, |x, y| x + y)
     }

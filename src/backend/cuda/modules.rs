@@ -56,6 +56,7 @@ pub const MODULES: &[(&str, &[&str])] = &[
     ("loss", &["bce_logits_f32"]),
     ("adam", &["adam_multi_f32"]),
     ("conv", &["im2col_f32", "col2im_f32", "gather_dy_f32"]),
+    ("augment", &["assemble_batch_u8"]),
 ];
 
 /// Loads every module (embedded image from build.rs, or compiled at run time by the loader)
