@@ -159,3 +159,10 @@ fn loader_batches_are_the_reference_of_their_plans() {
         assert!(loader.next_batch(Device::Cpu).unwrap().is_none());
     }
 }
+
+#[test]
+fn loader_stays_send() {
+    // It holds device storage now; a prefetching caller may still move it to another thread.
+    fn assert_send<T: Send>() {}
+    assert_send::<Loader>();
+}

@@ -52,6 +52,9 @@ pub struct Loader {
 /// The image set on one device.
 struct Resident {
     device: Device,
+    /// Backends are per thread (each with its own stream and allocator): a loader moved to
+    /// another thread uploads again for that thread's backend.
+    thread: std::thread::ThreadId,
     /// `None`: the upload failed; batches for `device` are assembled on the CPU and copied.
     images: Option<Storage>,
 }
@@ -190,7 +193,12 @@ impl Loader {
     /// Uploads the set to `device` unless it is there already (a set held by another device is
     /// dropped first, so that only one copy is kept).
     fn make_resident(&mut self, device: Device, b: &dyn Backend) -> Result<()> {
-        if self.resident.as_ref().is_some_and(|r| r.device == device) {
+        let thread = std::thread::current().id();
+        if self
+            .resident
+            .as_ref()
+            .is_some_and(|r| r.device == device && r.thread == thread)
+        {
             return Ok(());
         }
         self.resident = None;
@@ -207,7 +215,11 @@ impl Loader {
             }
             Err(e) => return Err(e),
         };
-        self.resident = Some(Resident { device, images });
+        self.resident = Some(Resident {
+            device,
+            thread,
+            images,
+        });
         Ok(())
     }
 }
