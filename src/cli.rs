@@ -12,10 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Epochs of a plain `artgan train` (2048 built-in images, 320 steps at batch 64): a few
+/// Epochs of a plain `artgan train` (2048 built-in images, 640 steps at batch 64): a few
 /// minutes on a 2-core CPU at the default size, enough for the built-in paintings'
 /// sky/horizon/ground layout to appear in the grids.
-pub const DEFAULT_EPOCHS: usize = 10;
+pub const DEFAULT_EPOCHS: usize = 20;
 
 /// Train GANs that paint artworks, on a hand-written tensor engine (CPU reference and CUDA).
 #[derive(Parser, Debug)]
