@@ -13,9 +13,11 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const GENERATOR_FILE: &str = "generator.safetensors";
+/// The exponential moving average of the generator's weights (used for sampling by default).
+pub const GENERATOR_EMA_FILE: &str = "generator_ema.safetensors";
 pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 
@@ -209,6 +211,46 @@ pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
     Ok(g)
 }
 
+/// The folder holding the weights to use for `path`: `path` itself when it holds
+/// `generator.safetensors` (a finished run, or one checkpoint folder), else the newest complete
+/// checkpoint under `path/checkpoints/` (a run that is still training or was stopped).
+pub fn weights_dir(path: &Path) -> Result<PathBuf> {
+    if path.join(GENERATOR_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(latest) = latest_checkpoint(path)? {
+        return Ok(latest);
+    }
+    bail!(
+        "{} holds no trained generator: expected {} or a checkpoint under {}/checkpoints/",
+        path.display(),
+        GENERATOR_FILE,
+        path.display()
+    )
+}
+
+/// Rebuilds the generator to sample with from a run or checkpoint folder: its EMA weights when
+/// `ema` and the run has them, else the raw ones. Returns the generator and whether it is the
+/// EMA one.
+pub fn load_sampling_generator(
+    path: &Path,
+    ema: bool,
+    device: Device,
+) -> Result<(Generator, bool)> {
+    let dir = weights_dir(path)?;
+    let c = load_model_config(&dir)?;
+    let g = Generator::new(&c, &mut Rng::new(0), device)?;
+    let ema_path = dir.join(GENERATOR_EMA_FILE);
+    let use_ema = ema && ema_path.is_file();
+    let file = if use_ema {
+        ema_path
+    } else {
+        dir.join(GENERATOR_FILE)
+    };
+    load_state_dict(&g, &file, &describe(&c))?;
+    Ok((g, use_ema))
+}
+
 /// Rebuilds the discriminator of a run folder and loads its weights.
 pub fn load_discriminator(run_dir: &Path, device: Device) -> Result<Discriminator> {
     let c = load_model_config(run_dir)?;
@@ -258,4 +300,174 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint folders: `RUN/checkpoints/epoch-NNNN/`, each complete in itself.
+//
+// A checkpoint is written into `RUN/checkpoints/.partial-epoch-NNNN/`, every file fsynced, then a
+// `manifest.json` (size and CRC-32 of every file) last, and only then is the folder renamed to
+// its final name. A crash or `kill -9` at any moment leaves either no folder of that name or a
+// complete one; a leftover `.partial-*` folder is ignored and removed by the next write. The
+// manifest also catches a later corruption (a truncated copy, a bad disk): such a checkpoint is
+// skipped with a warning and the next older one is used.
+
+/// Folder of a run's checkpoints.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ManifestEntry {
+    file: String,
+    bytes: u64,
+    crc32: u32,
+}
+
+/// The folder name of the checkpoint after `epoch`.
+pub fn checkpoint_name(epoch: usize) -> String {
+    format!("epoch-{epoch:04}")
+}
+
+fn checkpoint_epoch(name: &str) -> Option<usize> {
+    name.strip_prefix("epoch-")?.parse().ok()
+}
+
+/// Writes a checkpoint folder `RUN/checkpoints/epoch-NNNN` holding `files` (name, bytes)
+/// atomically (see above) and returns its path. An existing checkpoint of that epoch is replaced.
+pub fn write_checkpoint(
+    run_dir: &Path,
+    epoch: usize,
+    files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let name = checkpoint_name(epoch);
+    let partial = root.join(format!(".partial-{name}"));
+    if partial.exists() {
+        fs::remove_dir_all(&partial)
+            .with_context(|| format!("cannot remove leftover {}", partial.display()))?;
+    }
+    fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut manifest = Vec::with_capacity(files.len());
+    for (file, bytes) in files {
+        write_synced(&partial.join(file), bytes)?;
+        manifest.push(ManifestEntry {
+            file: file.to_string(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        });
+    }
+    write_synced(
+        &partial.join(MANIFEST_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    sync_dir(&partial);
+    let done = root.join(&name);
+    if done.exists() {
+        // Re-checkpointing an epoch (a resumed run that redoes it): the new one replaces it.
+        fs::remove_dir_all(&done).with_context(|| format!("cannot replace {}", done.display()))?;
+    }
+    fs::rename(&partial, &done)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), done.display()))?;
+    sync_dir(&root);
+    Ok(done)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })()
+    .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    // Directory fsync is not supported everywhere; the files themselves are already synced.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Checks a checkpoint folder against its manifest: every file present with its size and CRC.
+pub fn verify_checkpoint(dir: &Path) -> Result<()> {
+    let mpath = dir.join(MANIFEST_FILE);
+    let text = fs::read_to_string(&mpath).with_context(|| {
+        format!(
+            "checkpoint {} has no readable {MANIFEST_FILE}",
+            dir.display()
+        )
+    })?;
+    let manifest: Vec<ManifestEntry> = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a checkpoint manifest ({e})", mpath.display()))?;
+    for m in &manifest {
+        let p = dir.join(&m.file);
+        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        if bytes.len() as u64 != m.bytes {
+            bail!(
+                "{} has {} bytes, its manifest says {}",
+                p.display(),
+                bytes.len(),
+                m.bytes
+            );
+        }
+        if crc32fast::hash(&bytes) != m.crc32 {
+            bail!(
+                "{} does not match the CRC-32 in its manifest (corrupted)",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The complete checkpoint folders of a run, newest first (by epoch).
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+        let name = entry.file_name();
+        if let Some(epoch) = name.to_str().and_then(checkpoint_epoch) {
+            if entry.path().is_dir() {
+                out.push((epoch, entry.path()));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
+
+/// The newest checkpoint of a run that passes [`verify_checkpoint`]; newer ones that fail are
+/// reported on stderr and skipped.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
+    for (_, dir) in list_checkpoints(run_dir)? {
+        match verify_checkpoint(&dir) {
+            Ok(()) => return Ok(Some(dir)),
+            Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes all but the newest `keep` checkpoints (by epoch) and any leftover `.partial-*`
+/// folder; returns how many checkpoints were removed.
+pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<usize> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    let mut removed = 0;
+    for (_, dir) in list_checkpoints(run_dir)?.into_iter().skip(keep) {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        removed += 1;
+    }
+    if root.is_dir() {
+        for entry in fs::read_dir(&root)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(removed)
 }

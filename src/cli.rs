@@ -126,11 +126,39 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct SampleArgs {
-    /// Run folder written by `artgan train` (holds config.json and generator.safetensors).
+/// Which trained generator to use, shared by the commands that use one.
+#[derive(Args, Debug, Clone)]
+pub struct GeneratorArgs {
+    /// Run folder written by `artgan train` (its final weights, or its newest checkpoint while
+    /// it is still training), or one checkpoint folder RUN/checkpoints/epoch-NNNN.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Use the raw generator instead of the exponential moving average of its weights.
+    #[arg(long)]
+    pub no_ema: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl GeneratorArgs {
+    /// Resolves the device and loads the generator (saying which weights when not the EMA).
+    pub fn load(&self) -> Result<(crate::nn::Generator, Device)> {
+        let device = self.device.resolve()?;
+        let (g, ema) = checkpoint::load_sampling_generator(&self.checkpoint, !self.no_ema, device)?;
+        if !ema && !self.no_ema {
+            eprintln!(
+                "note: {} has no EMA weights; using the raw generator",
+                self.checkpoint.display()
+            );
+        }
+        Ok((g, device))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
     /// Number of images.
     #[arg(long, default_value_t = 16)]
     pub count: usize,
@@ -140,8 +168,6 @@ pub struct SampleArgs {
     /// Output folder [default: RUN_DIR/samples-seed-S].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[command(flatten)]
-    pub device: DeviceArgs,
     /// Normalise with the batch's own statistics instead of the running ones (as the training
     /// grids do); images then depend on which others are in the batch.
     #[arg(long)]
@@ -153,7 +179,7 @@ pub struct SampleArgs {
 
 /// Creates `dir` (and parents) and checks it can take our files. An existing non-empty folder
 /// is refused unless `force`, so an earlier run is never overwritten by accident.
-fn prepare_out_dir(dir: &Path, force: bool) -> Result<()> {
+pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<()> {
     if dir.exists() {
         if !dir.is_dir() {
             bail!("output {} exists and is not a folder", dir.display());
@@ -291,15 +317,15 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run_sample(a: &SampleArgs) -> Result<()> {
-    let device = a.device.resolve()?;
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
-    let g = checkpoint::load_generator(&a.checkpoint, device)?;
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.checkpoint.join(format!("samples-seed-{}", a.seed)));
+    let (g, device) = a.generator.load()?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        a.generator
+            .checkpoint
+            .join(format!("samples-seed-{}", a.seed))
+    });
     prepare_out_dir(&out, a.force)?;
     let nz = g.config.nz;
     let mut rng = Rng::derive(a.seed, "sample-latents");
@@ -333,7 +359,7 @@ pub fn run_sample(a: &SampleArgs) -> Result<()> {
 }
 
 /// One CHW image in [-1, 1] as an RGB PNG, written atomically.
-fn write_png(chw: &[f32], size: usize, path: &Path) -> Result<()> {
+pub fn write_png(chw: &[f32], size: usize, path: &Path) -> Result<()> {
     let plane = size * size;
     let img = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
         let i = y as usize * size + x as usize;
