@@ -166,15 +166,15 @@ pub fn describe(c: &ModelConfig) -> String {
 /// Header metadata of model files. One key only: safetensors serialises the metadata map in
 /// hash order, so more keys would make identical weights produce different bytes. The model
 /// description lives in `config.json`.
-fn metadata() -> HashMap<String, String> {
+pub fn model_metadata() -> HashMap<String, String> {
     // PyTorch's safetensors helpers expect this key.
     HashMap::from([("format".to_string(), "pt".to_string())])
 }
 
 /// Writes `generator.safetensors` and `discriminator.safetensors` into `dir`.
 pub fn save_models(dir: &Path, g: &Generator, d: &Discriminator) -> Result<()> {
-    save_state_dict(g, &dir.join(GENERATOR_FILE), metadata())?;
-    save_state_dict(d, &dir.join(DISCRIMINATOR_FILE), metadata())
+    save_state_dict(g, &dir.join(GENERATOR_FILE), model_metadata())?;
+    save_state_dict(d, &dir.join(DISCRIMINATOR_FILE), model_metadata())
 }
 
 /// Writes `value` as pretty JSON to `dir/config.json`, atomically.
@@ -218,7 +218,7 @@ pub fn weights_dir(path: &Path) -> Result<PathBuf> {
     if path.join(GENERATOR_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
-    if let Some(latest) = latest_checkpoint(path)? {
+    if let Some((_, latest)) = latest_checkpoint(path)? {
         return Ok(latest);
     }
     bail!(
@@ -259,8 +259,8 @@ pub fn load_discriminator(run_dir: &Path, device: Device) -> Result<Discriminato
     Ok(d)
 }
 
-/// Saves `tensors` (f32) to a safetensors file atomically (e.g. `latents.safetensors`).
-pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+/// `tensors` (f32) as safetensors bytes.
+pub fn tensors_bytes(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
     let owned = tensors
         .iter()
         .map(|(n, t)| {
@@ -275,7 +275,12 @@ pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
-    write_atomic(path, &safetensors::serialize(views, &None)?)
+    Ok(safetensors::serialize(views, &None)?)
+}
+
+/// Saves `tensors` (f32) to a safetensors file atomically (e.g. `latents.safetensors`).
+pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    write_atomic(path, &tensors_bytes(tensors)?)
 }
 
 /// A tensor read from a file: shape and values.
@@ -441,12 +446,12 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out)
 }
 
-/// The newest checkpoint of a run that passes [`verify_checkpoint`]; newer ones that fail are
-/// reported on stderr and skipped.
-pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
-    for (_, dir) in list_checkpoints(run_dir)? {
+/// The newest checkpoint of a run that passes [`verify_checkpoint`], as (epoch, folder); newer
+/// ones that fail are reported on stderr and skipped.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
+    for (epoch, dir) in list_checkpoints(run_dir)? {
         match verify_checkpoint(&dir) {
-            Ok(()) => return Ok(Some(dir)),
+            Ok(()) => return Ok(Some((epoch, dir))),
             Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
         }
     }

@@ -68,37 +68,63 @@ impl DeviceArgs {
 }
 
 /// Image size, widths and epochs default to a small configuration that trains in minutes on a
-/// 2-core CPU; `--full` selects the preset's published architecture instead.
+/// 2-core CPU; `--full` selects the preset's published architecture instead. With `--resume RUN`
+/// the run's own configuration is used; only the epochs, learning rates, cadences, device and
+/// output options may be given again.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// Continue the run in this folder from its newest complete checkpoint (`--epochs` is then
+    /// the run's new total).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
     /// Model recipe: dcgan (pytorch/examples) or classical (seed 001).
-    #[arg(long, value_enum, default_value_t = Preset::Dcgan)]
+    #[arg(long, value_enum, default_value_t = Preset::Dcgan, conflicts_with = "resume")]
     pub preset: Preset,
     /// Use the preset's published sizes (dcgan: 64 px, ngf = ndf = 64; classical: 128 px,
     /// ngf = ndf = 64). Explicit --image-size/--ngf/--ndf still override.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub full: bool,
-    /// Passes over the data [default: 20].
+    /// Passes over the data (the total, also when resuming) [default: 20].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Images per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, conflicts_with = "resume")]
     pub batch_size: usize,
-    /// Adam learning rate of D and G (classical: G's initial stage; its detail stage gets
-    /// lr/4, i.e. the seed's 2e-4 and 5e-5).
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f32,
-    /// Latent size [default: 100 for dcgan, 128 for classical].
+    /// Adam learning rate of D and G [default: 2e-4]; classical: G's detail stage gets a
+    /// quarter of it (the seed's 2e-4 and 5e-5). --lr-d/--lr-g/--lr-g-detail override.
     #[arg(long)]
+    pub lr: Option<f32>,
+    /// Discriminator learning rate [default: --lr].
+    #[arg(long)]
+    pub lr_d: Option<f32>,
+    /// Generator learning rate (classical: its initial stage) [default: --lr].
+    #[arg(long)]
+    pub lr_g: Option<f32>,
+    /// Classical generator's detail-stage learning rate [default: --lr / 4 for classical].
+    #[arg(long)]
+    pub lr_g_detail: Option<f32>,
+    /// Dynamic learning rates (seed 001): every --lr-window D steps, if D(x) − D(G(z)) > 0.6 G's
+    /// lrs go up and D's down by ×1.25 (below 0.1 the reverse), at most 4 notches either way
+    /// [default: on for classical, off for dcgan].
+    #[arg(long, overrides_with = "no_dynamic_lr", conflicts_with = "resume")]
+    pub dynamic_lr: bool,
+    /// Turn the dynamic learning-rate rule off.
+    #[arg(long, conflicts_with = "resume")]
+    pub no_dynamic_lr: bool,
+    /// D steps per decision of the dynamic learning-rate rule.
+    #[arg(long, default_value_t = train::lr_control::DEFAULT_WINDOW, conflicts_with = "resume")]
+    pub lr_window: usize,
+    /// Latent size [default: 100 for dcgan, 128 for classical].
+    #[arg(long, conflicts_with = "resume")]
     pub nz: Option<usize>,
     /// Generator width (channels of its last hidden layer) [default: 32, --full 64].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub ngf: Option<usize>,
     /// Discriminator width (channels of its first layer) [default: 32, --full 64].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub ndf: Option<usize>,
     /// Image side: 32, 64 or 128 [default: 32; --full: 64 dcgan, 128 classical].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub image_size: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -107,19 +133,33 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub augment: AugmentArgs,
     /// Seed of every random stream (init, latents, dropout/noise, data order).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     pub seed: u64,
     /// Run folder [default: runs/<preset>-NNN, the first free number].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Write the fixed-noise grid every N epochs (and always after the last one).
-    #[arg(long, default_value_t = 1)]
-    pub sample_every: usize,
-    /// Discriminator updates per generator update [default: 1 for dcgan, 4 for classical].
     #[arg(long)]
+    pub sample_every: Option<usize>,
+    /// Write a checkpoint (models, optimiser states, random streams) every N epochs and after
+    /// the last one [default: 5].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// How many of the newest checkpoints to keep [default: 3].
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
+    /// Do not keep the exponential moving average of the generator's weights (grids and
+    /// `sample` then use the raw generator).
+    #[arg(long, conflicts_with = "resume")]
+    pub no_ema: bool,
+    /// Half-life of that average, in training images.
+    #[arg(long, default_value_t = train::ema::DEFAULT_HALF_LIFE_IMAGES, conflicts_with = "resume")]
+    pub ema_half_life: f64,
+    /// Discriminator updates per generator update [default: 1 for dcgan, 4 for classical].
+    #[arg(long, conflicts_with = "resume")]
     pub d_steps: Option<usize>,
     /// Train into --out even if it already holds files (they are overwritten).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub force: bool,
     /// No per-epoch lines and no progress bar.
     #[arg(long, short)]
@@ -214,7 +254,7 @@ fn default_run_dir(preset: Preset) -> PathBuf {
         .expect("some run number is free")
 }
 
-/// The model and recipe a `train` command asks for.
+/// The model and recipe a `train` command asks for (a new run).
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let full = ModelConfig::full(a.preset);
     let model = ModelConfig {
@@ -231,39 +271,149 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         bail!("batch size must be at least 1");
     }
     let mut cfg = TrainConfig::for_model(model);
-    cfg.epochs = a.epochs.unwrap_or(DEFAULT_EPOCHS);
+    cfg.epochs = DEFAULT_EPOCHS;
     cfg.batch_size = a.batch_size;
-    cfg.lr = a.lr;
-    if a.preset == Preset::Classical {
-        cfg.lr_detail = a.lr / 4.0;
+    cfg.lr_d = 2e-4;
+    cfg.lr_g = 2e-4;
+    cfg.lr_g_detail = if a.preset == Preset::Classical {
+        5e-5
     } else {
-        cfg.lr_detail = a.lr;
-    }
+        2e-4
+    };
     if let Some(k) = a.d_steps {
         cfg.d_steps = k;
     }
-    cfg.sample_every = a.sample_every;
+    if a.dynamic_lr {
+        cfg.dynamic_lr = true;
+    }
+    if a.no_dynamic_lr {
+        cfg.dynamic_lr = false;
+    }
+    cfg.lr_window = a.lr_window;
+    cfg.ema = !a.no_ema;
+    cfg.ema_half_life_images = a.ema_half_life;
     cfg.seed = a.seed;
-    cfg.device = a.device.device.clone();
-    cfg.validate()?;
-    Ok(cfg)
-}
-
-pub fn run_train(a: &TrainArgs) -> Result<()> {
-    let mut cfg = train_config(a)?;
+    cfg.data_args = a.data.clone();
     // Seed 001 rotates by at most 5 degrees; pytorch/examples does not rotate.
     let default_rotate = if a.preset == Preset::Classical {
         5.0
     } else {
         0.0
     };
-    let augment = a.augment.resolve(default_rotate)?;
+    cfg.augment = a.augment.resolve(default_rotate)?;
+    apply_overrides(&mut cfg, a);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The options that may change when a run is resumed (and that set a new run's values).
+fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(lr) = a.lr {
+        cfg.lr_d = lr;
+        cfg.lr_g = lr;
+        cfg.lr_g_detail = if cfg.model.preset == Preset::Classical {
+            lr / 4.0
+        } else {
+            lr
+        };
+    }
+    if let Some(lr) = a.lr_d {
+        cfg.lr_d = lr;
+    }
+    if let Some(lr) = a.lr_g {
+        cfg.lr_g = lr;
+        if cfg.model.preset != Preset::Classical {
+            cfg.lr_g_detail = lr;
+        }
+    }
+    if let Some(lr) = a.lr_g_detail {
+        cfg.lr_g_detail = lr;
+    }
+    if let Some(n) = a.sample_every {
+        cfg.sample_every = n;
+    }
+    if let Some(n) = a.checkpoint_every {
+        cfg.checkpoint_every = n;
+    }
+    if let Some(n) = a.keep_checkpoints {
+        cfg.keep_checkpoints = n;
+    }
+    cfg.device = a.device.device.clone();
+}
+
+/// The training configuration stored in a run folder.
+pub fn load_train_config(run_dir: &Path) -> Result<TrainConfig> {
+    let path = run_dir.join(checkpoint::CONFIG_FILE);
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not a training run folder (cannot read {})",
+            run_dir.display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not an artgan training configuration ({e})", path.display()))
+}
+
+fn describe_augment(augment: data::Augment) -> String {
+    match (augment.flip, augment.rotate_deg > 0.0) {
+        (false, false) => "none".to_string(),
+        (true, false) => "random horizontal flip".to_string(),
+        (false, true) => format!("random rotation up to {} degrees", augment.rotate_deg),
+        (true, true) => format!(
+            "random horizontal flip and rotation up to {} degrees",
+            augment.rotate_deg
+        ),
+    }
+}
+
+pub fn run_train(a: &TrainArgs) -> Result<()> {
+    let (mut cfg, out, resume_from) = match &a.resume {
+        Some(run) => {
+            if a.data.data.is_some() || a.data.artists.is_some() || a.data.genre.is_some() {
+                bail!("--resume reads the data options from {}/config.json; do not give them again", run.display());
+            }
+            let mut cfg = load_train_config(run)?;
+            apply_overrides(&mut cfg, a);
+            cfg.validate()
+                .with_context(|| format!("resuming {}", run.display()))?;
+            let latest = checkpoint::latest_checkpoint(run)?;
+            match &latest {
+                Some((epoch, _)) if *epoch >= cfg.epochs => {
+                    println!(
+                        "{} has already trained {epoch} epochs (of {}): pass --epochs with a larger total to train on",
+                        run.display(),
+                        cfg.epochs
+                    );
+                    return Ok(());
+                }
+                Some((epoch, dir)) if !a.quiet => {
+                    println!("resuming {} after epoch {epoch} ({})", run.display(), dir.display())
+                }
+                None if !a.quiet => println!(
+                    "{} has no complete checkpoint yet: starting it again from epoch 0",
+                    run.display()
+                ),
+                _ => {}
+            }
+            (cfg, run.clone(), latest.map(|(_, d)| d))
+        }
+        None => {
+            let cfg = train_config(a)?;
+            let out = a.out.clone().unwrap_or_else(|| default_run_dir(a.preset));
+            prepare_out_dir(&out, a.force)?;
+            // First thing in the folder: from here on it is resumable.
+            checkpoint::save_config(&out, &cfg)?;
+            (cfg, out, None)
+        }
+    };
     let device = a.device.resolve()?;
-    let out = a.out.clone().unwrap_or_else(|| default_run_dir(a.preset));
-    prepare_out_dir(&out, a.force)?;
     let size = cfg.model.image_size;
-    let set = data::load_shared(&a.data, size, cfg.seed, &out)?;
-    cfg.data = match &a.data.data {
+    let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;
+    cfg.data = match &cfg.data_args.data {
         Some(path) => format!("{} images from {}", set.len(), path.display()),
         None => format!(
             "built-in procedural paintings ({} images, seed {})",
@@ -278,38 +428,34 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.batch_size
         );
     }
-    let mut data = data::Loader::new(set, cfg.batch_size, augment, cfg.seed);
+    let mut data = data::Loader::new(set, cfg.batch_size, cfg.augment, cfg.seed);
     let m = &cfg.model;
     if !a.quiet {
         println!(
-            "artgan train: preset {}, {}x{} px, nz {}, ngf {}, ndf {}, batch {}, {} epochs, lr {}, {} D step(s) per G step, device {}, seed {}",
+            "artgan train: preset {}, {}x{} px, nz {}, ngf {}, ndf {}, batch {}, {} epochs, lr D {} G {}{}, {} D step(s) per G step, device {}, seed {}",
             m.preset, m.image_size, m.image_size, m.nz, m.ngf, m.ndf, cfg.batch_size, cfg.epochs,
-            cfg.lr, cfg.d_steps, device, cfg.seed
+            cfg.lr_d, cfg.lr_g,
+            if m.preset == Preset::Classical { format!(" (detail {})", cfg.lr_g_detail) } else { String::new() },
+            cfg.d_steps, device, cfg.seed
         );
         println!(
-            "augmentation: {}",
-            match (augment.flip, augment.rotate_deg > 0.0) {
-                (false, false) => "none".to_string(),
-                (true, false) => "random horizontal flip".to_string(),
-                (false, true) => format!("random rotation up to {} degrees", augment.rotate_deg),
-                (true, true) => format!(
-                    "random horizontal flip and rotation up to {} degrees",
-                    augment.rotate_deg
-                ),
-            }
+            "augmentation: {}; EMA generator: {}; dynamic lr: {}; checkpoint every {} epoch(s), keeping {}",
+            describe_augment(cfg.augment),
+            if cfg.ema { "on" } else { "off" },
+            if cfg.dynamic_lr { "on" } else { "off" },
+            cfg.checkpoint_every,
+            cfg.keep_checkpoints
         );
         println!("writing to {}", out.display());
     }
-    let opts = RunOptions {
-        out: out.clone(),
-        device,
-        progress: !a.quiet,
-        verbose: !a.quiet,
-    };
-    train::train(cfg, &mut data, &opts)?;
+    let mut opts = RunOptions::new(out.clone(), device);
+    opts.progress = !a.quiet;
+    opts.verbose = !a.quiet;
+    opts.resume_from = resume_from;
+    train::train(cfg, &mut data, &mut opts)?;
     if !a.quiet {
         println!(
-            "done: {}/generator.safetensors, discriminator.safetensors, metrics.csv, samples/",
+            "done: {}/generator.safetensors, generator_ema.safetensors, discriminator.safetensors, metrics.csv, samples/, checkpoints/",
             out.display()
         );
     }

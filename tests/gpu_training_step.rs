@@ -106,7 +106,7 @@ fn step_both(preset: Preset, d_steps: usize, steps: usize) {
             assert!(close(x, y, 1e-3), "{preset} step {step}: loss_g");
         }
     }
-    let bound = 2.0 * cfg.lr * steps as f32 + 1e-6;
+    let bound = 2.0 * cfg.lr_d.max(cfg.lr_g) * steps as f32 + 1e-6;
     compare_weights("G", &on_cpu.g, &on_gpu.g, bound);
     compare_weights("D", &on_cpu.d, &on_gpu.d, bound);
 }

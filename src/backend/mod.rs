@@ -359,6 +359,10 @@ pub trait Backend {
     /// Bias-corrected Adam (PyTorch's formula) over every item, in one pass where possible.
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()>;
 
+    /// Gives cached device memory back to the driver (after an out-of-memory error).
+    fn release_cached_memory(&self) -> Result<()> {
+        Ok(())
+    }
     /// Waits for queued work (timing, error surfacing). A no-op on the CPU.
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -370,6 +374,33 @@ thread_local! {
 }
 
 /// The backend for `device`, created on first use (which is where a missing GPU or library is
+
+/// A device allocation failed for lack of memory. Typed, so the training loop can tell it from
+/// other errors and say which batch size would fit.
+#[derive(Debug)]
+pub struct OutOfMemory {
+    /// What was being allocated or run.
+    pub what: String,
+    pub free_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+}
+
+impl fmt::Display for OutOfMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: out of GPU memory", self.what)?;
+        if let (Some(free), Some(total)) = (self.free_bytes, self.total_bytes) {
+            write!(f, " ({} MiB free of {} MiB)", free >> 20, total >> 20)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for OutOfMemory {}
+
+/// Whether `e` (or anything in its context chain) is an [`OutOfMemory`].
+pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<OutOfMemory>())
+}
 /// reported).
 pub fn backend(device: Device) -> Result<Rc<dyn Backend>> {
     if let Some(b) = BACKENDS.with(|m| m.borrow().get(&device).cloned()) {

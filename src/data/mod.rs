@@ -35,7 +35,10 @@ pub use loader::{assemble_batch, BatchPlan, Loader};
 pub const BUILTIN_DEFAULT_COUNT: usize = 2048;
 
 /// Which of the two Kaggle image folders to read.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     /// `images/images/<Artist>/…`: full-size paintings.
     Images,
@@ -45,7 +48,10 @@ pub enum Source {
 }
 
 /// How a non-square painting becomes a square training image.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Fit {
     /// Resize the shorter side to the training size and keep the centre.
     #[default]
@@ -54,8 +60,9 @@ pub enum Fit {
     Pad,
 }
 
-/// Dataset options shared by `train`, `explore` and `evaluate`.
-#[derive(clap::Args, Clone, Debug, Default)]
+/// Dataset options shared by `train`, `explore` and `evaluate` (stored in a run's
+/// `config.json` so `train --resume` reads the same data).
+#[derive(clap::Args, Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DataArgs {
     /// Dataset: the Kaggle "Best Artworks of All Time" root (holding artists.csv), one of its
     /// image folders, or any folder of images (searched recursively: jpg, jpeg, png, webp, bmp).
@@ -110,7 +117,7 @@ impl AugmentArgs {
 }
 
 /// Augmentation applied by the [`Loader`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Augment {
     /// Random horizontal flip with probability 1/2.
     pub flip: bool,

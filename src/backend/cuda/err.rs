@@ -1,15 +1,25 @@
 //! CUDA / cuBLAS / cuDNN errors as anyhow errors; out-of-memory is always spelled
-//! "out of GPU memory" so that callers (and users) recognise it.
+//! "out of GPU memory" and typed [`OutOfMemory`], so that callers (and users) recognise it.
 
 use cudarc::cublas::result::CublasError;
 use cudarc::cudnn::result::CudnnError;
+use crate::backend::OutOfMemory;
 use cudarc::driver::{sys::CUresult, DriverError};
 
-const OOM_HINT: &str = "out of GPU memory (try a smaller --batch-size)";
+fn oom(what: String) -> anyhow::Error {
+    let (free, total) = cudarc::driver::result::mem_get_info()
+        .map(|(f, t)| (Some(f as u64), Some(t as u64)))
+        .unwrap_or((None, None));
+    anyhow::Error::new(OutOfMemory {
+        what,
+        free_bytes: free,
+        total_bytes: total,
+    })
+}
 
 pub fn drv(e: DriverError, what: &str) -> anyhow::Error {
     if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        anyhow::anyhow!("{what}: {OOM_HINT}")
+        oom(what.to_string())
     } else {
         anyhow::anyhow!("{what}: CUDA error {e:?}")
     }
@@ -17,7 +27,7 @@ pub fn drv(e: DriverError, what: &str) -> anyhow::Error {
 
 pub fn blas(e: CublasError, what: &str) -> anyhow::Error {
     if format!("{e:?}").contains("ALLOC_FAILED") {
-        anyhow::anyhow!("{what}: cuBLAS: {OOM_HINT}")
+        oom(format!("{what} (cuBLAS)"))
     } else {
         anyhow::anyhow!("{what}: cuBLAS error {e:?}")
     }
@@ -25,7 +35,7 @@ pub fn blas(e: CublasError, what: &str) -> anyhow::Error {
 
 pub fn dnn(e: CudnnError, what: &str) -> anyhow::Error {
     if format!("{e:?}").contains("ALLOC") {
-        anyhow::anyhow!("{what}: cuDNN: {OOM_HINT}")
+        oom(format!("{what} (cuDNN)"))
     } else {
         anyhow::anyhow!("{what}: cuDNN error {e:?}")
     }

@@ -1099,6 +1099,9 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn release_cached_memory(&self) -> Result<()> {
+        self.pool.trim()
+    }
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| drv(e, "synchronize"))
     }
