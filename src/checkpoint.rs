@@ -215,6 +215,12 @@ pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
 /// `generator.safetensors` (a finished run, or one checkpoint folder), else the newest complete
 /// checkpoint under `path/checkpoints/` (a run that is still training or was stopped).
 pub fn weights_dir(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        bail!(
+            "{} is not a training run folder (no such folder)",
+            path.display()
+        );
+    }
     if path.join(GENERATOR_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
@@ -442,7 +448,7 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
             }
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out)
 }
 

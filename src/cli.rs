@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a generator/discriminator pair (built-in paintings unless --data is given).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate images with a trained generator.
     Sample(SampleArgs),
     /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
@@ -354,8 +354,12 @@ pub fn load_train_config(run_dir: &Path) -> Result<TrainConfig> {
             path.display()
         )
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not an artgan training configuration ({e})", path.display()))
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not an artgan training configuration ({e})",
+            path.display()
+        )
+    })
 }
 
 fn describe_augment(augment: data::Augment) -> String {
@@ -371,10 +375,15 @@ fn describe_augment(augment: data::Augment) -> String {
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<()> {
+    // Before any folder is made: a bad --device must leave nothing behind.
+    let device = a.device.resolve()?;
     let (mut cfg, out, resume_from) = match &a.resume {
         Some(run) => {
             if a.data.data.is_some() || a.data.artists.is_some() || a.data.genre.is_some() {
-                bail!("--resume reads the data options from {}/config.json; do not give them again", run.display());
+                bail!(
+                    "--resume reads the data options from {}/config.json; do not give them again",
+                    run.display()
+                );
             }
             let mut cfg = load_train_config(run)?;
             apply_overrides(&mut cfg, a);
@@ -391,7 +400,11 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                     return Ok(());
                 }
                 Some((epoch, dir)) if !a.quiet => {
-                    println!("resuming {} after epoch {epoch} ({})", run.display(), dir.display())
+                    println!(
+                        "resuming {} after epoch {epoch} ({})",
+                        run.display(),
+                        dir.display()
+                    )
                 }
                 None if !a.quiet => println!(
                     "{} has no complete checkpoint yet: starting it again from epoch 0",
@@ -410,7 +423,6 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             (cfg, out, None)
         }
     };
-    let device = a.device.resolve()?;
     let size = cfg.model.image_size;
     let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;
     cfg.data = match &cfg.data_args.data {

@@ -152,7 +152,7 @@ fn tiny_train_then_sample_end_to_end() {
     let mut lines = metrics.lines();
     assert_eq!(
         lines.next(),
-        Some("epoch,step,seconds,loss_d,loss_g,d_x,d_g_z")
+        Some("epoch,step,seconds,loss_d,loss_g,d_x,d_g_z,lr_d,lr_g,lr_g_detail,lr_changes,swd")
     );
     assert!(lines.next().unwrap().starts_with("1,2,"));
     let grid = image::open(d.join("run/samples/epoch-0001.png")).unwrap();

@@ -373,8 +373,6 @@ thread_local! {
     static BACKENDS: RefCell<HashMap<Device, Rc<dyn Backend>>> = RefCell::new(HashMap::new());
 }
 
-/// The backend for `device`, created on first use (which is where a missing GPU or library is
-
 /// A device allocation failed for lack of memory. Typed, so the training loop can tell it from
 /// other errors and say which batch size would fit.
 #[derive(Debug)]
@@ -401,6 +399,8 @@ impl std::error::Error for OutOfMemory {}
 pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<OutOfMemory>())
 }
+
+/// The backend for `device`, created on first use (which is where a missing GPU or library is
 /// reported).
 pub fn backend(device: Device) -> Result<Rc<dyn Backend>> {
     if let Some(b) = BACKENDS.with(|m| m.borrow().get(&device).cloned()) {

@@ -36,7 +36,10 @@ pub fn update(ema: &Generator, g: &Generator, beta: f64) -> Result<()> {
     g.visit_state("", &mut |n, s| src.push((n, s)));
     let mut dst: Vec<(String, StateRef)> = Vec::new();
     ema.visit_state("", &mut |n, s| dst.push((n, s)));
-    ensure!(src.len() == dst.len(), "EMA generator has another architecture");
+    ensure!(
+        src.len() == dst.len(),
+        "EMA generator has another architecture"
+    );
     let beta = beta as f32;
     for ((name, from), (_, to)) in src.iter().zip(&dst) {
         match (from, to) {

@@ -20,9 +20,9 @@ use crate::rng::Rng;
 use crate::tensor::{no_grad, Tensor};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lr_control::LrControl;
 use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
-use lr_control::LrControl;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -376,7 +376,9 @@ impl Trainer {
     /// Current lrs as (D, G main/initial, G detail).
     pub fn lrs(&self) -> (f32, f32, f32) {
         let g = |name: &str| self.opt_g.groups.iter().find(|g| g.name == name);
-        let main = g("main").or_else(|| g("initial")).map_or(f32::NAN, |g| g.lr);
+        let main = g("main")
+            .or_else(|| g("initial"))
+            .map_or(f32::NAN, |g| g.lr);
         let detail = g("detail").map_or(main, |g| g.lr);
         (self.opt_d.groups[0].lr, main, detail)
     }
@@ -792,8 +794,9 @@ fn out_of_memory_advice(e: anyhow::Error, cfg: &TrainConfig, device: Device) -> 
             "a batch of {b} fits on this device: rerun with --batch-size {b} (or lower, to \
              leave room)"
         ),
-        Ok(None) => "not even a batch of 2 fits: choose a smaller --image-size or --ngf/--ndf"
-            .to_string(),
+        Ok(None) => {
+            "not even a batch of 2 fits: choose a smaller --image-size or --ngf/--ndf".to_string()
+        }
         Err(probe_err) => format!("could not probe a smaller batch ({probe_err:#})"),
     };
     anyhow::anyhow!(

@@ -15,7 +15,7 @@
 //! augmentation from the seed and the epoch number. Restoring therefore reproduces the
 //! uninterrupted run bit for bit on the CPU.
 
-use super::{EpochStats, Trainer, TrainConfig};
+use super::{EpochStats, TrainConfig, Trainer};
 use crate::backend::Device;
 use crate::checkpoint::{self, describe};
 use crate::nn::Module;
@@ -50,7 +50,10 @@ pub struct TrainState {
 
 /// The files of a checkpoint of `t` (see the module docs). Refuses to checkpoint non-finite
 /// weights, so a diverged run never overwrites a good checkpoint.
-pub fn checkpoint_files(t: &Trainer, history: &[EpochStats]) -> Result<Vec<(&'static str, Vec<u8>)>> {
+pub fn checkpoint_files(
+    t: &Trainer,
+    history: &[EpochStats],
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
     for (what, module) in [("generator", &t.g as &dyn Module), ("discriminator", &t.d)] {
         for (name, p) in module.parameters() {
             if p.to_vec()?.iter().any(|v| !v.is_finite()) {
@@ -134,7 +137,11 @@ fn load_optimizer(opt: &Adam, path: &Path) -> Result<()> {
 /// Rebuilds the trainer saved in checkpoint folder `dir` (written for a run with the same model
 /// and recipe as `cfg`; `cfg`'s epochs, lrs and cadences win). Returns it with the metrics so
 /// far and the training seconds they took.
-pub fn restore(cfg: TrainConfig, dir: &Path, device: Device) -> Result<(Trainer, Vec<EpochStats>, f64)> {
+pub fn restore(
+    cfg: TrainConfig,
+    dir: &Path,
+    device: Device,
+) -> Result<(Trainer, Vec<EpochStats>, f64)> {
     checkpoint::verify_checkpoint(dir)?;
     let spath = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&spath)

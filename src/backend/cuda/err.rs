@@ -1,9 +1,9 @@
 //! CUDA / cuBLAS / cuDNN errors as anyhow errors; out-of-memory is always spelled
 //! "out of GPU memory" and typed [`OutOfMemory`], so that callers (and users) recognise it.
 
+use crate::backend::OutOfMemory;
 use cudarc::cublas::result::CublasError;
 use cudarc::cudnn::result::CudnnError;
-use crate::backend::OutOfMemory;
 use cudarc::driver::{sys::CUresult, DriverError};
 
 fn oom(what: String) -> anyhow::Error {
