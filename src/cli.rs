@@ -1,11 +1,14 @@
-//! The `artgan` command line: `train`, `sample` and `explore`.
+//! The `artgan` command line: `train`, `sample`, `interpolate`, `project` and `explore` (the
+//! commands that use a trained generator live in `crate::tools`).
 
 use crate::backend::{select, Device};
 use crate::checkpoint;
 use crate::data::{self, AugmentArgs, DataArgs, ExploreArgs};
-use crate::nn::{Mode, ModelConfig, Preset};
-use crate::rng::Rng;
-use crate::tensor::{no_grad, Tensor};
+use crate::nn::{ModelConfig, Preset};
+use crate::tools;
+pub use crate::tools::interpolate::InterpolateArgs;
+pub use crate::tools::project::ProjectArgs;
+pub use crate::tools::sample::SampleArgs;
 use crate::train::{self, RunOptions, TrainConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -31,6 +34,11 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Generate images with a trained generator.
     Sample(SampleArgs),
+    /// Walk between random latents (spherical interpolation): a grid, numbered frames and an
+    /// animated GIF.
+    Interpolate(InterpolateArgs),
+    /// Find the generator's closest image to a photograph, then paint variations around it.
+    Project(ProjectArgs),
     /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
     /// sample grids.
     Explore(ExploreArgs),
@@ -193,28 +201,6 @@ impl GeneratorArgs {
         }
         Ok((g, device))
     }
-}
-
-#[derive(Args, Debug)]
-pub struct SampleArgs {
-    #[command(flatten)]
-    pub generator: GeneratorArgs,
-    /// Number of images.
-    #[arg(long, default_value_t = 16)]
-    pub count: usize,
-    /// Seed of the latents.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Output folder [default: RUN_DIR/samples-seed-S].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Normalise with the batch's own statistics instead of the running ones (as the training
-    /// grids do); images then depend on which others are in the batch.
-    #[arg(long)]
-    pub batch_stats: bool,
-    /// Write into --out even if it already holds files.
-    #[arg(long)]
-    pub force: bool,
 }
 
 /// Creates `dir` (and parents) and checks it can take our files. An existing non-empty folder
@@ -474,48 +460,6 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run_sample(a: &SampleArgs) -> Result<()> {
-    if a.count == 0 {
-        bail!("--count must be at least 1");
-    }
-    let (g, device) = a.generator.load()?;
-    let out = a.out.clone().unwrap_or_else(|| {
-        a.generator
-            .checkpoint
-            .join(format!("samples-seed-{}", a.seed))
-    });
-    prepare_out_dir(&out, a.force)?;
-    let nz = g.config.nz;
-    let mut rng = Rng::derive(a.seed, "sample-latents");
-    let z = Tensor::randn(&[a.count, nz, 1, 1], 0.0, 1.0, &mut rng, device)?;
-    let mode = if a.batch_stats {
-        if a.count < 2 {
-            bail!("--batch-stats needs --count of at least 2");
-        }
-        Mode::BatchStats
-    } else {
-        Mode::Eval
-    };
-    let images = {
-        let _guard = no_grad();
-        g.forward(&z, &mut crate::nn::Ctx::new(mode, &mut Rng::new(0)))?
-            .to_vec()?
-    };
-    let size = g.config.image_size;
-    let per = 3 * size * size;
-    for i in 0..a.count {
-        let path = out.join(format!("sample-{i:04}.png"));
-        write_png(&images[i * per..(i + 1) * per], size, &path)?;
-    }
-    checkpoint::save_tensors(&out.join("latents.safetensors"), &[("z", &z)])?;
-    println!(
-        "wrote {} images and latents.safetensors to {}",
-        a.count,
-        out.display()
-    );
-    Ok(())
-}
-
 /// One CHW image in [-1, 1] as an RGB PNG, written atomically.
 pub fn write_png(chw: &[f32], size: usize, path: &Path) -> Result<()> {
     let plane = size * size;
@@ -536,7 +480,9 @@ pub fn write_png(chw: &[f32], size: usize, path: &Path) -> Result<()> {
 pub fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Train(a) => run_train(a),
-        Command::Sample(a) => run_sample(a),
+        Command::Sample(a) => tools::sample::run(a),
+        Command::Interpolate(a) => tools::interpolate::run(a),
+        Command::Project(a) => tools::project::run(a),
         Command::Explore(a) => data::explore(a),
     }
 }

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod tools;
 pub mod train;
 
 pub use backend::Device;

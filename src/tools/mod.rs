@@ -1,0 +1,200 @@
+//! Commands that use a trained generator: `sample`, `interpolate` and `project`.
+//!
+//! Shared here: the latent draw (standard normal, optionally truncated), batched generation in
+//! eval mode, and the pixel conversion of written images. All three commands draw their
+//! random latents from the same stream, so `sample --seed S --count K` and
+//! `interpolate --seed S --count K` start from the same K latents.
+
+pub mod interpolate;
+pub mod project;
+pub mod sample;
+
+use crate::backend::Device;
+use crate::nn::{Ctx, Generator, Mode};
+use crate::rng::Rng;
+use crate::tensor::{no_grad, Tensor};
+use anyhow::{bail, Result};
+
+/// Most latents pushed through G at once: bounds activation memory whatever `--count` is.
+pub const GEN_BATCH: usize = 64;
+
+/// The random stream that `sample` and `interpolate` draw their latents from.
+pub const LATENT_STREAM: &str = "sample-latents";
+
+/// Below this truncation a uniform proposal is accepted far more often than a normal one.
+const UNIFORM_PROPOSAL_BELOW: f32 = 0.5;
+
+/// `--truncation` as clap parses it: a finite number above 0.
+pub fn parse_truncation(s: &str) -> std::result::Result<f32, String> {
+    let t: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    check_truncation(t).map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
+fn check_truncation(t: f32) -> Result<()> {
+    if !(t.is_finite() && t > 0.0) {
+        bail!("truncation {t} must be a finite number above 0");
+    }
+    Ok(())
+}
+
+/// `len` independent draws of a standard normal, each truncated to `[-t, t]` when `truncation`
+/// is `Some(t)` (the "truncation trick" of BigGAN/StyleGAN). Truncation is exact rejection
+/// sampling: an out-of-range draw is redrawn, never clamped (clamping would pile mass on ±t).
+/// For small `t` the proposal is uniform on `[-t, t]`, accepted with probability
+/// `exp(-x²/2)`, because normal draws would almost all be rejected (t = 0.01: 1 in 125
+/// accepted). Without truncation this is exactly `rng.normal_vec(len, 0, 1)`.
+pub fn truncated_normal(rng: &mut Rng, len: usize, truncation: Option<f32>) -> Result<Vec<f32>> {
+    let Some(t) = truncation else {
+        return Ok(rng.normal_vec(len, 0.0, 1.0));
+    };
+    check_truncation(t)?;
+    let draw = |rng: &mut Rng| -> f32 {
+        if t >= UNIFORM_PROPOSAL_BELOW {
+            loop {
+                let x = rng.normal();
+                if x.abs() <= t {
+                    return x;
+                }
+            }
+        }
+        loop {
+            let x = (2.0 * rng.uniform() - 1.0) * t;
+            if rng.uniform() < (-0.5 * x * x).exp() {
+                return x;
+            }
+        }
+    };
+    Ok((0..len).map(|_| draw(rng)).collect())
+}
+
+/// `count` latents `[count, nz, 1, 1]` from `rng`, truncated as [`truncated_normal`].
+pub fn draw_latents(
+    rng: &mut Rng,
+    count: usize,
+    nz: usize,
+    truncation: Option<f32>,
+    device: Device,
+) -> Result<Tensor> {
+    Tensor::from_vec(
+        truncated_normal(rng, count * nz, truncation)?,
+        &[count, nz, 1, 1],
+        device,
+    )
+}
+
+/// G's images for latents `z` (`[n, nz, 1, 1]`), NCHW in [-1, 1], computed under `no_grad` in
+/// chunks of at most [`GEN_BATCH`] and handed to `each` chunk by chunk (with the index of its
+/// first image), so the caller need not hold them all. `Mode::Eval` (running statistics) makes
+/// every image a function of its own latent only.
+pub fn generate_chunks(
+    g: &Generator,
+    z: &Tensor,
+    mode: Mode,
+    mut each: impl FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let _guard = no_grad();
+    let n = z.shape()[0];
+    let nz = g.config.nz;
+    let values = z.to_vec()?;
+    let mut unused = Rng::new(0);
+    for start in (0..n).step_by(GEN_BATCH) {
+        let end = (start + GEN_BATCH).min(n);
+        let chunk = Tensor::from_vec(
+            values[start * nz..end * nz].to_vec(),
+            &[end - start, nz, 1, 1],
+            z.device(),
+        )?;
+        let images = g
+            .forward(&chunk, &mut Ctx::new(mode, &mut unused))?
+            .to_vec()?;
+        each(start, &images)?;
+    }
+    Ok(())
+}
+
+/// All of G's images for `z` in eval mode, as one NCHW vector (see [`generate_chunks`]).
+pub fn generate(g: &Generator, z: &Tensor) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    generate_chunks(g, z, Mode::Eval, |_, images| {
+        out.extend_from_slice(images);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Images per grid row for `n` images: a square-ish grid, ceil(sqrt(n)).
+pub fn grid_nrow(n: usize) -> usize {
+    (1..=n.max(1)).find(|c| c * c >= n).unwrap_or(1)
+}
+
+/// One CHW image in [-1, 1] as HWC RGB bytes, with the same rounding as
+/// [`crate::cli::write_png`], so a grid or GIF frame has the exact pixels of the PNG files.
+pub fn to_rgb_bytes(chw: &[f32], size: usize) -> Vec<u8> {
+    let plane = size * size;
+    let mut out = Vec::with_capacity(3 * plane);
+    for i in 0..plane {
+        for k in 0..3 {
+            out.push(((chw[k * plane + i].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variance(xs: &[f32]) -> f64 {
+        let n = xs.len() as f64;
+        let mean = xs.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        xs.iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n
+    }
+
+    #[test]
+    fn truncated_normal_stays_in_range_with_the_right_spread() {
+        // Variance of N(0,1) truncated to [-t, t]: 1 − 2tφ(t)/(2Φ(t) − 1).
+        for (t, want) in [(1.0f32, 0.291_125), (0.1, 0.003_320), (2.0, 0.773_741)] {
+            let xs = truncated_normal(&mut Rng::new(5), 100_000, Some(t)).unwrap();
+            assert!(xs.iter().all(|x| x.abs() <= t), "t = {t}");
+            let v = variance(&xs);
+            assert!(
+                (v - want).abs() < 0.02 * want,
+                "t = {t}: variance {v}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_truncation_is_the_plain_normal_stream() {
+        let plain = Rng::new(9).normal_vec(1000, 0.0, 1.0);
+        assert_eq!(
+            truncated_normal(&mut Rng::new(9), 1000, None).unwrap(),
+            plain
+        );
+        // A bound no draw reaches resamples nothing, so it changes nothing either.
+        assert_eq!(
+            truncated_normal(&mut Rng::new(9), 1000, Some(50.0)).unwrap(),
+            plain
+        );
+    }
+
+    #[test]
+    fn bad_truncation_is_refused() {
+        for t in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert!(truncated_normal(&mut Rng::new(0), 4, Some(t)).is_err());
+        }
+        assert!(parse_truncation("0").unwrap_err().contains("above 0"));
+        assert!(parse_truncation("abc").is_err());
+        assert_eq!(parse_truncation("0.7"), Ok(0.7));
+    }
+
+    #[test]
+    fn grid_rows_are_square_ish() {
+        let rows: Vec<usize> = [1, 2, 4, 5, 9, 10, 64, 65].map(grid_nrow).to_vec();
+        assert_eq!(rows, vec![1, 2, 2, 3, 3, 4, 8, 9]);
+    }
+}
