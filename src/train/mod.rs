@@ -562,9 +562,12 @@ pub fn train(
     if cfg.eval_every > 0 && opts.evaluator.is_none() {
         bail!("eval_every is set but no evaluator was given");
     }
-    let (mut trainer, mut history, seconds_before) = match &opts.resume_from {
-        Some(dir) => state::restore(cfg, dir, opts.device)?,
-        None => (Trainer::new(cfg, opts.device)?, Vec::new(), 0.0),
+    let (mut trainer, mut history, seconds_before, mut resume_note) = match &opts.resume_from {
+        Some(dir) => {
+            let r = state::restore(cfg, dir, opts.device)?;
+            (r.trainer, r.history, r.seconds, r.lr_note)
+        }
+        None => (Trainer::new(cfg, opts.device)?, Vec::new(), 0.0, None),
     };
     let cfg = trainer.cfg.clone();
     checkpoint::save_config(&opts.out, &cfg)?;
@@ -615,7 +618,7 @@ pub fn train(
         data.start_epoch(epoch - 1);
         let (mut sum_d, mut sum_x, mut sum_gz, mut n_d) = (0f64, 0f64, 0f64, 0usize);
         let (mut sum_g, mut n_g) = (0f64, 0usize);
-        let mut lr_changes = Vec::new();
+        let mut lr_changes: Vec<String> = resume_note.take().into_iter().collect();
         while let Some(real) = data.next_batch(opts.device)? {
             trainer.set_progress(trainer.step as f32 / total as f32);
             let s = match trainer.step(&real) {

@@ -134,14 +134,20 @@ fn load_optimizer(opt: &Adam, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A trainer rebuilt from a checkpoint.
+pub struct Restored {
+    pub trainer: Trainer,
+    /// The metrics so far.
+    pub history: Vec<EpochStats>,
+    /// Training seconds so far.
+    pub seconds: f64,
+    /// Set when the resume changed the base learning rates (for `metrics.csv`).
+    pub lr_note: Option<String>,
+}
+
 /// Rebuilds the trainer saved in checkpoint folder `dir` (written for a run with the same model
-/// and recipe as `cfg`; `cfg`'s epochs, lrs and cadences win). Returns it with the metrics so
-/// far and the training seconds they took.
-pub fn restore(
-    cfg: TrainConfig,
-    dir: &Path,
-    device: Device,
-) -> Result<(Trainer, Vec<EpochStats>, f64)> {
+/// and recipe as `cfg`; `cfg`'s epochs, lrs and cadences win).
+pub fn restore(cfg: TrainConfig, dir: &Path, device: Device) -> Result<Restored> {
     checkpoint::verify_checkpoint(dir)?;
     let spath = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&spath)
@@ -156,6 +162,22 @@ pub fn restore(
         );
     }
     let stored = checkpoint::load_model_config(dir)?;
+    let stored_cfg: Option<TrainConfig> =
+        std::fs::read_to_string(dir.join(checkpoint::CONFIG_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    let lr_note = stored_cfg.and_then(|old| {
+        let (a, b) = (
+            (old.lr_d, old.lr_g, old.lr_g_detail),
+            (cfg.lr_d, cfg.lr_g, cfg.lr_g_detail),
+        );
+        (a != b).then(|| {
+            format!(
+                "resumed with base lrs D {:.3e} G {:.3e} detail {:.3e} (were {:.3e}, {:.3e}, {:.3e})",
+                b.0, b.1, b.2, a.0, a.1, a.2
+            )
+        })
+    });
     if stored != cfg.model {
         bail!(
             "checkpoint {} is of another model ({}) than the run's config ({})",
@@ -193,5 +215,10 @@ pub fn restore(
     t.g_steps = state.g_steps;
     t.pending_d_steps = state.pending_d_steps;
     let seconds = state.history.last().map_or(0.0, |h| h.seconds);
-    Ok((t, state.history, seconds))
+    Ok(Restored {
+        trainer: t,
+        history: state.history,
+        seconds,
+        lr_note,
+    })
 }
