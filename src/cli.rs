@@ -1,4 +1,4 @@
-//! The `artgan` command line: `train`, `sample` and `explore`.
+//! The `artgan` command line: `train`, `sample`, `explore` and `report`.
 
 use crate::backend::{select, Device};
 use crate::checkpoint;
@@ -34,6 +34,8 @@ pub enum Command {
     /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
     /// sample grids.
     Explore(ExploreArgs),
+    /// Write a run folder's charts (plots/) and index.html again, and print the page's path.
+    Report(crate::report::ReportArgs),
 }
 
 /// `--device` and `--conv-impl`, shared by every command that computes.
@@ -380,5 +382,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Train(a) => run_train(a),
         Command::Sample(a) => run_sample(a),
         Command::Explore(a) => data::explore(a),
+        Command::Report(a) => crate::report::run(a),
     }
 }
