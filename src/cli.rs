@@ -1,5 +1,5 @@
-//! The `artgan` command line: `train`, `sample`, `interpolate`, `project` and `explore` (the
-//! commands that use a trained generator live in `crate::tools`).
+//! The `artgan` command line: `train`, `sample`, `interpolate`, `project`, `explore` and
+//! `report` (the commands that use a trained generator live in `crate::tools`).
 
 use crate::backend::{select, Device};
 use crate::checkpoint;
@@ -42,6 +42,8 @@ pub enum Command {
     /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
     /// sample grids.
     Explore(ExploreArgs),
+    /// Write a run folder's charts (plots/) and index.html again, and print the page's path.
+    Report(crate::report::ReportArgs),
 }
 
 /// `--device` and `--conv-impl`, shared by every command that computes.
@@ -484,5 +486,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Interpolate(a) => tools::interpolate::run(a),
         Command::Project(a) => tools::project::run(a),
         Command::Explore(a) => data::explore(a),
+        Command::Report(a) => crate::report::run(a),
     }
 }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod tensor;
 pub mod tools;

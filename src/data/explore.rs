@@ -348,8 +348,8 @@ fn file_safe(name: &str) -> String {
 }
 
 /// Plotters needs a font for text; the DejaVu font is compiled in so charts draw the same on a
-/// machine without any system fonts.
-fn register_font() {
+/// machine without any system fonts. Shared with the run report's charts.
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font(
@@ -360,11 +360,12 @@ fn register_font() {
     });
 }
 
-fn plot_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+pub(crate) fn plot_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
     move |e| anyhow!("cannot draw {}: {e}", path.display())
 }
 
-fn save_rgb(buf: Vec<u8>, w: u32, h: u32, path: &Path) -> Result<()> {
+/// Encodes a chart's RGB buffer to PNG in memory, then writes it atomically.
+pub(crate) fn save_rgb(buf: Vec<u8>, w: u32, h: u32, path: &Path) -> Result<()> {
     let img = image::RgbImage::from_raw(w, h, buf).context("chart buffer size")?;
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)?;

@@ -27,6 +27,7 @@ use anyhow::{bail, Context, Result};
 pub use builtin::builtin;
 pub use decode::{decode_file, preprocess, Decoded};
 pub use explore::{explore, ExploreArgs};
+pub(crate) use explore::{plot_err, register_font, save_rgb};
 pub use grid::{save_grid_png, save_grid_png_u8, write_atomic};
 pub use kaggle::{artist_key, Artist};
 pub use loader::{assemble_batch, BatchPlan, Loader};
