@@ -145,6 +145,10 @@ fn tiny_train_then_sample_end_to_end() {
         "discriminator.safetensors",
         "samples/epoch-0000.png",
         "samples/epoch-0001.png",
+        "generator_ema.safetensors",
+        "checkpoints/epoch-0001/state.json",
+        "plots/losses.png",
+        "index.html",
     ] {
         assert!(d.join("run").join(f).is_file(), "missing {f}");
     }

@@ -577,6 +577,7 @@ pub fn train(
     let fixed = fixed_noise(cfg.seed, cfg.model.nz, opts.device)?;
     if trainer.epoch == 0 {
         save_grid(trainer.sampling_generator(), &fixed, &samples_dir, 0)?;
+        crate::report::write_report(&opts.out).context("writing the run's index.html")?;
     } else {
         // Resumed: epochs after the checkpoint are redone, so their rows go.
         write_metrics(&opts.out.join("metrics.csv"), &history)?;
@@ -713,6 +714,7 @@ pub fn train(
             say(&format!("  checkpoint {}", dir.display()));
             last_checkpoint = Some(dir);
         }
+        refresh_report(&opts.out, &bar);
         if stopping {
             break;
         }
@@ -728,6 +730,7 @@ pub fn train(
             )?;
         }
     }
+    refresh_report(&opts.out, &bar);
     Ok(TrainOutcome {
         generator: trainer.g,
         generator_ema: trainer.ema,
@@ -735,6 +738,14 @@ pub fn train(
         history,
         last_checkpoint,
     })
+}
+
+/// Rewrites the run's charts and `index.html`. A failure here (a full disk, say) is reported
+/// but does not stop training: the next epoch tries again.
+fn refresh_report(run_dir: &Path, bar: &ProgressBar) {
+    if let Err(e) = crate::report::write_report(run_dir) {
+        bar.suspend(|| eprintln!("warning: could not update the run report: {e:#}"));
+    }
 }
 
 /// The newest complete checkpoint of a run, for messages.
