@@ -411,6 +411,8 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             (cfg, out, None)
         }
     };
+    // The device that really runs (what `auto` resolved to), for config.json and the report.
+    cfg.device = device.to_string();
     let size = cfg.model.image_size;
     let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;
     cfg.data = match &cfg.data_args.data {

@@ -418,21 +418,27 @@ fn draw_chart(spec: &ChartSpec, path: &Path) -> Result<()> {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err(path))?;
         match spec.y {
-            YAxis::Unit => render(&root, spec, x, 0.0..1.0, path)?,
+            YAxis::Unit => render(&root, spec, x, 0.0..1.0, false, path)?,
             YAxis::Auto => {
                 let pad = if hi > lo {
                     (hi - lo) * 0.08
                 } else {
                     (lo.abs() * 0.1).max(0.1)
                 };
-                render(&root, spec, x, lo - pad..hi + pad, path)?
+                render(&root, spec, x, lo - pad..hi + pad, false, path)?
+            }
+            // Less than a decade apart (constant lrs, or the dynamic rule's ×2.44 band): a log
+            // axis would get no labelled tick inside that range, a linear one reads better.
+            YAxis::Log if hi < lo * 10.0 => {
+                let pad = if hi > lo { (hi - lo) * 0.15 } else { lo * 0.25 };
+                render(&root, spec, x, (lo - pad).max(0.0)..hi + pad, false, path)?
             }
             YAxis::Log => {
                 // From the decade below the smallest value: plotters labels only round values,
                 // and a range inside one decade may not have one below the lowest line.
                 let a = 10f64.powf((lo / 1.3).log10().floor());
                 let b = if hi > lo * 1.5 { hi * 1.3 } else { hi * 2.0 };
-                render(&root, spec, x, (a..b).log_scale(), path)?
+                render(&root, spec, x, (a..b).log_scale(), true, path)?
             }
         }
         root.present().map_err(plot_err(path))?;
@@ -445,6 +451,7 @@ fn render<Y>(
     spec: &ChartSpec,
     x: Range<i64>,
     y: Y,
+    log: bool,
     path: &Path,
 ) -> Result<()>
 where
@@ -459,7 +466,6 @@ where
         .y_label_area_size(84)
         .build_cartesian_2d(x.clone(), y)
         .map_err(&err)?;
-    let log = spec.y == YAxis::Log;
     // plotters 0.3.7's log axis yields each power of ten twice (as the last minor tick of a
     // decade and as the next major one); drawing its label twice makes it look bold.
     let labelled = std::cell::RefCell::new(Vec::<u64>::new());
