@@ -34,6 +34,9 @@ pub enum Command {
     /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
     /// sample grids.
     Explore(ExploreArgs),
+    /// Measure a trained generator: the sliced Wasserstein distance (Progressive GAN) between
+    /// its images and the real ones, per pyramid level.
+    Evaluate(crate::cli_evaluate::EvaluateArgs),
 }
 
 /// `--device` and `--conv-impl`, shared by every command that computes.
@@ -380,5 +383,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Train(a) => run_train(a),
         Command::Sample(a) => run_sample(a),
         Command::Explore(a) => data::explore(a),
+        Command::Evaluate(a) => crate::cli_evaluate::run_evaluate(a),
     }
 }
