@@ -44,6 +44,9 @@ pub enum Command {
     Explore(ExploreArgs),
     /// Write a run folder's charts (plots/) and index.html again, and print the page's path.
     Report(crate::report::ReportArgs),
+    /// Measure a trained generator: the sliced Wasserstein distance (Progressive GAN) between
+    /// its images and the real ones, per pyramid level.
+    Evaluate(crate::cli_evaluate::EvaluateArgs),
 }
 
 /// `--device` and `--conv-impl`, shared by every command that computes.
@@ -158,6 +161,13 @@ pub struct TrainArgs {
     /// How many of the newest checkpoints to keep [default: 3].
     #[arg(long)]
     pub keep_checkpoints: Option<usize>,
+    /// Record the SWD quality metric (see `artgan evaluate`) of the sampling generator in
+    /// metrics.csv every N epochs and after the last one (0 = never) [default: 0].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Images per set for that SWD (compare numbers only at equal counts) [default: 1024].
+    #[arg(long)]
+    pub eval_count: Option<usize>,
     /// Do not keep the exponential moving average of the generator's weights (grids and
     /// `sample` then use the raw generator).
     #[arg(long, conflicts_with = "resume")]
@@ -329,6 +339,12 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     if let Some(n) = a.keep_checkpoints {
         cfg.keep_checkpoints = n;
     }
+    if let Some(n) = a.eval_every {
+        cfg.eval_every = n;
+    }
+    if let Some(n) = a.eval_count {
+        cfg.eval_count = n;
+    }
     cfg.device = a.device.device.clone();
 }
 
@@ -430,6 +446,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.batch_size
         );
     }
+    let eval_set = set.clone();
     let mut data = data::Loader::new(set, cfg.batch_size, cfg.augment, cfg.seed);
     let m = &cfg.model;
     if !a.quiet {
@@ -454,6 +471,14 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     opts.progress = !a.quiet;
     opts.verbose = !a.quiet;
     opts.resume_from = resume_from;
+    if cfg.eval_every > 0 {
+        // The same latents and real draw at every evaluation, so the numbers compare.
+        let (count, seed) = (cfg.eval_count, cfg.seed);
+        opts.evaluator = Some(Box::new(move |g: &crate::nn::Generator| {
+            let params = crate::quality::SwdParams::default();
+            Ok(crate::quality::evaluate_generator(g, &eval_set, count, seed, &params)?.mean)
+        }));
+    }
     train::train(cfg, &mut data, &mut opts)?;
     if !a.quiet {
         println!(
@@ -489,5 +514,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Project(a) => tools::project::run(a),
         Command::Explore(a) => data::explore(a),
         Command::Report(a) => crate::report::run(a),
+        Command::Evaluate(a) => crate::cli_evaluate::run_evaluate(a),
     }
 }

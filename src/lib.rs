@@ -4,10 +4,12 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod cli_evaluate;
 pub mod data;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod quality;
 pub mod report;
 pub mod rng;
 pub mod tensor;
