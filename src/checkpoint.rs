@@ -30,23 +30,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    let result = write_and_sync(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Directory fsync is not supported everywhere; the data is already safe in the file.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir);
     }
     Ok(())
+}
+
+/// Creates `path` with `bytes` and fsyncs it.
+fn write_and_sync(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 enum Owned {
@@ -385,16 +384,12 @@ pub fn write_checkpoint(
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(path)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })()
-    .with_context(|| format!("cannot write {}", path.display()))
+    write_and_sync(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn sync_dir(dir: &Path) {
     // Directory fsync is not supported everywhere; the files themselves are already synced.
+    // Best effort, so a rename is durable where the platform allows.
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }

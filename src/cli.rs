@@ -348,24 +348,6 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     cfg.device = a.device.device.clone();
 }
 
-/// The training configuration stored in a run folder.
-pub fn load_train_config(run_dir: &Path) -> Result<TrainConfig> {
-    let path = run_dir.join(checkpoint::CONFIG_FILE);
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{} is not a training run folder (cannot read {})",
-            run_dir.display(),
-            path.display()
-        )
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not an artgan training configuration ({e})",
-            path.display()
-        )
-    })
-}
-
 fn describe_augment(augment: data::Augment) -> String {
     match (augment.flip, augment.rotate_deg > 0.0) {
         (false, false) => "none".to_string(),
@@ -389,7 +371,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                     run.display()
                 );
             }
-            let mut cfg = load_train_config(run)?;
+            let mut cfg = train::load_config(run)?;
             apply_overrides(&mut cfg, a);
             cfg.validate()
                 .with_context(|| format!("resuming {}", run.display()))?;

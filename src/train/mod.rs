@@ -192,6 +192,24 @@ impl TrainConfig {
     }
 }
 
+/// The training configuration stored in a run folder (or one of its checkpoint folders).
+pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
+    let path = run_dir.join(checkpoint::CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not a training run folder (cannot read {})",
+            run_dir.display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not an artgan training configuration ({e})",
+            path.display()
+        )
+    })
+}
+
 /// Epoch means, one row of `metrics.csv` (empty cells for absent values).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {

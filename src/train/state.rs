@@ -161,32 +161,25 @@ pub fn restore(cfg: TrainConfig, dir: &Path, device: Device) -> Result<Restored>
             state.format
         );
     }
-    let stored = checkpoint::load_model_config(dir)?;
-    let stored_cfg: Option<TrainConfig> =
-        std::fs::read_to_string(dir.join(checkpoint::CONFIG_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-    let lr_note = stored_cfg.and_then(|old| {
-        let (a, b) = (
-            (old.lr_d, old.lr_g, old.lr_g_detail),
-            (cfg.lr_d, cfg.lr_g, cfg.lr_g_detail),
-        );
-        (a != b).then(|| {
-            format!(
-                "resumed with base lrs D {:.3e} G {:.3e} detail {:.3e} (were {:.3e}, {:.3e}, {:.3e})",
-                b.0, b.1, b.2, a.0, a.1, a.2
-            )
-        })
-    });
-    if stored != cfg.model {
+    let stored = super::load_config(dir)?;
+    if stored.model != cfg.model {
         bail!(
             "checkpoint {} is of another model ({}) than the run's config ({})",
             dir.display(),
-            describe(&stored),
+            describe(&stored.model),
             describe(&cfg.model)
         );
     }
-    let want_ema = cfg.ema;
+    let (was, now) = (
+        (stored.lr_d, stored.lr_g, stored.lr_g_detail),
+        (cfg.lr_d, cfg.lr_g, cfg.lr_g_detail),
+    );
+    let lr_note = (was != now).then(|| {
+        format!(
+            "resumed with base lrs D {:.3e} G {:.3e} detail {:.3e} (were {:.3e}, {:.3e}, {:.3e})",
+            now.0, now.1, now.2, was.0, was.1, was.2
+        )
+    });
     let mut t = Trainer::new(cfg, device)?;
     let what = describe(&t.cfg.model);
     checkpoint::load_state_dict(&t.g, &dir.join(checkpoint::GENERATOR_FILE), &what)?;
@@ -200,7 +193,6 @@ pub fn restore(cfg: TrainConfig, dir: &Path, device: Device) -> Result<Restored>
             super::ema::reset(e, &t.g)?;
         }
     }
-    debug_assert_eq!(want_ema, t.ema.is_some());
     load_optimizer(&t.opt_g, &dir.join(OPTIMIZER_G_FILE))?;
     load_optimizer(&t.opt_d, &dir.join(OPTIMIZER_D_FILE))?;
     t.opt_g.step = state.adam_steps.0;
