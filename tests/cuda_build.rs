@@ -128,6 +128,26 @@ fn cpu_resolves_to_cpu() {
 #[test]
 fn auto_and_cuda_without_gpu() {
     match is_cuda_available() {
+        Ok(()) if artgan::backend::cuda::device_name(0).contains("emulated") => {
+            // The emulated device: `auto` never picks it, `--device cuda` does.
+            let (d, why) = resolve_with_reason(DeviceSpec::Auto).unwrap();
+            assert_eq!(d, Device::Cpu);
+            assert!(why.unwrap().contains("emulated"));
+            let (d, why) = resolve_with_reason(DeviceSpec::Cuda(0)).unwrap();
+            assert_eq!((d, why), (Device::Cuda(0), None));
+            // And the machine without any CUDA library: this test again, in a child process
+            // whose library path lacks the emulator.
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "auto_and_cuda_without_gpu", "--nocapture"])
+                .env_remove("LD_LIBRARY_PATH")
+                .env_remove("LD_PRELOAD")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stderr).to_string()
+                + &String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("checking the fallbacks"), "{text}");
+        }
         Ok(()) => {
             // A GPU machine: auto must pick it.
             let (d, why) = resolve_with_reason(DeviceSpec::Auto).unwrap();

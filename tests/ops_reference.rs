@@ -188,6 +188,30 @@ fn batch_norm2d_matches_pytorch_formulas_by_hand() {
 }
 
 #[test]
+fn batch_norm2d_training_refuses_one_value_per_channel() {
+    // PyTorch: "Expected more than 1 value per channel when training". The unbiased variance
+    // would be 0/0; eval mode (running statistics) is fine.
+    let x = t(vec![0.5, -1.0], &[1, 2, 1, 1]);
+    let gamma = t(vec![1.0, 1.0], &[2]);
+    let beta = t(vec![0.0, 0.0], &[2]);
+    let rm = t(vec![0.0, 0.0], &[2]);
+    let rv = t(vec![1.0, 1.0], &[2]);
+    let e = ops::batch_norm2d(&x, &gamma, &beta, &rm, &rv, true, 0.1, 1e-5).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("more than one value per channel"),
+        "{e:#}"
+    );
+    assert_eq!(rv.to_vec().unwrap(), vec![1.0, 1.0]);
+    assert!(ops::batch_norm2d(&x, &gamma, &beta, &rm, &rv, false, 0.1, 1e-5).is_ok());
+    // Two values in one channel (batch 1, 2 pixels) are enough.
+    let x2 = t(vec![0.5, -1.0], &[1, 1, 1, 2]);
+    let (g1, b1) = (t(vec![1.0], &[1]), t(vec![0.0], &[1]));
+    let (rm1, rv1) = (t(vec![0.0], &[1]), t(vec![1.0], &[1]));
+    ops::batch_norm2d(&x2, &g1, &b1, &rm1, &rv1, true, 0.1, 1e-5).unwrap();
+    assert!(rv1.to_vec().unwrap()[0].is_finite());
+}
+
+#[test]
 fn spectral_norm_matches_power_iteration_by_hand() {
     // W = diag(3, 1), u0 = (1, 1): v = normalize(Wᵀu) = (3, 1)/√10,
     // u = normalize(Wv) = (9, 1)/√82, sigma = uᵀWv = 82/√820 = √8.2.

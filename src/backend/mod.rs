@@ -178,6 +178,22 @@ pub struct ChannelDims {
 }
 
 impl ChannelDims {
+    /// Training-mode batch norm needs at least two values per channel: with one, the unbiased
+    /// variance for `running_var` is 0/0. PyTorch refuses such input with this error; both
+    /// backends do the same (before, the CPU stored NaN and the GPU the biased 0).
+    pub fn check_batch_norm_train(&self) -> Result<()> {
+        if self.n * self.hw < 2 {
+            bail!(
+                "batch norm in training mode needs more than one value per channel, got \
+                 {} images of {} channels with {} pixels each",
+                self.n,
+                self.c,
+                self.hw
+            );
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.n * self.c * self.hw
     }

@@ -54,6 +54,10 @@ pub fn resolve(spec: DeviceSpec) -> Result<Device> {
     if let Some(why) = why_not_cuda {
         println!("using cpu: {why}");
     }
+    if let Device::Cuda(ordinal) = device {
+        // Names the device, so that a run on the emulated device says so.
+        println!("using {device}: {}", super::cuda::device_name(ordinal));
+    }
     Ok(device)
 }
 
@@ -66,6 +70,14 @@ pub fn resolve_with_reason(spec: DeviceSpec) -> Result<(Device, Option<String>)>
             Ok((Device::Cuda(ordinal), None))
         }
         DeviceSpec::Auto => match open_cuda(0) {
+            // The emulated device (scripts/cuda-emu) runs kernels on the CPU, far slower than
+            // the CPU backend: only an explicit --device cuda uses it.
+            Ok(()) if super::cuda::device_name(0).contains("emulated") => Ok((
+                Device::Cpu,
+                Some(
+                    "the CUDA device is emulated (scripts/cuda-emu); --device cuda uses it".into(),
+                ),
+            )),
             Ok(()) => Ok((Device::Cuda(0), None)),
             // Only the first line: the full message (places searched, how to install) is
             // for `--device cuda`, which the user runs when they want the GPU.

@@ -215,6 +215,7 @@ impl Backend for CpuBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
+        d.check_batch_norm_train()?;
         let (x, gamma, beta) = (host(x)?, host(gamma)?, host(beta)?);
         let moments = norm::channel_moments(x, d);
         let m = (d.n * d.hw) as f64;

@@ -5,9 +5,12 @@
 //! step there are no driver allocations. One stream only, so a buffer returned to the pool can
 //! be reused by the next launch without synchronisation (stream order protects it).
 //!
-//! Debug hook: with `ARTGAN_POISON=1` every buffer handed out (new or reused) is filled with
+//! Debug hooks: with `ARTGAN_POISON=1` every buffer handed out (new or reused) is filled with
 //! NaN first, so a kernel that leaves an output element unwritten shows up as NaN in the parity
-//! tests instead of passing on stale data.
+//! tests instead of passing on stale data. With `ARTGAN_CUDA_POOL=off` nothing is cached: every
+//! buffer is its own driver allocation of exactly its size, freed when dropped, so a memory
+//! checker (compute-sanitizer, or AddressSanitizer on the emulated device) sees each buffer's
+//! true bounds and every use after free.
 
 use super::err::drv;
 use anyhow::Result;
@@ -29,6 +32,8 @@ pub struct PoolStats {
 pub struct Pool {
     stream: Arc<CudaStream>,
     inner: Mutex<Inner>,
+    /// False under `ARTGAN_CUDA_POOL=off`.
+    caching: bool,
 }
 
 #[derive(Default)]
@@ -42,6 +47,7 @@ impl Pool {
         Pool {
             stream,
             inner: Mutex::new(Inner::default()),
+            caching: !std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off"),
         }
     }
 
@@ -71,6 +77,9 @@ impl Pool {
     }
 
     pub fn give(&self, s: CudaSlice<f32>) {
+        if !self.caching {
+            return; // dropping `s` frees it (stream-ordered)
+        }
         let mut g = self.inner.lock().unwrap();
         g.stats.cached_elems += s.len() as u64;
         g.free.entry(s.len()).or_default().push(s);

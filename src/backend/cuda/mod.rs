@@ -131,6 +131,17 @@ pub struct CudaBackend {
     poison: bool,
 }
 
+/// The name of CUDA device `ordinal` as the driver reports it ("NVIDIA T4", or on the emulated
+/// device "artgan emulated CUDA device (CPU, not a GPU)"); "unknown" if it cannot be read.
+pub fn device_name(ordinal: usize) -> String {
+    libs::catch_cudarc_panic("reading the device name", || {
+        CudaContext::new(ordinal).and_then(|c| c.name())
+    })
+    .ok()
+    .and_then(|r| r.ok())
+    .unwrap_or_else(|| "unknown".into())
+}
+
 fn cb(s: &Storage) -> Result<&CudaBuffer> {
     match s {
         Storage::Cuda(b) => Ok(b),
@@ -645,7 +656,9 @@ impl Backend for CudaBackend {
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let (dy, w) = (cb(dy)?, cb(w)?);
         let mut dx = self.alloc(g.input_len())?;
-        if g.input_len() > 0 {
+        if g.input_len() > 0 && g.output_len() == 0 {
+            self.fill(&mut dx, 0.0)?; // nothing flows back from an empty output
+        } else if g.input_len() > 0 {
             match &self.dnn {
                 Some(d) if conv_impl() == ConvImpl::Cudnn => {
                     d.backward_data(self, dy, w, &mut dx, g)?
@@ -659,7 +672,11 @@ impl Backend for CudaBackend {
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         let (x, dy) = (cb(x)?, cb(dy)?);
         let mut dw = self.alloc(g.weight_len())?;
-        if g.weight_len() > 0 {
+        if g.weight_len() > 0 && g.output_len() == 0 {
+            // No output pixel (an empty batch): the gradient is zero, as on the CPU. The chunk
+            // loop would not run and leave `dw` unwritten, and cuDNN rejects an empty batch.
+            self.fill(&mut dw, 0.0)?;
+        } else if g.weight_len() > 0 {
             match &self.dnn {
                 Some(d) if conv_impl() == ConvImpl::Cudnn => {
                     d.backward_filter(self, x, dy, &mut dw, g)?
@@ -722,6 +739,7 @@ impl Backend for CudaBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
+        d.check_batch_norm_train()?;
         let (x, gamma, beta) = (cb(x)?, cb(gamma)?, cb(beta)?);
         let rm = cb_mut(running_mean)?;
         let (n, c, hw, total) = (d.n as u64, d.c as u64, d.hw as u64, d.len() as u64);
