@@ -186,6 +186,17 @@ static void fiber_main() {
     b.kernel->thunk(b.params);
     f->state = State::Done;
     --b.live;
+    // Lanes of this warp already waiting at a shuffle that names this lane would wait forever.
+    const size_t base = (size_t)f->ctx.warp * 32;
+    for (size_t l = 0; l < 32 && base + l < b.fibers.size(); ++l) {
+        const Fiber& o = b.fibers[base + l];
+        if (o.state == State::AtShuffle && (o.shfl_mask >> f->ctx.lane & 1u)) {
+            b.error = "lane " + std::to_string(f->ctx.lane) +
+                      " exited while its warp waits for it at a shuffle, which has exited: " +
+                      where(o);
+            break;
+        }
+    }
     // A thread that exits counts as arrived (as on the hardware); a lane that exits before a
     // shuffle that names it makes that shuffle wait forever, which the scheduler reports.
     maybe_release_barrier();

@@ -23,18 +23,19 @@ esac
 
 mkdir -p "$out/gen" "$out/obj"
 stamp="$out/inputs.sha256"
-inputs=$( (cat "$0" "$here"/*.h "$here"/*.cpp "$root"/kernels/*.cu "$root"/kernels/*.cuh;
+inputs=$( (cat "$0" "$here"/*.h "$here"/*.cpp "$here"/*.cu "$root"/kernels/*.cu "$root"/kernels/*.cuh;
            echo "$cxx ${flags[*]}"; "$cxx" --version | head -n1) | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ -f "$out/libcuda.so.1" ]; then
     exit 0
 fi
 rm -f "$out"/gen/*.cpp "$out"/obj/*.o
 
-# The kernel table, generated from the sources: one translation unit per kernels/<m>.cu that
-# includes the file and registers each `extern "C" __global__` function by name. Its parameter
-# types are deduced from the compiled function itself, so they cannot drift from the source.
+# The kernel table, generated from the sources: one translation unit per kernels/<m>.cu (and
+# the emulator's own selftest.cu) that includes the file and registers each `extern "C"
+# __global__` function by name. Its parameter types are deduced from the compiled function
+# itself, so they cannot drift from the source.
 units=()
-for cu in "$root"/kernels/*.cu; do
+for cu in "$root"/kernels/*.cu "$here"/*.cu; do
     m="$(basename "$cu" .cu)"
     names=$(tr '\n' ' ' < "$cu" | grep -oE 'extern "C"[[:space:]]+__global__[[:space:]]+void[[:space:]]+[A-Za-z_][A-Za-z0-9_]*' \
             | awk '{print $NF}')

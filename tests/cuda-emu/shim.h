@@ -38,7 +38,11 @@ extern "C" void emu_syncwarp(unsigned mask, const char* file, int line);
 #define warpSize 32
 
 #define __global__
-#define __device__
+// Internal linkage: a device function's `__shared__` statics are then plain per-file statics. As
+// inline functions with external linkage they would be COMDAT objects, which GCC refuses to
+// place in one section with a kernel's own `__shared__` variables. (So a member function must
+// not be marked __device__: it would become a static member and fail to compile.)
+#define __device__ static
 #define __host__
 #define __noinline__ __attribute__((noinline))
 #define __forceinline__ inline __attribute__((always_inline))
