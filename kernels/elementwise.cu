@@ -25,6 +25,12 @@ extern "C" __global__ void scale_f32(const float* __restrict__ a, float alpha,
     GRID_STRIDE(i, n) y[i] = a[i] * alpha;
 }
 
+// y = 1 / a (IEEE division, as on the CPU).
+extern "C" __global__ void reciprocal_f32(const float* __restrict__ a, float* __restrict__ y,
+                                          u64 n) {
+    GRID_STRIDE(i, n) y[i] = __fdiv_rn(1.0f, a[i]);
+}
+
 // y = a * s[0] * alpha, the scalar read on the device (no host round trip).
 extern "C" __global__ void scale_by_scalar_f32(const float* __restrict__ a,
                                                const float* __restrict__ s, float alpha,

@@ -257,6 +257,70 @@ fn elementwise_scale_by_scalar() {
 }
 
 #[test]
+fn elementwise_reciprocal_is_ieee_division() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(31);
+    for len in [1usize, 127, 40_001] {
+        // Away from 0, both signs, several binades.
+        let a: Vec<f32> = rand(&mut rng, len, 3.0)
+            .iter()
+            .map(|v| v + v.signum() * 0.01)
+            .collect();
+        let gy = down(&g, &g.reciprocal(&up(&g, &a)).unwrap());
+        let cy = down(&c, &c.reciprocal(&up(&c, &a)).unwrap());
+        close(&format!("reciprocal len {len}"), &gy, &cy, 0.0, 0.0);
+    }
+}
+
+/// Calls that made the host wait for the device so far, as the emulated device counts them
+/// (`None` on a real GPU, whose driver does not count them).
+fn emulated_host_syncs() -> Option<u64> {
+    let name = c"artgan_emu_host_syncs";
+    // SAFETY: looks up a symbol of the already loaded (emulated) libcuda; its signature is
+    // `unsigned long long (void)`.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        if f.is_null() {
+            return None;
+        }
+        let f: extern "C" fn() -> u64 = std::mem::transmute(f);
+        Some(f())
+    }
+}
+
+/// Spectral norm inside a training step keeps sigma on the device: its forward and backward
+/// make the host wait for nothing (it used to download sigma to invert it).
+#[test]
+fn spectral_norm_does_not_wait_for_the_device() {
+    if gpu().is_none() {
+        return;
+    }
+    use artgan::ops;
+    use artgan::tensor::Tensor;
+    let dev = Device::Cuda(0);
+    let mut rng = Rng::new(32);
+    let (rows, cols) = (16usize, 27usize);
+    let w = Tensor::parameter(rand(&mut rng, rows * cols, 1.0), &[rows, 3, 3, 3], dev).unwrap();
+    let u = Tensor::from_vec(rand(&mut rng, rows, 1.0), &[rows], dev).unwrap();
+    let v = Tensor::from_vec(rand(&mut rng, cols, 1.0), &[cols], dev).unwrap();
+    let before = emulated_host_syncs();
+    let y = ops::spectral_norm_weight(&w, &u, &v, rows, true, 1e-12).unwrap();
+    ops::sum(&y).unwrap().backward().unwrap();
+    let after = emulated_host_syncs();
+    match (before, after) {
+        (Some(b), Some(a)) => assert_eq!(a, b, "spectral norm made the host wait {} times", a - b),
+        _ => println!("host waits are counted only on the emulated device; ran without counting"),
+    }
+    assert!(w
+        .grad_to_vec()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .all(|x| x.is_finite()));
+}
+
+#[test]
 fn activations_forward_and_backward() {
     let Some(g) = gpu() else { return };
     let c = cpu();

@@ -269,6 +269,9 @@ pub trait Backend {
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()>;
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage>;
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage>;
+    /// `1 / a` elementwise (IEEE division). Keeps scalars such as spectral norm's sigma on the
+    /// device: inverting one on the host would stall the stream.
+    fn reciprocal(&self, a: &Storage) -> Result<Storage>;
     /// `a * s[0] * alpha` where `s` holds one element (on the device).
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage>;
     fn activation(&self, act: Activation, x: &Storage) -> Result<Storage>;

@@ -43,7 +43,8 @@ pub fn spectral_norm_weight(
         eps,
         training,
     )?;
-    let y = be.scale_by_scalar(&w.storage(), &reciprocal(&*be, &sigma)?, 1.0)?;
+    // 1/sigma on the device: no host round trip inside a training step.
+    let y = be.scale_by_scalar(&w.storage(), &be.reciprocal(&sigma)?, 1.0)?;
     // u and v are frozen at their values for this forward (the next training forward changes
     // them in place), so the backward keeps copies.
     let (u_now, v_now) = (be.copy(&u.storage())?, be.copy(&v.storage())?);
@@ -59,10 +60,4 @@ pub fn spectral_norm_weight(
             cols,
         )?)])
     })
-}
-
-/// 1/s of a one-element storage, on the device.
-fn reciprocal(be: &dyn crate::backend::Backend, s: &Storage) -> Result<Storage> {
-    let host = be.download(s)?;
-    be.upload(&[1.0 / host[0]])
 }

@@ -121,6 +121,10 @@ impl Backend for CpuBackend {
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
         map(a, |x| x * alpha)
     }
+    fn reciprocal(&self, a: &Storage) -> Result<Storage> {
+        map(a, |x| 1.0 / x)
+    }
+
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
         let k = scalar(s)? * alpha;
         map(a, |x| x * k)

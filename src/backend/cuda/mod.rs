@@ -528,6 +528,17 @@ impl Backend for CudaBackend {
         Ok(Storage::Cuda(y))
     }
 
+    fn reciprocal(&self, a: &Storage) -> Result<Storage> {
+        let a = cb(a)?;
+        let mut y = self.alloc(a.len)?;
+        let n = a.len as u64;
+        if n > 0 {
+            let cfg = self.grid(n);
+            launch!(self, "reciprocal_f32", cfg, a.slice(), y.slice_mut(), &n)?;
+        }
+        Ok(Storage::Cuda(y))
+    }
+
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
         let (a, s) = (cb(a)?, cb(s)?);
         if s.len != 1 {

@@ -16,6 +16,7 @@ pub const MODULES: &[(&str, &[&str])] = &[
             "add_assign_f32",
             "mul_f32",
             "scale_f32",
+            "reciprocal_f32",
             "scale_by_scalar_f32",
             "act_forward_f32",
             "act_backward_f32",
