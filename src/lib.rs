@@ -12,6 +12,7 @@ pub mod optim;
 pub mod quality;
 pub mod report;
 pub mod rng;
+pub mod run_lock;
 pub mod tensor;
 pub mod tools;
 pub mod train;
