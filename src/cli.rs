@@ -54,6 +54,10 @@ pub enum Command {
     /// its images and the real ones, per pyramid level.
     #[command(allow_negative_numbers = true)]
     Evaluate(crate::cli_evaluate::EvaluateArgs),
+    /// What this machine can run: the CUDA driver and libraries (found where, which version,
+    /// or how to get them), the kernel image the GPU will load, free GPU memory, and what
+    /// `--device auto` chooses and why.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// A whole-number flag (`--batch-size`, `--epochs`, `--seed`, …) as clap parses it. Negative
@@ -707,5 +711,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Explore(a) => data::explore(a),
         Command::Report(a) => crate::report::run(a),
         Command::Evaluate(a) => crate::cli_evaluate::run_evaluate(a),
+        Command::Doctor(a) => crate::doctor::run(a),
     }
 }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cli_evaluate;
 pub mod data;
+pub mod doctor;
 pub mod nn;
 pub mod ops;
 pub mod optim;
