@@ -437,6 +437,8 @@ fn describe_augment(augment: data::Augment) -> String {
 struct NewRunDir {
     lock: Option<crate::run_lock::RunLock>,
     created: bool,
+    /// An existing folder that held nothing but our lock file: what is in it on failure is ours.
+    was_empty: bool,
     kept: bool,
 }
 
@@ -454,6 +456,13 @@ impl Drop for NewRunDir {
             drop(lock);
             if !self.kept && self.created {
                 let _ = fs::remove_dir_all(&dir);
+            } else if !self.kept && self.was_empty {
+                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if e.file_name() != crate::run_lock::LOCK_FILE {
+                        let p = e.path();
+                        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+                    }
+                }
             }
         }
     }
@@ -501,9 +510,11 @@ fn claim_run_dir(out: Option<&Path>, preset: Preset, force: bool) -> Result<(Pat
             return Ok(None); // numbered folders: taken, try the next number
         }
         let lock = crate::run_lock::lock_run_dir(dir)?;
+        let was_empty = !created && !holds_files(dir)?;
         let guard = NewRunDir {
             lock: Some(lock),
             created,
+            was_empty,
             kept: false,
         };
         if !created {
@@ -606,6 +617,9 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             // Locks the folder before looking into it: a second `train` into a running
             // run's folder is told so, not that the folder is not empty.
             let (out, guard) = claim_run_dir(a.out.as_deref(), a.preset, a.force)?;
+            // First thing in the folder: from here on a killed start is resumable (a start
+            // that fails below removes it again).
+            checkpoint::save_config(&out, &cfg)?;
             (cfg, out, None, None, None, Some(guard))
         }
     };
@@ -629,7 +643,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.batch_size
         );
     }
-    // From here on the folder is a run: config.json first, then it is resumable.
+    // config.json again, now with the data's description and the resolved device.
     checkpoint::save_config(&out, &cfg)?;
     let _lock = match (lock, new_run) {
         (Some(l), _) => l,

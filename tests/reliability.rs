@@ -648,3 +648,53 @@ fn semicolon_csv_and_unwritable_results_are_clear_errors() {
     assert!(!stdout(&o).contains("sliced Wasserstein"), "{}", stdout(&o));
     assert!(started.elapsed().as_secs() < 20);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Steps slow enough (~0.1 s) that the second signal lands while the first is being handled.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_artgan"))
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--ngf",
+            "32",
+            "--ndf",
+            "32",
+            "--batch-size",
+            "64",
+            "--limit",
+            "256",
+            "--epochs",
+            "50",
+            "--out",
+            "run",
+        ])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_lock(&d.join("run"), &mut child);
+    while !d.join("run/samples/epoch-0000.png").exists() {
+        assert!(child.try_wait().unwrap().is_none());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..2 {
+        // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(15));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        !err.contains("interrupted at step"),
+        "the second Ctrl-C waited: {err}"
+    );
+}

@@ -533,8 +533,14 @@ fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_ends_bit_identical() {
         let mut child = artgan(&args, d).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         if child.try_wait().unwrap().is_none() {
+            // Ctrl-C, and SIGTERM (what `kill` and service managers send) every other time.
+            let sig = if i % 2 == 0 {
+                libc::SIGINT
+            } else {
+                libc::SIGTERM
+            };
             // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
-            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+            assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
         }
         let o = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
