@@ -315,6 +315,17 @@ fn report_device(
             }
         ),
     };
+    let image = match loader::ImagePolicy::from_env() {
+        Ok(loader::ImagePolicy::Auto) => image,
+        Ok(loader::ImagePolicy::Ptx) => {
+            format!("the PTX (ARTGAN_KERNEL_IMAGE=ptx; without it: {image})")
+        }
+        Ok(loader::ImagePolicy::Nvrtc) => format!(
+            "the sources compiled by the local nvrtc (ARTGAN_KERNEL_IMAGE=nvrtc; without it: \
+             {image})"
+        ),
+        Err(e) => format!("{image}; but {e:#}"),
+    };
     out.push(format!("kernel image: {image}"));
     match mem {
         Some((free, total)) => out.push(format!(

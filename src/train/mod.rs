@@ -747,6 +747,9 @@ pub fn train(
         .with_context(|| format!("cannot create {}", samples_dir.display()))?;
     let fixed = fixed_noise(cfg.seed, cfg.model.nz, opts.device)?;
     if !resumed {
+        // A folder trained into again (--force): the old final weights' manifest must not
+        // vouch for anything of this run.
+        checkpoint::remove_manifest(&opts.out)?;
         save_grid(trainer.sampling_generator(), &fixed, &samples_dir, 0)?;
         crate::report::write_report(&opts.out).context("writing the run's index.html")?;
     } else {
