@@ -608,7 +608,8 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             (cfg, run.clone(), resume, Some(lock), Some(previous), None)
         }
         None => {
-            let cfg = train_config(a)?;
+            let mut cfg = train_config(a)?;
+            cfg.device = device.to_string();
             // Data found, images left after the filters (decoding comes later).
             data::check_data(&cfg.data_args)?;
             if let Some(out) = a.out.as_deref().filter(|o| o.exists() && !o.is_dir()) {
