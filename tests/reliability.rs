@@ -293,7 +293,7 @@ fn a_corrupted_cache_is_rebuilt_not_used() {
 
 /// Waits until `run`'s lock file names a process (the run holds its lock).
 fn wait_for_lock(run: &Path, child: &mut std::process::Child) -> String {
-    for _ in 0..600 {
+    for _ in 0..3000 {
         if let Ok(s) = std::fs::read_to_string(run.join(".artgan-lock")) {
             if !s.trim().is_empty() {
                 return s;
@@ -654,7 +654,9 @@ fn semicolon_csv_and_unwritable_results_are_clear_errors() {
 fn a_second_ctrl_c_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Steps slow enough (~0.1 s) that the second signal lands while the first is being handled.
+    // Steps slow enough (~0.5 s at batch 128) that the second signal, 0.1 s after the first
+    // (not so close that the two merge into one pending signal), lands while the first is
+    // being handled.
     let mut child = Command::new(env!("CARGO_BIN_EXE_artgan"))
         .args([
             "train",
@@ -666,9 +668,9 @@ fn a_second_ctrl_c_exits_at_once() {
             "--ndf",
             "32",
             "--batch-size",
-            "64",
+            "128",
             "--limit",
-            "256",
+            "512",
             "--epochs",
             "50",
             "--out",
@@ -688,7 +690,7 @@ fn a_second_ctrl_c_exits_at_once() {
     for _ in 0..2 {
         // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
         assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-        std::thread::sleep(std::time::Duration::from_millis(15));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
