@@ -134,15 +134,33 @@ pub fn load_state_dict(module: &dyn Module, path: &Path, what: &str) -> Result<(
         }
         staged.push((s, view.data().to_vec()));
     }
-    for (s, data) in staged {
+    // Decoded and checked for NaN/Inf before anything is written (nothing non-finite is used).
+    // (state, its f32 values when it is a tensor, its raw bytes)
+    type Decoded<'a, 'm> = (&'a StateRef<'m>, Option<Vec<f32>>, Vec<u8>);
+    let mut decoded: Vec<Decoded> = Vec::new();
+    for ((name, _), (s, data)) in entries.iter().zip(staged) {
+        if let StateRef::Param(_) | StateRef::Buffer(_) = s {
+            // The bytes of a safetensors file need not be 4-aligned: decode explicitly.
+            let values: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "checkpoint {p}: tensor {name} holds a non-finite value ({} at index {i}): \
+                     these weights come from a diverged or corrupted run",
+                    values[i]
+                );
+            }
+            decoded.push((s, Some(values), data));
+        } else {
+            decoded.push((s, None, data));
+        }
+    }
+    for (s, values, data) in decoded {
         match s {
             StateRef::Param(t) | StateRef::Buffer(t) => {
-                // The bytes of a safetensors file need not be 4-aligned: decode explicitly.
-                let values: Vec<f32> = data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                t.set_values(&values)?;
+                t.set_values(values.as_deref().unwrap_or_default())?;
             }
             StateRef::Count(c) => {
                 let mut b = [0u8; 8];
@@ -176,6 +194,50 @@ pub fn save_models(dir: &Path, g: &Generator, d: &Discriminator) -> Result<()> {
     save_state_dict(d, &dir.join(DISCRIMINATOR_FILE), model_metadata())
 }
 
+/// Writes a run's final model files (`files`: name and bytes) with a `manifest.json` (size and
+/// CRC-32 of each) into `dir`. The old manifest goes first and the new one is written last,
+/// each file atomically, so at every moment the folder holds either no manifest or one that
+/// matches the files it lists: a crash in between leaves unverified files, never wrong ones
+/// passed as checked.
+pub fn save_final_models(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    remove_manifest(dir)?;
+    let mut manifest = Vec::with_capacity(files.len());
+    for (file, bytes) in files {
+        write_atomic(&dir.join(file), bytes)?;
+        manifest.push(ManifestEntry {
+            file: file.to_string(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        });
+    }
+    write_atomic(
+        &dir.join(MANIFEST_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )
+}
+
+/// Removes `dir/manifest.json` (before the files it lists are removed or replaced).
+pub fn remove_manifest(dir: &Path) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            sync_dir(dir);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+/// Checks the weights in `dir` (a run folder or a checkpoint folder) against its
+/// `manifest.json` where it has one (runs written before manifests existed have none).
+pub fn verify_weights_dir(dir: &Path) -> Result<()> {
+    if dir.join(MANIFEST_FILE).is_file() {
+        verify_checkpoint(dir)?;
+    }
+    Ok(())
+}
+
 /// Writes `value` as pretty JSON to `dir/config.json`, atomically.
 pub fn save_config<T: serde::Serialize>(dir: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
@@ -203,6 +265,7 @@ pub fn load_model_config(run_dir: &Path) -> Result<ModelConfig> {
 
 /// Rebuilds the generator of a run folder and loads its weights.
 pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
+    verify_weights_dir(run_dir)?;
     let c = load_model_config(run_dir)?;
     // Initial values are overwritten by the checkpoint; any seed will do.
     let g = Generator::new(&c, &mut Rng::new(0), device)?;
@@ -243,6 +306,7 @@ pub fn load_sampling_generator(
     device: Device,
 ) -> Result<(Generator, bool)> {
     let dir = weights_dir(path)?;
+    verify_weights_dir(&dir)?;
     let c = load_model_config(&dir)?;
     let g = Generator::new(&c, &mut Rng::new(0), device)?;
     let ema_path = dir.join(GENERATOR_EMA_FILE);
@@ -258,6 +322,7 @@ pub fn load_sampling_generator(
 
 /// Rebuilds the discriminator of a run folder and loads its weights.
 pub fn load_discriminator(run_dir: &Path, device: Device) -> Result<Discriminator> {
+    verify_weights_dir(run_dir)?;
     let c = load_model_config(run_dir)?;
     let d = Discriminator::new(&c, &mut Rng::new(0), device)?;
     load_state_dict(&d, &run_dir.join(DISCRIMINATOR_FILE), &describe(&c))?;
@@ -302,11 +367,17 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
         if view.dtype() != Dtype::F32 {
             bail!("{p}: tensor {name} is {:?}, expected F32", view.dtype());
         }
-        let values = view
+        let values: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{p}: tensor {name} holds a non-finite value ({} at index {i})",
+                values[i]
+            );
+        }
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
@@ -338,8 +409,32 @@ pub fn checkpoint_name(epoch: usize) -> String {
     format!("epoch-{epoch:04}")
 }
 
-fn checkpoint_epoch(name: &str) -> Option<usize> {
-    name.strip_prefix("epoch-")?.parse().ok()
+/// The folder name of a mid-epoch checkpoint (an interrupted run): `epoch` epochs complete and
+/// `batch` batches of the next one done, `epoch-NNNN+BBBBBB`.
+pub fn mid_epoch_checkpoint_name(epoch: usize, batch: usize) -> String {
+    if batch == 0 {
+        checkpoint_name(epoch)
+    } else {
+        format!("epoch-{epoch:04}+{batch:06}")
+    }
+}
+
+/// (epochs complete, batches of the next one done) of a checkpoint folder name.
+fn parse_checkpoint_name(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("epoch-")?;
+    match rest.split_once('+') {
+        Some((e, b)) => Some((e.parse().ok()?, b.parse().ok()?)),
+        None => Some((rest.parse().ok()?, 0)),
+    }
+}
+
+/// (epochs complete, batches of the next one done) of checkpoint folder `dir` (0, 0 when the
+/// name is not a checkpoint's).
+pub fn checkpoint_position(dir: &Path) -> (usize, usize) {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_checkpoint_name)
+        .unwrap_or((0, 0))
 }
 
 /// Writes a checkpoint folder `RUN/checkpoints/epoch-NNNN` holding `files` (name, bytes)
@@ -349,9 +444,20 @@ pub fn write_checkpoint(
     epoch: usize,
     files: &[(&str, Vec<u8>)],
 ) -> Result<PathBuf> {
+    write_checkpoint_at(run_dir, epoch, 0, files)
+}
+
+/// [`write_checkpoint`] at a position inside an epoch: `batch` batches after epoch `epoch`
+/// (see [`mid_epoch_checkpoint_name`]).
+pub fn write_checkpoint_at(
+    run_dir: &Path,
+    epoch: usize,
+    batch: usize,
+    files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let name = checkpoint_name(epoch);
+    let name = mid_epoch_checkpoint_name(epoch, batch);
     let partial = root.join(format!(".partial-{name}"));
     if partial.exists() {
         fs::remove_dir_all(&partial)
@@ -427,7 +533,8 @@ pub fn verify_checkpoint(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The complete checkpoint folders of a run, newest first (by epoch).
+/// The complete checkpoint folders of a run, newest first (by position: epoch, then batch
+/// within the next epoch for a mid-epoch one), as (epochs complete, folder).
 pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     if !root.is_dir() {
@@ -437,14 +544,14 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     for entry in fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))? {
         let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
         let name = entry.file_name();
-        if let Some(epoch) = name.to_str().and_then(checkpoint_epoch) {
+        if let Some(pos) = name.to_str().and_then(parse_checkpoint_name) {
             if entry.path().is_dir() {
-                out.push((epoch, entry.path()));
+                out.push((pos, entry.path()));
             }
         }
     }
     out.sort_by_key(|e| std::cmp::Reverse(e.0));
-    Ok(out)
+    Ok(out.into_iter().map(|((e, _), p)| (e, p)).collect())
 }
 
 /// The newest checkpoint of a run that passes [`verify_checkpoint`], as (epoch, folder); newer
@@ -464,7 +571,17 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
 pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<usize> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     let mut removed = 0;
-    for (_, dir) in list_checkpoints(run_dir)?.into_iter().skip(keep) {
+    let all = list_checkpoints(run_dir)?;
+    // A mid-epoch checkpoint is only a way back into an interrupted epoch: once a newer
+    // checkpoint exists it has served, and it does not take one of the `keep` places.
+    let newest = all.first().map(|(_, d)| checkpoint_position(d));
+    let (mid, whole): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(_, d)| checkpoint_position(d).1 > 0);
+    let stale_mid = mid
+        .into_iter()
+        .filter(|(_, d)| Some(checkpoint_position(d)) != newest);
+    for (_, dir) in whole.into_iter().skip(keep).chain(stale_mid) {
         fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
         removed += 1;
     }

@@ -31,22 +31,47 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a generator/discriminator pair (built-in paintings unless --data is given).
+    #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Generate images with a trained generator.
+    #[command(allow_negative_numbers = true)]
     Sample(SampleArgs),
     /// Walk between random latents (spherical interpolation): a grid, numbered frames and an
     /// animated GIF.
+    #[command(allow_negative_numbers = true)]
     Interpolate(InterpolateArgs),
     /// Find the generator's closest image to a photograph, then paint variations around it.
+    #[command(allow_negative_numbers = true)]
     Project(ProjectArgs),
     /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
     /// sample grids.
+    #[command(allow_negative_numbers = true)]
     Explore(ExploreArgs),
     /// Write a run folder's charts (plots/) and index.html again, and print the page's path.
+    #[command(allow_negative_numbers = true)]
     Report(crate::report::ReportArgs),
     /// Measure a trained generator: the sliced Wasserstein distance (Progressive GAN) between
     /// its images and the real ones, per pyramid level.
+    #[command(allow_negative_numbers = true)]
     Evaluate(crate::cli_evaluate::EvaluateArgs),
+    /// What this machine can run: the CUDA driver and libraries (found where, which version,
+    /// or how to get them), the kernel image the GPU will load, free GPU memory, and what
+    /// `--device auto` chooses and why.
+    Doctor(crate::doctor::DoctorArgs),
+}
+
+/// A whole-number flag (`--batch-size`, `--epochs`, `--seed`, …) as clap parses it. Negative
+/// numbers reach this parser (every command allows them syntactically), so `--batch-size -1`
+/// is refused with the flag's own name instead of clap's "unexpected argument '-1'".
+pub fn parse_whole<T: std::str::FromStr>(s: &str) -> std::result::Result<T, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{t} is negative: expected a whole number, 0 or more"
+        ));
+    }
+    t.parse()
+        .map_err(|_| format!("{t:?} is not a whole number (or is too large)"))
 }
 
 /// `--device` and `--conv-impl`, shared by every command that computes.
@@ -98,10 +123,10 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub full: bool,
     /// Passes over the data (the total, also when resuming) [default: 20].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
     pub epochs: Option<usize>,
     /// Images per batch.
-    #[arg(long, default_value_t = 64, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 64, conflicts_with = "resume")]
     pub batch_size: usize,
     /// Adam learning rate of D and G [default: 2e-4]; classical: G's detail stage gets a
     /// quarter of it (the seed's 2e-4 and 5e-5). --lr-d/--lr-g/--lr-g-detail override.
@@ -125,19 +150,19 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub no_dynamic_lr: bool,
     /// D steps per decision of the dynamic learning-rate rule.
-    #[arg(long, default_value_t = train::lr_control::DEFAULT_WINDOW, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = train::lr_control::DEFAULT_WINDOW, conflicts_with = "resume")]
     pub lr_window: usize,
     /// Latent size [default: 100 for dcgan, 128 for classical].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
     pub nz: Option<usize>,
     /// Generator width (channels of its last hidden layer) [default: 32, --full 64].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
     pub ngf: Option<usize>,
     /// Discriminator width (channels of its first layer) [default: 32, --full 64].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
     pub ndf: Option<usize>,
     /// Image side: 32, 64 or 128 [default: 32; --full: 64 dcgan, 128 classical].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
     pub image_size: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -146,27 +171,27 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub augment: AugmentArgs,
     /// Seed of every random stream (init, latents, dropout/noise, data order).
-    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0, conflicts_with = "resume")]
     pub seed: u64,
     /// Run folder [default: runs/<preset>-NNN, the first free number].
     #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Write the fixed-noise grid every N epochs (and always after the last one).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
     pub sample_every: Option<usize>,
     /// Write a checkpoint (models, optimiser states, random streams) every N epochs and after
     /// the last one [default: 5].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
     pub checkpoint_every: Option<usize>,
     /// How many of the newest checkpoints to keep [default: 3].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
     pub keep_checkpoints: Option<usize>,
     /// Record the SWD quality metric (see `artgan evaluate`) of the sampling generator in
     /// metrics.csv every N epochs and after the last one (0 = never) [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
     pub eval_every: Option<usize>,
     /// Images per set for that SWD (compare numbers only at equal counts) [default: 1024].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
     pub eval_count: Option<usize>,
     /// Do not keep the exponential moving average of the generator's weights (grids and
     /// `sample` then use the raw generator).
@@ -176,8 +201,15 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = train::ema::DEFAULT_HALF_LIFE_IMAGES, conflicts_with = "resume")]
     pub ema_half_life: f64,
     /// Discriminator updates per generator update [default: 1 for dcgan, 4 for classical].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
     pub d_steps: Option<usize>,
+    /// Divergence guard: stop when a loss stays above this for --diverge-steps consecutive
+    /// steps (a BCE of 100 means logits of about ±100) [default: 100].
+    #[arg(long, value_name = "LOSS")]
+    pub diverge_loss: Option<f32>,
+    /// Consecutive steps above --diverge-loss that stop the run [default: 200].
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, value_name = "N")]
+    pub diverge_steps: Option<usize>,
     /// Train into --out even if it already holds files (they are overwritten).
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
@@ -244,14 +276,6 @@ pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// `runs/<preset>-NNN`, the first that does not exist.
-fn default_run_dir(preset: Preset) -> PathBuf {
-    (1..)
-        .map(|i| PathBuf::from(format!("runs/{preset}-{i:03}")))
-        .find(|p| !p.exists())
-        .expect("some run number is free")
-}
-
 /// The model and recipe a `train` command asks for (a new run).
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let full = ModelConfig::full(a.preset);
@@ -304,6 +328,47 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// The learning-rate flags as given, each checked under its own name (a derived value's
+/// check would name another flag: `--lr -1` must not say "--lr-d").
+fn check_lr_flags(a: &TrainArgs) -> Result<()> {
+    for (flag, lr) in [
+        ("--lr", a.lr),
+        ("--lr-d", a.lr_d),
+        ("--lr-g", a.lr_g),
+        ("--lr-g-detail", a.lr_g_detail),
+    ] {
+        if let Some(lr) = lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                bail!("{flag} must be a positive number, got {lr}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Learning rates above this train on, but almost always diverge: said once at the start.
+pub const HIGH_LR: f32 = 1e-2;
+
+/// One warning line per learning rate above [`HIGH_LR`].
+fn warn_high_lrs(cfg: &TrainConfig) {
+    let high: Vec<String> = [
+        ("D", cfg.lr_d),
+        ("G", cfg.lr_g),
+        ("G detail", cfg.lr_g_detail),
+    ]
+    .iter()
+    .filter(|(_, lr)| *lr > HIGH_LR)
+    .map(|(what, lr)| format!("{what} {lr:e}"))
+    .collect();
+    if !high.is_empty() {
+        eprintln!(
+            "warning: learning rate above {HIGH_LR:e} ({}): GANs train at about 1e-4 to 1e-3 and \
+             diverge at rates like this; the divergence guard stops the run if the losses blow up",
+            high.join(", ")
+        );
+    }
+}
+
 /// The options that may change when a run is resumed (and that set a new run's values).
 fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     if let Some(e) = a.epochs {
@@ -345,6 +410,12 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     if let Some(n) = a.eval_count {
         cfg.eval_count = n;
     }
+    if let Some(x) = a.diverge_loss {
+        cfg.diverge_loss = x;
+    }
+    if let Some(n) = a.diverge_steps {
+        cfg.diverge_steps = n;
+    }
     cfg.device = a.device.device.clone();
 }
 
@@ -360,10 +431,130 @@ fn describe_augment(augment: data::Augment) -> String {
     }
 }
 
+/// A new run folder claimed by this process: created here (`created`) or an existing empty
+/// one (or any, with `--force`), locked. Until [`NewRunDir::keep`] a failure removes a folder
+/// this process created, so a failed start leaves nothing behind.
+struct NewRunDir {
+    lock: Option<crate::run_lock::RunLock>,
+    created: bool,
+    /// An existing folder that held nothing but our lock file: what is in it on failure is ours.
+    was_empty: bool,
+    kept: bool,
+}
+
+impl NewRunDir {
+    fn keep(mut self) -> crate::run_lock::RunLock {
+        self.kept = true;
+        self.lock.take().expect("held until kept")
+    }
+}
+
+impl Drop for NewRunDir {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            let dir = lock.dir().to_path_buf();
+            drop(lock);
+            if !self.kept && self.created {
+                let _ = fs::remove_dir_all(&dir);
+            } else if !self.kept && self.was_empty {
+                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if e.file_name() != crate::run_lock::LOCK_FILE {
+                        let p = e.path();
+                        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `dir` holds anything but our lock file.
+fn holds_files(dir: &Path) -> Result<bool> {
+    Ok(fs::read_dir(dir)
+        .with_context(|| format!("cannot read output folder {}", dir.display()))?
+        .flatten()
+        .any(|e| e.file_name() != crate::run_lock::LOCK_FILE))
+}
+
+/// Checks `--out` before anything is created: a file, or a folder with files without
+/// `--force`, is refused.
+fn check_out_dir(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            bail!("output {} exists and is not a folder", dir.display());
+        }
+        if !force && holds_files(dir)? {
+            bail!(
+                "output folder {} is not empty: choose another --out or pass --force to overwrite",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Claims the run folder of a new run: `--out` (created, or locked and checked again when it
+/// exists), else the first free `runs/<preset>-NNN`, made with an operation that fails if
+/// the folder exists (then the next number is tried), so two runs never share one.
+fn claim_run_dir(out: Option<&Path>, preset: Preset, force: bool) -> Result<(PathBuf, NewRunDir)> {
+    let claim = |dir: &Path| -> Result<Option<NewRunDir>> {
+        let created = match fs::create_dir(dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create output folder {}", dir.display()))
+            }
+        };
+        if !created && out.is_none() {
+            return Ok(None); // numbered folders: taken, try the next number
+        }
+        let lock = crate::run_lock::lock_run_dir(dir)?;
+        let was_empty = !created && !holds_files(dir)?;
+        let guard = NewRunDir {
+            lock: Some(lock),
+            created,
+            was_empty,
+            kept: false,
+        };
+        if !created {
+            check_out_dir(dir, force)?;
+        }
+        // Probe: fail now, not after an hour of training.
+        let probe = dir.join(".artgan-write-test");
+        fs::write(&probe, b"")
+            .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+        let _ = fs::remove_file(&probe);
+        Ok(Some(guard))
+    };
+    match out {
+        Some(dir) => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+            }
+            let guard = claim(dir)?.expect("an explicit --out is always claimed");
+            Ok((dir.to_path_buf(), guard))
+        }
+        None => {
+            fs::create_dir_all("runs").context("cannot create the folder runs/")?;
+            for i in 1.. {
+                let dir = PathBuf::from(format!("runs/{preset}-{i:03}"));
+                if let Some(guard) = claim(&dir)? {
+                    return Ok((dir, guard));
+                }
+            }
+            unreachable!("some run number is free")
+        }
+    }
+}
+
 pub fn run_train(a: &TrainArgs) -> Result<()> {
-    // Before any folder is made: a bad --device must leave nothing behind.
+    // Everything that can be checked is checked before any folder is made or touched: a bad
+    // flag, device or dataset must leave nothing behind.
+    check_lr_flags(a)?;
     let device = a.device.resolve()?;
-    let (mut cfg, out, resume_from) = match &a.resume {
+    let (mut cfg, out, resume_from, lock, previous, new_run) = match &a.resume {
         Some(run) => {
             if a.data.data.is_some() || a.data.artists.is_some() || a.data.genre.is_some() {
                 bail!(
@@ -371,7 +562,16 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                     run.display()
                 );
             }
-            let mut cfg = train::load_config(run)?;
+            if !run.is_dir() {
+                bail!(
+                    "{} is not a training run folder (no such folder)",
+                    run.display()
+                );
+            }
+            // Before anything is read for keeps or written: one process per run.
+            let lock = crate::run_lock::lock_run_dir(run)?;
+            let previous = train::load_config(run)?;
+            let mut cfg = previous.clone();
             apply_overrides(&mut cfg, a);
             cfg.validate()
                 .with_context(|| format!("resuming {}", run.display()))?;
@@ -386,9 +586,15 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                     return Ok(());
                 }
                 Some((epoch, dir)) if !a.quiet => {
+                    let batch = checkpoint::checkpoint_position(dir).1;
                     println!(
-                        "resuming {} after epoch {epoch} ({})",
+                        "resuming {} after epoch {epoch}{} ({})",
                         run.display(),
+                        if batch > 0 {
+                            format!(" and {batch} batches of the next")
+                        } else {
+                            String::new()
+                        },
                         dir.display()
                     )
                 }
@@ -398,19 +604,29 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                 ),
                 _ => {}
             }
-            (cfg, run.clone(), latest.map(|(_, d)| d))
+            let resume = latest.map(|(_, d)| d);
+            (cfg, run.clone(), resume, Some(lock), Some(previous), None)
         }
         None => {
-            let cfg = train_config(a)?;
-            let out = a.out.clone().unwrap_or_else(|| default_run_dir(a.preset));
-            prepare_out_dir(&out, a.force)?;
-            // First thing in the folder: from here on it is resumable.
+            let mut cfg = train_config(a)?;
+            cfg.device = device.to_string();
+            // Data found, images left after the filters (decoding comes later).
+            data::check_data(&cfg.data_args)?;
+            if let Some(out) = a.out.as_deref().filter(|o| o.exists() && !o.is_dir()) {
+                bail!("output {} exists and is not a folder", out.display());
+            }
+            // Locks the folder before looking into it: a second `train` into a running
+            // run's folder is told so, not that the folder is not empty.
+            let (out, guard) = claim_run_dir(a.out.as_deref(), a.preset, a.force)?;
+            // First thing in the folder: from here on a killed start is resumable (a start
+            // that fails below removes it again).
             checkpoint::save_config(&out, &cfg)?;
-            (cfg, out, None)
+            (cfg, out, None, None, None, Some(guard))
         }
     };
     // The device that really runs (what `auto` resolved to), for config.json and the report.
     cfg.device = device.to_string();
+    warn_high_lrs(&cfg);
     let size = cfg.model.image_size;
     let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;
     cfg.data = match &cfg.data_args.data {
@@ -428,6 +644,18 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.batch_size
         );
     }
+    // config.json again, now with the data's description and the resolved device.
+    checkpoint::save_config(&out, &cfg)?;
+    let _lock = match (lock, new_run) {
+        (Some(l), _) => l,
+        (None, Some(guard)) => guard.keep(),
+        (None, None) => unreachable!("a run folder is always locked"),
+    };
+    let from_epoch = match &resume_from {
+        Some(dir) => checkpoint::checkpoint_position(dir).0,
+        None => 0,
+    };
+    train::record_session(&out, &cfg, previous.as_ref(), from_epoch)?;
     let eval_set = set.clone();
     let mut data = data::Loader::new(set, cfg.batch_size, cfg.augment, cfg.seed);
     let m = &cfg.model;
@@ -453,6 +681,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     opts.progress = !a.quiet;
     opts.verbose = !a.quiet;
     opts.resume_from = resume_from;
+    opts.interrupt = Some(train::install_interrupt_handler()?);
     if cfg.eval_every > 0 {
         // The same latents and real draw at every evaluation, so the numbers compare.
         let (count, seed) = (cfg.eval_count, cfg.seed);
@@ -497,5 +726,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Explore(a) => data::explore(a),
         Command::Report(a) => crate::report::run(a),
         Command::Evaluate(a) => crate::cli_evaluate::run_evaluate(a),
+        Command::Doctor(a) => crate::doctor::run(a),
     }
 }

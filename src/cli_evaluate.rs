@@ -24,11 +24,11 @@ pub struct EvaluateArgs {
     pub data: DataArgs,
     /// Images per set (generated and real; reals are drawn with replacement when the data has
     /// fewer). Progressive GAN reports 16384 (8× the time and memory of the default).
-    #[arg(long, default_value_t = DEFAULT_COUNT)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = DEFAULT_COUNT)]
     pub count: usize,
     /// Seed of the latents, the real draw, the descriptor centres and the directions (and of the
     /// built-in paintings).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Also compute the noise floor: the SWD between two draws of real images (what a perfect
     /// generator would score at this --count).
@@ -106,6 +106,14 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the folder of --json {}", json.display()))?;
     }
+    // …and check the file can be written there (a read-only place fails here, in a second,
+    // not after minutes of computing): the probe is the file's own temporary name.
+    let mut probe_name = json.file_name().unwrap_or_default().to_os_string();
+    probe_name.push(".tmp");
+    let probe = json.with_file_name(probe_name);
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write the results to {}", json.display()))?;
+    let _ = std::fs::remove_file(&probe);
 
     let mut data_args = a.data.clone();
     let needed = if a.floor { 2 * a.count } else { a.count };

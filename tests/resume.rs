@@ -511,3 +511,89 @@ fn strip_recipe_values<'a>(args: &[&'a str], resume: bool) -> Vec<&'a str> {
     }
     out
 }
+
+#[test]
+fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_ends_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = artgan(&[KILL_RUN, &["--out", "straight"]].concat(), d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // SIGINT after a spread of delays; each restart resumes from the interrupt's checkpoint.
+    let mut interrupted = 0;
+    let mut mid_epoch = 0;
+    for (i, delay_ms) in [600u64, 350, 500, 450, 700].into_iter().enumerate() {
+        let args = if i == 0 {
+            [KILL_RUN, &["--out", "int"]].concat()
+        } else {
+            strip_recipe_values(&[KILL_RUN, &["--resume", "int"]].concat(), true)
+        };
+        let mut child = artgan(&args, d).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            // Ctrl-C, and SIGTERM (what `kill` and service managers send) every other time.
+            let sig = if i % 2 == 0 {
+                libc::SIGINT
+            } else {
+                libc::SIGTERM
+            };
+            // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(130) => {
+                interrupted += 1;
+                assert!(
+                    err.contains("continue with `artgan train --resume int`"),
+                    "{err}"
+                );
+                let names: Vec<String> = std::fs::read_dir(d.join("int/checkpoints"))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                if names.iter().any(|n| n.contains('+')) {
+                    mid_epoch += 1;
+                }
+            }
+            // Finished before the signal, or (a resume still starting up, before the handler
+            // is installed) killed by it like `kill -9`: both leave a resumable run.
+            Some(0) | None => {}
+            other => panic!("exit {other:?}: {err}"),
+        }
+    }
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} interrupts hit a running process"
+    );
+    assert!(mid_epoch >= 2, "only {mid_epoch} mid-epoch checkpoints");
+    let args = strip_recipe_values(&[KILL_RUN, &["--resume", "int"]].concat(), true);
+    let o = artgan(&args, d).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        checkpoint::GENERATOR_FILE,
+        checkpoint::GENERATOR_EMA_FILE,
+        checkpoint::DISCRIMINATOR_FILE,
+    ] {
+        assert!(
+            std::fs::read(d.join("straight").join(f)).unwrap()
+                == std::fs::read(d.join("int").join(f)).unwrap(),
+            "{f} differs from the uninterrupted run"
+        );
+    }
+    assert_same_checkpoints(
+        &d.join("straight/checkpoints/epoch-0008"),
+        &d.join("int/checkpoints/epoch-0008"),
+    );
+    // The mid-epoch checkpoints have served and are gone.
+    let left: Vec<_> = std::fs::read_dir(d.join("int/checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains('+'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -4,7 +4,9 @@
 //! File layout: `ARTGANC1`, u64 LE header length, JSON header, zero padding to a multiple of 64,
 //! then `count*size*size*3` pixel bytes (HWC RGB per image). The header holds a key hashed from
 //! every file's relative path, size and mtime, the CSV's size and mtime, the image size and the
-//! fit; a different key means the inputs changed and the cache is rebuilt. The file is written
+//! fit; a different key means the inputs changed and the cache is rebuilt. The 4 bytes before the
+//! pixels hold the CRC-32 of the JSON header, and the header holds a CRC-32 per
+//! [`CHUNK_BYTES`] of pixels: every open checks both, and a cache that fails is rebuilt. The file is written
 //! to a temporary name and renamed, so a crash never leaves a half-written cache behind.
 
 use std::io::Write;
@@ -20,7 +22,12 @@ use super::kaggle::Scan;
 use super::{DataArgs, Fit, ImageMeta, ImageSet, LoadReport, Skipped};
 
 const MAGIC: &[u8; 8] = b"ARTGANC1";
-const FORMAT_VERSION: u32 = 1;
+/// 2: the pixels carry a CRC-32 per chunk ([`CHUNK_BYTES`]), checked on every open.
+const FORMAT_VERSION: u32 = 2;
+
+/// Pixel bytes per checksummed chunk. Checking all of them on open costs about what reading
+/// the file does (CRC-32 runs at several GB/s: ~0.05 s for the 104 MB Kaggle set at 64 px).
+pub const CHUNK_BYTES: usize = 4 << 20;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
@@ -32,6 +39,17 @@ struct Header {
     entries: Vec<(usize, u32, u32)>,
     skipped: Vec<Skipped>,
     data_offset: usize,
+    /// CRC-32 of each [`CHUNK_BYTES`] of pixels (the last chunk may be shorter).
+    #[serde(default)]
+    chunk_crc32: Vec<u32>,
+}
+
+/// CRC-32 of each [`CHUNK_BYTES`] of `pixels`.
+fn chunk_crcs(pixels: &[u8]) -> Vec<u32> {
+    pixels
+        .par_chunks(CHUNK_BYTES)
+        .map(crc32fast::hash)
+        .collect()
 }
 
 /// FNV-1a, 64-bit, with a chosen offset basis so that two of them give a 128-bit key.
@@ -166,6 +184,7 @@ pub fn load_or_build(
         entries,
         skipped,
         data_offset: 0,
+        chunk_crc32: chunk_crcs(&pixels),
     };
     eprintln!(
         "data: decoded {} files in {:.1}s",
@@ -234,7 +253,8 @@ fn metas(scan: &Scan, entries: &[(usize, u32, u32)]) -> Vec<ImageMeta> {
 
 fn finish(set: &mut ImageSet, scan: &Scan, cache_file: Option<PathBuf>, reused: bool) {
     set.artists = scan.artists.clone();
-    let skipped = std::mem::take(&mut set.report.skipped);
+    let mut skipped = scan.skipped.clone();
+    skipped.append(&mut set.report.skipped);
     set.report = LoadReport {
         image_root: Some(scan.image_root.clone()),
         csv: scan.csv.clone(),
@@ -255,7 +275,8 @@ fn write(path: &Path, header: &Header, pixels: &[u8]) -> Result<()> {
     let mut h = serde_json::to_vec(header)?;
     let mut offset = 0;
     for _ in 0..3 {
-        let needed = (8 + 8 + h.len()).div_ceil(64) * 64;
+        // Room for the header's own CRC-32 in the last 4 bytes before the pixels.
+        let needed = (8 + 8 + h.len() + 4).div_ceil(64) * 64;
         if needed == offset {
             break;
         }
@@ -277,7 +298,8 @@ fn write(path: &Path, header: &Header, pixels: &[u8]) -> Result<()> {
         f.write_all(MAGIC)?;
         f.write_all(&(h.len() as u64).to_le_bytes())?;
         f.write_all(&h)?;
-        f.write_all(&vec![0u8; offset - 16 - h.len()])?;
+        f.write_all(&vec![0u8; offset - 16 - h.len() - 4])?;
+        f.write_all(&crc32fast::hash(&h).to_le_bytes())?;
         f.write_all(pixels)?;
         let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
@@ -307,12 +329,52 @@ fn open(path: &Path, key: &str, size: usize, scan: &Scan) -> Result<ImageSet> {
         bail!("cache header is cut off");
     }
     let header: Header = serde_json::from_slice(&map[16..16 + hlen]).context("bad cache header")?;
-    if header.version != FORMAT_VERSION || header.size != size || header.key != key {
+    let crc_at = header
+        .data_offset
+        .checked_sub(4)
+        .filter(|&c| c >= 16 + hlen && c + 4 <= map.len());
+    let stored = crc_at.map(|c| u32::from_le_bytes(map[c..c + 4].try_into().unwrap_or_default()));
+    if stored != Some(crc32fast::hash(&map[16..16 + hlen])) && header.version == FORMAT_VERSION {
+        bail!("the cache header fails its CRC-32: the file is corrupted");
+    }
+    if header.version != FORMAT_VERSION {
+        bail!(
+            "written in cache format {} (this artgan uses {FORMAT_VERSION}, with checksums)",
+            header.version
+        );
+    }
+    if header.size != size || header.key != key {
         bail!("inputs changed since it was written");
     }
-    let need = header.data_offset + header.entries.len() * size * size * 3;
-    if header.data_offset < 16 + hlen || map.len() != need {
+    let need = header
+        .entries
+        .len()
+        .checked_mul(size * size * 3)
+        .and_then(|n| n.checked_add(header.data_offset))
+        .context("cache header sizes overflow")?;
+    if header.data_offset < 16 + hlen + 4 || map.len() != need {
         bail!("cache is {} bytes, expected {need}", map.len());
+    }
+    let pixels = &map[header.data_offset..];
+    let crcs = chunk_crcs(pixels);
+    if crcs.len() != header.chunk_crc32.len() {
+        bail!(
+            "cache has {} pixel chunks, its header checksums {}",
+            crcs.len(),
+            header.chunk_crc32.len()
+        );
+    }
+    if let Some(i) = crcs
+        .iter()
+        .zip(&header.chunk_crc32)
+        .position(|(a, b)| a != b)
+    {
+        let per = size * size * 3;
+        bail!(
+            "pixel chunk {i} (images {} to {}) fails its CRC-32: the file is corrupted",
+            i * CHUNK_BYTES / per,
+            ((i + 1) * CHUNK_BYTES).min(pixels.len()).div_ceil(per) - 1
+        );
     }
     if header.entries.iter().any(|e| e.0 >= scan.files.len()) {
         bail!("cache lists files that are not there");

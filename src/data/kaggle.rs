@@ -152,6 +152,29 @@ pub fn read_artists_csv(path: &Path) -> Result<Vec<Artist>> {
         .flexible(true)
         .from_path(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
+    let headers = reader
+        .headers()
+        .with_context(|| format!("{}: cannot read the header row", path.display()))?
+        .clone();
+    if !headers.iter().any(|h| h.trim() == "name") {
+        let seen = headers.iter().collect::<Vec<_>>().join(",");
+        let seen: String = seen.chars().take(80).collect();
+        if headers.len() == 1 {
+            let other = [';', '\t', '|']
+                .into_iter()
+                .find(|c| seen.contains(*c))
+                .map_or(String::new(), |c| format!(" ({c:?} appears in it)"));
+            bail!(
+                "{}: the header has one column ({seen:?}): the file may use another delimiter \
+                 than commas{other}; artists.csv must be comma-separated with a `name` column",
+                path.display()
+            );
+        }
+        bail!(
+            "{}: the header has no `name` column (it has {seen:?})",
+            path.display()
+        );
+    }
     let mut artists = Vec::new();
     for (i, row) in reader.deserialize::<CsvRow>().enumerate() {
         let row = row.with_context(|| format!("{}: bad row {}", path.display(), i + 2))?;
@@ -202,6 +225,9 @@ pub struct Scan {
     pub unmatched: Vec<String>,
     pub artists_without_images: Vec<String>,
     pub duplicates: Vec<String>,
+    /// Entries that could not even be listed (dangling or looping symlinks, unreadable
+    /// folders): skipped, and listed in skipped.csv with the files that do not decode.
+    pub skipped: Vec<super::Skipped>,
 }
 
 fn stamp(meta: &std::fs::Metadata) -> (u64, u128) {
@@ -287,8 +313,39 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
         .into_iter()
         // Hidden folders (e.g. our own .artgan-cache) are not data.
         .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    let mut skipped = Vec::new();
+    let rel_of = |p: &Path| -> String {
+        p.strip_prefix(&image_root)
+            .unwrap_or(p)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     for entry in walker {
-        let entry = entry.with_context(|| format!("cannot read {}", image_root.display()))?;
+        let entry = match entry {
+            Ok(e) => e,
+            // A dangling or looping symlink, or an unreadable folder below the root: skipped
+            // and listed like any unreadable file. The root itself must be readable.
+            Err(e) if e.depth() > 0 && e.path().is_some() => {
+                let path = e.path().expect("checked");
+                let reason = match e.loop_ancestor() {
+                    Some(_) => "symbolic link loop".to_string(),
+                    None => match e.io_error() {
+                        Some(io) => format!("cannot read: {io}"),
+                        None => e.to_string(),
+                    },
+                };
+                skipped.push(super::Skipped {
+                    path: rel_of(path),
+                    reason,
+                });
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", image_root.display()))
+            }
+        };
         if !entry.file_type().is_file() || !is_image_name(entry.path()) {
             continue;
         }
@@ -300,9 +357,16 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
-        let meta = entry
-            .metadata()
-            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                skipped.push(super::Skipped {
+                    path: rel,
+                    reason: format!("cannot stat: {e}"),
+                });
+                continue;
+            }
+        };
         all.push((entry.path().to_path_buf(), rel, meta));
     }
     all.sort_by(|a, b| a.1.cmp(&b.1));
@@ -468,7 +532,7 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
         files.truncate(n);
     }
     if files.is_empty() {
-        bail!(
+        let mut msg = format!(
             "no image files found in {}{} (looked for {} files, recursively)",
             image_root.display(),
             if keep.is_some() {
@@ -478,6 +542,15 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
             },
             IMAGE_EXTENSIONS.join("/")
         );
+        if !skipped.is_empty() {
+            msg += &format!(
+                "; {} unreadable entries skipped, e.g. {}: {}",
+                skipped.len(),
+                skipped[0].path,
+                skipped[0].reason
+            );
+        }
+        bail!(msg);
     }
     Ok(Scan {
         image_root,
@@ -489,6 +562,7 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
         unmatched,
         artists_without_images,
         duplicates,
+        skipped,
     })
 }
 

@@ -25,11 +25,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 pub use builtin::builtin;
-pub use decode::{decode_file, preprocess, Decoded};
+pub use decode::{decode_bytes, decode_file, preprocess, Decoded};
 pub use explore::{explore, ExploreArgs};
 pub(crate) use explore::{plot_err, register_font, save_rgb};
 pub use grid::{save_grid_png, save_grid_png_u8, write_atomic};
-pub use kaggle::{artist_key, Artist};
+pub use kaggle::{artist_key, read_artists_csv, Artist};
 pub use loader::{assemble_batch, BatchPlan, Loader};
 
 /// How many built-in images `load` makes when `--data` is absent and no `--limit` is given.
@@ -99,7 +99,7 @@ pub struct DataArgs {
     #[arg(long, value_enum, default_value_t = Fit::Crop)]
     pub fit: Fit,
     /// Use only the first N images (in sorted path order, after the filters).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, value_name = "N")]
     pub limit: Option<usize>,
     /// Where the decoded-image cache goes [default: <data>/.artgan-cache, or
     /// <out>/.artgan-cache when the data folder is read-only].
@@ -290,6 +290,24 @@ impl ImageSet {
             .artist
             .and_then(|a| self.artists.get(a))
             .map(|a| a.name.as_str())
+    }
+}
+
+/// Checks what [`load`] will read without writing anything: the dataset is found and files are
+/// left after the filters and `--limit` (whether they decode is only known when they are
+/// decoded). For the built-in set: the options that need a dataset are absent.
+pub fn check_data(args: &DataArgs) -> Result<()> {
+    match &args.data {
+        None => {
+            if args.artists.is_some() || args.genre.is_some() {
+                bail!("--artists and --genre need a dataset: pass --data PATH");
+            }
+            if args.limit == Some(0) {
+                bail!("--limit 0 leaves no images");
+            }
+            Ok(())
+        }
+        Some(data) => kaggle::scan(data, args).map(|_| ()),
     }
 }
 

@@ -20,14 +20,14 @@ pub struct InterpolateArgs {
     #[command(flatten)]
     pub generator: GeneratorArgs,
     /// Images per segment between two consecutive latents, both ends included (at least 2).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 8)]
     pub steps: usize,
     /// Number of random latents to visit (at least 2); the same ones `artgan sample` draws
     /// with the same --seed, --count and --truncation.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 4)]
     pub count: usize,
     /// Seed of the latents.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Truncation trick (see `artgan sample --help`): latent components drawn from a standard
     /// normal truncated to [-T, T]; smaller T trades variety for cleaner images.

@@ -25,16 +25,16 @@ pub struct ProjectArgs {
     #[arg(long)]
     pub image: PathBuf,
     /// Adam steps on the latent.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 300)]
     pub steps: usize,
     /// Adam learning rate of the latent.
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
     /// Seed of the starting candidates and of the variations.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Number of variations painted around the projected latent (0: none).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 8)]
     pub variations: usize,
     /// Size of the variations' latent offsets: z* + spread·ε with ε ~ N(0, I). 0 repeats the
     /// closest image; around 1 the variations are about as different as random samples.

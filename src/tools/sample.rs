@@ -15,10 +15,10 @@ pub struct SampleArgs {
     #[command(flatten)]
     pub generator: GeneratorArgs,
     /// Number of images.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 16)]
     pub count: usize,
     /// Seed of the latents.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Output folder [default: RUN_DIR/samples-seed-S].
     #[arg(long)]

@@ -33,6 +33,15 @@ pub trait BatchSource {
     fn batches_per_epoch(&self) -> usize;
     /// Reshuffles for epoch `epoch` (0-based) and rewinds.
     fn start_epoch(&mut self, epoch: usize);
+    /// Positions the source at batch `batch` of epoch `epoch` (a mid-epoch resume). The default
+    /// draws and drops the batches before it.
+    fn seek(&mut self, epoch: usize, batch: usize) -> Result<()> {
+        self.start_epoch(epoch);
+        for _ in 0..batch {
+            self.next_batch(Device::Cpu)?;
+        }
+        Ok(())
+    }
     /// The next `[B, 3, S, S]` batch in [-1, 1], or `None` at the end of the epoch.
     fn next_batch(&mut self, device: Device) -> Result<Option<Tensor>>;
 }
@@ -46,6 +55,10 @@ impl BatchSource for crate::data::Loader {
     }
     fn start_epoch(&mut self, epoch: usize) {
         crate::data::Loader::start_epoch(self, epoch)
+    }
+    fn seek(&mut self, epoch: usize, batch: usize) -> Result<()> {
+        crate::data::Loader::seek(self, epoch, batch);
+        Ok(())
     }
     fn next_batch(&mut self, device: Device) -> Result<Option<Tensor>> {
         crate::data::Loader::next_batch(self, device)
@@ -102,6 +115,26 @@ pub struct TrainConfig {
     pub data_args: crate::data::DataArgs,
     pub augment: crate::data::Augment,
     pub device: String,
+    /// Divergence guard: a loss above this ...
+    #[serde(default = "default_diverge_loss")]
+    pub diverge_loss: f32,
+    /// ... for this many consecutive steps stops the run (as a non-finite loss does at once).
+    #[serde(default = "default_diverge_steps")]
+    pub diverge_steps: usize,
+}
+
+/// A BCE loss of 100 means logits of about ±100: the model has diverged (ordinary GAN losses
+/// stay below about 10).
+pub const DEFAULT_DIVERGE_LOSS: f32 = 100.0;
+/// Steps a loss may stay above [`DEFAULT_DIVERGE_LOSS`] before the run is stopped.
+pub const DEFAULT_DIVERGE_STEPS: usize = 200;
+
+fn default_diverge_loss() -> f32 {
+    DEFAULT_DIVERGE_LOSS
+}
+
+fn default_diverge_steps() -> usize {
+    DEFAULT_DIVERGE_STEPS
 }
 
 impl TrainConfig {
@@ -137,6 +170,8 @@ impl TrainConfig {
             data_args: Default::default(),
             augment: crate::data::Augment::NONE,
             device: "cpu".to_string(),
+            diverge_loss: DEFAULT_DIVERGE_LOSS,
+            diverge_steps: DEFAULT_DIVERGE_STEPS,
             model,
         }
     }
@@ -156,6 +191,7 @@ impl TrainConfig {
             ("--checkpoint-every", self.checkpoint_every),
             ("--keep-checkpoints", self.keep_checkpoints),
             ("--lr-window", self.lr_window),
+            ("--diverge-steps", self.diverge_steps),
         ] {
             if value == 0 {
                 bail!("{flag} must be at least 1");
@@ -169,6 +205,12 @@ impl TrainConfig {
             if !(lr.is_finite() && lr > 0.0) {
                 bail!("{flag} must be a positive number, got {lr}");
             }
+        }
+        if !(self.diverge_loss.is_finite() && self.diverge_loss > 0.0) {
+            bail!(
+                "--diverge-loss must be a positive number, got {}",
+                self.diverge_loss
+            );
         }
         if !(self.ema_half_life_images.is_finite() && self.ema_half_life_images > 0.0) {
             bail!("--ema-half-life must be a positive number of images");
@@ -208,6 +250,109 @@ pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
             path.display()
         )
     })
+}
+
+/// The settings a resume may change, as (name, value) for the run's history.
+fn resumable_settings(c: &TrainConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("epochs", c.epochs.to_string()),
+        ("lr_d", format!("{:e}", c.lr_d)),
+        ("lr_g", format!("{:e}", c.lr_g)),
+        ("lr_g_detail", format!("{:e}", c.lr_g_detail)),
+        ("sample_every", c.sample_every.to_string()),
+        ("checkpoint_every", c.checkpoint_every.to_string()),
+        ("keep_checkpoints", c.keep_checkpoints.to_string()),
+        ("eval_every", c.eval_every.to_string()),
+        ("eval_count", c.eval_count.to_string()),
+        ("device", c.device.clone()),
+        ("diverge_loss", format!("{:e}", c.diverge_loss)),
+        ("diverge_steps", c.diverge_steps.to_string()),
+    ]
+}
+
+/// The resumable settings that differ between `old` and `new`, as `name old -> new`.
+pub fn settings_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
+    resumable_settings(old)
+        .into_iter()
+        .zip(resumable_settings(new))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((name, a), (_, b))| format!("{name} {a} -> {b}"))
+        .collect()
+}
+
+/// The run's history of sessions, one JSON line per start or resume, only ever appended.
+pub const SESSIONS_FILE: &str = "sessions.jsonl";
+
+/// Appends this session to `RUN/sessions.jsonl`: when and by which process it started, from
+/// which epoch, with which resumable settings, and what changed since the previous session
+/// (`previous`: the run's config before this resume). Earlier lines are never rewritten, so
+/// the record of what earlier epochs were trained with survives every resume.
+pub fn record_session(
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    previous: Option<&TrainConfig>,
+    from_epoch: usize,
+) -> Result<()> {
+    use std::io::Write;
+    let settings: serde_json::Map<String, serde_json::Value> = resumable_settings(cfg)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    let line = serde_json::json!({
+        "started": crate::run_lock::utc_now(),
+        "pid": std::process::id(),
+        "resume": previous.is_some(),
+        "from_epoch": from_epoch,
+        "settings": settings,
+        "changed": previous.map(|p| settings_changes(p, cfg)).unwrap_or_default(),
+    });
+    let path = run_dir.join(SESSIONS_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{line}")
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A run stopped by SIGINT/SIGTERM after writing a mid-epoch checkpoint: the CLI prints it and
+/// exits with status 130.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub message: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Installs (once per process) the SIGINT/SIGTERM handlers of a training run and returns the
+/// flag they set: the loop finishes its step, checkpoints and stops. A second signal while
+/// the flag is set exits at once with status 130 (signal-hook's conditional shutdown).
+pub fn install_interrupt_handler() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, OnceLock};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(f) = FLAG.get() {
+        return Ok(f.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Order matters: the exit action runs only when the flag was already set before this
+        // signal, then the flag is set.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+            .context("cannot install the interrupt handler")?;
+        signal_hook::flag::register(sig, flag.clone())
+            .context("cannot install the interrupt handler")?;
+    }
+    Ok(FLAG.get_or_init(|| flag).clone())
 }
 
 /// Epoch means, one row of `metrics.csv` (empty cells for absent values).
@@ -333,6 +478,8 @@ pub struct Trainer {
     pub g_steps: u64,
     /// Epochs completed.
     pub epoch: usize,
+    /// Consecutive steps with a loss above `cfg.diverge_loss` (the divergence guard).
+    pub high_loss_steps: usize,
 }
 
 impl Trainer {
@@ -365,6 +512,7 @@ impl Trainer {
             step: 0,
             g_steps: 0,
             epoch: 0,
+            high_loss_steps: 0,
         })
     }
 
@@ -521,6 +669,8 @@ pub struct RunOptions<'a> {
     pub stop_after_epoch: Option<usize>,
     /// Needed when `cfg.eval_every > 0`.
     pub evaluator: Option<Box<Evaluator<'a>>>,
+    /// Set (by a signal handler) to stop after the current step with a mid-epoch checkpoint.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl RunOptions<'_> {
@@ -533,6 +683,7 @@ impl RunOptions<'_> {
             resume_from: None,
             stop_after_epoch: None,
             evaluator: None,
+            interrupt: None,
         }
     }
 }
@@ -580,26 +731,33 @@ pub fn train(
     if cfg.eval_every > 0 && opts.evaluator.is_none() {
         bail!("eval_every is set but no evaluator was given");
     }
-    let (mut trainer, mut history, seconds_before, mut resume_note) = match &opts.resume_from {
-        Some(dir) => {
-            let r = state::restore(cfg, dir, opts.device)?;
-            (r.trainer, r.history, r.seconds, r.lr_note)
-        }
-        None => (Trainer::new(cfg, opts.device)?, Vec::new(), 0.0, None),
-    };
+    let (mut trainer, mut history, seconds_before, mut resume_note, mut partial) =
+        match &opts.resume_from {
+            Some(dir) => {
+                let r = state::restore(cfg, dir, opts.device)?;
+                (r.trainer, r.history, r.seconds, r.lr_note, r.partial)
+            }
+            None => (Trainer::new(cfg, opts.device)?, Vec::new(), 0.0, None, None),
+        };
+    let resumed = opts.resume_from.is_some();
     let cfg = trainer.cfg.clone();
     checkpoint::save_config(&opts.out, &cfg)?;
     let samples_dir = opts.out.join("samples");
     std::fs::create_dir_all(&samples_dir)
         .with_context(|| format!("cannot create {}", samples_dir.display()))?;
     let fixed = fixed_noise(cfg.seed, cfg.model.nz, opts.device)?;
-    if trainer.epoch == 0 {
+    if !resumed {
+        // A folder trained into again (--force): the old final weights' manifest must not
+        // vouch for anything of this run.
+        checkpoint::remove_manifest(&opts.out)?;
         save_grid(trainer.sampling_generator(), &fixed, &samples_dir, 0)?;
         crate::report::write_report(&opts.out).context("writing the run's index.html")?;
     } else {
         // Resumed: epochs after the checkpoint are redone, so their rows go.
         write_metrics(&opts.out.join("metrics.csv"), &history)?;
-        // The top-level model files belong to the finished run; they are rewritten at the end.
+        // The top-level model files belong to the finished run; they are rewritten at the end
+        // (their manifest first, so no manifest ever vouches for missing files).
+        checkpoint::remove_manifest(&opts.out)?;
         for f in [
             checkpoint::GENERATOR_FILE,
             checkpoint::GENERATOR_EMA_FILE,
@@ -634,10 +792,18 @@ pub fn train(
     let mut last_checkpoint = None;
     for epoch in trainer.epoch + 1..=cfg.epochs {
         bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
-        data.start_epoch(epoch - 1);
-        let (mut sum_d, mut sum_x, mut sum_gz, mut n_d) = (0f64, 0f64, 0f64, 0usize);
-        let (mut sum_g, mut n_g) = (0f64, 0usize);
-        let mut lr_changes: Vec<String> = resume_note.take().into_iter().collect();
+        let mut acc = match partial.take() {
+            // Resuming inside this epoch: the loader where it was, the sums so far.
+            Some(p) => {
+                data.seek(epoch - 1, p.batch)?;
+                p
+            }
+            None => {
+                data.start_epoch(epoch - 1);
+                state::PartialEpoch::default()
+            }
+        };
+        acc.lr_changes.extend(resume_note.take());
         while let Some(real) = data.next_batch(opts.device)? {
             trainer.set_progress(trainer.step as f32 / total as f32);
             let s = match trainer.step(&real) {
@@ -651,6 +817,28 @@ pub fn train(
                     return Err(e).with_context(|| format!("training step {}", trainer.step + 1))
                 }
             };
+            let loss_above = |l: f32| l > cfg.diverge_loss;
+            if loss_above(s.loss_d) || s.loss_g.is_some_and(loss_above) {
+                trainer.high_loss_steps += 1;
+            } else {
+                trainer.high_loss_steps = 0;
+            }
+            if trainer.high_loss_steps >= cfg.diverge_steps {
+                bail!(
+                    "training diverged at step {} (epoch {epoch}): a loss stayed above {} for \
+                     {} consecutive steps (loss_d {}, loss_g {}). Nothing after the last good \
+                     checkpoint was saved ({}); resume from it with a lower learning rate, e.g. \
+                     `artgan train --resume {} --lr {:.1e}`",
+                    trainer.step,
+                    cfg.diverge_loss,
+                    cfg.diverge_steps,
+                    s.loss_d,
+                    s.loss_g.map_or("-".to_string(), |l| l.to_string()),
+                    last_good(&opts.out),
+                    opts.out.display(),
+                    suggested_lr(&cfg)
+                );
+            }
             if !s.loss_d.is_finite() || s.loss_g.is_some_and(|l| !l.is_finite()) {
                 bail!(
                     "training diverged at step {} (epoch {epoch}): loss_d {}, loss_g {}. Nothing \
@@ -661,20 +849,13 @@ pub fn train(
                     s.loss_g.map_or("-".to_string(), |l| l.to_string()),
                     last_good(&opts.out),
                     opts.out.display(),
-                    cfg.lr_d / 2.0
+                    suggested_lr(&cfg)
                 );
             }
-            sum_d += s.loss_d as f64;
-            sum_x += s.d_x as f64;
-            sum_gz += s.d_g_z as f64;
-            n_d += 1;
-            if let Some(lg) = s.loss_g {
-                sum_g += lg as f64;
-                n_g += 1;
-            }
+            acc.add(&s);
             if let Some(note) = s.lr_change {
                 say(&format!("  {note}"));
-                lr_changes.push(note);
+                acc.lr_changes.push(note);
             }
             bar.set_message(format!(
                 "loss_d {:.3} loss_g {} D(x) {:.2} D(G(z)) {:.2}",
@@ -684,8 +865,28 @@ pub fn train(
                 s.d_g_z
             ));
             bar.inc(1);
+            if opts
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                bar.finish_and_clear();
+                return Err(interrupt(
+                    &trainer, &history, &acc, &opts.out, epoch, batches,
+                ));
+            }
         }
         trainer.epoch = epoch;
+        let state::PartialEpoch {
+            sum_d,
+            sum_x,
+            sum_gz,
+            n_d,
+            sum_g,
+            n_g,
+            lr_changes,
+            ..
+        } = acc;
         let n_d = n_d.max(1) as f64;
         let (lr_d, lr_g, lr_g_detail) = trainer.lrs();
         let mut stats = EpochStats {
@@ -739,14 +940,24 @@ pub fn train(
     }
     bar.finish_and_clear();
     if trainer.epoch == cfg.epochs {
-        checkpoint::save_models(&opts.out, &trainer.g, &trainer.d)?;
+        let meta = checkpoint::model_metadata;
+        let mut files = vec![
+            (
+                checkpoint::GENERATOR_FILE,
+                checkpoint::state_dict_bytes(&trainer.g, meta())?,
+            ),
+            (
+                checkpoint::DISCRIMINATOR_FILE,
+                checkpoint::state_dict_bytes(&trainer.d, meta())?,
+            ),
+        ];
         if let Some(e) = &trainer.ema {
-            checkpoint::save_state_dict(
-                e,
-                &opts.out.join(checkpoint::GENERATOR_EMA_FILE),
-                checkpoint::model_metadata(),
-            )?;
+            files.push((
+                checkpoint::GENERATOR_EMA_FILE,
+                checkpoint::state_dict_bytes(e, meta())?,
+            ));
         }
+        checkpoint::save_final_models(&opts.out, &files)?;
     }
     refresh_report(&opts.out, &bar);
     Ok(TrainOutcome {
@@ -763,6 +974,48 @@ pub fn train(
 fn refresh_report(run_dir: &Path, bar: &ProgressBar) {
     if let Err(e) = crate::report::write_report(run_dir) {
         bar.suspend(|| eprintln!("warning: could not update the run report: {e:#}"));
+    }
+}
+
+/// A lower learning rate to suggest after a divergence: half the D rate, and at most 2e-4.
+fn suggested_lr(cfg: &TrainConfig) -> f32 {
+    (cfg.lr_d / 2.0).min(2e-4)
+}
+
+/// Writes the mid-epoch checkpoint of an interrupted run and returns the [`Interrupted`]
+/// error saying how to resume.
+fn interrupt(
+    trainer: &Trainer,
+    history: &[EpochStats],
+    acc: &state::PartialEpoch,
+    out: &Path,
+    epoch: usize,
+    batches: usize,
+) -> anyhow::Error {
+    let written =
+        state::checkpoint_files_mid_epoch(trainer, history, Some(acc)).and_then(|files| {
+            let dir = checkpoint::write_checkpoint_at(out, trainer.epoch, acc.batch, &files)?;
+            checkpoint::prune_checkpoints(out, trainer.cfg.keep_checkpoints)?;
+            Ok(dir)
+        });
+    match written {
+        Ok(dir) => Interrupted {
+            message: format!(
+                "interrupted at step {} (epoch {epoch}, batch {} of {batches}): wrote checkpoint \
+                 {}; continue with `artgan train --resume {}`",
+                trainer.step,
+                acc.batch,
+                dir.display(),
+                out.display()
+            ),
+        }
+        .into(),
+        Err(e) => e.context(format!(
+            "interrupted at step {}, but the checkpoint could not be written; the last good one \
+             is {}",
+            trainer.step,
+            last_good(out)
+        )),
     }
 }
 

@@ -46,6 +46,59 @@ pub struct TrainState {
     pub regularizers_rng: (u64, u64),
     pub lr_control: super::LrControl,
     pub history: Vec<EpochStats>,
+    /// Consecutive steps with a loss above the divergence threshold.
+    #[serde(default)]
+    pub high_loss_steps: usize,
+    /// A mid-epoch checkpoint (an interrupted run): how far into epoch `epoch + 1` it is and
+    /// the sums of that epoch's metrics so far. `None` at an epoch boundary.
+    #[serde(default)]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// The running sums of an epoch's metrics and how many of its batches are done; saved in a
+/// mid-epoch checkpoint so the resumed epoch's row of `metrics.csv` is the uninterrupted one.
+/// Sums are stored as f64 bit patterns: JSON decimals need not read back to the same bits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// Batches of the epoch done (the loader resumes at this batch).
+    pub batch: usize,
+    #[serde(with = "f64_bits")]
+    pub sum_d: f64,
+    #[serde(with = "f64_bits")]
+    pub sum_x: f64,
+    #[serde(with = "f64_bits")]
+    pub sum_gz: f64,
+    pub n_d: usize,
+    #[serde(with = "f64_bits")]
+    pub sum_g: f64,
+    pub n_g: usize,
+    /// Dynamic-lr decisions (and resume notes) of the epoch so far.
+    pub lr_changes: Vec<String>,
+}
+
+impl PartialEpoch {
+    /// Adds one step's numbers.
+    pub fn add(&mut self, s: &super::StepStats) {
+        self.batch += 1;
+        self.sum_d += s.loss_d as f64;
+        self.sum_x += s.d_x as f64;
+        self.sum_gz += s.d_g_z as f64;
+        self.n_d += 1;
+        if let Some(lg) = s.loss_g {
+            self.sum_g += lg as f64;
+            self.n_g += 1;
+        }
+    }
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
 }
 
 /// The files of a checkpoint of `t` (see the module docs). Refuses to checkpoint non-finite
@@ -53,6 +106,15 @@ pub struct TrainState {
 pub fn checkpoint_files(
     t: &Trainer,
     history: &[EpochStats],
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    checkpoint_files_mid_epoch(t, history, None)
+}
+
+/// [`checkpoint_files`] of a trainer stopped inside an epoch, `partial` of the way.
+pub fn checkpoint_files_mid_epoch(
+    t: &Trainer,
+    history: &[EpochStats],
+    partial: Option<&PartialEpoch>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
     for (what, module) in [("generator", &t.g as &dyn Module), ("discriminator", &t.d)] {
         for (name, p) in module.parameters() {
@@ -98,6 +160,8 @@ pub fn checkpoint_files(
         regularizers_rng: t.streams.regularizers.state(),
         lr_control: t.lr_control.clone(),
         history: history.to_vec(),
+        high_loss_steps: t.high_loss_steps,
+        partial: partial.cloned(),
     };
     files.push((STATE_FILE, serde_json::to_vec_pretty(&state)?));
     Ok(files)
@@ -141,8 +205,11 @@ pub struct Restored {
     pub history: Vec<EpochStats>,
     /// Training seconds so far.
     pub seconds: f64,
-    /// Set when the resume changed the base learning rates (for `metrics.csv`).
+    /// Set when the resume changed the base learning rates or other settings (for
+    /// `metrics.csv`).
     pub lr_note: Option<String>,
+    /// Where inside the next epoch a mid-epoch checkpoint was taken.
+    pub partial: Option<PartialEpoch>,
 }
 
 /// Rebuilds the trainer saved in checkpoint folder `dir` (written for a run with the same model
@@ -174,12 +241,23 @@ pub fn restore(cfg: TrainConfig, dir: &Path, device: Device) -> Result<Restored>
         (stored.lr_d, stored.lr_g, stored.lr_g_detail),
         (cfg.lr_d, cfg.lr_g, cfg.lr_g_detail),
     );
-    let lr_note = (was != now).then(|| {
-        format!(
-            "resumed with base lrs D {:.3e} G {:.3e} detail {:.3e} (were {:.3e}, {:.3e}, {:.3e})",
-            now.0, now.1, now.2, was.0, was.1, was.2
-        )
-    });
+    let mut notes: Vec<String> = (was != now)
+        .then(|| {
+            format!(
+                "resumed with base lrs D {:.3e} G {:.3e} detail {:.3e} (were {:.3e}, {:.3e}, {:.3e})",
+                now.0, now.1, now.2, was.0, was.1, was.2
+            )
+        })
+        .into_iter()
+        .collect();
+    let others: Vec<String> = super::settings_changes(&stored, &cfg)
+        .into_iter()
+        .filter(|c| !c.starts_with("lr_"))
+        .collect();
+    if !others.is_empty() {
+        notes.push(format!("resumed with {}", others.join(", ")));
+    }
+    let lr_note = (!notes.is_empty()).then(|| notes.join("; "));
     let mut t = Trainer::new(cfg, device)?;
     let what = describe(&t.cfg.model);
     checkpoint::load_state_dict(&t.g, &dir.join(checkpoint::GENERATOR_FILE), &what)?;
@@ -206,11 +284,13 @@ pub fn restore(cfg: TrainConfig, dir: &Path, device: Device) -> Result<Restored>
     t.step = state.step;
     t.g_steps = state.g_steps;
     t.pending_d_steps = state.pending_d_steps;
+    t.high_loss_steps = state.high_loss_steps;
     let seconds = state.history.last().map_or(0.0, |h| h.seconds);
     Ok(Restored {
         trainer: t,
         history: state.history,
         seconds,
         lr_note,
+        partial: state.partial,
     })
 }

@@ -1,0 +1,98 @@
+//! `artgan doctor` with no CUDA driver at all (this machine, CI) and on the emulated device
+//! (`scripts/cuda-emu cargo test --test doctor` with `ARTGAN_CUDA_EMULATED=1`).
+
+use std::process::Command;
+
+fn doctor(env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_artgan"));
+    c.arg("doctor");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().expect("run artgan doctor");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn has_driver() -> bool {
+    artgan::backend::cuda::libs::ensure(&artgan::backend::cuda::libs::LIBCUDA).is_ok()
+}
+
+#[test]
+fn doctor_without_a_driver_says_so_and_picks_the_cpu() {
+    if has_driver() {
+        println!("skipped: this machine has a CUDA driver (libcuda.so.1 loads)");
+        return;
+    }
+    let (ok, out, err) = doctor(&[]);
+    assert!(ok, "doctor failed: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for want in [
+        "libcuda      NOT FOUND: libcuda.so.1 not found",
+        "driver: none (libcuda.so.1 not found)",
+        // How to get each library: the pip wheels, and without Python.
+        "pip install nvidia-cuda-nvrtc-cu12",
+        "pip install nvidia-cublas-cu12",
+        "pip install nvidia-cudnn-cu12",
+        "without Python: NVIDIA's CUDA repository",
+        "apt install nvidia-driver",
+        "kernels in this binary: ",
+        "--device auto: cpu, because no usable CUDA device: cannot use cuda:0: libcuda.so.1 not found",
+    ] {
+        assert!(out.contains(want), "doctor output lacks {want:?}:\n{out}");
+    }
+    for lib in ["libnvrtc", "libcublasLt", "libcublas ", "libcudnn"] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(lib.trim())),
+            "no line for {lib}:\n{out}"
+        );
+    }
+}
+
+/// Runs when `ARTGAN_CUDA_EMULATED=1` (under `scripts/cuda-emu`, whose libcuda names its
+/// device "... emulated ..."); otherwise prints `skipped: …`, or fails with
+/// `ARTGAN_REQUIRE_GPU=1`.
+#[test]
+fn doctor_on_the_emulated_device() {
+    if std::env::var("ARTGAN_CUDA_EMULATED").as_deref() != Ok("1") {
+        let why = "skipped: not under the CUDA emulator (set ARTGAN_CUDA_EMULATED=1 and run \
+                   through scripts/cuda-emu)";
+        if std::env::var("ARTGAN_REQUIRE_GPU").as_deref() == Ok("1") {
+            panic!("ARTGAN_REQUIRE_GPU=1 but {why}");
+        }
+        println!("{why}");
+        return;
+    }
+    let (ok, out, err) = doctor(&[]);
+    assert!(ok, "doctor failed: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = |prefix: &str| -> String {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}:\n{out}"))
+            .to_string()
+    };
+    assert!(line("libcuda").contains("found: "), "{out}");
+    assert!(
+        line("driver: CUDA ").contains("accepts PTX ISA up to"),
+        "{out}"
+    );
+    let device = line("device cuda:0: ");
+    assert!(
+        device.contains("emulated") && device.contains("(sm_"),
+        "{device}"
+    );
+    let image = line("kernel image: ");
+    assert!(
+        image.contains("cubin for sm_") || image.contains("PTX") || image.contains("nvrtc"),
+        "{image}"
+    );
+    assert!(line("GPU memory: ").contains("GiB free of"), "{out}");
+    assert!(
+        line("--device auto: ").starts_with("--device auto: cuda:0, because"),
+        "{out}"
+    );
+}
