@@ -232,6 +232,11 @@ pub fn report() -> Vec<String> {
              found and the backend started on it"
         ));
     } else {
+        // A device that works but that `auto` passes over (the emulated one): still report it,
+        // it is what `--device cuda` runs on.
+        if let Ok((Device::Cuda(ordinal), _)) = select::resolve_with_reason(DeviceSpec::Cuda(0)) {
+            report_device(&mut out, ordinal, cuda, ptx_isa);
+        }
         let why = why.unwrap_or_else(|| "CUDA is not usable".into());
         out.push(format!("--device auto: cpu, because {why}"));
         if !driver_found {

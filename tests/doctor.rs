@@ -91,8 +91,10 @@ fn doctor_on_the_emulated_device() {
         "{image}"
     );
     assert!(line("GPU memory: ").contains("GiB free of"), "{out}");
+    // `auto` never picks the emulated device (it is slower than the CPU backend), and says so.
+    let auto = line("--device auto: ");
     assert!(
-        line("--device auto: ").starts_with("--device auto: cuda:0, because"),
+        auto.starts_with("--device auto: cpu, because") && auto.contains("emulated"),
         "{out}"
     );
 }

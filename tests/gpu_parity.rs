@@ -273,8 +273,9 @@ fn elementwise_reciprocal_is_ieee_division() {
     }
 }
 
-/// Calls that made the host wait for the device so far, as the emulated device counts them
-/// (`None` on a real GPU, whose driver does not count them).
+/// Calls by this thread that made it wait for the device so far, as the emulated device counts
+/// them (`None` on a real GPU, whose driver does not count them). Per thread, so the other tests
+/// running at the same time do not count.
 fn emulated_host_syncs() -> Option<u64> {
     let name = c"artgan_emu_host_syncs";
     // SAFETY: looks up a symbol of the already loaded (emulated) libcuda; its signature is

@@ -175,3 +175,12 @@ EMU_EXPORT int cublasLtDestroy(void* handle) {
     return CUBLAS_STATUS_SUCCESS;
 }
 EMU_EXPORT size_t cublasLtGetVersion() { return 130000; }
+
+// libraryPropertyType: 0 major, 1 minor, 2 patch. The emulator reports cuBLAS 13.0.0.
+static int property(int type, int* value) {
+    if (!value || type < 0 || type > 2) return CUBLAS_STATUS_INVALID_VALUE;
+    *value = type == 0 ? 13 : 0;
+    return CUBLAS_STATUS_SUCCESS;
+}
+EMU_EXPORT int cublasGetProperty(int type, int* value) { return property(type, value); }
+EMU_EXPORT int cublasLtGetProperty(int type, int* value) { return property(type, value); }

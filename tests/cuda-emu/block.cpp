@@ -6,6 +6,7 @@
 // Anything else a GPU would hang on or leave undefined is an error with the place named.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -267,22 +268,34 @@ static std::string run_block(Dim3 block_idx, Dim3 grid, Dim3 block) {
     }
     // Shared memory starts as NaN bytes (0xFF.. is a NaN as f32 and f64, -1 as an integer).
     memset(__start_emu_shared, 0xFF, (size_t)(__stop_emu_shared - __start_emu_shared));
-    while (b.live > 0 && b.error.empty()) {
+    // Warps run one at a time, each as far as it can go (to a block barrier or its end), in
+    // ascending order on one pass and descending on the next: a legal GPU schedule in which one
+    // warp runs ahead of the others, so a barrier that is missing between a warp's write to
+    // shared memory and another warp's read of the old value shows up as a wrong result.
+    const size_t warps = (n + 31) / 32;
+    for (size_t pass = 0; b.live > 0 && b.error.empty(); ++pass) {
         bool progress = false;
-        for (Fiber& f : b.fibers) {
-            if (f.state == State::NotStarted) {
-                f.stack = take_stack();
-                f.sp = initial_sp(f.stack);
-            } else if (f.state != State::Ready) {
-                continue;
+        for (size_t k = 0; k < warps && b.error.empty(); ++k) {
+            const size_t w = pass % 2 == 0 ? k : warps - 1 - k;
+            const size_t end = std::min(n, (w + 1) * 32);
+            for (bool warp_progress = true; warp_progress && b.error.empty();) {
+                warp_progress = false;
+                for (size_t t = w * 32; t < end && b.error.empty(); ++t) {
+                    Fiber& f = b.fibers[t];
+                    if (f.state == State::NotStarted) {
+                        f.stack = take_stack();
+                        f.sp = initial_sp(f.stack);
+                    } else if (f.state != State::Ready) {
+                        continue;
+                    }
+                    warp_progress = progress = true;
+                    resume(f);
+                    if (f.state == State::Done) {
+                        give_stack(f.stack);
+                        f.stack = nullptr;
+                    }
+                }
             }
-            progress = true;
-            resume(f);
-            if (f.state == State::Done) {
-                give_stack(f.stack);
-                f.stack = nullptr;
-            }
-            if (!b.error.empty()) break;
         }
         if (!progress && b.error.empty()) b.error = "deadlock: " + describe_stuck();
     }

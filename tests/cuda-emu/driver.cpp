@@ -74,8 +74,6 @@ struct State {
     size_t used = 0;
     std::map<uintptr_t, size_t> allocs;  // start -> bytes
     int sms = 2;
-    // Calls that make the host wait for the device (synchronize, copies to the host).
-    unsigned long long host_syncs = 0;
     unsigned long long launches = 0;
 };
 static State& st() {
@@ -133,6 +131,10 @@ static CUresult submit(void* stream, std::function<CUresult()> work) {
 }
 
 static CUresult sticky = CUDA_SUCCESS;  // a failed launch poisons the context, as on a GPU
+
+// Calls by this host thread that made it wait for the device (synchronize, copies to the host).
+// Per thread, like artgan's backends, so that concurrent tests do not count each other's.
+static thread_local unsigned long long t_host_syncs = 0;
 
 }  // namespace emu
 
@@ -248,8 +250,7 @@ EMU_EXPORT CUresult cuCtxGetCurrent(void** ctx) {
 }
 EMU_EXPORT CUresult cuCtxSynchronize() {
     CHECK_INIT();
-    std::lock_guard<std::mutex> lock(st().mu);
-    ++st().host_syncs;
+    ++t_host_syncs;
     return CUDA_SUCCESS;
 }
 
@@ -331,10 +332,7 @@ EMU_EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, uintptr_t src, size_t bytes,
     return submit(stream, [=]() -> CUresult { return copy(dst, (void*)src, bytes); });
 }
 EMU_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, uintptr_t src, size_t bytes) {
-    {
-        std::lock_guard<std::mutex> lock(st().mu);
-        ++st().host_syncs;
-    }
+    ++t_host_syncs;
     return cuMemcpyDtoHAsync_v2(dst, src, bytes, nullptr);
 }
 EMU_EXPORT CUresult cuMemcpyDtoDAsync_v2(uintptr_t dst, uintptr_t src, size_t bytes,
@@ -391,8 +389,7 @@ EMU_EXPORT CUresult cuStreamSynchronize(void* stream) {
         s->capture_broken = true;
         return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     }
-    std::lock_guard<std::mutex> lock(st().mu);
-    ++st().host_syncs;
+    ++t_host_syncs;
     return CUDA_SUCCESS;
 }
 EMU_EXPORT CUresult cuStreamQuery(void*) {
@@ -427,8 +424,7 @@ EMU_EXPORT CUresult cuEventRecordWithFlags(void* ev, void* stream, unsigned) {
 EMU_EXPORT CUresult cuEventSynchronize(void* ev) {
     CHECK_INIT();
     if (!ev) return CUDA_ERROR_INVALID_HANDLE;
-    std::lock_guard<std::mutex> lock(st().mu);
-    ++st().host_syncs;
+    ++t_host_syncs;
     return CUDA_SUCCESS;
 }
 EMU_EXPORT CUresult cuEventQuery(void* ev) {
@@ -675,11 +671,9 @@ EMU_EXPORT CUresult cuGetErrorString(int e, const char** s) {
     return *s ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
-// ---- for tests: counters of this process's emulated device (not part of the CUDA API).
-EMU_EXPORT unsigned long long artgan_emu_host_syncs() {
-    std::lock_guard<std::mutex> lock(st().mu);
-    return st().host_syncs;
-}
+// ---- for tests: counters of the emulated device (not part of the CUDA API); host waits are
+// counted per calling thread.
+EMU_EXPORT unsigned long long artgan_emu_host_syncs() { return t_host_syncs; }
 EMU_EXPORT unsigned long long artgan_emu_launches() {
     std::lock_guard<std::mutex> lock(st().mu);
     return st().launches;
