@@ -359,7 +359,7 @@ fn main() {
     b.copy_gbs = 8.0 * copy_len as f64 / t / 1e9;
     println!(
         "device {name} ({device}); device-to-device copy of {} MiB: {:.1} GB/s{}",
-        copy_len * 4 >> 20,
+        (copy_len * 4) >> 20,
         b.copy_gbs,
         b.peak_tflops
             .map(|p| format!("; fp32 peak {p} TFLOP/s"))
