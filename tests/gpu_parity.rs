@@ -309,7 +309,12 @@ fn spectral_norm_does_not_wait_for_the_device() {
     let y = ops::spectral_norm_weight(&w, &u, &v, rows, true, 1e-12).unwrap();
     ops::sum(&y).unwrap().backward().unwrap();
     let after = emulated_host_syncs();
+    let pooled = !std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off");
     match (before, after) {
+        // Without the pool (the memory-checker mode) every free is a cuMemFree, which waits.
+        (Some(_), Some(_)) if !pooled => {
+            println!("ARTGAN_CUDA_POOL=off: frees wait for the device; host waits not checked")
+        }
         (Some(b), Some(a)) => assert_eq!(a, b, "spectral norm made the host wait {} times", a - b),
         _ => println!("host waits are counted only on the emulated device; ran without counting"),
     }

@@ -219,7 +219,8 @@ EMU_EXPORT CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
         case 75: *v = 7; break;            // COMPUTE_CAPABILITY_MAJOR
         case 76: *v = 5; break;            // COMPUTE_CAPABILITY_MINOR
         case 97: *v = 65536; break;        // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-        default: *v = 0; break;            // no memory pools, no managed memory, ...
+        case 115: *v = 1; break;           // MEMORY_POOLS_SUPPORTED: stream-ordered alloc/free
+        default: *v = 0; break;            // no managed memory, ...
     }
     return CUDA_SUCCESS;
 }
