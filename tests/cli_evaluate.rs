@@ -3,33 +3,10 @@
 //! and bad input is one clear error line.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn artgan(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_artgan"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run artgan")
-}
+mod common;
+use common::{artgan, assert_one_line_error, stderr, stdout};
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert_eq!(err.lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-}
-
-/// The numbers of the table row starting with `label` (e.g. "mean" or "32 px").
 fn row(out: &str, label: &str) -> Vec<f64> {
     let line = out
         .lines()

@@ -12,22 +12,8 @@ use artgan::nn::{ModelConfig, Preset};
 use artgan::tensor::Tensor;
 use artgan::train::{TrainConfig, Trainer};
 
-fn gpu() -> Option<Device> {
-    match backend(Device::Cuda(0)) {
-        Ok(_) => {
-            println!("device: {}", artgan::backend::cuda::device_name(0));
-            Some(Device::Cuda(0))
-        }
-        Err(e) => {
-            if std::env::var("ARTGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("ARTGAN_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e:#}");
-            }
-            let msg = format!("{e:#}");
-            println!("skipped: {}", msg.lines().next().unwrap_or_default());
-            None
-        }
-    }
-}
+mod common;
+use common::gpu_device as gpu;
 
 /// Batches of one constant value, made on the device (a huge batch needs no host memory).
 struct ConstantBatches {

@@ -10,31 +10,14 @@
 //!
 //! Without a GPU each test prints `skipped: <reason>`; with ARTGAN_REQUIRE_GPU=1 it fails.
 
-use artgan::backend::{backend, Device};
+use artgan::backend::Device;
 use artgan::nn::{ModelConfig, Module, Preset};
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
 use artgan::train::{TrainConfig, Trainer};
 
-fn gpu() -> Option<Device> {
-    match backend(Device::Cuda(0)) {
-        Ok(_) => {
-            // Says which device ran it (the emulated one names itself so).
-            println!("device: {}", artgan::backend::cuda::device_name(0));
-            Some(Device::Cuda(0))
-        }
-        Err(e) => {
-            if std::env::var("ARTGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("ARTGAN_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e:#}");
-            }
-            println!(
-                "skipped: {}",
-                format!("{e:#}").lines().next().unwrap_or_default()
-            );
-            None
-        }
-    }
-}
+mod common;
+use common::gpu_device as gpu;
 
 fn close(a: f32, b: f32, rel: f32) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)

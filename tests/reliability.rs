@@ -7,21 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn artgan(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_artgan"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run artgan")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{artgan, stderr, stdout};
 
 fn assert_ok(o: &Output) {
     assert!(o.status.success(), "failed: {}", stderr(o));
