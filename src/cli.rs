@@ -90,7 +90,8 @@ pub struct TrainArgs {
     /// the run's new total).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
-    /// Model recipe: dcgan (pytorch/examples) or classical (seed 001).
+    /// Model recipe: dcgan (pytorch/examples), classical (seed 001) or dcgan-kaggle (seed 000:
+    /// dcgan with batch norm on D's first layer, nz 128; --full: 64 px, batch 128).
     #[arg(long, value_enum, default_value_t = Preset::Dcgan, conflicts_with = "resume")]
     pub preset: Preset,
     /// Use the preset's published sizes (dcgan: 64 px, ngf = ndf = 64; classical: 128 px,
@@ -127,7 +128,7 @@ pub struct TrainArgs {
     /// D steps per decision of the dynamic learning-rate rule.
     #[arg(long, default_value_t = train::lr_control::DEFAULT_WINDOW, conflicts_with = "resume")]
     pub lr_window: usize,
-    /// Latent size [default: 100 for dcgan, 128 for classical].
+    /// Latent size [default: 100 for dcgan, 128 for classical and dcgan-kaggle].
     #[arg(long, conflicts_with = "resume")]
     pub nz: Option<usize>,
     /// Generator width (channels of its last hidden layer) [default: 32, --full 64].

@@ -339,6 +339,12 @@ fn conditional_diffaugment_runs_resume_bit_identically() {
         let plain = image::open(straight.join("samples/epoch-0003.png")).unwrap();
         assert_eq!(grid.width(), plain.width());
         assert!(grid.height() * 8 > plain.height() * 3 - 8 * 8 && grid.height() < plain.height());
+        // The run report shows them, with the class names.
+        let html = std::fs::read_to_string(straight.join("index.html")).unwrap();
+        assert!(
+            html.contains("samples/classes-epoch-0003.png") && html.contains("painter 2"),
+            "index.html lacks the per-class grid"
+        );
         // The trained generator loads back as a conditional one.
         let g = checkpoint::load_generator(&straight, Device::Cpu).unwrap();
         assert_eq!(g.classes, 3);
@@ -533,4 +539,71 @@ fn cli_conditional_train_sample_interpolate_evaluate() {
         text.contains("class artist-0") && text.contains("real floor"),
         "{text}"
     );
+}
+
+#[test]
+fn kaggle_layout_labels_by_artist_and_first_genre() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("best-artworks");
+    let rs = root.join("resized/resized");
+    std::fs::create_dir_all(&rs).unwrap();
+    std::fs::write(
+        root.join("artists.csv"),
+        "id,name,years,genre,nationality,bio,wikipedia,paintings\n\
+         0,Frida Kahlo,1907 – 1954,\"Primitivism,Surrealism\",Mexican,\"a, b\",http://x,3\n\
+         1,Claude Monet,1840 – 1926,Impressionism,French,c,http://x,2\n\
+         2,Pierre-Auguste Renoir,1841 – 1919,Impressionism,French,d,http://x,2\n",
+    )
+    .unwrap();
+    let img = image::RgbImage::from_fn(20, 20, |x, y| image::Rgb([x as u8 * 9, y as u8 * 9, 77]));
+    for (name, n) in [
+        ("Frida_Kahlo", 3),
+        ("Claude_Monet", 2),
+        ("Pierre-Auguste_Renoir", 2),
+        ("Unknown_Painter", 1),
+    ] {
+        for i in 1..=n {
+            img.save(rs.join(format!("{name}_{i}.png"))).unwrap();
+        }
+    }
+    let args = data::DataArgs {
+        data: Some(root.clone()),
+        cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
+    };
+    let set = data::load(&args, 32, 0, dir.path()).unwrap();
+    let by_artist = data::label_images(
+        &set,
+        true,
+        &condition(Condition::Artist, LabelSource::Prefix, 1),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        by_artist.table.names(),
+        vec!["Claude Monet", "Frida Kahlo", "Pierre-Auguste Renoir"]
+    );
+    assert_eq!(by_artist.unlabelled, 1);
+    assert_eq!(by_artist.keep.len(), 7);
+    // A painter with several genres takes the first one listed.
+    let by_genre = data::label_images(
+        &set,
+        true,
+        &condition(Condition::Genre, LabelSource::Subfolder, 1),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(by_genre.table.names(), vec!["Impressionism", "Primitivism"]);
+    assert_eq!(
+        by_genre
+            .table
+            .classes
+            .iter()
+            .map(|c| c.images)
+            .collect::<Vec<_>>(),
+        vec![4, 3]
+    );
+    assert_eq!(by_genre.table.find("impressionism").unwrap(), 0);
+    let err = by_genre.table.find("Surrealism").unwrap_err().to_string();
+    assert!(err.contains("unknown genre 'Surrealism'"), "{err}");
 }

@@ -951,7 +951,9 @@ fn out_of_memory_advice(e: anyhow::Error, cfg: &TrainConfig, device: Device) -> 
             let s = cfg.model.image_size;
             // Filled on the device: the values do not matter, only the memory.
             let real = Tensor::full(&[batch, 3, s, s], 0.5, device)?;
-            t.step(&real)?;
+            // A conditional run's step needs labels; any class will do for the memory.
+            let labels = vec![0u32; batch];
+            t.step_labeled(&real, (cfg.classes() > 0).then_some(labels.as_slice()))?;
             backend::backend(device)?.synchronize()
         })();
         release();
