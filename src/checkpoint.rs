@@ -263,12 +263,33 @@ pub fn load_model_config(run_dir: &Path) -> Result<ModelConfig> {
     Ok(c)
 }
 
+/// The class table stored in a run's (or checkpoint's) `config.json`: `None` for an
+/// unconditional run.
+pub fn load_class_table(run_dir: &Path) -> Result<Option<crate::data::ClassTable>> {
+    #[derive(serde::Deserialize)]
+    struct Classes {
+        #[serde(default)]
+        class_table: Option<crate::data::ClassTable>,
+    }
+    let path = run_dir.join(CONFIG_FILE);
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let c: Classes = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("{}: not an artgan run configuration ({e})", path.display())
+    })?;
+    Ok(c.class_table)
+}
+
+fn class_count(run_dir: &Path) -> Result<usize> {
+    Ok(load_class_table(run_dir)?.map_or(0, |t| t.len()))
+}
+
 /// Rebuilds the generator of a run folder and loads its weights.
 pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
     verify_weights_dir(run_dir)?;
     let c = load_model_config(run_dir)?;
     // Initial values are overwritten by the checkpoint; any seed will do.
-    let g = Generator::new(&c, &mut Rng::new(0), device)?;
+    let g = Generator::conditional(&c, class_count(run_dir)?, &mut Rng::new(0), device)?;
     load_state_dict(&g, &run_dir.join(GENERATOR_FILE), &describe(&c))?;
     Ok(g)
 }
@@ -308,7 +329,7 @@ pub fn load_sampling_generator(
     let dir = weights_dir(path)?;
     verify_weights_dir(&dir)?;
     let c = load_model_config(&dir)?;
-    let g = Generator::new(&c, &mut Rng::new(0), device)?;
+    let g = Generator::conditional(&c, class_count(&dir)?, &mut Rng::new(0), device)?;
     let ema_path = dir.join(GENERATOR_EMA_FILE);
     let use_ema = ema && ema_path.is_file();
     let file = if use_ema {
@@ -324,7 +345,7 @@ pub fn load_sampling_generator(
 pub fn load_discriminator(run_dir: &Path, device: Device) -> Result<Discriminator> {
     verify_weights_dir(run_dir)?;
     let c = load_model_config(run_dir)?;
-    let d = Discriminator::new(&c, &mut Rng::new(0), device)?;
+    let d = Discriminator::conditional(&c, class_count(run_dir)?, &mut Rng::new(0), device)?;
     load_state_dict(&d, &run_dir.join(DISCRIMINATOR_FILE), &describe(&c))?;
     Ok(d)
 }

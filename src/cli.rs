@@ -115,7 +115,8 @@ pub struct TrainArgs {
     /// the run's new total).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
-    /// Model recipe: dcgan (pytorch/examples) or classical (seed 001).
+    /// Model recipe: dcgan (pytorch/examples), classical (seed 001) or dcgan-kaggle (seed 000:
+    /// dcgan with batch norm on D's first layer, nz 128; --full: 64 px, batch 128).
     #[arg(long, value_enum, default_value_t = Preset::Dcgan, conflicts_with = "resume")]
     pub preset: Preset,
     /// Use the preset's published sizes (dcgan: 64 px, ngf = ndf = 64; classical: 128 px,
@@ -125,9 +126,9 @@ pub struct TrainArgs {
     /// Passes over the data (the total, also when resuming) [default: 20].
     #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
     pub epochs: Option<usize>,
-    /// Images per batch.
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 64, conflicts_with = "resume")]
-    pub batch_size: usize,
+    /// Images per batch [default: 64; dcgan-kaggle with --full: 128, as seed 000].
+    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
+    pub batch_size: Option<usize>,
     /// Adam learning rate of D and G [default: 2e-4]; classical: G's detail stage gets a
     /// quarter of it (the seed's 2e-4 and 5e-5). --lr-d/--lr-g/--lr-g-detail override.
     #[arg(long)]
@@ -152,7 +153,7 @@ pub struct TrainArgs {
     /// D steps per decision of the dynamic learning-rate rule.
     #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = train::lr_control::DEFAULT_WINDOW, conflicts_with = "resume")]
     pub lr_window: usize,
-    /// Latent size [default: 100 for dcgan, 128 for classical].
+    /// Latent size [default: 100 for dcgan, 128 for classical and dcgan-kaggle].
     #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
     pub nz: Option<usize>,
     /// Generator width (channels of its last hidden layer) [default: 32, --full 64].
@@ -170,6 +171,12 @@ pub struct TrainArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub augment: AugmentArgs,
+    #[command(flatten)]
+    pub condition: data::ConditionArgs,
+    /// DiffAugment (Zhao et al. 2020) on every discriminator input, real and fake, in both
+    /// steps: any of color,translation,cutout (comma separated) [default: none].
+    #[arg(long, value_name = "LIST", conflicts_with = "resume")]
+    pub diffaugment: Option<String>,
     /// Seed of every random stream (init, latents, dropout/noise, data order).
     #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0, conflicts_with = "resume")]
     pub seed: u64,
@@ -289,12 +296,23 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         ndf: a.ndf.unwrap_or(if a.full { full.ndf } else { 32 }),
     };
     model.validate()?;
-    if a.batch_size == 0 {
+    let batch_size = a
+        .batch_size
+        .unwrap_or(if a.full && a.preset == Preset::DcganKaggle {
+            128
+        } else {
+            64
+        });
+    if batch_size == 0 {
         bail!("batch size must be at least 1");
     }
     let mut cfg = TrainConfig::for_model(model);
     cfg.epochs = DEFAULT_EPOCHS;
-    cfg.batch_size = a.batch_size;
+    cfg.batch_size = batch_size;
+    cfg.condition = a.condition.clone();
+    if let Some(p) = &a.diffaugment {
+        cfg.diffaugment = crate::ops::DiffAugment::parse(p)?;
+    }
     cfg.lr_d = 2e-4;
     cfg.lr_g = 2e-4;
     cfg.lr_g_detail = if a.preset == Preset::Classical {
@@ -556,6 +574,13 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     let device = a.device.resolve()?;
     let (mut cfg, out, resume_from, lock, previous, new_run) = match &a.resume {
         Some(run) => {
+            if a.condition != data::ConditionArgs::default_for_cli() {
+                bail!(
+                    "--resume reads --condition/--labels/--min-images from {}/config.json; do \
+                     not give them again",
+                    run.display()
+                );
+            }
             if a.data.data.is_some() || a.data.artists.is_some() || a.data.genre.is_some() {
                 bail!(
                     "--resume reads the data options from {}/config.json; do not give them again",
@@ -629,6 +654,60 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     warn_high_lrs(&cfg);
     let size = cfg.model.image_size;
     let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;
+    let (set, labels) =
+        match data::label_images(&set, cfg.data_args.data.is_some(), &cfg.condition)? {
+            None => (set, None),
+            Some(l) => {
+                if let Some(stored) = &cfg.class_table {
+                    if *stored != l.table {
+                        bail!(
+                        "the data's classes differ from the run's class table in {}/config.json \
+                         ({} classes now, {} then): resume with the same data",
+                        out.display(),
+                        l.table.len(),
+                        stored.len()
+                    );
+                    }
+                }
+                if !a.quiet {
+                    println!(
+                        "classes: {} {}s with at least {} images ({} images){}{}",
+                        l.table.len(),
+                        match l.table.condition {
+                            data::Condition::Genre => "genre",
+                            _ => "artist",
+                        },
+                        cfg.condition.min_images,
+                        l.keep.len(),
+                        if l.table.dropped.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; dropped (fewer images): {}",
+                                l.table
+                                    .dropped
+                                    .iter()
+                                    .map(|c| format!("{} ({})", c.name, c.images))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        },
+                        if l.unlabelled > 0 {
+                            format!("; {} images without a class left out", l.unlabelled)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                let set = if l.keep.len() == set.len() {
+                    set
+                } else {
+                    std::sync::Arc::new(set.subset(&l.keep)?)
+                };
+                cfg.class_table = Some(l.table);
+                (set, Some(l.labels))
+            }
+        };
     cfg.data = match &cfg.data_args.data {
         Some(path) => format!("{} images from {}", set.len(), path.display()),
         None => format!(
@@ -658,6 +737,9 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     train::record_session(&out, &cfg, previous.as_ref(), from_epoch)?;
     let eval_set = set.clone();
     let mut data = data::Loader::new(set, cfg.batch_size, cfg.augment, cfg.seed);
+    if let Some(labels) = labels {
+        data = data.with_labels(labels)?;
+    }
     let m = &cfg.model;
     if !a.quiet {
         println!(
@@ -668,8 +750,9 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.d_steps, device, cfg.seed
         );
         println!(
-            "augmentation: {}; EMA generator: {}; dynamic lr: {}; checkpoint every {} epoch(s), keeping {}",
+            "augmentation: {}; DiffAugment: {}; EMA generator: {}; dynamic lr: {}; checkpoint every {} epoch(s), keeping {}",
             describe_augment(cfg.augment),
+            cfg.diffaugment.describe(),
             if cfg.ema { "on" } else { "off" },
             if cfg.dynamic_lr { "on" } else { "off" },
             cfg.checkpoint_every,
@@ -685,9 +768,21 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     if cfg.eval_every > 0 {
         // The same latents and real draw at every evaluation, so the numbers compare.
         let (count, seed) = (cfg.eval_count, cfg.seed);
+        let eval_classes = cfg.class_table.clone();
         opts.evaluator = Some(Box::new(move |g: &crate::nn::Generator| {
             let params = crate::quality::SwdParams::default();
-            Ok(crate::quality::evaluate_generator(g, &eval_set, count, seed, &params)?.mean)
+            let labels = eval_classes
+                .as_ref()
+                .map(|t| crate::quality::proportional_labels(t, count, seed));
+            Ok(crate::quality::evaluate_generator_labeled(
+                g,
+                &eval_set,
+                count,
+                seed,
+                &params,
+                labels.as_deref(),
+            )?
+            .mean)
         }));
     }
     train::train(cfg, &mut data, &mut opts)?;

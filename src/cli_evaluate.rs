@@ -38,6 +38,19 @@ pub struct EvaluateArgs {
     /// RUN/evaluate-epoch-NNNN.json for a checkpoint folder RUN/checkpoints/epoch-NNNN].
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Conditional runs: also an SWD per class (with its own real-vs-real floor) for every class
+    /// with at least this many real images; SWD on a few dozen images is mostly noise.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub eval_min_images: usize,
+}
+
+/// One class's SWD in a conditional run.
+#[derive(serde::Serialize)]
+struct ClassSwd {
+    class: String,
+    real_images: usize,
+    swd: SwdReport,
+    floor: SwdReport,
 }
 
 /// What `evaluate` writes to its JSON file.
@@ -56,6 +69,9 @@ struct Results<'a> {
     params: SwdParams,
     swd: &'a SwdReport,
     floor: Option<&'a SwdReport>,
+    /// Conditional runs: per-class SWD of the classes with at least `eval_min_images` reals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_class: Option<Vec<ClassSwd>>,
     seconds: f64,
 }
 
@@ -154,11 +170,32 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
         a.seed
     );
 
-    let report = quality::evaluate_generator(&g, &real, a.count, a.seed, &params)?;
+    let class_table = checkpoint::load_class_table(&weights)?;
+    let labels = class_table
+        .as_ref()
+        .map(|t| quality::proportional_labels(t, a.count, a.seed));
+    if let Some(t) = &class_table {
+        println!(
+            "conditional generator: {} classes, drawn in proportion to their training images",
+            t.len()
+        );
+    }
+    let report = quality::evaluate_generator_labeled(
+        &g,
+        &real,
+        a.count,
+        a.seed,
+        &params,
+        labels.as_deref(),
+    )?;
     let floor = if a.floor {
         Some(quality::real_floor(&real, a.count, a.seed, &params)?)
     } else {
         None
+    };
+    let per_class = match &class_table {
+        Some(t) => Some(per_class_swd(a, &g, t, &real, &weights, &params)?),
+        None => None,
     };
     let seconds = started.elapsed().as_secs_f64();
 
@@ -194,6 +231,7 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
         params,
         swd: &report,
         floor: floor.as_ref(),
+        per_class,
         seconds,
     };
     let mut text = serde_json::to_string_pretty(&results)?;
@@ -201,4 +239,77 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
     checkpoint::write_atomic(&json, text.as_bytes())?;
     println!("wrote {} ({seconds:.1} s)", json.display());
     Ok(())
+}
+
+/// Per-class SWD of a conditional generator: the real images are labelled as the run labelled
+/// its training data (`config.json`'s conditioning options); every class with at least
+/// `--eval-min-images` of them gets `--count` generated images of its class against `--count`
+/// draws of its reals, and its own real-vs-real floor.
+fn per_class_swd(
+    a: &EvaluateArgs,
+    g: &crate::nn::Generator,
+    table: &data::ClassTable,
+    real: &data::ImageSet,
+    weights: &Path,
+    params: &SwdParams,
+) -> Result<Vec<ClassSwd>> {
+    let cfg = crate::train::load_config(weights)?;
+    let Some(labelled) = data::label_images(real, a.data.data.is_some(), &cfg.condition)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut small = Vec::new();
+    for c in &table.classes {
+        // The real data's own class of that name (its indices may differ from the run's).
+        let Some(rk) = labelled.table.classes.iter().find(|r| r.name == c.name) else {
+            small.push(format!("{} (0)", c.name));
+            continue;
+        };
+        let keep: Vec<usize> = labelled
+            .keep
+            .iter()
+            .zip(&labelled.labels)
+            .filter(|(_, &l)| l as usize == rk.index)
+            .map(|(&i, _)| i)
+            .collect();
+        if keep.len() < a.eval_min_images {
+            small.push(format!("{} ({})", c.name, keep.len()));
+            continue;
+        }
+        let subset = real.subset(&keep)?;
+        let labels = vec![c.index as u32; a.count];
+        let swd = quality::evaluate_generator_labeled(
+            g,
+            &subset,
+            a.count,
+            a.seed,
+            params,
+            Some(&labels),
+        )?;
+        let floor = quality::real_floor(&subset, a.count, a.seed, params)?;
+        println!(
+            "class {:<30} {:>5} real images   SWD mean {:>9.3}   real floor {:>9.3}",
+            c.name,
+            keep.len(),
+            swd.mean,
+            floor.mean
+        );
+        out.push(ClassSwd {
+            class: c.name.clone(),
+            real_images: keep.len(),
+            swd,
+            floor,
+        });
+    }
+    if !small.is_empty() {
+        println!(
+            "no per-class SWD for {} of {} classes with fewer than {} real images (SWD on so few \
+             images is mostly noise): {}",
+            small.len(),
+            table.len(),
+            a.eval_min_images,
+            small.join(", ")
+        );
+    }
+    Ok(out)
 }

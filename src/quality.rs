@@ -635,6 +635,46 @@ const GENERATE_BATCH: usize = 64;
 /// HWC RGB. Eval mode (running batch-norm statistics, as `artgan sample`), under `no_grad`, in
 /// batches of at most 64; the latents do not depend on the batching.
 pub fn generate_u8(g: &Generator, count: usize, seed: u64) -> Result<Vec<Vec<u8>>> {
+    generate_u8_labeled(g, count, seed, None)
+}
+
+/// Labels for `count` images of a conditional generator, drawn in proportion to the classes'
+/// image counts (the `"evaluate-labels"` stream of `seed`).
+pub fn proportional_labels(table: &crate::data::ClassTable, count: usize, seed: u64) -> Vec<u32> {
+    let total: usize = table.classes.iter().map(|c| c.images).sum();
+    let mut rng = Rng::derive(seed, "evaluate-labels");
+    (0..count)
+        .map(|_| {
+            let mut r = rng.below(total.max(1));
+            for c in &table.classes {
+                if r < c.images {
+                    return c.index as u32;
+                }
+                r -= c.images;
+            }
+            0
+        })
+        .collect()
+}
+
+/// [`generate_u8`] with a class label per image for a conditional generator (the latents are
+/// the same as without labels).
+pub fn generate_u8_labeled(
+    g: &Generator,
+    count: usize,
+    seed: u64,
+    labels: Option<&[u32]>,
+) -> Result<Vec<Vec<u8>>> {
+    match labels {
+        None if g.classes > 0 => {
+            bail!(
+                "the generator is conditional ({} classes): give labels",
+                g.classes
+            )
+        }
+        Some(l) if l.len() != count => bail!("{} labels for {count} images", l.len()),
+        _ => {}
+    }
     let device = match g.parameters().first() {
         Some((_, t)) => t.device(),
         None => bail!("the generator has no parameters"),
@@ -647,8 +687,12 @@ pub fn generate_u8(g: &Generator, count: usize, seed: u64) -> Result<Vec<Vec<u8>
         let b = GENERATE_BATCH.min(count - out.len());
         let z = Tensor::randn(&[b, nz, 1, 1], 0.0, 1.0, &mut rng, device)?;
         // Eval mode draws no random numbers; the context's generator is never used.
+        let batch_labels = labels.map(|l| &l[out.len()..out.len() + b]);
         let images = g
-            .forward(&z, &mut Ctx::new(Mode::Eval, &mut Rng::new(0)))?
+            .forward(
+                &z,
+                &mut Ctx::new(Mode::Eval, &mut Rng::new(0)).labeled(batch_labels),
+            )?
             .to_vec()?;
         out.extend(images.chunks(3 * size * size).map(|im| to_u8_hwc(im, size)));
     }
@@ -682,6 +726,19 @@ pub fn evaluate_generator(
     seed: u64,
     params: &SwdParams,
 ) -> Result<SwdReport> {
+    evaluate_generator_labeled(g, real, count, seed, params, None)
+}
+
+/// [`evaluate_generator`] for a conditional generator: `labels[i]` is the class of generated
+/// image i (e.g. [`proportional_labels`], or one class throughout for a per-class SWD).
+pub fn evaluate_generator_labeled(
+    g: &Generator,
+    real: &ImageSet,
+    count: usize,
+    seed: u64,
+    params: &SwdParams,
+    labels: Option<&[u32]>,
+) -> Result<SwdReport> {
     check_real(real, count, params)?;
     if real.size != g.config.image_size {
         bail!(
@@ -690,7 +747,7 @@ pub fn evaluate_generator(
             g.config.image_size
         );
     }
-    let fake = generate_u8(g, count, seed)?;
+    let fake = generate_u8_labeled(g, count, seed, labels)?;
     let fake: Vec<&[u8]> = fake.iter().map(Vec::as_slice).collect();
     let picks = draw_indices(real.len(), count, &mut Rng::derive(seed, "evaluate-reals"));
     let reals: Vec<&[u8]> = picks.iter().map(|&i| real.image_u8(i)).collect();

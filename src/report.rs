@@ -912,6 +912,7 @@ fn page(
         h.push_str("</div>\n");
     }
     h.push_str("</section>\n");
+    class_grid_section(&mut h, run_dir);
 
     if !config.is_empty() {
         h.push_str("<section id=\"config\"><h2>Configuration</h2>\n<table>\n");
@@ -968,6 +969,55 @@ fn page(
         e(&run_dir.display().to_string())
     );
     h
+}
+
+/// Conditional runs (issue 13): `samples/classes-epoch-NNNN.png`, newest first, one row per
+/// class (in the order of `config.json`'s `class_table`).
+fn class_grid_section(h: &mut String, run_dir: &Path) {
+    let mut grids: Vec<(u64, String)> = fs::read_dir(run_dir.join("samples"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name.strip_prefix("classes-epoch-")?.strip_suffix(".png")?;
+            let epoch = n
+                .parse()
+                .ok()
+                .filter(|_| n.bytes().all(|b| b.is_ascii_digit()))?;
+            Some((epoch, format!("samples/{name}")))
+        })
+        .collect();
+    if grids.is_empty() {
+        return;
+    }
+    grids.sort_by(|a, b| b.cmp(a));
+    let names = crate::checkpoint::load_class_table(run_dir)
+        .ok()
+        .flatten()
+        .map(|t| t.names().join(", "))
+        .unwrap_or_default();
+    h.push_str("<section id=\"classes\"><h2>Per class</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p>One row per class, the same 8 latents in every row, after each epoch (newest \
+         first). Rows from the top: {}.</p>\n<div class=\"samples\">",
+        escape_html(&names)
+    );
+    for (i, (epoch, file)) in grids.iter().enumerate() {
+        let lazy = if i >= EAGER_GRIDS {
+            " loading=\"lazy\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            h,
+            "<figure><a href=\"{f}\"><img src=\"{f}\" alt=\"per-class grid, epoch {epoch}\"{lazy}></a>\
+             <figcaption>epoch {epoch}</figcaption></figure>",
+            f = escape_html(file)
+        );
+    }
+    h.push_str("</div></section>\n");
 }
 
 #[cfg(test)]

@@ -1102,3 +1102,217 @@ fn loader_on_gpu_matches_cpu() {
         assert!(on_cpu.next_batch(Device::Cpu).unwrap().is_none());
     }
 }
+
+// ---- issue 13: conditional-model ops and DiffAugment
+
+/// Labels as the ops upload them: class indices held as f32.
+fn labels(rng: &mut Rng, batch: usize, classes: usize) -> Vec<f32> {
+    (0..batch).map(|_| rng.below(classes) as f32).collect()
+}
+
+#[test]
+fn embedding_lookup_and_scatter_add_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(1301);
+    for (batch, classes, dim) in [
+        (1usize, 1usize, 1usize),
+        (7, 5, 13),
+        (64, 61, 512),
+        (3, 50, 3),
+    ] {
+        let table = rand(&mut rng, classes * dim, 1.0);
+        let l = labels(&mut rng, batch, classes);
+        let what = format!("embedding b{batch} k{classes} d{dim}");
+        let ge = g
+            .embedding(&up(&g, &table), &up(&g, &l), classes, dim)
+            .unwrap();
+        let ce = c
+            .embedding(&up(&c, &table), &up(&c, &l), classes, dim)
+            .unwrap();
+        close(&what, &down(&g, &ge), &down(&c, &ce), 0.0, 0.0);
+        let dy = rand(&mut rng, batch * dim, 1.0);
+        let gb = g
+            .embedding_backward(&up(&g, &dy), &up(&g, &l), classes, dim)
+            .unwrap();
+        let cb = c
+            .embedding_backward(&up(&c, &dy), &up(&c, &l), classes, dim)
+            .unwrap();
+        // Same summation order (batch order) on both: bit-identical.
+        close(
+            &format!("{what} backward"),
+            &down(&g, &gb),
+            &down(&c, &cb),
+            0.0,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn channel_affine_forward_and_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(1302);
+    for (n, ch, hw) in [
+        (1usize, 1usize, 1usize),
+        (3, 5, 7),
+        (16, 64, 64),
+        (2, 3, 4097),
+    ] {
+        let d = ChannelDims { n, c: ch, hw };
+        let x = rand(&mut rng, d.len(), 2.0);
+        let s = rand(&mut rng, n * ch, 1.5);
+        let t = rand(&mut rng, n * ch, 1.0);
+        let gy = g
+            .channel_affine(&up(&g, &x), &up(&g, &s), &up(&g, &t), d)
+            .unwrap();
+        let cy = c
+            .channel_affine(&up(&c, &x), &up(&c, &s), &up(&c, &t), d)
+            .unwrap();
+        close(
+            &format!("channel_affine {d:?}"),
+            &down(&g, &gy),
+            &down(&c, &cy),
+            1e-6,
+            1e-6,
+        );
+        let dy = rand(&mut rng, d.len(), 1.0);
+        let (gdx, gds, gdt) = g
+            .channel_affine_backward(&up(&g, &x), &up(&g, &dy), &up(&g, &s), d)
+            .unwrap();
+        let (cdx, cds, cdt) = c
+            .channel_affine_backward(&up(&c, &x), &up(&c, &dy), &up(&c, &s), d)
+            .unwrap();
+        close(
+            &format!("channel_affine dx {d:?}"),
+            &down(&g, &gdx),
+            &down(&c, &cdx),
+            1e-6,
+            0.0,
+        );
+        let atol = 1e-5 * (hw as f32).sqrt();
+        close(
+            &format!("channel_affine dscale {d:?}"),
+            &down(&g, &gds),
+            &down(&c, &cds),
+            1e-5,
+            atol,
+        );
+        close(
+            &format!("channel_affine dshift {d:?}"),
+            &down(&g, &gdt),
+            &down(&c, &cdt),
+            1e-5,
+            atol,
+        );
+    }
+}
+
+#[test]
+fn row_dot_forward_and_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(1303);
+    for (rows, cols) in [(1usize, 1usize), (7, 13), (64, 512), (3, 9000)] {
+        let a = rand(&mut rng, rows * cols, 1.0);
+        let b = rand(&mut rng, rows * cols, 1.0);
+        let gy = g.row_dot(&up(&g, &a), &up(&g, &b), rows, cols).unwrap();
+        let cy = c.row_dot(&up(&c, &a), &up(&c, &b), rows, cols).unwrap();
+        close(
+            &format!("row_dot {rows}x{cols}"),
+            &down(&g, &gy),
+            &down(&c, &cy),
+            1e-5,
+            1e-5 * (cols as f32).sqrt(),
+        );
+        let gr = rand(&mut rng, rows, 1.0);
+        let (gda, gdb) = g
+            .row_dot_backward(&up(&g, &a), &up(&g, &b), &up(&g, &gr), rows, cols)
+            .unwrap();
+        let (cda, cdb) = c
+            .row_dot_backward(&up(&c, &a), &up(&c, &b), &up(&c, &gr), rows, cols)
+            .unwrap();
+        close(
+            &format!("row_dot da {rows}x{cols}"),
+            &down(&g, &gda),
+            &down(&c, &cda),
+            0.0,
+            0.0,
+        );
+        close(
+            &format!("row_dot db {rows}x{cols}"),
+            &down(&g, &gdb),
+            &down(&c, &cdb),
+            0.0,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn diffaugment_color_translation_cutout() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(1304);
+    for (n, ch, h, w) in [
+        (1usize, 3usize, 1usize, 1usize),
+        (3, 3, 9, 7),
+        (16, 3, 64, 64),
+        (2, 1, 5, 33),
+    ] {
+        let d = ChannelDims {
+            n,
+            c: ch,
+            hw: h * w,
+        };
+        let dims = [n, ch, h, w];
+        let x = rand(&mut rng, d.len(), 1.0);
+        let p = artgan::ops::diffaug_params(rng.next_u64(), n, h, w);
+        for brightness in [true, false] {
+            let gy = g
+                .diffaug_color(&up(&g, &x), &up(&g, &p.color), d, brightness)
+                .unwrap();
+            let cy = c
+                .diffaug_color(&up(&c, &x), &up(&c, &p.color), d, brightness)
+                .unwrap();
+            close(
+                &format!("diffaug_color {dims:?} brightness {brightness}"),
+                &down(&g, &gy),
+                &down(&c, &cy),
+                1e-5,
+                1e-5,
+            );
+        }
+        // Every shift sign and size, including shifts past the whole image.
+        let mut shifts: Vec<f32> = p.shifts.iter().map(|&s| s as f32).collect();
+        shifts[0] = h as f32 + 1.0;
+        let gy = g
+            .diffaug_translate(&up(&g, &x), &up(&g, &shifts), dims)
+            .unwrap();
+        let cy = c
+            .diffaug_translate(&up(&c, &x), &up(&c, &shifts), dims)
+            .unwrap();
+        close(
+            &format!("diffaug_translate {dims:?}"),
+            &down(&g, &gy),
+            &down(&c, &cy),
+            0.0,
+            0.0,
+        );
+        let boxes: Vec<f32> = p.boxes.iter().map(|&v| v as f32).collect();
+        let gy = g
+            .diffaug_cutout(&up(&g, &x), &up(&g, &boxes), dims)
+            .unwrap();
+        let cy = c
+            .diffaug_cutout(&up(&c, &x), &up(&c, &boxes), dims)
+            .unwrap();
+        close(
+            &format!("diffaug_cutout {dims:?}"),
+            &down(&g, &gy),
+            &down(&c, &cy),
+            0.0,
+            0.0,
+        );
+    }
+}

@@ -408,3 +408,146 @@ fn no_grad_and_detach_record_nothing() {
     let z = ops::tanh(&x).unwrap();
     assert_eq!(z.grad_fn_name(), Some("tanh"));
 }
+
+// ---- issue 13: conditional-model ops and DiffAugment
+
+#[test]
+fn embedding_grad_matches_finite_difference() {
+    let mut rng = Rng::new(31);
+    // 5 classes, 7-wide; labels repeat (scatter-add) and class 3 is absent (zero gradient).
+    let labels = [0u32, 4, 1, 0, 2, 4, 4];
+    check_grad(
+        "embedding",
+        vec![input(randn(&mut rng, &[5, 7]), &[5, 7])],
+        1e-2,
+        |t| ops::embedding(&t[0], &labels).unwrap(),
+    );
+}
+
+#[test]
+fn channel_affine_grad_matches_finite_difference() {
+    let mut rng = Rng::new(32);
+    check_grad(
+        "channel_affine",
+        vec![
+            input(randn(&mut rng, &[3, 5, 3, 2]), &[3, 5, 3, 2]),
+            input(randn(&mut rng, &[3, 5]), &[3, 5]),
+            input(randn(&mut rng, &[3, 5]), &[3, 5]),
+        ],
+        1e-2,
+        |t| ops::channel_affine(&t[0], &t[1], &t[2]).unwrap(),
+    );
+}
+
+#[test]
+fn conditional_batch_norm_through_embeddings_matches_finite_difference() {
+    // The generator's class-conditional BN: gain and bias are embedding lookups.
+    let mut rng = Rng::new(33);
+    let labels = [2u32, 0, 2, 1];
+    check_grad(
+        "conditional_bn_affine",
+        vec![
+            input(randn(&mut rng, &[4, 3, 2, 3]), &[4, 3, 2, 3]),
+            input(randn(&mut rng, &[3, 3]), &[3, 3]),
+            input(randn(&mut rng, &[3, 3]), &[3, 3]),
+        ],
+        1e-2,
+        |t| {
+            let gain = ops::embedding(&t[1], &labels).unwrap();
+            let bias = ops::embedding(&t[2], &labels).unwrap();
+            ops::channel_affine(&t[0], &gain, &bias).unwrap()
+        },
+    );
+}
+
+#[test]
+fn row_dot_grad_matches_finite_difference() {
+    let mut rng = Rng::new(34);
+    check_grad(
+        "row_dot",
+        vec![
+            input(randn(&mut rng, &[6, 9]), &[6, 9]),
+            input(randn(&mut rng, &[6, 9]), &[6, 9]),
+        ],
+        1e-2,
+        |t| ops::row_dot(&t[0], &t[1]).unwrap(),
+    );
+}
+
+#[test]
+fn diffaugment_grads_match_finite_difference() {
+    let mut rng = Rng::new(35);
+    let shape = [3, 3, 8, 7];
+    check_grad(
+        "diffaug_color",
+        vec![input(randn(&mut rng, &shape), &shape)],
+        1e-2,
+        |t| {
+            let p = ops::diffaug_params(11, 3, 8, 7);
+            ops::diffaug_color(&t[0], &p.color).unwrap()
+        },
+    );
+    check_grad(
+        "diffaug_translate",
+        vec![input(randn(&mut rng, &shape), &shape)],
+        1e-2,
+        |t| ops::diffaug_translate(&t[0], &[1, -1, -2, 0, 0, 2]).unwrap(),
+    );
+    check_grad(
+        "diffaug_cutout",
+        vec![input(randn(&mut rng, &shape), &shape)],
+        1e-2,
+        |t| ops::diffaug_cutout(&t[0], &[0, 4, 2, 6, 3, 8, 0, 3, 5, 6, 6, 7]).unwrap(),
+    );
+    check_grad(
+        "diff_augment_all",
+        vec![input(randn(&mut rng, &shape), &shape)],
+        1e-2,
+        |t| {
+            let all = ops::DiffAugment::parse("color,translation,cutout").unwrap();
+            ops::diff_augment(&t[0], all, 12).unwrap()
+        },
+    );
+}
+
+#[test]
+fn diffaugment_parameters_follow_the_paper_ranges() {
+    let (h, w) = (64, 64);
+    let p = ops::diffaug_params(7, 2000, h, w);
+    for c in p.color.chunks(3) {
+        assert!((-0.5..0.5).contains(&c[0]), "brightness {}", c[0]);
+        assert!((0.0..2.0).contains(&c[1]), "saturation {}", c[1]);
+        assert!((0.5..1.5).contains(&c[2]), "contrast {}", c[2]);
+    }
+    // int(64/8 + 0.5) = 8: shifts in [-8, 8], every value reached.
+    let mut seen = std::collections::BTreeSet::new();
+    for &s in &p.shifts {
+        assert!((-8..=8).contains(&s));
+        seen.insert(s);
+    }
+    assert_eq!(seen.len(), 17);
+    for b in p.boxes.chunks(4) {
+        assert!(
+            0 <= b[0] && b[0] < b[1] && b[1] <= 64 && b[1] - b[0] <= 32,
+            "{b:?}"
+        );
+        assert!(
+            0 <= b[2] && b[2] < b[3] && b[3] <= 64 && b[3] - b[2] <= 32,
+            "{b:?}"
+        );
+    }
+    assert!(p
+        .boxes
+        .chunks(4)
+        .any(|b| b[1] - b[0] == 32 && b[3] - b[2] == 32));
+    // Same seed, same parameters; another seed, others.
+    assert_eq!(p, ops::diffaug_params(7, 2000, h, w));
+    assert_ne!(p.color, ops::diffaug_params(8, 2000, h, w).color);
+    let x = Tensor::from_vec(vec![0.25; 2 * 3 * 4 * 4], &[2, 3, 4, 4], CPU).unwrap();
+    // Cutout of half the side on a constant image zeroes exactly a quarter at most.
+    let y = ops::diffaug_cutout(&x, &[0, 2, 0, 2, 1, 3, 2, 4])
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_eq!(y.iter().filter(|&&v| v == 0.0).count(), 2 * 3 * 4);
+}

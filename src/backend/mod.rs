@@ -378,6 +378,79 @@ pub trait Backend {
     /// Bias-corrected Adam (PyTorch's formula) over every item, in one pass where possible.
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()>;
 
+    // ---- conditional models (issue 13): class embeddings, class-conditional batch-norm
+    // affine, the projection discriminator's inner product. Class labels travel as f32
+    // holding small non-negative integers (exact below 2^24), validated by `crate::ops`.
+    /// Embedding lookup: `out[b, :] = table[labels[b], :]`, table `[classes, dim]`, labels
+    /// `[B]`, out `[B, dim]`.
+    fn embedding(
+        &self,
+        table: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage>;
+    /// Its backward, a scatter-add: `out[k, :] = sum over b with labels[b] = k of dy[b, :]`
+    /// (`[classes, dim]`, rows of absent classes 0), summed in batch order (deterministic).
+    fn embedding_backward(
+        &self,
+        dy: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage>;
+    /// Per-sample, per-channel affine: `y[n, c, hw] = x[n, c, hw] * scale[n, c] + shift[n, c]`
+    /// (class-conditional batch norm: `scale`/`shift` are embedding lookups).
+    fn channel_affine(
+        &self,
+        x: &Storage,
+        scale: &Storage,
+        shift: &Storage,
+        d: ChannelDims,
+    ) -> Result<Storage>;
+    /// Returns (dx, dscale, dshift) of [`Backend::channel_affine`]: `dx = dy * scale[n, c]`,
+    /// `dscale[n, c] = sum_hw dy * x`, `dshift[n, c] = sum_hw dy`.
+    fn channel_affine_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        d: ChannelDims,
+    ) -> Result<(Storage, Storage, Storage)>;
+    /// Row-wise inner product of two `[rows, cols]` views: `out[r] = sum_c a[r, c] * b[r, c]`
+    /// (the projection term `<embed(y), phi(x)>`).
+    fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage>;
+    /// Returns (da, db) of [`Backend::row_dot`]: `da[r, c] = g[r] * b[r, c]`, `db = g[r] * a`.
+    fn row_dot_backward(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        g: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)>;
+
+    // ---- DiffAugment (Zhao et al. 2020) on NCHW images, per-sample parameters given.
+    /// Colour: per sample n with `params[n] = (brightness shift, saturation factor, contrast
+    /// factor)`: `x1 = x + b` (only when `brightness`), `x2 = (x1 - mean_c x1) * s + mean_c x1`,
+    /// `y = (x2 - mean_chw x2) * k + mean_chw x2`. Without brightness the map is linear and
+    /// self-adjoint, so it is also its own backward.
+    fn diffaug_color(
+        &self,
+        x: &Storage,
+        params: &Storage,
+        d: ChannelDims,
+        brightness: bool,
+    ) -> Result<Storage>;
+    /// Translation with zero padding: `y[n, c, i, j] = x[n, c, i + sy, j + sx]` (0 outside),
+    /// `shifts[n] = (sy, sx)` whole numbers held as f32. The backward is the same op with the
+    /// shifts negated. `dims` = [n, c, h, w].
+    fn diffaug_translate(&self, x: &Storage, shifts: &Storage, dims: [usize; 4])
+        -> Result<Storage>;
+    /// Cutout: zero where `y0 <= i < y1 && x0 <= j < x1`, `boxes[n] = (y0, y1, x0, x1)` as
+    /// f32; a mask, so it is its own backward. `dims` = [n, c, h, w].
+    fn diffaug_cutout(&self, x: &Storage, boxes: &Storage, dims: [usize; 4]) -> Result<Storage>;
+
     /// Gives cached device memory back to the driver (after an out-of-memory error).
     fn release_cached_memory(&self) -> Result<()> {
         Ok(())

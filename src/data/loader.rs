@@ -47,6 +47,10 @@ pub struct Loader {
     order: Vec<usize>,
     /// The set as held by the device batches were last made for.
     resident: Option<Resident>,
+    /// Class label per image of the set (conditional runs).
+    labels: Option<Arc<Vec<u32>>>,
+    /// Image indices of the last batch handed out.
+    last_indices: Vec<usize>,
 }
 
 /// The image set on one device.
@@ -71,9 +75,32 @@ impl Loader {
             batch: 0,
             order: Vec::new(),
             resident: None,
+            labels: None,
+            last_indices: Vec::new(),
         };
         l.start_epoch(0);
         l
+    }
+
+    /// Gives every image of the set a class label (one per image, in set order); batches
+    /// then carry their labels ([`Loader::last_labels`]).
+    pub fn with_labels(mut self, labels: Vec<u32>) -> Result<Self> {
+        if labels.len() != self.set.len() {
+            bail!(
+                "{} labels for a set of {} images",
+                labels.len(),
+                self.set.len()
+            );
+        }
+        self.labels = Some(Arc::new(labels));
+        Ok(self)
+    }
+
+    /// The class labels of the last batch from [`Loader::next_batch`] (None: unlabelled).
+    pub fn last_labels(&self) -> Option<Vec<u32>> {
+        self.labels
+            .as_ref()
+            .map(|l| self.last_indices.iter().map(|&i| l[i]).collect())
     }
 
     pub fn set(&self) -> &Arc<ImageSet> {
@@ -159,6 +186,7 @@ impl Loader {
         let Some(plan) = self.next_plan()? else {
             return Ok(None);
         };
+        self.last_indices.clone_from(&plan.indices);
         let b = backend(device)?;
         self.make_resident(device, &*b)?;
         let s = self.set.size;

@@ -17,6 +17,7 @@ mod decode;
 mod explore;
 mod grid;
 mod kaggle;
+mod labels;
 mod loader;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub use explore::{explore, ExploreArgs};
 pub(crate) use explore::{plot_err, register_font, save_rgb};
 pub use grid::{save_grid_png, save_grid_png_u8, write_atomic};
 pub use kaggle::{artist_key, read_artists_csv, Artist};
+pub use labels::{
+    label_images, ClassEntry, ClassTable, Condition, ConditionArgs, LabelSource, Labelled,
+};
 pub use loader::{assemble_batch, BatchPlan, Loader};
 
 /// How many built-in images `load` makes when `--data` is absent and no `--limit` is given.

@@ -251,6 +251,8 @@ pub enum Layer {
     ConvT(ConvTranspose2d),
     SnConv(SpectralNormConv2d),
     Bn(BatchNorm2d),
+    /// Class-conditional batch norm (conditional generators, issue 13).
+    CondBn(CondBatchNorm2d),
     Relu,
     LeakyRelu(f32),
     Tanh,
@@ -268,6 +270,10 @@ impl Layer {
             Layer::ConvT(c) => c.forward(x),
             Layer::SnConv(c) => c.forward(x, ctx.mode),
             Layer::Bn(b) => b.forward(x, ctx.mode),
+            Layer::CondBn(b) => {
+                let labels = ctx.need_labels("class-conditional batch norm", x.shape()[0])?;
+                b.forward(x, ctx.mode, labels)
+            }
             Layer::Relu => ops::relu(x),
             Layer::LeakyRelu(s) => ops::leaky_relu(x, *s),
             Layer::Tanh => ops::tanh(x),
@@ -326,6 +332,7 @@ impl Module for Layer {
                     StateRef::Count(&b.num_batches_tracked),
                 );
             }
+            Layer::CondBn(b) => b.visit_state(prefix, f),
             Layer::Relu
             | Layer::LeakyRelu(_)
             | Layer::Tanh
@@ -363,6 +370,176 @@ impl Module for Sequential {
     fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
         for (i, layer) in self.layers.iter().enumerate() {
             layer.visit_state(&format!("{prefix}{i}."), f);
+        }
+    }
+}
+
+/// Class-conditional batch norm (de Vries et al. 2017, Miyato & Koyama 2018): the batch is
+/// normalised like `BatchNorm2d` without its affine, then each image gets its class's gain and
+/// bias, rows of two embedding tables `[classes, c]` (`gain.weight`, init N(1, 0.02) as DCGAN's
+/// BN weight; `bias.weight`, init 0). Running statistics are shared by all classes.
+pub struct CondBatchNorm2d {
+    pub gain: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub num_batches_tracked: Cell<i64>,
+    pub momentum: f32,
+    pub eps: f32,
+    /// Constant 1 and 0 `[c]`: the plain normalisation's affine (not parameters).
+    ones: Tensor,
+    zeros: Tensor,
+}
+
+impl CondBatchNorm2d {
+    pub fn new(c: usize, classes: usize, rng: &mut Rng, device: Device) -> Result<Self> {
+        Ok(CondBatchNorm2d {
+            gain: Tensor::randn(&[classes, c], 1.0, CONV_INIT_STD, rng, device)?.requiring_grad(),
+            bias: Tensor::zeros(&[classes, c], device)?.requiring_grad(),
+            running_mean: Tensor::zeros(&[c], device)?,
+            running_var: Tensor::full(&[c], 1.0, device)?,
+            num_batches_tracked: Cell::new(0),
+            momentum: 0.1,
+            eps: 1e-5,
+            ones: Tensor::full(&[c], 1.0, device)?,
+            zeros: Tensor::zeros(&[c], device)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode, labels: &[u32]) -> Result<Tensor> {
+        let xhat = match mode {
+            Mode::Train => {
+                self.num_batches_tracked
+                    .set(self.num_batches_tracked.get() + 1);
+                ops::batch_norm2d(
+                    x,
+                    &self.ones,
+                    &self.zeros,
+                    &self.running_mean,
+                    &self.running_var,
+                    true,
+                    self.momentum,
+                    self.eps,
+                )?
+            }
+            Mode::Eval => ops::batch_norm2d(
+                x,
+                &self.ones,
+                &self.zeros,
+                &self.running_mean,
+                &self.running_var,
+                false,
+                self.momentum,
+                self.eps,
+            )?,
+            Mode::BatchStats => {
+                let rm = scratch_copy(&self.running_mean)?;
+                let rv = scratch_copy(&self.running_var)?;
+                ops::batch_norm2d(
+                    x,
+                    &self.ones,
+                    &self.zeros,
+                    &rm,
+                    &rv,
+                    true,
+                    self.momentum,
+                    self.eps,
+                )?
+            }
+        };
+        let gain = ops::embedding(&self.gain, labels)?;
+        let bias = ops::embedding(&self.bias, labels)?;
+        ops::channel_affine(&xhat, &gain, &bias)
+    }
+}
+
+impl Module for CondBatchNorm2d {
+    fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
+        f(format!("{prefix}gain.weight"), StateRef::Param(&self.gain));
+        f(format!("{prefix}bias.weight"), StateRef::Param(&self.bias));
+        f(
+            format!("{prefix}running_mean"),
+            StateRef::Buffer(&self.running_mean),
+        );
+        f(
+            format!("{prefix}running_var"),
+            StateRef::Buffer(&self.running_var),
+        );
+        f(
+            format!("{prefix}num_batches_tracked"),
+            StateRef::Count(&self.num_batches_tracked),
+        );
+    }
+}
+
+/// The projection discriminator's class embedding (Miyato & Koyama 2018): `[classes, c]`,
+/// init N(0, 0.02); spectral-normalised (`weight_orig`, `weight_u` `[classes]`, `weight_v`
+/// `[c]`) in a spectral-norm discriminator, as in their SNGAN projection model.
+pub enum ClassEmbedding {
+    Plain(Tensor),
+    Spectral {
+        weight_orig: Tensor,
+        weight_u: Tensor,
+        weight_v: Tensor,
+    },
+}
+
+impl ClassEmbedding {
+    pub fn new(
+        classes: usize,
+        c: usize,
+        spectral: bool,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<Self> {
+        let w = Tensor::randn(&[classes, c], 0.0, CONV_INIT_STD, rng, device)?.requiring_grad();
+        Ok(if spectral {
+            ClassEmbedding::Spectral {
+                weight_orig: w,
+                weight_u: random_unit(classes, rng, device)?,
+                weight_v: random_unit(c, rng, device)?,
+            }
+        } else {
+            ClassEmbedding::Plain(w)
+        })
+    }
+
+    /// The rows of `labels`: `[B, c]`.
+    pub fn lookup(&self, labels: &[u32], mode: Mode) -> Result<Tensor> {
+        match self {
+            ClassEmbedding::Plain(w) => ops::embedding(w, labels),
+            ClassEmbedding::Spectral {
+                weight_orig,
+                weight_u,
+                weight_v,
+            } => {
+                let w = ops::spectral_norm_weight(
+                    weight_orig,
+                    weight_u,
+                    weight_v,
+                    weight_orig.shape()[0],
+                    mode == Mode::Train,
+                    1e-12,
+                )?;
+                ops::embedding(&w, labels)
+            }
+        }
+    }
+}
+
+impl Module for ClassEmbedding {
+    fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
+        match self {
+            ClassEmbedding::Plain(w) => f(format!("{prefix}weight"), StateRef::Param(w)),
+            ClassEmbedding::Spectral {
+                weight_orig,
+                weight_u,
+                weight_v,
+            } => {
+                f(format!("{prefix}weight_orig"), StateRef::Param(weight_orig));
+                f(format!("{prefix}weight_u"), StateRef::Buffer(weight_u));
+                f(format!("{prefix}weight_v"), StateRef::Buffer(weight_v));
+            }
         }
     }
 }

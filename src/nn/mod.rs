@@ -10,7 +10,8 @@ pub mod layers;
 pub mod models;
 
 pub use layers::{
-    BatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential, SpectralNormConv2d, StateRef,
+    BatchNorm2d, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential, SpectralNormConv2d,
+    StateRef,
 };
 pub use models::{Discriminator, Generator, ModelConfig, Preset};
 
@@ -38,11 +39,33 @@ pub enum Mode {
 pub struct Ctx<'a> {
     pub mode: Mode,
     pub rng: &'a mut Rng,
+    /// Class labels of the batch, one per image, for conditional models (issue 13): the
+    /// generator's class-conditional batch norm and the projection discriminator read them.
+    pub labels: Option<&'a [u32]>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(mode: Mode, rng: &'a mut Rng) -> Self {
-        Ctx { mode, rng }
+        Ctx {
+            mode,
+            rng,
+            labels: None,
+        }
+    }
+
+    /// The same context carrying the batch's class labels (None: unconditional).
+    pub fn labeled(mut self, labels: Option<&'a [u32]>) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// The labels a conditional layer needs, or an error naming `who`.
+    pub fn need_labels(&self, who: &str, batch: usize) -> anyhow::Result<&'a [u32]> {
+        match self.labels {
+            Some(l) if l.len() == batch => Ok(l),
+            Some(l) => anyhow::bail!("{who}: {} class labels for a batch of {batch}", l.len()),
+            None => anyhow::bail!("{who} is conditional: it needs a class label per image"),
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //!   dropout, a 5×5 logit map and global average pooling.
 
 use super::layers::{
-    BatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential, SpectralNormConv2d, StateRef,
+    BatchNorm2d, ClassEmbedding, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential,
+    SpectralNormConv2d, StateRef,
 };
 use super::{Ctx, Module};
 use crate::backend::Device;
@@ -27,6 +28,10 @@ pub enum Preset {
     Dcgan,
     /// Seed 001: two-stage G, spectral-norm D with noise and dropout (nz 128, 128 px).
     Classical,
+    /// Seed 000's DCGAN variant: batch norm on D's first layer too (nz 128, 64 px, batch 128).
+    #[serde(rename = "dcgan-kaggle")]
+    #[value(name = "dcgan-kaggle")]
+    DcganKaggle,
 }
 
 impl fmt::Display for Preset {
@@ -34,6 +39,7 @@ impl fmt::Display for Preset {
         f.write_str(match self {
             Preset::Dcgan => "dcgan",
             Preset::Classical => "classical",
+            Preset::DcganKaggle => "dcgan-kaggle",
         })
     }
 }
@@ -76,6 +82,13 @@ impl ModelConfig {
                 ngf: 64,
                 ndf: 64,
             },
+            Preset::DcganKaggle => ModelConfig {
+                preset,
+                image_size: 64,
+                nz: 128,
+                ngf: 64,
+                ndf: 64,
+            },
         }
     }
 
@@ -111,7 +124,7 @@ impl ModelConfig {
     /// conv gives the seed's 5×5 map at every size.
     pub fn d_widths(&self) -> Vec<usize> {
         let n = match self.preset {
-            Preset::Dcgan => log2(self.image_size) - 2,
+            Preset::Dcgan | Preset::DcganKaggle => log2(self.image_size) - 2,
             Preset::Classical => log2(self.image_size) - 3,
         };
         (0..n).map(|i| self.ndf << i).collect()
@@ -125,21 +138,48 @@ fn log2(n: usize) -> usize {
 /// Generator: latents `[B, nz, 1, 1]` → images `[B, 3, S, S]` in [-1, 1].
 pub struct Generator {
     pub config: ModelConfig,
+    /// Classes of a conditional generator (class-conditional batch norm in every hidden
+    /// layer); 0 = unconditional.
+    pub classes: usize,
+    /// The class a conditional generator paints when a forward pass brings no labels (set by
+    /// `sample`/`interpolate`/`project --class`).
+    pub fixed_class: Cell<Option<u32>>,
     /// Named stages: `main` for dcgan; `initial` and `detail` for classical (each its own Adam
     /// group).
     pub stages: Vec<(String, Sequential)>,
 }
 
-fn g_block(seq: &mut Sequential, conv: ConvTranspose2d, rng: &mut Rng, dev: Device) -> Result<()> {
+fn g_block(
+    seq: &mut Sequential,
+    conv: ConvTranspose2d,
+    classes: usize,
+    rng: &mut Rng,
+    dev: Device,
+) -> Result<()> {
     let c = conv.weight.shape()[1];
     seq.push(Layer::ConvT(conv));
-    seq.push(Layer::Bn(BatchNorm2d::new(c, rng, dev)?));
+    if classes > 0 {
+        seq.push(Layer::CondBn(CondBatchNorm2d::new(c, classes, rng, dev)?));
+    } else {
+        seq.push(Layer::Bn(BatchNorm2d::new(c, rng, dev)?));
+    }
     seq.push(Layer::Relu);
     Ok(())
 }
 
 impl Generator {
     pub fn new(config: &ModelConfig, rng: &mut Rng, device: Device) -> Result<Self> {
+        Self::conditional(config, 0, rng, device)
+    }
+
+    /// A generator for `classes` classes (0: unconditional, exactly [`Generator::new`]): each
+    /// hidden BatchNorm becomes a class-conditional one; the rest is unchanged.
+    pub fn conditional(
+        config: &ModelConfig,
+        classes: usize,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<Self> {
         config.validate()?;
         let widths = config.g_widths();
         // Hidden layers: ConvT-BN-ReLU, the first from the 1×1 latent to 4×4.
@@ -154,23 +194,23 @@ impl Generator {
         }
         let last = ConvTranspose2d::new(widths[widths.len() - 1], 3, 4, 2, 1, false, rng, device)?;
         let split = match config.preset {
-            Preset::Dcgan => hidden.len(),
+            Preset::Dcgan | Preset::DcganKaggle => hidden.len(),
             Preset::Classical => CLASSICAL_INITIAL_LAYERS.min(hidden.len()),
         };
         let mut first = Sequential::new();
         let mut second = Sequential::new();
         for (i, conv) in hidden.into_iter().enumerate() {
             let seq = if i < split { &mut first } else { &mut second };
-            g_block(seq, conv, rng, device)?;
+            g_block(seq, conv, classes, rng, device)?;
         }
         let out_seq = match config.preset {
-            Preset::Dcgan => &mut first,
+            Preset::Dcgan | Preset::DcganKaggle => &mut first,
             Preset::Classical => &mut second,
         };
         out_seq.push(Layer::ConvT(last));
         out_seq.push(Layer::Tanh);
         let stages = match config.preset {
-            Preset::Dcgan => vec![("main".to_string(), first)],
+            Preset::Dcgan | Preset::DcganKaggle => vec![("main".to_string(), first)],
             Preset::Classical => vec![
                 ("initial".to_string(), first),
                 ("detail".to_string(), second),
@@ -178,6 +218,8 @@ impl Generator {
         };
         Ok(Generator {
             config: config.clone(),
+            classes,
+            fixed_class: Cell::new(None),
             stages,
         })
     }
@@ -189,6 +231,15 @@ impl Generator {
             [b, c] if c == nz => z.reshape(&[b, nz, 1, 1])?,
             ref s => bail!("generator: latents of shape {s:?}, expected [B, {nz}, 1, 1]"),
         };
+        if let (true, None, Some(k)) = (self.classes > 0, ctx.labels, self.fixed_class.get()) {
+            let labels = vec![k; z.shape()[0]];
+            let mut inner = Ctx::new(ctx.mode, &mut *ctx.rng).labeled(Some(&labels));
+            return self.forward_stages(z, &mut inner);
+        }
+        self.forward_stages(z, ctx)
+    }
+
+    fn forward_stages(&self, z: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let mut h = z;
         for (_, seq) in &self.stages {
             h = seq.forward(&h, ctx)?;
@@ -225,22 +276,39 @@ impl Module for Generator {
 pub struct Discriminator {
     pub config: ModelConfig,
     pub main: Sequential,
+    /// Projection discriminator (Miyato & Koyama 2018), conditional runs only:
+    /// `logit = psi(phi(x)) + <embed(y), phi(x)>` with phi(x) = the last hidden feature map
+    /// summed over its pixels (`[B, C]`) and psi = the unconditional head (`main`'s last conv,
+    /// averaged). State-dict name `embed.*`.
+    pub embed: Option<ClassEmbedding>,
 }
 
 impl Discriminator {
     pub fn new(config: &ModelConfig, rng: &mut Rng, device: Device) -> Result<Self> {
+        Self::conditional(config, 0, rng, device)
+    }
+
+    /// A projection discriminator for `classes` classes (0: exactly [`Discriminator::new`]).
+    /// The class embedding is drawn after every other weight, so the shared layers start from
+    /// the same values as the unconditional model's.
+    pub fn conditional(
+        config: &ModelConfig,
+        classes: usize,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<Self> {
         config.validate()?;
         let widths = config.d_widths();
         let mut main = Sequential::new();
         let mut c_in = 3;
         match config.preset {
-            Preset::Dcgan => {
+            Preset::Dcgan | Preset::DcganKaggle => {
                 for (i, &w) in widths.iter().enumerate() {
                     main.push(Layer::Conv(Conv2d::new(
                         c_in, w, 4, 2, 1, false, rng, device,
                     )?));
-                    // pytorch/examples: no BN on the first layer.
-                    if i > 0 {
+                    // pytorch/examples: no BN on the first layer; seed 000 has one there.
+                    if i > 0 || config.preset == Preset::DcganKaggle {
                         main.push(Layer::Bn(BatchNorm2d::new(w, rng, device)?));
                     }
                     main.push(Layer::LeakyRelu(LEAKY_SLOPE));
@@ -268,10 +336,26 @@ impl Discriminator {
                 )?));
             }
         }
+        let embed = if classes > 0 {
+            let spectral = config.preset == Preset::Classical;
+            Some(ClassEmbedding::new(classes, c_in, spectral, rng, device)?)
+        } else {
+            None
+        };
         Ok(Discriminator {
             config: config.clone(),
             main,
+            embed,
         })
+    }
+
+    /// Classes of a projection discriminator; 0 = unconditional.
+    pub fn classes(&self) -> usize {
+        match &self.embed {
+            Some(ClassEmbedding::Plain(w)) => w.shape()[0],
+            Some(ClassEmbedding::Spectral { weight_orig, .. }) => weight_orig.shape()[0],
+            None => 0,
+        }
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
@@ -282,9 +366,30 @@ impl Discriminator {
                 bail!("discriminator: images of shape {shape:?}, expected [B, 3, {s}, {s}]")
             }
         }
-        let y = self.main.forward(x, ctx)?;
-        // dcgan: [B, 1, 1, 1]; classical: [B, 1, 5, 5] averaged to one logit per image.
-        ops::mean_rows(&y)
+        let Some(embed) = &self.embed else {
+            let y = self.main.forward(x, ctx)?;
+            // dcgan: [B, 1, 1, 1]; classical: [B, 1, 5, 5] averaged to one logit per image.
+            return ops::mean_rows(&y);
+        };
+        let b = x.shape()[0];
+        let labels = ctx.need_labels("the projection discriminator", b)?;
+        let (last, hidden) = self
+            .main
+            .layers
+            .split_last()
+            .expect("a discriminator has layers");
+        let mut h = x.clone();
+        for layer in hidden {
+            h = layer.forward(&h, ctx)?;
+        }
+        let logit = ops::mean_rows(&last.forward(&h, ctx)?)?;
+        let [_, c, hh, ww] = *h.shape() else {
+            bail!("discriminator: hidden features of shape {:?}", h.shape());
+        };
+        // phi(x): the features summed over their pixels, [B, C].
+        let phi = ops::sum_rows(&h.reshape(&[b * c, hh * ww])?)?.reshape(&[b, c])?;
+        let e = embed.lookup(labels, ctx.mode)?;
+        ops::add(&logit, &ops::row_dot(&e, &phi)?)
     }
 
     /// Sets the std of the input noise (classical only; a no-op for dcgan).
@@ -307,5 +412,8 @@ impl Discriminator {
 impl Module for Discriminator {
     fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
         self.main.visit_state(&format!("{prefix}main."), f);
+        if let Some(e) = &self.embed {
+            e.visit_state(&format!("{prefix}embed."), f);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! numeric kernels live in the backends (`crate::backend::cpu`, `crate::backend::cuda`).
 
 mod batchnorm;
+mod conditional;
 mod conv;
 mod elementwise;
 mod loss;
@@ -9,6 +10,10 @@ mod regularize;
 mod spectral_norm;
 
 pub use batchnorm::batch_norm2d;
+pub use conditional::{
+    channel_affine, diff_augment, diffaug_color, diffaug_cutout, diffaug_params, diffaug_translate,
+    embedding, row_dot, sum_rows, DiffAugment, DiffAugmentParams,
+};
 pub use conv::{conv2d, conv_transpose2d};
 pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
 pub use loss::bce_with_logits;

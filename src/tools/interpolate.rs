@@ -15,10 +15,12 @@ use image::{Delay, Frame, RgbaImage};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct InterpolateArgs {
     #[command(flatten)]
     pub generator: GeneratorArgs,
+    #[command(flatten)]
+    pub classes: super::ClassArgs,
     /// Images per segment between two consecutive latents, both ends included (at least 2).
     #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 8)]
     pub steps: usize,
@@ -125,6 +127,9 @@ pub fn frame_indices(segments: usize, steps: usize, looped: bool) -> Vec<usize> 
     out
 }
 
+/// Default output folder of `--per-class` (one sub-folder per class).
+const PER_CLASS_DIR: &str = "interpolation-per-class";
+
 pub fn run(a: &InterpolateArgs) -> Result<()> {
     if a.count < 2 {
         bail!("--count must be at least 2 (latents to interpolate between)");
@@ -136,6 +141,32 @@ pub fn run(a: &InterpolateArgs) -> Result<()> {
         bail!("--fps {} must be above 0 and at most 100", a.fps);
     }
     let (g, device) = a.generator.load()?;
+    if let super::ClassChoice::PerClass(n, table) =
+        a.classes.resolve(&g, &a.generator.checkpoint)?
+    {
+        if n == 0 {
+            bail!(
+                "{} is a conditional run: pass --class NAME or --per-class N (classes: {})",
+                a.generator.checkpoint.display(),
+                table.names().join(", ")
+            );
+        }
+        let base = a
+            .out
+            .clone()
+            .unwrap_or_else(|| a.generator.checkpoint.join(PER_CLASS_DIR));
+        for c in &table.classes {
+            let mut one = a.clone();
+            one.classes = super::ClassArgs {
+                class: Some(c.name.clone()),
+                per_class: None,
+            };
+            one.count = n;
+            one.out = Some(base.join(super::class_folder(&c.name)));
+            run(&one)?;
+        }
+        return Ok(());
+    }
     let out = a.out.clone().unwrap_or_else(|| {
         a.generator
             .checkpoint

@@ -198,3 +198,104 @@ mod tests {
         assert_eq!(rows, vec![1, 2, 2, 3, 3, 4, 8, 9]);
     }
 }
+
+/// `--class` / `--per-class` of `sample`, `interpolate` and `project` (conditional runs).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClassArgs {
+    /// Paint this class of a conditional run: an artist or genre name, matched like
+    /// `--artists` (case, accents and spaces/underscores/hyphens do not matter).
+    #[arg(long = "class", value_name = "NAME", conflicts_with = "per_class")]
+    pub class: Option<String>,
+    /// Conditional runs: N images for every class (sample: one grid row per class, the same N
+    /// latents in every row; interpolate/project: one sub-folder per class) [sample's
+    /// default for a conditional run: 8].
+    #[arg(long, value_name = "N")]
+    pub per_class: Option<usize>,
+}
+
+/// What [`ClassArgs`] resolve to for one generator.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClassChoice {
+    /// An unconditional run.
+    None,
+    /// One class (index, name).
+    One(u32, String),
+    /// N images per class of the table.
+    PerClass(usize, crate::data::ClassTable),
+}
+
+impl ClassArgs {
+    /// Checks the options against the run at `checkpoint` (whose generator is `g`), and fixes
+    /// `g` to the chosen class for [`ClassChoice::One`].
+    pub fn resolve(&self, g: &Generator, checkpoint: &std::path::Path) -> Result<ClassChoice> {
+        let dir = crate::checkpoint::weights_dir(checkpoint)?;
+        let table = crate::checkpoint::load_class_table(&dir)?;
+        let Some(table) = table.filter(|_| g.classes > 0) else {
+            if self.class.is_some() || self.per_class.is_some() {
+                bail!(
+                    "{} is an unconditional run: --class and --per-class need a run trained \
+                     with --condition artist|genre",
+                    checkpoint.display()
+                );
+            }
+            return Ok(ClassChoice::None);
+        };
+        if let Some(name) = &self.class {
+            let k = table.find(name)?;
+            g.fixed_class.set(Some(k as u32));
+            return Ok(ClassChoice::One(k as u32, table.classes[k].name.clone()));
+        }
+        match self.per_class {
+            Some(0) => bail!("--per-class must be at least 1"),
+            Some(n) => Ok(ClassChoice::PerClass(n, table)),
+            None => Ok(ClassChoice::PerClass(0, table)),
+        }
+    }
+}
+
+/// [`generate_chunks`] with a class label per latent (`labels`: one per image of `z`).
+pub fn generate_chunks_labeled(
+    g: &Generator,
+    z: &Tensor,
+    labels: &[u32],
+    mode: Mode,
+    mut each: impl FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let _guard = no_grad();
+    let n = z.shape()[0];
+    if labels.len() != n {
+        bail!("{} labels for {n} latents", labels.len());
+    }
+    let nz = g.config.nz;
+    let values = z.to_vec()?;
+    let mut unused = Rng::new(0);
+    for start in (0..n).step_by(GEN_BATCH) {
+        let end = (start + GEN_BATCH).min(n);
+        let chunk = Tensor::from_vec(
+            values[start * nz..end * nz].to_vec(),
+            &[end - start, nz, 1, 1],
+            z.device(),
+        )?;
+        let images = g
+            .forward(
+                &chunk,
+                &mut Ctx::new(mode, &mut unused).labeled(Some(&labels[start..end])),
+            )?
+            .to_vec()?;
+        each(start, &images)?;
+    }
+    Ok(())
+}
+
+/// A file-system-safe folder name for a class.
+pub fn class_folder(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

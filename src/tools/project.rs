@@ -16,10 +16,12 @@ use clap::Args;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ProjectArgs {
     #[command(flatten)]
     pub generator: GeneratorArgs,
+    #[command(flatten)]
+    pub classes: super::ClassArgs,
     /// The photograph or painting to project (jpg, png, webp, bmp, …); centre-cropped and
     /// resized to the generator's size.
     #[arg(long)]
@@ -224,6 +226,9 @@ pub fn project(g: &Generator, target: &[f32], opts: &ProjectOptions) -> Result<P
     })
 }
 
+/// Default output folder of `--per-class` (one sub-folder per class).
+const PER_CLASS_DIR: &str = "project-per-class";
+
 pub fn run(a: &ProjectArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
@@ -235,6 +240,32 @@ pub fn run(a: &ProjectArgs) -> Result<()> {
         bail!("--spread {} must be a number of at least 0", a.spread);
     }
     let (g, device) = a.generator.load()?;
+    if let super::ClassChoice::PerClass(n, table) =
+        a.classes.resolve(&g, &a.generator.checkpoint)?
+    {
+        if n == 0 {
+            bail!(
+                "{} is a conditional run: pass --class NAME or --per-class N (classes: {})",
+                a.generator.checkpoint.display(),
+                table.names().join(", ")
+            );
+        }
+        let base = a
+            .out
+            .clone()
+            .unwrap_or_else(|| a.generator.checkpoint.join(PER_CLASS_DIR));
+        for c in &table.classes {
+            let mut one = a.clone();
+            one.classes = super::ClassArgs {
+                class: Some(c.name.clone()),
+                per_class: None,
+            };
+            one.variations = n;
+            one.out = Some(base.join(super::class_folder(&c.name)));
+            run(&one)?;
+        }
+        return Ok(());
+    }
     let size = g.config.image_size;
     // Read the image before making the output folder: a typo leaves nothing behind.
     let target = load_target(&a.image, size)?;

@@ -10,10 +10,12 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
     #[command(flatten)]
     pub generator: GeneratorArgs,
+    #[command(flatten)]
+    pub classes: super::ClassArgs,
     /// Number of images.
     #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 16)]
     pub count: usize,
@@ -53,12 +55,24 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         Mode::Eval
     };
     let (g, device) = a.generator.load()?;
+    let choice = a.classes.resolve(&g, &a.generator.checkpoint)?;
     let out = a.out.clone().unwrap_or_else(|| {
         a.generator
             .checkpoint
             .join(format!("samples-seed-{}", a.seed))
     });
     prepare_out_dir(&out, a.force)?;
+    if let super::ClassChoice::PerClass(n, table) = &choice {
+        return run_per_class(
+            a,
+            &g,
+            device,
+            mode,
+            &out,
+            if *n == 0 { 8 } else { *n },
+            table,
+        );
+    }
     let mut rng = Rng::derive(a.seed, LATENT_STREAM);
     let z = draw_latents(&mut rng, a.count, g.config.nz, a.truncation, device)?;
     let size = g.config.image_size;
@@ -87,6 +101,59 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     println!(
         "wrote {} images{} and latents.safetensors to {}",
         a.count,
+        if a.grid { ", grid.png" } else { "" },
+        out.display()
+    );
+    Ok(())
+}
+
+/// A conditional run's samples: the same `n` latents painted for every class, class by class
+/// (`sample-NNNN.png` in class order; `grid.png` has one row per class).
+fn run_per_class(
+    a: &SampleArgs,
+    g: &crate::nn::Generator,
+    device: crate::backend::Device,
+    mode: Mode,
+    out: &std::path::Path,
+    n: usize,
+    table: &crate::data::ClassTable,
+) -> Result<()> {
+    let mut rng = Rng::derive(a.seed, LATENT_STREAM);
+    let z = draw_latents(&mut rng, n, g.config.nz, a.truncation, device)?;
+    let zv = z.to_vec()?;
+    let k = table.len();
+    let mut all_z = Vec::with_capacity(k * zv.len());
+    let mut labels = Vec::with_capacity(k * n);
+    for c in &table.classes {
+        all_z.extend_from_slice(&zv);
+        labels.extend(std::iter::repeat_n(c.index as u32, n));
+    }
+    let all_z = crate::tensor::Tensor::from_vec(all_z, &[k * n, g.config.nz, 1, 1], device)?;
+    let size = g.config.image_size;
+    let per = 3 * size * size;
+    let mut all = Vec::new();
+    super::generate_chunks_labeled(g, &all_z, &labels, mode, |start, images| {
+        for (j, img) in images.chunks_exact(per).enumerate() {
+            write_png(img, size, &out.join(format!("sample-{:04}.png", start + j)))?;
+        }
+        if a.grid {
+            all.extend_from_slice(images);
+        }
+        Ok(())
+    })?;
+    if a.grid {
+        save_grid_png(&all, k * n, size, n, &out.join("grid.png"))?;
+    }
+    let classes: Vec<String> = table.classes.iter().map(|c| c.name.clone()).collect();
+    crate::data::write_atomic(
+        &out.join("classes.txt"),
+        (classes.join("\n") + "\n").as_bytes(),
+    )?;
+    checkpoint::save_tensors(&out.join("latents.safetensors"), &[("z", &z)])?;
+    println!(
+        "wrote {n} images for each of {k} classes ({} in all; row r of grid.png and \
+         sample-[r*{n}..] are class r of classes.txt){} and latents.safetensors to {}",
+        k * n,
         if a.grid { ", grid.png" } else { "" },
         out.display()
     );

@@ -44,6 +44,10 @@ pub trait BatchSource {
     }
     /// The next `[B, 3, S, S]` batch in [-1, 1], or `None` at the end of the epoch.
     fn next_batch(&mut self, device: Device) -> Result<Option<Tensor>>;
+    /// The class labels of the last batch (conditional runs); None when unlabelled.
+    fn batch_labels(&self) -> Option<Vec<u32>> {
+        None
+    }
 }
 
 impl BatchSource for crate::data::Loader {
@@ -62,6 +66,9 @@ impl BatchSource for crate::data::Loader {
     }
     fn next_batch(&mut self, device: Device) -> Result<Option<Tensor>> {
         crate::data::Loader::next_batch(self, device)
+    }
+    fn batch_labels(&self) -> Option<Vec<u32>> {
+        self.last_labels()
     }
 }
 
@@ -121,6 +128,17 @@ pub struct TrainConfig {
     /// ... for this many consecutive steps stops the run (as a non-finite loss does at once).
     #[serde(default = "default_diverge_steps")]
     pub diverge_steps: usize,
+    /// Conditioning options (issue 13); absent from `config.json` when unconditional.
+    #[serde(default, skip_serializing_if = "is_unconditional")]
+    pub condition: crate::data::ConditionArgs,
+    /// The classes of a conditional run (index → name, image count), filled in once the data
+    /// is read; absent when unconditional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_table: Option<crate::data::ClassTable>,
+    /// DiffAugment policy applied to every D input (real and fake, D and G steps); absent
+    /// from `config.json` when off.
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub diffaugment: crate::ops::DiffAugment,
 }
 
 /// A BCE loss of 100 means logits of about ±100: the model has diverged (ordinary GAN losses
@@ -135,6 +153,14 @@ fn default_diverge_loss() -> f32 {
 
 fn default_diverge_steps() -> usize {
     DEFAULT_DIVERGE_STEPS
+}
+
+fn is_unconditional(c: &crate::data::ConditionArgs) -> bool {
+    c.condition == crate::data::Condition::None
+}
+
+fn is_off(d: &crate::ops::DiffAugment) -> bool {
+    !d.is_on()
 }
 
 impl TrainConfig {
@@ -172,6 +198,12 @@ impl TrainConfig {
             device: "cpu".to_string(),
             diverge_loss: DEFAULT_DIVERGE_LOSS,
             diverge_steps: DEFAULT_DIVERGE_STEPS,
+            condition: crate::data::ConditionArgs {
+                min_images: 8,
+                ..Default::default()
+            },
+            class_table: None,
+            diffaugment: Default::default(),
             model,
         }
     }
@@ -222,6 +254,11 @@ impl TrainConfig {
             bail!("--eval-count must be at least 2");
         }
         Ok(())
+    }
+
+    /// Classes of the conditional models (0: unconditional).
+    pub fn classes(&self) -> usize {
+        self.class_table.as_ref().map_or(0, |t| t.len())
     }
 
     /// The base lr of a generator parameter group.
@@ -414,8 +451,28 @@ pub fn build_models(
     seed: u64,
     device: Device,
 ) -> Result<(Generator, Discriminator)> {
-    let g = Generator::new(model, &mut Rng::derive(seed, "init-generator"), device)?;
-    let d = Discriminator::new(model, &mut Rng::derive(seed, "init-discriminator"), device)?;
+    build_conditional_models(model, 0, seed, device)
+}
+
+/// G and D for `classes` classes (0: [`build_models`]) initialised from the seed.
+pub fn build_conditional_models(
+    model: &ModelConfig,
+    classes: usize,
+    seed: u64,
+    device: Device,
+) -> Result<(Generator, Discriminator)> {
+    let g = Generator::conditional(
+        model,
+        classes,
+        &mut Rng::derive(seed, "init-generator"),
+        device,
+    )?;
+    let d = Discriminator::conditional(
+        model,
+        classes,
+        &mut Rng::derive(seed, "init-discriminator"),
+        device,
+    )?;
     Ok((g, d))
 }
 
@@ -441,10 +498,52 @@ fn mean_sigmoid(logits: &Tensor) -> Result<f32> {
 
 /// Images of G for `z` with batch statistics, changing no state (see [`Mode::BatchStats`]).
 pub fn generate_for_grid(g: &Generator, z: &Tensor) -> Result<Vec<f32>> {
+    generate_for_grid_labeled(g, z, None)
+}
+
+/// [`generate_for_grid`] with one class label per latent (conditional generators).
+pub fn generate_for_grid_labeled(
+    g: &Generator,
+    z: &Tensor,
+    labels: Option<&[u32]>,
+) -> Result<Vec<f32>> {
     let _guard = no_grad();
     let mut unused = Rng::new(0);
-    g.forward(z, &mut Ctx::new(Mode::BatchStats, &mut unused))?
-        .to_vec()
+    g.forward(
+        z,
+        &mut Ctx::new(Mode::BatchStats, &mut unused).labeled(labels),
+    )?
+    .to_vec()
+}
+
+/// Labels of the fixed 8×8 grid of a conditional run: row r shows class r (mod the classes).
+pub fn grid_labels(classes: usize) -> Option<Vec<u32>> {
+    (classes > 0).then(|| {
+        (0..GRID_SIDE * GRID_SIDE)
+            .map(|i| ((i / GRID_SIDE) % classes) as u32)
+            .collect()
+    })
+}
+
+/// The per-class grid of a conditional run: one row per class, the first 8 fixed latents in
+/// every row (so the columns compare classes at equal latents), generated 8 classes at a time.
+pub fn class_grid_images(g: &Generator, fixed: &Tensor) -> Result<Vec<f32>> {
+    let nz = g.config.nz;
+    let z_all = fixed.to_vec()?;
+    let row = &z_all[..GRID_SIDE * nz];
+    let mut out = Vec::new();
+    let classes: Vec<u32> = (0..g.classes as u32).collect();
+    for chunk in classes.chunks(GRID_SIDE) {
+        let mut z = Vec::with_capacity(chunk.len() * row.len());
+        let mut labels = Vec::with_capacity(chunk.len() * GRID_SIDE);
+        for &k in chunk {
+            z.extend_from_slice(row);
+            labels.extend(std::iter::repeat_n(k, GRID_SIDE));
+        }
+        let z = Tensor::from_vec(z, &[labels.len(), nz, 1, 1], fixed.device())?;
+        out.extend(generate_for_grid_labeled(g, &z, Some(&labels))?);
+    }
+    Ok(out)
 }
 
 /// What one training step did (for metrics).
@@ -485,9 +584,10 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
         cfg.validate()?;
-        let (g, d) = build_models(&cfg.model, cfg.seed, device)?;
+        let classes = cfg.classes();
+        let (g, d) = build_conditional_models(&cfg.model, classes, cfg.seed, device)?;
         let ema = if cfg.ema {
-            let e = Generator::new(&cfg.model, &mut Rng::new(0), device)?;
+            let e = Generator::conditional(&cfg.model, classes, &mut Rng::new(0), device)?;
             ema::reset(&e, &g)?;
             Some(e)
         } else {
@@ -553,7 +653,32 @@ impl Trainer {
     /// one non-saturating G update (D(G(z)) → 1) reusing that fake, as pytorch/examples does;
     /// then the EMA update and the dynamic-lr rule.
     pub fn step(&mut self, real: &Tensor) -> Result<StepStats> {
+        self.step_labeled(real, None)
+    }
+
+    /// The D input: `x` through DiffAugment when the run uses it (fresh per-sample parameters
+    /// from the regularizer stream on every call, so a resumed run draws the same ones).
+    fn d_input(&mut self, x: &Tensor) -> Result<Tensor> {
+        if !self.cfg.diffaugment.is_on() {
+            return Ok(x.clone());
+        }
+        let seed = self.streams.regularizers.next_u64();
+        ops::diff_augment(x, self.cfg.diffaugment, seed)
+    }
+
+    /// [`Trainer::step`] for a conditional run: `labels` are the real batch's classes, and
+    /// the fakes of this step are drawn for the same classes (so classes are sampled in
+    /// proportion to the data).
+    pub fn step_labeled(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<StepStats> {
         let b = real.shape()[0];
+        let classes = self.cfg.classes();
+        match labels {
+            None if classes > 0 => bail!("a conditional run needs the class labels of each batch"),
+            Some(l) if classes == 0 => {
+                bail!("{} class labels given to an unconditional run", l.len())
+            }
+            _ => {}
+        }
         let nz = self.cfg.model.nz;
         let z = Tensor::randn(
             &[b, nz, 1, 1],
@@ -566,27 +691,29 @@ impl Trainer {
 
         // ---- D step
         self.opt_d.zero_grad();
+        let real_in = self.d_input(real)?;
         let out_real = self.d.forward(
-            real,
-            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers),
+            &real_in,
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
         )?;
         let loss_real = ops::bce_with_logits(&out_real, 1.0)?;
         let fake = if update_g {
             // Keep G's graph: the G step below back-propagates through this same fake.
             self.g.forward(
                 &z,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers),
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
             )?
         } else {
             let _guard = no_grad();
             self.g.forward(
                 &z,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers),
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
             )?
         };
+        let fake_in = self.d_input(&fake.detach())?;
         let out_fake = self.d.forward(
-            &fake.detach(),
-            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers),
+            &fake_in,
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
         )?;
         let loss_fake = ops::bce_with_logits(&out_fake, 0.0)?;
         let loss_d = ops::add(&loss_real, &loss_fake)?;
@@ -604,9 +731,10 @@ impl Trainer {
         if update_g {
             self.pending_d_steps = 0;
             self.opt_g.zero_grad();
+            let fake_in = self.d_input(&fake)?;
             let out = self.d.forward(
-                &fake,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers),
+                &fake_in,
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
             )?;
             let loss_g = ops::bce_with_logits(&out, 1.0)?;
             loss_g.backward()?;
@@ -698,7 +826,18 @@ fn write_metrics(path: &Path, rows: &[EpochStats]) -> Result<()> {
 }
 
 fn save_grid(g: &Generator, z: &Tensor, dir: &Path, epoch: usize) -> Result<PathBuf> {
-    let images = generate_for_grid(g, z)?;
+    if g.classes > 0 {
+        let images = class_grid_images(g, z)?;
+        crate::data::save_grid_png(
+            &images,
+            g.classes * GRID_SIDE,
+            g.config.image_size,
+            GRID_SIDE,
+            &dir.join(format!("classes-epoch-{epoch:04}.png")),
+        )?;
+    }
+    let labels = grid_labels(g.classes);
+    let images = generate_for_grid_labeled(g, z, labels.as_deref())?;
     let path = dir.join(format!("epoch-{epoch:04}.png"));
     crate::data::save_grid_png(
         &images,
@@ -806,7 +945,8 @@ pub fn train(
         acc.lr_changes.extend(resume_note.take());
         while let Some(real) = data.next_batch(opts.device)? {
             trainer.set_progress(trainer.step as f32 / total as f32);
-            let s = match trainer.step(&real) {
+            let labels = data.batch_labels();
+            let s = match trainer.step_labeled(&real, labels.as_deref()) {
                 Ok(s) => s,
                 Err(e) if backend::is_out_of_memory(&e) => {
                     let (cfg, device) = (trainer.cfg.clone(), opts.device);
@@ -1064,7 +1204,9 @@ fn out_of_memory_advice(e: anyhow::Error, cfg: &TrainConfig, device: Device) -> 
             let s = cfg.model.image_size;
             // Filled on the device: the values do not matter, only the memory.
             let real = Tensor::full(&[batch, 3, s, s], 0.5, device)?;
-            t.step(&real)?;
+            // A conditional run's step needs labels; any class will do for the memory.
+            let labels = vec![0u32; batch];
+            t.step_labeled(&real, (cfg.classes() > 0).then_some(labels.as_slice()))?;
             backend::backend(device)?.synchronize()
         })();
         release();

@@ -1,6 +1,7 @@
 //! The CPU reference backend: plain loops (f64 accumulation in reductions), im2col + GEMM for
 //! convolutions, rayon over fixed work splits so results never depend on the thread count.
 
+mod conditional;
 mod conv;
 mod norm;
 
@@ -379,5 +380,79 @@ impl Backend for CpuBackend {
             }
         }
         Ok(())
+    }
+
+    // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`
+    fn embedding(
+        &self,
+        table: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage> {
+        conditional::embedding(host(table)?, host(labels)?, classes, dim).map(Storage::Cpu)
+    }
+    fn embedding_backward(
+        &self,
+        dy: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage> {
+        conditional::embedding_backward(host(dy)?, host(labels)?, classes, dim).map(Storage::Cpu)
+    }
+    fn channel_affine(
+        &self,
+        x: &Storage,
+        scale: &Storage,
+        shift: &Storage,
+        d: ChannelDims,
+    ) -> Result<Storage> {
+        conditional::channel_affine(host(x)?, host(scale)?, host(shift)?, d).map(Storage::Cpu)
+    }
+    fn channel_affine_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        d: ChannelDims,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let (dx, ds, db) =
+            conditional::channel_affine_backward(host(x)?, host(dy)?, host(scale)?, d)?;
+        Ok((Storage::Cpu(dx), Storage::Cpu(ds), Storage::Cpu(db)))
+    }
+    fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage> {
+        conditional::row_dot(host(a)?, host(b)?, rows, cols).map(Storage::Cpu)
+    }
+    fn row_dot_backward(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        g: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        let (da, db) = conditional::row_dot_backward(host(a)?, host(b)?, host(g)?, rows, cols)?;
+        Ok((Storage::Cpu(da), Storage::Cpu(db)))
+    }
+    fn diffaug_color(
+        &self,
+        x: &Storage,
+        params: &Storage,
+        d: ChannelDims,
+        brightness: bool,
+    ) -> Result<Storage> {
+        conditional::diffaug_color(host(x)?, host(params)?, d, brightness).map(Storage::Cpu)
+    }
+    fn diffaug_translate(
+        &self,
+        x: &Storage,
+        shifts: &Storage,
+        dims: [usize; 4],
+    ) -> Result<Storage> {
+        conditional::diffaug_translate(host(x)?, host(shifts)?, dims).map(Storage::Cpu)
+    }
+    fn diffaug_cutout(&self, x: &Storage, boxes: &Storage, dims: [usize; 4]) -> Result<Storage> {
+        conditional::diffaug_cutout(host(x)?, host(boxes)?, dims).map(Storage::Cpu)
     }
 }

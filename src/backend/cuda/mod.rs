@@ -19,6 +19,7 @@ macro_rules! launch {
 }
 
 pub mod alloc;
+mod conditional;
 mod conv;
 mod cudnn;
 mod err;
@@ -1126,6 +1127,77 @@ impl Backend for CudaBackend {
             )?;
         }
         Ok(())
+    }
+
+    // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`
+    fn embedding(
+        &self,
+        table: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage> {
+        self.cond_embedding(table, labels, classes, dim)
+    }
+    fn embedding_backward(
+        &self,
+        dy: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage> {
+        self.cond_embedding_backward(dy, labels, classes, dim)
+    }
+    fn channel_affine(
+        &self,
+        x: &Storage,
+        scale: &Storage,
+        shift: &Storage,
+        d: ChannelDims,
+    ) -> Result<Storage> {
+        self.cond_channel_affine(x, scale, shift, d)
+    }
+    fn channel_affine_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        d: ChannelDims,
+    ) -> Result<(Storage, Storage, Storage)> {
+        self.cond_channel_affine_backward(x, dy, scale, d)
+    }
+    fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage> {
+        self.cond_row_dot(a, b, rows, cols)
+    }
+    fn row_dot_backward(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        g: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        self.cond_row_dot_backward(a, b, g, rows, cols)
+    }
+    fn diffaug_color(
+        &self,
+        x: &Storage,
+        params: &Storage,
+        d: ChannelDims,
+        brightness: bool,
+    ) -> Result<Storage> {
+        self.cond_diffaug_color(x, params, d, brightness)
+    }
+    fn diffaug_translate(
+        &self,
+        x: &Storage,
+        shifts: &Storage,
+        dims: [usize; 4],
+    ) -> Result<Storage> {
+        self.cond_diffaug_translate(x, shifts, dims)
+    }
+    fn diffaug_cutout(&self, x: &Storage, boxes: &Storage, dims: [usize; 4]) -> Result<Storage> {
+        self.cond_diffaug_cutout(x, boxes, dims)
     }
 
     fn release_cached_memory(&self) -> Result<()> {

@@ -58,6 +58,21 @@ pub const MODULES: &[(&str, &[&str])] = &[
     ("adam", &["adam_multi_f32"]),
     ("conv", &["im2col_f32", "col2im_f32", "gather_dy_f32"]),
     ("augment", &["assemble_batch_u8"]),
+    (
+        "conditional",
+        &[
+            "embedding_f32",
+            "embedding_backward_f32",
+            "channel_affine_f32",
+            "channel_affine_dx_f32",
+            "channel_affine_reduce_f32",
+            "row_dot_f32",
+            "row_dot_backward_f32",
+            "diffaug_color_f32",
+            "diffaug_translate_f32",
+            "diffaug_cutout_f32",
+        ],
+    ),
 ];
 
 /// Loads every module (embedded image from build.rs, or compiled at run time by the loader)

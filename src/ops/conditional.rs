@@ -1,0 +1,276 @@
+//! Ops of the conditional models and DiffAugment (issue 13): embedding lookup (backward: a
+//! scatter-add), the per-sample channel affine of class-conditional batch norm, the row-wise
+//! inner product of the projection discriminator, and DiffAugment's colour / translation /
+//! cutout transforms with per-sample parameters from the Philox stream.
+
+use super::{nchw, same_device};
+use crate::backend::{ChannelDims, Storage};
+use crate::rng::{philox_at, uniform_from_bits};
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// `table[labels[b], :]` for each label: `[classes, dim]` → `[B, dim]`. The gradient reaches
+/// the table by a scatter-add (rows of classes absent from the batch get 0).
+pub fn embedding(table: &Tensor, labels: &[u32]) -> Result<Tensor> {
+    let [classes, dim] = match *table.shape() {
+        [k, d] => [k, d],
+        ref s => bail!("embedding: table of shape {s:?}, expected [classes, dim]"),
+    };
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+        bail!("embedding: label {bad} is out of range for {classes} classes");
+    }
+    let be = table.backend();
+    let host: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    let labels_dev = be.upload(&host)?;
+    let y = be.embedding(&table.storage(), &labels_dev, classes, dim)?;
+    Tensor::from_op(
+        y,
+        &[labels.len(), dim],
+        "embedding",
+        &[table],
+        move |g: &Storage| {
+            Ok(vec![Some(be.embedding_backward(
+                g,
+                &labels_dev,
+                classes,
+                dim,
+            )?)])
+        },
+    )
+}
+
+/// `y[n, c, :, :] = x[n, c, :, :] * scale[n, c] + shift[n, c]` (`scale`/`shift`: `[N, C]`).
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    same_device("channel_affine", &[x, scale, shift])?;
+    let [n, c, h, w] = nchw("channel_affine", x)?;
+    for (name, t) in [("scale", scale), ("shift", shift)] {
+        if t.shape() != [n, c] {
+            bail!(
+                "channel_affine: {name} of shape {:?}, expected [{n}, {c}]",
+                t.shape()
+            );
+        }
+    }
+    let d = ChannelDims { n, c, hw: h * w };
+    let be = x.backend();
+    let y = be.channel_affine(&x.storage(), &scale.storage(), &shift.storage(), d)?;
+    let (sx, ss) = (x.storage_rc(), scale.storage_rc());
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "channel_affine",
+        &[x, scale, shift],
+        move |g: &Storage| {
+            let (dx, ds, db) = be.channel_affine_backward(&sx.borrow(), g, &ss.borrow(), d)?;
+            Ok(vec![Some(dx), Some(ds), Some(db)])
+        },
+    )
+}
+
+/// Row-wise inner product of two `[rows, cols]` tensors → `[rows]`.
+pub fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_device("row_dot", &[a, b])?;
+    let (rows, cols) = match *a.shape() {
+        [r, c] => (r, c),
+        ref s => bail!("row_dot: expected [rows, cols], got {s:?}"),
+    };
+    if b.shape() != a.shape() {
+        bail!("row_dot: shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    let be = a.backend();
+    let y = be.row_dot(&a.storage(), &b.storage(), rows, cols)?;
+    let (sa, sb) = (a.storage_rc(), b.storage_rc());
+    Tensor::from_op(y, &[rows], "row_dot", &[a, b], move |g: &Storage| {
+        let (da, db) = be.row_dot_backward(&sa.borrow(), &sb.borrow(), g, rows, cols)?;
+        Ok(vec![Some(da), Some(db)])
+    })
+}
+
+/// DiffAugment colour with given per-sample `params` (`[N, 3]` host values: brightness shift,
+/// saturation factor, contrast factor).
+pub fn diffaug_color(x: &Tensor, params: &[f32]) -> Result<Tensor> {
+    let [n, c, h, w] = nchw("diffaug_color", x)?;
+    if params.len() != n * 3 {
+        bail!("diffaug_color: {} parameters for {n} images", params.len());
+    }
+    let d = ChannelDims { n, c, hw: h * w };
+    let be = x.backend();
+    let p = be.upload(params)?;
+    let y = be.diffaug_color(&x.storage(), &p, d, true)?;
+    Tensor::from_op(y, x.shape(), "diffaug_color", &[x], move |g: &Storage| {
+        // Brightness adds a constant; the rest is linear and self-adjoint (see the backend).
+        Ok(vec![Some(be.diffaug_color(g, &p, d, false)?)])
+    })
+}
+
+/// DiffAugment translation by whole pixels `shifts` (`[N, 2]`: rows, columns), zero padding.
+pub fn diffaug_translate(x: &Tensor, shifts: &[i32]) -> Result<Tensor> {
+    let dims = nchw("diffaug_translate", x)?;
+    if shifts.len() != dims[0] * 2 {
+        bail!(
+            "diffaug_translate: {} shifts for {} images",
+            shifts.len(),
+            dims[0]
+        );
+    }
+    let be = x.backend();
+    let fwd: Vec<f32> = shifts.iter().map(|&s| s as f32).collect();
+    let back: Vec<f32> = shifts.iter().map(|&s| -s as f32).collect();
+    let y = be.diffaug_translate(&x.storage(), &be.upload(&fwd)?, dims)?;
+    let back = be.upload(&back)?;
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "diffaug_translate",
+        &[x],
+        move |g: &Storage| Ok(vec![Some(be.diffaug_translate(g, &back, dims)?)]),
+    )
+}
+
+/// DiffAugment cutout: zero inside `boxes[n] = (y0, y1, x0, x1)` (ends exclusive).
+pub fn diffaug_cutout(x: &Tensor, boxes: &[i32]) -> Result<Tensor> {
+    let dims = nchw("diffaug_cutout", x)?;
+    if boxes.len() != dims[0] * 4 {
+        bail!(
+            "diffaug_cutout: {} box values for {} images",
+            boxes.len(),
+            dims[0]
+        );
+    }
+    let be = x.backend();
+    let b: Vec<f32> = boxes.iter().map(|&v| v as f32).collect();
+    let b = be.upload(&b)?;
+    let y = be.diffaug_cutout(&x.storage(), &b, dims)?;
+    Tensor::from_op(y, x.shape(), "diffaug_cutout", &[x], move |g: &Storage| {
+        Ok(vec![Some(be.diffaug_cutout(g, &b, dims)?)])
+    })
+}
+
+/// Which DiffAugment transforms are on (`--diffaugment color,translation,cutout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffAugment {
+    pub color: bool,
+    pub translation: bool,
+    pub cutout: bool,
+}
+
+impl DiffAugment {
+    /// Parses a comma-separated policy (`none` or empty: off).
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut p = DiffAugment::default();
+        for part in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            match part.to_ascii_lowercase().as_str() {
+                "color" | "colour" => p.color = true,
+                "translation" => p.translation = true,
+                "cutout" => p.cutout = true,
+                "none" => {}
+                other => bail!(
+                    "--diffaugment: unknown transform '{other}' (known: color, translation, \
+                     cutout)"
+                ),
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.color || self.translation || self.cutout
+    }
+
+    /// The policy as written on the command line (`none` when off).
+    pub fn describe(&self) -> String {
+        let parts: Vec<&str> = [
+            (self.color, "color"),
+            (self.translation, "translation"),
+            (self.cutout, "cutout"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// Per-sample DiffAugment parameters for `n` images of `h`×`w`, drawn from the Philox stream
+/// at `seed` (image b uses counters 2b and 2b + 1), following the paper's definitions:
+/// brightness U(-0.5, 0.5), saturation U(0, 2), contrast U(0.5, 1.5); translation by up to
+/// 1/8 of the side (rounded) each way; one cutout square of half the side, centred uniformly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiffAugmentParams {
+    pub color: Vec<f32>,
+    pub shifts: Vec<i32>,
+    pub boxes: Vec<i32>,
+}
+
+fn below(bits: u32, m: usize) -> i32 {
+    ((uniform_from_bits(bits) * m as f32) as usize).min(m - 1) as i32
+}
+
+pub fn diffaug_params(seed: u64, n: usize, h: usize, w: usize) -> DiffAugmentParams {
+    let mut p = DiffAugmentParams {
+        color: Vec::with_capacity(3 * n),
+        shifts: Vec::with_capacity(2 * n),
+        boxes: Vec::with_capacity(4 * n),
+    };
+    // int(size * ratio + 0.5) as in the paper's code.
+    let (ty, tx) = (
+        (h as f32 * 0.125 + 0.5) as i32,
+        (w as f32 * 0.125 + 0.5) as i32,
+    );
+    let (ch, cw) = ((h as f32 * 0.5 + 0.5) as i32, (w as f32 * 0.5 + 0.5) as i32);
+    for b in 0..n as u64 {
+        let a = philox_at(seed, 2 * b);
+        let c = philox_at(seed, 2 * b + 1);
+        p.color.push(uniform_from_bits(a[0]) - 0.5);
+        p.color.push(uniform_from_bits(a[1]) * 2.0);
+        p.color.push(uniform_from_bits(a[2]) + 0.5);
+        p.shifts.push(below(a[3], (2 * ty + 1) as usize) - ty);
+        p.shifts.push(below(c[0], (2 * tx + 1) as usize) - tx);
+        let oy = below(c[1], h + (1 - (ch % 2)) as usize) - ch / 2;
+        let ox = below(c[2], w + (1 - (cw % 2)) as usize) - cw / 2;
+        p.boxes.extend([
+            oy.max(0),
+            (oy + ch).min(h as i32),
+            ox.max(0),
+            (ox + cw).min(w as i32),
+        ]);
+    }
+    p
+}
+
+/// DiffAugment of a batch: the enabled transforms in the paper's order (colour, translation,
+/// cutout), differentiable, with parameters from [`diffaug_params`]`(seed, …)`.
+pub fn diff_augment(x: &Tensor, policy: DiffAugment, seed: u64) -> Result<Tensor> {
+    let [n, _, h, w] = nchw("diff_augment", x)?;
+    let p = diffaug_params(seed, n, h, w);
+    let mut y = x.clone();
+    if policy.color {
+        y = diffaug_color(&y, &p.color)?;
+    }
+    if policy.translation {
+        y = diffaug_translate(&y, &p.shifts)?;
+    }
+    if policy.cutout {
+        y = diffaug_cutout(&y, &p.boxes)?;
+    }
+    Ok(y)
+}
+
+/// Sum over everything but the first dimension: `[n, ...]` → `[n]` (the projection
+/// discriminator's phi: features summed over their pixels).
+pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    let Some(&n) = x.shape().first() else {
+        bail!("sum_rows of a scalar");
+    };
+    let cols = x.numel() / n.max(1);
+    let be = x.backend();
+    let y = be.sum_rows(&x.storage(), n, cols, 1.0)?;
+    Tensor::from_op(y, &[n], "sum_rows", &[x], move |g: &Storage| {
+        Ok(vec![Some(be.broadcast_rows(g, n, cols, 1.0)?)])
+    })
+}
