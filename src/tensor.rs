@@ -12,8 +12,11 @@ use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-/// Maps the output gradient to one optional gradient per input.
-pub type BackwardFn = Box<dyn Fn(&Storage) -> Result<Vec<Option<Storage>>>>;
+/// Maps the output gradient to one optional gradient per input. The second argument says, per
+/// input, whether that input requires a gradient: a closure computes only those (an image, a
+/// detached fake or a latent fed to a convolution gets no backward-data), and may return
+/// `None` for the others.
+pub type BackwardFn = Box<dyn Fn(&Storage, &[bool]) -> Result<Vec<Option<Storage>>>>;
 
 pub struct GradFn {
     pub name: &'static str,
@@ -27,7 +30,8 @@ struct Inner {
     device: Device,
     data: Rc<RefCell<Storage>>,
     grad: RefCell<Option<Storage>>,
-    requires_grad: bool,
+    /// A `Cell` so a leaf can be frozen for a while (see [`FrozenParams`]).
+    requires_grad: Cell<bool>,
     grad_fn: Option<GradFn>,
 }
 
@@ -45,6 +49,37 @@ fn next_id() -> u64 {
         c.set(id + 1);
         id
     })
+}
+
+/// While alive, the given leaf parameters do not require gradients: ops on them alone record no
+/// graph, and a backward run while the guard lives computes no gradient for them (a conv whose
+/// weight is frozen skips its backward-filter). The G step freezes D this way: it needs the
+/// gradient through D, not D's own. Restores each leaf's flag on drop.
+pub struct FrozenParams {
+    params: Vec<(Tensor, bool)>,
+}
+
+impl FrozenParams {
+    /// Freezes `params`; errors on a tensor that is not a leaf.
+    pub fn new(params: impl IntoIterator<Item = Tensor>) -> Result<Self> {
+        let mut out = Vec::new();
+        for p in params {
+            if p.0.grad_fn.is_some() {
+                bail!("only leaf tensors can be frozen");
+            }
+            let was = p.0.requires_grad.replace(false);
+            out.push((p, was));
+        }
+        Ok(FrozenParams { params: out })
+    }
+}
+
+impl Drop for FrozenParams {
+    fn drop(&mut self) {
+        for (p, was) in &self.params {
+            p.0.requires_grad.set(*was);
+        }
+    }
 }
 
 /// While alive, ops record no graph (sampling, evaluation). Restores the previous mode on drop.
@@ -88,7 +123,7 @@ impl Tensor {
             device,
             data: Rc::new(RefCell::new(storage)),
             grad: RefCell::new(None),
-            requires_grad: false,
+            requires_grad: Cell::new(false),
             grad_fn: None,
         })))
     }
@@ -139,7 +174,7 @@ impl Tensor {
             device: self.0.device,
             data: self.0.data.clone(),
             grad: RefCell::new(None),
-            requires_grad: true,
+            requires_grad: Cell::new(true),
             grad_fn: None,
         }))
     }
@@ -150,7 +185,7 @@ impl Tensor {
         shape: &[usize],
         name: &'static str,
         inputs: &[&Tensor],
-        backward: impl Fn(&Storage) -> Result<Vec<Option<Storage>>> + 'static,
+        backward: impl Fn(&Storage, &[bool]) -> Result<Vec<Option<Storage>>> + 'static,
     ) -> Result<Tensor> {
         let track = grad_enabled() && inputs.iter().any(|t| t.requires_grad());
         let t = Tensor::from_storage(storage, shape)?;
@@ -159,7 +194,7 @@ impl Tensor {
         }
         let inner = Rc::try_unwrap(t.0).ok().expect("fresh tensor is unshared");
         Ok(Tensor(Rc::new(Inner {
-            requires_grad: true,
+            requires_grad: Cell::new(true),
             grad_fn: Some(GradFn {
                 name,
                 inputs: inputs.iter().map(|&t| t.clone()).collect(),
@@ -178,7 +213,9 @@ impl Tensor {
         let grad_fn = track.then(|| GradFn {
             name: "reshape",
             inputs: vec![self.clone()],
-            backward: Box::new(|g: &Storage| Ok(vec![Some(backend(g.device())?.copy(g)?)])),
+            backward: Box::new(|g: &Storage, _: &[bool]| {
+                Ok(vec![Some(backend(g.device())?.copy(g)?)])
+            }),
         });
         Ok(Tensor(Rc::new(Inner {
             id: next_id(),
@@ -186,7 +223,7 @@ impl Tensor {
             device: self.0.device,
             data: self.0.data.clone(),
             grad: RefCell::new(None),
-            requires_grad: track,
+            requires_grad: Cell::new(track),
             grad_fn,
         })))
     }
@@ -199,7 +236,7 @@ impl Tensor {
             device: self.0.device,
             data: self.0.data.clone(),
             grad: RefCell::new(None),
-            requires_grad: false,
+            requires_grad: Cell::new(false),
             grad_fn: None,
         }))
     }
@@ -217,7 +254,7 @@ impl Tensor {
         self.0.device
     }
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.requires_grad.get()
     }
     pub fn grad_fn_name(&self) -> Option<&'static str> {
         self.0.grad_fn.as_ref().map(|g| g.name)
@@ -358,7 +395,9 @@ impl Tensor {
                 t.accumulate_grad(g)?;
                 continue;
             };
-            let grads = (f.backward)(&g).with_context(|| format!("backward of {}", f.name))?;
+            let needs: Vec<bool> = f.inputs.iter().map(Tensor::requires_grad).collect();
+            let grads =
+                (f.backward)(&g, &needs).with_context(|| format!("backward of {}", f.name))?;
             drop(g);
             for (input, gi) in f.inputs.iter().zip(grads) {
                 let Some(gi) = gi else { continue };

@@ -1,4 +1,4 @@
-//! Every CUDA backend method against the CPU reference, on random inputs (never zeros) of
+//! Every CUDA backend method against the plain reference backend, on random inputs (never zeros) of
 //! several shapes including odd sizes.
 //!
 //! Without a usable GPU each test prints `skipped: <reason>` and passes; with
@@ -42,8 +42,10 @@ fn gpu() -> Option<Rc<dyn Backend>> {
     }
 }
 
+/// The oracle: the plain reference backend (not the fast CPU one, which is tested against the
+/// same reference in tests/cpu_fast.rs).
 fn cpu() -> Rc<dyn Backend> {
-    backend(Device::Cpu).expect("CPU backend")
+    artgan::backend::reference::backend()
 }
 
 /// Uniform in [-scale, scale], with exact zeros replaced (zeros hide sign and mask bugs).

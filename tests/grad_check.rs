@@ -1,4 +1,5 @@
-//! Finite-difference checks of every op's backward on the CPU reference path.
+//! Finite-difference checks of every op's backward, on the plain reference backend (the oracle
+//! the GPU and the fast CPU path are compared with) and on the fast CPU backend.
 //!
 //! The engine computes in f32, so the check is done in f32 with a tolerance derived from the
 //! arithmetic rather than picked: for the probe loss L = Σ y·R (R fixed and random), central
@@ -59,7 +60,15 @@ fn away_from_zero(rng: &mut Rng, shape: &[usize]) -> Vec<f32> {
 /// Runs `f` on the inputs, back-propagates Σ f(x)·R, and compares the gradients of the checked
 /// inputs with central differences at up to `max_probes` random elements each.
 fn check_grad(name: &str, inputs: Vec<Input>, h: f32, f: impl Fn(&[Tensor]) -> Tensor) {
-    let mut rng = Rng::derive(0x9e37, name);
+    {
+        let _reference = artgan::backend::use_reference_cpu();
+        check_grad_once(&format!("{name} (reference)"), &inputs, h, &f);
+    }
+    check_grad_once(&format!("{name} (fast cpu)"), &inputs, h, &f);
+}
+
+fn check_grad_once(name: &str, inputs: &[Input], h: f32, f: &impl Fn(&[Tensor]) -> Tensor) {
+    let mut rng = Rng::derive(0x9e37, name.split(' ').next().unwrap_or(name));
     let leaves: Vec<Tensor> = inputs
         .iter()
         .map(|i| {
@@ -81,7 +90,7 @@ fn check_grad(name: &str, inputs: Vec<Input>, h: f32, f: impl Fn(&[Tensor]) -> T
         let _g = no_grad();
         let ts: Vec<Tensor> = values
             .iter()
-            .zip(&inputs)
+            .zip(inputs)
             .map(|(v, i)| Tensor::from_vec(v.clone(), &i.shape, CPU).unwrap())
             .collect();
         let out = f(&ts).to_vec().unwrap();

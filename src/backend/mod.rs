@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod cpu;
 pub mod cuda;
+pub mod reference;
 pub mod select;
 
 use anyhow::{bail, Result};
@@ -450,6 +451,14 @@ pub trait Backend {
     /// Cutout: zero where `y0 <= i < y1 && x0 <= j < x1`, `boxes[n] = (y0, y1, x0, x1)` as
     /// f32; a mask, so it is its own backward. `dims` = [n, c, h, w].
     fn diffaug_cutout(&self, x: &Storage, boxes: &Storage, dims: [usize; 4]) -> Result<Storage>;
+    /// `acc = a·acc + b·x` in place (the EMA of weights), computed as `(acc·a) + (x·b)` in f32
+    /// like `scale`, `scale` and `add_assign` would.
+    fn scale_add_assign(&self, acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {
+        let mut next = self.scale(acc, a)?;
+        self.add_assign(&mut next, &self.scale(x, b)?)?;
+        *acc = next;
+        Ok(())
+    }
 
     /// Gives cached device memory back to the driver (after an out-of-memory error).
     fn release_cached_memory(&self) -> Result<()> {
@@ -463,6 +472,25 @@ pub trait Backend {
 
 thread_local! {
     static BACKENDS: RefCell<HashMap<Device, Rc<dyn Backend>>> = RefCell::new(HashMap::new());
+    static REFERENCE_CPU: RefCell<Option<Rc<dyn Backend>>> = const { RefCell::new(None) };
+}
+
+/// While alive, `Device::Cpu` on this thread is served by the reference backend
+/// ([`reference`]) instead of the fast CPU one: tests run the same ops on the oracle this way.
+/// Tensors made before keep working (both hold `Storage::Cpu`). Restores on drop.
+pub struct ReferenceCpuGuard {
+    previous: Option<Rc<dyn Backend>>,
+}
+
+pub fn use_reference_cpu() -> ReferenceCpuGuard {
+    let previous = REFERENCE_CPU.with(|r| r.replace(Some(reference::backend())));
+    ReferenceCpuGuard { previous }
+}
+
+impl Drop for ReferenceCpuGuard {
+    fn drop(&mut self) {
+        REFERENCE_CPU.with(|r| *r.borrow_mut() = self.previous.take());
+    }
 }
 
 /// A device allocation failed for lack of memory. Typed, so the training loop can tell it from
@@ -495,6 +523,11 @@ pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
 /// The backend for `device`, created on first use (which is where a missing GPU or library is
 /// reported).
 pub fn backend(device: Device) -> Result<Rc<dyn Backend>> {
+    if device == Device::Cpu {
+        if let Some(r) = REFERENCE_CPU.with(|r| r.borrow().clone()) {
+            return Ok(r);
+        }
+    }
     if let Some(b) = BACKENDS.with(|m| m.borrow().get(&device).cloned()) {
         return Ok(b);
     }

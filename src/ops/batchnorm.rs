@@ -50,7 +50,7 @@ pub fn batch_norm2d(
             x.shape(),
             "batch_norm2d_eval",
             &[x, gamma, beta],
-            move |g| {
+            move |g: &Storage, _: &[bool]| {
                 let zeros = be.zeros(c)?;
                 let dx =
                     be.batch_norm_eval(g, &sg.borrow(), &zeros, &zeros, &srv.borrow(), d, eps)?;
@@ -93,7 +93,7 @@ pub fn batch_norm2d(
         x.shape(),
         "batch_norm2d",
         &[x, gamma, beta],
-        move |g: &Storage| {
+        move |g: &Storage, _: &[bool]| {
             let (dx, dgamma, dbeta) =
                 be.batch_norm_backward(&sx.borrow(), g, &sg.borrow(), &mean, &invstd, d)?;
             Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])

@@ -29,7 +29,7 @@ pub fn embedding(table: &Tensor, labels: &[u32]) -> Result<Tensor> {
         &[labels.len(), dim],
         "embedding",
         &[table],
-        move |g: &Storage| {
+        move |g: &Storage, _needs: &[bool]| {
             Ok(vec![Some(be.embedding_backward(
                 g,
                 &labels_dev,
@@ -61,7 +61,7 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
         x.shape(),
         "channel_affine",
         &[x, scale, shift],
-        move |g: &Storage| {
+        move |g: &Storage, _needs: &[bool]| {
             let (dx, ds, db) = be.channel_affine_backward(&sx.borrow(), g, &ss.borrow(), d)?;
             Ok(vec![Some(dx), Some(ds), Some(db)])
         },
@@ -81,7 +81,7 @@ pub fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let be = a.backend();
     let y = be.row_dot(&a.storage(), &b.storage(), rows, cols)?;
     let (sa, sb) = (a.storage_rc(), b.storage_rc());
-    Tensor::from_op(y, &[rows], "row_dot", &[a, b], move |g: &Storage| {
+    Tensor::from_op(y, &[rows], "row_dot", &[a, b], move |g: &Storage, _needs: &[bool]| {
         let (da, db) = be.row_dot_backward(&sa.borrow(), &sb.borrow(), g, rows, cols)?;
         Ok(vec![Some(da), Some(db)])
     })
@@ -98,7 +98,7 @@ pub fn diffaug_color(x: &Tensor, params: &[f32]) -> Result<Tensor> {
     let be = x.backend();
     let p = be.upload(params)?;
     let y = be.diffaug_color(&x.storage(), &p, d, true)?;
-    Tensor::from_op(y, x.shape(), "diffaug_color", &[x], move |g: &Storage| {
+    Tensor::from_op(y, x.shape(), "diffaug_color", &[x], move |g: &Storage, _needs: &[bool]| {
         // Brightness adds a constant; the rest is linear and self-adjoint (see the backend).
         Ok(vec![Some(be.diffaug_color(g, &p, d, false)?)])
     })
@@ -124,7 +124,7 @@ pub fn diffaug_translate(x: &Tensor, shifts: &[i32]) -> Result<Tensor> {
         x.shape(),
         "diffaug_translate",
         &[x],
-        move |g: &Storage| Ok(vec![Some(be.diffaug_translate(g, &back, dims)?)]),
+        move |g: &Storage, _needs: &[bool]| Ok(vec![Some(be.diffaug_translate(g, &back, dims)?)]),
     )
 }
 
@@ -142,7 +142,7 @@ pub fn diffaug_cutout(x: &Tensor, boxes: &[i32]) -> Result<Tensor> {
     let b: Vec<f32> = boxes.iter().map(|&v| v as f32).collect();
     let b = be.upload(&b)?;
     let y = be.diffaug_cutout(&x.storage(), &b, dims)?;
-    Tensor::from_op(y, x.shape(), "diffaug_cutout", &[x], move |g: &Storage| {
+    Tensor::from_op(y, x.shape(), "diffaug_cutout", &[x], move |g: &Storage, _needs: &[bool]| {
         Ok(vec![Some(be.diffaug_cutout(g, &b, dims)?)])
     })
 }
@@ -270,7 +270,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     let cols = x.numel() / n.max(1);
     let be = x.backend();
     let y = be.sum_rows(&x.storage(), n, cols, 1.0)?;
-    Tensor::from_op(y, &[n], "sum_rows", &[x], move |g: &Storage| {
+    Tensor::from_op(y, &[n], "sum_rows", &[x], move |g: &Storage, _needs: &[bool]| {
         Ok(vec![Some(be.broadcast_rows(g, n, cols, 1.0)?)])
     })
 }

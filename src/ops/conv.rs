@@ -17,7 +17,8 @@ fn check_bias(op: &str, bias: Option<&Tensor>, channels: usize) -> Result<()> {
     Ok(())
 }
 
-/// Adds the bias (if any) and records the full op; `grads` yields (d input, d weight).
+/// Adds the bias (if any) and records the full op; `grads(dy, need_dx, need_dw)` yields
+/// (d input, d weight), each only when asked for.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     be: Rc<dyn Backend>,
@@ -27,7 +28,7 @@ fn finish(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
-    grads: impl Fn(&Storage) -> Result<(Storage, Storage)> + 'static,
+    grads: impl Fn(&Storage, bool, bool) -> Result<(Option<Storage>, Option<Storage>)> + 'static,
 ) -> Result<Tensor> {
     let dims = ChannelDims {
         n: shape[0],
@@ -41,14 +42,20 @@ fn finish(
     let mut inputs = vec![x, w];
     inputs.extend(bias);
     let has_bias = bias.is_some();
-    Tensor::from_op(y, &shape, name, &inputs, move |g: &Storage| {
-        let (dx, dw) = grads(g)?;
-        let mut out = vec![Some(dx), Some(dw)];
-        if has_bias {
-            out.push(Some(be.channel_sum(g, dims)?));
-        }
-        Ok(out)
-    })
+    Tensor::from_op(
+        y,
+        &shape,
+        name,
+        &inputs,
+        move |g: &Storage, needs: &[bool]| {
+            let (dx, dw) = grads(g, needs[0], needs[1])?;
+            let mut out = vec![dx, dw];
+            if has_bias {
+                out.push(needs[2].then(|| be.channel_sum(g, dims)).transpose()?);
+            }
+            Ok(out)
+        },
+    )
 }
 
 /// `x [n, c_in, h, w]`, `w [c_out, c_in, k, k]`, optional `bias [c_out]`.
@@ -82,9 +89,13 @@ pub fn conv2d(
         x,
         w,
         bias,
-        move |dy| {
-            let dx = be2.conv2d_backward_data(dy, &sw.borrow(), &g)?;
-            let dw = be2.conv2d_backward_filter(&sx.borrow(), dy, &g)?;
+        move |dy, need_dx, need_dw| {
+            let dx = need_dx
+                .then(|| be2.conv2d_backward_data(dy, &sw.borrow(), &g))
+                .transpose()?;
+            let dw = need_dw
+                .then(|| be2.conv2d_backward_filter(&sx.borrow(), dy, &g))
+                .transpose()?;
             Ok((dx, dw))
         },
     )
@@ -119,9 +130,22 @@ pub fn conv_transpose2d(
     let y = be.conv2d_backward_data(&x.storage(), &w.storage(), &g)?;
     let (sx, sw, be2) = (x.storage_rc(), w.storage_rc(), be.clone());
     let shape = [n, c_out, g.h, g.w];
-    finish(be, y, shape, "conv_transpose2d", x, w, bias, move |dy| {
-        let dx = be2.conv2d_forward(dy, &sw.borrow(), &g)?;
-        let dw = be2.conv2d_backward_filter(dy, &sx.borrow(), &g)?;
-        Ok((dx, dw))
-    })
+    finish(
+        be,
+        y,
+        shape,
+        "conv_transpose2d",
+        x,
+        w,
+        bias,
+        move |dy, need_dx, need_dw| {
+            let dx = need_dx
+                .then(|| be2.conv2d_forward(dy, &sw.borrow(), &g))
+                .transpose()?;
+            let dw = need_dw
+                .then(|| be2.conv2d_backward_filter(dy, &sx.borrow(), &g))
+                .transpose()?;
+            Ok((dx, dw))
+        },
+    )
 }

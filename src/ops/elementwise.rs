@@ -12,9 +12,18 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let be = a.backend();
     let y = be.add(&a.storage(), &b.storage())?;
-    Tensor::from_op(y, a.shape(), "add", &[a, b], move |g: &Storage| {
-        Ok(vec![Some(be.copy(g)?), Some(be.copy(g)?)])
-    })
+    Tensor::from_op(
+        y,
+        a.shape(),
+        "add",
+        &[a, b],
+        move |g: &Storage, needs: &[bool]| {
+            needs
+                .iter()
+                .map(|&n| n.then(|| be.copy(g)).transpose())
+                .collect()
+        },
+    )
 }
 
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -25,20 +34,30 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let be = a.backend();
     let y = be.mul(&a.storage(), &b.storage())?;
     let (sa, sb) = (a.storage_rc(), b.storage_rc());
-    Tensor::from_op(y, a.shape(), "mul", &[a, b], move |g: &Storage| {
-        Ok(vec![
-            Some(be.mul(g, &sb.borrow())?),
-            Some(be.mul(g, &sa.borrow())?),
-        ])
-    })
+    Tensor::from_op(
+        y,
+        a.shape(),
+        "mul",
+        &[a, b],
+        move |g: &Storage, needs: &[bool]| {
+            Ok(vec![
+                needs[0].then(|| be.mul(g, &sb.borrow())).transpose()?,
+                needs[1].then(|| be.mul(g, &sa.borrow())).transpose()?,
+            ])
+        },
+    )
 }
 
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     let be = x.backend();
     let y = be.scale(&x.storage(), alpha)?;
-    Tensor::from_op(y, x.shape(), "scale", &[x], move |g: &Storage| {
-        Ok(vec![Some(be.scale(g, alpha)?)])
-    })
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "scale",
+        &[x],
+        move |g: &Storage, _: &[bool]| Ok(vec![Some(be.scale(g, alpha)?)]),
+    )
 }
 
 fn activation(x: &Tensor, act: Activation, name: &'static str) -> Result<Tensor> {
@@ -46,7 +65,7 @@ fn activation(x: &Tensor, act: Activation, name: &'static str) -> Result<Tensor>
     let y = be.activation(act, &x.storage())?;
     let y_for_backward = be.copy(&y)?;
     let sx = x.storage_rc();
-    Tensor::from_op(y, x.shape(), name, &[x], move |g: &Storage| {
+    Tensor::from_op(y, x.shape(), name, &[x], move |g: &Storage, _: &[bool]| {
         Ok(vec![Some(be.activation_backward(
             act,
             &sx.borrow(),
@@ -83,7 +102,7 @@ fn reduce_rows(
     let cols = x.numel() / rows.max(1);
     let be = x.backend();
     let y = be.sum_rows(&x.storage(), rows, cols, alpha)?;
-    Tensor::from_op(y, out_shape, name, &[x], move |g: &Storage| {
+    Tensor::from_op(y, out_shape, name, &[x], move |g: &Storage, _: &[bool]| {
         Ok(vec![Some(be.broadcast_rows(g, rows, cols, alpha)?)])
     })
 }

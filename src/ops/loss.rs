@@ -15,7 +15,11 @@ pub fn bce_with_logits(x: &Tensor, target: f32) -> Result<Tensor> {
     }
     let be = x.backend();
     let (loss, grad) = be.bce_with_logits(&x.storage(), target)?;
-    Tensor::from_op(loss, &[1], "bce_with_logits", &[x], move |g: &Storage| {
-        Ok(vec![Some(be.scale_by_scalar(&grad, g, 1.0)?)])
-    })
+    Tensor::from_op(
+        loss,
+        &[1],
+        "bce_with_logits",
+        &[x],
+        move |g: &Storage, _: &[bool]| Ok(vec![Some(be.scale_by_scalar(&grad, g, 1.0)?)]),
+    )
 }

@@ -16,9 +16,13 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64, training: bool) -> Result<Tensor> 
     let be = x.backend();
     let mask = be.dropout_mask(x.numel(), p, seed)?;
     let y = be.mul(&x.storage(), &mask)?;
-    Tensor::from_op(y, x.shape(), "dropout", &[x], move |g: &Storage| {
-        Ok(vec![Some(be.mul(g, &mask)?)])
-    })
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "dropout",
+        &[x],
+        move |g: &Storage, _: &[bool]| Ok(vec![Some(be.mul(g, &mask)?)]),
+    )
 }
 
 /// `x + std·N(0, 1)` when training; the identity otherwise (and when `std` is 0).
@@ -31,7 +35,11 @@ pub fn gaussian_noise(x: &Tensor, std: f32, seed: u64, training: bool) -> Result
     }
     let be = x.backend();
     let y = be.add_gaussian_noise(&x.storage(), std, seed)?;
-    Tensor::from_op(y, x.shape(), "gaussian_noise", &[x], move |g: &Storage| {
-        Ok(vec![Some(be.copy(g)?)])
-    })
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "gaussian_noise",
+        &[x],
+        move |g: &Storage, _: &[bool]| Ok(vec![Some(be.copy(g)?)]),
+    )
 }

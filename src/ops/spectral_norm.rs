@@ -49,15 +49,21 @@ pub fn spectral_norm_weight(
     // them in place), so the backward keeps copies.
     let (u_now, v_now) = (be.copy(&u.storage())?, be.copy(&v.storage())?);
     let sw = w.storage_rc();
-    Tensor::from_op(y, w.shape(), "spectral_norm", &[w], move |g: &Storage| {
-        Ok(vec![Some(be.spectral_norm_backward(
-            &sw.borrow(),
-            g,
-            &u_now,
-            &v_now,
-            &sigma,
-            rows,
-            cols,
-        )?)])
-    })
+    Tensor::from_op(
+        y,
+        w.shape(),
+        "spectral_norm",
+        &[w],
+        move |g: &Storage, _: &[bool]| {
+            Ok(vec![Some(be.spectral_norm_backward(
+                &sw.borrow(),
+                g,
+                &u_now,
+                &v_now,
+                &sigma,
+                rows,
+                cols,
+            )?)])
+        },
+    )
 }

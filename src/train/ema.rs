@@ -58,14 +58,9 @@ pub fn reset(ema: &Generator, g: &Generator) -> Result<()> {
 }
 
 fn blend(ema: &Tensor, w: &Tensor, beta: f32) -> Result<()> {
-    let b = ema.backend();
-    let next = {
-        let mut acc = b.scale(&ema.storage(), beta)?;
-        b.add_assign(&mut acc, &b.scale(&w.storage(), 1.0 - beta)?)?;
-        acc
-    };
-    *ema.storage_mut() = next;
-    Ok(())
+    // In place: no new storage per parameter per step.
+    ema.backend()
+        .scale_add_assign(&mut ema.storage_mut(), beta, &w.storage(), 1.0 - beta)
 }
 
 fn copy(dst: &Tensor, src: &Tensor) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset
 use crate::ops;
 use crate::optim::Adam;
 use crate::rng::Rng;
-use crate::tensor::{no_grad, Tensor};
+use crate::tensor::{no_grad, FrozenParams, Tensor};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lr_control::LrControl;
@@ -731,6 +731,9 @@ impl Trainer {
         if update_g {
             self.pending_d_steps = 0;
             self.opt_g.zero_grad();
+            // D's own gradients are not used by the G step: freezing D's parameters skips their
+            // backward-filter and batch-norm parameter gradients (only the input gradients flow).
+            let frozen = FrozenParams::new(self.d.parameters().into_iter().map(|(_, t)| t))?;
             let fake_in = self.d_input(&fake)?;
             let out = self.d.forward(
                 &fake_in,
@@ -738,6 +741,7 @@ impl Trainer {
             )?;
             let loss_g = ops::bce_with_logits(&out, 1.0)?;
             loss_g.backward()?;
+            drop(frozen);
             self.opt_g.step()?;
             // D's gradients from this backward are not used: the next D step zeroes them.
             self.d.zero_grad();

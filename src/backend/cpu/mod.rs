@@ -1,7 +1,9 @@
-//! The CPU reference backend: plain loops (f64 accumulation in reductions), im2col + GEMM for
-//! convolutions, rayon over fixed work splits so results never depend on the thread count.
+//! The fast CPU backend: batched im2col + large GEMMs for convolutions (see `conv`), skipped
+//! work, in-place parallel optimiser and EMA updates, and rayon over fixed work splits so
+//! results never depend on the thread count. It is tested against the plain reference in
+//! `crate::backend::reference` (tests/cpu_fast.rs) like any other backend.
 
-mod conditional;
+pub(crate) mod conditional;
 mod conv;
 mod norm;
 
@@ -9,8 +11,37 @@ pub use conv::gemm;
 
 use super::*;
 use crate::rng;
+use rayon::prelude::*;
 
 pub struct CpuBackend;
+
+/// Convolution kernel calls made by this thread so far: (forward, backward-data,
+/// backward-filter). Tests read it to see that autograd skips work nobody needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvCalls {
+    pub forward: u64,
+    pub backward_data: u64,
+    pub backward_filter: u64,
+}
+
+thread_local! {
+    static CONV_CALLS: std::cell::Cell<ConvCalls> = const {
+        std::cell::Cell::new(ConvCalls { forward: 0, backward_data: 0, backward_filter: 0 })
+    };
+}
+
+/// This thread's convolution kernel calls on the fast CPU backend.
+pub fn conv_calls() -> ConvCalls {
+    CONV_CALLS.with(|c| c.get())
+}
+
+fn count_conv(f: impl FnOnce(&mut ConvCalls)) {
+    CONV_CALLS.with(|c| {
+        let mut v = c.get();
+        f(&mut v);
+        c.set(v);
+    });
+}
 
 fn host(s: &Storage) -> Result<&Vec<f32>> {
     match s {
@@ -26,18 +57,38 @@ fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
     }
 }
 
-fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32) -> Result<Storage> {
+/// Elements per rayon task in elementwise work (each element is computed alone, so the split
+/// never changes a result).
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<Storage> {
     let (a, b) = (host(a)?, host(b)?);
     if a.len() != b.len() {
         bail!("elementwise op on {} and {} elements", a.len(), b.len());
     }
-    Ok(Storage::Cpu(
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(),
-    ))
+    let mut out = vec![0.0; a.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(b.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((o, a), b)| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        });
+    Ok(Storage::Cpu(out))
 }
 
-fn map(a: &Storage, f: impl Fn(f32) -> f32) -> Result<Storage> {
-    Ok(Storage::Cpu(host(a)?.iter().map(|&x| f(x)).collect()))
+fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
+    let a = host(a)?;
+    let mut out = vec![0.0; a.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(o, a)| {
+            for (o, &x) in o.iter_mut().zip(a) {
+                *o = f(x);
+            }
+        });
+    Ok(Storage::Cpu(out))
 }
 
 fn scalar(s: &Storage) -> Result<f32> {
@@ -183,12 +234,15 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
+        count_conv(|c| c.forward += 1);
         Ok(Storage::Cpu(conv::forward(host(x)?, host(w)?, g)))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
+        count_conv(|c| c.backward_data += 1);
         Ok(Storage::Cpu(conv::backward_data(host(dy)?, host(w)?, g)))
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
+        count_conv(|c| c.backward_filter += 1);
         Ok(Storage::Cpu(conv::backward_filter(host(x)?, host(dy)?, g)))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
@@ -372,13 +426,40 @@ impl Backend for CpuBackend {
             if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
                 bail!("adam: parameter, gradient and moments differ in length");
             }
-            for i in 0..p.len() {
-                m[i] = step.beta1 * m[i] + (1.0 - step.beta1) * g[i];
-                v[i] = step.beta2 * v[i] + (1.0 - step.beta2) * g[i] * g[i];
-                let denom = v[i].sqrt() / sqrt_bc2 + step.eps;
-                p[i] -= step_size * m[i] / denom;
-            }
+            // In place and in parallel; each element alone, so the split changes no result.
+            p.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(m.par_chunks_mut(ELEMENTWISE_CHUNK))
+                .zip(v.par_chunks_mut(ELEMENTWISE_CHUNK))
+                .zip(g.par_chunks(ELEMENTWISE_CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        m[i] = step.beta1 * m[i] + (1.0 - step.beta1) * g[i];
+                        v[i] = step.beta2 * v[i] + (1.0 - step.beta2) * g[i] * g[i];
+                        let denom = v[i].sqrt() / sqrt_bc2 + step.eps;
+                        p[i] -= step_size * m[i] / denom;
+                    }
+                });
         }
+        Ok(())
+    }
+
+    fn scale_add_assign(&self, acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {
+        let x = host(x)?;
+        let acc = host_mut(acc)?;
+        if acc.len() != x.len() {
+            bail!(
+                "scale_add_assign of {} into {} elements",
+                x.len(),
+                acc.len()
+            );
+        }
+        acc.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|(acc, x)| {
+                for (e, &w) in acc.iter_mut().zip(x) {
+                    *e = *e * a + w * b;
+                }
+            });
         Ok(())
     }
 

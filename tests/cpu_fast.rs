@@ -1,0 +1,373 @@
+//! The fast CPU backend against the plain reference backend (`artgan::backend::reference`), like
+//! any other backend: random inputs, odd sizes, several chunks. Also: results do not depend on
+//! the thread count, and autograd skips the gradients nobody needs.
+//!
+//! Conv error bound: a float sum of `m` products differs from the exact one by at most
+//! `γ_m·Σ|aᵢbᵢ|` with `γ_m ≈ m·ε₃₂` (Higham, Accuracy and Stability, §3.1); the reference is
+//! accumulated in f64, so it is exact to well within that. `Σ|aᵢbᵢ|` per element is the same
+//! op on the absolute values, computed by the reference.
+
+use artgan::backend::cpu::conv_calls;
+use artgan::backend::{
+    backend, reference, Activation, AdamItem, AdamStep, Backend, ConvGeom, Device, Storage,
+};
+use artgan::nn::{ModelConfig, Module, Preset};
+use artgan::ops;
+use artgan::rng::Rng;
+use artgan::tensor::{FrozenParams, Tensor};
+use artgan::train::{TrainConfig, Trainer};
+use std::rc::Rc;
+
+fn fast() -> Rc<dyn Backend> {
+    backend(Device::Cpu).expect("CPU backend")
+}
+
+fn host(s: &Storage) -> Vec<f32> {
+    match s {
+        Storage::Cpu(v) => v.clone(),
+        _ => panic!("not CPU storage"),
+    }
+}
+
+fn rand(rng: &mut Rng, len: usize) -> Vec<f32> {
+    rng.uniform_vec(len, -1.0, 1.0)
+}
+
+fn abs(v: &[f32]) -> Storage {
+    Storage::Cpu(v.iter().map(|x| x.abs()).collect())
+}
+
+/// `|got − want| ≤ (m + 2)·ε₃₂·bound` per element (see the module comment).
+fn within_sum_bound(what: &str, got: &[f32], want: &[f32], bound: &[f32], m: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
+        let tol = (m + 2) as f32 * f32::EPSILON * b + f32::MIN_POSITIVE;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: element {i}: fast {g}, reference {w}, tolerance {tol}"
+        );
+    }
+}
+
+fn conv_case(geom: &ConvGeom, seed: u64) {
+    let (f, r) = (fast(), reference::backend());
+    let mut rng = Rng::new(seed);
+    let x = rand(&mut rng, geom.input_len());
+    let w = rand(&mut rng, geom.weight_len());
+    let dy = rand(&mut rng, geom.output_len());
+    let (xs, ws, dys) = (
+        Storage::Cpu(x.clone()),
+        Storage::Cpu(w.clone()),
+        Storage::Cpu(dy.clone()),
+    );
+    let k = geom.c_in * geom.kh * geom.kw;
+    let tag = format!("{geom:?}");
+
+    let got = host(&f.conv2d_forward(&xs, &ws, geom).unwrap());
+    let want = host(&r.conv2d_forward(&xs, &ws, geom).unwrap());
+    let bound = host(&r.conv2d_forward(&abs(&x), &abs(&w), geom).unwrap());
+    within_sum_bound(&format!("forward {tag}"), &got, &want, &bound, k);
+
+    let got = host(&f.conv2d_backward_data(&dys, &ws, geom).unwrap());
+    let want = host(&r.conv2d_backward_data(&dys, &ws, geom).unwrap());
+    let bound = host(&r.conv2d_backward_data(&abs(&dy), &abs(&w), geom).unwrap());
+    within_sum_bound(
+        &format!("backward-data {tag}"),
+        &got,
+        &want,
+        &bound,
+        geom.c_out * geom.kh * geom.kw,
+    );
+
+    let got = host(&f.conv2d_backward_filter(&xs, &dys, geom).unwrap());
+    let want = host(&r.conv2d_backward_filter(&xs, &dys, geom).unwrap());
+    let bound = host(&r.conv2d_backward_filter(&abs(&x), &abs(&dy), geom).unwrap());
+    within_sum_bound(
+        &format!("backward-filter {tag}"),
+        &got,
+        &want,
+        &bound,
+        geom.n * geom.oh * geom.ow,
+    );
+}
+
+#[test]
+fn conv_matches_reference() {
+    let cases = [
+        // (n, c_in, h, w, c_out, k, stride, pad)
+        (3, 3, 9, 7, 5, 3, 1, 1),
+        (5, 4, 8, 8, 6, 4, 2, 1),
+        (2, 5, 6, 6, 3, 4, 1, 0),
+        // 64 images at once: dcgan's D layers fit one chunk.
+        (64, 8, 8, 8, 16, 4, 2, 1),
+        // One image's columns fill a chunk (1024 rows x 1024 columns): three chunks.
+        (3, 64, 64, 64, 4, 4, 2, 1),
+    ];
+    for (i, &(n, c, h, w, co, k, s, p)) in cases.iter().enumerate() {
+        conv_case(&ConvGeom::conv(n, c, h, w, co, k, s, p).unwrap(), i as u64);
+    }
+    // Transposed convs as G uses them: 1x1 latent to 4x4, and stride-2 upsampling.
+    for (i, &(n, c_in, h, c_out, k, s, p)) in [(7, 16, 1, 8, 4, 1, 0), (3, 8, 5, 3, 4, 2, 1)]
+        .iter()
+        .enumerate()
+    {
+        let g = ConvGeom::transposed(n, c_in, h, h, c_out, k, s, p, 0).unwrap();
+        conv_case(&g, 100 + i as u64);
+    }
+}
+
+#[test]
+fn conv_of_an_empty_batch_is_empty_and_zero_gradients() {
+    let g = ConvGeom::conv(0, 3, 8, 8, 4, 4, 2, 1).unwrap();
+    let f = fast();
+    let empty = Storage::Cpu(Vec::new());
+    let w = Storage::Cpu(vec![1.0; g.weight_len()]);
+    assert!(host(&f.conv2d_forward(&empty, &w, &g).unwrap()).is_empty());
+    assert!(host(&f.conv2d_backward_data(&empty, &w, &g).unwrap()).is_empty());
+    let dw = host(&f.conv2d_backward_filter(&empty, &empty, &g).unwrap());
+    assert_eq!(dw, vec![0.0; g.weight_len()]);
+}
+
+#[test]
+fn elementwise_adam_and_ema_equal_the_reference_bit_for_bit() {
+    let (f, r) = (fast(), reference::backend());
+    let mut rng = Rng::new(7);
+    // Longer than one parallel chunk (16384), with a ragged end.
+    let n = 40_000 + 13;
+    let a = Storage::Cpu(rand(&mut rng, n));
+    let b = Storage::Cpu(rand(&mut rng, n));
+    assert_eq!(host(&f.add(&a, &b).unwrap()), host(&r.add(&a, &b).unwrap()));
+    assert_eq!(host(&f.mul(&a, &b).unwrap()), host(&r.mul(&a, &b).unwrap()));
+    assert_eq!(
+        host(&f.scale(&a, 0.3).unwrap()),
+        host(&r.scale(&a, 0.3).unwrap())
+    );
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ] {
+        let y = f.activation(act, &a).unwrap();
+        assert_eq!(host(&y), host(&r.activation(act, &a).unwrap()), "{act:?}");
+        assert_eq!(
+            host(&f.activation_backward(act, &a, &y, &b).unwrap()),
+            host(&r.activation_backward(act, &a, &y, &b).unwrap()),
+            "{act:?} backward"
+        );
+    }
+
+    let mut acc_f = Storage::Cpu(host(&a));
+    let mut acc_r = Storage::Cpu(host(&a));
+    f.scale_add_assign(&mut acc_f, 0.99, &b, 0.01).unwrap();
+    r.scale_add_assign(&mut acc_r, 0.99, &b, 0.01).unwrap();
+    assert_eq!(host(&acc_f), host(&acc_r), "EMA blend");
+
+    let step = AdamStep {
+        beta1: 0.5,
+        beta2: 0.999,
+        eps: 1e-8,
+        bias_correction1: 1.0 - 0.5f32.powi(3),
+        bias_correction2: 1.0 - 0.999f32.powi(3),
+    };
+    let run = |be: &Rc<dyn Backend>| {
+        let mut rng = Rng::new(9);
+        let mut p = [
+            Storage::Cpu(rand(&mut rng, n)),
+            Storage::Cpu(rand(&mut rng, 5)),
+        ];
+        let g = [
+            Storage::Cpu(rand(&mut rng, n)),
+            Storage::Cpu(rand(&mut rng, 5)),
+        ];
+        let mut m = [
+            Storage::Cpu(rand(&mut rng, n)),
+            Storage::Cpu(rand(&mut rng, 5)),
+        ];
+        let mut v: Vec<Storage> = (0..2)
+            .map(|i| Storage::Cpu(rng.uniform_vec([n, 5][i], 0.0, 1.0)))
+            .collect();
+        let [p0, p1] = &mut p;
+        let [m0, m1] = &mut m;
+        let [v0, v1] = &mut v[..] else { unreachable!() };
+        let mut items = vec![
+            AdamItem {
+                param: p0,
+                grad: &g[0],
+                m: m0,
+                v: v0,
+                lr: 2e-4,
+            },
+            AdamItem {
+                param: p1,
+                grad: &g[1],
+                m: m1,
+                v: v1,
+                lr: 5e-5,
+            },
+        ];
+        be.adam_update(&mut items, step).unwrap();
+        [&p[0], &p[1], &m[0], &m[1], &v[0], &v[1]].map(host)
+    };
+    assert_eq!(run(&f), run(&r), "adam");
+}
+
+/// Two training steps of the default dcgan at a small size, run on a rayon pool of `threads`
+/// threads: the losses and every parameter after them.
+fn train_on(threads: usize) -> Vec<Vec<f32>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let model = ModelConfig {
+            preset: Preset::Dcgan,
+            image_size: 32,
+            nz: 16,
+            ngf: 8,
+            ndf: 8,
+        };
+        let mut cfg = TrainConfig::for_model(model);
+        cfg.batch_size = 12;
+        let mut trainer = Trainer::new(cfg, Device::Cpu).unwrap();
+        let mut rng = Rng::new(3);
+        let real = Tensor::from_vec(
+            rng.uniform_vec(12 * 3 * 32 * 32, -1.0, 1.0),
+            &[12, 3, 32, 32],
+            Device::Cpu,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let s = trainer.step(&real).unwrap();
+            out.push(vec![s.loss_d, s.loss_g.unwrap(), s.d_x, s.d_g_z]);
+        }
+        for (_, p) in trainer
+            .g
+            .parameters()
+            .into_iter()
+            .chain(trainer.d.parameters())
+        {
+            out.push(p.to_vec().unwrap());
+        }
+        out
+    })
+}
+
+#[test]
+fn training_is_bit_identical_whatever_the_thread_count() {
+    let one = train_on(1);
+    assert_eq!(one, train_on(2), "1 vs 2 threads");
+    assert_eq!(one, train_on(3), "1 vs 3 threads");
+}
+
+#[test]
+fn conv_backward_skips_input_gradients_nobody_needs() {
+    let mut rng = Rng::new(11);
+    let image =
+        Tensor::from_vec(rand(&mut rng, 2 * 3 * 8 * 8), &[2, 3, 8, 8], Device::Cpu).unwrap();
+    let w = Tensor::parameter(rand(&mut rng, 4 * 3 * 4 * 4), &[4, 3, 4, 4], Device::Cpu).unwrap();
+    let before = conv_calls();
+    ops::sum(&ops::conv2d(&image, &w, None, 2, 1).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    let after = conv_calls();
+    assert_eq!(
+        after.backward_data - before.backward_data,
+        0,
+        "no backward-data for an image"
+    );
+    assert_eq!(after.backward_filter - before.backward_filter, 1);
+    assert!(w.grad_to_vec().unwrap().is_some());
+
+    // A leaf that requires gradients gets its backward-data.
+    let x = image.requiring_grad();
+    let before = conv_calls();
+    ops::sum(&ops::conv2d(&x, &w, None, 2, 1).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    let after = conv_calls();
+    assert_eq!(after.backward_data - before.backward_data, 1);
+    assert!(x.grad_to_vec().unwrap().is_some());
+
+    // Frozen weight: the input gradient only, no backward-filter, no weight gradient.
+    w.zero_grad();
+    x.zero_grad();
+    {
+        let _frozen = FrozenParams::new([w.clone()]).unwrap();
+        assert!(!w.requires_grad());
+        let before = conv_calls();
+        ops::sum(&ops::conv2d(&x, &w, None, 2, 1).unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
+        let after = conv_calls();
+        assert_eq!(after.backward_filter - before.backward_filter, 0);
+        assert_eq!(after.backward_data - before.backward_data, 1);
+    }
+    assert!(
+        w.requires_grad(),
+        "the flag comes back when the guard drops"
+    );
+    assert!(w.grad_to_vec().unwrap().is_none());
+    assert!(x.grad_to_vec().unwrap().is_some());
+    // Only leaves can be frozen.
+    let y = ops::scale(&x, 2.0).unwrap();
+    assert!(FrozenParams::new([y]).is_err());
+
+    // A latent into a transposed conv: its gradient (a conv forward) is not computed.
+    let z = Tensor::from_vec(rand(&mut rng, 2 * 5), &[2, 5, 1, 1], Device::Cpu).unwrap();
+    let wt = Tensor::parameter(rand(&mut rng, 5 * 3 * 4 * 4), &[5, 3, 4, 4], Device::Cpu).unwrap();
+    let y = ops::conv_transpose2d(&z, &wt, None, 1, 0, 0).unwrap();
+    let before = conv_calls();
+    ops::sum(&y).unwrap().backward().unwrap();
+    let after = conv_calls();
+    assert_eq!(
+        after.forward - before.forward,
+        0,
+        "no input gradient for a latent"
+    );
+    assert_eq!(after.backward_filter - before.backward_filter, 1);
+}
+
+#[test]
+fn a_training_step_runs_only_the_conv_kernels_it_needs() {
+    let model = ModelConfig {
+        preset: Preset::Dcgan,
+        image_size: 32,
+        nz: 16,
+        ngf: 8,
+        ndf: 8,
+    };
+    let mut cfg = TrainConfig::for_model(model);
+    cfg.batch_size = 4;
+    let mut trainer = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut rng = Rng::new(5);
+    let real = Tensor::from_vec(
+        rng.uniform_vec(4 * 3 * 32 * 32, -1.0, 1.0),
+        &[4, 3, 32, 32],
+        Device::Cpu,
+    )
+    .unwrap();
+    let before = conv_calls();
+    trainer.step(&real).unwrap();
+    let after = conv_calls();
+    // dcgan 32 px: G = 4 transposed convs (forward = backward-data kernel), D = 4 convs.
+    // Forward kernels: D on real, on the detached fake and on the fake again (3 x 4), plus G's
+    // input gradients in the G step (3: none for the latent) = 15.
+    // Backward-data: G's forward (4), D's input gradients in the D step (3 per pass, none for
+    // the images: 6) and in the G step (4: the fake needs its gradient) = 14.
+    // Backward-filter: D in the D step (2 x 4), G in the G step (4), none for the frozen D in
+    // the G step = 12.
+    let d = |a: u64, b: u64| a - b;
+    assert_eq!(
+        (
+            d(after.forward, before.forward),
+            d(after.backward_data, before.backward_data),
+            d(after.backward_filter, before.backward_filter)
+        ),
+        (15, 14, 12)
+    );
+}
