@@ -81,10 +81,16 @@ pub fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let be = a.backend();
     let y = be.row_dot(&a.storage(), &b.storage(), rows, cols)?;
     let (sa, sb) = (a.storage_rc(), b.storage_rc());
-    Tensor::from_op(y, &[rows], "row_dot", &[a, b], move |g: &Storage, _needs: &[bool]| {
-        let (da, db) = be.row_dot_backward(&sa.borrow(), &sb.borrow(), g, rows, cols)?;
-        Ok(vec![Some(da), Some(db)])
-    })
+    Tensor::from_op(
+        y,
+        &[rows],
+        "row_dot",
+        &[a, b],
+        move |g: &Storage, _needs: &[bool]| {
+            let (da, db) = be.row_dot_backward(&sa.borrow(), &sb.borrow(), g, rows, cols)?;
+            Ok(vec![Some(da), Some(db)])
+        },
+    )
 }
 
 /// DiffAugment colour with given per-sample `params` (`[N, 3]` host values: brightness shift,
@@ -98,10 +104,16 @@ pub fn diffaug_color(x: &Tensor, params: &[f32]) -> Result<Tensor> {
     let be = x.backend();
     let p = be.upload(params)?;
     let y = be.diffaug_color(&x.storage(), &p, d, true)?;
-    Tensor::from_op(y, x.shape(), "diffaug_color", &[x], move |g: &Storage, _needs: &[bool]| {
-        // Brightness adds a constant; the rest is linear and self-adjoint (see the backend).
-        Ok(vec![Some(be.diffaug_color(g, &p, d, false)?)])
-    })
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "diffaug_color",
+        &[x],
+        move |g: &Storage, _needs: &[bool]| {
+            // Brightness adds a constant; the rest is linear and self-adjoint (see the backend).
+            Ok(vec![Some(be.diffaug_color(g, &p, d, false)?)])
+        },
+    )
 }
 
 /// DiffAugment translation by whole pixels `shifts` (`[N, 2]`: rows, columns), zero padding.
@@ -142,9 +154,13 @@ pub fn diffaug_cutout(x: &Tensor, boxes: &[i32]) -> Result<Tensor> {
     let b: Vec<f32> = boxes.iter().map(|&v| v as f32).collect();
     let b = be.upload(&b)?;
     let y = be.diffaug_cutout(&x.storage(), &b, dims)?;
-    Tensor::from_op(y, x.shape(), "diffaug_cutout", &[x], move |g: &Storage, _needs: &[bool]| {
-        Ok(vec![Some(be.diffaug_cutout(g, &b, dims)?)])
-    })
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "diffaug_cutout",
+        &[x],
+        move |g: &Storage, _needs: &[bool]| Ok(vec![Some(be.diffaug_cutout(g, &b, dims)?)]),
+    )
 }
 
 /// Which DiffAugment transforms are on (`--diffaugment color,translation,cutout`).
@@ -270,7 +286,11 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     let cols = x.numel() / n.max(1);
     let be = x.backend();
     let y = be.sum_rows(&x.storage(), n, cols, 1.0)?;
-    Tensor::from_op(y, &[n], "sum_rows", &[x], move |g: &Storage, _needs: &[bool]| {
-        Ok(vec![Some(be.broadcast_rows(g, n, cols, 1.0)?)])
-    })
+    Tensor::from_op(
+        y,
+        &[n],
+        "sum_rows",
+        &[x],
+        move |g: &Storage, _needs: &[bool]| Ok(vec![Some(be.broadcast_rows(g, n, cols, 1.0)?)]),
+    )
 }
