@@ -5,7 +5,7 @@
 //! [`crate::backend::use_reference_cpu`] makes it serve `Device::Cpu` on one thread.
 
 mod conv;
-mod norm;
+pub(crate) mod norm;
 
 /// The reference backend as a trait object.
 pub fn backend() -> std::rc::Rc<dyn Backend> {
