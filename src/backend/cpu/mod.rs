@@ -5,14 +5,13 @@
 
 pub(crate) mod conditional;
 mod conv;
-// Batch norm and spectral norm are memory-bound and cheap here: the fast path uses the
-// reference loops as they are.
-use super::reference::norm;
+// What the fast path does not speed up (memory moves, batch and spectral norm, reductions,
+// random masks, the loss) is the reference's code, called as it is.
+use super::reference::{scalar, stable_sigmoid, ReferenceBackend};
 
 pub use conv::gemm;
 
 use super::*;
-use crate::rng;
 use rayon::prelude::*;
 
 pub struct CpuBackend;
@@ -93,49 +92,29 @@ fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
     Ok(Storage::Cpu(out))
 }
 
-fn scalar(s: &Storage) -> Result<f32> {
-    match host(s)?.as_slice() {
-        [v] => Ok(*v),
-        other => bail!(
-            "expected a one-element scalar, got {} elements",
-            other.len()
-        ),
-    }
-}
-
-/// Numerically stable logistic function.
-pub fn stable_sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
-        Device::Cpu
+        ReferenceBackend.device()
     }
 
     fn upload(&self, host_data: &[f32]) -> Result<Storage> {
-        Ok(Storage::Cpu(host_data.to_vec()))
+        ReferenceBackend.upload(host_data)
     }
     fn download(&self, s: &Storage) -> Result<Vec<f32>> {
-        Ok(host(s)?.clone())
+        ReferenceBackend.download(s)
     }
     fn zeros(&self, len: usize) -> Result<Storage> {
-        Ok(Storage::Cpu(vec![0.0; len]))
+        ReferenceBackend.zeros(len)
     }
     fn full(&self, len: usize, value: f32) -> Result<Storage> {
-        Ok(Storage::Cpu(vec![value; len]))
+        ReferenceBackend.full(len, value)
     }
     fn copy(&self, s: &Storage) -> Result<Storage> {
-        Ok(Storage::Cpu(host(s)?.clone()))
+        ReferenceBackend.copy(s)
     }
 
     fn upload_images(&self, pixels: &[u8]) -> Result<Storage> {
-        Ok(Storage::Cpu(augment::pack_bytes(pixels)))
+        ReferenceBackend.upload_images(pixels)
     }
     fn assemble_batch(
         &self,
@@ -145,29 +124,14 @@ impl Backend for CpuBackend {
         flips: &[bool],
         angles_deg: &[f32],
     ) -> Result<Storage> {
-        let packed = host(images)?;
-        augment::check_batch(packed.len(), image_size, indices, flips, angles_deg)?;
-        let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
-        Ok(Storage::Cpu(augment::assemble(
-            augment::packed_bytes(packed),
-            image_size,
-            &indices,
-            flips,
-            angles_deg,
-        )))
+        ReferenceBackend.assemble_batch(images, image_size, indices, flips, angles_deg)
     }
 
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         zip_map(a, b, |x, y| x + y)
     }
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
-        let x = host(x)?;
-        let acc = host_mut(acc)?;
-        if acc.len() != x.len() {
-            bail!("add_assign of {} into {} elements", x.len(), acc.len());
-        }
-        acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
-        Ok(())
+        ReferenceBackend.add_assign(acc, x)
     }
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         zip_map(a, b, |x, y| x * y)
@@ -207,32 +171,10 @@ impl Backend for CpuBackend {
     }
 
     fn sum_rows(&self, x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
-        let x = host(x)?;
-        if x.len() != rows * cols {
-            bail!("sum_rows: {} elements is not {rows}x{cols}", x.len());
-        }
-        Ok(Storage::Cpu(
-            (0..rows)
-                .map(|r| {
-                    let s: f64 = x[r * cols..(r + 1) * cols]
-                        .iter()
-                        .map(|&v| f64::from(v))
-                        .sum();
-                    (s * f64::from(alpha)) as f32
-                })
-                .collect(),
-        ))
+        ReferenceBackend.sum_rows(x, rows, cols, alpha)
     }
     fn broadcast_rows(&self, g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
-        let g = host(g)?;
-        if g.len() != rows {
-            bail!("broadcast_rows: {} values for {rows} rows", g.len());
-        }
-        Ok(Storage::Cpu(
-            g.iter()
-                .flat_map(|&v| std::iter::repeat_n(v * alpha, cols))
-                .collect(),
-        ))
+        ReferenceBackend.broadcast_rows(g, rows, cols, alpha)
     }
 
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
@@ -248,21 +190,10 @@ impl Backend for CpuBackend {
         Ok(Storage::Cpu(conv::backward_filter(host(x)?, host(dy)?, g)))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
-        let (y, b) = (host(y)?, host(b)?);
-        Ok(Storage::Cpu(
-            y.iter()
-                .enumerate()
-                .map(|(i, &v)| v + b[(i / d.hw) % d.c])
-                .collect(),
-        ))
+        ReferenceBackend.add_channel_bias(y, b, d)
     }
     fn channel_sum(&self, dy: &Storage, d: ChannelDims) -> Result<Storage> {
-        let dy = host(dy)?;
-        let mut sums = vec![0f64; d.c];
-        for (i, &v) in dy.iter().enumerate() {
-            sums[(i / d.hw) % d.c] += f64::from(v);
-        }
-        Ok(Storage::Cpu(sums.into_iter().map(|s| s as f32).collect()))
+        ReferenceBackend.channel_sum(dy, d)
     }
 
     fn batch_norm_train(
@@ -276,30 +207,16 @@ impl Backend for CpuBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        d.check_batch_norm_train()?;
-        let (x, gamma, beta) = (host(x)?, host(gamma)?, host(beta)?);
-        let moments = norm::channel_moments(x, d);
-        let m = (d.n * d.hw) as f64;
-        let mean: Vec<f32> = moments.iter().map(|p| p.0 as f32).collect();
-        let invstd: Vec<f32> = moments
-            .iter()
-            .map(|p| (1.0 / (p.1 + f64::from(eps)).sqrt()) as f32)
-            .collect();
-        let scale: Vec<f32> = invstd.iter().zip(gamma).map(|(a, b)| a * b).collect();
-        let y = norm::normalize(x, d, &mean, &scale, beta);
-        let mom = f64::from(momentum);
-        for (r, p) in host_mut(running_mean)?.iter_mut().zip(&moments) {
-            *r = ((1.0 - mom) * f64::from(*r) + mom * p.0) as f32;
-        }
-        for (r, p) in host_mut(running_var)?.iter_mut().zip(&moments) {
-            let unbiased = p.1 * m / (m - 1.0);
-            *r = ((1.0 - mom) * f64::from(*r) + mom * unbiased) as f32;
-        }
-        Ok(BatchNormSaved {
-            y: Storage::Cpu(y),
-            mean: Storage::Cpu(mean),
-            invstd: Storage::Cpu(invstd),
-        })
+        ReferenceBackend.batch_norm_train(
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            momentum,
+            eps,
+        )
     }
     fn batch_norm_eval(
         &self,
@@ -311,18 +228,7 @@ impl Backend for CpuBackend {
         d: ChannelDims,
         eps: f32,
     ) -> Result<Storage> {
-        let scale: Vec<f32> = host(running_var)?
-            .iter()
-            .zip(host(gamma)?)
-            .map(|(&v, &g)| g / (v + eps).sqrt())
-            .collect();
-        Ok(Storage::Cpu(norm::normalize(
-            host(x)?,
-            d,
-            host(running_mean)?,
-            &scale,
-            host(beta)?,
-        )))
+        ReferenceBackend.batch_norm_eval(x, gamma, beta, running_mean, running_var, d, eps)
     }
     fn batch_norm_backward(
         &self,
@@ -333,32 +239,14 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        let (dx, dg, db) = norm::backward(
-            host(x)?,
-            host(dy)?,
-            host(gamma)?,
-            host(mean)?,
-            host(invstd)?,
-            d,
-        );
-        Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
+        ReferenceBackend.batch_norm_backward(x, dy, gamma, mean, invstd, d)
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
-        Ok(Storage::Cpu(
-            (0..len as u64)
-                .map(|i| rng::dropout_value_at(seed, i, p))
-                .collect(),
-        ))
+        ReferenceBackend.dropout_mask(len, p, seed)
     }
     fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage> {
-        Ok(Storage::Cpu(
-            host(x)?
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| v + std * rng::normal_at(seed, i as u64))
-                .collect(),
-        ))
+        ReferenceBackend.add_gaussian_noise(x, std, seed)
     }
 
     fn spectral_norm_sigma(
@@ -371,16 +259,7 @@ impl Backend for CpuBackend {
         eps: f32,
         update: bool,
     ) -> Result<Storage> {
-        let sigma = norm::spectral_sigma(
-            host(w)?,
-            host_mut(u)?,
-            host_mut(v)?,
-            rows,
-            cols,
-            eps,
-            update,
-        );
-        Ok(Storage::Cpu(vec![sigma]))
+        ReferenceBackend.spectral_norm_sigma(w, u, v, rows, cols, eps, update)
     }
     fn spectral_norm_backward(
         &self,
@@ -392,29 +271,11 @@ impl Backend for CpuBackend {
         _rows: usize,
         cols: usize,
     ) -> Result<Storage> {
-        Ok(Storage::Cpu(norm::spectral_backward(
-            host(w)?,
-            host(g)?,
-            host(u)?,
-            host(v)?,
-            scalar(sigma)?,
-            cols,
-        )))
+        ReferenceBackend.spectral_norm_backward(w, g, u, v, sigma, _rows, cols)
     }
 
     fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
-        let x = host(x)?;
-        let n = x.len() as f64;
-        let mut loss = 0f64;
-        let grad = x
-            .iter()
-            .map(|&v| {
-                let l = v.max(0.0) - v * target + (-v.abs()).exp().ln_1p();
-                loss += f64::from(l);
-                ((f64::from(stable_sigmoid(v)) - f64::from(target)) / n) as f32
-            })
-            .collect();
-        Ok((Storage::Cpu(vec![(loss / n) as f32]), Storage::Cpu(grad)))
+        ReferenceBackend.bce_with_logits(x, target)
     }
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {

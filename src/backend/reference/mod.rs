@@ -45,7 +45,7 @@ fn map(a: &Storage, f: impl Fn(f32) -> f32) -> Result<Storage> {
     Ok(Storage::Cpu(host(a)?.iter().map(|&x| f(x)).collect()))
 }
 
-fn scalar(s: &Storage) -> Result<f32> {
+pub(crate) fn scalar(s: &Storage) -> Result<f32> {
     match host(s)?.as_slice() {
         [v] => Ok(*v),
         other => bail!(
