@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use artgan::backend::{augment, backend, Backend, Device};
+use artgan::backend::reference::augment;
+use artgan::backend::{backend, Backend, Device};
 use artgan::data::{assemble_batch, builtin, Augment, ImageMeta, ImageSet, Loader};
 use artgan::rng::Rng;
 

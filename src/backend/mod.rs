@@ -4,7 +4,6 @@
 //!
 //! Layout conventions: f32, NCHW, contiguous. Conv weights `[c_out, c_in, kh, kw]`.
 
-pub mod augment;
 pub mod cpu;
 pub mod cuda;
 pub mod reference;
@@ -247,14 +246,14 @@ pub trait Backend {
 
     // ---- data (see `augment`)
     /// Image bytes (HWC RGB images one after another) kept on the device, packed four to an
-    /// element: `ceil(len / 4)` elements (`augment::pack_bytes`; the CPU holds the same
+    /// element: `ceil(len / 4)` elements (`reference::augment::pack_bytes`; the CPU holds the same
     /// packing). Only [`Backend::assemble_batch`] reads it.
     fn upload_images(&self, pixels: &[u8]) -> Result<Storage>;
     /// A batch `[B, 3, S, S]` in [-1, 1] from images uploaded by [`Backend::upload_images`]
     /// (`image_size` = S): image `indices[b]`, mirrored left-right when `flips[b]`, rotated by
     /// `angles_deg[b]` about the centre (bilinear, reflected edges). One entry per batch image
     /// in each slice; indices past the last whole image are an error. Same values as
-    /// `augment::assemble` (the CPU runs it; the CUDA kernel is expected to be bit-identical).
+    /// `reference::augment::assemble` (the CPU runs it; the CUDA kernel is expected to be bit-identical).
     fn assemble_batch(
         &self,
         images: &Storage,

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::{Augment, ImageSet};
-use crate::backend::{augment, backend, Backend, Device, Storage};
+use crate::backend::reference::augment;
+use crate::backend::{backend, Backend, Device, Storage};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -257,7 +258,7 @@ impl Loader {
 /// (v / 127.5 - 1). Returns NCHW f32. Flip is applied before rotation. A missing flip or angle
 /// (shorter slice) means none.
 ///
-/// The arithmetic is [`crate::backend::augment::assemble`], which the backends'
+/// The arithmetic is [`crate::backend::reference::augment::assemble`], which the backends'
 /// `assemble_batch` also run (the CUDA kernel repeats it operation for operation).
 pub fn assemble_batch(
     set: &ImageSet,

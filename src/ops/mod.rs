@@ -1,12 +1,14 @@
 //! Differentiable ops: shape checks, the backend call, and the backward wiring. Each op's
-//! numeric kernels live in the backends (`crate::backend::cpu`, `crate::backend::cuda`).
+//! numeric kernels live in the backends, under the same family name: `ops/<family>.rs` here,
+//! `kernels/<family>.cu`, `backend/cuda/<family>.rs`, `backend/reference/<family>.rs` (and
+//! `backend/cpu/<family>.rs` where the fast CPU backend has its own code).
 
 mod batchnorm;
 mod conditional;
 mod conv;
 mod elementwise;
 mod loss;
-mod regularize;
+mod random;
 mod spectral_norm;
 
 pub use batchnorm::batch_norm2d;
@@ -17,7 +19,7 @@ pub use conditional::{
 pub use conv::{conv2d, conv_transpose2d};
 pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
 pub use loss::bce_with_logits;
-pub use regularize::{dropout, gaussian_noise};
+pub use random::{dropout, gaussian_noise};
 pub use spectral_norm::spectral_norm_weight;
 
 use crate::tensor::Tensor;

@@ -2,17 +2,20 @@
 //! work, in-place parallel optimiser and EMA updates, and rayon over fixed work splits so
 //! results never depend on the thread count. It is tested against the plain reference in
 //! `crate::backend::reference` (tests/cpu_fast.rs) like any other backend.
+//!
+//! Its own code, by kernel family: `conv.rs`, `elementwise.rs` (parallel maps, the EMA's
+//! in-place update) and `adam.rs`; every other family is the reference's code.
 
-pub(crate) mod conditional;
+mod adam;
 mod conv;
+mod elementwise;
 // What the fast path does not speed up (memory moves, batch and spectral norm, reductions,
 // random masks, the loss) is the reference's code, called as it is.
-use super::reference::{scalar, stable_sigmoid, ReferenceBackend};
+use super::reference::{conditional, ReferenceBackend};
 
 pub use conv::gemm;
 
 use super::*;
-use rayon::prelude::*;
 
 pub struct CpuBackend;
 
@@ -44,14 +47,14 @@ fn count_conv(f: impl FnOnce(&mut ConvCalls)) {
     });
 }
 
-fn host(s: &Storage) -> Result<&Vec<f32>> {
+pub(super) fn host(s: &Storage) -> Result<&Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
         other => bail!("cpu backend got storage on {}", other.device()),
     }
 }
 
-fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
+pub(super) fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
         other => bail!("cpu backend got storage on {}", other.device()),
@@ -60,37 +63,7 @@ fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
 
 /// Elements per rayon task in elementwise work (each element is computed alone, so the split
 /// never changes a result).
-const ELEMENTWISE_CHUNK: usize = 1 << 14;
-
-fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<Storage> {
-    let (a, b) = (host(a)?, host(b)?);
-    if a.len() != b.len() {
-        bail!("elementwise op on {} and {} elements", a.len(), b.len());
-    }
-    let mut out = vec![0.0; a.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
-        .zip(b.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, a), b)| {
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = f(x, y);
-            }
-        });
-    Ok(Storage::Cpu(out))
-}
-
-fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
-    let a = host(a)?;
-    let mut out = vec![0.0; a.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(o, a)| {
-            for (o, &x) in o.iter_mut().zip(a) {
-                *o = f(x);
-            }
-        });
-    Ok(Storage::Cpu(out))
-}
+pub(super) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
@@ -128,32 +101,26 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
-        zip_map(a, b, |x, y| x + y)
+        elementwise::add(a, b)
     }
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
         ReferenceBackend.add_assign(acc, x)
     }
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
-        zip_map(a, b, |x, y| x * y)
+        elementwise::mul(a, b)
     }
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
-        map(a, |x| x * alpha)
+        elementwise::scale(a, alpha)
     }
     fn reciprocal(&self, a: &Storage) -> Result<Storage> {
-        map(a, |x| 1.0 / x)
+        elementwise::reciprocal(a)
     }
 
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
-        let k = scalar(s)? * alpha;
-        map(a, |x| x * k)
+        elementwise::scale_by_scalar(a, s, alpha)
     }
     fn activation(&self, act: Activation, x: &Storage) -> Result<Storage> {
-        match act {
-            Activation::Relu => map(x, |v| v.max(0.0)),
-            Activation::LeakyRelu(slope) => map(x, |v| if v > 0.0 { v } else { v * slope }),
-            Activation::Tanh => map(x, f32::tanh),
-            Activation::Sigmoid => map(x, stable_sigmoid),
-        }
+        elementwise::activation(act, x)
     }
     fn activation_backward(
         &self,
@@ -162,12 +129,7 @@ impl Backend for CpuBackend {
         y: &Storage,
         dy: &Storage,
     ) -> Result<Storage> {
-        match act {
-            Activation::Relu => zip_map(x, dy, |v, g| if v > 0.0 { g } else { 0.0 }),
-            Activation::LeakyRelu(s) => zip_map(x, dy, |v, g| if v > 0.0 { g } else { g * s }),
-            Activation::Tanh => zip_map(y, dy, |v, g| g * (1.0 - v * v)),
-            Activation::Sigmoid => zip_map(y, dy, |v, g| g * v * (1.0 - v)),
-        }
+        elementwise::activation_backward(act, x, y, dy)
     }
 
     fn sum_rows(&self, x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
@@ -279,51 +241,11 @@ impl Backend for CpuBackend {
     }
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
-        let sqrt_bc2 = step.bias_correction2.sqrt();
-        for it in items.iter_mut() {
-            let step_size = it.lr / step.bias_correction1;
-            let g = host(it.grad)?;
-            let m = host_mut(it.m)?;
-            let v = host_mut(it.v)?;
-            let p = host_mut(it.param)?;
-            if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
-                bail!("adam: parameter, gradient and moments differ in length");
-            }
-            // In place and in parallel; each element alone, so the split changes no result.
-            p.par_chunks_mut(ELEMENTWISE_CHUNK)
-                .zip(m.par_chunks_mut(ELEMENTWISE_CHUNK))
-                .zip(v.par_chunks_mut(ELEMENTWISE_CHUNK))
-                .zip(g.par_chunks(ELEMENTWISE_CHUNK))
-                .for_each(|(((p, m), v), g)| {
-                    for i in 0..p.len() {
-                        m[i] = step.beta1 * m[i] + (1.0 - step.beta1) * g[i];
-                        v[i] = step.beta2 * v[i] + (1.0 - step.beta2) * g[i] * g[i];
-                        let denom = v[i].sqrt() / sqrt_bc2 + step.eps;
-                        p[i] -= step_size * m[i] / denom;
-                    }
-                });
-        }
-        Ok(())
+        adam::adam_update(items, step)
     }
 
     fn scale_add_assign(&self, acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {
-        let x = host(x)?;
-        let acc = host_mut(acc)?;
-        if acc.len() != x.len() {
-            bail!(
-                "scale_add_assign of {} into {} elements",
-                x.len(),
-                acc.len()
-            );
-        }
-        acc.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(x.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|(acc, x)| {
-                for (e, &w) in acc.iter_mut().zip(x) {
-                    *e = *e * a + w * b;
-                }
-            });
-        Ok(())
+        elementwise::scale_add_assign(acc, a, x, b)
     }
 
     // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`

@@ -9,9 +9,10 @@
 //! - bwd data: col_n[K, L]  = W^T[K, c_out] . dy_n[c_out, L], then col2im (a gather)
 //! - bwd filt: dW[c_out, K] += dyt[c_out, nb*L] . col^T[nb*L, K]   (one GEMM per chunk)
 
+use super::elementwise::fill;
 use super::err::blas;
-use super::{CudaBackend, CudaBuffer};
-use crate::backend::ConvGeom;
+use super::{cb, CudaBackend, CudaBuffer};
+use crate::backend::{ConvGeom, Storage};
 use anyhow::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
@@ -73,6 +74,47 @@ pub fn conv_impl() -> ConvImpl {
     }
 }
 
+/// The three convolution primitives.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Direction {
+    Forward,
+    BackwardData,
+    BackwardFilter,
+}
+
+/// One convolution direction, through cuDNN when it is loaded and selected, else our kernels.
+/// `a`, `b` are the trait method's inputs (x and w, dy and w, x and dy); the result is y, dx
+/// or dw. With no output pixel (an empty batch) nothing flows back: dx and dw are zero, as on
+/// the CPU (our chunk loop would leave them unwritten, and cuDNN rejects an empty batch).
+pub(super) fn run(
+    be: &CudaBackend,
+    dir: Direction,
+    a: &Storage,
+    b: &Storage,
+    g: &ConvGeom,
+) -> Result<Storage> {
+    let (a, b) = (cb(a)?, cb(b)?);
+    let len = match dir {
+        Direction::Forward => g.output_len(),
+        Direction::BackwardData => g.input_len(),
+        Direction::BackwardFilter => g.weight_len(),
+    };
+    let mut out = be.alloc(len)?;
+    if len > 0 && g.output_len() == 0 {
+        fill(be, &mut out, 0.0)?;
+    } else if len > 0 {
+        match &be.dnn {
+            Some(d) if conv_impl() == ConvImpl::Cudnn => d.run(dir, a, b, &mut out, g)?,
+            _ => match dir {
+                Direction::Forward => forward(be, a, b, &mut out, g)?,
+                Direction::BackwardData => backward_data(be, a, b, &mut out, g)?,
+                Direction::BackwardFilter => backward_filter(be, a, b, &mut out, g)?,
+            },
+        }
+    }
+    Ok(Storage::Cuda(out))
+}
+
 /// Upper bound on the column buffer (elements): the batch is processed in chunks below it.
 const COL_LIMIT: usize = 1 << 25; // 128 MiB
 
@@ -132,7 +174,7 @@ fn im2col(
     )
 }
 
-pub fn forward(
+fn forward(
     be: &CudaBackend,
     x: &CudaBuffer,
     w: &CudaBuffer,
@@ -180,7 +222,7 @@ pub fn forward(
     Ok(())
 }
 
-pub fn backward_data(
+fn backward_data(
     be: &CudaBackend,
     dy: &CudaBuffer,
     w: &CudaBuffer,
@@ -245,7 +287,7 @@ pub fn backward_data(
     Ok(())
 }
 
-pub fn backward_filter(
+fn backward_filter(
     be: &CudaBackend,
     x: &CudaBuffer,
     dy: &CudaBuffer,

@@ -5,8 +5,9 @@
 //! Math type is FMA: on Ampere and newer cuDNN's default allows TF32 tensor cores for f32 data,
 //! which would break parity with the CPU reference (PyTorch does the same when TF32 is off).
 
+use super::conv::Direction;
 use super::err::{dnn, drv};
-use super::{CudaBackend, CudaBuffer};
+use super::CudaBuffer;
 use crate::backend::ConvGeom;
 use anyhow::Result;
 use cudarc::cudnn::sys::{
@@ -15,8 +16,8 @@ use cudarc::cudnn::sys::{
     cudnnTensorFormat_t,
 };
 use cudarc::cudnn::{
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor,
-    TensorDescriptor,
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnError,
+    FilterDescriptor, TensorDescriptor,
 };
 use cudarc::driver::{CudaSlice, CudaStream};
 use std::cell::RefCell;
@@ -113,164 +114,139 @@ impl CudnnConv {
         Ok(ws)
     }
 
-    pub fn forward(
+    /// Runs one direction: `a`, `b` are the trait method's inputs (x and w, dy and w, x and
+    /// dy) and `out` its result (y, dx, dw).
+    pub fn run(
         &self,
-        _be: &CudaBackend,
-        x: &CudaBuffer,
-        w: &CudaBuffer,
-        y: &mut CudaBuffer,
+        dir: Direction,
+        a: &CudaBuffer,
+        b: &CudaBuffer,
+        out: &mut CudaBuffer,
         g: &ConvGeom,
     ) -> Result<()> {
         let mut plan = self.plan(g)?;
-        let op = ConvForward {
-            conv: &plan.conv,
-            x: &plan.x,
-            w: &plan.w,
-            y: &plan.y,
-        };
-        let algo = match plan.fwd {
-            Some(a) => a,
-            None => op
-                .pick_algorithm()
-                .map_err(|e| dnn(e, "choosing a forward algorithm"))?,
-        };
-        let mut run = |algo: FwdAlgo| -> Result<()> {
-            let bytes = op
-                .get_workspace_size(algo)
-                .map_err(|e| dnn(e, "forward workspace size"))?;
-            let mut ws = self.workspace(bytes)?;
-            // SAFETY: descriptors describe exactly these buffers (NCHW f32, geometry g).
-            unsafe {
-                op.launch(
-                    algo,
-                    ws.as_mut().filter(|_| bytes > 0),
-                    (1.0f32, 0.0f32),
-                    x.slice(),
-                    w.slice(),
-                    y.slice_mut(),
-                )
+        let p = &*plan;
+        // SAFETY (each launch): the descriptors describe exactly these buffers (NCHW f32,
+        // geometry g).
+        match dir {
+            Direction::Forward => {
+                let op = ConvForward {
+                    conv: &p.conv,
+                    x: &p.x,
+                    w: &p.w,
+                    y: &p.y,
+                };
+                let chosen = self.launch_with_fallback(
+                    "forward",
+                    p.fwd,
+                    // Some heuristic choices are unsupported under FMA math: fall back to
+                    // the always-available implicit GEMM.
+                    (
+                        FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                        "IMPLICIT_GEMM",
+                    ),
+                    || op.pick_algorithm(),
+                    |algo| op.get_workspace_size(algo),
+                    |algo, ws| unsafe {
+                        op.launch(
+                            algo,
+                            ws,
+                            (1.0f32, 0.0f32),
+                            a.slice(),
+                            b.slice(),
+                            out.slice_mut(),
+                        )
+                    },
+                )?;
+                plan.fwd = Some(chosen);
             }
-            .map_err(|e| dnn(e, "convolution forward"))
-        };
-        let chosen = match run(algo) {
-            Ok(()) => algo,
-            // Some heuristic choices are unsupported under FMA math: fall back to the
-            // always-available implicit GEMM.
-            Err(e) if algo != FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM => {
-                eprintln!("note: cuDNN forward {algo:?} failed ({e:#}); using IMPLICIT_GEMM");
-                let safe = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-                run(safe)?;
-                safe
+            Direction::BackwardData => {
+                let op = ConvBackwardData {
+                    conv: &p.conv,
+                    dx: &p.x,
+                    w: &p.w,
+                    dy: &p.y,
+                };
+                let chosen = self.launch_with_fallback(
+                    "backward-data",
+                    p.bwd_data,
+                    (BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, "ALGO_1"),
+                    || op.pick_algorithm(),
+                    |algo| op.get_workspace_size(algo),
+                    |algo, ws| unsafe {
+                        op.launch(
+                            algo,
+                            ws,
+                            (1.0f32, 0.0f32),
+                            out.slice_mut(),
+                            b.slice(),
+                            a.slice(),
+                        )
+                    },
+                )?;
+                plan.bwd_data = Some(chosen);
             }
-            Err(e) => return Err(e),
-        };
-        plan.fwd = Some(chosen);
+            Direction::BackwardFilter => {
+                let op = ConvBackwardFilter {
+                    conv: &p.conv,
+                    x: &p.x,
+                    dw: &p.w,
+                    dy: &p.y,
+                };
+                let chosen = self.launch_with_fallback(
+                    "backward-filter",
+                    p.bwd_filter,
+                    (BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, "ALGO_1"),
+                    || op.pick_algorithm(),
+                    |algo| op.get_workspace_size(algo),
+                    |algo, ws| unsafe {
+                        op.launch(
+                            algo,
+                            ws,
+                            (1.0f32, 0.0f32),
+                            a.slice(),
+                            out.slice_mut(),
+                            b.slice(),
+                        )
+                    },
+                )?;
+                plan.bwd_filter = Some(chosen);
+            }
+        }
         Ok(())
     }
 
-    pub fn backward_data(
+    /// What the three directions share: the algorithm (cached, else cuDNN's heuristic), its
+    /// workspace, the launch, and on failure one retry with the always-available `safe`
+    /// algorithm. Returns the algorithm that ran, for the plan to keep.
+    fn launch_with_fallback<A: Copy + PartialEq + std::fmt::Debug>(
         &self,
-        _be: &CudaBackend,
-        dy: &CudaBuffer,
-        w: &CudaBuffer,
-        dx: &mut CudaBuffer,
-        g: &ConvGeom,
-    ) -> Result<()> {
-        let mut plan = self.plan(g)?;
-        let op = ConvBackwardData {
-            conv: &plan.conv,
-            dx: &plan.x,
-            w: &plan.w,
-            dy: &plan.y,
-        };
-        let algo = match plan.bwd_data {
+        what: &str,
+        cached: Option<A>,
+        (safe, safe_name): (A, &str),
+        pick: impl FnOnce() -> Result<A, CudnnError>,
+        workspace_size: impl Fn(A) -> Result<usize, CudnnError>,
+        mut launch: impl FnMut(A, Option<&mut CudaSlice<u8>>) -> Result<(), CudnnError>,
+    ) -> Result<A> {
+        let algo = match cached {
             Some(a) => a,
-            None => op
-                .pick_algorithm()
-                .map_err(|e| dnn(e, "choosing a backward-data algorithm"))?,
+            None => pick().map_err(|e| dnn(e, &format!("choosing a {what} algorithm")))?,
         };
-        let mut run = |algo: BwdDataAlgo| -> Result<()> {
-            let bytes = op
-                .get_workspace_size(algo)
-                .map_err(|e| dnn(e, "backward-data workspace size"))?;
+        let mut run = |algo: A| -> Result<()> {
+            let bytes =
+                workspace_size(algo).map_err(|e| dnn(e, &format!("{what} workspace size")))?;
             let mut ws = self.workspace(bytes)?;
-            // SAFETY: descriptors describe exactly these buffers (NCHW f32, geometry g).
-            unsafe {
-                op.launch(
-                    algo,
-                    ws.as_mut().filter(|_| bytes > 0),
-                    (1.0f32, 0.0f32),
-                    dx.slice_mut(),
-                    w.slice(),
-                    dy.slice(),
-                )
-            }
-            .map_err(|e| dnn(e, "convolution backward-data"))
+            launch(algo, ws.as_mut().filter(|_| bytes > 0))
+                .map_err(|e| dnn(e, &format!("convolution {what}")))
         };
-        let safe = BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-        let chosen = match run(algo) {
-            Ok(()) => algo,
+        match run(algo) {
+            Ok(()) => Ok(algo),
             Err(e) if algo != safe => {
-                eprintln!("note: cuDNN backward-data {algo:?} failed ({e:#}); using ALGO_1");
+                eprintln!("note: cuDNN {what} {algo:?} failed ({e:#}); using {safe_name}");
                 run(safe)?;
-                safe
+                Ok(safe)
             }
-            Err(e) => return Err(e),
-        };
-        plan.bwd_data = Some(chosen);
-        Ok(())
-    }
-
-    pub fn backward_filter(
-        &self,
-        _be: &CudaBackend,
-        x: &CudaBuffer,
-        dy: &CudaBuffer,
-        dw: &mut CudaBuffer,
-        g: &ConvGeom,
-    ) -> Result<()> {
-        let mut plan = self.plan(g)?;
-        let op = ConvBackwardFilter {
-            conv: &plan.conv,
-            x: &plan.x,
-            dw: &plan.w,
-            dy: &plan.y,
-        };
-        let algo = match plan.bwd_filter {
-            Some(a) => a,
-            None => op
-                .pick_algorithm()
-                .map_err(|e| dnn(e, "choosing a backward-filter algorithm"))?,
-        };
-        let mut run = |algo: BwdFilterAlgo| -> Result<()> {
-            let bytes = op
-                .get_workspace_size(algo)
-                .map_err(|e| dnn(e, "backward-filter workspace size"))?;
-            let mut ws = self.workspace(bytes)?;
-            // SAFETY: descriptors describe exactly these buffers (NCHW f32, geometry g).
-            unsafe {
-                op.launch(
-                    algo,
-                    ws.as_mut().filter(|_| bytes > 0),
-                    (1.0f32, 0.0f32),
-                    x.slice(),
-                    dw.slice_mut(),
-                    dy.slice(),
-                )
-            }
-            .map_err(|e| dnn(e, "convolution backward-filter"))
-        };
-        let safe = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-        let chosen = match run(algo) {
-            Ok(()) => algo,
-            Err(e) if algo != safe => {
-                eprintln!("note: cuDNN backward-filter {algo:?} failed ({e:#}); using ALGO_1");
-                run(safe)?;
-                safe
-            }
-            Err(e) => return Err(e),
-        };
-        plan.bwd_filter = Some(chosen);
-        Ok(())
+            Err(e) => Err(e),
+        }
     }
 }

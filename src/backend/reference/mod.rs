@@ -3,9 +3,20 @@
 //! parity tests (tests/gpu_parity.rs) and the fast CPU backend's tests (tests/cpu_fast.rs)
 //! compare with it. It holds `Storage::Cpu` like the CPU backend; [`backend`] returns it, and
 //! [`crate::backend::use_reference_cpu`] makes it serve `Device::Cpu` on one thread.
+//!
+//! Each kernel family `kernels/<family>.cu` has its reference in `<family>.rs` here; this file
+//! holds the storage helpers and the `Backend` trait dispatch.
 
+mod adam;
+pub mod augment;
+mod batchnorm;
+pub(crate) mod conditional;
 mod conv;
-pub(crate) mod norm;
+mod elementwise;
+mod loss;
+mod random;
+mod reduce;
+mod spectral_norm;
 
 /// The reference backend as a trait object.
 pub fn backend() -> std::rc::Rc<dyn Backend> {
@@ -13,36 +24,21 @@ pub fn backend() -> std::rc::Rc<dyn Backend> {
 }
 
 use super::*;
-use crate::rng;
 
 pub struct ReferenceBackend;
 
-fn host(s: &Storage) -> Result<&Vec<f32>> {
+pub(super) fn host(s: &Storage) -> Result<&Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
         other => bail!("reference backend got storage on {}", other.device()),
     }
 }
 
-fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
+pub(super) fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
         other => bail!("reference backend got storage on {}", other.device()),
     }
-}
-
-fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32) -> Result<Storage> {
-    let (a, b) = (host(a)?, host(b)?);
-    if a.len() != b.len() {
-        bail!("elementwise op on {} and {} elements", a.len(), b.len());
-    }
-    Ok(Storage::Cpu(
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(),
-    ))
-}
-
-fn map(a: &Storage, f: impl Fn(f32) -> f32) -> Result<Storage> {
-    Ok(Storage::Cpu(host(a)?.iter().map(|&x| f(x)).collect()))
 }
 
 pub(crate) fn scalar(s: &Storage) -> Result<f32> {
@@ -87,7 +83,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn upload_images(&self, pixels: &[u8]) -> Result<Storage> {
-        Ok(Storage::Cpu(augment::pack_bytes(pixels)))
+        augment::upload_images(pixels)
     }
     fn assemble_batch(
         &self,
@@ -97,51 +93,30 @@ impl Backend for ReferenceBackend {
         flips: &[bool],
         angles_deg: &[f32],
     ) -> Result<Storage> {
-        let packed = host(images)?;
-        augment::check_batch(packed.len(), image_size, indices, flips, angles_deg)?;
-        let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
-        Ok(Storage::Cpu(augment::assemble(
-            augment::packed_bytes(packed),
-            image_size,
-            &indices,
-            flips,
-            angles_deg,
-        )))
+        augment::assemble_batch(images, image_size, indices, flips, angles_deg)
     }
 
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
-        zip_map(a, b, |x, y| x + y)
+        elementwise::add(a, b)
     }
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
-        let x = host(x)?;
-        let acc = host_mut(acc)?;
-        if acc.len() != x.len() {
-            bail!("add_assign of {} into {} elements", x.len(), acc.len());
-        }
-        acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
-        Ok(())
+        elementwise::add_assign(acc, x)
     }
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
-        zip_map(a, b, |x, y| x * y)
+        elementwise::mul(a, b)
     }
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
-        map(a, |x| x * alpha)
+        elementwise::scale(a, alpha)
     }
     fn reciprocal(&self, a: &Storage) -> Result<Storage> {
-        map(a, |x| 1.0 / x)
+        elementwise::reciprocal(a)
     }
 
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
-        let k = scalar(s)? * alpha;
-        map(a, |x| x * k)
+        elementwise::scale_by_scalar(a, s, alpha)
     }
     fn activation(&self, act: Activation, x: &Storage) -> Result<Storage> {
-        match act {
-            Activation::Relu => map(x, |v| v.max(0.0)),
-            Activation::LeakyRelu(slope) => map(x, |v| if v > 0.0 { v } else { v * slope }),
-            Activation::Tanh => map(x, f32::tanh),
-            Activation::Sigmoid => map(x, stable_sigmoid),
-        }
+        elementwise::activation(act, x)
     }
     fn activation_backward(
         &self,
@@ -150,41 +125,14 @@ impl Backend for ReferenceBackend {
         y: &Storage,
         dy: &Storage,
     ) -> Result<Storage> {
-        match act {
-            Activation::Relu => zip_map(x, dy, |v, g| if v > 0.0 { g } else { 0.0 }),
-            Activation::LeakyRelu(s) => zip_map(x, dy, |v, g| if v > 0.0 { g } else { g * s }),
-            Activation::Tanh => zip_map(y, dy, |v, g| g * (1.0 - v * v)),
-            Activation::Sigmoid => zip_map(y, dy, |v, g| g * v * (1.0 - v)),
-        }
+        elementwise::activation_backward(act, x, y, dy)
     }
 
     fn sum_rows(&self, x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
-        let x = host(x)?;
-        if x.len() != rows * cols {
-            bail!("sum_rows: {} elements is not {rows}x{cols}", x.len());
-        }
-        Ok(Storage::Cpu(
-            (0..rows)
-                .map(|r| {
-                    let s: f64 = x[r * cols..(r + 1) * cols]
-                        .iter()
-                        .map(|&v| f64::from(v))
-                        .sum();
-                    (s * f64::from(alpha)) as f32
-                })
-                .collect(),
-        ))
+        reduce::sum_rows(x, rows, cols, alpha)
     }
     fn broadcast_rows(&self, g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
-        let g = host(g)?;
-        if g.len() != rows {
-            bail!("broadcast_rows: {} values for {rows} rows", g.len());
-        }
-        Ok(Storage::Cpu(
-            g.iter()
-                .flat_map(|&v| std::iter::repeat_n(v * alpha, cols))
-                .collect(),
-        ))
+        reduce::broadcast_rows(g, rows, cols, alpha)
     }
 
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
@@ -197,21 +145,10 @@ impl Backend for ReferenceBackend {
         Ok(Storage::Cpu(conv::backward_filter(host(x)?, host(dy)?, g)))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
-        let (y, b) = (host(y)?, host(b)?);
-        Ok(Storage::Cpu(
-            y.iter()
-                .enumerate()
-                .map(|(i, &v)| v + b[(i / d.hw) % d.c])
-                .collect(),
-        ))
+        reduce::add_channel_bias(y, b, d)
     }
     fn channel_sum(&self, dy: &Storage, d: ChannelDims) -> Result<Storage> {
-        let dy = host(dy)?;
-        let mut sums = vec![0f64; d.c];
-        for (i, &v) in dy.iter().enumerate() {
-            sums[(i / d.hw) % d.c] += f64::from(v);
-        }
-        Ok(Storage::Cpu(sums.into_iter().map(|s| s as f32).collect()))
+        reduce::channel_sum(dy, d)
     }
 
     fn batch_norm_train(
@@ -225,30 +162,7 @@ impl Backend for ReferenceBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        d.check_batch_norm_train()?;
-        let (x, gamma, beta) = (host(x)?, host(gamma)?, host(beta)?);
-        let moments = norm::channel_moments(x, d);
-        let m = (d.n * d.hw) as f64;
-        let mean: Vec<f32> = moments.iter().map(|p| p.0 as f32).collect();
-        let invstd: Vec<f32> = moments
-            .iter()
-            .map(|p| (1.0 / (p.1 + f64::from(eps)).sqrt()) as f32)
-            .collect();
-        let scale: Vec<f32> = invstd.iter().zip(gamma).map(|(a, b)| a * b).collect();
-        let y = norm::normalize(x, d, &mean, &scale, beta);
-        let mom = f64::from(momentum);
-        for (r, p) in host_mut(running_mean)?.iter_mut().zip(&moments) {
-            *r = ((1.0 - mom) * f64::from(*r) + mom * p.0) as f32;
-        }
-        for (r, p) in host_mut(running_var)?.iter_mut().zip(&moments) {
-            let unbiased = p.1 * m / (m - 1.0);
-            *r = ((1.0 - mom) * f64::from(*r) + mom * unbiased) as f32;
-        }
-        Ok(BatchNormSaved {
-            y: Storage::Cpu(y),
-            mean: Storage::Cpu(mean),
-            invstd: Storage::Cpu(invstd),
-        })
+        batchnorm::batch_norm_train(x, gamma, beta, running_mean, running_var, d, momentum, eps)
     }
     fn batch_norm_eval(
         &self,
@@ -260,18 +174,7 @@ impl Backend for ReferenceBackend {
         d: ChannelDims,
         eps: f32,
     ) -> Result<Storage> {
-        let scale: Vec<f32> = host(running_var)?
-            .iter()
-            .zip(host(gamma)?)
-            .map(|(&v, &g)| g / (v + eps).sqrt())
-            .collect();
-        Ok(Storage::Cpu(norm::normalize(
-            host(x)?,
-            d,
-            host(running_mean)?,
-            &scale,
-            host(beta)?,
-        )))
+        batchnorm::batch_norm_eval(x, gamma, beta, running_mean, running_var, d, eps)
     }
     fn batch_norm_backward(
         &self,
@@ -282,32 +185,14 @@ impl Backend for ReferenceBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        let (dx, dg, db) = norm::backward(
-            host(x)?,
-            host(dy)?,
-            host(gamma)?,
-            host(mean)?,
-            host(invstd)?,
-            d,
-        );
-        Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
+        batchnorm::batch_norm_backward(x, dy, gamma, mean, invstd, d)
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
-        Ok(Storage::Cpu(
-            (0..len as u64)
-                .map(|i| rng::dropout_value_at(seed, i, p))
-                .collect(),
-        ))
+        random::dropout_mask(len, p, seed)
     }
     fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage> {
-        Ok(Storage::Cpu(
-            host(x)?
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| v + std * rng::normal_at(seed, i as u64))
-                .collect(),
-        ))
+        random::add_gaussian_noise(x, std, seed)
     }
 
     fn spectral_norm_sigma(
@@ -320,16 +205,7 @@ impl Backend for ReferenceBackend {
         eps: f32,
         update: bool,
     ) -> Result<Storage> {
-        let sigma = norm::spectral_sigma(
-            host(w)?,
-            host_mut(u)?,
-            host_mut(v)?,
-            rows,
-            cols,
-            eps,
-            update,
-        );
-        Ok(Storage::Cpu(vec![sigma]))
+        spectral_norm::spectral_norm_sigma(w, u, v, rows, cols, eps, update)
     }
     fn spectral_norm_backward(
         &self,
@@ -341,54 +217,18 @@ impl Backend for ReferenceBackend {
         _rows: usize,
         cols: usize,
     ) -> Result<Storage> {
-        Ok(Storage::Cpu(norm::spectral_backward(
-            host(w)?,
-            host(g)?,
-            host(u)?,
-            host(v)?,
-            scalar(sigma)?,
-            cols,
-        )))
+        spectral_norm::spectral_norm_backward(w, g, u, v, sigma, cols)
     }
 
     fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
-        let x = host(x)?;
-        let n = x.len() as f64;
-        let mut loss = 0f64;
-        let grad = x
-            .iter()
-            .map(|&v| {
-                let l = v.max(0.0) - v * target + (-v.abs()).exp().ln_1p();
-                loss += f64::from(l);
-                ((f64::from(stable_sigmoid(v)) - f64::from(target)) / n) as f32
-            })
-            .collect();
-        Ok((Storage::Cpu(vec![(loss / n) as f32]), Storage::Cpu(grad)))
+        loss::bce_with_logits(x, target)
     }
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
-        let sqrt_bc2 = step.bias_correction2.sqrt();
-        for it in items.iter_mut() {
-            let step_size = it.lr / step.bias_correction1;
-            let g = host(it.grad)?;
-            let m = host_mut(it.m)?;
-            let v = host_mut(it.v)?;
-            let p = host_mut(it.param)?;
-            if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
-                bail!("adam: parameter, gradient and moments differ in length");
-            }
-            for i in 0..p.len() {
-                m[i] = step.beta1 * m[i] + (1.0 - step.beta1) * g[i];
-                v[i] = step.beta2 * v[i] + (1.0 - step.beta2) * g[i] * g[i];
-                let denom = v[i].sqrt() / sqrt_bc2 + step.eps;
-                p[i] -= step_size * m[i] / denom;
-            }
-        }
-        Ok(())
+        adam::adam_update(items, step)
     }
 
-    // ---- conditional models and DiffAugment (issue 13): the plain loops of
-    // `crate::backend::cpu::conditional`, which are reference code already
+    // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`
     fn embedding(
         &self,
         table: &Storage,
@@ -396,8 +236,7 @@ impl Backend for ReferenceBackend {
         classes: usize,
         dim: usize,
     ) -> Result<Storage> {
-        crate::backend::cpu::conditional::embedding(host(table)?, host(labels)?, classes, dim)
-            .map(Storage::Cpu)
+        conditional::embedding(host(table)?, host(labels)?, classes, dim).map(Storage::Cpu)
     }
     fn embedding_backward(
         &self,
@@ -406,8 +245,7 @@ impl Backend for ReferenceBackend {
         classes: usize,
         dim: usize,
     ) -> Result<Storage> {
-        crate::backend::cpu::conditional::embedding_backward(host(dy)?, host(labels)?, classes, dim)
-            .map(Storage::Cpu)
+        conditional::embedding_backward(host(dy)?, host(labels)?, classes, dim).map(Storage::Cpu)
     }
     fn channel_affine(
         &self,
@@ -416,8 +254,7 @@ impl Backend for ReferenceBackend {
         shift: &Storage,
         d: ChannelDims,
     ) -> Result<Storage> {
-        crate::backend::cpu::conditional::channel_affine(host(x)?, host(scale)?, host(shift)?, d)
-            .map(Storage::Cpu)
+        conditional::channel_affine(host(x)?, host(scale)?, host(shift)?, d).map(Storage::Cpu)
     }
     fn channel_affine_backward(
         &self,
@@ -426,16 +263,12 @@ impl Backend for ReferenceBackend {
         scale: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        let (dx, ds, db) = crate::backend::cpu::conditional::channel_affine_backward(
-            host(x)?,
-            host(dy)?,
-            host(scale)?,
-            d,
-        )?;
+        let (dx, ds, db) =
+            conditional::channel_affine_backward(host(x)?, host(dy)?, host(scale)?, d)?;
         Ok((Storage::Cpu(dx), Storage::Cpu(ds), Storage::Cpu(db)))
     }
     fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage> {
-        crate::backend::cpu::conditional::row_dot(host(a)?, host(b)?, rows, cols).map(Storage::Cpu)
+        conditional::row_dot(host(a)?, host(b)?, rows, cols).map(Storage::Cpu)
     }
     fn row_dot_backward(
         &self,
@@ -445,13 +278,7 @@ impl Backend for ReferenceBackend {
         rows: usize,
         cols: usize,
     ) -> Result<(Storage, Storage)> {
-        let (da, db) = crate::backend::cpu::conditional::row_dot_backward(
-            host(a)?,
-            host(b)?,
-            host(g)?,
-            rows,
-            cols,
-        )?;
+        let (da, db) = conditional::row_dot_backward(host(a)?, host(b)?, host(g)?, rows, cols)?;
         Ok((Storage::Cpu(da), Storage::Cpu(db)))
     }
     fn diffaug_color(
@@ -461,8 +288,7 @@ impl Backend for ReferenceBackend {
         d: ChannelDims,
         brightness: bool,
     ) -> Result<Storage> {
-        crate::backend::cpu::conditional::diffaug_color(host(x)?, host(params)?, d, brightness)
-            .map(Storage::Cpu)
+        conditional::diffaug_color(host(x)?, host(params)?, d, brightness).map(Storage::Cpu)
     }
     fn diffaug_translate(
         &self,
@@ -470,11 +296,9 @@ impl Backend for ReferenceBackend {
         shifts: &Storage,
         dims: [usize; 4],
     ) -> Result<Storage> {
-        crate::backend::cpu::conditional::diffaug_translate(host(x)?, host(shifts)?, dims)
-            .map(Storage::Cpu)
+        conditional::diffaug_translate(host(x)?, host(shifts)?, dims).map(Storage::Cpu)
     }
     fn diffaug_cutout(&self, x: &Storage, boxes: &Storage, dims: [usize; 4]) -> Result<Storage> {
-        crate::backend::cpu::conditional::diffaug_cutout(host(x)?, host(boxes)?, dims)
-            .map(Storage::Cpu)
+        conditional::diffaug_cutout(host(x)?, host(boxes)?, dims).map(Storage::Cpu)
     }
 }

@@ -1,5 +1,7 @@
 //! Training-only regularisers: dropout and additive Gaussian noise. Both draw from the
 //! counter-based generator (`crate::rng`), so a given seed gives the same mask on every backend.
+//! Kernels: `kernels/random.cu` (launches in `backend/cuda/random.rs`, reference in
+//! `backend/reference/random.rs`).
 
 use crate::backend::Storage;
 use crate::tensor::Tensor;

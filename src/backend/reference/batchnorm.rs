@@ -1,7 +1,10 @@
-//! Batch norm and spectral norm, reference loops. Sums are accumulated in f64: this is the reference
-//! the CUDA kernels are judged against.
+//! Batch norm, reference loops: per-channel moments (two-pass), normalisation and the
+//! backward pass, accumulated in f64. `kernels/batchnorm.cu` is judged against it.
+//! Autograd: `src/ops/batchnorm.rs`.
 
-use crate::backend::ChannelDims;
+use super::{host, host_mut};
+use crate::backend::*;
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// Values of channel `c` across the batch, in order.
@@ -98,91 +101,81 @@ pub fn backward(
     (dx, dgamma, dbeta)
 }
 
-/// `W·x` for W `[rows, cols]`, in f64.
-fn mat_vec(w: &[f32], rows: usize, cols: usize, x: &[f64]) -> Vec<f64> {
-    (0..rows)
-        .map(|r| {
-            w[r * cols..(r + 1) * cols]
-                .iter()
-                .zip(x)
-                .map(|(&a, &b)| f64::from(a) * b)
-                .sum()
-        })
-        .collect()
-}
-
-/// `Wᵀ·x` for W `[rows, cols]`, in f64.
-fn mat_t_vec(w: &[f32], rows: usize, cols: usize, x: &[f64]) -> Vec<f64> {
-    let mut out = vec![0.0; cols];
-    for r in 0..rows {
-        for (o, &a) in out.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
-            *o += f64::from(a) * x[r];
-        }
-    }
-    out
-}
-
-/// PyTorch's `normalize(v, dim=0, eps)`: v / max(|v|, eps).
-fn normalized(v: Vec<f64>, eps: f32) -> Vec<f64> {
-    let norm = v
-        .iter()
-        .map(|a| a * a)
-        .sum::<f64>()
-        .sqrt()
-        .max(f64::from(eps));
-    v.into_iter().map(|a| a / norm).collect()
-}
-
-/// One power iteration (when `update`) then sigma = uᵀWv.
-pub fn spectral_sigma(
-    w: &[f32],
-    u: &mut [f32],
-    v: &mut [f32],
-    rows: usize,
-    cols: usize,
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batch_norm_train(
+    x: &Storage,
+    gamma: &Storage,
+    beta: &Storage,
+    running_mean: &mut Storage,
+    running_var: &mut Storage,
+    d: ChannelDims,
+    momentum: f32,
     eps: f32,
-    update: bool,
-) -> f32 {
-    if update {
-        let u64_: Vec<f64> = u.iter().map(|&a| f64::from(a)).collect();
-        let new_v = normalized(mat_t_vec(w, rows, cols, &u64_), eps);
-        let new_u = normalized(mat_vec(w, rows, cols, &new_v), eps);
-        for (d, s) in v.iter_mut().zip(&new_v) {
-            *d = *s as f32;
-        }
-        for (d, s) in u.iter_mut().zip(&new_u) {
-            *d = *s as f32;
-        }
+) -> Result<BatchNormSaved> {
+    d.check_batch_norm_train()?;
+    let (x, gamma, beta) = (host(x)?, host(gamma)?, host(beta)?);
+    let moments = channel_moments(x, d);
+    let m = (d.n * d.hw) as f64;
+    let mean: Vec<f32> = moments.iter().map(|p| p.0 as f32).collect();
+    let invstd: Vec<f32> = moments
+        .iter()
+        .map(|p| (1.0 / (p.1 + f64::from(eps)).sqrt()) as f32)
+        .collect();
+    let scale: Vec<f32> = invstd.iter().zip(gamma).map(|(a, b)| a * b).collect();
+    let y = normalize(x, d, &mean, &scale, beta);
+    let mom = f64::from(momentum);
+    for (r, p) in host_mut(running_mean)?.iter_mut().zip(&moments) {
+        *r = ((1.0 - mom) * f64::from(*r) + mom * p.0) as f32;
     }
-    let v64: Vec<f64> = v.iter().map(|&a| f64::from(a)).collect();
-    let wv = mat_vec(w, rows, cols, &v64);
-    u.iter()
-        .zip(&wv)
-        .map(|(&a, b)| f64::from(a) * b)
-        .sum::<f64>() as f32
+    for (r, p) in host_mut(running_var)?.iter_mut().zip(&moments) {
+        let unbiased = p.1 * m / (m - 1.0);
+        *r = ((1.0 - mom) * f64::from(*r) + mom * unbiased) as f32;
+    }
+    Ok(BatchNormSaved {
+        y: Storage::Cpu(y),
+        mean: Storage::Cpu(mean),
+        invstd: Storage::Cpu(invstd),
+    })
 }
 
-/// `dW = g/sigma - (sum(g*W)/sigma^2) u vᵀ`.
-pub fn spectral_backward(
-    w: &[f32],
-    g: &[f32],
-    u: &[f32],
-    v: &[f32],
-    sigma: f32,
-    cols: usize,
-) -> Vec<f32> {
-    let s = f64::from(sigma);
-    let gw: f64 = g
+pub(super) fn batch_norm_eval(
+    x: &Storage,
+    gamma: &Storage,
+    beta: &Storage,
+    running_mean: &Storage,
+    running_var: &Storage,
+    d: ChannelDims,
+    eps: f32,
+) -> Result<Storage> {
+    let scale: Vec<f32> = host(running_var)?
         .iter()
-        .zip(w)
-        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-        .sum();
-    let coef = gw / (s * s);
-    g.iter()
-        .enumerate()
-        .map(|(i, &gi)| {
-            let (r, c) = (i / cols, i % cols);
-            (f64::from(gi) / s - coef * f64::from(u[r]) * f64::from(v[c])) as f32
-        })
-        .collect()
+        .zip(host(gamma)?)
+        .map(|(&v, &g)| g / (v + eps).sqrt())
+        .collect();
+    Ok(Storage::Cpu(normalize(
+        host(x)?,
+        d,
+        host(running_mean)?,
+        &scale,
+        host(beta)?,
+    )))
+}
+
+pub(super) fn batch_norm_backward(
+    x: &Storage,
+    dy: &Storage,
+    gamma: &Storage,
+    mean: &Storage,
+    invstd: &Storage,
+    d: ChannelDims,
+) -> Result<(Storage, Storage, Storage)> {
+    let (dx, dg, db) = backward(
+        host(x)?,
+        host(dy)?,
+        host(gamma)?,
+        host(mean)?,
+        host(invstd)?,
+        d,
+    );
+    Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
 }

@@ -11,6 +11,8 @@
 //! f32 everywhere, and a byte copy (not a value conversion) keeps their order in memory on both
 //! the host and the GPU.
 
+use super::host;
+use crate::backend::Storage;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -166,6 +168,29 @@ pub fn assemble(
         assemble_image(src, s, flips[b], rotation(angles_deg[b]), dst);
     });
     out
+}
+
+pub(super) fn upload_images(pixels: &[u8]) -> Result<Storage> {
+    Ok(Storage::Cpu(pack_bytes(pixels)))
+}
+
+pub(super) fn assemble_batch(
+    images: &Storage,
+    image_size: usize,
+    indices: &[u32],
+    flips: &[bool],
+    angles_deg: &[f32],
+) -> Result<Storage> {
+    let packed = host(images)?;
+    check_batch(packed.len(), image_size, indices, flips, angles_deg)?;
+    let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+    Ok(Storage::Cpu(assemble(
+        packed_bytes(packed),
+        image_size,
+        &indices,
+        flips,
+        angles_deg,
+    )))
 }
 
 #[cfg(test)]

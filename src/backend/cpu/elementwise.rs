@@ -1,0 +1,103 @@
+//! Elementwise ops, activations and the in-place `scale_add_assign` (the EMA update) on the
+//! rayon pool, in fixed chunks (each element alone, so the split changes no result).
+//! Reference: `crate::backend::reference::elementwise`; kernels: `kernels/elementwise.cu`.
+
+use super::{host, host_mut, ELEMENTWISE_CHUNK};
+use crate::backend::reference::{scalar, stable_sigmoid};
+use crate::backend::*;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<Storage> {
+    let (a, b) = (host(a)?, host(b)?);
+    if a.len() != b.len() {
+        bail!("elementwise op on {} and {} elements", a.len(), b.len());
+    }
+    let mut out = vec![0.0; a.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(b.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((o, a), b)| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        });
+    Ok(Storage::Cpu(out))
+}
+
+fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
+    let a = host(a)?;
+    let mut out = vec![0.0; a.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(o, a)| {
+            for (o, &x) in o.iter_mut().zip(a) {
+                *o = f(x);
+            }
+        });
+    Ok(Storage::Cpu(out))
+}
+
+pub(super) fn add(a: &Storage, b: &Storage) -> Result<Storage> {
+    zip_map(a, b, |x, y| x + y)
+}
+
+pub(super) fn mul(a: &Storage, b: &Storage) -> Result<Storage> {
+    zip_map(a, b, |x, y| x * y)
+}
+
+pub(super) fn scale(a: &Storage, alpha: f32) -> Result<Storage> {
+    map(a, |x| x * alpha)
+}
+
+pub(super) fn reciprocal(a: &Storage) -> Result<Storage> {
+    map(a, |x| 1.0 / x)
+}
+
+pub(super) fn scale_by_scalar(a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
+    let k = scalar(s)? * alpha;
+    map(a, |x| x * k)
+}
+
+pub(super) fn activation(act: Activation, x: &Storage) -> Result<Storage> {
+    match act {
+        Activation::Relu => map(x, |v| v.max(0.0)),
+        Activation::LeakyRelu(slope) => map(x, |v| if v > 0.0 { v } else { v * slope }),
+        Activation::Tanh => map(x, f32::tanh),
+        Activation::Sigmoid => map(x, stable_sigmoid),
+    }
+}
+
+pub(super) fn activation_backward(
+    act: Activation,
+    x: &Storage,
+    y: &Storage,
+    dy: &Storage,
+) -> Result<Storage> {
+    match act {
+        Activation::Relu => zip_map(x, dy, |v, g| if v > 0.0 { g } else { 0.0 }),
+        Activation::LeakyRelu(s) => zip_map(x, dy, |v, g| if v > 0.0 { g } else { g * s }),
+        Activation::Tanh => zip_map(y, dy, |v, g| g * (1.0 - v * v)),
+        Activation::Sigmoid => zip_map(y, dy, |v, g| g * v * (1.0 - v)),
+    }
+}
+
+pub(super) fn scale_add_assign(acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {
+    let x = host(x)?;
+    let acc = host_mut(acc)?;
+    if acc.len() != x.len() {
+        bail!(
+            "scale_add_assign of {} into {} elements",
+            x.len(),
+            acc.len()
+        );
+    }
+    acc.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(acc, x)| {
+            for (e, &w) in acc.iter_mut().zip(x) {
+                *e = *e * a + w * b;
+            }
+        });
+    Ok(())
+}

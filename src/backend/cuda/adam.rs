@@ -1,0 +1,108 @@
+//! Launch of `kernels/adam.cu`: one multi-tensor Adam kernel per group of up to 64 tensors.
+//! No autograd: the caller is the optimiser, `src/optim.rs`.
+
+use super::{cb, cb_mut, CudaBackend, BLOCK};
+use crate::backend::*;
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+/// Elements one Adam block updates.
+const ADAM_CHUNK: u32 = 4096;
+const ADAM_MAX_ITEMS: usize = 64;
+
+/// Kernel parameter of `adam_multi_f32`; must match `struct AdamTable` in kernels/adam.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AdamTable {
+    param: [u64; ADAM_MAX_ITEMS],
+    grad: [u64; ADAM_MAX_ITEMS],
+    m: [u64; ADAM_MAX_ITEMS],
+    v: [u64; ADAM_MAX_ITEMS],
+    len: [u32; ADAM_MAX_ITEMS],
+    block_start: [u32; ADAM_MAX_ITEMS + 1],
+    step: [f32; ADAM_MAX_ITEMS],
+    n_items: u32,
+}
+
+// SAFETY: plain-old-data with the C layout of the kernel's struct (checked by a size test).
+unsafe impl DeviceRepr for AdamTable {}
+
+pub(super) fn adam_update(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    step: AdamStep,
+) -> Result<()> {
+    let bc2_sqrt = step.bias_correction2.sqrt();
+    let live: Vec<usize> = (0..items.len())
+        .filter(|&i| !items[i].param.is_empty())
+        .collect();
+    for group in live.chunks(ADAM_MAX_ITEMS) {
+        let mut t = AdamTable {
+            param: [0; ADAM_MAX_ITEMS],
+            grad: [0; ADAM_MAX_ITEMS],
+            m: [0; ADAM_MAX_ITEMS],
+            v: [0; ADAM_MAX_ITEMS],
+            len: [0; ADAM_MAX_ITEMS],
+            block_start: [0; ADAM_MAX_ITEMS + 1],
+            step: [0.0; ADAM_MAX_ITEMS],
+            n_items: group.len() as u32,
+        };
+        let mut blocks: u32 = 0;
+        for (k, &i) in group.iter().enumerate() {
+            let it = &mut items[i];
+            let len = it.param.len();
+            if it.grad.len() != len || it.m.len() != len || it.v.len() != len {
+                bail!("adam: item {i} has mismatched lengths");
+            }
+            let len32 = u32::try_from(len).map_err(|_| anyhow!("adam: tensor too large"))?;
+            // Event tracking is off, so these raw pointers carry no synchronisation duty.
+            t.grad[k] = cb(it.grad)?.slice().device_ptr(&be.stream).0;
+            t.param[k] = cb_mut(it.param)?.slice_mut().device_ptr_mut(&be.stream).0;
+            t.m[k] = cb_mut(it.m)?.slice_mut().device_ptr_mut(&be.stream).0;
+            t.v[k] = cb_mut(it.v)?.slice_mut().device_ptr_mut(&be.stream).0;
+            t.len[k] = len32;
+            t.step[k] = it.lr / step.bias_correction1;
+            t.block_start[k] = blocks;
+            blocks += len32.div_ceil(ADAM_CHUNK);
+        }
+        t.block_start[group.len()] = blocks;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let chunk = ADAM_CHUNK;
+        launch!(
+            be,
+            "adam_multi_f32",
+            cfg,
+            &t,
+            &chunk,
+            &step.beta1,
+            &step.beta2,
+            &step.eps,
+            &bc2_sqrt
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adam_table_matches_the_kernel_struct_size() {
+        // 4 pointer arrays, len, block_start (65), step, n_items: see kernels/adam.cu.
+        let expect = 4 * 8 * ADAM_MAX_ITEMS
+            + 4 * ADAM_MAX_ITEMS
+            + 4 * (ADAM_MAX_ITEMS + 1)
+            + 4 * ADAM_MAX_ITEMS
+            + 4;
+        assert_eq!(std::mem::size_of::<AdamTable>(), expect.next_multiple_of(8));
+        assert!(
+            std::mem::size_of::<AdamTable>() + 24 <= 4096,
+            "kernel parameter limit"
+        );
+    }
+}

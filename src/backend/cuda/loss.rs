@@ -1,0 +1,32 @@
+//! Launch of `kernels/loss.cu`: fused BCE-with-logits (loss and gradient in one kernel).
+//! Autograd: `src/ops/loss.rs`.
+
+use super::{cb, CudaBackend};
+use crate::backend::*;
+use anyhow::{bail, Result};
+use cudarc::driver::PushKernelArg;
+
+pub(super) fn bce_with_logits(
+    be: &CudaBackend,
+    x: &Storage,
+    target: f32,
+) -> Result<(Storage, Storage)> {
+    let x = cb(x)?;
+    if x.len == 0 {
+        bail!("bce_with_logits: empty input");
+    }
+    let mut loss = be.alloc(1)?;
+    let mut grad = be.alloc(x.len)?;
+    let n = x.len as u64;
+    launch!(
+        be,
+        "bce_logits_f32",
+        CudaBackend::single_block(CudaBackend::reduce_threads(n)),
+        x.slice(),
+        &n,
+        &target,
+        loss.slice_mut(),
+        grad.slice_mut()
+    )?;
+    Ok((Storage::Cuda(loss), Storage::Cuda(grad)))
+}

@@ -1,0 +1,54 @@
+//! Launches of `kernels/random.cu`: dropout masks and Gaussian noise from the counter-based
+//! Philox generator of `crate::rng` (same values as the CPU). Autograd: `src/ops/random.rs`.
+
+use super::{cb, CudaBackend};
+use crate::backend::*;
+use anyhow::Result;
+use cudarc::driver::PushKernelArg;
+
+pub(super) fn dropout_mask(be: &CudaBackend, len: usize, p: f32, seed: u64) -> Result<Storage> {
+    let mut out = be.alloc(len)?;
+    // The same f32 expressions as crate::rng::dropout_value_at.
+    let keep = 1.0f32 - p;
+    let scale = 1.0f32 / (1.0f32 - p);
+    let n = len as u64;
+    if n > 0 {
+        let cfg = be.grid(n);
+        launch!(
+            be,
+            "dropout_mask_f32",
+            cfg,
+            out.slice_mut(),
+            &n,
+            &seed,
+            &keep,
+            &scale
+        )?;
+    }
+    Ok(Storage::Cuda(out))
+}
+
+pub(super) fn add_gaussian_noise(
+    be: &CudaBackend,
+    x: &Storage,
+    std: f32,
+    seed: u64,
+) -> Result<Storage> {
+    let x = cb(x)?;
+    let mut out = be.alloc(x.len)?;
+    let n = x.len as u64;
+    if n > 0 {
+        let cfg = be.grid(n);
+        launch!(
+            be,
+            "gaussian_noise_f32",
+            cfg,
+            x.slice(),
+            out.slice_mut(),
+            &n,
+            &seed,
+            &std
+        )?;
+    }
+    Ok(Storage::Cuda(out))
+}

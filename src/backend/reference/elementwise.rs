@@ -1,0 +1,74 @@
+//! Elementwise ops and activations, reference: one plain map per op (`kernels/elementwise.cu`).
+//! Autograd: `src/ops/elementwise.rs`.
+
+use super::{host, host_mut, scalar, stable_sigmoid};
+use crate::backend::*;
+use anyhow::{bail, Result};
+
+fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32) -> Result<Storage> {
+    let (a, b) = (host(a)?, host(b)?);
+    if a.len() != b.len() {
+        bail!("elementwise op on {} and {} elements", a.len(), b.len());
+    }
+    Ok(Storage::Cpu(
+        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(),
+    ))
+}
+
+fn map(a: &Storage, f: impl Fn(f32) -> f32) -> Result<Storage> {
+    Ok(Storage::Cpu(host(a)?.iter().map(|&x| f(x)).collect()))
+}
+
+pub(super) fn add(a: &Storage, b: &Storage) -> Result<Storage> {
+    zip_map(a, b, |x, y| x + y)
+}
+
+pub(super) fn add_assign(acc: &mut Storage, x: &Storage) -> Result<()> {
+    let x = host(x)?;
+    let acc = host_mut(acc)?;
+    if acc.len() != x.len() {
+        bail!("add_assign of {} into {} elements", x.len(), acc.len());
+    }
+    acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+    Ok(())
+}
+
+pub(super) fn mul(a: &Storage, b: &Storage) -> Result<Storage> {
+    zip_map(a, b, |x, y| x * y)
+}
+
+pub(super) fn scale(a: &Storage, alpha: f32) -> Result<Storage> {
+    map(a, |x| x * alpha)
+}
+
+pub(super) fn reciprocal(a: &Storage) -> Result<Storage> {
+    map(a, |x| 1.0 / x)
+}
+
+pub(super) fn scale_by_scalar(a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
+    let k = scalar(s)? * alpha;
+    map(a, |x| x * k)
+}
+
+pub(super) fn activation(act: Activation, x: &Storage) -> Result<Storage> {
+    match act {
+        Activation::Relu => map(x, |v| v.max(0.0)),
+        Activation::LeakyRelu(slope) => map(x, |v| if v > 0.0 { v } else { v * slope }),
+        Activation::Tanh => map(x, f32::tanh),
+        Activation::Sigmoid => map(x, stable_sigmoid),
+    }
+}
+
+pub(super) fn activation_backward(
+    act: Activation,
+    x: &Storage,
+    y: &Storage,
+    dy: &Storage,
+) -> Result<Storage> {
+    match act {
+        Activation::Relu => zip_map(x, dy, |v, g| if v > 0.0 { g } else { 0.0 }),
+        Activation::LeakyRelu(s) => zip_map(x, dy, |v, g| if v > 0.0 { g } else { g * s }),
+        Activation::Tanh => zip_map(y, dy, |v, g| g * (1.0 - v * v)),
+        Activation::Sigmoid => zip_map(y, dy, |v, g| g * v * (1.0 - v)),
+    }
+}

@@ -1,0 +1,25 @@
+//! Dropout masks and Gaussian noise, reference: the counter-based generator of `crate::rng`
+//! element by element (`kernels/random.cu` computes the same values). Autograd: `src/ops/random.rs`.
+
+use super::host;
+use crate::backend::*;
+use crate::rng;
+use anyhow::Result;
+
+pub(super) fn dropout_mask(len: usize, p: f32, seed: u64) -> Result<Storage> {
+    Ok(Storage::Cpu(
+        (0..len as u64)
+            .map(|i| rng::dropout_value_at(seed, i, p))
+            .collect(),
+    ))
+}
+
+pub(super) fn add_gaussian_noise(x: &Storage, std: f32, seed: u64) -> Result<Storage> {
+    Ok(Storage::Cpu(
+        host(x)?
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v + std * rng::normal_at(seed, i as u64))
+            .collect(),
+    ))
+}
