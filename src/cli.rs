@@ -1,9 +1,9 @@
 //! The `artgan` command line: `train`, `sample`, `interpolate`, `project`, `explore` and
 //! `report` (the commands that use a trained generator live in `crate::tools`).
 
-use crate::backend::{select, Device};
 use crate::checkpoint;
 use crate::data::{self, AugmentArgs, DataArgs, ExploreArgs};
+use crate::flags::DeviceArgs;
 use crate::nn::{ModelConfig, Preset};
 use crate::tools;
 pub use crate::tools::interpolate::InterpolateArgs;
@@ -60,51 +60,6 @@ pub enum Command {
     Doctor(crate::doctor::DoctorArgs),
 }
 
-/// A whole-number flag (`--batch-size`, `--epochs`, `--seed`, …) as clap parses it. Negative
-/// numbers reach this parser (every command allows them syntactically), so `--batch-size -1`
-/// is refused with the flag's own name instead of clap's "unexpected argument '-1'".
-pub fn parse_whole<T: std::str::FromStr>(s: &str) -> std::result::Result<T, String> {
-    let t = s.trim();
-    if t.starts_with('-') {
-        return Err(format!(
-            "{t} is negative: expected a whole number, 0 or more"
-        ));
-    }
-    t.parse()
-        .map_err(|_| format!("{t:?} is not a whole number (or is too large)"))
-}
-
-/// `--device` and `--conv-impl`, shared by every command that computes.
-#[derive(Args, Debug, Clone)]
-pub struct DeviceArgs {
-    /// Compute device: auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Convolution implementation on CUDA: cudnn, or own (im2col kernels + cuBLAS)
-    /// [default: cudnn, or ARTGAN_CONV_IMPL].
-    #[arg(long, value_enum)]
-    pub conv_impl: Option<ConvImplArg>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ConvImplArg {
-    Cudnn,
-    Own,
-}
-
-impl DeviceArgs {
-    /// Applies `--conv-impl` and resolves `--device` (printing why when auto picks the CPU).
-    pub fn resolve(&self) -> Result<Device> {
-        use crate::backend::cuda::{set_conv_impl, ConvImpl};
-        match self.conv_impl {
-            Some(ConvImplArg::Cudnn) => set_conv_impl(ConvImpl::Cudnn),
-            Some(ConvImplArg::Own) => set_conv_impl(ConvImpl::Own),
-            None => {}
-        }
-        select::resolve(select::parse_device(&self.device)?)
-    }
-}
-
 /// Image size, widths and epochs default to a small configuration that trains in minutes on a
 /// 2-core CPU; `--full` selects the preset's published architecture instead. With `--resume RUN`
 /// the run's own configuration is used; only the epochs, learning rates, cadences, device and
@@ -124,10 +79,10 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub full: bool,
     /// Passes over the data (the total, also when resuming) [default: 20].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
     pub epochs: Option<usize>,
     /// Images per batch [default: 64; dcgan-kaggle with --full: 128, as seed 000].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub batch_size: Option<usize>,
     /// Adam learning rate of D and G [default: 2e-4]; classical: G's detail stage gets a
     /// quarter of it (the seed's 2e-4 and 5e-5). --lr-d/--lr-g/--lr-g-detail override.
@@ -151,19 +106,19 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub no_dynamic_lr: bool,
     /// D steps per decision of the dynamic learning-rate rule.
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = train::lr_control::DEFAULT_WINDOW, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = train::lr_control::DEFAULT_WINDOW, conflicts_with = "resume")]
     pub lr_window: usize,
     /// Latent size [default: 100 for dcgan, 128 for classical and dcgan-kaggle].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub nz: Option<usize>,
     /// Generator width (channels of its last hidden layer) [default: 32, --full 64].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub ngf: Option<usize>,
     /// Discriminator width (channels of its first layer) [default: 32, --full 64].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub ndf: Option<usize>,
     /// Image side: 32, 64 or 128 [default: 32; --full: 64 dcgan, 128 classical].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub image_size: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -178,27 +133,27 @@ pub struct TrainArgs {
     #[arg(long, value_name = "LIST", conflicts_with = "resume")]
     pub diffaugment: Option<String>,
     /// Seed of every random stream (init, latents, dropout/noise, data order).
-    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0, conflicts_with = "resume")]
     pub seed: u64,
     /// Run folder [default: runs/<preset>-NNN, the first free number].
     #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Write the fixed-noise grid every N epochs (and always after the last one).
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
     pub sample_every: Option<usize>,
     /// Write a checkpoint (models, optimiser states, random streams) every N epochs and after
     /// the last one [default: 5].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
     pub checkpoint_every: Option<usize>,
     /// How many of the newest checkpoints to keep [default: 3].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
     pub keep_checkpoints: Option<usize>,
     /// Record the SWD quality metric (see `artgan evaluate`) of the sampling generator in
     /// metrics.csv every N epochs and after the last one (0 = never) [default: 0].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
     pub eval_every: Option<usize>,
     /// Images per set for that SWD (compare numbers only at equal counts) [default: 1024].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
     pub eval_count: Option<usize>,
     /// Do not keep the exponential moving average of the generator's weights (grids and
     /// `sample` then use the raw generator).
@@ -208,14 +163,14 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = train::ema::DEFAULT_HALF_LIFE_IMAGES, conflicts_with = "resume")]
     pub ema_half_life: f64,
     /// Discriminator updates per generator update [default: 1 for dcgan, 4 for classical].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, conflicts_with = "resume")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub d_steps: Option<usize>,
     /// Divergence guard: stop when a loss stays above this for --diverge-steps consecutive
     /// steps (a BCE of 100 means logits of about ±100) [default: 100].
     #[arg(long, value_name = "LOSS")]
     pub diverge_loss: Option<f32>,
     /// Consecutive steps above --diverge-loss that stop the run [default: 200].
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, value_name = "N")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, value_name = "N")]
     pub diverge_steps: Option<usize>,
     /// Train into --out even if it already holds files (they are overwritten).
     #[arg(long, conflicts_with = "resume")]
@@ -223,64 +178,6 @@ pub struct TrainArgs {
     /// No per-epoch lines and no progress bar.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-/// Which trained generator to use, shared by the commands that use one.
-#[derive(Args, Debug, Clone)]
-pub struct GeneratorArgs {
-    /// Run folder written by `artgan train` (its final weights, or its newest checkpoint while
-    /// it is still training), or one checkpoint folder RUN/checkpoints/epoch-NNNN.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Use the raw generator instead of the exponential moving average of its weights.
-    #[arg(long)]
-    pub no_ema: bool,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-impl GeneratorArgs {
-    /// Resolves the device and loads the generator (saying which weights when not the EMA).
-    pub fn load(&self) -> Result<(crate::nn::Generator, Device)> {
-        let device = self.device.resolve()?;
-        let (g, ema) = checkpoint::load_sampling_generator(&self.checkpoint, !self.no_ema, device)?;
-        if !ema && !self.no_ema {
-            eprintln!(
-                "note: {} has no EMA weights; using the raw generator",
-                self.checkpoint.display()
-            );
-        }
-        Ok((g, device))
-    }
-}
-
-/// Creates `dir` (and parents) and checks it can take our files. An existing non-empty folder
-/// is refused unless `force`, so an earlier run is never overwritten by accident.
-pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<()> {
-    if dir.exists() {
-        if !dir.is_dir() {
-            bail!("output {} exists and is not a folder", dir.display());
-        }
-        let non_empty = fs::read_dir(dir)
-            .with_context(|| format!("cannot read output folder {}", dir.display()))?
-            .next()
-            .is_some();
-        if non_empty && !force {
-            bail!(
-                "output folder {} is not empty: choose another --out or pass --force to overwrite",
-                dir.display()
-            );
-        }
-    } else {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-    }
-    // Probe: fail now, not after an hour of training.
-    let probe = dir.join(".artgan-write-test");
-    fs::write(&probe, b"")
-        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
-    let _ = fs::remove_file(&probe);
-    Ok(())
 }
 
 /// The model and recipe a `train` command asks for (a new run).
@@ -793,23 +690,6 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// One CHW image in [-1, 1] as an RGB PNG, written atomically.
-pub fn write_png(chw: &[f32], size: usize, path: &Path) -> Result<()> {
-    let plane = size * size;
-    let img = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
-        let i = y as usize * size + x as usize;
-        image::Rgb(
-            [0, 1, 2].map(|k| ((chw[k * plane + i].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8),
-        )
-    });
-    let mut bytes = Vec::new();
-    image::DynamicImage::ImageRgb8(img).write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
-    checkpoint::write_atomic(path, &bytes)
 }
 
 pub fn run(cli: &Cli) -> Result<()> {

@@ -2,9 +2,9 @@
 //! generator's images and the real images, optionally with the real-vs-real noise floor.
 
 use crate::checkpoint;
-use crate::cli::GeneratorArgs;
 use crate::data::{self, DataArgs};
 use crate::quality::{self, SwdParams, SwdReport};
+use crate::tools::GeneratorArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -24,11 +24,11 @@ pub struct EvaluateArgs {
     pub data: DataArgs,
     /// Images per set (generated and real; reals are drawn with replacement when the data has
     /// fewer). Progressive GAN reports 16384 (8× the time and memory of the default).
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = DEFAULT_COUNT)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = DEFAULT_COUNT)]
     pub count: usize,
     /// Seed of the latents, the real draw, the descriptor centres and the directions (and of the
     /// built-in paintings).
-    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Also compute the noise floor: the SWD between two draws of real images (what a perfect
     /// generator would score at this --count).

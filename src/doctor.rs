@@ -8,7 +8,7 @@
 //! call is wrapped in [`libs::catch_cudarc_panic`]. It always exits 0: a machine without a
 //! GPU is a valid answer.
 
-use crate::backend::cuda::{libs, loader};
+use crate::backend::cuda::{embedded, libs, loader};
 use crate::backend::select::{self, DeviceSpec};
 use crate::backend::Device;
 use anyhow::Result;
@@ -180,15 +180,15 @@ fn report_libraries(out: &mut Vec<String>) -> (bool, Option<(u32, u32)>) {
 
 /// The kernels this binary carries.
 fn report_build(out: &mut Vec<String>) -> Option<(u32, u32)> {
-    let first = loader::KERNEL_MODULES.first();
+    let first = embedded::KERNEL_MODULES.first();
     let ptx_isa = first.and_then(|m| m.ptx).and_then(ptx_isa_of);
     let cubins: Vec<String> = first
         .map(|m| m.cubins.iter().map(|(sm, _)| format!("sm_{sm}")).collect())
         .unwrap_or_default();
     out.push(format!(
         "kernels in this binary: {} modules; {}; {}",
-        loader::KERNEL_MODULES.len(),
-        match (loader::BUILD_NVRTC_VERSION, ptx_isa) {
+        embedded::KERNEL_MODULES.len(),
+        match (embedded::BUILD_NVRTC_VERSION, ptx_isa) {
             (Some((a, b)), Some((i, j))) =>
                 format!("PTX for compute_75 (PTX ISA {i}.{j}, from nvrtc {a}.{b})"),
             _ => "no PTX (built without nvrtc: sources are compiled at run time by the local \
@@ -275,7 +275,7 @@ fn report_device(
         }
     };
     out.push(format!("device cuda:{ordinal}: {name} (sm_{cc})"));
-    let image = match loader::KERNEL_MODULES
+    let image = match embedded::KERNEL_MODULES
         .first()
         .map(|m| loader::candidate_images(m, cc))
         .unwrap_or_default()

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod cli_evaluate;
 pub mod data;
 pub mod doctor;
+pub mod durable;
+pub mod flags;
 pub mod nn;
 pub mod ops;
 pub mod optim;

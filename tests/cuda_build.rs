@@ -3,7 +3,7 @@
 //! With `ARTGAN_EXPECT_KERNELS_COMPILED=1` (CI, after scripts/install-nvrtc) the kernels must
 //! have been compiled by build.rs: PTX a driver 535 accepts, and a cubin per listed arch.
 
-use artgan::backend::cuda::loader::{BUILD_NVRTC_VERSION, KERNEL_MODULES, PTX_ARCH};
+use artgan::backend::cuda::embedded::{BUILD_NVRTC_VERSION, KERNEL_MODULES, PTX_ARCH};
 use artgan::backend::select::{is_cuda_available, parse_device, resolve_with_reason, DeviceSpec};
 use artgan::Device;
 use std::path::Path;
@@ -253,8 +253,9 @@ fn gpu_loads_every_module_each_way() {
 /// one on the usual paths), every embedded source compiles to an sm_75 cubin and to PTX.
 #[test]
 fn run_time_nvrtc_compiles_every_module() {
+    use artgan::backend::cuda::embedded::BUILD_NVRTC_PATH;
     use artgan::backend::cuda::libs;
-    use artgan::backend::cuda::loader::{compile_embedded, BUILD_NVRTC_PATH};
+    use artgan::backend::cuda::loader::compile_embedded;
     if !libs::nvrtc_available() {
         assert!(
             BUILD_NVRTC_PATH.is_none_or(|p| !Path::new(p).exists()),

@@ -275,7 +275,7 @@ fn generated_images_become_bytes_as_pngs_are_written() {
     let bytes = to_u8_hwc(&chw, size);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.png");
-    artgan::cli::write_png(&chw, size, &path).unwrap();
+    artgan::tools::write_png(&chw, size, &path).unwrap();
     let png = image::open(&path).unwrap().to_rgb8();
     assert_eq!(png.as_raw(), &bytes);
     // Red channel of the first five pixels; 0 → 127.5 rounds up.

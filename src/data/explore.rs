@@ -21,13 +21,13 @@ pub struct ExploreArgs {
     #[arg(long, value_name = "DIR", default_value = "explore")]
     pub out: PathBuf,
     /// Sample grids for the N artists with the most paintings.
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, value_name = "N", default_value_t = 10)]
     pub top: usize,
     /// Size of the preprocessed images (the same size as training shares the cache).
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, value_name = "PX", default_value_t = 64)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, value_name = "PX", default_value_t = 64)]
     pub image_size: usize,
     /// Seed (only matters for the built-in set).
-    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
 }
 

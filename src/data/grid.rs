@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::checkpoint::write_atomic;
+pub use crate::durable::write_atomic;
 
 const PAD: usize = 2;
 

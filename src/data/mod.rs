@@ -103,7 +103,7 @@ pub struct DataArgs {
     #[arg(long, value_enum, default_value_t = Fit::Crop)]
     pub fit: Fit,
     /// Use only the first N images (in sorted path order, after the filters).
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, value_name = "N")]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, value_name = "N")]
     pub limit: Option<usize>,
     /// Where the decoded-image cache goes [default: <data>/.artgan-cache, or
     /// <out>/.artgan-cache when the data folder is read-only].

@@ -2,10 +2,11 @@
 //! path as a grid, numbered frames and an animated GIF.
 
 use super::{draw_latents, generate_chunks, parse_truncation, to_rgb_bytes, LATENT_STREAM};
+use super::{for_each_class, prepare_out_dir, write_png, GeneratorArgs};
+use crate::backend::Device;
 use crate::checkpoint;
-use crate::cli::{prepare_out_dir, write_png, GeneratorArgs};
 use crate::data::save_grid_png_u8;
-use crate::nn::Mode;
+use crate::nn::{Generator, Mode};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -22,14 +23,14 @@ pub struct InterpolateArgs {
     #[command(flatten)]
     pub classes: super::ClassArgs,
     /// Images per segment between two consecutive latents, both ends included (at least 2).
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 8)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = 8)]
     pub steps: usize,
     /// Number of random latents to visit (at least 2); the same ones `artgan sample` draws
     /// with the same --seed, --count and --truncation.
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 4)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = 4)]
     pub count: usize,
     /// Seed of the latents.
-    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Truncation trick (see `artgan sample --help`): latent components drawn from a standard
     /// normal truncated to [-T, T]; smaller T trades variety for cleaner images.
@@ -131,6 +132,12 @@ pub fn frame_indices(segments: usize, steps: usize, looped: bool) -> Vec<usize> 
 const PER_CLASS_DIR: &str = "interpolation-per-class";
 
 pub fn run(a: &InterpolateArgs) -> Result<()> {
+    check(a)?;
+    let (g, device) = a.generator.load()?;
+    run_loaded(a, &g, device)
+}
+
+fn check(a: &InterpolateArgs) -> Result<()> {
     if a.count < 2 {
         bail!("--count must be at least 2 (latents to interpolate between)");
     }
@@ -140,31 +147,29 @@ pub fn run(a: &InterpolateArgs) -> Result<()> {
     if !(a.fps > 0.0 && a.fps <= 100.0) {
         bail!("--fps {} must be above 0 and at most 100", a.fps);
     }
-    let (g, device) = a.generator.load()?;
-    if let super::ClassChoice::PerClass(n, table) =
-        a.classes.resolve(&g, &a.generator.checkpoint)?
-    {
-        if n == 0 {
-            bail!(
-                "{} is a conditional run: pass --class NAME or --per-class N (classes: {})",
-                a.generator.checkpoint.display(),
-                table.names().join(", ")
-            );
-        }
-        let base = a
-            .out
-            .clone()
-            .unwrap_or_else(|| a.generator.checkpoint.join(PER_CLASS_DIR));
-        for c in &table.classes {
-            let mut one = a.clone();
-            one.classes = super::ClassArgs {
-                class: Some(c.name.clone()),
-                per_class: None,
-            };
-            one.count = n;
-            one.out = Some(base.join(super::class_folder(&c.name)));
-            run(&one)?;
-        }
+    Ok(())
+}
+
+/// One run on the generator `run` loaded; `--per-class` makes one per class on it.
+fn run_loaded(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
+    let choice = a.classes.resolve(g, &a.generator.checkpoint)?;
+    let one_class = |classes, n, out| {
+        let one = InterpolateArgs {
+            classes,
+            count: n,
+            out: Some(out),
+            ..a.clone()
+        };
+        check(&one)?;
+        run_loaded(&one, g, device)
+    };
+    if for_each_class(
+        &choice,
+        &a.generator,
+        a.out.as_deref(),
+        PER_CLASS_DIR,
+        one_class,
+    )? {
         return Ok(());
     }
     let out = a.out.clone().unwrap_or_else(|| {

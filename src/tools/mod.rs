@@ -1,7 +1,8 @@
 //! Commands that use a trained generator: `sample`, `interpolate` and `project`.
 //!
 //! Shared here: the latent draw (standard normal, optionally truncated), batched generation in
-//! eval mode, and the pixel conversion of written images. All three commands draw their
+//! eval mode, the pixel conversion of written images, which generator to load
+//! ([`GeneratorArgs`], also used by `evaluate`) and the output folder. All three commands draw their
 //! random latents from the same stream, so `sample --seed S --count K` and
 //! `interpolate --seed S --count K` start from the same K latents.
 
@@ -10,10 +11,15 @@ pub mod project;
 pub mod sample;
 
 use crate::backend::Device;
+use crate::checkpoint;
+use crate::flags::DeviceArgs;
 use crate::nn::{Ctx, Generator, Mode};
 use crate::rng::Rng;
 use crate::tensor::{no_grad, Tensor};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 /// Most latents pushed through G at once: bounds activation memory whatever `--count` is.
 pub const GEN_BATCH: usize = 64;
@@ -129,7 +135,7 @@ pub fn grid_nrow(n: usize) -> usize {
 }
 
 /// One CHW image in [-1, 1] as HWC RGB bytes, with the same rounding as
-/// [`crate::cli::write_png`], so a grid or GIF frame has the exact pixels of the PNG files.
+/// [`write_png`], so a grid or GIF frame has the exact pixels of the PNG files.
 pub fn to_rgb_bytes(chw: &[f32], size: usize) -> Vec<u8> {
     let plane = size * size;
     let mut out = Vec::with_capacity(3 * plane);
@@ -139,6 +145,81 @@ pub fn to_rgb_bytes(chw: &[f32], size: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Which trained generator to use, shared by the commands that use one.
+#[derive(Args, Debug, Clone)]
+pub struct GeneratorArgs {
+    /// Run folder written by `artgan train` (its final weights, or its newest checkpoint while
+    /// it is still training), or one checkpoint folder RUN/checkpoints/epoch-NNNN.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Use the raw generator instead of the exponential moving average of its weights.
+    #[arg(long)]
+    pub no_ema: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl GeneratorArgs {
+    /// Resolves the device and loads the generator (saying which weights when not the EMA).
+    pub fn load(&self) -> Result<(crate::nn::Generator, Device)> {
+        let device = self.device.resolve()?;
+        let (g, ema) = checkpoint::load_sampling_generator(&self.checkpoint, !self.no_ema, device)?;
+        if !ema && !self.no_ema {
+            eprintln!(
+                "note: {} has no EMA weights; using the raw generator",
+                self.checkpoint.display()
+            );
+        }
+        Ok((g, device))
+    }
+}
+
+/// Creates `dir` (and parents) and checks it can take our files. An existing non-empty folder
+/// is refused unless `force`, so an earlier run is never overwritten by accident.
+pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            bail!("output {} exists and is not a folder", dir.display());
+        }
+        let non_empty = fs::read_dir(dir)
+            .with_context(|| format!("cannot read output folder {}", dir.display()))?
+            .next()
+            .is_some();
+        if non_empty && !force {
+            bail!(
+                "output folder {} is not empty: choose another --out or pass --force to overwrite",
+                dir.display()
+            );
+        }
+    } else {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    }
+    // Probe: fail now, not after an hour of training.
+    let probe = dir.join(".artgan-write-test");
+    fs::write(&probe, b"")
+        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// One CHW image in [-1, 1] as an RGB PNG, written atomically.
+pub fn write_png(chw: &[f32], size: usize, path: &Path) -> Result<()> {
+    let plane = size * size;
+    let img = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
+        let i = y as usize * size + x as usize;
+        image::Rgb(
+            [0, 1, 2].map(|k| ((chw[k * plane + i].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8),
+        )
+    });
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    checkpoint::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]
@@ -285,6 +366,39 @@ pub fn generate_chunks_labeled(
         each(start, &images)?;
     }
     Ok(())
+}
+
+/// `--per-class N` of `interpolate` and `project`: `one` runs for every class of the run, given
+/// `--class` set to that class, N, and the class's own sub-folder of `--out` (default
+/// `<checkpoint>/<default_dir>`). Returns whether it ran: `false` when `choice` is not per class
+/// (the caller makes its one run). A conditional run without `--class` or `--per-class` is
+/// refused, naming its classes.
+pub fn for_each_class(
+    choice: &ClassChoice,
+    generator: &GeneratorArgs,
+    out: Option<&Path>,
+    default_dir: &str,
+    mut one: impl FnMut(ClassArgs, usize, PathBuf) -> Result<()>,
+) -> Result<bool> {
+    let ClassChoice::PerClass(n, table) = choice else {
+        return Ok(false);
+    };
+    if *n == 0 {
+        bail!(
+            "{} is a conditional run: pass --class NAME or --per-class N (classes: {})",
+            generator.checkpoint.display(),
+            table.names().join(", ")
+        );
+    }
+    let base = out.map_or_else(|| generator.checkpoint.join(default_dir), Path::to_path_buf);
+    for c in &table.classes {
+        let classes = ClassArgs {
+            class: Some(c.name.clone()),
+            per_class: None,
+        };
+        one(classes, *n, base.join(class_folder(&c.name)))?;
+    }
+    Ok(true)
 }
 
 /// A file-system-safe folder name for a class.

@@ -2,9 +2,10 @@
 //! optimising z with G frozen), then paints variations around it — seed 000's "photograph as a
 //! blank canvas".
 
+use super::{for_each_class, prepare_out_dir, write_png, GeneratorArgs};
 use super::{generate, grid_nrow};
+use crate::backend::Device;
 use crate::checkpoint;
-use crate::cli::{prepare_out_dir, write_png, GeneratorArgs};
 use crate::data::{decode_file, save_grid_png, Fit};
 use crate::nn::{Ctx, Generator, Mode, Module};
 use crate::ops;
@@ -27,16 +28,16 @@ pub struct ProjectArgs {
     #[arg(long)]
     pub image: PathBuf,
     /// Adam steps on the latent.
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 300)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = 300)]
     pub steps: usize,
     /// Adam learning rate of the latent.
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
     /// Seed of the starting candidates and of the variations.
-    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Number of variations painted around the projected latent (0: none).
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 8)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = 8)]
     pub variations: usize,
     /// Size of the variations' latent offsets: z* + spread·ε with ε ~ N(0, I). 0 repeats the
     /// closest image; around 1 the variations are about as different as random samples.
@@ -230,6 +231,12 @@ pub fn project(g: &Generator, target: &[f32], opts: &ProjectOptions) -> Result<P
 const PER_CLASS_DIR: &str = "project-per-class";
 
 pub fn run(a: &ProjectArgs) -> Result<()> {
+    check(a)?;
+    let (g, device) = a.generator.load()?;
+    run_loaded(a, &g, device)
+}
+
+fn check(a: &ProjectArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -239,31 +246,29 @@ pub fn run(a: &ProjectArgs) -> Result<()> {
     if !(a.spread.is_finite() && a.spread >= 0.0) {
         bail!("--spread {} must be a number of at least 0", a.spread);
     }
-    let (g, device) = a.generator.load()?;
-    if let super::ClassChoice::PerClass(n, table) =
-        a.classes.resolve(&g, &a.generator.checkpoint)?
-    {
-        if n == 0 {
-            bail!(
-                "{} is a conditional run: pass --class NAME or --per-class N (classes: {})",
-                a.generator.checkpoint.display(),
-                table.names().join(", ")
-            );
-        }
-        let base = a
-            .out
-            .clone()
-            .unwrap_or_else(|| a.generator.checkpoint.join(PER_CLASS_DIR));
-        for c in &table.classes {
-            let mut one = a.clone();
-            one.classes = super::ClassArgs {
-                class: Some(c.name.clone()),
-                per_class: None,
-            };
-            one.variations = n;
-            one.out = Some(base.join(super::class_folder(&c.name)));
-            run(&one)?;
-        }
+    Ok(())
+}
+
+/// One run on the generator `run` loaded; `--per-class` makes one per class on it.
+fn run_loaded(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
+    let choice = a.classes.resolve(g, &a.generator.checkpoint)?;
+    let one_class = |classes, n, out| {
+        let one = ProjectArgs {
+            classes,
+            variations: n,
+            out: Some(out),
+            ..a.clone()
+        };
+        check(&one)?;
+        run_loaded(&one, g, device)
+    };
+    if for_each_class(
+        &choice,
+        &a.generator,
+        a.out.as_deref(),
+        PER_CLASS_DIR,
+        one_class,
+    )? {
         return Ok(());
     }
     let size = g.config.image_size;

@@ -1,8 +1,8 @@
 //! `artgan sample`: images from random latents, one PNG each, optionally a grid of them all.
 
 use super::{draw_latents, generate_chunks, grid_nrow, parse_truncation, LATENT_STREAM};
+use super::{prepare_out_dir, write_png, GeneratorArgs};
 use crate::checkpoint;
-use crate::cli::{prepare_out_dir, write_png, GeneratorArgs};
 use crate::data::save_grid_png;
 use crate::nn::Mode;
 use crate::rng::Rng;
@@ -17,10 +17,10 @@ pub struct SampleArgs {
     #[command(flatten)]
     pub classes: super::ClassArgs,
     /// Number of images.
-    #[arg(long, value_parser = crate::cli::parse_whole::<usize>, default_value_t = 16)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = 16)]
     pub count: usize,
     /// Seed of the latents.
-    #[arg(long, value_parser = crate::cli::parse_whole::<u64>, default_value_t = 0)]
+    #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Output folder [default: RUN_DIR/samples-seed-S].
     #[arg(long)]

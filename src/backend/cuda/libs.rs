@@ -99,7 +99,7 @@ pub fn ensure_cudnn() -> Result<()> {
 /// Whether the run time cannot work without nvrtc: a module was built with no PTX (nvrtc was
 /// missing at build time).
 pub fn nvrtc_required() -> bool {
-    super::loader::KERNEL_MODULES
+    super::embedded::KERNEL_MODULES
         .iter()
         .any(|m| m.ptx.is_none())
 }
@@ -212,7 +212,7 @@ pub fn search_dirs() -> Vec<PathBuf> {
         // The nvrtc build.rs used (ARTGAN_NVRTC at build time) serves the run-time fallback too.
         for p in [
             std::env::var_os("ARTGAN_NVRTC").map(PathBuf::from),
-            super::loader::BUILD_NVRTC_PATH.map(PathBuf::from),
+            super::embedded::BUILD_NVRTC_PATH.map(PathBuf::from),
         ]
         .into_iter()
         .flatten()

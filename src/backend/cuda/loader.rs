@@ -9,6 +9,7 @@
 //!
 //! Loaded modules are cached per context: the backend may ask for a module on every op.
 
+use super::embedded::{self, KernelModule, BUILD_NVRTC_VERSION, KERNEL_MODULES, PTX_ARCH};
 use super::libs;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaModule};
@@ -16,27 +17,6 @@ use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// One kernel file as embedded by build.rs.
-#[derive(Debug)]
-pub struct KernelModule {
-    /// File stem of `kernels/<name>.cu`.
-    pub name: &'static str,
-    /// Source with our local headers (`common.cuh`) inlined, so it compiles on its own.
-    pub source: &'static str,
-    /// PTX for `compute_{PTX_ARCH}`; `None` when no nvrtc was found at build time.
-    pub ptx: Option<&'static str>,
-    /// `(sm, cubin)`, e.g. `(86, ..)` for sm_86.
-    pub cubins: &'static [(u32, &'static [u8])],
-}
-
-// KERNEL_MODULES, BUILD_NVRTC_VERSION, PTX_ARCH.
-include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
-
-/// The embedded module called `name`.
-pub fn embedded(name: &str) -> Option<&'static KernelModule> {
-    KERNEL_MODULES.iter().find(|m| m.name == name)
-}
 
 /// A prebuilt image to try, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +106,7 @@ pub fn load_module_with(
     name: &str,
     policy: ImagePolicy,
 ) -> Result<(Arc<CudaModule>, LoadedFrom)> {
-    let m = embedded(name).ok_or_else(|| {
+    let m = embedded::find(name).ok_or_else(|| {
         anyhow!(
             "no kernel module {name:?} (known: {})",
             KERNEL_MODULES

@@ -31,6 +31,7 @@ mod conditional;
 mod conv;
 mod cudnn;
 mod elementwise;
+pub mod embedded;
 mod err;
 pub mod libs;
 pub mod loader;

@@ -1,0 +1,252 @@
+//! Checkpoint folders and manifests: `RUN/checkpoints/epoch-NNNN/` written whole or not at all,
+//! checked against the size and CRC-32 of every file, listed, pruned; and the final model
+//! files of a run with their manifest.
+
+use crate::durable::{sync_dir, write_atomic, write_synced};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Writes a run's final model files (`files`: name and bytes) with a `manifest.json` (size and
+/// CRC-32 of each) into `dir`. The old manifest goes first and the new one is written last,
+/// each file atomically, so at every moment the folder holds either no manifest or one that
+/// matches the files it lists: a crash in between leaves unverified files, never wrong ones
+/// passed as checked.
+pub fn save_final_models(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    remove_manifest(dir)?;
+    let mut manifest = Vec::with_capacity(files.len());
+    for (file, bytes) in files {
+        write_atomic(&dir.join(file), bytes)?;
+        manifest.push(ManifestEntry {
+            file: file.to_string(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        });
+    }
+    write_atomic(
+        &dir.join(MANIFEST_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )
+}
+
+/// Removes `dir/manifest.json` (before the files it lists are removed or replaced).
+pub fn remove_manifest(dir: &Path) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            sync_dir(dir);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+/// Checks the weights in `dir` (a run folder or a checkpoint folder) against its
+/// `manifest.json` where it has one (runs written before manifests existed have none).
+pub fn verify_weights_dir(dir: &Path) -> Result<()> {
+    if dir.join(MANIFEST_FILE).is_file() {
+        verify_checkpoint(dir)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint folders: `RUN/checkpoints/epoch-NNNN/`, each complete in itself.
+//
+// A checkpoint is written into `RUN/checkpoints/.partial-epoch-NNNN/`, every file fsynced, then a
+// `manifest.json` (size and CRC-32 of every file) last, and only then is the folder renamed to
+// its final name. A crash or `kill -9` at any moment leaves either no folder of that name or a
+// complete one; a leftover `.partial-*` folder is ignored and removed by the next write. The
+// manifest also catches a later corruption (a truncated copy, a bad disk): such a checkpoint is
+// skipped with a warning and the next older one is used.
+
+/// Folder of a run's checkpoints.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ManifestEntry {
+    file: String,
+    bytes: u64,
+    crc32: u32,
+}
+
+/// The folder name of the checkpoint after `epoch`.
+pub fn checkpoint_name(epoch: usize) -> String {
+    format!("epoch-{epoch:04}")
+}
+
+/// The folder name of a mid-epoch checkpoint (an interrupted run): `epoch` epochs complete and
+/// `batch` batches of the next one done, `epoch-NNNN+BBBBBB`.
+pub fn mid_epoch_checkpoint_name(epoch: usize, batch: usize) -> String {
+    if batch == 0 {
+        checkpoint_name(epoch)
+    } else {
+        format!("epoch-{epoch:04}+{batch:06}")
+    }
+}
+
+/// (epochs complete, batches of the next one done) of a checkpoint folder name.
+fn parse_checkpoint_name(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("epoch-")?;
+    match rest.split_once('+') {
+        Some((e, b)) => Some((e.parse().ok()?, b.parse().ok()?)),
+        None => Some((rest.parse().ok()?, 0)),
+    }
+}
+
+/// (epochs complete, batches of the next one done) of checkpoint folder `dir` (0, 0 when the
+/// name is not a checkpoint's).
+pub fn checkpoint_position(dir: &Path) -> (usize, usize) {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_checkpoint_name)
+        .unwrap_or((0, 0))
+}
+
+/// Writes a checkpoint folder `RUN/checkpoints/epoch-NNNN` holding `files` (name, bytes)
+/// atomically (see above) and returns its path. An existing checkpoint of that epoch is replaced.
+pub fn write_checkpoint(
+    run_dir: &Path,
+    epoch: usize,
+    files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf> {
+    write_checkpoint_at(run_dir, epoch, 0, files)
+}
+
+/// [`write_checkpoint`] at a position inside an epoch: `batch` batches after epoch `epoch`
+/// (see [`mid_epoch_checkpoint_name`]).
+pub fn write_checkpoint_at(
+    run_dir: &Path,
+    epoch: usize,
+    batch: usize,
+    files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let name = mid_epoch_checkpoint_name(epoch, batch);
+    let partial = root.join(format!(".partial-{name}"));
+    if partial.exists() {
+        fs::remove_dir_all(&partial)
+            .with_context(|| format!("cannot remove leftover {}", partial.display()))?;
+    }
+    fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut manifest = Vec::with_capacity(files.len());
+    for (file, bytes) in files {
+        write_synced(&partial.join(file), bytes)?;
+        manifest.push(ManifestEntry {
+            file: file.to_string(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        });
+    }
+    write_synced(
+        &partial.join(MANIFEST_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    sync_dir(&partial);
+    let done = root.join(&name);
+    if done.exists() {
+        // Re-checkpointing an epoch (a resumed run that redoes it): the new one replaces it.
+        fs::remove_dir_all(&done).with_context(|| format!("cannot replace {}", done.display()))?;
+    }
+    fs::rename(&partial, &done)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), done.display()))?;
+    sync_dir(&root);
+    Ok(done)
+}
+
+/// Checks a checkpoint folder against its manifest: every file present with its size and CRC.
+pub fn verify_checkpoint(dir: &Path) -> Result<()> {
+    let mpath = dir.join(MANIFEST_FILE);
+    let text = fs::read_to_string(&mpath).with_context(|| {
+        format!(
+            "checkpoint {} has no readable {MANIFEST_FILE}",
+            dir.display()
+        )
+    })?;
+    let manifest: Vec<ManifestEntry> = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a checkpoint manifest ({e})", mpath.display()))?;
+    for m in &manifest {
+        let p = dir.join(&m.file);
+        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        if bytes.len() as u64 != m.bytes {
+            bail!(
+                "{} has {} bytes, its manifest says {}",
+                p.display(),
+                bytes.len(),
+                m.bytes
+            );
+        }
+        if crc32fast::hash(&bytes) != m.crc32 {
+            bail!(
+                "{} does not match the CRC-32 in its manifest (corrupted)",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The complete checkpoint folders of a run, newest first (by position: epoch, then batch
+/// within the next epoch for a mid-epoch one), as (epochs complete, folder).
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+        let name = entry.file_name();
+        if let Some(pos) = name.to_str().and_then(parse_checkpoint_name) {
+            if entry.path().is_dir() {
+                out.push((pos, entry.path()));
+            }
+        }
+    }
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
+    Ok(out.into_iter().map(|((e, _), p)| (e, p)).collect())
+}
+
+/// The newest checkpoint of a run that passes [`verify_checkpoint`], as (epoch, folder); newer
+/// ones that fail are reported on stderr and skipped.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
+    for (epoch, dir) in list_checkpoints(run_dir)? {
+        match verify_checkpoint(&dir) {
+            Ok(()) => return Ok(Some((epoch, dir))),
+            Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes all but the newest `keep` checkpoints (by epoch) and any leftover `.partial-*`
+/// folder; returns how many checkpoints were removed.
+pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<usize> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    let mut removed = 0;
+    let all = list_checkpoints(run_dir)?;
+    // A mid-epoch checkpoint is only a way back into an interrupted epoch: once a newer
+    // checkpoint exists it has served, and it does not take one of the `keep` places.
+    let newest = all.first().map(|(_, d)| checkpoint_position(d));
+    let (mid, whole): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(_, d)| checkpoint_position(d).1 > 0);
+    let stale_mid = mid
+        .into_iter()
+        .filter(|(_, d)| Some(checkpoint_position(d)) != newest);
+    for (_, dir) in whole.into_iter().skip(keep).chain(stale_mid) {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        removed += 1;
+    }
+    if root.is_dir() {
+        for entry in fs::read_dir(&root)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(removed)
+}

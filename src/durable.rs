@@ -1,0 +1,50 @@
+//! Durable file writes: a file replaced atomically (temp file, fsync, rename, folder fsync), so
+//! a crash leaves the old file or the new one, never half of one. A leaf module: checkpoints,
+//! grids, reports and the data tools all write through it.
+
+use anyhow::{Context, Result};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: `path.tmp` in the same folder, fsync, rename over
+/// `path`, then fsync the folder so the rename itself survives a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp_name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?
+        .to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let result = write_and_sync(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+/// Creates `path` with `bytes` and fsyncs it.
+fn write_and_sync(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Creates `path` with `bytes` and fsyncs it (for files inside a folder that is renamed into
+/// place afterwards).
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_and_sync(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Fsyncs a folder, so that a rename inside it is durable (best effort).
+pub fn sync_dir(dir: &Path) {
+    // Directory fsync is not supported everywhere; the files themselves are already synced.
+    // Best effort, so a rename is durable where the platform allows.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

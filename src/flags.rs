@@ -1,0 +1,51 @@
+//! Flags and value parsers shared by several commands (`cli`, `cli_evaluate`, `data`, `tools`).
+//! A leaf module: the commands share these without importing each other.
+
+use crate::backend::{select, Device};
+use anyhow::Result;
+use clap::Args;
+
+/// A whole-number flag (`--batch-size`, `--epochs`, `--seed`, …) as clap parses it. Negative
+/// numbers reach this parser (every command allows them syntactically), so `--batch-size -1`
+/// is refused with the flag's own name instead of clap's "unexpected argument '-1'".
+pub fn parse_whole<T: std::str::FromStr>(s: &str) -> std::result::Result<T, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{t} is negative: expected a whole number, 0 or more"
+        ));
+    }
+    t.parse()
+        .map_err(|_| format!("{t:?} is not a whole number (or is too large)"))
+}
+
+/// `--device` and `--conv-impl`, shared by every command that computes.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Compute device: auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Convolution implementation on CUDA: cudnn, or own (im2col kernels + cuBLAS)
+    /// [default: cudnn, or ARTGAN_CONV_IMPL].
+    #[arg(long, value_enum)]
+    pub conv_impl: Option<ConvImplArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvImplArg {
+    Cudnn,
+    Own,
+}
+
+impl DeviceArgs {
+    /// Applies `--conv-impl` and resolves `--device` (printing why when auto picks the CPU).
+    pub fn resolve(&self) -> Result<Device> {
+        use crate::backend::cuda::{set_conv_impl, ConvImpl};
+        match self.conv_impl {
+            Some(ConvImplArg::Cudnn) => set_conv_impl(ConvImpl::Cudnn),
+            Some(ConvImplArg::Own) => set_conv_impl(ConvImpl::Own),
+            None => {}
+        }
+        select::resolve(select::parse_device(&self.device)?)
+    }
+}
