@@ -1,4 +1,4 @@
-//! Flags and value parsers shared by several commands (`cli`, `cli_evaluate`, `data`, `tools`).
+//! Flags and value parsers shared by several commands (`cli`, `data`, `tools`).
 //! A leaf module: the commands share these without importing each other.
 
 use crate::backend::{select, Device};

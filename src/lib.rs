@@ -4,7 +4,6 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
-pub mod cli_evaluate;
 pub mod data;
 pub mod doctor;
 pub mod durable;

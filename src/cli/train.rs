@@ -1,64 +1,19 @@
-//! The `artgan` command line: `train`, `sample`, `interpolate`, `project`, `explore` and
-//! `report` (the commands that use a trained generator live in `crate::tools`).
+//! `artgan train`: its flags, the recipe they ask for (new run or resume) and the run itself.
 
+use super::run_dir::claim_run_dir;
 use crate::checkpoint;
-use crate::data::{self, AugmentArgs, DataArgs, ExploreArgs};
+use crate::data::{self, AugmentArgs, DataArgs};
 use crate::flags::DeviceArgs;
 use crate::nn::{ModelConfig, Preset};
-use crate::tools;
-pub use crate::tools::interpolate::InterpolateArgs;
-pub use crate::tools::project::ProjectArgs;
-pub use crate::tools::sample::SampleArgs;
 use crate::train::{self, RunOptions, TrainConfig};
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use std::fs;
-use std::path::{Path, PathBuf};
+use clap::Args;
+use std::path::PathBuf;
 
 /// Epochs of a plain `artgan train` (2048 built-in images, 640 steps at batch 64): a few
 /// minutes on a 2-core CPU at the default size, enough for the built-in paintings'
 /// sky/horizon/ground layout to appear in the grids.
 pub const DEFAULT_EPOCHS: usize = 20;
-
-/// Train GANs that paint artworks, on a hand-written tensor engine (CPU reference and CUDA).
-#[derive(Parser, Debug)]
-#[command(name = "artgan", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Train a generator/discriminator pair (built-in paintings unless --data is given).
-    #[command(allow_negative_numbers = true)]
-    Train(Box<TrainArgs>),
-    /// Generate images with a trained generator.
-    #[command(allow_negative_numbers = true)]
-    Sample(SampleArgs),
-    /// Walk between random latents (spherical interpolation): a grid, numbered frames and an
-    /// animated GIF.
-    #[command(allow_negative_numbers = true)]
-    Interpolate(InterpolateArgs),
-    /// Find the generator's closest image to a photograph, then paint variations around it.
-    #[command(allow_negative_numbers = true)]
-    Project(ProjectArgs),
-    /// Explore a dataset: counts per artist, genres, nationalities, image sizes, charts and
-    /// sample grids.
-    #[command(allow_negative_numbers = true)]
-    Explore(ExploreArgs),
-    /// Write a run folder's charts (plots/) and index.html again, and print the page's path.
-    #[command(allow_negative_numbers = true)]
-    Report(crate::report::ReportArgs),
-    /// Measure a trained generator: the sliced Wasserstein distance (Progressive GAN) between
-    /// its images and the real ones, per pyramid level.
-    #[command(allow_negative_numbers = true)]
-    Evaluate(crate::cli_evaluate::EvaluateArgs),
-    /// What this machine can run: the CUDA driver and libraries (found where, which version,
-    /// or how to get them), the kernel image the GPU will load, free GPU memory, and what
-    /// `--device auto` chooses and why.
-    Doctor(crate::doctor::DoctorArgs),
-}
 
 /// Image size, widths and epochs default to a small configuration that trains in minutes on a
 /// 2-core CPU; `--full` selects the preset's published architecture instead. With `--resume RUN`
@@ -346,124 +301,6 @@ fn describe_augment(augment: data::Augment) -> String {
     }
 }
 
-/// A new run folder claimed by this process: created here (`created`) or an existing empty
-/// one (or any, with `--force`), locked. Until [`NewRunDir::keep`] a failure removes a folder
-/// this process created, so a failed start leaves nothing behind.
-struct NewRunDir {
-    lock: Option<crate::run_lock::RunLock>,
-    created: bool,
-    /// An existing folder that held nothing but our lock file: what is in it on failure is ours.
-    was_empty: bool,
-    kept: bool,
-}
-
-impl NewRunDir {
-    fn keep(mut self) -> crate::run_lock::RunLock {
-        self.kept = true;
-        self.lock.take().expect("held until kept")
-    }
-}
-
-impl Drop for NewRunDir {
-    fn drop(&mut self) {
-        if let Some(lock) = self.lock.take() {
-            let dir = lock.dir().to_path_buf();
-            drop(lock);
-            if !self.kept && self.created {
-                let _ = fs::remove_dir_all(&dir);
-            } else if !self.kept && self.was_empty {
-                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    if e.file_name() != crate::run_lock::LOCK_FILE {
-                        let p = e.path();
-                        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Whether `dir` holds anything but our lock file.
-fn holds_files(dir: &Path) -> Result<bool> {
-    Ok(fs::read_dir(dir)
-        .with_context(|| format!("cannot read output folder {}", dir.display()))?
-        .flatten()
-        .any(|e| e.file_name() != crate::run_lock::LOCK_FILE))
-}
-
-/// Checks `--out` before anything is created: a file, or a folder with files without
-/// `--force`, is refused.
-fn check_out_dir(dir: &Path, force: bool) -> Result<()> {
-    if dir.exists() {
-        if !dir.is_dir() {
-            bail!("output {} exists and is not a folder", dir.display());
-        }
-        if !force && holds_files(dir)? {
-            bail!(
-                "output folder {} is not empty: choose another --out or pass --force to overwrite",
-                dir.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Claims the run folder of a new run: `--out` (created, or locked and checked again when it
-/// exists), else the first free `runs/<preset>-NNN`, made with an operation that fails if
-/// the folder exists (then the next number is tried), so two runs never share one.
-fn claim_run_dir(out: Option<&Path>, preset: Preset, force: bool) -> Result<(PathBuf, NewRunDir)> {
-    let claim = |dir: &Path| -> Result<Option<NewRunDir>> {
-        let created = match fs::create_dir(dir) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot create output folder {}", dir.display()))
-            }
-        };
-        if !created && out.is_none() {
-            return Ok(None); // numbered folders: taken, try the next number
-        }
-        let lock = crate::run_lock::lock_run_dir(dir)?;
-        let was_empty = !created && !holds_files(dir)?;
-        let guard = NewRunDir {
-            lock: Some(lock),
-            created,
-            was_empty,
-            kept: false,
-        };
-        if !created {
-            check_out_dir(dir, force)?;
-        }
-        // Probe: fail now, not after an hour of training.
-        let probe = dir.join(".artgan-write-test");
-        fs::write(&probe, b"")
-            .with_context(|| format!("output folder {} is not writable", dir.display()))?;
-        let _ = fs::remove_file(&probe);
-        Ok(Some(guard))
-    };
-    match out {
-        Some(dir) => {
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-            }
-            let guard = claim(dir)?.expect("an explicit --out is always claimed");
-            Ok((dir.to_path_buf(), guard))
-        }
-        None => {
-            fs::create_dir_all("runs").context("cannot create the folder runs/")?;
-            for i in 1.. {
-                let dir = PathBuf::from(format!("runs/{preset}-{i:03}"));
-                if let Some(guard) = claim(&dir)? {
-                    return Ok((dir, guard));
-                }
-            }
-            unreachable!("some run number is free")
-        }
-    }
-}
-
 pub fn run_train(a: &TrainArgs) -> Result<()> {
     // Everything that can be checked is checked before any folder is made or touched: a bad
     // flag, device or dataset must leave nothing behind.
@@ -690,17 +527,4 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-pub fn run(cli: &Cli) -> Result<()> {
-    match &cli.command {
-        Command::Train(a) => run_train(a),
-        Command::Sample(a) => tools::sample::run(a),
-        Command::Interpolate(a) => tools::interpolate::run(a),
-        Command::Project(a) => tools::project::run(a),
-        Command::Explore(a) => data::explore(a),
-        Command::Report(a) => crate::report::run(a),
-        Command::Evaluate(a) => crate::cli_evaluate::run_evaluate(a),
-        Command::Doctor(a) => crate::doctor::run(a),
-    }
 }

@@ -1,0 +1,318 @@
+//! One training step: the models, optimisers, random streams and controllers of a run
+//! ([`Trainer`]), built from the seed, stepping D `d_steps` times per G step.
+
+use super::{ema, lr_control, TrainConfig, GRID_SIDE};
+use crate::backend::Device;
+use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
+use crate::ops;
+use crate::optim::Adam;
+use crate::rng::Rng;
+use crate::tensor::{no_grad, FrozenParams, Tensor};
+use anyhow::{bail, Result};
+use lr_control::LrControl;
+
+/// The random streams of a run, derived from its seed so they never shift each other.
+pub struct Streams {
+    pub latents: Rng,
+    pub regularizers: Rng,
+}
+
+/// The 64 fixed latents of the sample grids (drawn once from the seed).
+pub fn fixed_noise(seed: u64, nz: usize, device: Device) -> Result<Tensor> {
+    let mut rng = Rng::derive(seed, "fixed-noise");
+    Tensor::randn(
+        &[GRID_SIDE * GRID_SIDE, nz, 1, 1],
+        0.0,
+        1.0,
+        &mut rng,
+        device,
+    )
+}
+
+/// G and D initialised from the seed.
+pub fn build_models(
+    model: &ModelConfig,
+    seed: u64,
+    device: Device,
+) -> Result<(Generator, Discriminator)> {
+    build_conditional_models(model, 0, seed, device)
+}
+
+/// G and D for `classes` classes (0: [`build_models`]) initialised from the seed.
+pub fn build_conditional_models(
+    model: &ModelConfig,
+    classes: usize,
+    seed: u64,
+    device: Device,
+) -> Result<(Generator, Discriminator)> {
+    let g = Generator::conditional(
+        model,
+        classes,
+        &mut Rng::derive(seed, "init-generator"),
+        device,
+    )?;
+    let d = Discriminator::conditional(
+        model,
+        classes,
+        &mut Rng::derive(seed, "init-discriminator"),
+        device,
+    )?;
+    Ok((g, d))
+}
+
+/// Adam for G: one group per stage (`main`, or `initial` + `detail`).
+pub fn generator_optimizer(g: &Generator, cfg: &TrainConfig) -> Result<Adam> {
+    let mut opt = Adam::new(cfg.beta1, cfg.beta2, 1e-8);
+    for (name, params) in g.param_groups() {
+        opt.add_group(&name, cfg.generator_base_lr(&name), params)?;
+    }
+    Ok(opt)
+}
+
+pub fn discriminator_optimizer(d: &Discriminator, cfg: &TrainConfig) -> Result<Adam> {
+    let mut opt = Adam::new(cfg.beta1, cfg.beta2, 1e-8);
+    opt.add_group("main", cfg.lr_d, d.parameters())?;
+    Ok(opt)
+}
+
+fn mean_sigmoid(logits: &Tensor) -> Result<f32> {
+    let v = logits.to_vec()?;
+    Ok(v.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).sum::<f32>() / v.len().max(1) as f32)
+}
+
+/// What one training step did (for metrics).
+pub struct StepStats {
+    pub loss_d: f32,
+    pub d_x: f32,
+    pub d_g_z: f32,
+    /// Present when this batch also updated G.
+    pub loss_g: Option<f32>,
+    /// Present when the dynamic-lr rule changed the lrs after this step.
+    pub lr_change: Option<String>,
+}
+
+/// The models, optimisers, random streams and controllers of a run: one call of
+/// [`Trainer::step`] per real batch. Everything here is saved in a checkpoint ([`state`]).
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub g: Generator,
+    pub d: Discriminator,
+    /// Moving average of `g`'s weights (when `cfg.ema`).
+    pub ema: Option<Generator>,
+    pub opt_g: Adam,
+    pub opt_d: Adam,
+    pub streams: Streams,
+    pub lr_control: LrControl,
+    /// D steps since the last G step.
+    pub pending_d_steps: usize,
+    /// D steps (batches) done.
+    pub step: usize,
+    /// G steps done.
+    pub g_steps: u64,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Consecutive steps with a loss above `cfg.diverge_loss` (the divergence guard).
+    pub high_loss_steps: usize,
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let classes = cfg.classes();
+        let (g, d) = build_conditional_models(&cfg.model, classes, cfg.seed, device)?;
+        let ema = if cfg.ema {
+            let e = Generator::conditional(&cfg.model, classes, &mut Rng::new(0), device)?;
+            ema::reset(&e, &g)?;
+            Some(e)
+        } else {
+            None
+        };
+        let opt_g = generator_optimizer(&g, &cfg)?;
+        let opt_d = discriminator_optimizer(&d, &cfg)?;
+        d.set_noise_std(cfg.noise_std);
+        Ok(Trainer {
+            streams: Streams {
+                latents: Rng::derive(cfg.seed, "latents"),
+                regularizers: Rng::derive(cfg.seed, "regularizers"),
+            },
+            lr_control: LrControl::new(cfg.lr_window),
+            cfg,
+            g,
+            d,
+            ema,
+            opt_g,
+            opt_d,
+            pending_d_steps: 0,
+            step: 0,
+            g_steps: 0,
+            epoch: 0,
+            high_loss_steps: 0,
+        })
+    }
+
+    /// The generator to sample with: the EMA one when kept.
+    pub fn sampling_generator(&self) -> &Generator {
+        self.ema.as_ref().unwrap_or(&self.g)
+    }
+
+    /// Sets every group's lr from the config's base lrs and the controller's level.
+    pub fn apply_lrs(&mut self) {
+        let (gs, ds) = if self.cfg.dynamic_lr {
+            (
+                self.lr_control.generator_scale(),
+                self.lr_control.discriminator_scale(),
+            )
+        } else {
+            (1.0, 1.0)
+        };
+        for group in &mut self.opt_g.groups {
+            group.lr = self.cfg.generator_base_lr(&group.name) * gs;
+        }
+        for group in &mut self.opt_d.groups {
+            group.lr = self.cfg.lr_d * ds;
+        }
+    }
+
+    /// Current lrs as (D, G main/initial, G detail).
+    pub fn lrs(&self) -> (f32, f32, f32) {
+        let g = |name: &str| self.opt_g.groups.iter().find(|g| g.name == name);
+        let main = g("main")
+            .or_else(|| g("initial"))
+            .map_or(f32::NAN, |g| g.lr);
+        let detail = g("detail").map_or(main, |g| g.lr);
+        (self.opt_d.groups[0].lr, main, detail)
+    }
+
+    /// One D update on `real` (real → 1, G's detached fake → 0) and, every `d_steps`-th call,
+    /// one non-saturating G update (D(G(z)) → 1) reusing that fake, as pytorch/examples does;
+    /// then the EMA update and the dynamic-lr rule.
+    pub fn step(&mut self, real: &Tensor) -> Result<StepStats> {
+        self.step_labeled(real, None)
+    }
+
+    /// The D input: `x` through DiffAugment when the run uses it (fresh per-sample parameters
+    /// from the regularizer stream on every call, so a resumed run draws the same ones).
+    fn d_input(&mut self, x: &Tensor) -> Result<Tensor> {
+        if !self.cfg.diffaugment.is_on() {
+            return Ok(x.clone());
+        }
+        let seed = self.streams.regularizers.next_u64();
+        ops::diff_augment(x, self.cfg.diffaugment, seed)
+    }
+
+    /// [`Trainer::step`] for a conditional run: `labels` are the real batch's classes, and
+    /// the fakes of this step are drawn for the same classes (so classes are sampled in
+    /// proportion to the data).
+    pub fn step_labeled(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<StepStats> {
+        let b = real.shape()[0];
+        let classes = self.cfg.classes();
+        match labels {
+            None if classes > 0 => bail!("a conditional run needs the class labels of each batch"),
+            Some(l) if classes == 0 => {
+                bail!("{} class labels given to an unconditional run", l.len())
+            }
+            _ => {}
+        }
+        let nz = self.cfg.model.nz;
+        let z = Tensor::randn(
+            &[b, nz, 1, 1],
+            0.0,
+            1.0,
+            &mut self.streams.latents,
+            real.device(),
+        )?;
+        let update_g = self.pending_d_steps + 1 >= self.cfg.d_steps;
+
+        // ---- D step
+        self.opt_d.zero_grad();
+        let real_in = self.d_input(real)?;
+        let out_real = self.d.forward(
+            &real_in,
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+        )?;
+        let loss_real = ops::bce_with_logits(&out_real, 1.0)?;
+        let fake = if update_g {
+            // Keep G's graph: the G step below back-propagates through this same fake.
+            self.g.forward(
+                &z,
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+            )?
+        } else {
+            let _guard = no_grad();
+            self.g.forward(
+                &z,
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+            )?
+        };
+        let fake_in = self.d_input(&fake.detach())?;
+        let out_fake = self.d.forward(
+            &fake_in,
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+        )?;
+        let loss_fake = ops::bce_with_logits(&out_fake, 0.0)?;
+        let loss_d = ops::add(&loss_real, &loss_fake)?;
+        loss_d.backward()?;
+        self.opt_d.step()?;
+        let mut stats = StepStats {
+            loss_d: loss_d.item()?,
+            d_x: mean_sigmoid(&out_real)?,
+            d_g_z: mean_sigmoid(&out_fake)?,
+            loss_g: None,
+            lr_change: None,
+        };
+
+        // ---- G step
+        if update_g {
+            self.pending_d_steps = 0;
+            self.opt_g.zero_grad();
+            // D's own gradients are not used by the G step: freezing D's parameters skips their
+            // backward-filter and batch-norm parameter gradients (only the input gradients flow).
+            let frozen = FrozenParams::new(self.d.parameters().into_iter().map(|(_, t)| t))?;
+            let fake_in = self.d_input(&fake)?;
+            let out = self.d.forward(
+                &fake_in,
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+            )?;
+            let loss_g = ops::bce_with_logits(&out, 1.0)?;
+            loss_g.backward()?;
+            drop(frozen);
+            self.opt_g.step()?;
+            // D's gradients from this backward are not used: the next D step zeroes them.
+            self.d.zero_grad();
+            stats.loss_g = Some(loss_g.item()?);
+            self.g_steps += 1;
+            if let Some(e) = &self.ema {
+                let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
+                let images = self.g_steps * b as u64;
+                let beta = ema::decay(b, images, self.cfg.ema_half_life_images, rampup);
+                ema::update(e, &self.g, beta)?;
+            }
+        } else {
+            self.pending_d_steps += 1;
+        }
+        self.step += 1;
+
+        if self.cfg.dynamic_lr {
+            if let Some(ch) = self.lr_control.observe(stats.d_x, stats.d_g_z) {
+                self.apply_lrs();
+                let (d, g, detail) = self.lrs();
+                let detail = if self.cfg.model.preset == Preset::Classical {
+                    format!(" detail {detail:.3e}")
+                } else {
+                    String::new()
+                };
+                stats.lr_change = Some(format!(
+                    "step {}: mean D(x)-D(G(z)) {:.3}, level {} -> {}: lr D {d:.3e} G {g:.3e}{detail}",
+                    self.step, ch.mean_gap, ch.old_level, ch.new_level
+                ));
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Classical input-noise schedule: `noise_std · (1 − progress)`, progress in [0, 1].
+    pub fn set_progress(&self, progress: f32) {
+        self.d
+            .set_noise_std(self.cfg.noise_std * (1.0 - progress.clamp(0.0, 1.0)));
+    }
+}
