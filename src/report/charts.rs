@@ -1,8 +1,7 @@
 //! The charts of `metrics.csv` (losses, scores, learning rates, quality, …) drawn with plotters
 //! into `RUN/plots/`.
 
-use super::page::format_number;
-use super::{Metrics, PLOT_SIZE};
+use super::{format_number, Metrics, PLOT_SIZE};
 use std::ops::Range;
 use std::path::Path;
 

@@ -257,6 +257,27 @@ fn read_metrics(path: &Path, notes: &mut Vec<String>) -> Metrics {
     m
 }
 
+/// About four significant digits; scientific notation for very small or large values.
+pub(super) fn format_number(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        let s = format!("{v:.2e}");
+        let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let mant = mant.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mant}e{exp}");
+    }
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// `samples/epoch-NNNN.png`, newest first: (epoch, path relative to the run folder).
 fn sample_grids(dir: &Path) -> Vec<(u64, String)> {
     let mut grids: Vec<(u64, String)> = fs::read_dir(dir)

@@ -2,7 +2,7 @@
 //! grids, in one static page.
 
 use super::charts::ChartSpec;
-use super::{Metrics, PLOT_SIZE};
+use super::{format_number, Metrics, PLOT_SIZE};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,27 +23,6 @@ pub fn escape_html(s: &str) -> String {
         }
     }
     out
-}
-
-/// About four significant digits; scientific notation for very small or large values.
-pub(super) fn format_number(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
-        return format!("{v}");
-    }
-    let a = v.abs();
-    if !(1e-3..1e5).contains(&a) {
-        let s = format!("{v:.2e}");
-        let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
-        let mant = mant.trim_end_matches('0').trim_end_matches('.');
-        return format!("{mant}e{exp}");
-    }
-    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
 }
 
 fn format_seconds(s: f64) -> String {
