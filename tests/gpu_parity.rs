@@ -17,6 +17,9 @@ use artgan::rng::{self, Rng};
 use std::rc::Rc;
 use std::sync::Mutex;
 
+mod common;
+use common::emulated_host_syncs;
+
 /// The GPU backend, or `None` (after printing why) when there is none and it is not required.
 fn gpu() -> Option<Rc<dyn Backend>> {
     // Must be set before this thread's backend is created (backends are per thread). The
@@ -272,23 +275,6 @@ fn elementwise_reciprocal_is_ieee_division() {
         let gy = down(&g, &g.reciprocal(&up(&g, &a)).unwrap());
         let cy = down(&c, &c.reciprocal(&up(&c, &a)).unwrap());
         close(&format!("reciprocal len {len}"), &gy, &cy, 0.0, 0.0);
-    }
-}
-
-/// Calls by this thread that made it wait for the device so far, as the emulated device counts
-/// them (`None` on a real GPU, whose driver does not count them). Per thread, so the other tests
-/// running at the same time do not count.
-fn emulated_host_syncs() -> Option<u64> {
-    let name = c"artgan_emu_host_syncs";
-    // SAFETY: looks up a symbol of the already loaded (emulated) libcuda; its signature is
-    // `unsigned long long (void)`.
-    unsafe {
-        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
-        if f.is_null() {
-            return None;
-        }
-        let f: extern "C" fn() -> u64 = std::mem::transmute(f);
-        Some(f())
     }
 }
 

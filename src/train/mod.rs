@@ -7,6 +7,7 @@
 //! - [`lr_control`]: the dynamic learning-rate rule.
 //! - [`state`]: what a checkpoint holds and how a [`Trainer`] is restored from one.
 
+pub mod device_metrics;
 pub mod ema;
 pub mod lr_control;
 pub mod state;
@@ -491,11 +492,6 @@ pub fn discriminator_optimizer(d: &Discriminator, cfg: &TrainConfig) -> Result<A
     Ok(opt)
 }
 
-fn mean_sigmoid(logits: &Tensor) -> Result<f32> {
-    let v = logits.to_vec()?;
-    Ok(v.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).sum::<f32>() / v.len().max(1) as f32)
-}
-
 /// Images of G for `z` with batch statistics, changing no state (see [`Mode::BatchStats`]).
 pub fn generate_for_grid(g: &Generator, z: &Tensor) -> Result<Vec<f32>> {
     generate_for_grid_labeled(g, z, None)
@@ -579,6 +575,8 @@ pub struct Trainer {
     pub epoch: usize,
     /// Consecutive steps with a loss above `cfg.diverge_loss` (the divergence guard).
     pub high_loss_steps: usize,
+    /// Metrics of the steps not read yet (kept on the device; see [`device_metrics`]).
+    pub metrics: device_metrics::DeviceMetrics,
 }
 
 impl Trainer {
@@ -613,6 +611,7 @@ impl Trainer {
             g_steps: 0,
             epoch: 0,
             high_loss_steps: 0,
+            metrics: Default::default(),
         })
     }
 
@@ -670,6 +669,15 @@ impl Trainer {
     /// the fakes of this step are drawn for the same classes (so classes are sampled in
     /// proportion to the data).
     pub fn step_labeled(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<StepStats> {
+        self.step_deferred(real, labels)?;
+        let last = self.read_metrics()?.pop().expect("the step just recorded");
+        Ok(last.stats)
+    }
+
+    /// [`Trainer::step_labeled`] without reading anything back: the step's losses and D outputs
+    /// stay on the device in [`Trainer::metrics`] until [`Trainer::read_metrics`], and the
+    /// dynamic-lr rule runs there. Makes the host wait for the device nowhere.
+    pub fn step_deferred(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<()> {
         let b = real.shape()[0];
         let classes = self.cfg.classes();
         match labels {
@@ -719,13 +727,7 @@ impl Trainer {
         let loss_d = ops::add(&loss_real, &loss_fake)?;
         loss_d.backward()?;
         self.opt_d.step()?;
-        let mut stats = StepStats {
-            loss_d: loss_d.item()?,
-            d_x: mean_sigmoid(&out_real)?,
-            d_g_z: mean_sigmoid(&out_fake)?,
-            loss_g: None,
-            lr_change: None,
-        };
+        let mut loss_g_on_device = None;
 
         // ---- G step
         if update_g {
@@ -745,7 +747,7 @@ impl Trainer {
             self.opt_g.step()?;
             // D's gradients from this backward are not used: the next D step zeroes them.
             self.d.zero_grad();
-            stats.loss_g = Some(loss_g.item()?);
+            loss_g_on_device = Some(loss_g);
             self.g_steps += 1;
             if let Some(e) = &self.ema {
                 let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
@@ -757,9 +759,45 @@ impl Trainer {
             self.pending_d_steps += 1;
         }
         self.step += 1;
+        self.metrics.push(
+            self.step,
+            &loss_d,
+            loss_g_on_device.as_ref(),
+            &out_real,
+            &out_fake,
+        );
+        Ok(())
+    }
 
-        if self.cfg.dynamic_lr {
+    /// Whether the loop must read the metrics after this step: the end of a window of
+    /// `--lr-window` steps (the dynamic-lr rule decides there, and the divergence guard looks).
+    pub fn metrics_due(&self) -> bool {
+        let pending = self.metrics.len();
+        pending > 0
+            && (self.step % self.cfg.lr_window.max(1) == 0
+                || (self.cfg.dynamic_lr
+                    && self.lr_control.gap_steps + pending >= self.lr_control.window))
+    }
+
+    /// Reads the pending steps' metrics (one download) and runs the dynamic-lr rule over them
+    /// in order, as if each had been read right after its step.
+    pub fn read_metrics(&mut self) -> Result<Vec<device_metrics::StepRecord>> {
+        let mut records = self.metrics.read()?;
+        if !self.cfg.dynamic_lr {
+            return Ok(records);
+        }
+        let last = records.len().saturating_sub(1);
+        for (i, r) in records.iter_mut().enumerate() {
+            let stats = &mut r.stats;
             if let Some(ch) = self.lr_control.observe(stats.d_x, stats.d_g_z) {
+                if i != last {
+                    bail!(
+                        "the dynamic-lr window ended at step {} but the metrics were read only \
+                         after step {} (its new lrs would have come late)",
+                        r.step,
+                        self.step
+                    );
+                }
                 self.apply_lrs();
                 let (d, g, detail) = self.lrs();
                 let detail = if self.cfg.model.preset == Preset::Classical {
@@ -769,11 +807,11 @@ impl Trainer {
                 };
                 stats.lr_change = Some(format!(
                     "step {}: mean D(x)-D(G(z)) {:.3}, level {} -> {}: lr D {d:.3e} G {g:.3e}{detail}",
-                    self.step, ch.mean_gap, ch.old_level, ch.new_level
+                    r.step, ch.mean_gap, ch.old_level, ch.new_level
                 ));
             }
         }
-        Ok(stats)
+        Ok(records)
     }
 
     /// Classical input-noise schedule: `noise_std · (1 − progress)`, progress in [0, 1].
@@ -803,6 +841,8 @@ pub struct RunOptions<'a> {
     pub evaluator: Option<Box<Evaluator<'a>>>,
     /// Set (by a signal handler) to stop after the current step with a mid-epoch checkpoint.
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Called after every step with the step count (tests watch what a step costs with it).
+    pub on_step: Option<Box<dyn FnMut(usize) + 'a>>,
 }
 
 impl RunOptions<'_> {
@@ -816,6 +856,7 @@ impl RunOptions<'_> {
             stop_after_epoch: None,
             evaluator: None,
             interrupt: None,
+            on_step: None,
         }
     }
 }
@@ -950,8 +991,8 @@ pub fn train(
         while let Some(real) = data.next_batch(opts.device)? {
             trainer.set_progress(trainer.step as f32 / total as f32);
             let labels = data.batch_labels();
-            let s = match trainer.step_labeled(&real, labels.as_deref()) {
-                Ok(s) => s,
+            match trainer.step_deferred(&real, labels.as_deref()) {
+                Ok(()) => {}
                 Err(e) if backend::is_out_of_memory(&e) => {
                     let (cfg, device) = (trainer.cfg.clone(), opts.device);
                     drop(trainer);
@@ -961,65 +1002,27 @@ pub fn train(
                     return Err(e).with_context(|| format!("training step {}", trainer.step + 1))
                 }
             };
-            let loss_above = |l: f32| l > cfg.diverge_loss;
-            if loss_above(s.loss_d) || s.loss_g.is_some_and(loss_above) {
-                trainer.high_loss_steps += 1;
-            } else {
-                trainer.high_loss_steps = 0;
-            }
-            if trainer.high_loss_steps >= cfg.diverge_steps {
-                bail!(
-                    "training diverged at step {} (epoch {epoch}): a loss stayed above {} for \
-                     {} consecutive steps (loss_d {}, loss_g {}). Nothing after the last good \
-                     checkpoint was saved ({}); resume from it with a lower learning rate, e.g. \
-                     `artgan train --resume {} --lr {:.1e}`",
-                    trainer.step,
-                    cfg.diverge_loss,
-                    cfg.diverge_steps,
-                    s.loss_d,
-                    s.loss_g.map_or("-".to_string(), |l| l.to_string()),
-                    last_good(&opts.out),
-                    opts.out.display(),
-                    suggested_lr(&cfg)
-                );
-            }
-            if !s.loss_d.is_finite() || s.loss_g.is_some_and(|l| !l.is_finite()) {
-                bail!(
-                    "training diverged at step {} (epoch {epoch}): loss_d {}, loss_g {}. Nothing \
-                     after the last good checkpoint was saved ({}); resume from it with a lower \
-                     learning rate, e.g. `artgan train --resume {} --lr {:.1e}`",
-                    trainer.step,
-                    s.loss_d,
-                    s.loss_g.map_or("-".to_string(), |l| l.to_string()),
-                    last_good(&opts.out),
-                    opts.out.display(),
-                    suggested_lr(&cfg)
-                );
-            }
-            acc.add(&s);
-            if let Some(note) = s.lr_change {
-                say(&format!("  {note}"));
-                acc.lr_changes.push(note);
-            }
-            bar.set_message(format!(
-                "loss_d {:.3} loss_g {} D(x) {:.2} D(G(z)) {:.2}",
-                s.loss_d,
-                s.loss_g.map_or("-".to_string(), |l| format!("{l:.3}")),
-                s.d_x,
-                s.d_g_z
-            ));
-            bar.inc(1);
-            if opts
+            let interrupted = opts
                 .interrupt
                 .as_ref()
-                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
-            {
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            // The host waits for the device only here: at the end of a window, or to write
+            // the interrupted epoch's sums.
+            if interrupted || trainer.metrics_due() {
+                absorb_metrics(&mut trainer, &mut acc, epoch, &opts.out, &say, &bar)?;
+            }
+            bar.inc(1);
+            if let Some(on_step) = opts.on_step.as_mut() {
+                on_step(trainer.step);
+            }
+            if interrupted {
                 bar.finish_and_clear();
                 return Err(interrupt(
                     &trainer, &history, &acc, &opts.out, epoch, batches,
                 ));
             }
         }
+        absorb_metrics(&mut trainer, &mut acc, epoch, &opts.out, &say, &bar)?;
         trainer.epoch = epoch;
         let state::PartialEpoch {
             sum_d,
@@ -1111,6 +1114,72 @@ pub fn train(
         history,
         last_checkpoint,
     })
+}
+
+/// Reads the steps' metrics kept on the device (one download) and takes them in order: the
+/// divergence guard (naming the first bad step), the epoch's sums, dynamic-lr notes and the
+/// progress bar's line.
+fn absorb_metrics(
+    trainer: &mut Trainer,
+    acc: &mut state::PartialEpoch,
+    epoch: usize,
+    out: &Path,
+    say: &dyn Fn(&str),
+    bar: &ProgressBar,
+) -> Result<()> {
+    let records = trainer.read_metrics()?;
+    let cfg = &trainer.cfg;
+    for r in records {
+        let s = r.stats;
+        let loss_above = |l: f32| l > cfg.diverge_loss;
+        if loss_above(s.loss_d) || s.loss_g.is_some_and(loss_above) {
+            trainer.high_loss_steps += 1;
+        } else {
+            trainer.high_loss_steps = 0;
+        }
+        if trainer.high_loss_steps >= cfg.diverge_steps {
+            bail!(
+                "training diverged at step {} (epoch {epoch}): a loss stayed above {} for \
+                 {} consecutive steps (loss_d {}, loss_g {}). Nothing after the last good \
+                 checkpoint was saved ({}); resume from it with a lower learning rate, e.g. \
+                 `artgan train --resume {} --lr {:.1e}`",
+                r.step,
+                cfg.diverge_loss,
+                cfg.diverge_steps,
+                s.loss_d,
+                s.loss_g.map_or("-".to_string(), |l| l.to_string()),
+                last_good(out),
+                out.display(),
+                suggested_lr(cfg)
+            );
+        }
+        if !s.loss_d.is_finite() || s.loss_g.is_some_and(|l| !l.is_finite()) {
+            bail!(
+                "training diverged at step {} (epoch {epoch}): loss_d {}, loss_g {}. Nothing \
+                 after the last good checkpoint was saved ({}); resume from it with a lower \
+                 learning rate, e.g. `artgan train --resume {} --lr {:.1e}`",
+                r.step,
+                s.loss_d,
+                s.loss_g.map_or("-".to_string(), |l| l.to_string()),
+                last_good(out),
+                out.display(),
+                suggested_lr(cfg)
+            );
+        }
+        acc.add(&s);
+        if let Some(note) = s.lr_change {
+            say(&format!("  {note}"));
+            acc.lr_changes.push(note);
+        }
+        bar.set_message(format!(
+            "loss_d {:.3} loss_g {} D(x) {:.2} D(G(z)) {:.2}",
+            s.loss_d,
+            s.loss_g.map_or("-".to_string(), |l| format!("{l:.3}")),
+            s.d_x,
+            s.d_g_z
+        ));
+    }
+    Ok(())
 }
 
 /// Rewrites the run's charts and `index.html`. A failure here (a full disk, say) is reported

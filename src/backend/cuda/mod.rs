@@ -19,6 +19,7 @@ macro_rules! launch {
 }
 
 pub mod alloc;
+mod concat;
 mod conditional;
 mod conv;
 mod cudnn;
@@ -538,6 +539,10 @@ impl Backend for CudaBackend {
             launch!(self, "reciprocal_f32", cfg, a.slice(), y.slice_mut(), &n)?;
         }
         Ok(Storage::Cuda(y))
+    }
+
+    fn concat(&self, parts: &[&Storage]) -> Result<Storage> {
+        self.concat_on_device(parts)
     }
 
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
