@@ -15,7 +15,10 @@ Modes (combine freely; those that need CUDA are refused with --device cpu):
                     a side stream, capturable Adam) and replayed, as PyTorch documents for
                     whole-network capture
   --channels-last   models and batch in channels-last memory format
-  --tf32 on|off     TF32 for matmuls and cuDNN convolutions (default off)
+  --tf32 on|off|default
+                    TF32 for matmuls and cuDNN convolutions: on, off (the default, as artgan
+                    computes in fp32), or PyTorch's own defaults left alone (today: cuDNN
+                    convolutions on, matmuls off)
   --compile         torch.compile the two networks (the step stays eager)
 
 Timing: 3 warm-up steps (after capture, for graphs), then `--steps` steps (default: up to 30
@@ -50,14 +53,15 @@ def parse():
     p.add_argument("--amp", action="store_true")
     p.add_argument("--cuda-graphs", action="store_true")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--tf32", choices=["on", "off"], default="off")
+    p.add_argument("--tf32", choices=["on", "off", "default"], default="off")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-ema", action="store_true", help="leave out the EMA update (artgan --no-ema)")
     p.add_argument("--steps", type=int, default=None)
     args = p.parse_args()
     if args.device == "cpu":
         needs_cuda = [f for f, on in [("--amp", args.amp), ("--cuda-graphs", args.cuda_graphs),
-                                      ("--tf32 on", args.tf32 == "on")] if on]
+                                      ("--tf32 on", args.tf32 == "on"),
+                                      ("--tf32 default", args.tf32 == "default")] if on]
         if needs_cuda:
             p.error(f"{', '.join(needs_cuda)} need(s) a CUDA device (TF32, fp16 autocast with "
                     "GradScaler and CUDA graphs are GPU features): drop them or use --device cuda")
@@ -154,11 +158,13 @@ def main():
     dev = torch.device(args.device)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
-        tf32 = args.tf32 == "on"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        if args.tf32 != "default":
+            tf32 = args.tf32 == "on"
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
         print(f"# torch {torch.__version__}, cudnn {torch.backends.cudnn.version()}, "
-              f"{torch.cuda.get_device_name()}", flush=True)
+              f"{torch.cuda.get_device_name()}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32} "
+              f"cudnn {torch.backends.cudnn.allow_tf32}", flush=True)
         sync = torch.cuda.synchronize
     else:
         print(f"# torch {torch.__version__}, CPU, {torch.get_num_threads()} threads (smoke check, "
