@@ -536,7 +536,7 @@ fn conv_transpose2d_geometries_both_impls() {
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
         set_conv_impl(imp);
         let mut rng = Rng::new(8);
-        for (n, ci, h, w, co, k, s, p, op) in shapes(&shapes_all) {
+        for (n, ci, h, w, co, k, s, p, op) in shapes(shapes_all) {
             let geom = ConvGeom::transposed(n, ci, h, w, co, k, s, p, op).unwrap();
             conv_case(&g, &c, &geom, &mut rng, &format!("{imp:?} transposed"));
         }

@@ -156,12 +156,11 @@ fn a_training_run_waits_for_the_device_only_at_metric_reads() {
     } else if !pooled {
         println!("ARTGAN_CUDA_POOL=off: frees wait for the device; host waits not checked");
     } else {
-        let count = |i: usize| after_step[i].1.unwrap();
-        for i in 1..after_step.len() {
-            let (step, waits) = (after_step[i].0, count(i) - count(i - 1));
-            let window_end = step % cfg.lr_window == 0;
+        for pair in after_step.windows(2) {
+            let (step, waits) = (pair[1].0, pair[1].1.unwrap() - pair[0].1.unwrap());
+            let window_end = step.is_multiple_of(cfg.lr_window);
             // The previous step ended an epoch: its read, checkpoint and grid count here.
-            let after_epoch_end = (step - 1) % batches == 0;
+            let after_epoch_end = (step - 1).is_multiple_of(batches);
             if after_epoch_end {
                 continue;
             }

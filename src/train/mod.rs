@@ -774,7 +774,7 @@ impl Trainer {
     pub fn metrics_due(&self) -> bool {
         let pending = self.metrics.len();
         pending > 0
-            && (self.step % self.cfg.lr_window.max(1) == 0
+            && (self.step.is_multiple_of(self.cfg.lr_window.max(1))
                 || (self.cfg.dynamic_lr
                     && self.lr_control.gap_steps + pending >= self.lr_control.window))
     }
