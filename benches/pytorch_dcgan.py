@@ -33,13 +33,12 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pytorch_cpu_step import discriminator, generator, init  # noqa: E402  (the same model)
+from pytorch_cpu_step import discriminator, generator, init, time_steps  # noqa: E402  (the same model)
 
 
 def parse():
@@ -174,22 +173,7 @@ def main():
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     fn = make_step(args, dev)
-    for _ in range(3):
-        fn()
-    sync()
-    times = []
-    budget = time.perf_counter()
-    while True:
-        n = len(times)
-        if args.steps is not None:
-            if n >= args.steps:
-                break
-        elif n >= 30 or (n >= 5 and time.perf_counter() - budget >= 20.0):
-            break
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
+    times = time_steps(fn, args.steps, sync)
     med = statistics.median(times)
     b = args.batch_size
     name = f"dcgan-{args.image_size}px-w{args.ngf}-b{b}"
