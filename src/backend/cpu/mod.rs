@@ -3,6 +3,7 @@
 //! results never depend on the thread count. It is tested against the plain reference in
 //! `crate::backend::reference` (tests/cpu_fast.rs) like any other backend.
 
+mod batchnorm;
 pub(crate) mod conditional;
 mod conv;
 // What the fast path does not speed up (memory moves, batch and spectral norm, reductions,
@@ -67,28 +68,23 @@ fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32 + Sync + Send) 
     if a.len() != b.len() {
         bail!("elementwise op on {} and {} elements", a.len(), b.len());
     }
-    let mut out = vec![0.0; a.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
-        .zip(b.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, a), b)| {
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = f(x, y);
-            }
-        });
+    // Written straight into the new vector (no zero fill first).
+    let mut out = Vec::new();
+    a.par_iter()
+        .zip(b)
+        .with_min_len(ELEMENTWISE_CHUNK)
+        .map(|(&x, &y)| f(x, y))
+        .collect_into_vec(&mut out);
     Ok(Storage::Cpu(out))
 }
 
 fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
     let a = host(a)?;
-    let mut out = vec![0.0; a.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(o, a)| {
-            for (o, &x) in o.iter_mut().zip(a) {
-                *o = f(x);
-            }
-        });
+    let mut out = Vec::new();
+    a.par_iter()
+        .with_min_len(ELEMENTWISE_CHUNK)
+        .map(|&x| f(x))
+        .collect_into_vec(&mut out);
     Ok(Storage::Cpu(out))
 }
 
@@ -207,16 +203,22 @@ impl Backend for CpuBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        ReferenceBackend.batch_norm_train(
-            x,
-            gamma,
-            beta,
-            running_mean,
-            running_var,
+        d.check_batch_norm_train()?;
+        let (y, mean, invstd) = batchnorm::train(
+            host(x)?,
+            host(gamma)?,
+            host(beta)?,
+            host_mut(running_mean)?,
+            host_mut(running_var)?,
             d,
             momentum,
             eps,
-        )
+        );
+        Ok(BatchNormSaved {
+            y: Storage::Cpu(y),
+            mean: Storage::Cpu(mean),
+            invstd: Storage::Cpu(invstd),
+        })
     }
     fn batch_norm_eval(
         &self,
@@ -239,7 +241,15 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        ReferenceBackend.batch_norm_backward(x, dy, gamma, mean, invstd, d)
+        let (dx, dg, db) = batchnorm::backward(
+            host(x)?,
+            host(dy)?,
+            host(gamma)?,
+            host(mean)?,
+            host(invstd)?,
+            d,
+        );
+        Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
