@@ -100,10 +100,10 @@ int gemm_checks(const Handle* h, int ta, int tb, int m, int n, int k, int lda, i
 
 // One product, accumulated in double (the library's order is unspecified; this is the exact
 // value rounded once, the best any order can give).
-int gemm_one(const char* fn, int ta, int tb, int m, int n, int k, float alpha, const float* A, int lda,
-             const float* B, int ldb, float beta, float* C, int ldc) {
-    if (!operands_ok(fn, ta, tb, m, n, k, A, lda, sizeof(float), B, ldb,
-                     sizeof(float), C, ldc, sizeof(float)))
+int gemm_one(const char* fn, int ta, int tb, int m, int n, int k, float alpha, const float* A,
+             int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+    if (!operands_ok(fn, ta, tb, m, n, k, A, lda, sizeof(float), B, ldb, sizeof(float), C, ldc,
+                     sizeof(float)))
         return CUBLAS_STATUS_EXECUTION_FAILED;
     const std::vector<float> ap = pack_rows(ta != CUBLAS_OP_N, m, k, A, lda);
     const std::vector<float> bp = pack_cols(tb != CUBLAS_OP_N, n, k, B, ldb);
@@ -311,8 +311,8 @@ EMU_EXPORT int cublasSgemmStridedBatched(void* handle, int ta, int tb, int m, in
     if (!fp32_math_mode_ok(h, "cublasSgemmStridedBatched")) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     for (int b = 0; b < batch; ++b) {
-        int r = gemm_one(fn, ta, tb, m, n, k, *alpha, A + b * stride_a, lda, B + b * stride_b, ldb,
-                         *beta, C + b * stride_c, ldc);
+        int r = gemm_one("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha, A + b * stride_a,
+                         lda, B + b * stride_b, ldb, *beta, C + b * stride_c, ldc);
         if (r) return r;
     }
     return CUBLAS_STATUS_SUCCESS;
