@@ -729,7 +729,7 @@ fn cublas_gemm_ex_fp16_is_fp32_accumulation_rounded_once() {
                     let db = e.stream.clone_htod(&bits(&b)).unwrap();
                     let mut dc = DevC::upload(&e, c_type, &c0);
                     // Every algo value is accepted and gives the same result.
-                    let algo = if case % 2 == 0 {
+                    let algo = if case.is_multiple_of(2) {
                         cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT
                     } else {
                         cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP
