@@ -632,8 +632,7 @@ impl DevC {
         }
     }
     fn ptr(&mut self, e: &Emu) -> u64 {
-        // The emulator runs every call in order on the host: no event bookkeeping is needed
-        // beyond what the guard does at once.
+        // The guard is dropped at once: every call here is on this one stream, in order.
         match self {
             DevC::F16(c) => c.device_ptr_mut(&e.stream).0,
             DevC::F32(c) => c.device_ptr_mut(&e.stream).0,
