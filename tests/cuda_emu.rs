@@ -659,19 +659,38 @@ fn as_stored(ty: CType, values: &[f32]) -> Vec<f32> {
     }
 }
 
-/// One cublasGemmEx call with fp16 A and B (given as device pointers).
+/// The types of a GemmEx call.
+#[derive(Clone, Copy, Debug)]
+struct ExTypes {
+    ab: cudaDataType_t,
+    c: cudaDataType_t,
+    compute: cublasComputeType_t,
+    algo: cublasGemmAlgo_t,
+}
+
+impl ExTypes {
+    /// fp16 A and B, fp32 compute: what mixed precision uses.
+    fn amp(c: cudaDataType_t) -> Self {
+        ExTypes {
+            ab: cudaDataType_t::CUDA_R_16F,
+            c,
+            compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            algo: cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        }
+    }
+}
+
+/// One cublasGemmEx call on device pointers.
 #[allow(clippy::too_many_arguments)]
 fn call_gemm_ex(
     blas: &CudaBlas,
     s: &ExShape,
+    t: ExTypes,
     alpha: f32,
     a: u64,
     b: u64,
     beta: f32,
     c: u64,
-    c_type: cudaDataType_t,
-    compute: cublasComputeType_t,
-    algo: cublasGemmAlgo_t,
 ) -> Result<(), CublasError> {
     unsafe {
         gemm_ex(
@@ -683,17 +702,17 @@ fn call_gemm_ex(
             s.k as i32,
             (&alpha) as *const f32 as *const _,
             a as *const _,
-            cudaDataType_t::CUDA_R_16F,
+            t.ab,
             s.lda as i32,
             b as *const _,
-            cudaDataType_t::CUDA_R_16F,
+            t.ab,
             s.ldb as i32,
             (&beta) as *const f32 as *const _,
             c as *mut _,
-            c_type,
+            t.c,
             s.ldc as i32,
-            compute,
-            algo,
+            t.compute,
+            t.algo,
         )
     }
 }
@@ -738,19 +757,11 @@ fn cublas_gemm_ex_fp16_is_fp32_accumulation_rounded_once() {
                         db.device_ptr(&e.stream).0,
                         dc.ptr(&e),
                     );
-                    call_gemm_ex(
-                        &blas,
-                        &s,
-                        alpha,
-                        ap,
-                        bp,
-                        beta,
-                        cp,
-                        c_type.cuda(),
-                        cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    let t = ExTypes {
                         algo,
-                    )
-                    .unwrap();
+                        ..ExTypes::amp(c_type.cuda())
+                    };
+                    call_gemm_ex(&blas, &s, t, alpha, ap, bp, beta, cp).unwrap();
                     let got = dc.download_bits(&e);
                     assert_eq!(got, want, "{s:?} C {c_type:?} alpha {alpha} beta {beta}");
                 }
@@ -786,19 +797,7 @@ fn cublas_gemm_ex_rounds_only_where_cublas_does() {
             db.device_ptr(&e.stream).0,
             dc.ptr(&e),
         );
-        call_gemm_ex(
-            &blas,
-            s,
-            1.0,
-            ap,
-            bp,
-            0.0,
-            cp,
-            c_type.cuda(),
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .unwrap();
+        call_gemm_ex(&blas, s, ExTypes::amp(c_type.cuda()), 1.0, ap, bp, 0.0, cp).unwrap();
         dc.download_bits(&e)
     };
     // (1 + 2^-10)^2 = 1 + 2^-9 + 2^-20: exact in f32, rounded to 1 + 2^-9 in an f16 C.
@@ -948,33 +947,14 @@ fn cublas_gemm_ex_all_fp32_is_sgemm() {
     };
     unsafe { blas.gemm(cfg, &a, &b, &mut c_sgemm) }.unwrap();
     let mut c_ex = e.stream.clone_htod(&c0).unwrap();
+    let all_f32 = ExTypes {
+        ab: cudaDataType_t::CUDA_R_32F,
+        ..ExTypes::amp(cudaDataType_t::CUDA_R_32F)
+    };
     {
         let (ap, bp) = (a.device_ptr(&e.stream).0, b.device_ptr(&e.stream).0);
         let cp = c_ex.device_ptr_mut(&e.stream).0;
-        unsafe {
-            gemm_ex(
-                *blas.handle(),
-                CUBLAS_OP_T,
-                CUBLAS_OP_N,
-                cfg.m,
-                cfg.n,
-                cfg.k,
-                (&alpha) as *const f32 as *const _,
-                ap as *const _,
-                cudaDataType_t::CUDA_R_32F,
-                cfg.lda,
-                bp as *const _,
-                cudaDataType_t::CUDA_R_32F,
-                cfg.ldb,
-                (&beta) as *const f32 as *const _,
-                cp as *mut _,
-                cudaDataType_t::CUDA_R_32F,
-                cfg.ldc,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .unwrap();
+        call_gemm_ex(&blas, &s, all_f32, alpha, ap, bp, beta, cp).unwrap();
     }
     let (got, want) = (
         e.stream.clone_dtoh(&c_ex).unwrap(),
@@ -1026,19 +1006,11 @@ fn cublas_gemm_ex_checks_arguments_and_says_what_it_does_not_emulate() {
     use cublasComputeType_t::*;
     use cudaDataType_t::*;
     let status = |blas: &CudaBlas, s: &ExShape, a: u64, c: u64, c_type, compute| {
-        let r = call_gemm_ex(
-            blas,
-            s,
-            1.0,
-            a,
-            bp,
-            0.0,
-            c,
-            c_type,
+        let t = ExTypes {
             compute,
-            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        );
-        format!("{r:?}")
+            ..ExTypes::amp(c_type)
+        };
+        format!("{:?}", call_gemm_ex(blas, s, t, 1.0, a, bp, 0.0, c))
     };
     // The supported combination works on the strict handle, with both C types.
     assert_eq!(
@@ -1067,29 +1039,13 @@ fn cublas_gemm_ex_checks_arguments_and_says_what_it_does_not_emulate() {
         e.stream.alloc_zeros::<f32>(s.a_len()).unwrap(),
         e.stream.alloc_zeros::<f32>(s.b_len()).unwrap(),
     );
-    let r = unsafe {
-        gemm_ex(
-            *plain.handle(),
-            CUBLAS_OP_N,
-            CUBLAS_OP_N,
-            s.m as i32,
-            s.n as i32,
-            s.k as i32,
-            (&1.0f32) as *const f32 as *const _,
-            a32.device_ptr(&e.stream).0 as *const _,
-            CUDA_R_32F,
-            s.lda as i32,
-            b32.device_ptr(&e.stream).0 as *const _,
-            CUDA_R_32F,
-            s.ldb as i32,
-            (&0.0f32) as *const f32 as *const _,
-            c32p as *mut _,
-            CUDA_R_32F,
-            s.ldc as i32,
-            CUBLAS_COMPUTE_32F,
-            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-        )
+    let tensor_op_f32 = ExTypes {
+        ab: CUDA_R_32F,
+        algo: cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        ..ExTypes::amp(CUDA_R_32F)
     };
+    let (a32p, b32p) = (a32.device_ptr(&e.stream).0, b32.device_ptr(&e.stream).0);
+    let r = call_gemm_ex(&plain, &s, tensor_op_f32, 1.0, a32p, b32p, 0.0, c32p);
     assert!(format!("{r:?}").contains("NOT_SUPPORTED"), "{r:?}");
     // A one element short of what m, k and lda need: an error, not a read past the buffer.
     let short = e.stream.alloc_zeros::<u16>(s.a_len() - 1).unwrap();

@@ -98,29 +98,6 @@ int gemm_checks(const Handle* h, int ta, int tb, int m, int n, int k, int lda, i
     return CUBLAS_STATUS_SUCCESS;
 }
 
-// One product, accumulated in double (the library's order is unspecified; this is the exact
-// value rounded once, the best any order can give).
-int gemm_one(const char* fn, int ta, int tb, int m, int n, int k, float alpha, const float* A,
-             int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-    if (!operands_ok(fn, ta, tb, m, n, k, A, lda, sizeof(float), B, ldb, sizeof(float), C, ldc,
-                     sizeof(float)))
-        return CUBLAS_STATUS_EXECUTION_FAILED;
-    const std::vector<float> ap = pack_rows(ta != CUBLAS_OP_N, m, k, A, lda);
-    const std::vector<float> bp = pack_cols(tb != CUBLAS_OP_N, n, k, B, ldb);
-    for (int j = 0; j < n; ++j) {
-        const float* bj = &bp[(size_t)j * k];
-        for (int i = 0; i < m; ++i) {
-            const float* ai = &ap[(size_t)i * k];
-            double acc = 0.0;
-            for (int l = 0; l < k; ++l) acc += (double)ai[l] * (double)bj[l];
-            float& c = C[i + (size_t)j * ldc];
-            const double prev = beta == 0.0f ? 0.0 : (double)beta * (double)c;
-            c = (float)((double)alpha * acc + prev);
-        }
-    }
-    return CUBLAS_STATUS_SUCCESS;
-}
-
 // Math modes that turn an fp32 product into something else: CUBLAS_TENSOR_OP_MATH (deprecated)
 // makes single-precision GEMMs use CUBLAS_COMPUTE_32F_FAST_16F, whose down-conversion is not
 // emulated. (CUBLAS_TF32_TENSOR_OP_MATH has no effect on compute capability 7.5.)
@@ -133,16 +110,17 @@ bool fp32_math_mode_ok(const Handle* h, const char* fn) {
 
 using half = _Float16;  // IEEE binary16; conversion from float rounds to nearest even
 
-// One product with fp16 A and B and C of type TC (half or float), per the cuBLAS definition
-// for CUBLAS_COMPUTE_32F: fp32 accumulation, alpha * acc + beta * C in fp32, one rounding to C's
-// type. Each product of two fp16 values is exact in fp32 (11 + 11 significant bits), so a
-// fused and an unfused multiply-add agree; the sum is rounded at every step, in k order. A
-// GPU's order (tensor-core tiles, split-k) is unspecified: a GPU agrees to rounding, not bit
-// for bit.
-template <class TC>
-int gemm_half_one(const char* fn, int ta, int tb, int m, int n, int k, float alpha,
-                  const half* A, int lda, const half* B, int ldb, float beta, TC* C, int ldc) {
-    if (!operands_ok(fn, ta, tb, m, n, k, A, lda, sizeof(half), B, ldb, sizeof(half), C, ldc,
+// One product C = alpha * op(A) * op(B) + beta * C with the sums in Acc, C of type TC (C not
+// read when beta == 0). The library's order of summation is unspecified; this sums in k order.
+// - fp32 A and B (sgemm): Acc = double, the exact value rounded once (the best any order gives).
+// - fp16 A and B, CUBLAS_COMPUTE_32F: Acc = float, as cuBLAS defines it: fp32 accumulation,
+//   alpha * acc + beta * C in fp32, one rounding to C's type. Each product of two fp16 values is
+//   exact in fp32 (11 + 11 significant bits), so fused and unfused multiply-adds agree; a GPU's
+//   order (tensor-core tiles, split-k) differs, so it agrees to rounding, not bit for bit.
+template <class Acc, class TA, class TC>
+int gemm_one(const char* fn, int ta, int tb, int m, int n, int k, float alpha, const TA* A,
+             int lda, const TA* B, int ldb, float beta, TC* C, int ldc) {
+    if (!operands_ok(fn, ta, tb, m, n, k, A, lda, sizeof(TA), B, ldb, sizeof(TA), C, ldc,
                      sizeof(TC)))
         return CUBLAS_STATUS_EXECUTION_FAILED;
     const std::vector<float> ap = pack_rows(ta != CUBLAS_OP_N, m, k, A, lda);
@@ -151,11 +129,11 @@ int gemm_half_one(const char* fn, int ta, int tb, int m, int n, int k, float alp
         const float* bj = &bp[(size_t)j * k];
         for (int i = 0; i < m; ++i) {
             const float* ai = &ap[(size_t)i * k];
-            float acc = 0.0f;
-            for (int l = 0; l < k; ++l) acc += ai[l] * bj[l];
+            Acc acc = 0;
+            for (int l = 0; l < k; ++l) acc += (Acc)ai[l] * (Acc)bj[l];
             TC& c = C[i + (size_t)j * ldc];
-            float r = alpha * acc;
-            if (beta != 0.0f) r += beta * (float)c;
+            Acc r = (Acc)alpha * acc;
+            if (beta != 0.0f) r += (Acc)beta * (Acc)c;
             c = (TC)r;
         }
     }
@@ -218,17 +196,18 @@ int gemm_ex(const char* fn, void* handle, int ta, int tb, int m, int n, int k,
     for (int b = 0; b < batch; ++b) {
         int r;
         if (a_type == CUDA_R_32F) {
-            r = gemm_one(fn, ta, tb, m, n, k, al, static_cast<const float*>(A) + b * stride_a, lda,
-                         static_cast<const float*>(B) + b * stride_b, ldb, be,
-                         static_cast<float*>(C) + b * stride_c, ldc);
+            r = gemm_one<double>(fn, ta, tb, m, n, k, al,
+                                 static_cast<const float*>(A) + b * stride_a, lda,
+                                 static_cast<const float*>(B) + b * stride_b, ldb, be,
+                                 static_cast<float*>(C) + b * stride_c, ldc);
         } else {
             const half* a = static_cast<const half*>(A) + b * stride_a;
             const half* bb = static_cast<const half*>(B) + b * stride_b;
             r = c_type == CUDA_R_16F
-                    ? gemm_half_one(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
-                                    static_cast<half*>(C) + b * stride_c, ldc)
-                    : gemm_half_one(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
-                                    static_cast<float*>(C) + b * stride_c, ldc);
+                    ? gemm_one<float>(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
+                                      static_cast<half*>(C) + b * stride_c, ldc)
+                    : gemm_one<float>(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
+                                      static_cast<float*>(C) + b * stride_c, ldc);
         }
         if (r) return r;
     }
@@ -297,7 +276,7 @@ EMU_EXPORT int cublasSgemm_v2(void* handle, int ta, int tb, int m, int n, int k,
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
     if (!fp32_math_mode_ok(h, "cublasSgemm")) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    return gemm_one("cublasSgemm", ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return gemm_one<double>("cublasSgemm", ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
 }
 
 EMU_EXPORT int cublasSgemmStridedBatched(void* handle, int ta, int tb, int m, int n, int k,
@@ -311,8 +290,9 @@ EMU_EXPORT int cublasSgemmStridedBatched(void* handle, int ta, int tb, int m, in
     if (!fp32_math_mode_ok(h, "cublasSgemmStridedBatched")) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     for (int b = 0; b < batch; ++b) {
-        int r = gemm_one("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha, A + b * stride_a,
-                         lda, B + b * stride_b, ldb, *beta, C + b * stride_c, ldc);
+        int r = gemm_one<double>("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha,
+                                 A + b * stride_a, lda, B + b * stride_b, ldb, *beta,
+                                 C + b * stride_c, ldc);
         if (r) return r;
     }
     return CUBLAS_STATUS_SUCCESS;
