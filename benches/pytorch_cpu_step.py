@@ -49,6 +49,28 @@ def init(m):
         nn.init.zeros_(m.bias)
 
 
+def time_steps(step, steps=None, sync=lambda: None):
+    """Seconds per step as the Rust bench times them: 3 warm-up steps, then `steps` steps (or
+    up to 30 within 20 s, at least 5), each up to `sync()` (the device's synchronisation)."""
+    for _ in range(3):
+        step()
+    sync()
+    times = []
+    budget = time.perf_counter()
+    while True:
+        n = len(times)
+        if steps is not None:
+            if n >= steps:
+                break
+        elif n >= 30 or (n >= 5 and time.perf_counter() - budget >= 20.0):
+            break
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="dcgan", choices=["dcgan"])
@@ -87,20 +109,7 @@ def main():
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], 0.01)
 
-    for _ in range(3):
-        step()
-    times = []
-    budget = time.perf_counter()
-    while True:
-        n = len(times)
-        if args.steps is not None:
-            if n >= args.steps:
-                break
-        elif n >= 30 or (n >= 5 and time.perf_counter() - budget >= 20.0):
-            break
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    times = time_steps(step, args.steps)
     med = statistics.median(times)
     name = f"{args.preset}-{s}px-w{args.ngf}-b{b}"
     print(f"pytorch/cpu/{name}: median {med * 1e3:.2f} ms over {len(times)} runs, {b / med:.1f} images/s")

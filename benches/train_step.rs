@@ -8,9 +8,18 @@
 //! ```
 //!
 //! Without flags: the train command's defaults (dcgan 32 px, widths 32, batch 64) on the CPU.
+//! `--device cuda` and `--conv-impl cudnn|own` choose the GPU configuration (one per run, so a
+//! GPU session runs the few it has time for). `--precision` and `--cuda-graphs` are refused
+//! until the training command has them (it trains in fp32, eagerly).
 //! `--steps N` fixes the number of timed steps (default: up to 30 within 20 s, at least 5).
-//! Prints one line naming the config and ending in `N images/s` (the median step).
+//! Prints one line naming the device (with the convolution implementation on CUDA) and the
+//! config, ending in `N images/s` (the median step).
+//!
+//! A step is timed as training runs it: queued without reading anything back
+//! ([`Trainer::step_deferred`]), the metrics read where training reads them (at the end of each
+//! `--lr-window`), then a device synchronisation so the step's time is all its work.
 
+use artgan::backend::Device;
 use artgan::cli::{train_config, TrainArgs};
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
@@ -26,6 +35,12 @@ struct BenchArgs {
     /// Timed steps (default: up to 30 within 20 s, at least 5).
     #[arg(long)]
     steps: Option<usize>,
+    /// Not implemented yet (the training command has no such flag): refused.
+    #[arg(long, hide = true)]
+    precision: Option<String>,
+    /// Not implemented yet (the training command has no such flag): refused.
+    #[arg(long, hide = true)]
+    cuda_graphs: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -41,10 +56,22 @@ fn main() -> anyhow::Result<()> {
         argv.extend(["--device".to_string(), "cpu".to_string()]);
     }
     let args = BenchArgs::parse_from(argv);
+    for (flag, given) in [
+        ("--precision", &args.precision),
+        ("--cuda-graphs", &args.cuda_graphs),
+    ] {
+        if let Some(v) = given {
+            anyhow::bail!(
+                "{flag} {v}: not implemented yet: `artgan train` has no {flag} flag (it trains in \
+                 fp32, launching kernels eagerly), so this bench cannot measure it"
+            );
+        }
+    }
     let cfg = train_config(&args.train)?;
     let device = args.train.device.resolve()?;
     let (batch, size) = (cfg.batch_size, cfg.model.image_size);
     let name = format!("{}-{size}px-w{}-b{batch}", cfg.model.preset, cfg.model.ngf);
+    let device_label = device_label(device);
     let mut trainer = Trainer::new(cfg, device)?;
     let mut rng = Rng::new(1);
     let real = Tensor::from_vec(
@@ -53,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         device,
     )?;
     for _ in 0..3 {
-        trainer.step(&real)?;
+        step(&mut trainer, &real)?;
     }
     let backend = real.backend();
     backend.synchronize()?;
@@ -65,17 +92,39 @@ fn main() -> anyhow::Result<()> {
     };
     while !done(times.len(), budget.elapsed().as_secs_f64()) {
         let t = Instant::now();
-        trainer.step(&real)?;
+        step(&mut trainer, &real)?;
         backend.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     println!(
-        "train_step/{device}/{name}: median {:.2} ms over {} runs, {:.1} images/s",
+        "train_step/{device_label}/{name}: median {:.2} ms over {} runs, {:.1} images/s",
         median * 1e3,
         times.len(),
         batch as f64 / median
     );
     Ok(())
+}
+
+/// One training step as `artgan train` runs it: nothing read back except at a window's end.
+fn step(trainer: &mut Trainer, real: &Tensor) -> anyhow::Result<()> {
+    trainer.step_deferred(real, None)?;
+    if trainer.metrics_due() {
+        trainer.read_metrics()?;
+    }
+    Ok(())
+}
+
+/// `cpu`, or the CUDA device with the convolution implementation in use (`cuda:0-cudnn`,
+/// `cuda:0-own`: without cuDNN the backend uses its own kernels, and says so).
+fn device_label(device: Device) -> String {
+    use artgan::backend::cuda::{conv_impl, libs, ConvImpl};
+    match device {
+        Device::Cpu => device.to_string(),
+        Device::Cuda(_) => {
+            let cudnn = conv_impl() == ConvImpl::Cudnn && libs::ensure_libraries(true).is_ok();
+            format!("{device}-{}", if cudnn { "cudnn" } else { "own" })
+        }
+    }
 }

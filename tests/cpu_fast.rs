@@ -9,7 +9,8 @@
 
 use artgan::backend::cpu::conv_calls;
 use artgan::backend::{
-    backend, reference, Activation, AdamItem, AdamStep, Backend, ConvGeom, Device, Storage,
+    backend, reference, Activation, AdamItem, AdamStep, Backend, ChannelDims, ConvGeom, Device,
+    Storage,
 };
 use artgan::nn::{ModelConfig, Module, Preset};
 use artgan::ops;
@@ -102,6 +103,8 @@ fn conv_matches_reference() {
         (64, 8, 8, 8, 16, 4, 2, 1),
         // One image's columns fill a chunk (1024 rows x 1024 columns): three chunks.
         (3, 64, 64, 64, 4, 4, 2, 1),
+        // Stride 3 with padding 2: taps whose first valid output is not the first.
+        (2, 3, 11, 10, 4, 5, 3, 2),
     ];
     for (i, &(n, c, h, w, co, k, s, p)) in cases.iter().enumerate() {
         conv_case(&ConvGeom::conv(n, c, h, w, co, k, s, p).unwrap(), i as u64);
@@ -210,6 +213,141 @@ fn elementwise_adam_and_ema_equal_the_reference_bit_for_bit() {
         [&p[0], &p[1], &m[0], &m[1], &v[0], &v[1]].map(host)
     };
     assert_eq!(run(&f), run(&r), "adam");
+}
+
+/// Training-mode batch norm, forward and backward: the fast path sums in f64 like the reference
+/// (in another order) and applies the input gradient in f32, so each output is within a few
+/// f32 roundings of the reference's, relative to the size of the terms that make it up.
+#[test]
+fn batch_norm_matches_reference() {
+    let (f, r) = (fast(), reference::backend());
+    let eps32 = f32::EPSILON as f64;
+    let close = |what: &str, got: &[f32], want: &[f32], bound: &[f64]| {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
+            let tol = 8.0 * eps32 * b + f64::from(f32::MIN_POSITIVE);
+            assert!(
+                (f64::from(g) - f64::from(w)).abs() <= tol,
+                "{what}: element {i}: fast {g}, reference {w}, tolerance {tol}"
+            );
+        }
+    };
+    for (case, &(n, c, h, w)) in [
+        (4, 3, 2, 2),
+        (2, 5, 3, 5),
+        (5, 1, 1, 1),
+        (64, 16, 4, 4),
+        (3, 70, 11, 9),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = ChannelDims { n, c, hw: h * w };
+        let mut rng = Rng::new(40 + case as u64);
+        // Off-centre values, so the variance is a difference of large terms.
+        let x = rng.normal_vec(d.len(), 3.0, 2.0);
+        let dy = rand(&mut rng, d.len());
+        let gamma = rng.normal_vec(c, 1.0, 0.3);
+        let beta = rand(&mut rng, c);
+        let (rm0, rv0) = (rand(&mut rng, c), rng.uniform_vec(c, 0.5, 2.0));
+        let tag = format!("{n}x{c}x{h}x{w}");
+        let run = |be: &Rc<dyn Backend>| {
+            let (mut rm, mut rv) = (Storage::Cpu(rm0.clone()), Storage::Cpu(rv0.clone()));
+            let s = be
+                .batch_norm_train(
+                    &Storage::Cpu(x.clone()),
+                    &Storage::Cpu(gamma.clone()),
+                    &Storage::Cpu(beta.clone()),
+                    &mut rm,
+                    &mut rv,
+                    d,
+                    0.1,
+                    1e-5,
+                )
+                .unwrap();
+            let (mean, invstd) = (host(&s.mean), host(&s.invstd));
+            let (dx, dg, db) = be
+                .batch_norm_backward(
+                    &Storage::Cpu(x.clone()),
+                    &Storage::Cpu(dy.clone()),
+                    &Storage::Cpu(gamma.clone()),
+                    &s.mean,
+                    &s.invstd,
+                    d,
+                )
+                .unwrap();
+            [
+                host(&s.y),
+                mean,
+                invstd,
+                host(&rm),
+                host(&rv),
+                host(&dx),
+                host(&dg),
+                host(&db),
+            ]
+        };
+        let (got, want) = (run(&f), run(&r));
+        let [_, mean, invstd, rm, rv, dx, dg, db] = &want;
+        let chan = |i: usize| (i / d.hw) % c;
+        let mag = |v: &[f32]| v.iter().map(|&a| f64::from(a).abs()).collect::<Vec<_>>();
+        let names = ["y", "mean", "invstd", "running_mean", "running_var"];
+        // y = (x − mean)·invstd·gamma + beta: bound by the size of each term.
+        let y_bound: Vec<f64> = (0..d.len())
+            .map(|i| {
+                let k = chan(i);
+                let s = f64::from(invstd[k] * gamma[k]).abs();
+                (f64::from(x[i]).abs() + f64::from(mean[k]).abs()) * s + f64::from(beta[k]).abs()
+            })
+            .collect();
+        let max_x = x.iter().fold(0f32, |a, &v| a.max(v.abs())) as f64;
+        let bounds = [
+            y_bound,
+            vec![max_x; c],
+            mag(invstd),
+            rm.iter().map(|&v| f64::from(v).abs() + max_x).collect(),
+            rv.iter()
+                .map(|&v| f64::from(v).abs() + max_x * max_x)
+                .collect(),
+        ];
+        for (j, name) in names.iter().enumerate() {
+            close(&format!("{name} {tag}"), &got[j], &want[j], &bounds[j]);
+        }
+        // dx = a·dy + b + k·(x − mean): bound by each term.
+        let m = (n * h * w) as f64;
+        let dx_bound: Vec<f64> = (0..d.len())
+            .map(|i| {
+                let k = chan(i);
+                let a = f64::from(gamma[k] * invstd[k]).abs();
+                let xhat = (f64::from(x[i]) - f64::from(mean[k])) * f64::from(invstd[k]);
+                a * (f64::from(dy[i]).abs()
+                    + f64::from(db[k]).abs() / m
+                    + xhat.abs() * f64::from(dg[k]).abs() / m)
+            })
+            .collect();
+        close(&format!("dx {tag}"), &got[5], dx, &dx_bound);
+        // Channel sums of |dy·xhat| and |dy| bound dgamma and dbeta.
+        let sum_bound = |xhat: bool| -> Vec<f64> {
+            (0..c)
+                .map(|k| {
+                    (0..d.len())
+                        .filter(|&i| chan(i) == k)
+                        .map(|i| {
+                            let g = f64::from(dy[i]).abs();
+                            if xhat {
+                                g * ((f64::from(x[i]) - f64::from(mean[k])) * f64::from(invstd[k]))
+                                    .abs()
+                            } else {
+                                g
+                            }
+                        })
+                        .sum()
+                })
+                .collect()
+        };
+        close(&format!("dgamma {tag}"), &got[6], dg, &sum_bound(true));
+        close(&format!("dbeta {tag}"), &got[7], db, &sum_bound(false));
+    }
 }
 
 /// Two training steps of the default dcgan at a small size, run on a rayon pool of `threads`

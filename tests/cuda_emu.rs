@@ -5,10 +5,17 @@
 //! `ARTGAN_REQUIRE_GPU=1` and no CUDA device at all it fails. A failed launch poisons the whole
 //! context (as on a GPU), so the tests that provoke one run in a child process.
 
+use cudarc::cublas::result::{gemm_ex, gemm_strided_batched_ex, CublasError};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasStatus_t, cudaDataType_t,
+};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
+use half::f16;
 use std::sync::Arc;
 
 const KERNELS: &[&str] = &[
@@ -438,4 +445,617 @@ fn a_write_past_the_end_is_caught_under_the_sanitizer() {
     b.arg(&mut x).arg(&n);
     let _ = unsafe { b.launch(cfg(1, 32)) };
     let _ = e.stream.synchronize();
+}
+
+// ---- cublasGemmEx / cublasGemmStridedBatchedEx with fp16 inputs (mixed precision)
+
+/// One column-major product C (m x n) = alpha * op(A) * op(B) + beta * C, leading dimensions of
+/// the operands as stored.
+#[derive(Clone, Copy, Debug)]
+struct ExShape {
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+}
+
+impl ExShape {
+    /// With `pad` extra rows in every leading dimension.
+    fn new(ta: bool, tb: bool, (m, n, k): (usize, usize, usize), pad: usize) -> Self {
+        let a_rows = if ta { k } else { m };
+        let b_rows = if tb { n } else { k };
+        ExShape {
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            lda: a_rows + pad,
+            ldb: b_rows + pad,
+            ldc: m + pad,
+        }
+    }
+    fn a_len(&self) -> usize {
+        self.lda * if self.ta { self.m } else { self.k }
+    }
+    fn b_len(&self) -> usize {
+        self.ldb * if self.tb { self.k } else { self.n }
+    }
+    fn c_len(&self) -> usize {
+        self.ldc * self.n
+    }
+    fn op(t: bool) -> cudarc::cublas::sys::cublasOperation_t {
+        if t {
+            CUBLAS_OP_T
+        } else {
+            CUBLAS_OP_N
+        }
+    }
+}
+
+/// Deterministic non-zero values in [-2, 2), exact in f16.
+fn random_f16(n: usize, seed: u64) -> Vec<f16> {
+    let mut s = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n)
+        .map(|_| loop {
+            let v = f16::from_f32(4.0 * next() - 2.0);
+            if v.to_f32() != 0.0 {
+                break v;
+            }
+        })
+        .collect()
+}
+
+fn bits(x: &[f16]) -> Vec<u16> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The cuBLAS definition for fp16 A and B with CUBLAS_COMPUTE_32F: each product of the exact
+/// f32 values of two f16 inputs, summed in f32 in k order, then alpha * acc + beta * C in f32
+/// (C not read when beta = 0). Returns every element of C: the m x n results before their one
+/// rounding to C's type, the padding rows as given.
+fn gemm_ex_reference(
+    s: &ExShape,
+    alpha: f32,
+    a: &[f16],
+    b: &[f16],
+    beta: f32,
+    c: &[f32],
+) -> Vec<f32> {
+    let mut out = c.to_vec();
+    for j in 0..s.n {
+        for i in 0..s.m {
+            let mut acc = 0.0f32;
+            for l in 0..s.k {
+                let av = if s.ta {
+                    a[l + i * s.lda]
+                } else {
+                    a[i + l * s.lda]
+                };
+                let bv = if s.tb {
+                    b[j + l * s.ldb]
+                } else {
+                    b[l + j * s.ldb]
+                };
+                acc += av.to_f32() * bv.to_f32();
+            }
+            let mut r = alpha * acc;
+            if beta != 0.0 {
+                r += beta * c[i + j * s.ldc];
+            }
+            out[i + j * s.ldc] = r;
+        }
+    }
+    out
+}
+
+/// A cuBLAS handle on the emulated device whose math mode keeps every reduction in fp32: without
+/// CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION cuBLAS may sum partial results in an fp16
+/// C's own precision, which the emulator refuses (see the error test).
+fn blas_fp32_reductions(e: &Emu) -> CudaBlas {
+    let blas = CudaBlas::new(e.stream.clone()).unwrap();
+    let status = unsafe {
+        cudarc::cublas::sys::cublasSetMathMode(
+            *blas.handle(),
+            cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+        )
+    };
+    assert_eq!(status, cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+    blas
+}
+
+/// The element type of C in a GemmEx call, with how the test stores it on the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CType {
+    F16,
+    F32,
+}
+
+impl CType {
+    fn cuda(self) -> cudaDataType_t {
+        match self {
+            CType::F16 => cudaDataType_t::CUDA_R_16F,
+            CType::F32 => cudaDataType_t::CUDA_R_32F,
+        }
+    }
+}
+
+/// C on the device: f16 as its bits (cudarc copies u16), f32 as is.
+enum DevC {
+    F16(cudarc::driver::CudaSlice<u16>),
+    F32(cudarc::driver::CudaSlice<f32>),
+}
+
+impl DevC {
+    fn upload(e: &Emu, ty: CType, values: &[f32]) -> DevC {
+        match ty {
+            CType::F16 => DevC::F16(
+                e.stream
+                    .clone_htod(
+                        &values
+                            .iter()
+                            .map(|&v| f16::from_f32(v).to_bits())
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap(),
+            ),
+            CType::F32 => DevC::F32(e.stream.clone_htod(values).unwrap()),
+        }
+    }
+    /// Raw bits of every element (f16 bits widened), for bit-exact comparisons.
+    fn download_bits(&self, e: &Emu) -> Vec<u32> {
+        match self {
+            DevC::F16(c) => e
+                .stream
+                .clone_dtoh(c)
+                .unwrap()
+                .into_iter()
+                .map(u32::from)
+                .collect(),
+            DevC::F32(c) => e
+                .stream
+                .clone_dtoh(c)
+                .unwrap()
+                .into_iter()
+                .map(f32::to_bits)
+                .collect(),
+        }
+    }
+    fn ptr(&mut self, e: &Emu) -> u64 {
+        // The guard is dropped at once: every call here is on this one stream, in order.
+        match self {
+            DevC::F16(c) => c.device_ptr_mut(&e.stream).0,
+            DevC::F32(c) => c.device_ptr_mut(&e.stream).0,
+        }
+    }
+}
+
+/// What C must hold afterwards, as bits: each value rounded once to C's type.
+fn expected_bits(ty: CType, values: &[f32]) -> Vec<u32> {
+    match ty {
+        CType::F16 => values
+            .iter()
+            .map(|&v| u32::from(f16::from_f32(v).to_bits()))
+            .collect(),
+        CType::F32 => values.iter().map(|v| v.to_bits()).collect(),
+    }
+}
+
+/// C's starting values as the device holds them (f16 C rounded to f16).
+fn as_stored(ty: CType, values: &[f32]) -> Vec<f32> {
+    match ty {
+        CType::F16 => values.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        CType::F32 => values.to_vec(),
+    }
+}
+
+/// The types of a GemmEx call.
+#[derive(Clone, Copy, Debug)]
+struct ExTypes {
+    ab: cudaDataType_t,
+    c: cudaDataType_t,
+    compute: cublasComputeType_t,
+    algo: cublasGemmAlgo_t,
+}
+
+impl ExTypes {
+    /// fp16 A and B, fp32 compute: what mixed precision uses.
+    fn amp(c: cudaDataType_t) -> Self {
+        ExTypes {
+            ab: cudaDataType_t::CUDA_R_16F,
+            c,
+            compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            algo: cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        }
+    }
+}
+
+/// One cublasGemmEx call on device pointers.
+#[allow(clippy::too_many_arguments)]
+fn call_gemm_ex(
+    blas: &CudaBlas,
+    s: &ExShape,
+    t: ExTypes,
+    alpha: f32,
+    a: u64,
+    b: u64,
+    beta: f32,
+    c: u64,
+) -> Result<(), CublasError> {
+    unsafe {
+        gemm_ex(
+            *blas.handle(),
+            ExShape::op(s.ta),
+            ExShape::op(s.tb),
+            s.m as i32,
+            s.n as i32,
+            s.k as i32,
+            (&alpha) as *const f32 as *const _,
+            a as *const _,
+            t.ab,
+            s.lda as i32,
+            b as *const _,
+            t.ab,
+            s.ldb as i32,
+            (&beta) as *const f32 as *const _,
+            c as *mut _,
+            t.c,
+            s.ldc as i32,
+            t.compute,
+            t.algo,
+        )
+    }
+}
+
+#[test]
+fn cublas_gemm_ex_fp16_is_fp32_accumulation_rounded_once() {
+    let Some(e) = emu() else { return };
+    let blas = blas_fp32_reductions(&e);
+    let shapes = [(1, 1, 1), (3, 5, 7), (17, 9, 33), (16, 8, 64), (2, 31, 5)];
+    let mut case = 0u64;
+    for (si, &mnk) in shapes.iter().enumerate() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for c_type in [CType::F16, CType::F32] {
+                // beta = 0 with C all NaN: C must not be read.
+                for (alpha, beta) in [(0.75f32, -1.25f32), (1.5, 0.0)] {
+                    case += 1;
+                    let s = ExShape::new(ta, tb, mnk, si % 3);
+                    let a = random_f16(s.a_len(), 3 * case);
+                    let b = random_f16(s.b_len(), 3 * case + 1);
+                    let c0: Vec<f32> = if beta == 0.0 {
+                        vec![f32::NAN; s.c_len()]
+                    } else {
+                        let c = random_f16(s.c_len(), 3 * case + 2);
+                        as_stored(
+                            c_type,
+                            &c.iter().map(|v| v.to_f32() * 3.0).collect::<Vec<_>>(),
+                        )
+                    };
+                    let want =
+                        expected_bits(c_type, &gemm_ex_reference(&s, alpha, &a, &b, beta, &c0));
+                    let da = e.stream.clone_htod(&bits(&a)).unwrap();
+                    let db = e.stream.clone_htod(&bits(&b)).unwrap();
+                    let mut dc = DevC::upload(&e, c_type, &c0);
+                    // Every algo value is accepted and gives the same result.
+                    let algo = if case.is_multiple_of(2) {
+                        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT
+                    } else {
+                        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP
+                    };
+                    let (ap, bp, cp) = (
+                        da.device_ptr(&e.stream).0,
+                        db.device_ptr(&e.stream).0,
+                        dc.ptr(&e),
+                    );
+                    let t = ExTypes {
+                        algo,
+                        ..ExTypes::amp(c_type.cuda())
+                    };
+                    call_gemm_ex(&blas, &s, t, alpha, ap, bp, beta, cp).unwrap();
+                    let got = dc.download_bits(&e);
+                    assert_eq!(got, want, "{s:?} C {c_type:?} alpha {alpha} beta {beta}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cublas_gemm_ex_rounds_only_where_cublas_does() {
+    let Some(e) = emu() else { return };
+    let blas = blas_fp32_reductions(&e);
+    let run = |s: &ExShape, a: &[f32], b: &[f32], c_type: CType| -> Vec<u32> {
+        let da = e
+            .stream
+            .clone_htod(
+                &a.iter()
+                    .map(|&v| f16::from_f32(v).to_bits())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let db = e
+            .stream
+            .clone_htod(
+                &b.iter()
+                    .map(|&v| f16::from_f32(v).to_bits())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let mut dc = DevC::upload(&e, c_type, &vec![0.0; s.c_len()]);
+        let (ap, bp, cp) = (
+            da.device_ptr(&e.stream).0,
+            db.device_ptr(&e.stream).0,
+            dc.ptr(&e),
+        );
+        call_gemm_ex(&blas, s, ExTypes::amp(c_type.cuda()), 1.0, ap, bp, 0.0, cp).unwrap();
+        dc.download_bits(&e)
+    };
+    // (1 + 2^-10)^2 = 1 + 2^-9 + 2^-20: exact in f32, rounded to 1 + 2^-9 in an f16 C.
+    let x = 1.0 + 2f32.powi(-10);
+    let s1 = ExShape::new(false, false, (1, 1, 1), 0);
+    let exact = 1.0 + 2f32.powi(-9) + 2f32.powi(-20);
+    assert_eq!(run(&s1, &[x], &[x], CType::F32), vec![exact.to_bits()]);
+    let rounded = f16::from_f32(exact);
+    assert_eq!(rounded.to_f32(), 1.0 + 2f32.powi(-9));
+    assert_eq!(
+        run(&s1, &[x], &[x], CType::F16),
+        vec![u32::from(rounded.to_bits())]
+    );
+    // 2048 + 1 + 1: an f16 accumulator gives 2048 (2049 is a tie, rounded to even, twice);
+    // the f32 accumulator gives 2050, which an f16 C holds exactly.
+    let s3 = ExShape::new(false, false, (1, 1, 3), 0);
+    let want = u32::from(f16::from_f32(2050.0).to_bits());
+    assert_eq!(
+        run(&s3, &[2048.0, 1.0, 1.0], &[1.0; 3], CType::F16),
+        vec![want]
+    );
+    // Beyond f16's range in C: infinity, while the f32 C holds the value.
+    let big = 300.0f32;
+    assert_eq!(
+        run(&s1, &[big], &[big], CType::F32),
+        vec![90000f32.to_bits()]
+    );
+    assert_eq!(
+        run(&s1, &[big], &[big], CType::F16),
+        vec![u32::from(f16::INFINITY.to_bits())]
+    );
+}
+
+#[test]
+fn cublas_gemm_strided_batched_ex_fp16_matches_each_product() {
+    let Some(e) = emu() else { return };
+    let blas = blas_fp32_reductions(&e);
+    let batch = 3usize;
+    for (ci, (s, c_type)) in [
+        (ExShape::new(true, false, (5, 7, 9), 1), CType::F16),
+        (ExShape::new(false, true, (4, 3, 6), 0), CType::F32),
+        (ExShape::new(true, true, (3, 2, 11), 2), CType::F16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Gaps between the matrices: they must stay as they were.
+        let (sa, sb, sc) = (s.a_len() + 3, s.b_len() + 1, s.c_len() + 2);
+        let seed = 100 * ci as u64;
+        let a = random_f16(sa * batch, seed);
+        let b = random_f16(sb * batch, seed + 1);
+        let c0 = as_stored(
+            c_type,
+            &random_f16(sc * batch, seed + 2)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect::<Vec<_>>(),
+        );
+        let (alpha, beta) = (-0.5f32, 0.625f32);
+        let mut want_values = c0.clone();
+        for i in 0..batch {
+            let r = gemm_ex_reference(
+                &s,
+                alpha,
+                &a[i * sa..],
+                &b[i * sb..],
+                beta,
+                &c0[i * sc..i * sc + s.c_len()],
+            );
+            want_values[i * sc..i * sc + s.c_len()].copy_from_slice(&r);
+        }
+        let mut want = expected_bits(c_type, &want_values);
+        // The gaps hold C's starting values as stored, untouched.
+        for (i, w) in want.iter_mut().enumerate() {
+            if i % sc >= s.c_len() {
+                *w = expected_bits(c_type, &c0[i..i + 1])[0];
+            }
+        }
+        let da = e.stream.clone_htod(&bits(&a)).unwrap();
+        let db = e.stream.clone_htod(&bits(&b)).unwrap();
+        let mut dc = DevC::upload(&e, c_type, &c0);
+        let (ap, bp, cp) = (
+            da.device_ptr(&e.stream).0,
+            db.device_ptr(&e.stream).0,
+            dc.ptr(&e),
+        );
+        unsafe {
+            gemm_strided_batched_ex(
+                *blas.handle(),
+                ExShape::op(s.ta),
+                ExShape::op(s.tb),
+                s.m as i32,
+                s.n as i32,
+                s.k as i32,
+                (&alpha) as *const f32 as *const _,
+                ap as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                s.lda as i32,
+                sa as i64,
+                bp as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                s.ldb as i32,
+                sb as i64,
+                (&beta) as *const f32 as *const _,
+                cp as *mut _,
+                c_type.cuda(),
+                s.ldc as i32,
+                sc as i64,
+                batch as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            )
+        }
+        .unwrap();
+        assert_eq!(dc.download_bits(&e), want, "{s:?} C {c_type:?}");
+    }
+}
+
+#[test]
+fn cublas_gemm_ex_all_fp32_is_sgemm() {
+    let Some(e) = emu() else { return };
+    let blas = CudaBlas::new(e.stream.clone()).unwrap();
+    let s = ExShape::new(true, false, (7, 5, 9), 1);
+    let to_f32 = |v: Vec<f16>| -> Vec<f32> { v.iter().map(|x| x.to_f32() / 3.0).collect() };
+    let a = e
+        .stream
+        .clone_htod(&to_f32(random_f16(s.a_len(), 7)))
+        .unwrap();
+    let b = e
+        .stream
+        .clone_htod(&to_f32(random_f16(s.b_len(), 8)))
+        .unwrap();
+    let c0 = to_f32(random_f16(s.c_len(), 9));
+    let (alpha, beta) = (0.3f32, -0.7f32);
+    let mut c_sgemm = e.stream.clone_htod(&c0).unwrap();
+    let cfg = GemmConfig {
+        transa: CUBLAS_OP_T,
+        transb: CUBLAS_OP_N,
+        m: s.m as i32,
+        n: s.n as i32,
+        k: s.k as i32,
+        alpha,
+        lda: s.lda as i32,
+        ldb: s.ldb as i32,
+        beta,
+        ldc: s.ldc as i32,
+    };
+    unsafe { blas.gemm(cfg, &a, &b, &mut c_sgemm) }.unwrap();
+    let mut c_ex = e.stream.clone_htod(&c0).unwrap();
+    let all_f32 = ExTypes {
+        ab: cudaDataType_t::CUDA_R_32F,
+        ..ExTypes::amp(cudaDataType_t::CUDA_R_32F)
+    };
+    {
+        let (ap, bp) = (a.device_ptr(&e.stream).0, b.device_ptr(&e.stream).0);
+        let cp = c_ex.device_ptr_mut(&e.stream).0;
+        call_gemm_ex(&blas, &s, all_f32, alpha, ap, bp, beta, cp).unwrap();
+    }
+    let (got, want) = (
+        e.stream.clone_dtoh(&c_ex).unwrap(),
+        e.stream.clone_dtoh(&c_sgemm).unwrap(),
+    );
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    assert_ne!(got, c0, "the product was computed");
+}
+
+#[test]
+fn cublas_gemm_ex_checks_arguments_and_says_what_it_does_not_emulate() {
+    if let Some(out) = in_child("cublas_gemm_ex_checks_arguments_and_says_what_it_does_not_emulate")
+    {
+        if !out.contains("skipped") {
+            for said in [
+                "cublasGemmEx: compute type 64",
+                "cublasGemmEx: compute type 74",
+                "CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION",
+                "tensor-op algo 99 with fp32 inputs",
+                "cublasGemmEx: operand A",
+            ] {
+                assert!(out.contains(said), "{said:?} not said:\n{out}");
+            }
+        }
+        return;
+    }
+    let Some(e) = emu() else { return };
+    let strict = blas_fp32_reductions(&e);
+    let plain = CudaBlas::new(e.stream.clone()).unwrap();
+    let s = ExShape::new(false, false, (4, 3, 5), 0);
+    let a = e
+        .stream
+        .clone_htod(&bits(&random_f16(s.a_len(), 1)))
+        .unwrap();
+    let b = e
+        .stream
+        .clone_htod(&bits(&random_f16(s.b_len(), 2)))
+        .unwrap();
+    let mut c16 = e.stream.alloc_zeros::<u16>(s.c_len()).unwrap();
+    let mut c32 = e.stream.alloc_zeros::<f32>(s.c_len()).unwrap();
+    let (ap, bp) = (a.device_ptr(&e.stream).0, b.device_ptr(&e.stream).0);
+    let (c16p, c32p) = (
+        c16.device_ptr_mut(&e.stream).0,
+        c32.device_ptr_mut(&e.stream).0,
+    );
+    use cublasComputeType_t::*;
+    use cudaDataType_t::*;
+    let status = |blas: &CudaBlas, s: &ExShape, a: u64, c: u64, c_type, compute| {
+        let t = ExTypes {
+            compute,
+            ..ExTypes::amp(c_type)
+        };
+        format!("{:?}", call_gemm_ex(blas, s, t, 1.0, a, bp, 0.0, c))
+    };
+    // The supported combination works on the strict handle, with both C types.
+    assert_eq!(
+        status(&strict, &s, ap, c16p, CUDA_R_16F, CUBLAS_COMPUTE_32F),
+        "Ok(())"
+    );
+    assert_eq!(
+        status(&plain, &s, ap, c32p, CUDA_R_32F, CUBLAS_COMPUTE_32F),
+        "Ok(())"
+    );
+    // lda below the rows of A as stored.
+    let bad_lda = ExShape { lda: s.m - 1, ..s };
+    assert!(
+        status(&strict, &bad_lda, ap, c16p, CUDA_R_16F, CUBLAS_COMPUTE_32F)
+            .contains("INVALID_VALUE")
+    );
+    // fp16 compute, and FAST_16F (fp32 inputs only, per the cuBLAS table).
+    for compute in [CUBLAS_COMPUTE_16F, CUBLAS_COMPUTE_32F_FAST_16F] {
+        let r = status(&strict, &s, ap, c16p, CUDA_R_16F, compute);
+        assert!(r.contains("NOT_SUPPORTED"), "{compute:?}: {r}");
+    }
+    // An fp16 C where cuBLAS may reduce in fp16 (the handle's default math mode).
+    assert!(status(&plain, &s, ap, c16p, CUDA_R_16F, CUBLAS_COMPUTE_32F).contains("NOT_SUPPORTED"));
+    // All fp32 with a tensor-op algo means FAST_16F down-conversion in cuBLAS.
+    let (a32, b32) = (
+        e.stream.alloc_zeros::<f32>(s.a_len()).unwrap(),
+        e.stream.alloc_zeros::<f32>(s.b_len()).unwrap(),
+    );
+    let tensor_op_f32 = ExTypes {
+        ab: CUDA_R_32F,
+        algo: cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        ..ExTypes::amp(CUDA_R_32F)
+    };
+    let (a32p, b32p) = (a32.device_ptr(&e.stream).0, b32.device_ptr(&e.stream).0);
+    let r = call_gemm_ex(&plain, &s, tensor_op_f32, 1.0, a32p, b32p, 0.0, c32p);
+    assert!(format!("{r:?}").contains("NOT_SUPPORTED"), "{r:?}");
+    // A one element short of what m, k and lda need: an error, not a read past the buffer.
+    let short = e.stream.alloc_zeros::<u16>(s.a_len() - 1).unwrap();
+    let r = status(
+        &strict,
+        &s,
+        short.device_ptr(&e.stream).0,
+        c16p,
+        CUDA_R_16F,
+        CUBLAS_COMPUTE_32F,
+    );
+    assert!(r.contains("EXECUTION_FAILED"), "{r}");
 }

@@ -17,6 +17,21 @@ use artgan::rng::{self, Rng};
 use std::rc::Rc;
 use std::sync::Mutex;
 
+mod common;
+use common::emulated_host_syncs;
+
+/// The cases of a parity loop: all of them, or with `ARTGAN_PARITY_ONE_SHAPE=1` only the
+/// last case of each list (its largest), so slow runs such as compute-sanitizer's
+/// still launch every kernel once (`gpu-carry/run.sh` sets it for its sanitizer passes).
+fn shapes<T: Clone>(all: impl AsRef<[T]>) -> Vec<T> {
+    let all = all.as_ref();
+    if std::env::var("ARTGAN_PARITY_ONE_SHAPE").is_ok_and(|v| v == "1") {
+        all.last().cloned().into_iter().collect()
+    } else {
+        all.to_vec()
+    }
+}
+
 /// The GPU backend, or `None` (after printing why) when there is none and it is not required.
 fn gpu() -> Option<Rc<dyn Backend>> {
     // Must be set before this thread's backend is created (backends are per thread). The
@@ -179,7 +194,7 @@ fn batch_norm_train_with_one_value_per_channel_is_an_error() {
 fn memory_upload_download_zeros_full_copy() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(1);
-    for len in [1usize, 7, 1000, 65_537] {
+    for len in shapes([1usize, 7, 1000, 65_537]) {
         let v = rand(&mut rng, len, 3.0);
         let s = up(&g, &v);
         assert_eq!(down(&g, &s), v, "upload/download len {len}");
@@ -199,7 +214,7 @@ fn elementwise_add_mul_scale_add_assign() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(2);
-    for len in [1usize, 31, 257, 100_003] {
+    for len in shapes([1usize, 31, 257, 100_003]) {
         let a = rand(&mut rng, len, 2.0);
         let b = rand(&mut rng, len, 2.0);
         let (ga, gb, ca, cb) = (up(&g, &a), up(&g, &b), up(&c, &a), up(&c, &b));
@@ -243,7 +258,7 @@ fn elementwise_scale_by_scalar() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(3);
-    for len in [1usize, 129, 40_000] {
+    for len in shapes([1usize, 129, 40_000]) {
         let a = rand(&mut rng, len, 2.0);
         let s = [1.7f32];
         let gy = g.scale_by_scalar(&up(&g, &a), &up(&g, &s), -0.5).unwrap();
@@ -263,7 +278,7 @@ fn elementwise_reciprocal_is_ieee_division() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(31);
-    for len in [1usize, 127, 40_001] {
+    for len in shapes([1usize, 127, 40_001]) {
         // Away from 0, both signs, several binades.
         let a: Vec<f32> = rand(&mut rng, len, 3.0)
             .iter()
@@ -272,23 +287,6 @@ fn elementwise_reciprocal_is_ieee_division() {
         let gy = down(&g, &g.reciprocal(&up(&g, &a)).unwrap());
         let cy = down(&c, &c.reciprocal(&up(&c, &a)).unwrap());
         close(&format!("reciprocal len {len}"), &gy, &cy, 0.0, 0.0);
-    }
-}
-
-/// Calls by this thread that made it wait for the device so far, as the emulated device counts
-/// them (`None` on a real GPU, whose driver does not count them). Per thread, so the other tests
-/// running at the same time do not count.
-fn emulated_host_syncs() -> Option<u64> {
-    let name = c"artgan_emu_host_syncs";
-    // SAFETY: looks up a symbol of the already loaded (emulated) libcuda; its signature is
-    // `unsigned long long (void)`.
-    unsafe {
-        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
-        if f.is_null() {
-            return None;
-        }
-        let f: extern "C" fn() -> u64 = std::mem::transmute(f);
-        Some(f())
     }
 }
 
@@ -339,7 +337,7 @@ fn activations_forward_and_backward() {
         Activation::Tanh,
         Activation::Sigmoid,
     ];
-    for len in [1usize, 33, 70_001] {
+    for len in shapes([1usize, 33, 70_001]) {
         let x = rand(&mut rng, len, 4.0);
         let dy = rand(&mut rng, len, 1.0);
         for act in acts {
@@ -378,13 +376,13 @@ fn reductions_sum_rows_and_broadcast_rows() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(5);
-    for (rows, cols) in [
+    for (rows, cols) in shapes([
         (1usize, 1usize),
         (7, 13),
         (64, 1000),
         (3, 70_000),
         (1000, 3),
-    ] {
+    ]) {
         let x = rand(&mut rng, rows * cols, 1.0);
         let gs = g.sum_rows(&up(&g, &x), rows, cols, 0.5).unwrap();
         let cs = c.sum_rows(&up(&c, &x), rows, cols, 0.5).unwrap();
@@ -415,12 +413,12 @@ fn reductions_add_channel_bias_and_channel_sum() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(6);
-    for (n, ch, hw) in [
+    for (n, ch, hw) in shapes([
         (1usize, 1usize, 1usize),
         (3, 5, 7),
         (64, 3, 4096),
         (2, 512, 16),
-    ] {
+    ]) {
         let d = ChannelDims { n, c: ch, hw };
         let y = rand(&mut rng, d.len(), 1.0);
         let b = rand(&mut rng, ch, 1.0);
@@ -512,7 +510,7 @@ fn conv2d_forward_backward_data_backward_filter_both_impls() {
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
         set_conv_impl(imp);
         let mut rng = Rng::new(7);
-        for &(n, ci, h, w, co, k, s, p) in CONV_SHAPES {
+        for (n, ci, h, w, co, k, s, p) in shapes(CONV_SHAPES) {
             let geom = ConvGeom::conv(n, ci, h, w, co, k, s, p).unwrap();
             conv_case(&g, &c, &geom, &mut rng, &format!("{imp:?}"));
         }
@@ -527,7 +525,7 @@ fn conv_transpose2d_geometries_both_impls() {
     let c = cpu();
     let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // (n, c_in, h, w, c_out, k, stride, pad, output_padding)
-    let shapes = [
+    let shapes_all = [
         (
             2usize, 16usize, 1usize, 1usize, 8usize, 4usize, 1usize, 0usize, 0usize,
         ),
@@ -538,7 +536,7 @@ fn conv_transpose2d_geometries_both_impls() {
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
         set_conv_impl(imp);
         let mut rng = Rng::new(8);
-        for (n, ci, h, w, co, k, s, p, op) in shapes {
+        for (n, ci, h, w, co, k, s, p, op) in shapes(shapes_all) {
             let geom = ConvGeom::transposed(n, ci, h, w, co, k, s, p, op).unwrap();
             conv_case(&g, &c, &geom, &mut rng, &format!("{imp:?} transposed"));
         }
@@ -550,12 +548,12 @@ fn batch_norm_train_running_stats_and_backward() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(9);
-    for (n, ch, hw) in [
+    for (n, ch, hw) in shapes([
         (2usize, 3usize, 5usize),
         (64, 16, 16),
         (8, 1024, 1),
         (4, 3, 4096),
-    ] {
+    ]) {
         let d = ChannelDims { n, c: ch, hw };
         // An offset mean makes a one-pass variance visibly wrong.
         let x: Vec<f32> = rand(&mut rng, d.len(), 1.0)
@@ -666,11 +664,11 @@ fn batch_norm_train_running_stats_and_backward() {
 fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    for (len, p, seed) in [
+    for (len, p, seed) in shapes([
         (1usize, 0.3f32, 1u64),
         (1001, 0.5, 42),
         (100_000, 0.3, u64::MAX - 3),
-    ] {
+    ]) {
         let gm = down(&g, &g.dropout_mask(len, p, seed).unwrap());
         let want: Vec<f32> = (0..len as u64)
             .map(|i| rng::dropout_value_at(seed, i, p))
@@ -698,11 +696,11 @@ fn gaussian_noise_matches_rng_formula_and_cpu() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(10);
-    for (len, std, seed) in [
+    for (len, std, seed) in shapes([
         (1usize, 0.1f32, 3u64),
         (777, 1.0, 9),
         (200_000, 0.05, 1 << 40),
-    ] {
+    ]) {
         let x = rand(&mut rng, len, 1.0);
         let gy = down(&g, &g.add_gaussian_noise(&up(&g, &x), std, seed).unwrap());
         let want: Vec<f32> = (0..len)
@@ -732,7 +730,7 @@ fn spectral_norm_sigma_u_v_and_backward() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(11);
-    for (rows, cols) in [(1usize, 1usize), (3, 7), (64, 48), (512, 4096), (1, 8192)] {
+    for (rows, cols) in shapes([(1usize, 1usize), (3, 7), (64, 48), (512, 4096), (1, 8192)]) {
         let w = rand(&mut rng, rows * cols, 0.1);
         let u0 = rand(&mut rng, rows, 1.0);
         let v0 = rand(&mut rng, cols, 1.0);
@@ -819,7 +817,7 @@ fn bce_with_logits_loss_and_grad() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(12);
-    for len in [1usize, 64, 1000, 5001] {
+    for len in shapes([1usize, 64, 1000, 5001]) {
         // Wide range of logits, including saturated ones.
         let x = rand(&mut rng, len, 12.0);
         for target in [0.0f32, 1.0, 0.9] {
@@ -1016,14 +1014,14 @@ fn assemble_batch_gpu_matches_cpu() {
     let c = cpu();
     let angles = [0.0f32, 5.0, -5.0, 90.0, 2.7, -0.3, 180.0, -37.5, 1e-3];
     let mut rng = Rng::new(41);
-    for (size, count, batch) in [
+    for (size, count, batch) in shapes([
         (5usize, 7usize, 20usize),
         (17, 5, 18),
         (32, 4, 36),
         (64, 9, 64),
         (1, 3, 9),
         (5, 11, 300),
-    ] {
+    ]) {
         let set = random_images(&mut rng, count, size);
         let indices: Vec<u32> = (0..batch)
             .map(|b| match b {
@@ -1117,12 +1115,12 @@ fn embedding_lookup_and_scatter_add_backward() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(1301);
-    for (batch, classes, dim) in [
+    for (batch, classes, dim) in shapes([
         (1usize, 1usize, 1usize),
         (7, 5, 13),
         (64, 61, 512),
         (3, 50, 3),
-    ] {
+    ]) {
         let table = rand(&mut rng, classes * dim, 1.0);
         let l = labels(&mut rng, batch, classes);
         let what = format!("embedding b{batch} k{classes} d{dim}");
@@ -1156,12 +1154,12 @@ fn channel_affine_forward_and_backward() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(1302);
-    for (n, ch, hw) in [
+    for (n, ch, hw) in shapes([
         (1usize, 1usize, 1usize),
         (3, 5, 7),
         (16, 64, 64),
         (2, 3, 4097),
-    ] {
+    ]) {
         let d = ChannelDims { n, c: ch, hw };
         let x = rand(&mut rng, d.len(), 2.0);
         let s = rand(&mut rng, n * ch, 1.5);
@@ -1216,7 +1214,7 @@ fn row_dot_forward_and_backward() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(1303);
-    for (rows, cols) in [(1usize, 1usize), (7, 13), (64, 512), (3, 9000)] {
+    for (rows, cols) in shapes([(1usize, 1usize), (7, 13), (64, 512), (3, 9000)]) {
         let a = rand(&mut rng, rows * cols, 1.0);
         let b = rand(&mut rng, rows * cols, 1.0);
         let gy = g.row_dot(&up(&g, &a), &up(&g, &b), rows, cols).unwrap();
@@ -1257,12 +1255,12 @@ fn diffaugment_color_translation_cutout() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(1304);
-    for (n, ch, h, w) in [
+    for (n, ch, h, w) in shapes([
         (1usize, 3usize, 1usize, 1usize),
         (3, 3, 9, 7),
         (16, 3, 64, 64),
         (2, 1, 5, 33),
-    ] {
+    ]) {
         let d = ChannelDims {
             n,
             c: ch,

@@ -17,6 +17,7 @@ use artgan::tensor::Tensor;
 use artgan::train::{TrainConfig, Trainer};
 
 mod common;
+use common::emulated_host_syncs;
 use common::gpu_device as gpu;
 
 fn close(a: f32, b: f32, rel: f32) -> bool {
@@ -107,4 +108,70 @@ fn dcgan_training_step_gpu_matches_cpu() {
 fn classical_training_step_gpu_matches_cpu() {
     // d_steps 2: both a D-only step and a D+G step are compared.
     step_both(Preset::Classical, 2, 4);
+}
+
+/// Inside a training run the host waits for the device only where the loop reads metrics: at
+/// the end of each `--lr-window` (one download of the window's records) and of each epoch.
+/// Every other step queues its work and returns. The emulated device counts the waits per
+/// thread; `RunOptions::on_step` lets the test read the count after every step. The run's
+/// metrics must equal those of an eager read after every step on the same device.
+#[test]
+fn a_training_run_waits_for_the_device_only_at_metric_reads() {
+    let Some(dev) = gpu() else { return };
+    use artgan::data::{self, Loader};
+    use std::cell::RefCell;
+    use std::sync::Arc;
+    let model = ModelConfig {
+        preset: Preset::Dcgan,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    };
+    let mut cfg = TrainConfig::for_model(model);
+    cfg.epochs = 2;
+    cfg.batch_size = 8;
+    cfg.seed = 3;
+    cfg.d_steps = 2;
+    cfg.dynamic_lr = true;
+    cfg.lr_window = 3;
+    cfg.ema = true;
+    cfg.sample_every = 100;
+    cfg.checkpoint_every = 100;
+    let loader = || Loader::new(Arc::new(data::builtin(40, 32, 9)), 8, cfg.augment, cfg.seed);
+    let batches = 5; // 40 images, batch 8
+    let dir = tempfile::tempdir().unwrap();
+    let after_step = RefCell::new(Vec::new());
+    let mut opts = artgan::train::RunOptions::new(dir.path().to_path_buf(), dev);
+    opts.on_step = Some(Box::new(|step| {
+        after_step.borrow_mut().push((step, emulated_host_syncs()))
+    }));
+    let outcome = artgan::train::train(cfg.clone(), &mut loader(), &mut opts).unwrap();
+    drop(opts);
+    let after_step = after_step.into_inner();
+    assert_eq!(after_step.len(), cfg.epochs * batches);
+    let pooled = !std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off");
+    if after_step[0].1.is_none() {
+        println!("host waits are counted only on the emulated device; not checked");
+    } else if !pooled {
+        println!("ARTGAN_CUDA_POOL=off: frees wait for the device; host waits not checked");
+    } else {
+        for pair in after_step.windows(2) {
+            let (step, waits) = (pair[1].0, pair[1].1.unwrap() - pair[0].1.unwrap());
+            let window_end = step.is_multiple_of(cfg.lr_window);
+            // The previous step ended an epoch: its read, checkpoint and grid count here.
+            let after_epoch_end = (step - 1).is_multiple_of(batches);
+            if after_epoch_end {
+                continue;
+            }
+            let expected = u64::from(window_end);
+            assert_eq!(
+                waits, expected,
+                "step {step} made the host wait {waits} times (window end: {window_end})"
+            );
+        }
+    }
+    let deferred: Vec<_> = outcome.history.iter().map(common::epoch_row).collect();
+    let eager = common::eager_epoch_rows(&cfg, &mut loader(), dev);
+    assert_eq!(deferred, eager);
 }

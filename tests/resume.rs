@@ -10,6 +10,8 @@ use artgan::train::{self, BatchSource, RunOptions, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+
 fn tiny_config(preset: Preset) -> TrainConfig {
     let model = ModelConfig {
         preset,
@@ -596,4 +598,24 @@ fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_ends_bit_identical() {
         .filter(|e| e.file_name().to_string_lossy().contains('+'))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The loop reads each step's losses and D outputs from the device only at the end of a
+/// window (`--lr-window`) and of an epoch; its metrics rows and dynamic-lr decisions must be
+/// exactly those of reading every step right after it. A window of 3 over 5-batch epochs puts
+/// window ends inside epochs and across their ends, and the thresholds are hit easily by the
+/// tiny model, so lr changes (which must come into force on the very next step) happen.
+#[test]
+fn metrics_read_per_window_equal_an_eager_read_of_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(Preset::Dcgan);
+    cfg.epochs = 3;
+    let outcome = run(&cfg, &dir.path().join("run"), None, None).unwrap();
+    let deferred: Vec<_> = outcome.history.iter().map(common::epoch_row).collect();
+    let eager = common::eager_epoch_rows(&cfg, &mut loader(&cfg), Device::Cpu);
+    assert!(
+        deferred.iter().any(|r| !r.6.is_empty()),
+        "no lr change happened, so the test does not show one taking effect on time: {deferred:?}"
+    );
+    assert_eq!(deferred, eager);
 }

@@ -459,6 +459,20 @@ pub trait Backend {
         Ok(())
     }
 
+    /// The parts one after another in one new buffer (no host round trip): the training loop
+    /// gathers a window's per-step metrics this way, so reading them is one download. This
+    /// default serves the host backends; device backends override it.
+    fn concat(&self, parts: &[&Storage]) -> Result<Storage> {
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            match p {
+                Storage::Cpu(v) => out.extend_from_slice(v),
+                other => bail!("concat on the CPU was given a tensor on {}", other.device()),
+            }
+        }
+        Ok(Storage::Cpu(out))
+    }
+
     /// Gives cached device memory back to the driver (after an out-of-memory error).
     fn release_cached_memory(&self) -> Result<()> {
         Ok(())

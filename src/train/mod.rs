@@ -10,6 +10,7 @@
 //!   run's history of starts and resumes; `stops`: interrupts, divergence, out of memory.
 
 mod config;
+pub mod device_metrics;
 pub mod ema;
 mod grids;
 pub mod lr_control;
@@ -139,6 +140,8 @@ pub struct RunOptions<'a> {
     pub evaluator: Option<Box<Evaluator<'a>>>,
     /// Set (by a signal handler) to stop after the current step with a mid-epoch checkpoint.
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Called after every step with the step count (tests watch what a step costs with it).
+    pub on_step: Option<Box<dyn FnMut(usize) + 'a>>,
 }
 
 impl RunOptions<'_> {
@@ -152,6 +155,7 @@ impl RunOptions<'_> {
             stop_after_epoch: None,
             evaluator: None,
             interrupt: None,
+            on_step: None,
         }
     }
 }
@@ -262,8 +266,8 @@ pub fn train(
         while let Some(real) = data.next_batch(opts.device)? {
             trainer.set_progress(trainer.step as f32 / total as f32);
             let labels = data.batch_labels();
-            let s = match trainer.step_labeled(&real, labels.as_deref()) {
-                Ok(s) => s,
+            match trainer.step_deferred(&real, labels.as_deref()) {
+                Ok(()) => {}
                 Err(e) if backend::is_out_of_memory(&e) => {
                     let (cfg, device) = (trainer.cfg.clone(), opts.device);
                     drop(trainer);
@@ -273,65 +277,27 @@ pub fn train(
                     return Err(e).with_context(|| format!("training step {}", trainer.step + 1))
                 }
             };
-            let loss_above = |l: f32| l > cfg.diverge_loss;
-            if loss_above(s.loss_d) || s.loss_g.is_some_and(loss_above) {
-                trainer.high_loss_steps += 1;
-            } else {
-                trainer.high_loss_steps = 0;
-            }
-            if trainer.high_loss_steps >= cfg.diverge_steps {
-                bail!(
-                    "training diverged at step {} (epoch {epoch}): a loss stayed above {} for \
-                     {} consecutive steps (loss_d {}, loss_g {}). Nothing after the last good \
-                     checkpoint was saved ({}); resume from it with a lower learning rate, e.g. \
-                     `artgan train --resume {} --lr {:.1e}`",
-                    trainer.step,
-                    cfg.diverge_loss,
-                    cfg.diverge_steps,
-                    s.loss_d,
-                    s.loss_g.map_or("-".to_string(), |l| l.to_string()),
-                    last_good(&opts.out),
-                    opts.out.display(),
-                    suggested_lr(&cfg)
-                );
-            }
-            if !s.loss_d.is_finite() || s.loss_g.is_some_and(|l| !l.is_finite()) {
-                bail!(
-                    "training diverged at step {} (epoch {epoch}): loss_d {}, loss_g {}. Nothing \
-                     after the last good checkpoint was saved ({}); resume from it with a lower \
-                     learning rate, e.g. `artgan train --resume {} --lr {:.1e}`",
-                    trainer.step,
-                    s.loss_d,
-                    s.loss_g.map_or("-".to_string(), |l| l.to_string()),
-                    last_good(&opts.out),
-                    opts.out.display(),
-                    suggested_lr(&cfg)
-                );
-            }
-            acc.add(&s);
-            if let Some(note) = s.lr_change {
-                say(&format!("  {note}"));
-                acc.lr_changes.push(note);
-            }
-            bar.set_message(format!(
-                "loss_d {:.3} loss_g {} D(x) {:.2} D(G(z)) {:.2}",
-                s.loss_d,
-                s.loss_g.map_or("-".to_string(), |l| format!("{l:.3}")),
-                s.d_x,
-                s.d_g_z
-            ));
-            bar.inc(1);
-            if opts
+            let interrupted = opts
                 .interrupt
                 .as_ref()
-                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
-            {
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            // The host waits for the device only here: at the end of a window, or to write
+            // the interrupted epoch's sums.
+            if interrupted || trainer.metrics_due() {
+                absorb_metrics(&mut trainer, &mut acc, epoch, &opts.out, &say, &bar)?;
+            }
+            bar.inc(1);
+            if let Some(on_step) = opts.on_step.as_mut() {
+                on_step(trainer.step);
+            }
+            if interrupted {
                 bar.finish_and_clear();
                 return Err(interrupt(
                     &trainer, &history, &acc, &opts.out, epoch, batches,
                 ));
             }
         }
+        absorb_metrics(&mut trainer, &mut acc, epoch, &opts.out, &say, &bar)?;
         trainer.epoch = epoch;
         let state::PartialEpoch {
             sum_d,
@@ -423,6 +389,72 @@ pub fn train(
         history,
         last_checkpoint,
     })
+}
+
+/// Reads the steps' metrics kept on the device (one download) and takes them in order: the
+/// divergence guard (naming the first bad step), the epoch's sums, dynamic-lr notes and the
+/// progress bar's line.
+fn absorb_metrics(
+    trainer: &mut Trainer,
+    acc: &mut state::PartialEpoch,
+    epoch: usize,
+    out: &Path,
+    say: &dyn Fn(&str),
+    bar: &ProgressBar,
+) -> Result<()> {
+    let records = trainer.read_metrics()?;
+    let cfg = &trainer.cfg;
+    for r in records {
+        let s = r.stats;
+        let loss_above = |l: f32| l > cfg.diverge_loss;
+        if loss_above(s.loss_d) || s.loss_g.is_some_and(loss_above) {
+            trainer.high_loss_steps += 1;
+        } else {
+            trainer.high_loss_steps = 0;
+        }
+        if trainer.high_loss_steps >= cfg.diverge_steps {
+            bail!(
+                "training diverged at step {} (epoch {epoch}): a loss stayed above {} for \
+                 {} consecutive steps (loss_d {}, loss_g {}). Nothing after the last good \
+                 checkpoint was saved ({}); resume from it with a lower learning rate, e.g. \
+                 `artgan train --resume {} --lr {:.1e}`",
+                r.step,
+                cfg.diverge_loss,
+                cfg.diverge_steps,
+                s.loss_d,
+                s.loss_g.map_or("-".to_string(), |l| l.to_string()),
+                last_good(out),
+                out.display(),
+                suggested_lr(cfg)
+            );
+        }
+        if !s.loss_d.is_finite() || s.loss_g.is_some_and(|l| !l.is_finite()) {
+            bail!(
+                "training diverged at step {} (epoch {epoch}): loss_d {}, loss_g {}. Nothing \
+                 after the last good checkpoint was saved ({}); resume from it with a lower \
+                 learning rate, e.g. `artgan train --resume {} --lr {:.1e}`",
+                r.step,
+                s.loss_d,
+                s.loss_g.map_or("-".to_string(), |l| l.to_string()),
+                last_good(out),
+                out.display(),
+                suggested_lr(cfg)
+            );
+        }
+        acc.add(&s);
+        if let Some(note) = s.lr_change {
+            say(&format!("  {note}"));
+            acc.lr_changes.push(note);
+        }
+        bar.set_message(format!(
+            "loss_d {:.3} loss_g {} D(x) {:.2} D(G(z)) {:.2}",
+            s.loss_d,
+            s.loss_g.map_or("-".to_string(), |l| format!("{l:.3}")),
+            s.d_x,
+            s.d_g_z
+        ));
+    }
+    Ok(())
 }
 
 /// Rewrites the run's charts and `index.html`. A failure here (a full disk, say) is reported

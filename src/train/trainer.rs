@@ -1,7 +1,7 @@
 //! One training step: the models, optimisers, random streams and controllers of a run
 //! ([`Trainer`]), built from the seed, stepping D `d_steps` times per G step.
 
-use super::{ema, lr_control, TrainConfig, GRID_SIDE};
+use super::{device_metrics, ema, lr_control, TrainConfig, GRID_SIDE};
 use crate::backend::Device;
 use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
 use crate::ops;
@@ -75,11 +75,6 @@ pub fn discriminator_optimizer(d: &Discriminator, cfg: &TrainConfig) -> Result<A
     Ok(opt)
 }
 
-fn mean_sigmoid(logits: &Tensor) -> Result<f32> {
-    let v = logits.to_vec()?;
-    Ok(v.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).sum::<f32>() / v.len().max(1) as f32)
-}
-
 /// What one training step did (for metrics).
 pub struct StepStats {
     pub loss_d: f32,
@@ -113,6 +108,8 @@ pub struct Trainer {
     pub epoch: usize,
     /// Consecutive steps with a loss above `cfg.diverge_loss` (the divergence guard).
     pub high_loss_steps: usize,
+    /// Metrics of the steps not read yet (kept on the device; see [`device_metrics`]).
+    pub metrics: device_metrics::DeviceMetrics,
 }
 
 impl Trainer {
@@ -147,6 +144,7 @@ impl Trainer {
             g_steps: 0,
             epoch: 0,
             high_loss_steps: 0,
+            metrics: Default::default(),
         })
     }
 
@@ -204,6 +202,15 @@ impl Trainer {
     /// the fakes of this step are drawn for the same classes (so classes are sampled in
     /// proportion to the data).
     pub fn step_labeled(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<StepStats> {
+        self.step_deferred(real, labels)?;
+        let last = self.read_metrics()?.pop().expect("the step just recorded");
+        Ok(last.stats)
+    }
+
+    /// [`Trainer::step_labeled`] without reading anything back: the step's losses and D outputs
+    /// stay on the device in [`Trainer::metrics`] until [`Trainer::read_metrics`], and the
+    /// dynamic-lr rule runs there. Makes the host wait for the device nowhere.
+    pub fn step_deferred(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<()> {
         let b = real.shape()[0];
         let classes = self.cfg.classes();
         match labels {
@@ -253,13 +260,7 @@ impl Trainer {
         let loss_d = ops::add(&loss_real, &loss_fake)?;
         loss_d.backward()?;
         self.opt_d.step()?;
-        let mut stats = StepStats {
-            loss_d: loss_d.item()?,
-            d_x: mean_sigmoid(&out_real)?,
-            d_g_z: mean_sigmoid(&out_fake)?,
-            loss_g: None,
-            lr_change: None,
-        };
+        let mut loss_g_on_device = None;
 
         // ---- G step
         if update_g {
@@ -279,7 +280,7 @@ impl Trainer {
             self.opt_g.step()?;
             // D's gradients from this backward are not used: the next D step zeroes them.
             self.d.zero_grad();
-            stats.loss_g = Some(loss_g.item()?);
+            loss_g_on_device = Some(loss_g);
             self.g_steps += 1;
             if let Some(e) = &self.ema {
                 let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
@@ -291,9 +292,45 @@ impl Trainer {
             self.pending_d_steps += 1;
         }
         self.step += 1;
+        self.metrics.push(
+            self.step,
+            &loss_d,
+            loss_g_on_device.as_ref(),
+            &out_real,
+            &out_fake,
+        );
+        Ok(())
+    }
 
-        if self.cfg.dynamic_lr {
+    /// Whether the loop must read the metrics after this step: the end of a window of
+    /// `--lr-window` steps (the dynamic-lr rule decides there, and the divergence guard looks).
+    pub fn metrics_due(&self) -> bool {
+        let pending = self.metrics.len();
+        pending > 0
+            && (self.step.is_multiple_of(self.cfg.lr_window.max(1))
+                || (self.cfg.dynamic_lr
+                    && self.lr_control.gap_steps + pending >= self.lr_control.window))
+    }
+
+    /// Reads the pending steps' metrics (one download) and runs the dynamic-lr rule over them
+    /// in order, as if each had been read right after its step.
+    pub fn read_metrics(&mut self) -> Result<Vec<device_metrics::StepRecord>> {
+        let mut records = self.metrics.read()?;
+        if !self.cfg.dynamic_lr {
+            return Ok(records);
+        }
+        let last = records.len().saturating_sub(1);
+        for (i, r) in records.iter_mut().enumerate() {
+            let stats = &mut r.stats;
             if let Some(ch) = self.lr_control.observe(stats.d_x, stats.d_g_z) {
+                if i != last {
+                    bail!(
+                        "the dynamic-lr window ended at step {} but the metrics were read only \
+                         after step {} (its new lrs would have come late)",
+                        r.step,
+                        self.step
+                    );
+                }
                 self.apply_lrs();
                 let (d, g, detail) = self.lrs();
                 let detail = if self.cfg.model.preset == Preset::Classical {
@@ -303,11 +340,11 @@ impl Trainer {
                 };
                 stats.lr_change = Some(format!(
                     "step {}: mean D(x)-D(G(z)) {:.3}, level {} -> {}: lr D {d:.3e} G {g:.3e}{detail}",
-                    self.step, ch.mean_gap, ch.old_level, ch.new_level
+                    r.step, ch.mean_gap, ch.old_level, ch.new_level
                 ));
             }
         }
-        Ok(stats)
+        Ok(records)
     }
 
     /// Classical input-noise schedule: `noise_std · (1 − progress)`, progress in [0, 1].

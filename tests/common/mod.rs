@@ -51,3 +51,67 @@ pub fn gpu_device() -> Option<Device> {
         }
     }
 }
+
+/// Calls by this thread that made it wait for the device so far, as the emulated device counts
+/// them (`None` on a real GPU, whose driver does not count them). Per thread, so the other tests
+/// running at the same time do not count.
+pub fn emulated_host_syncs() -> Option<u64> {
+    let name = c"artgan_emu_host_syncs";
+    // SAFETY: looks up a symbol of the already loaded (emulated) libcuda; its signature is
+    // `unsigned long long (void)`.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        if f.is_null() {
+            return None;
+        }
+        let f: extern "C" fn() -> u64 = std::mem::transmute(f);
+        Some(f())
+    }
+}
+
+/// What a run's `metrics.csv` row holds per epoch, apart from timing: loss_d, loss_g, D(x),
+/// D(G(z)), lr D, lr G and the dynamic-lr notes.
+pub type EpochRow = (f32, Option<f32>, f32, f32, f32, f32, String);
+
+pub fn epoch_row(s: &artgan::train::EpochStats) -> EpochRow {
+    let r = (s.loss_d, s.loss_g, s.d_x, s.d_g_z, s.lr_d, s.lr_g);
+    (r.0, r.1, r.2, r.3, r.4, r.5, s.lr_changes.clone())
+}
+
+/// The rows of `cfg.epochs` epochs computed the eager way: every step's numbers read right after
+/// the step ([`artgan::train::Trainer::step_labeled`]) and summed as the training loop sums
+/// them. The loop itself reads them from the device only at the ends of windows; the two must
+/// agree exactly.
+pub fn eager_epoch_rows(
+    cfg: &artgan::train::TrainConfig,
+    data: &mut dyn artgan::train::BatchSource,
+    device: Device,
+) -> Vec<EpochRow> {
+    use artgan::train::{state::PartialEpoch, Trainer};
+    let mut t = Trainer::new(cfg.clone(), device).unwrap();
+    let total = (cfg.epochs * data.batches_per_epoch()) as f32;
+    let mut rows = Vec::new();
+    for epoch in 0..cfg.epochs {
+        data.start_epoch(epoch);
+        let mut acc = PartialEpoch::default();
+        while let Some(real) = data.next_batch(device).unwrap() {
+            t.set_progress(t.step as f32 / total);
+            let labels = data.batch_labels();
+            let s = t.step_labeled(&real, labels.as_deref()).unwrap();
+            acc.add(&s);
+            acc.lr_changes.extend(s.lr_change);
+        }
+        let n_d = acc.n_d.max(1) as f64;
+        let (lr_d, lr_g, _) = t.lrs();
+        rows.push((
+            (acc.sum_d / n_d) as f32,
+            (acc.n_g > 0).then(|| (acc.sum_g / acc.n_g as f64) as f32),
+            (acc.sum_x / n_d) as f32,
+            (acc.sum_gz / n_d) as f32,
+            lr_d,
+            lr_g,
+            acc.lr_changes.join("; "),
+        ));
+    }
+    rows
+}

@@ -107,76 +107,139 @@ fn sizes(g: &ConvGeom) -> (usize, usize, usize) {
     (l, k, (COL_BUDGET / per_image).clamp(1, g.n.max(1)))
 }
 
-/// `col[(ci, ky, kx), (b, oy, ox)]` for the `nb` images in `x` (one row per task).
-fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
-    let l = g.oh * g.ow;
-    let in_len = g.c_in * g.h * g.w;
-    col.par_chunks_mut(nb * l)
-        .enumerate()
-        .for_each(|(row, out)| {
-            let kx = row % g.kw;
-            let ky = (row / g.kw) % g.kh;
-            let ci = row / (g.kw * g.kh);
-            for b in 0..nb {
-                let xc = &x[b * in_len + ci * g.h * g.w..b * in_len + (ci + 1) * g.h * g.w];
-                let out = &mut out[b * l..(b + 1) * l];
-                for oy in 0..g.oh {
-                    let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy as usize >= g.h {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        *d = if ix >= 0 && (ix as usize) < g.w {
-                            src[ix as usize]
-                        } else {
-                            0.0
-                        };
-                    }
-                }
+/// Floats of work per rayon task in the copy loops below: fewer, larger tasks than one per row
+/// (small layers spent more on scheduling than on copying). Each output element is written by
+/// one task in a fixed order, so the split never changes a result.
+const TASK_FLOATS: usize = 1 << 15;
+
+/// Items of `per_item` floats each that make one task.
+fn items_per_task(per_item: usize) -> usize {
+    TASK_FLOATS.div_ceil(per_item.max(1))
+}
+
+thread_local! {
+    /// Zero-padded input planes of the current chunk (see `im2col`).
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Side lengths of a plane with its zero padding.
+fn padded_size(g: &ConvGeom) -> (usize, usize) {
+    (g.h + 2 * g.pad, g.w + 2 * g.pad)
+}
+
+/// Offset of output pixel `(oy, ox)`'s window in a padded plane (row width `wp`): every tap
+/// `(ky, kx)` then reads `offset + ky·wp + kx`, with no bounds to test.
+fn window_offsets(g: &ConvGeom, wp: usize) -> Vec<usize> {
+    (0..g.oh)
+        .flat_map(|oy| (0..g.ow).map(move |ox| oy * g.stride * wp + ox * g.stride))
+        .collect()
+}
+
+/// `planes` planes of `h×w` each, copied into `out` with `pad` zeros on every side.
+fn pad_planes(x: &[f32], h: usize, w: usize, pad: usize, out: &mut [f32]) {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    out.par_chunks_mut(hp * wp)
+        .zip(x.par_chunks(h * w))
+        .with_min_len(items_per_task(hp * wp))
+        .for_each(|(o, x)| {
+            o[..pad * wp].fill(0.0);
+            o[(pad + h) * wp..].fill(0.0);
+            for (orow, xrow) in o[pad * wp..(pad + h) * wp]
+                .chunks_exact_mut(wp)
+                .zip(x.chunks_exact(w))
+            {
+                orow[..pad].fill(0.0);
+                orow[pad..pad + w].copy_from_slice(xrow);
+                orow[pad + w..].fill(0.0);
             }
         });
 }
 
-/// Adjoint of `im2col`: `dx` (the chunk's `nb` images, overwritten) from the columns; one
-/// image per task, taps summed in a fixed order.
-fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
-    let l = g.oh * g.ow;
-    let in_len = g.c_in * g.h * g.w;
-    dx.par_chunks_mut(in_len).enumerate().for_each(|(b, xb)| {
-        xb.fill(0.0);
-        for ci in 0..g.c_in {
-            let xc = &mut xb[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let row = (ci * g.kh + ky) * g.kw + kx;
-                    let src = &col[row * nb * l + b * l..row * nb * l + (b + 1) * l];
-                    for oy in 0..g.oh {
-                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                        if iy < 0 || iy as usize >= g.h {
-                            continue;
-                        }
-                        let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        for ox in 0..g.ow {
-                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                            if ix >= 0 && (ix as usize) < g.w {
-                                dst[ix as usize] += src[oy * g.ow + ox];
-                            }
-                        }
+/// `col[(ci, ky, kx), (b, oy, ox)]` for the `nb` images in `x`. The input is first copied into
+/// zero-padded planes, so each column row is a plain gather through one offset table shared by
+/// every tap and image (the small planes of a GAN made the per-row bounds work dominate).
+fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
+    let (hp, wp) = padded_size(g);
+    let off = window_offsets(g, wp);
+    let run = |xp: &[f32], col: &mut [f32]| {
+        let l = off.len();
+        col.par_chunks_mut(nb * l)
+            .enumerate()
+            .with_min_len(items_per_task(nb * l))
+            .for_each(|(row, out)| {
+                let kx = row % g.kw;
+                let ky = (row / g.kw) % g.kh;
+                let ci = row / (g.kw * g.kh);
+                for (b, out) in out.chunks_exact_mut(l).enumerate() {
+                    let plane = (b * g.c_in + ci) * hp * wp;
+                    let src = &xp[plane + ky * wp + kx..plane + hp * wp];
+                    for (o, &f) in out.iter_mut().zip(&off) {
+                        *o = src[f];
                     }
                 }
+            });
+    };
+    if g.pad == 0 {
+        return run(x, col);
+    }
+    let len = nb * g.c_in * hp * wp;
+    let padded = |xp: &mut [f32], col: &mut [f32]| {
+        pad_planes(x, g.h, g.w, g.pad, xp);
+        run(xp, col);
+    };
+    PADDED.with(|p| match p.try_borrow_mut() {
+        Ok(mut xp) => {
+            if xp.len() < len {
+                xp.resize(len, 0.0);
             }
+            padded(&mut xp[..len], col);
         }
+        // Re-entered (a conv inside a rayon task stolen by this thread): a fresh buffer.
+        Err(_) => padded(&mut vec![0.0; len], col),
     });
 }
 
-/// `[nb, c, l]` (images) → `[c, nb·l]` (channel-major), one channel per task.
+/// Adjoint of `im2col`: `dx` (the chunk's `nb` images, overwritten) from the columns. One
+/// channel plane per item, accumulated in a zero-padded plane through the same offset table
+/// (taps summed in a fixed order: ky, kx), then cropped into `dx`.
+fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
+    let (hp, wp) = padded_size(g);
+    let off = window_offsets(g, wp);
+    let l = off.len();
+    let plane = g.h * g.w;
+    dx.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .with_min_len(items_per_task(g.kh * g.kw * l))
+        .for_each_init(
+            || vec![0.0; hp * wp],
+            |acc, (p, xc)| {
+                let (b, ci) = (p / g.c_in, p % g.c_in);
+                acc.fill(0.0);
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let row = (ci * g.kh + ky) * g.kw + kx;
+                        let src = &col[row * nb * l + b * l..row * nb * l + (b + 1) * l];
+                        let dst = &mut acc[ky * wp + kx..];
+                        for (&f, &v) in off.iter().zip(src) {
+                            dst[f] += v;
+                        }
+                    }
+                }
+                for (xrow, arow) in xc
+                    .chunks_exact_mut(g.w)
+                    .zip(acc[g.pad * wp..].chunks_exact(wp))
+                {
+                    xrow.copy_from_slice(&arow[g.pad..g.pad + g.w]);
+                }
+            },
+        );
+}
+
+/// `[nb, c, l]` (images) → `[c, nb·l]` (channel-major).
 fn to_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32]) {
     dst.par_chunks_mut(nb * l)
         .enumerate()
+        .with_min_len(items_per_task(nb * l))
         .for_each(|(ch, row)| {
             for b in 0..nb {
                 row[b * l..(b + 1) * l]
@@ -185,14 +248,17 @@ fn to_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32])
         });
 }
 
-/// `[c, nb·l]` → `[nb, c, l]`, one image per task.
+/// `[c, nb·l]` → `[nb, c, l]`.
 fn from_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32]) {
-    dst.par_chunks_mut(c * l).enumerate().for_each(|(b, img)| {
-        for ch in 0..c {
-            img[ch * l..(ch + 1) * l]
-                .copy_from_slice(&src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l]);
-        }
-    });
+    dst.par_chunks_mut(c * l)
+        .enumerate()
+        .with_min_len(items_per_task(c * l))
+        .for_each(|(b, img)| {
+            for ch in 0..c {
+                img[ch * l..(ch + 1) * l]
+                    .copy_from_slice(&src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l]);
+            }
+        });
 }
 
 pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {

@@ -13,28 +13,23 @@ fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32 + Sync + Send) 
     if a.len() != b.len() {
         bail!("elementwise op on {} and {} elements", a.len(), b.len());
     }
-    let mut out = vec![0.0; a.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
-        .zip(b.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, a), b)| {
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = f(x, y);
-            }
-        });
+    // Written straight into the new vector (no zero fill first).
+    let mut out = Vec::new();
+    a.par_iter()
+        .zip(b)
+        .with_min_len(ELEMENTWISE_CHUNK)
+        .map(|(&x, &y)| f(x, y))
+        .collect_into_vec(&mut out);
     Ok(Storage::Cpu(out))
 }
 
 fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
     let a = host(a)?;
-    let mut out = vec![0.0; a.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(o, a)| {
-            for (o, &x) in o.iter_mut().zip(a) {
-                *o = f(x);
-            }
-        });
+    let mut out = Vec::new();
+    a.par_iter()
+        .with_min_len(ELEMENTWISE_CHUNK)
+        .map(|&x| f(x))
+        .collect_into_vec(&mut out);
     Ok(Storage::Cpu(out))
 }
 

@@ -3,13 +3,14 @@
 //! results never depend on the thread count. It is tested against the plain reference in
 //! `crate::backend::reference` (tests/cpu_fast.rs) like any other backend.
 //!
-//! Its own code, by kernel family: `conv.rs`, `elementwise.rs` (parallel maps, the EMA's
-//! in-place update) and `adam.rs`; every other family is the reference's code.
+//! Its own code, by kernel family: `conv.rs`, `batchnorm.rs`, `elementwise.rs` (parallel maps,
+//! the EMA's in-place update) and `adam.rs`; every other family is the reference's code.
 
 mod adam;
+mod batchnorm;
 mod conv;
 mod elementwise;
-// What the fast path does not speed up (memory moves, batch and spectral norm, reductions,
+// What the fast path does not speed up (memory moves, spectral norm, reductions,
 // random masks, the loss) is the reference's code, called as it is.
 use super::reference::{conditional, ReferenceBackend};
 
@@ -169,16 +170,22 @@ impl Backend for CpuBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        ReferenceBackend.batch_norm_train(
-            x,
-            gamma,
-            beta,
-            running_mean,
-            running_var,
+        d.check_batch_norm_train()?;
+        let (y, mean, invstd) = batchnorm::train(
+            host(x)?,
+            host(gamma)?,
+            host(beta)?,
+            host_mut(running_mean)?,
+            host_mut(running_var)?,
             d,
             momentum,
             eps,
-        )
+        );
+        Ok(BatchNormSaved {
+            y: Storage::Cpu(y),
+            mean: Storage::Cpu(mean),
+            invstd: Storage::Cpu(invstd),
+        })
     }
     fn batch_norm_eval(
         &self,
@@ -201,7 +208,15 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        ReferenceBackend.batch_norm_backward(x, dy, gamma, mean, invstd, d)
+        let (dx, dg, db) = batchnorm::backward(
+            host(x)?,
+            host(dy)?,
+            host(gamma)?,
+            host(mean)?,
+            host(invstd)?,
+            d,
+        );
+        Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {

@@ -27,6 +27,7 @@ mod adam;
 pub mod alloc;
 mod augment;
 mod batchnorm;
+mod concat;
 mod conditional;
 mod conv;
 mod cudnn;
@@ -348,6 +349,10 @@ impl Backend for CudaBackend {
 
     fn reciprocal(&self, a: &Storage) -> Result<Storage> {
         elementwise::reciprocal(self, a)
+    }
+
+    fn concat(&self, parts: &[&Storage]) -> Result<Storage> {
+        concat::concat(self, parts)
     }
 
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {

@@ -9,7 +9,7 @@
 
 mod adam;
 pub mod augment;
-mod batchnorm;
+pub(crate) mod batchnorm;
 pub(crate) mod conditional;
 mod conv;
 mod elementwise;
