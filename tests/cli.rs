@@ -1,20 +1,9 @@
 //! The `artgan` binary: bad input gives one clear `error:` line and a non-zero exit without
 //! touching existing files; a tiny train + sample run works end to end.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn artgan(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_artgan"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run artgan")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{artgan, assert_one_line_error, stderr};
+use std::process::Output;
 
 /// Fails with exactly one `error:` line containing `needle`.
 fn assert_error(o: &Output, needle: &str) {
@@ -22,13 +11,6 @@ fn assert_error(o: &Output, needle: &str) {
     assert!(!o.status.success(), "expected failure, got success: {err}");
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert_error(o, needle);
-    let err = stderr(o);
-    assert_eq!(err.lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("error: "), "{err}");
 }
 
 const TINY: &[&str] = &[

@@ -11,7 +11,10 @@ use artgan::rng::Rng;
 use artgan::tensor::Tensor;
 use artgan::train::{self, RunOptions, TrainConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::artgan;
 use std::sync::Arc;
 
 fn model(preset: Preset) -> ModelConfig {
@@ -384,14 +387,6 @@ fn diffaugment_changes_training_and_unconditional_config_is_unchanged() {
             "unconditional config.json mentions {key}: {text}"
         );
     }
-}
-
-fn artgan(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_artgan"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run artgan")
 }
 
 fn ok(o: &Output) -> String {

@@ -7,23 +7,14 @@ use artgan::rng::Rng;
 use artgan::tools::{self, interpolate, project};
 use artgan::{Device, Tensor};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
+
+mod common;
+use common::{artgan, stderr};
 
 const NZ: usize = 16;
 const SIZE: usize = 32;
-
-fn artgan(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_artgan"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run artgan")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn assert_ok(o: &Output) -> String {
     assert!(o.status.success(), "failed: {}", stderr(o));

@@ -2,7 +2,7 @@
 //! path as a grid, numbered frames and an animated GIF.
 
 use super::{draw_latents, generate_chunks, parse_truncation, to_rgb_bytes, LATENT_STREAM};
-use super::{for_each_class, prepare_out_dir, write_png, GeneratorArgs};
+use super::{prepare_out_dir, run_command, write_png, ClassArgs, ClassCommand, GeneratorArgs};
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::save_grid_png_u8;
@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbaImage};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
@@ -128,50 +128,48 @@ pub fn frame_indices(segments: usize, steps: usize, looped: bool) -> Vec<usize> 
     out
 }
 
-/// Default output folder of `--per-class` (one sub-folder per class).
-const PER_CLASS_DIR: &str = "interpolation-per-class";
-
 pub fn run(a: &InterpolateArgs) -> Result<()> {
-    check(a)?;
-    let (g, device) = a.generator.load()?;
-    run_loaded(a, &g, device)
+    run_command(a)
 }
 
-fn check(a: &InterpolateArgs) -> Result<()> {
-    if a.count < 2 {
-        bail!("--count must be at least 2 (latents to interpolate between)");
+impl ClassCommand for InterpolateArgs {
+    const PER_CLASS_DIR: &'static str = "interpolation-per-class";
+    fn generator(&self) -> &GeneratorArgs {
+        &self.generator
     }
-    if a.steps < 2 {
-        bail!("--steps must be at least 2 (both ends of a segment)");
+    fn classes(&self) -> &ClassArgs {
+        &self.classes
     }
-    if !(a.fps > 0.0 && a.fps <= 100.0) {
-        bail!("--fps {} must be above 0 and at most 100", a.fps);
+    fn out(&self) -> Option<&Path> {
+        self.out.as_deref()
     }
-    Ok(())
-}
-
-/// One run on the generator `run` loaded; `--per-class` makes one per class on it.
-fn run_loaded(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
-    let choice = a.classes.resolve(g, &a.generator.checkpoint)?;
-    let one_class = |classes, n, out| {
-        let one = InterpolateArgs {
+    fn check(&self) -> Result<()> {
+        if self.count < 2 {
+            bail!("--count must be at least 2 (latents to interpolate between)");
+        }
+        if self.steps < 2 {
+            bail!("--steps must be at least 2 (both ends of a segment)");
+        }
+        if !(self.fps > 0.0 && self.fps <= 100.0) {
+            bail!("--fps {} must be above 0 and at most 100", self.fps);
+        }
+        Ok(())
+    }
+    fn for_class(&self, classes: ClassArgs, n: usize, out: PathBuf) -> Self {
+        InterpolateArgs {
             classes,
             count: n,
             out: Some(out),
-            ..a.clone()
-        };
-        check(&one)?;
-        run_loaded(&one, g, device)
-    };
-    if for_each_class(
-        &choice,
-        &a.generator,
-        a.out.as_deref(),
-        PER_CLASS_DIR,
-        one_class,
-    )? {
-        return Ok(());
+            ..self.clone()
+        }
     }
+    fn run_one(&self, g: &Generator, device: Device) -> Result<()> {
+        run_one(self, g, device)
+    }
+}
+
+/// One run on the loaded generator (see [`ClassCommand::run_one`]).
+fn run_one(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| {
         a.generator
             .checkpoint

@@ -368,37 +368,56 @@ pub fn generate_chunks_labeled(
     Ok(())
 }
 
-/// `--per-class N` of `interpolate` and `project`: `one` runs for every class of the run, given
-/// `--class` set to that class, N, and the class's own sub-folder of `--out` (default
-/// `<checkpoint>/<default_dir>`). Returns whether it ran: `false` when `choice` is not per class
-/// (the caller makes its one run). A conditional run without `--class` or `--per-class` is
-/// refused, naming its classes.
-pub fn for_each_class(
-    choice: &ClassChoice,
-    generator: &GeneratorArgs,
-    out: Option<&Path>,
-    default_dir: &str,
-    mut one: impl FnMut(ClassArgs, usize, PathBuf) -> Result<()>,
-) -> Result<bool> {
-    let ClassChoice::PerClass(n, table) = choice else {
-        return Ok(false);
+/// `interpolate` and `project`: commands that make one run, or with `--per-class N` one run per
+/// class of a conditional run, all on the generator loaded once ([`run_command`]).
+pub trait ClassCommand: Sized {
+    /// Default folder of `--per-class` under the checkpoint (one sub-folder per class).
+    const PER_CLASS_DIR: &'static str;
+    fn generator(&self) -> &GeneratorArgs;
+    fn classes(&self) -> &ClassArgs;
+    fn out(&self) -> Option<&Path>;
+    /// Checks the flags, before anything is loaded.
+    fn check(&self) -> Result<()>;
+    /// This command for one class: `--class` set, N images, its own output folder.
+    fn for_class(&self, classes: ClassArgs, n: usize, out: PathBuf) -> Self;
+    /// One run on `g` (its class, if any, already fixed by [`ClassArgs::resolve`]).
+    fn run_one(&self, g: &Generator, device: Device) -> Result<()>;
+}
+
+/// Checks `a`, loads its generator once, then makes its run or its per-class runs.
+pub fn run_command<C: ClassCommand>(a: &C) -> Result<()> {
+    a.check()?;
+    let (g, device) = a.generator().load()?;
+    run_on(a, &g, device)
+}
+
+/// `a` on the loaded `g`: one run, or one per class (each class's copy checked again). A
+/// conditional run without `--class` or `--per-class` is refused, naming its classes.
+fn run_on<C: ClassCommand>(a: &C, g: &Generator, device: Device) -> Result<()> {
+    let checkpoint = &a.generator().checkpoint;
+    let ClassChoice::PerClass(n, table) = a.classes().resolve(g, checkpoint)? else {
+        return a.run_one(g, device);
     };
-    if *n == 0 {
+    if n == 0 {
         bail!(
             "{} is a conditional run: pass --class NAME or --per-class N (classes: {})",
-            generator.checkpoint.display(),
+            checkpoint.display(),
             table.names().join(", ")
         );
     }
-    let base = out.map_or_else(|| generator.checkpoint.join(default_dir), Path::to_path_buf);
+    let base = a
+        .out()
+        .map_or_else(|| checkpoint.join(C::PER_CLASS_DIR), Path::to_path_buf);
     for c in &table.classes {
         let classes = ClassArgs {
             class: Some(c.name.clone()),
             per_class: None,
         };
-        one(classes, *n, base.join(class_folder(&c.name)))?;
+        let one = a.for_class(classes, n, base.join(class_folder(&c.name)));
+        one.check()?;
+        run_on(&one, g, device)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A file-system-safe folder name for a class.

@@ -2,8 +2,8 @@
 //! optimising z with G frozen), then paints variations around it — seed 000's "photograph as a
 //! blank canvas".
 
-use super::{for_each_class, prepare_out_dir, write_png, GeneratorArgs};
 use super::{generate, grid_nrow};
+use super::{prepare_out_dir, run_command, write_png, ClassArgs, ClassCommand, GeneratorArgs};
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::{decode_file, save_grid_png, Fit};
@@ -227,50 +227,48 @@ pub fn project(g: &Generator, target: &[f32], opts: &ProjectOptions) -> Result<P
     })
 }
 
-/// Default output folder of `--per-class` (one sub-folder per class).
-const PER_CLASS_DIR: &str = "project-per-class";
-
 pub fn run(a: &ProjectArgs) -> Result<()> {
-    check(a)?;
-    let (g, device) = a.generator.load()?;
-    run_loaded(a, &g, device)
+    run_command(a)
 }
 
-fn check(a: &ProjectArgs) -> Result<()> {
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
+impl ClassCommand for ProjectArgs {
+    const PER_CLASS_DIR: &'static str = "project-per-class";
+    fn generator(&self) -> &GeneratorArgs {
+        &self.generator
     }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
-        bail!("--lr {} must be a positive number", a.lr);
+    fn classes(&self) -> &ClassArgs {
+        &self.classes
     }
-    if !(a.spread.is_finite() && a.spread >= 0.0) {
-        bail!("--spread {} must be a number of at least 0", a.spread);
+    fn out(&self) -> Option<&Path> {
+        self.out.as_deref()
     }
-    Ok(())
-}
-
-/// One run on the generator `run` loaded; `--per-class` makes one per class on it.
-fn run_loaded(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
-    let choice = a.classes.resolve(g, &a.generator.checkpoint)?;
-    let one_class = |classes, n, out| {
-        let one = ProjectArgs {
+    fn check(&self) -> Result<()> {
+        if self.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr {} must be a positive number", self.lr);
+        }
+        if !(self.spread.is_finite() && self.spread >= 0.0) {
+            bail!("--spread {} must be a number of at least 0", self.spread);
+        }
+        Ok(())
+    }
+    fn for_class(&self, classes: ClassArgs, n: usize, out: PathBuf) -> Self {
+        ProjectArgs {
             classes,
             variations: n,
             out: Some(out),
-            ..a.clone()
-        };
-        check(&one)?;
-        run_loaded(&one, g, device)
-    };
-    if for_each_class(
-        &choice,
-        &a.generator,
-        a.out.as_deref(),
-        PER_CLASS_DIR,
-        one_class,
-    )? {
-        return Ok(());
+            ..self.clone()
+        }
     }
+    fn run_one(&self, g: &Generator, device: Device) -> Result<()> {
+        run_one(self, g, device)
+    }
+}
+
+/// One run on the loaded generator (see [`ClassCommand::run_one`]).
+fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
     let size = g.config.image_size;
     // Read the image before making the output folder: a typo leaves nothing behind.
     let target = load_target(&a.image, size)?;
