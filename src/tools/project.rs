@@ -287,7 +287,7 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
         lr: a.lr,
         seed: a.seed,
     };
-    let p = project(&g, &target, &opts)?;
+    let p = project(g, &target, &opts)?;
     write_png(&p.image, size, &out.join("closest.png"))?;
     let mut csv = String::from("step,loss,pixel_mse\n");
     for (step, loss, pixel) in &p.history {
@@ -311,7 +311,7 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
             })
             .collect();
         let zv = Tensor::from_vec(zs, &[a.variations, nz, 1, 1], device)?;
-        let images = generate(&g, &zv)?;
+        let images = generate(g, &zv)?;
         let per = 3 * size * size;
         for (i, img) in images.chunks_exact(per).enumerate() {
             write_png(img, size, &out.join(format!("variation-{i:02}.png")))?;
