@@ -83,6 +83,24 @@ fn without_seconds(bytes: &[u8]) -> serde_json::Value {
     v
 }
 
+/// The final weights and the given checkpoint of run `b` are byte-identical to run `a`'s.
+fn assert_same_run(a: &Path, b: &Path, checkpoint_name: &str, context: &str) {
+    for f in [
+        checkpoint::GENERATOR_FILE,
+        checkpoint::GENERATOR_EMA_FILE,
+        checkpoint::DISCRIMINATOR_FILE,
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{context}: {f} differs from the uninterrupted run"
+        );
+    }
+    assert_same_checkpoints(
+        &a.join("checkpoints").join(checkpoint_name),
+        &b.join("checkpoints").join(checkpoint_name),
+    );
+}
+
 fn assert_same_checkpoints(a: &Path, b: &Path) {
     let (fa, fb) = (checkpoint_bytes(a), checkpoint_bytes(b));
     assert_eq!(
@@ -129,21 +147,12 @@ fn resume_is_bit_identical(preset: Preset) {
         b.seconds = 0.0;
         assert_eq!(a, b, "{preset}: metrics differ");
     }
-    assert_same_checkpoints(
-        &dir.path().join("straight/checkpoints/epoch-0004"),
-        &split.join("checkpoints/epoch-0004"),
+    assert_same_run(
+        &dir.path().join("straight"),
+        &split,
+        "epoch-0004",
+        &preset.to_string(),
     );
-    for f in [
-        checkpoint::GENERATOR_FILE,
-        checkpoint::GENERATOR_EMA_FILE,
-        checkpoint::DISCRIMINATOR_FILE,
-    ] {
-        assert_eq!(
-            std::fs::read(dir.path().join("straight").join(f)).unwrap(),
-            std::fs::read(split.join(f)).unwrap(),
-            "{preset}: {f} differs"
-        );
-    }
     // The run exercised what resume must carry: lr changes and EMA weights unlike the raw ones.
     assert!(
         straight.history.iter().any(|h| !h.lr_changes.is_empty()),
@@ -426,14 +435,19 @@ const KILL_RUN: &[&str] = &[
     "4",
 ];
 
-#[test]
-fn kill_9_at_any_moment_leaves_a_resumable_run_that_ends_bit_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// The reference for the interruption tests: `KILL_RUN` to its end in `d/straight`.
+fn train_kill_run_uninterrupted(d: &Path) {
     let o = artgan(&[KILL_RUN, &["--out", "straight"]].concat(), d)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn kill_9_at_any_moment_leaves_a_resumable_run_that_ends_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    train_kill_run_uninterrupted(d);
 
     // SIGKILL after a spread of delays; each restart resumes from whatever is on disk.
     let mut killed_while_running = 0;
@@ -467,20 +481,11 @@ fn kill_9_at_any_moment_leaves_a_resumable_run_that_ends_bit_identical() {
     let args = strip_recipe_values(&[KILL_RUN, &["--resume", "killed"]].concat(), true);
     let o = artgan(&args, d).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in [
-        checkpoint::GENERATOR_FILE,
-        checkpoint::GENERATOR_EMA_FILE,
-        checkpoint::DISCRIMINATOR_FILE,
-    ] {
-        assert!(
-            std::fs::read(d.join("straight").join(f)).unwrap()
-                == std::fs::read(d.join("killed").join(f)).unwrap(),
-            "{f} differs from the uninterrupted run (resumed from {resume_points:?})"
-        );
-    }
-    assert_same_checkpoints(
-        &d.join("straight/checkpoints/epoch-0008"),
-        &d.join("killed/checkpoints/epoch-0008"),
+    assert_same_run(
+        &d.join("straight"),
+        &d.join("killed"),
+        "epoch-0008",
+        &format!("resumed from {resume_points:?}"),
     );
 }
 
@@ -518,10 +523,7 @@ fn strip_recipe_values<'a>(args: &[&'a str], resume: bool) -> Vec<&'a str> {
 fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_ends_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = artgan(&[KILL_RUN, &["--out", "straight"]].concat(), d)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    train_kill_run_uninterrupted(d);
 
     // SIGINT after a spread of delays; each restart resumes from the interrupt's checkpoint.
     let mut interrupted = 0;
@@ -576,20 +578,11 @@ fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_ends_bit_identical() {
     let args = strip_recipe_values(&[KILL_RUN, &["--resume", "int"]].concat(), true);
     let o = artgan(&args, d).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in [
-        checkpoint::GENERATOR_FILE,
-        checkpoint::GENERATOR_EMA_FILE,
-        checkpoint::DISCRIMINATOR_FILE,
-    ] {
-        assert!(
-            std::fs::read(d.join("straight").join(f)).unwrap()
-                == std::fs::read(d.join("int").join(f)).unwrap(),
-            "{f} differs from the uninterrupted run"
-        );
-    }
-    assert_same_checkpoints(
-        &d.join("straight/checkpoints/epoch-0008"),
-        &d.join("int/checkpoints/epoch-0008"),
+    assert_same_run(
+        &d.join("straight"),
+        &d.join("int"),
+        "epoch-0008",
+        "interrupted",
     );
     // The mid-epoch checkpoints have served and are gone.
     let left: Vec<_> = std::fs::read_dir(d.join("int/checkpoints"))
