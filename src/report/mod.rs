@@ -85,7 +85,7 @@ pub fn write_report(run_dir: &Path) -> Result<ReportFiles> {
     let mut notes = Vec::new();
     let config = read_config(&run_dir.join("config.json"), &mut notes);
     let metrics = read_metrics(&run_dir.join("metrics.csv"), &mut notes);
-    let grids = sample_grids(&run_dir.join("samples"));
+    let grids = sample_grids(&run_dir.join("samples"), "epoch-");
 
     let plot_dir = run_dir.join("plots");
     fs::create_dir_all(&plot_dir)
@@ -278,15 +278,16 @@ pub(super) fn format_number(v: f64) -> String {
     }
 }
 
-/// `samples/epoch-NNNN.png`, newest first: (epoch, path relative to the run folder).
-fn sample_grids(dir: &Path) -> Vec<(u64, String)> {
+/// `samples/<prefix>NNNN.png` (`epoch-` or `classes-epoch-`), newest first: (epoch, path
+/// relative to the run folder).
+pub(super) fn sample_grids(dir: &Path, prefix: &str) -> Vec<(u64, String)> {
     let mut grids: Vec<(u64, String)> = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let n = name.strip_prefix("epoch-")?.strip_suffix(".png")?;
+            let n = name.strip_prefix(prefix)?.strip_suffix(".png")?;
             let epoch = n
                 .parse()
                 .ok()

@@ -328,24 +328,10 @@ pub(super) fn page(
 /// Conditional runs (issue 13): `samples/classes-epoch-NNNN.png`, newest first, one row per
 /// class (in the order of `config.json`'s `class_table`).
 fn class_grid_section(h: &mut String, run_dir: &Path) {
-    let mut grids: Vec<(u64, String)> = fs::read_dir(run_dir.join("samples"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let n = name.strip_prefix("classes-epoch-")?.strip_suffix(".png")?;
-            let epoch = n
-                .parse()
-                .ok()
-                .filter(|_| n.bytes().all(|b| b.is_ascii_digit()))?;
-            Some((epoch, format!("samples/{name}")))
-        })
-        .collect();
+    let grids = super::sample_grids(&run_dir.join("samples"), "classes-epoch-");
     if grids.is_empty() {
         return;
     }
-    grids.sort_by(|a, b| b.cmp(a));
     let names = crate::checkpoint::load_class_table(run_dir)
         .ok()
         .flatten()
