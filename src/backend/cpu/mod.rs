@@ -12,7 +12,7 @@ mod conv;
 mod elementwise;
 // What the fast path does not speed up (memory moves, spectral norm, reductions,
 // random masks, the loss) is the reference's code, called as it is.
-use super::reference::{conditional, ReferenceBackend};
+use super::reference::ReferenceBackend;
 
 pub use conv::gemm;
 
@@ -263,7 +263,8 @@ impl Backend for CpuBackend {
         elementwise::scale_add_assign(acc, a, x, b)
     }
 
-    // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`
+    // ---- conditional models and DiffAugment (issue 13): no fast version, the reference's
+    // (`reference/conditional.rs`) serve.
     fn embedding(
         &self,
         table: &Storage,
@@ -271,7 +272,7 @@ impl Backend for CpuBackend {
         classes: usize,
         dim: usize,
     ) -> Result<Storage> {
-        conditional::embedding(host(table)?, host(labels)?, classes, dim).map(Storage::Cpu)
+        ReferenceBackend.embedding(table, labels, classes, dim)
     }
     fn embedding_backward(
         &self,
@@ -280,7 +281,7 @@ impl Backend for CpuBackend {
         classes: usize,
         dim: usize,
     ) -> Result<Storage> {
-        conditional::embedding_backward(host(dy)?, host(labels)?, classes, dim).map(Storage::Cpu)
+        ReferenceBackend.embedding_backward(dy, labels, classes, dim)
     }
     fn channel_affine(
         &self,
@@ -289,7 +290,7 @@ impl Backend for CpuBackend {
         shift: &Storage,
         d: ChannelDims,
     ) -> Result<Storage> {
-        conditional::channel_affine(host(x)?, host(scale)?, host(shift)?, d).map(Storage::Cpu)
+        ReferenceBackend.channel_affine(x, scale, shift, d)
     }
     fn channel_affine_backward(
         &self,
@@ -298,12 +299,10 @@ impl Backend for CpuBackend {
         scale: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        let (dx, ds, db) =
-            conditional::channel_affine_backward(host(x)?, host(dy)?, host(scale)?, d)?;
-        Ok((Storage::Cpu(dx), Storage::Cpu(ds), Storage::Cpu(db)))
+        ReferenceBackend.channel_affine_backward(x, dy, scale, d)
     }
     fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage> {
-        conditional::row_dot(host(a)?, host(b)?, rows, cols).map(Storage::Cpu)
+        ReferenceBackend.row_dot(a, b, rows, cols)
     }
     fn row_dot_backward(
         &self,
@@ -313,8 +312,7 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<(Storage, Storage)> {
-        let (da, db) = conditional::row_dot_backward(host(a)?, host(b)?, host(g)?, rows, cols)?;
-        Ok((Storage::Cpu(da), Storage::Cpu(db)))
+        ReferenceBackend.row_dot_backward(a, b, g, rows, cols)
     }
     fn diffaug_color(
         &self,
@@ -323,7 +321,7 @@ impl Backend for CpuBackend {
         d: ChannelDims,
         brightness: bool,
     ) -> Result<Storage> {
-        conditional::diffaug_color(host(x)?, host(params)?, d, brightness).map(Storage::Cpu)
+        ReferenceBackend.diffaug_color(x, params, d, brightness)
     }
     fn diffaug_translate(
         &self,
@@ -331,9 +329,9 @@ impl Backend for CpuBackend {
         shifts: &Storage,
         dims: [usize; 4],
     ) -> Result<Storage> {
-        conditional::diffaug_translate(host(x)?, host(shifts)?, dims).map(Storage::Cpu)
+        ReferenceBackend.diffaug_translate(x, shifts, dims)
     }
     fn diffaug_cutout(&self, x: &Storage, boxes: &Storage, dims: [usize; 4]) -> Result<Storage> {
-        conditional::diffaug_cutout(host(x)?, host(boxes)?, dims).map(Storage::Cpu)
+        ReferenceBackend.diffaug_cutout(x, boxes, dims)
     }
 }
