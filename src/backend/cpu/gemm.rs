@@ -1,0 +1,525 @@
+//! f32 GEMM for the CPU backend: A and B packed into cache-sized panels (the usual MC/KC/NC
+//! blocking), an AVX-512 or AVX2+FMA micro-kernel picked at run time, a portable one elsewhere.
+//!
+//! Every output element is one chain of fused multiply-adds along `k` in index order, started
+//! from `beta·c` (the AVX kernels carry the partial sum in `c` from one KC block to the next,
+//! which stores and reloads it exactly). So a result depends neither on the blocking nor on the
+//! thread count nor on which AVX kernel ran: threads only split the output into blocks. The
+//! portable kernel is the same chain with a separate multiply and add (a software fused
+//! multiply-add would be very slow where the CPU has none), so its bits differ from the AVX
+//! kernels' but, again, not with the thread count.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Depth of one packed block (the `k` slice): a B micro-panel of KC·NR floats stays in L1
+/// while it meets every A micro-panel of the block.
+const KC: usize = 256;
+/// Rows of A packed at once (KC·MC floats: in L2).
+const MC: usize = 128;
+/// Columns of B packed at once (KC·NC floats: in L2).
+const NC: usize = 512;
+/// Below this many multiply-adds the work runs on the calling thread (a task split costs more).
+const SERIAL_WORK: usize = 1 << 16;
+/// Most rows and floats of any micro-kernel's tile.
+const MAX_MR: usize = 8;
+const MAX_TILE: usize = 8 * 48;
+
+/// The micro-kernel family: `Avx512` and `Avx2` need those CPU features, `Portable` runs
+/// anywhere. [`Kernel::detect`] picks the fastest; tests pick each one through [`gemm_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.is_available())
+            .unwrap_or(Kernel::Portable)
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Avx512 => x86::Avx512::new().is_some(),
+            Kernel::Avx2 => x86::Avx2::new().is_some(),
+            Kernel::Portable => true,
+        }
+    }
+}
+
+/// `c[m, n] = a[m, k]·b[k, n] + beta·c`, row-major; `a_t`/`b_t` read a or b transposed
+/// (stored as `[k, m]` / `[n, k]`). `beta` is 0 or 1. Threaded on the current rayon pool over
+/// blocks of the output; results do not depend on the thread count (see the module comment).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
+    gemm_with(Kernel::detect(), m, k, n, a, a_t, b, b_t, beta, c)
+}
+
+/// [`gemm`] with a chosen micro-kernel (panics if this CPU does not run it).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with(
+    kernel: Kernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+    let c = &mut c[..m * n];
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if beta == 0.0 {
+            c.fill(0.0);
+        }
+        return;
+    }
+    let p = Problem {
+        m,
+        k,
+        n,
+        // Rows of A along k.
+        a: View::new(a, a_t, k, m),
+        // Rows of Bᵀ (columns of B) along k.
+        b: View::new(b, !b_t, k, n),
+        add_to_c: beta == 1.0,
+    };
+    let missing = "gemm: this CPU lacks the features of the chosen kernel";
+    match kernel {
+        Kernel::Avx512 => p.run(x86::Avx512::new().expect(missing), c),
+        Kernel::Avx2 => p.run(x86::Avx2::new().expect(missing), c),
+        Kernel::Portable => p.run(Portable, c),
+    }
+}
+
+/// A matrix read as rows along `k`: element `(r, p)` is `data[r·rs + p·cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// `transposed`: stored as `[k, rows]` instead of `[rows, k]`.
+    fn new(data: &'a [f32], transposed: bool, k: usize, rows: usize) -> Self {
+        let (rs, cs) = if transposed { (1, rows) } else { (k, 1) };
+        View { data, rs, cs }
+    }
+
+    /// Copies rows `r0..r0 + rows`, depth `p0..p0 + kc` into micro-panels of `w` rows: panel
+    /// `s` holds, for each `p`, the `w` values of rows `r0 + s·w ..` (zeros past the last row).
+    fn pack(&self, r0: usize, rows: usize, p0: usize, kc: usize, w: usize, dst: &mut [f32]) {
+        let panels = dst.chunks_exact_mut(kc * w).take(rows.div_ceil(w));
+        for (s, panel) in panels.enumerate() {
+            let first = r0 + s * w;
+            let live = w.min(rows - s * w);
+            if self.cs == 1 {
+                // Each row is contiguous along k: scatter it into its lane of the panel.
+                for i in 0..live {
+                    let row = &self.data[(first + i) * self.rs + p0..][..kc];
+                    for (d, &v) in panel.chunks_exact_mut(w).zip(row) {
+                        d[i] = v;
+                    }
+                }
+            } else {
+                // The rows of one k are contiguous: copy them in one piece.
+                for (p, d) in panel.chunks_exact_mut(w).enumerate() {
+                    d[..live].copy_from_slice(&self.data[(p0 + p) * self.cs + first..][..live]);
+                }
+            }
+            if live < w {
+                for d in panel.chunks_exact_mut(w) {
+                    d[live..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// `c[i][..NR] = (load ? c[i][..NR] : 0) + Σ_p a[p·MR + i]·b[p·NR + ..]` for the `MR` rows of
+/// `c`, `p` in order, one multiply-add per `p`.
+trait MicroKernel: Copy + Send + Sync {
+    const MR: usize;
+    const NR: usize;
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool);
+}
+
+/// The bounds every micro-kernel call must meet (the AVX kernels' raw accesses rely on them).
+fn check_tile(kc: usize, mr: usize, nr: usize, a: &[f32], b: &[f32], c: &[&mut [f32]]) {
+    assert!(a.len() >= kc * mr && b.len() >= kc * nr);
+    assert!(c.len() == mr && c.iter().all(|row| row.len() >= nr));
+}
+
+struct Problem<'a> {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View<'a>,
+    b: View<'a>,
+    add_to_c: bool,
+}
+
+impl Problem<'_> {
+    fn run<K: MicroKernel>(&self, kern: K, c: &mut [f32]) {
+        let (mc, nc) = self.blocks(K::MR, K::NR);
+        // One task per (mc × nc) block of c, holding that block's row pieces.
+        let mut tasks = Vec::new();
+        for (band_index, band) in c.chunks_mut(mc * self.n).enumerate() {
+            let mut blocks: Vec<Vec<&mut [f32]>> = Vec::new();
+            blocks.resize_with(self.n.div_ceil(nc), Vec::new);
+            for row in band.chunks_mut(self.n) {
+                for (block, piece) in blocks.iter_mut().zip(row.chunks_mut(nc)) {
+                    block.push(piece);
+                }
+            }
+            for (q, rows) in blocks.into_iter().enumerate() {
+                tasks.push((band_index * mc, q * nc, rows));
+            }
+        }
+        if tasks.len() == 1 {
+            let (i0, j0, mut rows) = tasks.pop().unwrap();
+            self.block(kern, i0, j0, &mut rows);
+        } else {
+            tasks
+                .into_par_iter()
+                .for_each(|(i0, j0, mut rows)| self.block(kern, i0, j0, &mut rows));
+        }
+    }
+
+    /// Block sizes: the cache-sized MC × NC, halved (along the larger side) until there are
+    /// about four blocks per thread, so two cores share skinny products too. Any sizes give the
+    /// same bits, so this may follow the thread count.
+    fn blocks(&self, mr: usize, nr: usize) -> (usize, usize) {
+        let round = |x: usize, to: usize| x.div_ceil(to) * to;
+        let (mut mc, mut nc) = (round(self.m.min(MC), mr), round(self.n.min(NC), nr));
+        let want = if self.m * self.n * self.k < SERIAL_WORK {
+            1
+        } else {
+            4 * rayon::current_num_threads()
+        };
+        while self.m.div_ceil(mc) * self.n.div_ceil(nc) < want {
+            if nc / nr >= mc / mr && nc > nr {
+                nc = round(nc / 2, nr);
+            } else if mc > mr {
+                mc = round(mc / 2, mr);
+            } else {
+                break;
+            }
+        }
+        (mc, nc)
+    }
+
+    /// `c[i0.., j0..]` for the block whose rows are `rows`, over all of `k`, KC at a time.
+    fn block<K: MicroKernel>(&self, kern: K, i0: usize, j0: usize, rows: &mut [&mut [f32]]) {
+        let (mc, nc) = (rows.len(), rows[0].len());
+        let kc_max = KC.min(self.k);
+        let a_len = mc.div_ceil(K::MR) * K::MR * kc_max;
+        let b_len = nc.div_ceil(K::NR) * K::NR * kc_max;
+        with_pack_buffers(a_len, b_len, |ap, bp| {
+            for p0 in (0..self.k).step_by(KC) {
+                let kc = KC.min(self.k - p0);
+                self.a.pack(i0, mc, p0, kc, K::MR, ap);
+                self.b.pack(j0, nc, p0, kc, K::NR, bp);
+                let load = self.add_to_c || p0 > 0;
+                let b_panels = bp.chunks_exact(kc * K::NR).take(nc.div_ceil(K::NR));
+                for (jp, b_panel) in b_panels.enumerate() {
+                    let a_panels = ap.chunks_exact(kc * K::MR);
+                    for (a_panel, tile_rows) in a_panels.zip(rows.chunks_mut(K::MR)) {
+                        tile(kern, kc, a_panel, b_panel, tile_rows, jp * K::NR, load);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One micro-kernel call on `rows[..][j..j + NR]`; an edge tile goes through a full-size
+/// buffer (the packed panels are zero-padded, so the extra lanes compute harmless zeros).
+fn tile<K: MicroKernel>(
+    kern: K,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    rows: &mut [&mut [f32]],
+    j: usize,
+    load: bool,
+) {
+    let nr = K::NR.min(rows[0].len() - j);
+    let mut views: [&mut [f32]; MAX_MR] = Default::default();
+    if rows.len() == K::MR && nr == K::NR {
+        for (v, row) in views.iter_mut().zip(rows.iter_mut()) {
+            *v = &mut row[j..j + K::NR];
+        }
+        return kern.tile(kc, a, b, &mut views[..K::MR], load);
+    }
+    let mut buf = [0.0f32; MAX_TILE];
+    let buf = &mut buf[..K::MR * K::NR];
+    if load {
+        for (d, row) in buf.chunks_exact_mut(K::NR).zip(rows.iter()) {
+            d[..nr].copy_from_slice(&row[j..j + nr]);
+        }
+    }
+    for (v, d) in views.iter_mut().zip(buf.chunks_exact_mut(K::NR)) {
+        *v = d;
+    }
+    kern.tile(kc, a, b, &mut views[..K::MR], load);
+    for (d, row) in buf.chunks_exact(K::NR).zip(rows.iter_mut()) {
+        row[j..j + nr].copy_from_slice(&d[..nr]);
+    }
+}
+
+thread_local! {
+    /// Packed A and B blocks of this thread, reused from call to call.
+    static PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's two pack buffers of the given lengths, each starting on a
+/// 64-byte boundary (whole cache lines per micro-panel row; only speed depends on it).
+fn with_pack_buffers<R>(
+    a_len: usize,
+    b_len: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
+    const LINE: usize = 16;
+    let split = |buf: &mut Vec<f32>| {
+        let need = a_len.next_multiple_of(LINE) + b_len + LINE;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let start = buf.as_ptr().align_offset(64).min(LINE - 1);
+        let (a, b) = buf[start..].split_at_mut(a_len.next_multiple_of(LINE));
+        f(&mut a[..a_len], &mut b[..b_len])
+    };
+    PACK.with(|p| match p.try_borrow_mut() {
+        Ok(mut buf) => split(&mut buf),
+        // Re-entered (cannot happen today: a block makes no rayon call): a fresh buffer.
+        Err(_) => split(&mut Vec::new()),
+    })
+}
+
+/// Plain Rust, 8 × 8: vectorised by the compiler for the target's baseline SIMD.
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl MicroKernel for Portable {
+    const MR: usize = 8;
+    const NR: usize = 8;
+
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
+        check_tile(kc, Self::MR, Self::NR, a, b, c);
+        let mut acc = [[0.0f32; 8]; 8];
+        if load {
+            for (acc, row) in acc.iter_mut().zip(c.iter()) {
+                acc.copy_from_slice(&row[..8]);
+            }
+        }
+        for (ap, bp) in a.chunks_exact(8).zip(b.chunks_exact(8)).take(kc) {
+            for (acc, &ai) in acc.iter_mut().zip(ap) {
+                for (s, &bj) in acc.iter_mut().zip(bp) {
+                    *s += ai * bj;
+                }
+            }
+        }
+        for (acc, row) in acc.iter().zip(c.iter_mut()) {
+            row[..8].copy_from_slice(acc);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{check_tile, MicroKernel};
+    use std::arch::x86_64::*;
+
+    /// Proof that the CPU has AVX-512F: only [`Avx512::new`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Avx512(());
+
+    impl Avx512 {
+        pub fn new() -> Option<Self> {
+            is_x86_feature_detected!("avx512f").then_some(Avx512(()))
+        }
+    }
+
+    /// Proof that the CPU has AVX2 and FMA: only [`Avx2::new`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Avx2(());
+
+    impl Avx2 {
+        pub fn new() -> Option<Self> {
+            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+                .then_some(Avx2(()))
+        }
+    }
+
+    /// 8 rows × 2 vectors of 16: 16 accumulators of the 32 zmm registers, B loaded once per
+    /// `p` and each A value broadcast once.
+    impl MicroKernel for Avx512 {
+        const MR: usize = 8;
+        const NR: usize = 32;
+
+        fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
+            check_tile(kc, Self::MR, Self::NR, a, b, c);
+            // SAFETY: `self` exists only where the CPU has AVX-512F, and check_tile asserted
+            // the lengths the kernel reads and writes (kc·MR of a, kc·NR of b, NR per row).
+            unsafe { avx512_tile::<8, 2>(kc, a.as_ptr(), b.as_ptr(), c, load) }
+        }
+    }
+
+    /// 6 rows × 2 vectors of 8: 12 accumulators of the 16 ymm registers.
+    impl MicroKernel for Avx2 {
+        const MR: usize = 6;
+        const NR: usize = 16;
+
+        fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
+            check_tile(kc, Self::MR, Self::NR, a, b, c);
+            // SAFETY: as for Avx512, with AVX2 and FMA.
+            unsafe { avx2_tile::<6, 2>(kc, a.as_ptr(), b.as_ptr(), c, load) }
+        }
+    }
+
+    /// Caller guarantees AVX-512F, `a` readable for kc·MR floats, `b` for kc·16·NV, `c` MR
+    /// rows of at least 16·NV floats.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_tile<const MR: usize, const NV: usize>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: &mut [&mut [f32]],
+        load: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        if load {
+            for (acc, row) in acc.iter_mut().zip(c.iter()) {
+                for (v, s) in acc.iter_mut().enumerate() {
+                    // SAFETY: the row holds 16·NV floats (caller).
+                    *s = unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * v)) };
+                }
+            }
+        }
+        for p in 0..kc {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                // SAFETY: p < kc, so p·16·NV + 16·v + 16 ≤ kc·16·NV floats of b (caller).
+                *bv = unsafe { _mm512_loadu_ps(b.add((p * NV + v) * 16)) };
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: p·MR + i < kc·MR floats of a (caller).
+                let ai = _mm512_set1_ps(unsafe { *a.add(p * MR + i) });
+                for (s, &bv) in acc.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(ai, bv, *s);
+                }
+            }
+        }
+        for (acc, row) in acc.iter().zip(c.iter_mut()) {
+            for (v, &s) in acc.iter().enumerate() {
+                // SAFETY: as for the loads.
+                unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * v), s) };
+            }
+        }
+    }
+
+    /// Caller guarantees AVX2 and FMA, `a` readable for kc·MR floats, `b` for kc·8·NV, `c` MR
+    /// rows of at least 8·NV floats.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_tile<const MR: usize, const NV: usize>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: &mut [&mut [f32]],
+        load: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        if load {
+            for (acc, row) in acc.iter_mut().zip(c.iter()) {
+                for (v, s) in acc.iter_mut().enumerate() {
+                    // SAFETY: the row holds 8·NV floats (caller).
+                    *s = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * v)) };
+                }
+            }
+        }
+        for p in 0..kc {
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                // SAFETY: p < kc, so p·8·NV + 8·v + 8 ≤ kc·8·NV floats of b (caller).
+                *bv = unsafe { _mm256_loadu_ps(b.add((p * NV + v) * 8)) };
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: p·MR + i < kc·MR floats of a (caller).
+                let ai = _mm256_set1_ps(unsafe { *a.add(p * MR + i) });
+                for (s, &bv) in acc.iter_mut().zip(&bv) {
+                    *s = _mm256_fmadd_ps(ai, bv, *s);
+                }
+            }
+        }
+        for (acc, row) in acc.iter().zip(c.iter_mut()) {
+            for (v, &s) in acc.iter().enumerate() {
+                // SAFETY: as for the loads.
+                unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * v), s) };
+            }
+        }
+    }
+}
+
+/// Elsewhere the AVX kernels never exist: their constructors say so.
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    use super::MicroKernel;
+
+    #[derive(Clone, Copy)]
+    pub enum Avx512 {}
+    #[derive(Clone, Copy)]
+    pub enum Avx2 {}
+
+    impl Avx512 {
+        pub fn new() -> Option<Self> {
+            None
+        }
+    }
+
+    impl Avx2 {
+        pub fn new() -> Option<Self> {
+            None
+        }
+    }
+
+    impl MicroKernel for Avx512 {
+        const MR: usize = 8;
+        const NR: usize = 8;
+        fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: bool) {
+            match self {}
+        }
+    }
+
+    impl MicroKernel for Avx2 {
+        const MR: usize = 8;
+        const NR: usize = 8;
+        fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: bool) {
+            match self {}
+        }
+    }
+}
