@@ -1,4 +1,6 @@
-//! The CPU backend's packed GEMM against the `gemm` crate (its previous GEMM) on the shapes of
+//! The CPU backend's packed GEMM (`gemm_with` the detected kernel: what `gemm` runs except for
+//! a plain and b transposed, which it leaves to the crate) against the `gemm` crate (the
+//! backend's previous GEMM) on the shapes of
 //! benches/results/gemm-pick-2026-12-01.txt (the batched convolution GEMMs of dcgan 32 px,
 //! width 32, batch 64), plus those shapes with the transposes the convolutions use
 //! (backward-data reads A transposed, backward-filter B). Interleaved: per round one timed
@@ -8,7 +10,7 @@
 //! cargo bench --bench gemm                 # on the default rayon pool (all cores)
 //! ```
 
-use artgan::backend::cpu::{gemm, Kernel};
+use artgan::backend::cpu::{gemm_with, Kernel};
 use artgan::rng::Rng;
 use std::time::Instant;
 
@@ -101,9 +103,10 @@ fn main() {
         (32, 65536, 48, false, true),
         (128, 4096, 1024, false, true),
     ];
+    let kernel = Kernel::detect();
     println!(
-        "gemm: artgan {:?} kernel vs gemm crate 0.18, {} rayon threads, load average {}",
-        Kernel::detect(),
+        "gemm: artgan's packed GEMM ({kernel:?} kernel) vs gemm crate 0.18, {} rayon threads, \
+         load average {}",
         rayon::current_num_threads(),
         load_average()
     );
@@ -117,12 +120,12 @@ fn main() {
         let gflops = |secs: f64| 2.0 * (m * k * n * reps) as f64 / secs / 1e9;
         let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
         // One untimed call each first (pack buffers, pool start-up).
-        gemm(m, k, n, &a, a_t, &b, b_t, 0.0, &mut c_ours);
+        gemm_with(kernel, m, k, n, &a, a_t, &b, b_t, 0.0, &mut c_ours);
         crate_gemm(m, k, n, &a, a_t, &b, b_t, &mut c_crate);
         for _ in 0..ROUNDS {
             let t = Instant::now();
             for _ in 0..reps {
-                gemm(m, k, n, &a, a_t, &b, b_t, 0.0, &mut c_ours);
+                gemm_with(kernel, m, k, n, &a, a_t, &b, b_t, 0.0, &mut c_ours);
             }
             let x = gflops(t.elapsed().as_secs_f64());
             let t = Instant::now();

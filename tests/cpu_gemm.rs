@@ -2,7 +2,8 @@
 //! loop, for every micro-kernel this CPU runs (each forced through `gemm_with`), every
 //! transpose combination, beta 0 and 1, and shapes from 1×1×1 through odd edge tiles to the
 //! DCGAN convolution GEMMs; and its bits against the fused (or, for the portable kernel,
-//! unfused) multiply-add chain along k that it promises, whatever the thread count.
+//! unfused) multiply-add chain along k that it promises, whatever the thread count. The
+//! default `gemm` (which hands a·bᵀ to the gemm crate) is checked against the same loop.
 //!
 //! Error bound: a float sum of `k` products (plus c) is within `γ_{k+1}·(Σ|aᵢbᵢ| + |c|)` of
 //! the exact one, `γ_n ≈ n·ε₃₂` (Higham, Accuracy and Stability, §3.1); the f64 loop is exact
@@ -83,12 +84,14 @@ impl Case {
         }]
     }
 
-    fn run(&self, kernel: Kernel, beta: f32) -> Vec<f32> {
+    /// `kernel` None: the default `gemm`.
+    fn run(&self, kernel: impl Into<Option<Kernel>>, beta: f32) -> Vec<f32> {
         let mut c = self.c.clone();
-        let (m, k, n) = (self.m, self.k, self.n);
-        gemm_with(
-            kernel, m, k, n, &self.a, self.a_t, &self.b, self.b_t, beta, &mut c,
-        );
+        let (m, k, n, a, b) = (self.m, self.k, self.n, &self.a, &self.b);
+        match kernel.into() {
+            Some(kernel) => gemm_with(kernel, m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
+            None => gemm(m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
+        }
         c
     }
 
@@ -130,7 +133,8 @@ impl Case {
         out
     }
 
-    fn tag(&self, kernel: Kernel, beta: f32) -> String {
+    fn tag(&self, kernel: impl Into<Option<Kernel>>, beta: f32) -> String {
+        let kernel = kernel.into();
         format!(
             "{kernel:?} m{} k{} n{} a_t {} b_t {} beta {beta}",
             self.m, self.k, self.n, self.a_t, self.b_t
@@ -157,7 +161,8 @@ fn matches_an_f64_triple_loop_for_every_kernel_shape_transpose_and_beta() {
             let case = Case::new(m, k, n, a_t, b_t, seed);
             for beta in [0.0, 1.0] {
                 let want = case.reference(beta);
-                for &kernel in &kernels {
+                // None: the default `gemm` (which hands one transpose case to the gemm crate).
+                for kernel in kernels.iter().copied().map(Some).chain([None]) {
                     let got = case.run(kernel, beta);
                     let tag = case.tag(kernel, beta);
                     for (e, (&g, &(w, mag))) in got.iter().zip(&want).enumerate() {
@@ -193,16 +198,17 @@ fn every_element_is_one_multiply_add_chain_along_k() {
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    let on = |threads: usize, case: &Case, kernel: Kernel| {
+    let on = |threads: usize, case: &Case, kernel: Option<Kernel>| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap()
             .install(|| case.run(kernel, 1.0))
     };
-    // Large enough to be split into many blocks, with edge tiles on both sides.
+    // Large enough to be split into many blocks, with edge tiles on both sides; b transposed,
+    // so the default `gemm` (None) runs the gemm crate.
     let case = Case::new(131, 517, 301, false, true, 7);
-    for kernel in available() {
+    for kernel in available().into_iter().map(Some).chain([None]) {
         let one = on(1, &case, kernel);
         for threads in [2, 3] {
             assert!(
@@ -221,9 +227,7 @@ fn the_default_is_the_fastest_available_kernel_and_avx_kernels_agree() {
     assert!(kernels.contains(&Kernel::Portable));
     assert_eq!(Kernel::detect(), kernels[0]);
     let case = Case::new(45, 301, 77, true, false, 9);
-    let mut c = case.c.clone();
-    gemm(45, 301, 77, &case.a, true, &case.b, false, 1.0, &mut c);
-    assert_eq!(c, case.run(kernels[0], 1.0));
+    assert_eq!(case.run(None, 1.0), case.run(kernels[0], 1.0));
     // Both AVX kernels run the same fused chain, so they agree to the bit.
     if kernels.contains(&Kernel::Avx512) && kernels.contains(&Kernel::Avx2) {
         assert_eq!(case.run(Kernel::Avx512, 1.0), case.run(Kernel::Avx2, 1.0));
@@ -236,7 +240,7 @@ fn zero_sizes_and_bad_arguments() {
     let mut c = vec![3.0; 6];
     gemm(2, 0, 3, &[], false, &[], false, 1.0, &mut c);
     assert_eq!(c, vec![3.0; 6]);
-    gemm(2, 0, 3, &[], false, &[], false, 0.0, &mut c);
+    gemm(2, 0, 3, &[], false, &[], true, 0.0, &mut c);
     assert_eq!(c, vec![0.0; 6]);
     // Elements past m·n are left alone.
     let mut c = vec![5.0; 3];

@@ -1,5 +1,6 @@
 //! f32 GEMM for the CPU backend: A and B packed into cache-sized panels (the usual MC/KC/NC
-//! blocking), an AVX-512 or AVX2+FMA micro-kernel picked at run time, a portable one elsewhere.
+//! blocking), an AVX-512 or AVX2+FMA micro-kernel picked at run time, a portable one elsewhere
+//! (and the `gemm` crate for one transpose case, see [`gemm`]).
 //!
 //! Every output element is one chain of fused multiply-adds along `k` in index order, started
 //! from `beta·c` (the AVX kernels carry the partial sum in `c` from one KC block to the next,
@@ -56,6 +57,11 @@ impl Kernel {
 /// `c[m, n] = a[m, k]·b[k, n] + beta·c`, row-major; `a_t`/`b_t` read a or b transposed
 /// (stored as `[k, m]` / `[n, k]`). `beta` is 0 or 1. Threaded on the current rayon pool over
 /// blocks of the output; results do not depend on the thread count (see the module comment).
+///
+/// One case goes to the `gemm` crate instead: a plain, b transposed (the convolutions'
+/// backward-filter), where both operands run along k in memory and packing both (a scalar
+/// transpose) costs more than the product on its skinny, deep shapes; the crate is 1.1-4x
+/// faster there (benches/gemm.rs). It too splits only the output among threads.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -68,7 +74,48 @@ pub fn gemm(
     beta: f32,
     c: &mut [f32],
 ) {
+    if !a_t && b_t && m * n * k > 0 {
+        return crate_gemm(m, k, n, a, b, beta, c);
+    }
     gemm_with(Kernel::detect(), m, k, n, a, a_t, b, b_t, beta, c)
+}
+
+/// `c = a·bᵀ + beta·c` by the `gemm` crate (a `[m, k]`, b `[n, k]`), on the current rayon pool.
+fn crate_gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        ::gemm::Parallelism::Rayon(threads)
+    } else {
+        ::gemm::Parallelism::None
+    };
+    // SAFETY: the strides below (a: row stride k, column stride 1; b read transposed: row
+    // stride 1, column stride k; c: row stride n) address exactly the asserted ranges of a, b
+    // and c, and c (a unique borrow) aliases neither.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            beta == 1.0,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// [`gemm`] with a chosen micro-kernel (panics if this CPU does not run it).
