@@ -3,7 +3,8 @@
 //! transpose combination, beta 0 and 1, and shapes from 1×1×1 through odd edge tiles to the
 //! DCGAN convolution GEMMs; and its bits against the fused (or, for the portable kernel,
 //! unfused) multiply-add chain along k that it promises, whatever the thread count. The
-//! default `gemm` (which hands a·bᵀ to the gemm crate) is checked against the same loop.
+//! default `gemm` is checked against the same loop; its a·bᵀ case (an AVX-512 dot product, or
+//! the gemm crate without AVX-512) against the lane order it promises too.
 //!
 //! Error bound: a float sum of `k` products (plus c) is within `γ_{k+1}·(Σ|aᵢbᵢ| + |c|)` of
 //! the exact one, `γ_n ≈ n·ε₃₂` (Higham, Accuracy and Stability, §3.1); the f64 loop is exact
@@ -16,7 +17,7 @@ const KERNELS: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
 
 /// (m, k, n): tiny, odd (edge tiles on every side of every kernel's tile), several KC blocks,
 /// and the batched convolution GEMMs of dcgan 32 px, width 32 (benches/results/gemm-pick-*).
-const SHAPES: [(usize, usize, usize); 14] = [
+const SHAPES: [(usize, usize, usize); 16] = [
     (1, 1, 1),
     (7, 13, 5),
     (1, 300, 1),
@@ -31,6 +32,8 @@ const SHAPES: [(usize, usize, usize); 14] = [
     (2048, 100, 64),
     (64, 1024, 48),
     (48, 64, 1000),
+    (5, 2500, 7),
+    (13, 1500, 97),
 ];
 
 struct Case {
@@ -133,6 +136,27 @@ impl Case {
         out
     }
 
+    /// The AVX-512 a·bᵀ order: 16 lane sums (lane l: the fused chain over p ≡ l mod 16),
+    /// added up in lane order, then added to `beta·c`.
+    fn lane_sums(&self, beta: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.m * self.n);
+        for i in 0..self.m {
+            for j in 0..self.n {
+                let mut lanes = [0.0f32; 16];
+                for p in 0..self.k {
+                    lanes[p % 16] = self.a_at(i, p).mul_add(self.b_at(p, j), lanes[p % 16]);
+                }
+                let sum = lanes.iter().fold(0.0f32, |s, &v| s + v);
+                out.push(if beta == 0.0 {
+                    sum
+                } else {
+                    self.c[i * self.n + j] + sum
+                });
+            }
+        }
+        out
+    }
+
     fn tag(&self, kernel: impl Into<Option<Kernel>>, beta: f32) -> String {
         let kernel = kernel.into();
         format!(
@@ -197,6 +221,25 @@ fn every_element_is_one_multiply_add_chain_along_k() {
 }
 
 #[test]
+fn with_avx512_a_times_b_transposed_is_sixteen_lane_sums() {
+    if !Kernel::Avx512.is_available() {
+        eprintln!("not tested: this CPU lacks AVX-512F (a·bᵀ runs the gemm crate)");
+        return;
+    }
+    for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
+        let case = Case::new(m, k, n, false, true, 200 + s as u64);
+        for beta in [0.0, 1.0] {
+            let want = case.lane_sums(beta);
+            let got = case.run(None, beta);
+            let tag = case.tag(None, beta);
+            for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{tag}: element {e}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
 fn results_do_not_depend_on_the_thread_count() {
     let on = |threads: usize, case: &Case, kernel: Option<Kernel>| {
         rayon::ThreadPoolBuilder::new()
@@ -206,8 +249,8 @@ fn results_do_not_depend_on_the_thread_count() {
             .install(|| case.run(kernel, 1.0))
     };
     // Large enough to be split into many blocks, with edge tiles on both sides; b transposed,
-    // so the default `gemm` (None) runs the gemm crate.
-    let case = Case::new(131, 517, 301, false, true, 7);
+    // so the default `gemm` (None) runs its a·bᵀ path.
+    let case = Case::new(131, 2517, 301, false, true, 7);
     for kernel in available().into_iter().map(Some).chain([None]) {
         let one = on(1, &case, kernel);
         for threads in [2, 3] {

@@ -58,10 +58,11 @@ impl Kernel {
 /// (stored as `[k, m]` / `[n, k]`). `beta` is 0 or 1. Threaded on the current rayon pool over
 /// blocks of the output; results do not depend on the thread count (see the module comment).
 ///
-/// One case goes to the `gemm` crate instead: a plain, b transposed (the convolutions'
-/// backward-filter), where both operands run along k in memory and packing both (a scalar
-/// transpose) costs more than the product on its skinny, deep shapes; the crate is 1.1-4x
-/// faster there (benches/gemm.rs). It too splits only the output among threads.
+/// One case differs: a plain, b transposed (the convolutions' backward-filter), where both
+/// operands run along k in memory and packing both (a scalar transpose) costs more than the
+/// product on its skinny, deep shapes. With AVX-512 it is a blocked dot product read in place
+/// (16 lane sums per element, then added up in lane order); without, the `gemm` crate, which
+/// beats the packed path there (benches/gemm.rs). Both split only the output among threads.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -75,7 +76,11 @@ pub fn gemm(
     c: &mut [f32],
 ) {
     if !a_t && b_t && m * n * k > 0 {
-        return crate_gemm(m, k, n, a, b, beta, c);
+        assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+        return match x86::Avx512::new() {
+            Some(avx512) => avx512.gemm_nt(m, k, n, a, b, beta == 1.0, c),
+            None => crate_gemm(m, k, n, a, b, beta, c),
+        };
     }
     gemm_with(Kernel::detect(), m, k, n, a, a_t, b, b_t, beta, c)
 }
@@ -400,6 +405,7 @@ impl MicroKernel for Portable {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{check_tile, MicroKernel};
+    use rayon::prelude::*;
     use std::arch::x86_64::*;
 
     /// Proof that the CPU has AVX-512F: only [`Avx512::new`] makes one.
@@ -420,6 +426,122 @@ mod x86 {
         pub fn new() -> Option<Self> {
             (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
                 .then_some(Avx2(()))
+        }
+    }
+
+    /// Rows of A and of B (b transposed) per dot-product tile: 24 accumulators.
+    const NT_ROWS: usize = 4;
+    const NT_COLS: usize = 6;
+    /// Depth of one pass over a tile (the B rows of a column block stay in L2 meanwhile).
+    const NT_DEPTH: usize = 1024;
+    /// Columns of c per pass (a multiple of NT_COLS).
+    const NT_BLOCK: usize = 96;
+
+    /// Lane sums of one dot-product tile: 16 floats per element.
+    type NtAcc = [f32; 16 * NT_ROWS * NT_COLS];
+
+    impl Avx512 {
+        /// `c = a·bᵀ (+ c)`, a `[m, k]`, b `[n, k]`: each element is 16 lane sums (lane `l`:
+        /// the fused chain over `p ≡ l mod 16`, p ascending), added up in lane order, then
+        /// added to c. Threads take bands of NT_ROWS rows of c.
+        #[allow(clippy::too_many_arguments)]
+        pub fn gemm_nt(
+            self,
+            m: usize,
+            k: usize,
+            n: usize,
+            a: &[f32],
+            b: &[f32],
+            add_to_c: bool,
+            c: &mut [f32],
+        ) {
+            assert!(m > 0 && n > 0 && k > 0);
+            assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
+            let band = |(band, rows): (usize, &mut [f32])| {
+                let i0 = band * NT_ROWS;
+                // Rows past the end repeat the last one (valid memory; their sums are dropped).
+                let a_rows: [&[f32]; NT_ROWS] =
+                    std::array::from_fn(|r| &a[(i0 + r).min(m - 1) * k..][..k]);
+                let tiles = NT_BLOCK / NT_COLS;
+                let mut acc = vec![[0.0f32; 16 * NT_ROWS * NT_COLS]; tiles];
+                for j0 in (0..n).step_by(NT_BLOCK) {
+                    let cols = NT_BLOCK.min(n - j0);
+                    let acc = &mut acc[..cols.div_ceil(NT_COLS)];
+                    for tile in acc.iter_mut() {
+                        tile.fill(0.0);
+                    }
+                    for p0 in (0..k).step_by(NT_DEPTH) {
+                        let depth = NT_DEPTH.min(k - p0);
+                        for (t, tile) in acc.iter_mut().enumerate() {
+                            let jt = j0 + t * NT_COLS;
+                            let b_rows: [&[f32]; NT_COLS] =
+                                std::array::from_fn(|q| &b[(jt + q).min(n - 1) * k..][..k]);
+                            // SAFETY: `self` proves AVX-512F; every row holds k ≥ p0 + depth
+                            // floats (sliced above), which is all nt_tile reads.
+                            unsafe { nt_tile(&a_rows, &b_rows, p0, depth, tile) };
+                        }
+                    }
+                    for (r, row) in rows.chunks_exact_mut(n).enumerate() {
+                        for (q, out) in row[j0..j0 + cols].iter_mut().enumerate() {
+                            let lane0 = (r * NT_COLS + q % NT_COLS) * 16;
+                            let lanes = &acc[q / NT_COLS][lane0..lane0 + 16];
+                            let sum = lanes.iter().fold(0.0f32, |s, &v| s + v);
+                            *out = if add_to_c { *out + sum } else { sum };
+                        }
+                    }
+                }
+            };
+            let c = &mut c[..m * n];
+            if m * n * k < super::SERIAL_WORK {
+                c.chunks_mut(NT_ROWS * n).enumerate().for_each(band);
+            } else {
+                c.par_chunks_mut(NT_ROWS * n).enumerate().for_each(band);
+            }
+        }
+    }
+
+    /// Adds to `acc`'s lanes of element `(r, q)` the lane-wise products of `a[r][p0..]` and
+    /// `b[q][p0..]`, `depth` of them, 16 at a time (the tail masked). Caller guarantees
+    /// AVX-512F and rows of at least p0 + depth floats.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nt_tile(
+        a: &[&[f32]; NT_ROWS],
+        b: &[&[f32]; NT_COLS],
+        p0: usize,
+        depth: usize,
+        acc: &mut NtAcc,
+    ) {
+        let mut s = [_mm512_setzero_ps(); NT_ROWS * NT_COLS];
+        for (e, s) in s.iter_mut().enumerate() {
+            // SAFETY: acc holds 16 floats per element.
+            *s = unsafe { _mm512_loadu_ps(acc.as_ptr().add(16 * e)) };
+        }
+        let end = p0 + depth;
+        let mut p = p0;
+        while p < end {
+            let mask: __mmask16 = if end - p >= 16 {
+                0xffff
+            } else {
+                (1u16 << (end - p)) - 1
+            };
+            let mut bv = [_mm512_setzero_ps(); NT_COLS];
+            for (bv, row) in bv.iter_mut().zip(b) {
+                // SAFETY: the masked load reads only enabled lanes, all below p0 + depth ≤
+                // the row's length (caller).
+                *bv = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(p)) };
+            }
+            for (s, row) in s.chunks_exact_mut(NT_COLS).zip(a) {
+                // SAFETY: as for b.
+                let av = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(p)) };
+                for (s, &bv) in s.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(av, bv, *s);
+                }
+            }
+            p += 16;
+        }
+        for (e, &s) in s.iter().enumerate() {
+            // SAFETY: as for the loads.
+            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(16 * e), s) };
         }
     }
 
@@ -545,6 +667,20 @@ mod x86 {
     impl Avx512 {
         pub fn new() -> Option<Self> {
             None
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub fn gemm_nt(
+            self,
+            _: usize,
+            _: usize,
+            _: usize,
+            _: &[f32],
+            _: &[f32],
+            _: bool,
+            _: &mut [f32],
+        ) {
+            match self {}
         }
     }
 
