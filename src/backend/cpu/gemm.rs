@@ -237,52 +237,11 @@ struct Problem<'a> {
 
 impl Problem<'_> {
     fn run<K: MicroKernel>(&self, kern: K, c: &mut [f32]) {
-        let (mc, nc) = self.blocks(K::MR, K::NR);
-        // One task per (mc × nc) block of c, holding that block's row pieces.
-        let mut tasks = Vec::new();
-        for (band_index, band) in c.chunks_mut(mc * self.n).enumerate() {
-            let mut blocks: Vec<Vec<&mut [f32]>> = Vec::new();
-            blocks.resize_with(self.n.div_ceil(nc), Vec::new);
-            for row in band.chunks_mut(self.n) {
-                for (block, piece) in blocks.iter_mut().zip(row.chunks_mut(nc)) {
-                    block.push(piece);
-                }
-            }
-            for (q, rows) in blocks.into_iter().enumerate() {
-                tasks.push((band_index * mc, q * nc, rows));
-            }
-        }
-        if tasks.len() == 1 {
-            let (i0, j0, mut rows) = tasks.pop().unwrap();
-            self.block(kern, i0, j0, &mut rows);
-        } else {
-            tasks
-                .into_par_iter()
-                .for_each(|(i0, j0, mut rows)| self.block(kern, i0, j0, &mut rows));
-        }
-    }
-
-    /// Block sizes: the cache-sized MC × NC, halved (along the larger side) until there are
-    /// about four blocks per thread, so two cores share skinny products too. Any sizes give the
-    /// same bits, so this may follow the thread count.
-    fn blocks(&self, mr: usize, nr: usize) -> (usize, usize) {
-        let round = |x: usize, to: usize| x.div_ceil(to) * to;
-        let (mut mc, mut nc) = (round(self.m.min(MC), mr), round(self.n.min(NC), nr));
-        let want = if self.m * self.n * self.k < SERIAL_WORK {
-            1
-        } else {
-            4 * rayon::current_num_threads()
-        };
-        while self.m.div_ceil(mc) * self.n.div_ceil(nc) < want {
-            if nc / nr >= mc / mr && nc > nr {
-                nc = round(nc / 2, nr);
-            } else if mc > mr {
-                mc = round(mc / 2, mr);
-            } else {
-                break;
-            }
-        }
-        (mc, nc)
+        let work = self.m * self.n * self.k;
+        let (mc, nc) = blocks(self.m, self.n, work, (MC, NC), (K::MR, K::NR));
+        for_each_block(c, self.n, mc, nc, |i0, j0, rows| {
+            self.block(kern, i0, j0, rows)
+        });
     }
 
     /// `c[i0.., j0..]` for the block whose rows are `rows`, over all of `k`, KC at a time.
@@ -306,6 +265,67 @@ impl Problem<'_> {
                 }
             }
         });
+    }
+}
+
+/// Block sizes for an `m × n` output: at most `max`, multiples of `tile`, halved (along the
+/// larger side) until there are about four blocks per thread, so two cores share skinny
+/// products too. Any sizes give the same bits, so this may follow the thread count.
+fn blocks(
+    m: usize,
+    n: usize,
+    work: usize,
+    max: (usize, usize),
+    tile: (usize, usize),
+) -> (usize, usize) {
+    let ((mr, nr), round) = (tile, |x: usize, to: usize| x.div_ceil(to) * to);
+    let (mut mc, mut nc) = (round(m.min(max.0), mr), round(n.min(max.1), nr));
+    let want = if work < SERIAL_WORK {
+        1
+    } else {
+        4 * rayon::current_num_threads()
+    };
+    while m.div_ceil(mc) * n.div_ceil(nc) < want {
+        if nc / nr >= mc / mr && nc > nr {
+            nc = round(nc / 2, nr);
+        } else if mc > mr {
+            mc = round(mc / 2, mr);
+        } else {
+            break;
+        }
+    }
+    (mc, nc)
+}
+
+/// Runs `f(i0, j0, rows)` for every `mc × nc` block of the row-major `c` (row length `n`),
+/// in parallel; `rows` are the block's pieces of its rows, so blocks never share memory.
+fn for_each_block(
+    c: &mut [f32],
+    n: usize,
+    mc: usize,
+    nc: usize,
+    f: impl Fn(usize, usize, &mut [&mut [f32]]) + Sync,
+) {
+    let mut tasks = Vec::new();
+    for (band_index, band) in c.chunks_mut(mc * n).enumerate() {
+        let mut blocks: Vec<Vec<&mut [f32]>> = Vec::new();
+        blocks.resize_with(n.div_ceil(nc), Vec::new);
+        for row in band.chunks_mut(n) {
+            for (block, piece) in blocks.iter_mut().zip(row.chunks_mut(nc)) {
+                block.push(piece);
+            }
+        }
+        for (q, rows) in blocks.into_iter().enumerate() {
+            tasks.push((band_index * mc, q * nc, rows));
+        }
+    }
+    if tasks.len() == 1 {
+        let (i0, j0, mut rows) = tasks.pop().unwrap();
+        f(i0, j0, &mut rows);
+    } else {
+        tasks
+            .into_par_iter()
+            .for_each(|(i0, j0, mut rows)| f(i0, j0, &mut rows));
     }
 }
 
@@ -405,7 +425,6 @@ impl MicroKernel for Portable {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{check_tile, MicroKernel};
-    use rayon::prelude::*;
     use std::arch::x86_64::*;
 
     /// Proof that the CPU has AVX-512F: only [`Avx512::new`] makes one.
@@ -432,10 +451,12 @@ mod x86 {
     /// Rows of A and of B (b transposed) per dot-product tile: 24 accumulators.
     const NT_ROWS: usize = 4;
     const NT_COLS: usize = 6;
-    /// Depth of one pass over a tile (the B rows of a column block stay in L2 meanwhile).
-    const NT_DEPTH: usize = 1024;
-    /// Columns of c per pass (a multiple of NT_COLS).
-    const NT_BLOCK: usize = 96;
+    /// Depth of one pass over a block's tiles: its A and B rows (NT_BLOCK_ROWS + NT_BLOCK_COLS
+    /// of NT_DEPTH floats, 160 KiB) stay in L2 meanwhile, one tile's in L1.
+    const NT_DEPTH: usize = 512;
+    /// Most rows and columns of c per task (multiples of NT_ROWS and NT_COLS).
+    const NT_BLOCK_ROWS: usize = 32;
+    const NT_BLOCK_COLS: usize = 48;
 
     /// Lane sums of one dot-product tile: 16 floats per element.
     type NtAcc = [f32; 16 * NT_ROWS * NT_COLS];
@@ -443,7 +464,7 @@ mod x86 {
     impl Avx512 {
         /// `c = a·bᵀ (+ c)`, a `[m, k]`, b `[n, k]`: each element is 16 lane sums (lane `l`:
         /// the fused chain over `p ≡ l mod 16`, p ascending), added up in lane order, then
-        /// added to c. Threads take bands of NT_ROWS rows of c.
+        /// added to c. Threads take blocks of c.
         #[allow(clippy::too_many_arguments)]
         pub fn gemm_nt(
             self,
@@ -457,46 +478,44 @@ mod x86 {
         ) {
             assert!(m > 0 && n > 0 && k > 0);
             assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
-            let band = |(band, rows): (usize, &mut [f32])| {
-                let i0 = band * NT_ROWS;
-                // Rows past the end repeat the last one (valid memory; their sums are dropped).
-                let a_rows: [&[f32]; NT_ROWS] =
-                    std::array::from_fn(|r| &a[(i0 + r).min(m - 1) * k..][..k]);
-                let tiles = NT_BLOCK / NT_COLS;
-                let mut acc = vec![[0.0f32; 16 * NT_ROWS * NT_COLS]; tiles];
-                for j0 in (0..n).step_by(NT_BLOCK) {
-                    let cols = NT_BLOCK.min(n - j0);
-                    let acc = &mut acc[..cols.div_ceil(NT_COLS)];
-                    for tile in acc.iter_mut() {
-                        tile.fill(0.0);
-                    }
-                    for p0 in (0..k).step_by(NT_DEPTH) {
-                        let depth = NT_DEPTH.min(k - p0);
+            // Rows past the end repeat the last one (valid memory; their sums are dropped).
+            let a_rows = |i: usize| -> [&[f32]; NT_ROWS] {
+                std::array::from_fn(|r| &a[(i + r).min(m - 1) * k..][..k])
+            };
+            let b_rows = |j: usize| -> [&[f32]; NT_COLS] {
+                std::array::from_fn(|q| &b[(j + q).min(n - 1) * k..][..k])
+            };
+            let max = (NT_BLOCK_ROWS, NT_BLOCK_COLS);
+            let (mc, nc) = super::blocks(m, n, m * n * k, max, (NT_ROWS, NT_COLS));
+            super::for_each_block(&mut c[..m * n], n, mc, nc, |i0, j0, rows| {
+                let (bands, tiles) = (
+                    rows.len().div_ceil(NT_ROWS),
+                    rows[0].len().div_ceil(NT_COLS),
+                );
+                let mut acc: Vec<NtAcc> = vec![[0.0; 16 * NT_ROWS * NT_COLS]; bands * tiles];
+                // Per depth slice, every tile of the block: the slice's A and B rows stay in
+                // L2 while each is reused by the whole block.
+                for p0 in (0..k).step_by(NT_DEPTH) {
+                    let depth = NT_DEPTH.min(k - p0);
+                    for (band, acc) in acc.chunks_exact_mut(tiles).enumerate() {
+                        let a = a_rows(i0 + band * NT_ROWS);
                         for (t, tile) in acc.iter_mut().enumerate() {
-                            let jt = j0 + t * NT_COLS;
-                            let b_rows: [&[f32]; NT_COLS] =
-                                std::array::from_fn(|q| &b[(jt + q).min(n - 1) * k..][..k]);
+                            let b = b_rows(j0 + t * NT_COLS);
                             // SAFETY: `self` proves AVX-512F; every row holds k ≥ p0 + depth
                             // floats (sliced above), which is all nt_tile reads.
-                            unsafe { nt_tile(&a_rows, &b_rows, p0, depth, tile) };
-                        }
-                    }
-                    for (r, row) in rows.chunks_exact_mut(n).enumerate() {
-                        for (q, out) in row[j0..j0 + cols].iter_mut().enumerate() {
-                            let lane0 = (r * NT_COLS + q % NT_COLS) * 16;
-                            let lanes = &acc[q / NT_COLS][lane0..lane0 + 16];
-                            let sum = lanes.iter().fold(0.0f32, |s, &v| s + v);
-                            *out = if add_to_c { *out + sum } else { sum };
+                            unsafe { nt_tile(&a, &b, p0, depth, tile) };
                         }
                     }
                 }
-            };
-            let c = &mut c[..m * n];
-            if m * n * k < super::SERIAL_WORK {
-                c.chunks_mut(NT_ROWS * n).enumerate().for_each(band);
-            } else {
-                c.par_chunks_mut(NT_ROWS * n).enumerate().for_each(band);
-            }
+                for (r, row) in rows.iter_mut().enumerate() {
+                    for (q, out) in row.iter_mut().enumerate() {
+                        let tile = &acc[(r / NT_ROWS) * tiles + q / NT_COLS];
+                        let lane0 = ((r % NT_ROWS) * NT_COLS + q % NT_COLS) * 16;
+                        let sum = tile[lane0..lane0 + 16].iter().fold(0.0f32, |s, &v| s + v);
+                        *out = if add_to_c { *out + sum } else { sum };
+                    }
+                }
+            });
         }
     }
 
