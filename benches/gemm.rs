@@ -11,69 +11,13 @@
 //! cargo bench --bench gemm                 # on the default rayon pool (all cores)
 //! ```
 
-use artgan::backend::cpu::{gemm, gemm_with, Kernel};
+use artgan::backend::cpu::{crate_gemm, gemm, gemm_with, Kernel};
 use artgan::rng::Rng;
 use std::time::Instant;
 
 const ROUNDS: usize = 7;
 /// Multiply-adds per timed batch (about 20-100 ms on two cores).
 const BATCH_WORK: usize = 1 << 31;
-
-/// The `gemm` crate, called as the backend used to call it (alpha 1, beta 0 or 1, rayon).
-#[allow(clippy::too_many_arguments)]
-fn crate_gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
-    c: &mut [f32],
-) {
-    let (rsa, csa) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (rsb, csb) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        ::gemm::Parallelism::Rayon(threads)
-    } else {
-        ::gemm::Parallelism::None
-    };
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the strides address exactly the asserted ranges of a, b and c; c is a unique
-    // borrow, so it aliases neither a nor b.
-    unsafe {
-        ::gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            csa,
-            rsa,
-            b.as_ptr(),
-            csb,
-            rsb,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -125,7 +69,7 @@ fn main() {
         let (mut default, mut default_ratio) = (Vec::new(), Vec::new());
         // One untimed call each first (pack buffers, pool start-up).
         gemm_with(kernel, m, k, n, &a, a_t, &b, b_t, 0.0, &mut c_ours);
-        crate_gemm(m, k, n, &a, a_t, &b, b_t, &mut c_crate);
+        crate_gemm(m, k, n, &a, a_t, &b, b_t, 0.0, &mut c_crate);
         for _ in 0..ROUNDS {
             let t = Instant::now();
             for _ in 0..reps {
@@ -134,7 +78,7 @@ fn main() {
             let x = gflops(t.elapsed().as_secs_f64());
             let t = Instant::now();
             for _ in 0..reps {
-                crate_gemm(m, k, n, &a, a_t, &b, b_t, &mut c_crate);
+                crate_gemm(m, k, n, &a, a_t, &b, b_t, 0.0, &mut c_crate);
             }
             let y = gflops(t.elapsed().as_secs_f64());
             if nt {

@@ -3,14 +3,14 @@
 //! transpose combination, beta 0 and 1, and shapes from 1×1×1 through odd edge tiles to the
 //! DCGAN convolution GEMMs; and its bits against the fused (or, for the portable kernel,
 //! unfused) multiply-add chain along k that it promises, whatever the thread count. The
-//! default `gemm` is checked against the same loop; its a·bᵀ case (an AVX-512 dot product, or
-//! the gemm crate without AVX-512) against the lane order it promises too.
+//! default `gemm` and the gemm crate wrapper are checked against the same loop; the default's
+//! a·bᵀ case (an AVX-512 dot product) against the lane order it promises too.
 //!
 //! Error bound: a float sum of `k` products (plus c) is within `γ_{k+1}·(Σ|aᵢbᵢ| + |c|)` of
 //! the exact one, `γ_n ≈ n·ε₃₂` (Higham, Accuracy and Stability, §3.1); the f64 loop is exact
 //! to well within that.
 
-use artgan::backend::cpu::{gemm, gemm_with, Kernel};
+use artgan::backend::cpu::{crate_gemm, gemm, gemm_with, Kernel};
 use artgan::rng::Rng;
 
 const KERNELS: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
@@ -35,6 +35,23 @@ const SHAPES: [(usize, usize, usize); 16] = [
     (5, 2500, 7),
     (13, 1500, 97),
 ];
+
+/// Which GEMM a case runs through.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// `gemm_with` this kernel (the packed path).
+    Kernel(Kernel),
+    /// The backend's `gemm` (packed, or for a·bᵀ its own path).
+    Default,
+    /// `crate_gemm`: a·bᵀ's fallback without AVX-512.
+    Crate,
+}
+
+impl From<Kernel> for Via {
+    fn from(k: Kernel) -> Via {
+        Via::Kernel(k)
+    }
+}
 
 struct Case {
     m: usize,
@@ -87,13 +104,15 @@ impl Case {
         }]
     }
 
-    /// `kernel` None: the default `gemm`.
-    fn run(&self, kernel: impl Into<Option<Kernel>>, beta: f32) -> Vec<f32> {
+    fn run(&self, kernel: impl Into<Via>, beta: f32) -> Vec<f32> {
         let mut c = self.c.clone();
         let (m, k, n, a, b) = (self.m, self.k, self.n, &self.a, &self.b);
         match kernel.into() {
-            Some(kernel) => gemm_with(kernel, m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
-            None => gemm(m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
+            Via::Kernel(kernel) => {
+                gemm_with(kernel, m, k, n, a, self.a_t, b, self.b_t, beta, &mut c)
+            }
+            Via::Default => gemm(m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
+            Via::Crate => crate_gemm(m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
         }
         c
     }
@@ -157,7 +176,7 @@ impl Case {
         out
     }
 
-    fn tag(&self, kernel: impl Into<Option<Kernel>>, beta: f32) -> String {
+    fn tag(&self, kernel: impl Into<Via>, beta: f32) -> String {
         let kernel = kernel.into();
         format!(
             "{kernel:?} m{} k{} n{} a_t {} b_t {} beta {beta}",
@@ -185,8 +204,8 @@ fn matches_an_f64_triple_loop_for_every_kernel_shape_transpose_and_beta() {
             let case = Case::new(m, k, n, a_t, b_t, seed);
             for beta in [0.0, 1.0] {
                 let want = case.reference(beta);
-                // None: the default `gemm` (which hands one transpose case to the gemm crate).
-                for kernel in kernels.iter().copied().map(Some).chain([None]) {
+                let vias = kernels.iter().map(|&k| Via::Kernel(k));
+                for kernel in vias.chain([Via::Default, Via::Crate]) {
                     let got = case.run(kernel, beta);
                     let tag = case.tag(kernel, beta);
                     for (e, (&g, &(w, mag))) in got.iter().zip(&want).enumerate() {
@@ -230,8 +249,8 @@ fn with_avx512_a_times_b_transposed_is_sixteen_lane_sums() {
         let case = Case::new(m, k, n, false, true, 200 + s as u64);
         for beta in [0.0, 1.0] {
             let want = case.lane_sums(beta);
-            let got = case.run(None, beta);
-            let tag = case.tag(None, beta);
+            let got = case.run(Via::Default, beta);
+            let tag = case.tag(Via::Default, beta);
             for (e, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), w.to_bits(), "{tag}: element {e}: {g} vs {w}");
             }
@@ -241,7 +260,7 @@ fn with_avx512_a_times_b_transposed_is_sixteen_lane_sums() {
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    let on = |threads: usize, case: &Case, kernel: Option<Kernel>| {
+    let on = |threads: usize, case: &Case, kernel: Via| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -249,9 +268,10 @@ fn results_do_not_depend_on_the_thread_count() {
             .install(|| case.run(kernel, 1.0))
     };
     // Large enough to be split into many blocks, with edge tiles on both sides; b transposed,
-    // so the default `gemm` (None) runs its a·bᵀ path.
+    // so the default `gemm` runs its a·bᵀ path.
     let case = Case::new(131, 2517, 301, false, true, 7);
-    for kernel in available().into_iter().map(Some).chain([None]) {
+    let vias = available().into_iter().map(Via::Kernel);
+    for kernel in vias.chain([Via::Default, Via::Crate]) {
         let one = on(1, &case, kernel);
         for threads in [2, 3] {
             assert!(
@@ -270,7 +290,7 @@ fn the_default_is_the_fastest_available_kernel_and_avx_kernels_agree() {
     assert!(kernels.contains(&Kernel::Portable));
     assert_eq!(Kernel::detect(), kernels[0]);
     let case = Case::new(45, 301, 77, true, false, 9);
-    assert_eq!(case.run(None, 1.0), case.run(kernels[0], 1.0));
+    assert_eq!(case.run(Via::Default, 1.0), case.run(kernels[0], 1.0));
     // Both AVX kernels run the same fused chain, so they agree to the bit.
     if kernels.contains(&Kernel::Avx512) && kernels.contains(&Kernel::Avx2) {
         assert_eq!(case.run(Kernel::Avx512, 1.0), case.run(Kernel::Avx2, 1.0));

@@ -79,25 +79,39 @@ pub fn gemm(
         assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
         return match x86::Avx512::new() {
             Some(avx512) => avx512.gemm_nt(m, k, n, a, b, beta == 1.0, c),
-            None => crate_gemm(m, k, n, a, b, beta, c),
+            None => crate_gemm(m, k, n, a, a_t, b, b_t, beta, c),
         };
     }
     gemm_with(Kernel::detect(), m, k, n, a, a_t, b, b_t, beta, c)
 }
 
-/// `c = a·bᵀ + beta·c` by the `gemm` crate (a `[m, k]`, b `[n, k]`), on the current rayon pool.
-fn crate_gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+/// [`gemm`] by the `gemm` crate, on the current rayon pool: the a·bᵀ fallback without
+/// AVX-512, and the baseline benches/gemm.rs measures against.
+#[allow(clippy::too_many_arguments)]
+pub fn crate_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+    // (row stride, column stride) of a [m, k] and b [k, n] as stored.
+    let (rsa, csa) = if a_t { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         ::gemm::Parallelism::Rayon(threads)
     } else {
         ::gemm::Parallelism::None
     };
-    // SAFETY: the strides below (a: row stride k, column stride 1; b read transposed: row
-    // stride 1, column stride k; c: row stride n) address exactly the asserted ranges of a, b
-    // and c, and c (a unique borrow) aliases neither.
+    // SAFETY: these strides address exactly the asserted ranges of a, b and c, and c (a unique
+    // borrow) aliases neither.
     unsafe {
         ::gemm::gemm(
             m,
@@ -108,11 +122,11 @@ fn crate_gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: 
             n as isize,
             beta == 1.0,
             a.as_ptr(),
-            1,
-            k as isize,
+            csa as isize,
+            rsa as isize,
             b.as_ptr(),
-            k as isize,
-            1,
+            csb as isize,
+            rsb as isize,
             1.0,
             1.0,
             false,
@@ -590,87 +604,73 @@ mod x86 {
         }
     }
 
-    /// Caller guarantees AVX-512F, `a` readable for kc·MR floats, `b` for kc·16·NV, `c` MR
-    /// rows of at least 16·NV floats.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_tile<const MR: usize, const NV: usize>(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: &mut [&mut [f32]],
-        load: bool,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        if load {
-            for (acc, row) in acc.iter_mut().zip(c.iter()) {
-                for (v, s) in acc.iter_mut().enumerate() {
-                    // SAFETY: the row holds 16·NV floats (caller).
-                    *s = unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * v)) };
+    /// `$name::<MR, NV>`: the packed micro-kernel on vectors of `$lanes` floats, NV per row.
+    /// Caller guarantees the CPU features `$features`, `a` readable for kc·MR floats, `b` for
+    /// kc·$lanes·NV, `c` MR rows of at least $lanes·NV floats.
+    macro_rules! packed_tile {
+        ($name:ident, $features:literal, $lanes:literal, $zero:ident, $load:ident, $splat:ident,
+         $fma:ident, $store:ident) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name<const MR: usize, const NV: usize>(
+                kc: usize,
+                a: *const f32,
+                b: *const f32,
+                c: &mut [&mut [f32]],
+                load: bool,
+            ) {
+                let mut acc = [[$zero(); NV]; MR];
+                if load {
+                    for (acc, row) in acc.iter_mut().zip(c.iter()) {
+                        for (v, s) in acc.iter_mut().enumerate() {
+                            // SAFETY: the row holds $lanes·NV floats (caller).
+                            *s = unsafe { $load(row.as_ptr().add($lanes * v)) };
+                        }
+                    }
+                }
+                for p in 0..kc {
+                    let mut bv = [$zero(); NV];
+                    for (v, bv) in bv.iter_mut().enumerate() {
+                        // SAFETY: p < kc, so (p·NV + v + 1)·$lanes ≤ kc·$lanes·NV floats of b.
+                        *bv = unsafe { $load(b.add((p * NV + v) * $lanes)) };
+                    }
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: p·MR + i < kc·MR floats of a (caller).
+                        let ai = $splat(unsafe { *a.add(p * MR + i) });
+                        for (s, &bv) in acc.iter_mut().zip(&bv) {
+                            *s = $fma(ai, bv, *s);
+                        }
+                    }
+                }
+                for (acc, row) in acc.iter().zip(c.iter_mut()) {
+                    for (v, &s) in acc.iter().enumerate() {
+                        // SAFETY: as for the loads.
+                        unsafe { $store(row.as_mut_ptr().add($lanes * v), s) };
+                    }
                 }
             }
-        }
-        for p in 0..kc {
-            let mut bv = [_mm512_setzero_ps(); NV];
-            for (v, bv) in bv.iter_mut().enumerate() {
-                // SAFETY: p < kc, so p·16·NV + 16·v + 16 ≤ kc·16·NV floats of b (caller).
-                *bv = unsafe { _mm512_loadu_ps(b.add((p * NV + v) * 16)) };
-            }
-            for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: p·MR + i < kc·MR floats of a (caller).
-                let ai = _mm512_set1_ps(unsafe { *a.add(p * MR + i) });
-                for (s, &bv) in acc.iter_mut().zip(&bv) {
-                    *s = _mm512_fmadd_ps(ai, bv, *s);
-                }
-            }
-        }
-        for (acc, row) in acc.iter().zip(c.iter_mut()) {
-            for (v, &s) in acc.iter().enumerate() {
-                // SAFETY: as for the loads.
-                unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * v), s) };
-            }
-        }
+        };
     }
 
-    /// Caller guarantees AVX2 and FMA, `a` readable for kc·MR floats, `b` for kc·8·NV, `c` MR
-    /// rows of at least 8·NV floats.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_tile<const MR: usize, const NV: usize>(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: &mut [&mut [f32]],
-        load: bool,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-        if load {
-            for (acc, row) in acc.iter_mut().zip(c.iter()) {
-                for (v, s) in acc.iter_mut().enumerate() {
-                    // SAFETY: the row holds 8·NV floats (caller).
-                    *s = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * v)) };
-                }
-            }
-        }
-        for p in 0..kc {
-            let mut bv = [_mm256_setzero_ps(); NV];
-            for (v, bv) in bv.iter_mut().enumerate() {
-                // SAFETY: p < kc, so p·8·NV + 8·v + 8 ≤ kc·8·NV floats of b (caller).
-                *bv = unsafe { _mm256_loadu_ps(b.add((p * NV + v) * 8)) };
-            }
-            for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: p·MR + i < kc·MR floats of a (caller).
-                let ai = _mm256_set1_ps(unsafe { *a.add(p * MR + i) });
-                for (s, &bv) in acc.iter_mut().zip(&bv) {
-                    *s = _mm256_fmadd_ps(ai, bv, *s);
-                }
-            }
-        }
-        for (acc, row) in acc.iter().zip(c.iter_mut()) {
-            for (v, &s) in acc.iter().enumerate() {
-                // SAFETY: as for the loads.
-                unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * v), s) };
-            }
-        }
-    }
+    packed_tile!(
+        avx512_tile,
+        "avx512f",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+    packed_tile!(
+        avx2_tile,
+        "avx2,fma",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 }
 
 /// Elsewhere the AVX kernels never exist: their constructors say so.
