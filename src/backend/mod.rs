@@ -223,6 +223,14 @@ pub struct AdamStep {
     pub bias_correction2: f32,
 }
 
+/// The per-step scalars of an Adam update as [`Backend::adam_update_with`] reads them:
+/// `sqrt(1 - beta2^t)`, then `lr / (1 - beta1^t)` of each item, in item order.
+pub fn adam_scalars(step: AdamStep, lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
+    let mut out = vec![step.bias_correction2.sqrt()];
+    out.extend(lrs.into_iter().map(|lr| lr / step.bias_correction1));
+    out
+}
+
 /// One parameter tensor in an Adam update.
 pub struct AdamItem<'a> {
     pub param: &'a mut Storage,
@@ -243,6 +251,19 @@ pub trait Backend {
     fn zeros(&self, len: usize) -> Result<Storage>;
     fn full(&self, len: usize, value: f32) -> Result<Storage>;
     fn copy(&self, s: &Storage) -> Result<Storage>;
+    /// Overwrites `dst` with `host` (same length), keeping its device buffer: what a CUDA graph
+    /// reads must stay at its address.
+    fn write(&self, dst: &mut Storage, host: &[f32]) -> Result<()> {
+        if dst.len() != host.len() {
+            bail!("write: {} values into {}", host.len(), dst.len());
+        }
+        *dst = self.upload(host)?;
+        Ok(())
+    }
+    /// The CUDA backend behind this one (graph capture), if it is one.
+    fn as_cuda(&self) -> Option<&cuda::CudaBackend> {
+        None
+    }
 
     // ---- data (see `augment`)
     /// Image bytes (HWC RGB images one after another) kept on the device, packed four to an
@@ -377,6 +398,21 @@ pub trait Backend {
     // ---- optimiser
     /// Bias-corrected Adam (PyTorch's formula) over every item, in one pass where possible.
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()>;
+
+    /// [`Backend::adam_update`] with the step's scalars already in `scalars` (written by
+    /// [`Backend::write`] before the step; layout: [`adam_scalars`]) instead of taken from
+    /// `step` and the items' `lr`, which must hold the same values: the form a CUDA graph
+    /// replays (the scalars change every step, a graph's arguments cannot). The host
+    /// backends ignore `scalars`.
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        let _ = scalars;
+        self.adam_update(items, step)
+    }
 
     // ---- conditional models (issue 13): class embeddings, class-conditional batch-norm
     // affine, the projection discriminator's inner product. Class labels travel as f32

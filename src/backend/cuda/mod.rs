@@ -34,6 +34,7 @@ mod cudnn;
 mod elementwise;
 pub mod embedded;
 mod err;
+pub mod graph;
 pub mod libs;
 pub mod loader;
 mod loss;
@@ -305,6 +306,23 @@ impl Backend for CudaBackend {
         Ok(Storage::Cuda(b))
     }
 
+    fn write(&self, dst: &mut Storage, host: &[f32]) -> Result<()> {
+        let b = cb_mut(dst)?;
+        if b.len != host.len() {
+            bail!("write: {} values into {}", host.len(), b.len);
+        }
+        if !host.is_empty() {
+            self.stream
+                .memcpy_htod(host, &mut b.slice_mut().slice_mut(0..host.len()))
+                .map_err(|e| drv(e, "copying to the GPU"))?;
+        }
+        Ok(())
+    }
+
+    fn as_cuda(&self) -> Option<&CudaBackend> {
+        Some(self)
+    }
+
     fn copy(&self, s: &Storage) -> Result<Storage> {
         let src = cb(s)?;
         let mut b = self.alloc(src.len)?;
@@ -488,6 +506,15 @@ impl Backend for CudaBackend {
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(self, items, step)
+    }
+
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        adam::adam_update_with(self, items, step, scalars)
     }
 
     // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`
