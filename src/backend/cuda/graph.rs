@@ -60,6 +60,12 @@ impl Drop for StepGraph {
 }
 
 impl CudaBackend {
+    /// Whether steps can be captured: not without the caching allocator
+    /// (`ARTGAN_CUDA_POOL=off`, the memory-checking mode), since a capture cannot allocate.
+    pub fn can_capture(&self) -> bool {
+        self.pool.caching()
+    }
+
     /// Starts counting the buffers an eager step takes (see [`CudaBackend::pool_need`]).
     pub fn start_pool_recording(&self) {
         self.pool.start_recording();
