@@ -131,7 +131,7 @@ fn a_training_run_waits_for_the_device_only_at_metric_reads() {
     };
     // With --cuda-graphs on too: capturing and replaying a step waits for nothing either.
     for graphs in [false, true] {
-        let mut cfg = TrainConfig::for_model(model);
+        let mut cfg = TrainConfig::for_model(model.clone());
         cfg.epochs = 2;
         cfg.batch_size = 8;
         cfg.seed = 3;

@@ -155,19 +155,12 @@ impl Pool {
     /// Makes the free lists hold at least `need` of every length (driver allocations now,
     /// outside any capture).
     pub fn reserve(&self, need: &PoolNeed) -> Result<()> {
-        let need: Vec<(usize, usize)> = {
-            let g = self.inner.lock().unwrap();
-            need.0
-                .iter()
-                .map(|(&len, &n)| {
-                    let have = g.free.get(&len).map_or(0, Vec::len);
-                    (len, (n.max(0) as usize).saturating_sub(have))
-                })
-                .collect()
-        };
-        for (len, missing) in need {
-            for _ in 0..missing {
-                let s = self.take(len)?;
+        for (&len, &n) in &need.0 {
+            // Take them all at once (the free ones first, then new ones), then cache them all.
+            let held: Vec<_> = (0..n.max(0))
+                .map(|_| self.take(len))
+                .collect::<Result<_>>()?;
+            for s in held {
                 self.give(s);
             }
         }
