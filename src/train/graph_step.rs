@@ -6,7 +6,8 @@
 //! - Per shape (batch size, whether G is updated): the first step runs eagerly and records
 //!   what it takes from the buffer pool; the next one is captured (with that much reserved)
 //!   and launched; every later one copies its batch and latents into the graph's static input
-//!   buffers and launches the graph. So a partial last batch runs eagerly in the first epoch
+//!   buffers and launches the graph. So a batch of another size (a partial last batch from a
+//!   `BatchSource` that yields one; the built-in loader drops it) runs eagerly the first time
 //!   and from a graph of its own after that.
 //! - Adam's scalars are written by `Adam::prepare` before the device half in every mode; the
 //!   EMA update (which takes its decay by value) runs eagerly after the graph.
