@@ -495,6 +495,32 @@ pub trait Backend {
         Ok(())
     }
 
+    /// [`Backend::scale_add_assign`] with `a` and `b` read from one-element buffers (written
+    /// before the step: what a CUDA graph replays with new values), `acc` updated in place
+    /// (its buffer kept, as a graph needs). Same arithmetic as `scale_add_assign`.
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        let (a, b) = match (a, b) {
+            (Storage::Cpu(a), Storage::Cpu(b)) if a.len() == 1 && b.len() == 1 => (a[0], b[0]),
+            _ => bail!("scale_add_assign_by: the scalars must be one host element each"),
+        };
+        self.scale_add_assign(acc, a, x, b)
+    }
+
+    /// Overwrites `dst` with `src` (same length); the CUDA backend keeps `dst`'s buffer.
+    fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
+        if dst.len() != src.len() {
+            bail!("copy_into: {} elements into {}", src.len(), dst.len());
+        }
+        *dst = self.copy(src)?;
+        Ok(())
+    }
+
     /// The parts one after another in one new buffer (no host round trip): the training loop
     /// gathers a window's per-step metrics this way, so reading them is one download. This
     /// default serves the host backends; device backends override it.

@@ -1,5 +1,5 @@
 //! `--cuda-graphs on`: the device half of a training step ([`Trainer::device_step`]: D step,
-//! G step, both Adam updates) captured once per batch shape as one CUDA graph and replayed.
+//! G step, both Adam updates, the EMA update) captured once per batch shape as one CUDA graph and replayed.
 //! The backend's side (capture, buffer ownership, why each per-step value lives on the device)
 //! is described in `backend/cuda/graph.rs`; this is the trainer's side:
 //!
@@ -9,10 +9,11 @@
 //!   buffers and launches the graph. So a batch of another size (a partial last batch from a
 //!   `BatchSource` that yields one; the built-in loader drops it) runs eagerly the first time
 //!   and from a graph of its own after that.
-//! - Adam's scalars are written by `Adam::prepare` before the device half in every mode; the
-//!   EMA update (which takes its decay by value) runs eagerly after the graph.
+//! - Adam's scalars (`Adam::prepare`) and the EMA decay (`ema::DeviceDecay`) are written
+//!   before the device half in every mode.
 //! - A replay runs none of the step's host code, so its host-side effect, the batch-norm
-//!   batch counters, is repeated: each counter advances by what it advanced during capture.
+//!   batch counters (G's, D's and the EMA's copies), is repeated: each counter advances by
+//!   what it advanced during capture.
 //! - A step that draws on the host inside the device half (dropout and input-noise seeds,
 //!   DiffAugment parameters) or uploads class labels cannot be replayed with new values: the
 //!   first step detects it (the regularizer stream moved) and that shape stays eager, said
@@ -53,7 +54,7 @@ struct Captured {
     z: Tensor,
     /// The graph's outputs (overwritten by each replay).
     out: StepOutputs,
-    /// How far each batch-norm counter of G and D (in visiting order) advances per step.
+    /// How far each batch-norm counter (see [`counters`]) advances per step.
     count_steps: Vec<i64>,
 }
 
@@ -152,7 +153,7 @@ pub(super) fn run(
             (Shape::Captured(Box::new(c)), copies)
         }
         Some(Shape::Captured(c)) => {
-            cuda.copy_into(&mut c.real.storage_mut(), &real.storage())?;
+            be.copy_into(&mut c.real.storage_mut(), &real.storage())?;
             be.write(&mut c.z.storage_mut(), z_host)?;
             c.graph.launch()?;
             advance_counters(t, &c.count_steps);
@@ -164,7 +165,7 @@ pub(super) fn run(
     Ok(out)
 }
 
-/// The batch-norm batch counters of G and D, in visiting order.
+/// The batch-norm batch counters of G, D and the EMA, in visiting order.
 fn counters(t: &Trainer) -> Vec<i64> {
     let mut out = Vec::new();
     let mut visit = |_: String, s: StateRef| {
@@ -172,9 +173,17 @@ fn counters(t: &Trainer) -> Vec<i64> {
             out.push(c.get());
         }
     };
-    t.g.visit_state("", &mut visit);
-    t.d.visit_state("", &mut visit);
+    for_each_model(t, &mut visit);
     out
+}
+
+/// G, D and the EMA generator, in that order.
+fn for_each_model<'a>(t: &'a Trainer, visit: &mut dyn FnMut(String, StateRef<'a>)) {
+    t.g.visit_state("", visit);
+    t.d.visit_state("", visit);
+    if let Some(e) = &t.ema {
+        e.visit_state("", visit);
+    }
 }
 
 fn advance_counters(t: &Trainer, steps: &[i64]) {
@@ -185,8 +194,7 @@ fn advance_counters(t: &Trainer, steps: &[i64]) {
             at += 1;
         }
     };
-    t.g.visit_state("", &mut visit);
-    t.d.visit_state("", &mut visit);
+    for_each_model(t, &mut visit);
 }
 
 /// Copies of a graph's outputs into buffers of their own (the next replay overwrites them).

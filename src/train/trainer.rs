@@ -103,6 +103,8 @@ pub struct Trainer {
     pub d: Discriminator,
     /// Moving average of `g`'s weights (when `cfg.ema`).
     pub ema: Option<Generator>,
+    /// The decay of its next update, on the device.
+    ema_decay: Option<ema::DeviceDecay>,
     pub opt_g: Adam,
     pub opt_d: Adam,
     pub streams: Streams,
@@ -142,7 +144,12 @@ impl Trainer {
             bail!("--cuda-graphs on needs a CUDA device (this run is on {device})");
         }
         let cfg_graphs = cfg.cuda_graphs;
+        let ema_decay = ema
+            .as_ref()
+            .map(|_| ema::DeviceDecay::new(device))
+            .transpose()?;
         Ok(Trainer {
+            ema_decay,
             streams: Streams {
                 latents: Rng::derive(cfg.seed, "latents"),
                 regularizers: Rng::derive(cfg.seed, "regularizers"),
@@ -252,6 +259,11 @@ impl Trainer {
         self.opt_d.prepare()?;
         if update_g {
             self.opt_g.prepare()?;
+            if let Some(decay) = &self.ema_decay {
+                let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
+                let images = (self.g_steps + 1) * b as u64;
+                decay.set(ema::decay(b, images, self.cfg.ema_half_life_images, rampup))?;
+            }
         }
 
         let out = graph_step::run(self, real, labels, &z, update_g)?;
@@ -259,12 +271,6 @@ impl Trainer {
         if update_g {
             self.pending_d_steps = 0;
             self.g_steps += 1;
-            if let Some(e) = &self.ema {
-                let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
-                let images = self.g_steps * b as u64;
-                let beta = ema::decay(b, images, self.cfg.ema_half_life_images, rampup);
-                ema::update(e, &self.g, beta)?;
-            }
         } else {
             self.pending_d_steps += 1;
         }
@@ -281,9 +287,9 @@ impl Trainer {
 
     /// The device half of a step: one D update on `real` (real → 1, G's detached fake of `z`
     /// → 0) and, when `update_g`, one non-saturating G update (D(G(z)) → 1) reusing that
-    /// fake, as pytorch/examples does. Adam's scalars must have been prepared. Its host-side
-    /// effects are the batch-norm batch counters and the regularizer draws (see
-    /// [`graph_step`]).
+    /// fake, as pytorch/examples does, then the EMA update. Adam's scalars and the EMA decay
+    /// must have been written. Its host-side effects are the batch-norm batch counters (and
+    /// the EMA's copies of them) and the regularizer draws (see [`graph_step`]).
     pub(super) fn device_step(
         &mut self,
         real: &Tensor,
@@ -341,6 +347,9 @@ impl Trainer {
             // D's gradients from this backward are not used: the next D step zeroes them.
             self.d.zero_grad();
             loss_g_on_device = Some(loss_g.detach());
+            if let (Some(e), Some(decay)) = (&self.ema, &self.ema_decay) {
+                ema::update_by(e, &self.g, decay)?;
+            }
         }
         Ok(StepOutputs {
             loss_d: loss_d.detach(),

@@ -7,15 +7,16 @@
 //! graph reads, written before each launch (legal outside capture):
 //! - the real batch and the latents: copied into static input buffers owned by the graph
 //!   ([`StepGraph`] keeps them); the latents are still drawn on the host from the same stream;
-//! - Adam's per-step scalars (bias corrections, lr per parameter): computed on the host as in
-//!   eager mode and written to a small device buffer that the Adam kernel reads
-//!   (`Backend::adam_update_with`), in eager mode too, so both run the same kernel on the
-//!   same values: replay is bit-identical to eager execution;
+//! - Adam's per-step scalars (bias corrections, lr per parameter) and the EMA's decay:
+//!   computed on the host as in eager mode and written to small device buffers that the
+//!   kernels read (`Backend::adam_update_with`, `Backend::scale_add_assign_by`), in eager
+//!   mode too, so both run the same kernels on the same values: replay is bit-identical to
+//!   eager execution;
 //! - buffers: the pool marks every buffer of a capture as the graph's ([`super::alloc`]),
 //!   reserves what the step needs before capturing (a capture cannot allocate), and never
 //!   hands a graph's buffer to other code while the graph lives. State the step updates
-//!   (weights, Adam moments, batch-norm running statistics) is updated in place, so the
-//!   addresses the graph reads stay those of the live tensors.
+//!   (weights, Adam moments, batch-norm running statistics, the EMA) is updated in place, so
+//!   the addresses the graph reads stay those of the live tensors.
 //! - outputs the host reads later (losses, D's logits for the metrics) sit in graph buffers
 //!   that the next replay overwrites: they are copied out after each launch.
 //! Host-side effects of the step's code (batch-norm batch counters, the trainer's counters)
@@ -123,22 +124,22 @@ impl CudaBackend {
         let out = out.context("capturing the training step")?;
         Ok((graph, out))
     }
+}
 
-    /// Copies `src` into `dst` (same length) on the stream: the host-to-graph input path.
-    pub fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
-        let s = cb(src)?;
-        let d = cb_mut(dst)?;
-        if s.len() != d.len() {
-            bail!("copy_into: {} elements into {}", s.len(), d.len());
-        }
-        if s.len() == 0 {
-            return Ok(());
-        }
-        let n = s.len();
-        self.stream
-            .memcpy_dtod(&s.slice().slice(0..n), &mut d.slice_mut().slice_mut(0..n))
-            .map_err(|e| drv(e, "device copy"))
+/// Copies `src` into `dst` (same length) on the stream, keeping `dst`'s buffer.
+pub(super) fn copy_into(be: &CudaBackend, dst: &mut Storage, src: &Storage) -> Result<()> {
+    let s = cb(src)?;
+    let d = cb_mut(dst)?;
+    if s.len() != d.len() {
+        bail!("copy_into: {} elements into {}", s.len(), d.len());
     }
+    if s.len() == 0 {
+        return Ok(());
+    }
+    let n = s.len();
+    be.stream
+        .memcpy_dtod(&s.slice().slice(0..n), &mut d.slice_mut().slice_mut(0..n))
+        .map_err(|e| drv(e, "device copy"))
 }
 
 /// The CUDA backend behind `storage`'s device, for the graph path.

@@ -323,6 +323,24 @@ impl Backend for CudaBackend {
         Some(self)
     }
 
+    fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
+        graph::copy_into(self, dst, src)
+    }
+
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        // The default `scale_add_assign`'s arithmetic ((acc·a) + (x·b), each rounded), with
+        // the factors read on the device, written back into acc's own buffer.
+        let mut next = self.scale_by_scalar(acc, a, 1.0)?;
+        self.add_assign(&mut next, &self.scale_by_scalar(x, b, 1.0)?)?;
+        self.copy_into(acc, &next)
+    }
+
     fn copy(&self, s: &Storage) -> Result<Storage> {
         let src = cb(s)?;
         let mut b = self.alloc(src.len)?;
