@@ -331,6 +331,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     // flag, device or dataset must leave nothing behind.
     check_lr_flags(a)?;
     let device = a.device.resolve()?;
+    let cuda_graphs = resolve_cuda_graphs(a, device)?;
     let (mut cfg, out, resume_from, lock, previous, new_run) = match &a.resume {
         Some(run) => {
             if a.condition != data::ConditionArgs::default_for_cli() {
@@ -410,7 +411,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     };
     // The device that really runs (what `auto` resolved to), for config.json and the report.
     cfg.device = device.to_string();
-    cfg.cuda_graphs = resolve_cuda_graphs(a, device)?;
+    cfg.cuda_graphs = cuda_graphs;
     warn_high_lrs(&cfg);
     let size = cfg.model.image_size;
     let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;
