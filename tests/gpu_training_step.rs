@@ -186,8 +186,11 @@ fn a_training_run_waits_for_the_device_only_at_metric_reads() {
     }
 }
 
+/// Named tensors (or counters) as bits.
+type NamedBits = Vec<(String, Vec<u32>)>;
+
 /// Every value a module keeps (parameters, buffers, counters), by name, as bits.
-fn state_bits(m: &dyn Module) -> Vec<(String, Vec<u32>)> {
+fn state_bits(m: &dyn Module) -> NamedBits {
     use artgan::nn::StateRef;
     let mut out = Vec::new();
     m.visit_state("", &mut |name, s| {
@@ -202,7 +205,8 @@ fn state_bits(m: &dyn Module) -> Vec<(String, Vec<u32>)> {
     out
 }
 
-fn optimizer_bits(o: &artgan::optim::Adam) -> (u64, Vec<(String, Vec<u32>)>, Vec<u32>) {
+/// Adam's step count, moments and lrs, as bits.
+fn optimizer_bits(o: &artgan::optim::Adam) -> (u64, NamedBits, Vec<u32>) {
     let state = o
         .state_tensors()
         .into_iter()

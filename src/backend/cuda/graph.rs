@@ -19,6 +19,7 @@
 //!   the addresses the graph reads stay those of the live tensors.
 //! - outputs the host reads later (losses, D's logits for the metrics) sit in graph buffers
 //!   that the next replay overwrites: they are copied out after each launch.
+//!
 //! Host-side effects of the step's code (batch-norm batch counters, the trainer's counters)
 //! are repeated by the caller on replay; a step that draws regularizer seeds on the host
 //! (dropout, input noise, DiffAugment) or uploads labels runs eagerly (see
@@ -133,7 +134,7 @@ pub(super) fn copy_into(be: &CudaBackend, dst: &mut Storage, src: &Storage) -> R
     if s.len() != d.len() {
         bail!("copy_into: {} elements into {}", s.len(), d.len());
     }
-    if s.len() == 0 {
+    if s.is_empty() {
         return Ok(());
     }
     let n = s.len();
