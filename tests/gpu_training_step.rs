@@ -122,13 +122,7 @@ fn a_training_run_waits_for_the_device_only_at_metric_reads() {
     use artgan::data::{self, Loader};
     use std::cell::RefCell;
     use std::sync::Arc;
-    let model = ModelConfig {
-        preset: Preset::Dcgan,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
-    };
+    let model = tiny_dcgan();
     // With --cuda-graphs on too: capturing and replaying a step waits for nothing either.
     for graphs in [false, true] {
         let mut cfg = TrainConfig::for_model(model.clone());
@@ -186,6 +180,17 @@ fn a_training_run_waits_for_the_device_only_at_metric_reads() {
     }
 }
 
+/// The smallest dcgan (32 px, widths 4, nz 8).
+fn tiny_dcgan() -> ModelConfig {
+    ModelConfig {
+        preset: Preset::Dcgan,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    }
+}
+
 /// Named tensors (or counters) as bits.
 type NamedBits = Vec<(String, Vec<u32>)>;
 
@@ -239,13 +244,7 @@ fn record_bits(r: &artgan::train::device_metrics::StepRecord) -> (usize, [u32; 4
 fn cuda_graph_replay_is_bit_identical_to_eager_steps() {
     let Some(dev) = gpu() else { return };
     for d_steps in [1, 2] {
-        let model = ModelConfig {
-            preset: Preset::Dcgan,
-            image_size: 32,
-            nz: 8,
-            ngf: 4,
-            ndf: 4,
-        };
+        let model = tiny_dcgan();
         let mut cfg = TrainConfig::for_model(model);
         cfg.batch_size = 8;
         cfg.seed = 21;
@@ -337,13 +336,7 @@ fn cuda_graph_replay_is_bit_identical_to_eager_steps() {
 /// The CPU has no graphs: asking for them there is an error, not a silent eager run.
 #[test]
 fn cuda_graphs_are_refused_on_the_cpu() {
-    let model = ModelConfig {
-        preset: Preset::Dcgan,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
-    };
+    let model = tiny_dcgan();
     let mut cfg = TrainConfig::for_model(model);
     cfg.cuda_graphs = true;
     let err = Trainer::new(cfg, Device::Cpu).err().expect("an error");
