@@ -11,7 +11,8 @@
 
 use artgan::backend::cuda::{set_conv_impl, ConvImpl};
 use artgan::backend::{
-    backend, Activation, AdamItem, AdamStep, Backend, ChannelDims, ConvGeom, Device, Storage,
+    backend, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims, ConvGeom, Device,
+    Storage,
 };
 use artgan::rng::{self, Rng};
 use std::rc::Rc;
@@ -656,6 +657,221 @@ fn batch_norm_train_running_stats_and_backward() {
             &cdxv,
             1e-3,
             rms_tol(&cdxv, 1e-4),
+        );
+    }
+}
+
+/// Batch norm fused with ReLU / LeakyReLU, training and eval, forward and backward, against the
+/// reference. The backward runs from the CPU's saved statistics on both sides, so both
+/// recompute the same pre-activations (same f32 formula, no FMA) and take the same mask.
+#[test]
+fn batch_norm_act_forward_and_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(91);
+    for (n, ch, hw) in shapes([
+        (2usize, 3usize, 5usize),
+        (5, 37, 7),
+        (8, 1024, 1),
+        (3, 70, 99),
+        (64, 16, 16),
+        (4, 3, 4096),
+    ]) {
+        for act in [BatchNormAct::Relu, BatchNormAct::LeakyRelu(0.2)] {
+            let d = ChannelDims { n, c: ch, hw };
+            let x: Vec<f32> = rand(&mut rng, d.len(), 1.0)
+                .iter()
+                .map(|v| v * 2.0 + 3.0)
+                .collect();
+            let gamma = positive(&mut rng, ch, 0.5, 1.5);
+            // Shifts of both signs, so both sides of the kink are well populated.
+            let beta = rand(&mut rng, ch, 1.0);
+            let rm0: Vec<f32> = rand(&mut rng, ch, 0.5).iter().map(|v| v + 3.0).collect();
+            let rv0 = positive(&mut rng, ch, 0.5, 2.0);
+            let dy = rand(&mut rng, d.len(), 1.0);
+            let (mut grm, mut grv) = (up(&g, &rm0), up(&g, &rv0));
+            let (mut crm, mut crv) = (up(&c, &rm0), up(&c, &rv0));
+            let (gx, cx) = (up(&g, &x), up(&c, &x));
+            let (gg, gb, cg, cb) = (up(&g, &gamma), up(&g, &beta), up(&c, &gamma), up(&c, &beta));
+            let (gdy, cdy) = (up(&g, &dy), up(&c, &dy));
+            let t = format!("{d:?} {act:?}");
+            let gs = g
+                .batch_norm_act_train(&gx, &gg, &gb, &mut grm, &mut grv, d, 0.1, 1e-5, act)
+                .unwrap();
+            let cs = c
+                .batch_norm_act_train(&cx, &cg, &cb, &mut crm, &mut crv, d, 0.1, 1e-5, act)
+                .unwrap();
+            let pairs = [
+                ("y", &gs.y, &cs.y, 1e-4, 1e-4),
+                ("mean", &gs.mean, &cs.mean, 1e-5, 1e-5),
+                ("invstd", &gs.invstd, &cs.invstd, 1e-4, 0.0),
+                ("running_mean", &grm, &crm, 1e-5, 1e-6),
+                ("running_var", &grv, &crv, 1e-4, 1e-6),
+            ];
+            for (name, gv, cv, rtol, atol) in pairs {
+                let what = format!("batch_norm_act_train {name} {t}");
+                close(&what, &down(&g, gv), &down(&c, cv), rtol, atol);
+            }
+            let ge = g
+                .batch_norm_act_eval(&gx, &gg, &gb, &grm, &grv, d, 1e-5, act)
+                .unwrap();
+            let ce = c
+                .batch_norm_act_eval(&cx, &cg, &cb, &crm, &crv, d, 1e-5, act)
+                .unwrap();
+            close(
+                &format!("batch_norm_act_eval y {t}"),
+                &down(&g, &ge.y),
+                &down(&c, &ce.y),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &format!("batch_norm_act_eval invstd {t}"),
+                &down(&g, &ge.invstd),
+                &down(&c, &ce.invstd),
+                1e-6,
+                0.0,
+            );
+            assert_eq!(down(&g, &ge.mean), down(&c, &ce.mean), "eval mean {t}");
+
+            let m = ((n * hw) as f32).sqrt();
+            for (mode, saved) in [("train", &cs), ("eval", &ce)] {
+                let batch_stats = mode == "train";
+                let (cmean, cinv) = (down(&c, &saved.mean), down(&c, &saved.invstd));
+                let (gdx, gdg, gdb) = g
+                    .batch_norm_act_backward(
+                        &gx,
+                        &gdy,
+                        &gg,
+                        &gb,
+                        &up(&g, &cmean),
+                        &up(&g, &cinv),
+                        d,
+                        act,
+                        batch_stats,
+                    )
+                    .unwrap();
+                let (cdx, cdg, cdb) = c
+                    .batch_norm_act_backward(
+                        &cx,
+                        &cdy,
+                        &cg,
+                        &cb,
+                        &saved.mean,
+                        &saved.invstd,
+                        d,
+                        act,
+                        batch_stats,
+                    )
+                    .unwrap();
+                let w = format!("batch_norm_act_backward {mode} {t}");
+                close(
+                    &format!("{w} dbeta"),
+                    &down(&g, &gdb),
+                    &down(&c, &cdb),
+                    1e-5,
+                    1e-6 * m,
+                );
+                close(
+                    &format!("{w} dgamma"),
+                    &down(&g, &gdg),
+                    &down(&c, &cdg),
+                    1e-4,
+                    1e-5 * m,
+                );
+                let cdxv = down(&c, &cdx);
+                close(
+                    &format!("{w} dx"),
+                    &down(&g, &gdx),
+                    &cdxv,
+                    1e-3,
+                    rms_tol(&cdxv, 1e-4),
+                );
+            }
+        }
+    }
+}
+
+/// FNV-1a of the bits of every batch-norm output (plain and fused, forward and backward) for
+/// shapes whose channel groups outnumber the blocks: the grid strides.
+fn batch_norm_output_hash(g: &Rc<dyn Backend>) -> (usize, u64) {
+    let mut rng = Rng::new(92);
+    let mut bits = Vec::new();
+    for (n, ch, hw) in [(3usize, 300usize, 9usize), (2, 41, 1000), (64, 5, 64)] {
+        let d = ChannelDims { n, c: ch, hw };
+        let x = rand(&mut rng, d.len(), 2.0);
+        let dy = rand(&mut rng, d.len(), 1.0);
+        let gamma = positive(&mut rng, ch, 0.5, 1.5);
+        let beta = rand(&mut rng, ch, 1.0);
+        let (gx, gdy, gg, gb) = (up(g, &x), up(g, &dy), up(g, &gamma), up(g, &beta));
+        for act in [BatchNormAct::None, BatchNormAct::LeakyRelu(0.2)] {
+            let (mut rm, mut rv) = (up(g, &vec![0.0; ch]), up(g, &vec![1.0; ch]));
+            let s = g
+                .batch_norm_act_train(&gx, &gg, &gb, &mut rm, &mut rv, d, 0.1, 1e-5, act)
+                .unwrap();
+            let (dx, dgamma, dbeta) = g
+                .batch_norm_act_backward(&gx, &gdy, &gg, &gb, &s.mean, &s.invstd, d, act, true)
+                .unwrap();
+            for out in [&s.y, &s.mean, &s.invstd, &rm, &rv, &dx, &dgamma, &dbeta] {
+                bits.extend(down(g, out).iter().map(|v| v.to_bits()));
+            }
+        }
+    }
+    let hash = bits.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (bits.len(), hash)
+}
+
+/// The per-channel reductions sum in an order fixed by the channel's size, not by the grid:
+/// the same outputs, bit for bit, on devices with 1, 2 (this process) and 5 SMs (the emulated
+/// device's `ARTGAN_EMU_SMS`; the backend caps the grid at 16 blocks per SM). Children run
+/// this test again with the other SM count; on a real GPU the knob does nothing.
+#[test]
+fn batch_norm_outputs_do_not_depend_on_the_grid_size() {
+    let Some(g) = gpu() else { return };
+    let (len, hash) = batch_norm_output_hash(&g);
+    let line = format!("batch norm outputs: {len} values, hash {hash:016x}");
+    println!("{line}");
+    if std::env::var_os("ARTGAN_BN_GRID_CHILD").is_some() {
+        let sms = cudarc::driver::CudaContext::new(0)
+            .unwrap()
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .unwrap();
+        println!("SMs: {sms}");
+        return;
+    }
+    let emulated = artgan::backend::cuda::device_name(0).contains("emulated");
+    for sms in ["1", "5"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "batch_norm_outputs_do_not_depend_on_the_grid_size",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("ARTGAN_EMU_SMS", sms)
+            .env("ARTGAN_BN_GRID_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child with {sms} SMs failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if emulated {
+            assert!(
+                text.contains(&format!("SMs: {sms}\n")),
+                "the SM count did not take: {text}"
+            );
+        }
+        assert!(
+            text.contains(&line),
+            "with {sms} SMs the outputs differ: {text}"
         );
     }
 }
