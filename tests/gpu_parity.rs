@@ -712,8 +712,10 @@ fn batch_norm_act_forward_and_backward() {
                 let what = format!("batch_norm_act_train {name} {t}");
                 close(&what, &down(&g, gv), &down(&c, cv), rtol, atol);
             }
+            // Eval from the same running statistics (the CPU's) on both sides.
+            let (erm, erv) = (up(&g, &down(&c, &crm)), up(&g, &down(&c, &crv)));
             let ge = g
-                .batch_norm_act_eval(&gx, &gg, &gb, &grm, &grv, d, 1e-5, act)
+                .batch_norm_act_eval(&gx, &gg, &gb, &erm, &erv, d, 1e-5, act)
                 .unwrap();
             let ce = c
                 .batch_norm_act_eval(&cx, &cg, &cb, &crm, &crv, d, 1e-5, act)
