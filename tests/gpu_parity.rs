@@ -531,131 +531,15 @@ fn conv_transpose2d_geometries_both_impls() {
     }
 }
 
+/// Batch norm, plain (`BatchNormAct::None`: the plain trait methods) and fused with ReLU /
+/// LeakyReLU, training and eval, forward and backward, against the reference. Eval and the
+/// backward run from the CPU's statistics on both sides, so both recompute the same
+/// pre-activations (same f32 formula, no FMA) and take the same activation mask.
 #[test]
-fn batch_norm_train_running_stats_and_backward() {
+fn batch_norm_forward_and_backward_plain_and_fused() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(9);
-    for (n, ch, hw) in shapes([
-        (2usize, 3usize, 5usize),
-        (64, 16, 16),
-        (8, 1024, 1),
-        (4, 3, 4096),
-    ]) {
-        let d = ChannelDims { n, c: ch, hw };
-        // An offset mean makes a one-pass variance visibly wrong.
-        let x: Vec<f32> = rand(&mut rng, d.len(), 1.0)
-            .iter()
-            .map(|v| v * 2.0 + 3.0)
-            .collect();
-        let gamma = positive(&mut rng, ch, 0.5, 1.5);
-        let beta = rand(&mut rng, ch, 0.5);
-        let rm0 = rand(&mut rng, ch, 0.2);
-        let rv0 = positive(&mut rng, ch, 0.5, 2.0);
-        let (mut grm, mut grv) = (up(&g, &rm0), up(&g, &rv0));
-        let (mut crm, mut crv) = (up(&c, &rm0), up(&c, &rv0));
-        let (gx, cx) = (up(&g, &x), up(&c, &x));
-        let (gg, gb, cg, cb) = (up(&g, &gamma), up(&g, &beta), up(&c, &gamma), up(&c, &beta));
-        let gs = g
-            .batch_norm_train(&gx, &gg, &gb, &mut grm, &mut grv, d, 0.1, 1e-5)
-            .unwrap();
-        let cs = c
-            .batch_norm_train(&cx, &cg, &cb, &mut crm, &mut crv, d, 0.1, 1e-5)
-            .unwrap();
-        let t = format!("{d:?}");
-        close(
-            &format!("batch_norm_train y {t}"),
-            &down(&g, &gs.y),
-            &down(&c, &cs.y),
-            1e-4,
-            1e-4,
-        );
-        close(
-            &format!("batch_norm_train mean {t}"),
-            &down(&g, &gs.mean),
-            &down(&c, &cs.mean),
-            1e-5,
-            1e-5,
-        );
-        close(
-            &format!("batch_norm_train invstd {t}"),
-            &down(&g, &gs.invstd),
-            &down(&c, &cs.invstd),
-            1e-4,
-            0.0,
-        );
-        close(
-            &format!("batch_norm running_mean {t}"),
-            &down(&g, &grm),
-            &down(&c, &crm),
-            1e-5,
-            1e-6,
-        );
-        close(
-            &format!("batch_norm running_var {t}"),
-            &down(&g, &grv),
-            &down(&c, &crv),
-            1e-4,
-            1e-6,
-        );
-
-        let ge = g
-            .batch_norm_eval(&gx, &gg, &gb, &grm, &grv, d, 1e-5)
-            .unwrap();
-        let ce = c
-            .batch_norm_eval(&cx, &cg, &cb, &crm, &crv, d, 1e-5)
-            .unwrap();
-        close(
-            &format!("batch_norm_eval {t}"),
-            &down(&g, &ge),
-            &down(&c, &ce),
-            1e-4,
-            1e-4,
-        );
-
-        // Backward from the CPU's saved statistics on both sides.
-        let dy = rand(&mut rng, d.len(), 1.0);
-        let (cmean, cinv) = (down(&c, &cs.mean), down(&c, &cs.invstd));
-        let (gdx, gdg, gdb) = g
-            .batch_norm_backward(&gx, &up(&g, &dy), &gg, &up(&g, &cmean), &up(&g, &cinv), d)
-            .unwrap();
-        let (cdx, cdg, cdb) = c
-            .batch_norm_backward(&cx, &up(&c, &dy), &cg, &cs.mean, &cs.invstd, d)
-            .unwrap();
-        let m = ((n * hw) as f32).sqrt();
-        close(
-            &format!("batch_norm_backward dbeta {t}"),
-            &down(&g, &gdb),
-            &down(&c, &cdb),
-            1e-5,
-            1e-6 * m,
-        );
-        close(
-            &format!("batch_norm_backward dgamma {t}"),
-            &down(&g, &gdg),
-            &down(&c, &cdg),
-            1e-4,
-            1e-5 * m,
-        );
-        let cdxv = down(&c, &cdx);
-        close(
-            &format!("batch_norm_backward dx {t}"),
-            &down(&g, &gdx),
-            &cdxv,
-            1e-3,
-            rms_tol(&cdxv, 1e-4),
-        );
-    }
-}
-
-/// Batch norm fused with ReLU / LeakyReLU, training and eval, forward and backward, against the
-/// reference. The backward runs from the CPU's saved statistics on both sides, so both
-/// recompute the same pre-activations (same f32 formula, no FMA) and take the same mask.
-#[test]
-fn batch_norm_act_forward_and_backward() {
-    let Some(g) = gpu() else { return };
-    let c = cpu();
-    let mut rng = Rng::new(91);
     for (n, ch, hw) in shapes([
         (2usize, 3usize, 5usize),
         (5, 37, 7),
@@ -664,8 +548,14 @@ fn batch_norm_act_forward_and_backward() {
         (64, 16, 16),
         (4, 3, 4096),
     ]) {
-        for act in [BatchNormAct::Relu, BatchNormAct::LeakyRelu(0.2)] {
+        for act in [
+            BatchNormAct::None,
+            BatchNormAct::Relu,
+            BatchNormAct::LeakyRelu(0.2),
+        ] {
+            let plain = act == BatchNormAct::None;
             let d = ChannelDims { n, c: ch, hw };
+            // An offset mean makes a one-pass variance visibly wrong.
             let x: Vec<f32> = rand(&mut rng, d.len(), 1.0)
                 .iter()
                 .map(|v| v * 2.0 + 3.0)
@@ -676,18 +566,20 @@ fn batch_norm_act_forward_and_backward() {
             let rm0: Vec<f32> = rand(&mut rng, ch, 0.5).iter().map(|v| v + 3.0).collect();
             let rv0 = positive(&mut rng, ch, 0.5, 2.0);
             let dy = rand(&mut rng, d.len(), 1.0);
+            let t = format!("{d:?} {act:?}");
             let (mut grm, mut grv) = (up(&g, &rm0), up(&g, &rv0));
             let (mut crm, mut crv) = (up(&c, &rm0), up(&c, &rv0));
-            let (gx, cx) = (up(&g, &x), up(&c, &x));
-            let (gg, gb, cg, cb) = (up(&g, &gamma), up(&g, &beta), up(&c, &gamma), up(&c, &beta));
-            let (gdy, cdy) = (up(&g, &dy), up(&c, &dy));
-            let t = format!("{d:?} {act:?}");
-            let gs = g
-                .batch_norm_act_train(&gx, &gg, &gb, &mut grm, &mut grv, d, 0.1, 1e-5, act)
-                .unwrap();
-            let cs = c
-                .batch_norm_act_train(&cx, &cg, &cb, &mut crm, &mut crv, d, 0.1, 1e-5, act)
-                .unwrap();
+            let mut train = |b: &Rc<dyn Backend>, rm: &mut Storage, rv: &mut Storage| {
+                let (x, ga, be) = (up(b, &x), up(b, &gamma), up(b, &beta));
+                if plain {
+                    b.batch_norm_train(&x, &ga, &be, rm, rv, d, 0.1, 1e-5)
+                } else {
+                    b.batch_norm_act_train(&x, &ga, &be, rm, rv, d, 0.1, 1e-5, act)
+                }
+                .unwrap()
+            };
+            let gs = train(&g, &mut grm, &mut grv);
+            let cs = train(&c, &mut crm, &mut crv);
             let pairs = [
                 ("y", &gs.y, &cs.y, 1e-4, 1e-4),
                 ("mean", &gs.mean, &cs.mean, 1e-5, 1e-5),
@@ -696,86 +588,76 @@ fn batch_norm_act_forward_and_backward() {
                 ("running_var", &grv, &crv, 1e-4, 1e-6),
             ];
             for (name, gv, cv, rtol, atol) in pairs {
-                let what = format!("batch_norm_act_train {name} {t}");
+                let what = format!("batch_norm train {name} {t}");
                 close(&what, &down(&g, gv), &down(&c, cv), rtol, atol);
             }
+
             // Eval from the same running statistics (the CPU's) on both sides.
-            let (erm, erv) = (up(&g, &down(&c, &crm)), up(&g, &down(&c, &crv)));
-            let ge = g
-                .batch_norm_act_eval(&gx, &gg, &gb, &erm, &erv, d, 1e-5, act)
-                .unwrap();
-            let ce = c
-                .batch_norm_act_eval(&cx, &cg, &cb, &crm, &crv, d, 1e-5, act)
-                .unwrap();
+            let (rm, rv) = (down(&c, &crm), down(&c, &crv));
+            let eval = |b: &Rc<dyn Backend>| {
+                let (x, ga, be) = (up(b, &x), up(b, &gamma), up(b, &beta));
+                let (rm, rv) = (up(b, &rm), up(b, &rv));
+                if plain {
+                    let y = b.batch_norm_eval(&x, &ga, &be, &rm, &rv, d, 1e-5).unwrap();
+                    (down(b, &y), Vec::new(), Vec::new())
+                } else {
+                    let s = b
+                        .batch_norm_act_eval(&x, &ga, &be, &rm, &rv, d, 1e-5, act)
+                        .unwrap();
+                    (down(b, &s.y), down(b, &s.mean), down(b, &s.invstd))
+                }
+            };
+            let ((gy, gmean, ginv), (cy, cmean, cinv)) = (eval(&g), eval(&c));
+            close(&format!("batch_norm eval y {t}"), &gy, &cy, 1e-4, 1e-4);
             close(
-                &format!("batch_norm_act_eval y {t}"),
-                &down(&g, &ge.y),
-                &down(&c, &ce.y),
-                1e-4,
-                1e-4,
-            );
-            close(
-                &format!("batch_norm_act_eval invstd {t}"),
-                &down(&g, &ge.invstd),
-                &down(&c, &ce.invstd),
+                &format!("batch_norm eval invstd {t}"),
+                &ginv,
+                &cinv,
                 1e-6,
                 0.0,
             );
-            assert_eq!(down(&g, &ge.mean), down(&c, &ce.mean), "eval mean {t}");
+            assert_eq!(gmean, cmean, "eval mean {t}");
 
             let m = ((n * hw) as f32).sqrt();
-            for (mode, saved) in [("train", &cs), ("eval", &ce)] {
+            // The plain eval's backward is composed of other ops (ops/batchnorm.rs); the
+            // kernels' eval form is still run here, without an activation.
+            let eval_invstd = if plain {
+                rv.iter().map(|v| 1.0 / (v + 1e-5f32).sqrt()).collect()
+            } else {
+                cinv
+            };
+            let stats = [
+                ("train", down(&c, &cs.mean), down(&c, &cs.invstd)),
+                ("eval", rm.clone(), eval_invstd),
+            ];
+            for (mode, mean, invstd) in stats {
                 let batch_stats = mode == "train";
-                let (cmean, cinv) = (down(&c, &saved.mean), down(&c, &saved.invstd));
-                let (gdx, gdg, gdb) = g
-                    .batch_norm_act_backward(
-                        &gx,
-                        &gdy,
-                        &gg,
-                        &gb,
-                        &up(&g, &cmean),
-                        &up(&g, &cinv),
-                        d,
-                        act,
-                        batch_stats,
-                    )
+                let backward = |b: &Rc<dyn Backend>| {
+                    let (x, dy, ga, be) = (up(b, &x), up(b, &dy), up(b, &gamma), up(b, &beta));
+                    let (mean, invstd) = (up(b, &mean), up(b, &invstd));
+                    let (dx, dg, db) = if plain && batch_stats {
+                        b.batch_norm_backward(&x, &dy, &ga, &mean, &invstd, d)
+                    } else {
+                        b.batch_norm_act_backward(
+                            &x,
+                            &dy,
+                            &ga,
+                            &be,
+                            &mean,
+                            &invstd,
+                            d,
+                            act,
+                            batch_stats,
+                        )
+                    }
                     .unwrap();
-                let (cdx, cdg, cdb) = c
-                    .batch_norm_act_backward(
-                        &cx,
-                        &cdy,
-                        &cg,
-                        &cb,
-                        &saved.mean,
-                        &saved.invstd,
-                        d,
-                        act,
-                        batch_stats,
-                    )
-                    .unwrap();
-                let w = format!("batch_norm_act_backward {mode} {t}");
-                close(
-                    &format!("{w} dbeta"),
-                    &down(&g, &gdb),
-                    &down(&c, &cdb),
-                    1e-5,
-                    1e-6 * m,
-                );
-                close(
-                    &format!("{w} dgamma"),
-                    &down(&g, &gdg),
-                    &down(&c, &cdg),
-                    1e-4,
-                    1e-5 * m,
-                );
-                let cdxv = down(&c, &cdx);
-                close(
-                    &format!("{w} dx"),
-                    &down(&g, &gdx),
-                    &cdxv,
-                    1e-3,
-                    rms_tol(&cdxv, 1e-4),
-                );
+                    [down(b, &dx), down(b, &dg), down(b, &db)]
+                };
+                let ([gdx, gdg, gdb], [cdx, cdg, cdb]) = (backward(&g), backward(&c));
+                let w = format!("batch_norm backward {mode} {t}");
+                close(&format!("{w} dbeta"), &gdb, &cdb, 1e-5, 1e-6 * m);
+                close(&format!("{w} dgamma"), &gdg, &cdg, 1e-4, 1e-5 * m);
+                close(&format!("{w} dx"), &gdx, &cdx, 1e-3, rms_tol(&cdx, 1e-4));
             }
         }
     }

@@ -93,28 +93,19 @@ pub fn batch_norm2d(
             },
         );
     }
-    let saved = be.batch_norm_train(
-        &x.storage(),
-        &gamma.storage(),
-        &beta.storage(),
-        &mut running_mean.storage_mut(),
-        &mut running_var.storage_mut(),
+    let none = BatchNormAct::None;
+    batch_norm_node(
+        what,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
         d,
+        training,
         momentum,
         eps,
-    )?;
-    let (sx, sg) = (x.storage_rc(), gamma.storage_rc());
-    let (mean, invstd) = (saved.mean, saved.invstd);
-    Tensor::from_op(
-        saved.y,
-        x.shape(),
-        "batch_norm2d",
-        &[x, gamma, beta],
-        move |g: &Storage, _: &[bool]| {
-            let (dx, dgamma, dbeta) =
-                be.batch_norm_backward(&sx.borrow(), g, &sg.borrow(), &mean, &invstd, d)?;
-            Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
-        },
+        none,
     )
 }
 
@@ -135,6 +126,37 @@ pub fn batch_norm2d_act(
     let what = "batch_norm2d_act";
     let d = batch_norm_dims(what, x, gamma, beta, running_mean, running_var, training)?;
     let act = BatchNormAct::fused(act)?;
+    batch_norm_node(
+        what,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        d,
+        training,
+        momentum,
+        eps,
+        act,
+    )
+}
+
+/// One autograd node for batch norm followed by `act`: training mode (and, with an activation,
+/// eval mode too); saves x, gamma, beta and the statistics, never the pre-activation.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_node(
+    what: &'static str,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    d: ChannelDims,
+    training: bool,
+    momentum: f32,
+    eps: f32,
+    act: BatchNormAct,
+) -> Result<Tensor> {
     let be = x.backend();
     let (xs, gs, bs) = (x.storage(), gamma.storage(), beta.storage());
     let saved = if training {
@@ -150,7 +172,7 @@ pub fn batch_norm2d_act(
     Tensor::from_op(
         saved.y,
         x.shape(),
-        "batch_norm2d_act",
+        what,
         &[x, gamma, beta],
         move |g: &Storage, _: &[bool]| {
             let (dx, dgamma, dbeta) = be.batch_norm_act_backward(
