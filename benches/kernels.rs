@@ -213,7 +213,11 @@ impl Bench {
         self.report("batch_norm_eval", shape, t, 2.0 * f, None);
         // Fused with the activation: the same passes and bytes as the plain op, and no separate
         // activation pass (2f forward, 3f backward) nor stored pre-activation.
-        let name = format!("batch_norm_act {act:?}");
+        let name = match act {
+            BatchNormAct::None => "bn",
+            BatchNormAct::Relu => "bn+relu",
+            BatchNormAct::LeakyRelu(_) => "bn+leaky_relu",
+        };
         let t = self.time(|| {
             drop(
                 b.batch_norm_act_train(&x, &gamma, &beta, &mut rm, &mut rv, d, 0.1, 1e-5, act)
