@@ -569,7 +569,7 @@ fn batch_norm_forward_and_backward_plain_and_fused() {
             let t = format!("{d:?} {act:?}");
             let (mut grm, mut grv) = (up(&g, &rm0), up(&g, &rv0));
             let (mut crm, mut crv) = (up(&c, &rm0), up(&c, &rv0));
-            let mut train = |b: &Rc<dyn Backend>, rm: &mut Storage, rv: &mut Storage| {
+            let train = |b: &Rc<dyn Backend>, rm: &mut Storage, rv: &mut Storage| {
                 let (x, ga, be) = (up(b, &x), up(b, &gamma), up(b, &beta));
                 if plain {
                     b.batch_norm_train(&x, &ga, &be, rm, rv, d, 0.1, 1e-5)
