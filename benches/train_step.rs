@@ -9,10 +9,11 @@
 //!
 //! Without flags: the train command's defaults (dcgan 32 px, widths 32, batch 64) on the CPU.
 //! `--device cuda` and `--conv-impl cudnn|own` choose the GPU configuration (one per run, so a
-//! GPU session runs the few it has time for). `--precision` and `--cuda-graphs` are refused
-//! until the training command has them (it trains in fp32, eagerly).
+//! GPU session runs the few it has time for); `--cuda-graphs on|off` as in training (default on
+//! for CUDA: the step replayed as one CUDA graph; the device label then ends in `-graphs`).
+//! `--precision` is refused until the training command has it (it trains in fp32).
 //! `--steps N` fixes the number of timed steps (default: up to 30 within 20 s, at least 5).
-//! Prints one line naming the device (with the convolution implementation on CUDA) and the
+//! Prints one line naming the device (with the convolution implementation on CUDA, and graphs) and the
 //! config, ending in `N images/s` (the median step).
 //!
 //! A step is timed as training runs it: queued without reading anything back
@@ -20,7 +21,7 @@
 //! `--lr-window`), then a device synchronisation so the step's time is all its work.
 
 use artgan::backend::Device;
-use artgan::cli::{train_config, TrainArgs};
+use artgan::cli::{resolve_cuda_graphs, train_config, TrainArgs};
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
 use artgan::train::Trainer;
@@ -38,9 +39,6 @@ struct BenchArgs {
     /// Not implemented yet (the training command has no such flag): refused.
     #[arg(long, hide = true)]
     precision: Option<String>,
-    /// Not implemented yet (the training command has no such flag): refused.
-    #[arg(long, hide = true)]
-    cuda_graphs: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -56,22 +54,19 @@ fn main() -> anyhow::Result<()> {
         argv.extend(["--device".to_string(), "cpu".to_string()]);
     }
     let args = BenchArgs::parse_from(argv);
-    for (flag, given) in [
-        ("--precision", &args.precision),
-        ("--cuda-graphs", &args.cuda_graphs),
-    ] {
-        if let Some(v) = given {
-            anyhow::bail!(
-                "{flag} {v}: not implemented yet: `artgan train` has no {flag} flag (it trains in \
-                 fp32, launching kernels eagerly), so this bench cannot measure it"
-            );
-        }
+    if let Some(v) = &args.precision {
+        anyhow::bail!(
+            "--precision {v}: not implemented yet: `artgan train` has no --precision flag (it \
+             trains in fp32), so this bench cannot measure it"
+        );
     }
-    let cfg = train_config(&args.train)?;
+    let mut cfg = train_config(&args.train)?;
     let device = args.train.device.resolve()?;
+    cfg.cuda_graphs = resolve_cuda_graphs(&args.train, device)?;
+    let graphs = if cfg.cuda_graphs { "-graphs" } else { "" };
     let (batch, size) = (cfg.batch_size, cfg.model.image_size);
     let name = format!("{}-{size}px-w{}-b{batch}", cfg.model.preset, cfg.model.ngf);
-    let device_label = device_label(device);
+    let device_label = format!("{}{graphs}", device_label(device));
     let mut trainer = Trainer::new(cfg, device)?;
     let mut rng = Rng::new(1);
     let real = Tensor::from_vec(

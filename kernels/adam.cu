@@ -1,6 +1,7 @@
 // Fused multi-tensor Adam: one launch updates up to ADAM_MAX_ITEMS parameter tensors. The
-// table of pointers, lengths and step sizes travels by value as the kernel parameter (under
-// the 4 KiB limit), so there is no host-to-device copy and no synchronisation per step.
+// table of pointers and lengths travels by value as the kernel parameter (under the 4 KiB
+// limit); the scalars that change every step (bias corrections, lr per item) are read from
+// device memory, so that a CUDA graph of the step replays with each step's values.
 // Block b works on item k where block_start[k] <= b < block_start[k + 1].
 #include "common.cuh"
 
@@ -14,15 +15,16 @@ struct AdamTable {
     u64 v[ADAM_MAX_ITEMS];
     u32 len[ADAM_MAX_ITEMS];
     u32 block_start[ADAM_MAX_ITEMS + 1];
-    float step[ADAM_MAX_ITEMS];  // lr / (1 - beta1^t), per item
+    u32 scalar[ADAM_MAX_ITEMS];  // index in `scalars` of lr / (1 - beta1^t), per item
     u32 n_items;
 };
 
 // PyTorch's (non-amsgrad) formula:
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+// scalars[0] = sqrt(bc2); scalars[t.scalar[k]] = lr / bc1 of item k.
 extern "C" __global__ void adam_multi_f32(const AdamTable t, u32 chunk, float beta1,
-                                          float beta2, float eps, float bc2_sqrt) {
+                                          float beta2, float eps, const float* scalars) {
     const u32 b = blockIdx.x;
     u32 k = 0;
     while (k + 1 < t.n_items && t.block_start[k + 1] <= b) ++k;
@@ -31,7 +33,8 @@ extern "C" __global__ void adam_multi_f32(const AdamTable t, u32 chunk, float be
     float* m = (float*)t.m[k];
     float* v = (float*)t.v[k];
     const u64 len = t.len[k];
-    const float step = t.step[k];
+    const float step = scalars[t.scalar[k]];
+    const float bc2_sqrt = scalars[0];
     const u64 start = (u64)(b - t.block_start[k]) * chunk;
     u64 end = start + chunk;
     if (end > len) end = len;

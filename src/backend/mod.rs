@@ -169,6 +169,58 @@ pub enum Activation {
     Sigmoid,
 }
 
+/// What a batch norm applies after its affine in the same pass: nothing (plain batch norm), or
+/// the ReLU / LeakyReLU that follows it in the models (fused: the pre-activation is never stored).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BatchNormAct {
+    None,
+    Relu,
+    LeakyRelu(f32),
+}
+
+impl BatchNormAct {
+    /// The fused form of `act`; only ReLU and LeakyReLU fuse.
+    pub fn fused(act: Activation) -> Result<Self> {
+        match act {
+            Activation::Relu => Ok(BatchNormAct::Relu),
+            Activation::LeakyRelu(slope) => Ok(BatchNormAct::LeakyRelu(slope)),
+            other => bail!("batch norm fuses only ReLU and LeakyReLU, not {other:?}"),
+        }
+    }
+
+    /// The activation of pre-activation `z`, as the unfused activation computes it.
+    pub fn apply(self, z: f32) -> f32 {
+        match self {
+            BatchNormAct::None => z,
+            BatchNormAct::Relu => z.max(0.0),
+            BatchNormAct::LeakyRelu(slope) => {
+                if z > 0.0 {
+                    z
+                } else {
+                    z * slope
+                }
+            }
+        }
+    }
+
+    /// `g` through the activation's derivative at `z`, as the unfused activation's backward.
+    pub fn grad(self, z: f32, g: f32) -> f32 {
+        match self {
+            BatchNormAct::None => g,
+            _ if z > 0.0 => g,
+            BatchNormAct::Relu => 0.0,
+            BatchNormAct::LeakyRelu(slope) => g * slope,
+        }
+    }
+}
+
+/// Batch norm's pre-activation `(x - mean) * scale + shift` (scale = invstd * gamma), rounded
+/// step by step; every backend computes it this way so that a fused backward recomputes the
+/// forward's exact value for the activation's mask.
+pub fn batch_norm_affine(x: f32, mean: f32, scale: f32, shift: f32) -> f32 {
+    (x - mean) * scale + shift
+}
+
 /// `[n, c, hw]` view of an NCHW tensor for per-channel ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelDims {
@@ -223,6 +275,14 @@ pub struct AdamStep {
     pub bias_correction2: f32,
 }
 
+/// The per-step scalars of an Adam update as [`Backend::adam_update_with`] reads them:
+/// `sqrt(1 - beta2^t)`, then `lr / (1 - beta1^t)` of each item, in item order.
+pub fn adam_scalars(step: AdamStep, lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
+    let mut out = vec![step.bias_correction2.sqrt()];
+    out.extend(lrs.into_iter().map(|lr| lr / step.bias_correction1));
+    out
+}
+
 /// One parameter tensor in an Adam update.
 pub struct AdamItem<'a> {
     pub param: &'a mut Storage,
@@ -243,6 +303,19 @@ pub trait Backend {
     fn zeros(&self, len: usize) -> Result<Storage>;
     fn full(&self, len: usize, value: f32) -> Result<Storage>;
     fn copy(&self, s: &Storage) -> Result<Storage>;
+    /// Overwrites `dst` with `host` (same length), keeping its device buffer: what a CUDA graph
+    /// reads must stay at its address.
+    fn write(&self, dst: &mut Storage, host: &[f32]) -> Result<()> {
+        if dst.len() != host.len() {
+            bail!("write: {} values into {}", host.len(), dst.len());
+        }
+        *dst = self.upload(host)?;
+        Ok(())
+    }
+    /// The CUDA backend behind this one (graph capture), if it is one.
+    fn as_cuda(&self) -> Option<&cuda::CudaBackend> {
+        None
+    }
 
     // ---- data (see `augment`)
     /// Image bytes (HWC RGB images one after another) kept on the device, packed four to an
@@ -335,6 +408,53 @@ pub trait Backend {
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)>;
 
+    /// Training-mode batch norm followed by `act` in one pass: `y` of the result is the
+    /// activated output, the running statistics move as in [`Backend::batch_norm_train`].
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved>;
+    /// Eval-mode batch norm followed by `act`: `mean` and `invstd` of the result are
+    /// `running_mean` and `1 / sqrt(running_var + eps)`, what the backward needs.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved>;
+    /// (dx, dgamma, dbeta) of the fused forward from its input `x` (the activation's mask comes
+    /// from the pre-activation recomputed with [`batch_norm_affine`]). `batch_stats`: the
+    /// forward normalised with the batch's own statistics (training), so dx has the terms
+    /// through the mean and variance; otherwise (eval) they are constants.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
+    ) -> Result<(Storage, Storage, Storage)>;
+
     // ---- random (counter-based: element i depends only on seed and i; see crate::rng)
     /// Inverted-dropout mask: `1/(1-p)` where kept, else 0.
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage>;
@@ -377,6 +497,21 @@ pub trait Backend {
     // ---- optimiser
     /// Bias-corrected Adam (PyTorch's formula) over every item, in one pass where possible.
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()>;
+
+    /// [`Backend::adam_update`] with the step's scalars already in `scalars` (written by
+    /// [`Backend::write`] before the step; layout: [`adam_scalars`]) instead of taken from
+    /// `step` and the items' `lr`, which must hold the same values: the form a CUDA graph
+    /// replays (the scalars change every step, a graph's arguments cannot). The host
+    /// backends ignore `scalars`.
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        let _ = scalars;
+        self.adam_update(items, step)
+    }
 
     // ---- conditional models (issue 13): class embeddings, class-conditional batch-norm
     // affine, the projection discriminator's inner product. Class labels travel as f32
@@ -456,6 +591,32 @@ pub trait Backend {
         let mut next = self.scale(acc, a)?;
         self.add_assign(&mut next, &self.scale(x, b)?)?;
         *acc = next;
+        Ok(())
+    }
+
+    /// [`Backend::scale_add_assign`] with `a` and `b` read from one-element buffers (written
+    /// before the step: what a CUDA graph replays with new values), `acc` updated in place
+    /// (its buffer kept, as a graph needs). Same arithmetic as `scale_add_assign`.
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        let (a, b) = match (a, b) {
+            (Storage::Cpu(a), Storage::Cpu(b)) if a.len() == 1 && b.len() == 1 => (a[0], b[0]),
+            _ => bail!("scale_add_assign_by: the scalars must be one host element each"),
+        };
+        self.scale_add_assign(acc, a, x, b)
+    }
+
+    /// Overwrites `dst` with `src` (same length); the CUDA backend keeps `dst`'s buffer.
+    fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
+        if dst.len() != src.len() {
+            bail!("copy_into: {} elements into {}", src.len(), dst.len());
+        }
+        *dst = self.copy(src)?;
         Ok(())
     }
 

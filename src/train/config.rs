@@ -55,6 +55,10 @@ pub struct TrainConfig {
     pub data_args: crate::data::DataArgs,
     pub augment: crate::data::Augment,
     pub device: String,
+    /// Each training step captured as one CUDA graph and replayed (`--cuda-graphs`; CUDA
+    /// only). Results are the same either way.
+    #[serde(default)]
+    pub cuda_graphs: bool,
     /// Divergence guard: a loss above this ...
     #[serde(default = "default_diverge_loss")]
     pub diverge_loss: f32,
@@ -129,6 +133,7 @@ impl TrainConfig {
             data_args: Default::default(),
             augment: crate::data::Augment::NONE,
             device: "cpu".to_string(),
+            cuda_graphs: false,
             diverge_loss: DEFAULT_DIVERGE_LOSS,
             diverge_steps: DEFAULT_DIVERGE_STEPS,
             condition: crate::data::ConditionArgs {

@@ -1,5 +1,6 @@
 //! Launch of `kernels/adam.cu`: one multi-tensor Adam kernel per group of up to 64 tensors.
-//! No autograd: the caller is the optimiser, `src/optim.rs`.
+//! No autograd: the caller is the optimiser, `src/optim.rs`. The per-step scalars are read
+//! from device memory (`Backend::adam_update_with`; the eager form uploads them first).
 
 use super::{cb, cb_mut, CudaBackend, BLOCK};
 use crate::backend::*;
@@ -20,19 +21,38 @@ struct AdamTable {
     v: [u64; ADAM_MAX_ITEMS],
     len: [u32; ADAM_MAX_ITEMS],
     block_start: [u32; ADAM_MAX_ITEMS + 1],
-    step: [f32; ADAM_MAX_ITEMS],
+    scalar: [u32; ADAM_MAX_ITEMS],
     n_items: u32,
 }
 
 // SAFETY: plain-old-data with the C layout of the kernel's struct (checked by a size test).
 unsafe impl DeviceRepr for AdamTable {}
 
+/// The eager form: the scalars uploaded now, then [`adam_update_with`].
 pub(super) fn adam_update(
     be: &CudaBackend,
     items: &mut [AdamItem<'_>],
     step: AdamStep,
 ) -> Result<()> {
-    let bc2_sqrt = step.bias_correction2.sqrt();
+    let host = adam_scalars(step, items.iter().map(|it| it.lr));
+    let scalars = be.upload(&host)?;
+    adam_update_with(be, items, step, &scalars)
+}
+
+pub(super) fn adam_update_with(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    step: AdamStep,
+    scalars: &Storage,
+) -> Result<()> {
+    if scalars.len() != items.len() + 1 {
+        bail!(
+            "adam: {} scalars for {} items (expected 1 + one per item)",
+            scalars.len(),
+            items.len()
+        );
+    }
+    let scalars = cb(scalars)?.slice();
     let live: Vec<usize> = (0..items.len())
         .filter(|&i| !items[i].param.is_empty())
         .collect();
@@ -44,7 +64,7 @@ pub(super) fn adam_update(
             v: [0; ADAM_MAX_ITEMS],
             len: [0; ADAM_MAX_ITEMS],
             block_start: [0; ADAM_MAX_ITEMS + 1],
-            step: [0.0; ADAM_MAX_ITEMS],
+            scalar: [0; ADAM_MAX_ITEMS],
             n_items: group.len() as u32,
         };
         let mut blocks: u32 = 0;
@@ -61,7 +81,7 @@ pub(super) fn adam_update(
             t.m[k] = cb_mut(it.m)?.slice_mut().device_ptr_mut(&be.stream).0;
             t.v[k] = cb_mut(it.v)?.slice_mut().device_ptr_mut(&be.stream).0;
             t.len[k] = len32;
-            t.step[k] = it.lr / step.bias_correction1;
+            t.scalar[k] = 1 + i as u32;
             t.block_start[k] = blocks;
             blocks += len32.div_ceil(ADAM_CHUNK);
         }
@@ -81,7 +101,7 @@ pub(super) fn adam_update(
             &step.beta1,
             &step.beta2,
             &step.eps,
-            &bc2_sqrt
+            scalars
         )?;
     }
     Ok(())
@@ -93,7 +113,7 @@ mod tests {
 
     #[test]
     fn adam_table_matches_the_kernel_struct_size() {
-        // 4 pointer arrays, len, block_start (65), step, n_items: see kernels/adam.cu.
+        // 4 pointer arrays, len, block_start (65), scalar, n_items: see kernels/adam.cu.
         let expect = 4 * 8 * ADAM_MAX_ITEMS
             + 4 * ADAM_MAX_ITEMS
             + 4 * (ADAM_MAX_ITEMS + 1)

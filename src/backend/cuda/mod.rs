@@ -34,6 +34,7 @@ mod cudnn;
 mod elementwise;
 pub mod embedded;
 mod err;
+pub mod graph;
 pub mod libs;
 pub mod loader;
 mod loss;
@@ -305,6 +306,41 @@ impl Backend for CudaBackend {
         Ok(Storage::Cuda(b))
     }
 
+    fn write(&self, dst: &mut Storage, host: &[f32]) -> Result<()> {
+        let b = cb_mut(dst)?;
+        if b.len != host.len() {
+            bail!("write: {} values into {}", host.len(), b.len);
+        }
+        if !host.is_empty() {
+            self.stream
+                .memcpy_htod(host, &mut b.slice_mut().slice_mut(0..host.len()))
+                .map_err(|e| drv(e, "copying to the GPU"))?;
+        }
+        Ok(())
+    }
+
+    fn as_cuda(&self) -> Option<&CudaBackend> {
+        Some(self)
+    }
+
+    fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
+        graph::copy_into(self, dst, src)
+    }
+
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        // The default `scale_add_assign`'s arithmetic ((acc·a) + (x·b), each rounded), with
+        // the factors read on the device, written back into acc's own buffer.
+        let mut next = self.scale_by_scalar(acc, a, 1.0)?;
+        self.add_assign(&mut next, &self.scale_by_scalar(x, b, 1.0)?)?;
+        self.copy_into(acc, &next)
+    }
+
     fn copy(&self, s: &Storage) -> Result<Storage> {
         let src = cb(s)?;
         let mut b = self.alloc(src.len)?;
@@ -410,8 +446,8 @@ impl Backend for CudaBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        batchnorm::batch_norm_train(
-            self,
+        let act = BatchNormAct::None;
+        self.batch_norm_act_train(
             x,
             gamma,
             beta,
@@ -420,6 +456,7 @@ impl Backend for CudaBackend {
             d,
             momentum,
             eps,
+            act,
         )
     }
 
@@ -445,7 +482,75 @@ impl Backend for CudaBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        batchnorm::batch_norm_backward(self, x, dy, gamma, mean, invstd, d)
+        // Without an activation the kernels do not read beta; gamma stands in for it.
+        let act = BatchNormAct::None;
+        self.batch_norm_act_backward(x, dy, gamma, gamma, mean, invstd, d, act, true)
+    }
+
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batchnorm::batch_norm_act_train(
+            self,
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            momentum,
+            eps,
+            act,
+        )
+    }
+
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batchnorm::batch_norm_act_eval(self, x, gamma, beta, running_mean, running_var, d, eps, act)
+    }
+
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
+    ) -> Result<(Storage, Storage, Storage)> {
+        batchnorm::batch_norm_act_backward(
+            self,
+            x,
+            dy,
+            gamma,
+            beta,
+            mean,
+            invstd,
+            d,
+            act,
+            batch_stats,
+        )
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
@@ -488,6 +593,15 @@ impl Backend for CudaBackend {
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(self, items, step)
+    }
+
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        adam::adam_update_with(self, items, step, scalars)
     }
 
     // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`
