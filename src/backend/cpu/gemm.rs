@@ -76,13 +76,19 @@ pub fn gemm(
     c: &mut [f32],
 ) {
     if !a_t && b_t && m * n * k > 0 {
-        assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+        check_args(m, k, n, a, b, beta, c);
         return match x86::Avx512::new() {
             Some(avx512) => avx512.gemm_nt(m, k, n, a, b, beta == 1.0, c),
             None => crate_gemm(m, k, n, a, a_t, b, b_t, beta, c),
         };
     }
     gemm_with(Kernel::detect(), m, k, n, a, a_t, b, b_t, beta, c)
+}
+
+/// What every entry point requires: operands long enough, beta 0 or 1.
+fn check_args(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &[f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
 }
 
 /// [`gemm`] by the `gemm` crate, on the current rayon pool: the a·bᵀ fallback without
@@ -99,8 +105,7 @@ pub fn crate_gemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+    check_args(m, k, n, a, b, beta, c);
     // (row stride, column stride) of a [m, k] and b [k, n] as stored.
     let (rsa, csa) = if a_t { (1, m) } else { (k, 1) };
     let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
@@ -151,8 +156,7 @@ pub fn gemm_with(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+    check_args(m, k, n, a, b, beta, c);
     let c = &mut c[..m * n];
     if m == 0 || n == 0 {
         return;
