@@ -3,7 +3,8 @@
 //! The update itself is one backend call over every parameter of every group
 //! (`Backend::adam_update`), so the CUDA backend can do a whole step in one launch.
 
-use crate::backend::{AdamItem, AdamStep, Storage};
+use crate::amp::LossScaler;
+use crate::backend::{AdamHyper, AdamItem, AdamStep, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use std::cell::{Ref, RefMut};
@@ -29,8 +30,12 @@ pub struct Adam {
     pub beta2: f32,
     pub eps: f32,
     /// Completed steps (PyTorch keeps one per parameter; they are equal here because every
-    /// parameter gets a gradient every step).
+    /// parameter gets a gradient every step). With a loss scaler: steps attempted; the
+    /// applied ones, which set the bias corrections, are counted on the device.
     pub step: u64,
+    /// Mixed precision's dynamic loss scaler (see `crate::amp`): the gradients hold the loss
+    /// scale × the true ones, and [`Adam::step`] unscales, checks and maybe skips on the device.
+    pub scaler: Option<LossScaler>,
 }
 
 impl Adam {
@@ -41,6 +46,16 @@ impl Adam {
             beta2,
             eps,
             step: 0,
+            scaler: None,
+        }
+    }
+
+    /// Back-propagates `loss` for this optimiser: seeded with the loss scale when it has a
+    /// scaler, else plainly.
+    pub fn backward(&self, loss: &Tensor) -> Result<()> {
+        match &self.scaler {
+            Some(s) => s.backward(loss),
+            None => loss.backward(),
         }
     }
 
@@ -84,7 +99,8 @@ impl Adam {
     }
 
     /// One update of every parameter that has a gradient (like PyTorch, parameters without a
-    /// gradient are left alone).
+    /// gradient are left alone). With a loss scaler, `Backend::adam_update_scaled`: skipped on
+    /// the device when a gradient is inf/NaN.
     pub fn step(&mut self) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
@@ -132,7 +148,22 @@ impl Adam {
                 lr: *lr,
             })
             .collect();
-        backend.adam_update(&mut items, step)
+        match &self.scaler {
+            None => backend.adam_update(&mut items, step),
+            Some(scaler) => {
+                let hyper = AdamHyper {
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    eps: self.eps,
+                };
+                backend.adam_update_scaled(
+                    &mut items,
+                    hyper,
+                    &mut scaler.scale.storage_mut(),
+                    &mut scaler.counters.storage_mut(),
+                )
+            }
+        }
     }
 
     /// Named state tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) for checkpoints.
@@ -143,6 +174,9 @@ impl Adam {
                 out.push((format!("{}.exp_avg", p.name), p.exp_avg.clone()));
                 out.push((format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.clone()));
             }
+        }
+        if let Some(s) = &self.scaler {
+            out.extend(s.state_tensors());
         }
         out
     }

@@ -55,6 +55,10 @@ pub struct TrainConfig {
     pub data_args: crate::data::DataArgs,
     pub augment: crate::data::Augment,
     pub device: String,
+    /// fp32 or amp: the resolved `--precision` (runs from before it existed are fp32). Kept on
+    /// resume, also on another device.
+    #[serde(default)]
+    pub precision: crate::amp::Precision,
     /// Divergence guard: a loss above this ...
     #[serde(default = "default_diverge_loss")]
     pub diverge_loss: f32,
@@ -129,6 +133,7 @@ impl TrainConfig {
             data_args: Default::default(),
             augment: crate::data::Augment::NONE,
             device: "cpu".to_string(),
+            precision: Default::default(),
             diverge_loss: DEFAULT_DIVERGE_LOSS,
             diverge_steps: DEFAULT_DIVERGE_STEPS,
             condition: crate::data::ConditionArgs {

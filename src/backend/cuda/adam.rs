@@ -27,15 +27,17 @@ struct AdamTable {
 // SAFETY: plain-old-data with the C layout of the kernel's struct (checked by a size test).
 unsafe impl DeviceRepr for AdamTable {}
 
-pub(super) fn adam_update(
+/// The launch tables of `items` (up to 64 per table) with their block counts; `step_of(lr)` is
+/// what each item's `step` slot holds.
+fn tables(
     be: &CudaBackend,
     items: &mut [AdamItem<'_>],
-    step: AdamStep,
-) -> Result<()> {
-    let bc2_sqrt = step.bias_correction2.sqrt();
+    step_of: impl Fn(f32) -> f32,
+) -> Result<Vec<(AdamTable, u32)>> {
     let live: Vec<usize> = (0..items.len())
         .filter(|&i| !items[i].param.is_empty())
         .collect();
+    let mut out = Vec::new();
     for group in live.chunks(ADAM_MAX_ITEMS) {
         let mut t = AdamTable {
             param: [0; ADAM_MAX_ITEMS],
@@ -61,21 +63,36 @@ pub(super) fn adam_update(
             t.m[k] = cb_mut(it.m)?.slice_mut().device_ptr_mut(&be.stream).0;
             t.v[k] = cb_mut(it.v)?.slice_mut().device_ptr_mut(&be.stream).0;
             t.len[k] = len32;
-            t.step[k] = it.lr / step.bias_correction1;
+            t.step[k] = step_of(it.lr);
             t.block_start[k] = blocks;
             blocks += len32.div_ceil(ADAM_CHUNK);
         }
         t.block_start[group.len()] = blocks;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let chunk = ADAM_CHUNK;
+        out.push((t, blocks));
+    }
+    Ok(out)
+}
+
+fn blocks_of(blocks: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub(super) fn adam_update(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    step: AdamStep,
+) -> Result<()> {
+    let bc2_sqrt = step.bias_correction2.sqrt();
+    let chunk = ADAM_CHUNK;
+    for (t, blocks) in tables(be, items, |lr| lr / step.bias_correction1)? {
         launch!(
             be,
             "adam_multi_f32",
-            cfg,
+            blocks_of(blocks),
             &t,
             &chunk,
             &step.beta1,
@@ -85,6 +102,61 @@ pub(super) fn adam_update(
         )?;
     }
     Ok(())
+}
+
+/// `Backend::adam_update_scaled`: the non-finite check over every table, Adam on every table
+/// (each block returns at once when the check found something), then the scale update.
+pub(super) fn adam_update_scaled(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    hyper: AdamHyper,
+    scale: &mut Storage,
+    counters: &mut Storage,
+) -> Result<()> {
+    if scale.len() != 1 || counters.len() != loss_scale::COUNTERS {
+        bail!(
+            "adam: loss-scale state of {} + {} values",
+            scale.len(),
+            counters.len()
+        );
+    }
+    let chunk = ADAM_CHUNK;
+    let tables = tables(be, items, |lr| lr)?;
+    let (scale, counters) = (cb_mut(scale)?, cb_mut(counters)?);
+    for (t, blocks) in &tables {
+        launch!(
+            be,
+            "amp_find_inf_multi",
+            blocks_of(*blocks),
+            t,
+            &chunk,
+            scale.slice(),
+            counters.slice_mut()
+        )?;
+    }
+    for (t, blocks) in &tables {
+        launch!(
+            be,
+            "adam_multi_scaled_f32",
+            blocks_of(*blocks),
+            t,
+            &chunk,
+            &hyper.beta1,
+            &hyper.beta2,
+            &hyper.eps,
+            scale.slice(),
+            counters.slice()
+        )?;
+    }
+    let interval = loss_scale::GROWTH_INTERVAL;
+    launch!(
+        be,
+        "amp_update_scale",
+        blocks_of(1),
+        scale.slice_mut(),
+        counters.slice_mut(),
+        &interval
+    )
 }
 
 #[cfg(test)]
