@@ -25,7 +25,14 @@ fn close(a: f32, b: f32, rel: f32) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
 }
 
-fn compare_weights(what: &str, cpu: &dyn Module, gpu: &dyn Module, bound: f32) {
+/// Every weight within `bound`; all but `loose_per_mille` ‰ within float rounding.
+fn compare_weights(
+    what: &str,
+    cpu: &dyn Module,
+    gpu: &dyn Module,
+    bound: f32,
+    loose_per_mille: usize,
+) {
     let (pc, pg) = (cpu.parameters(), gpu.parameters());
     assert_eq!(pc.len(), pg.len());
     let (mut total, mut loose) = (0usize, 0usize);
@@ -45,12 +52,13 @@ fn compare_weights(what: &str, cpu: &dyn Module, gpu: &dyn Module, bound: f32) {
         }
     }
     assert!(
-        loose * 1000 <= total,
+        loose * 1000 <= total * loose_per_mille,
         "{what}: {loose} of {total} weights differ by more than float rounding"
     );
 }
 
 fn step_both(preset: Preset, d_steps: usize, steps: usize) {
+    let _turn = conv_switch();
     step_both_in(preset, d_steps, steps, Precision::Fp32);
 }
 
@@ -61,6 +69,13 @@ fn conv_layers(t: &Trainer) -> usize {
         .chain(&d)
         .filter(|(_, p)| p.shape().len() == 4)
         .count()
+}
+
+/// The convolution switch is process-wide and one test here flips it: the tests take turns.
+static CONV_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn conv_switch() -> std::sync::MutexGuard<'static, ()> {
+    CONV_SWITCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precision) {
@@ -79,7 +94,7 @@ fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precisi
     cfg.precision = precision;
     let mut on_cpu = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
     let mut on_gpu = Trainer::new(cfg.clone(), gpu_device).unwrap();
-    compare_weights("initial G", &on_cpu.g, &on_gpu.g, 0.0);
+    compare_weights("initial G", &on_cpu.g, &on_gpu.g, 0.0, 0);
     // Under amp both round the same operands to f16, but an f32 summation-order difference
     // upstream can tip a value across an f16 rounding boundary: that operand then differs by
     // f16's unit roundoff u = 2^-11 on one backend, so each conv layer on the way may add u
@@ -127,8 +142,15 @@ fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precisi
         );
     }
     let bound = 2.0 * cfg.lr_d.max(cfg.lr_g) * steps as f32 + 1e-6;
-    compare_weights("G", &on_cpu.g, &on_gpu.g, bound);
-    compare_weights("D", &on_cpu.d, &on_gpu.d, bound);
+    // The loose ones are weights whose gradient is within rounding noise of 0, whose first
+    // Adam updates (about lr·sign(g)) can go either way. Under amp that noise is f16's, not
+    // f32's, so more weights are such: up to 1% (measured: 0.26% of G on dcgan).
+    let loose_per_mille = match precision {
+        Precision::Fp32 => 1,
+        Precision::Amp => 10,
+    };
+    compare_weights("G", &on_cpu.g, &on_gpu.g, bound, loose_per_mille);
+    compare_weights("D", &on_cpu.d, &on_gpu.d, bound, loose_per_mille);
 }
 
 #[test]
@@ -140,6 +162,7 @@ fn dcgan_training_step_gpu_matches_cpu() {
 /// the CPU reference doing the same rounding.
 #[test]
 fn amp_training_steps_gpu_own_kernels_match_the_cpu_amp_reference() {
+    let _turn = conv_switch();
     let _own = OwnConvs::select();
     step_both_in(Preset::Dcgan, 1, 3, Precision::Amp);
     step_both_in(Preset::Classical, 2, 4, Precision::Amp);
@@ -190,6 +213,7 @@ fn an_amp_training_run_waits_for_the_device_only_at_metric_reads() {
 }
 
 fn waits_only_at_metric_reads(precision: Precision) {
+    let _turn = conv_switch();
     let Some(dev) = gpu() else { return };
     use artgan::data::{self, Loader};
     use std::cell::RefCell;
