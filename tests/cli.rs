@@ -2,7 +2,7 @@
 //! touching existing files; a tiny train + sample run works end to end.
 
 mod common;
-use common::{artgan, assert_one_line_error, stderr};
+use common::{artgan, assert_one_line_error, stderr, tiny_train};
 use std::process::Output;
 
 /// Fails with exactly one `error:` line containing `needle`.
@@ -13,24 +13,10 @@ fn assert_error(o: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "panic: {err}");
 }
 
-const TINY: &[&str] = &[
-    "train",
-    "--image-size",
-    "32",
-    "--ngf",
-    "4",
-    "--ndf",
-    "4",
-    "--nz",
-    "8",
-    "--batch-size",
-    "8",
-    "--limit",
-    "16",
-    "--epochs",
-    "1",
-    "--quiet",
-];
+/// One epoch of 16 images, quiet.
+fn tiny() -> Vec<&'static str> {
+    tiny_train(&["--limit", "16", "--epochs", "1", "--quiet"])
+}
 
 #[test]
 fn help_works_on_every_command() {
@@ -77,7 +63,7 @@ fn an_existing_run_is_never_overwritten_without_force() {
     let d = dir.path();
     std::fs::create_dir(d.join("run")).unwrap();
     std::fs::write(d.join("run/generator.safetensors"), b"precious").unwrap();
-    let o = artgan(&[TINY, &["--out", "run"]].concat(), d);
+    let o = artgan(&[&tiny()[..], &["--out", "run"]].concat(), d);
     assert_one_line_error(&o, "output folder run is not empty");
     assert_eq!(
         std::fs::read(d.join("run/generator.safetensors")).unwrap(),
@@ -113,7 +99,7 @@ fn tiny_train_then_sample_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Not quiet: the startup lines must say which data it uses and how to change that.
-    let args: Vec<&str> = TINY.iter().copied().filter(|a| *a != "--quiet").collect();
+    let args: Vec<&str> = tiny().into_iter().filter(|a| *a != "--quiet").collect();
     let o = artgan(&[&args[..], &["--out", "run", "--seed", "3"]].concat(), d);
     assert!(o.status.success(), "train failed: {}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 mod common;
-use common::{artgan, assert_one_line_error, stderr, stdout};
+use common::{artgan, assert_one_line_error, stderr, stdout, tiny_train};
 
 fn row(out: &str, label: &str) -> Vec<f64> {
     let line = out
@@ -31,26 +31,7 @@ fn files(dir: &Path) -> Vec<String> {
 fn evaluate_prints_the_swd_table_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let train = [
-        "train",
-        "--image-size",
-        "32",
-        "--ngf",
-        "4",
-        "--ndf",
-        "4",
-        "--nz",
-        "8",
-        "--batch-size",
-        "8",
-        "--limit",
-        "16",
-        "--epochs",
-        "1",
-        "--quiet",
-        "--out",
-        "run",
-    ];
+    let train = tiny_train(&["--limit", "16", "--epochs", "1", "--quiet", "--out", "run"]);
     let o = artgan(&train, d);
     assert!(o.status.success(), "train failed: {}", stderr(&o));
     let trained = files(&d.join("run"));
@@ -168,21 +149,10 @@ fn train_eval_every_records_swd_in_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let o = artgan(
-        &[
-            "train",
+        &tiny_train(&[
             "--quiet",
             "--device",
             "cpu",
-            "--image-size",
-            "32",
-            "--nz",
-            "8",
-            "--ngf",
-            "4",
-            "--ndf",
-            "4",
-            "--batch-size",
-            "8",
             "--limit",
             "32",
             "--epochs",
@@ -193,7 +163,7 @@ fn train_eval_every_records_swd_in_metrics() {
             "16",
             "--out",
             "run",
-        ],
+        ]),
         d,
     );
     assert!(o.status.success(), "{}", stderr(&o));

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::artgan;
+use common::{artgan, tiny_train};
 use std::sync::Arc;
 
 fn model(preset: Preset) -> ModelConfig {
@@ -412,22 +412,13 @@ fn cli_conditional_train_sample_interpolate_evaluate() {
     let p = dir.path();
     prefix_folder(&p.join("art"), &[9, 9, 3]);
     let out = ok(&artgan(
-        &[
-            "train",
+        &tiny_train(&[
             "--data",
             "art",
             "--condition",
             "artist",
             "--labels",
             "prefix",
-            "--image-size",
-            "32",
-            "--ngf",
-            "4",
-            "--ndf",
-            "4",
-            "--nz",
-            "8",
             "--batch-size",
             "6",
             "--epochs",
@@ -437,7 +428,7 @@ fn cli_conditional_train_sample_interpolate_evaluate() {
             "--out",
             "run",
             "--quiet",
-        ],
+        ]),
         p,
     ));
     let _ = out;

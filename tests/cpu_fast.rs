@@ -352,29 +352,37 @@ fn batch_norm_matches_reference() {
 
 /// Two training steps of the default dcgan at a small size, run on a rayon pool of `threads`
 /// threads: the losses and every parameter after them.
+/// A CPU trainer for a small dcgan (32 px, nz 16, widths 8) and one batch of `batch` random
+/// images drawn with `seed`.
+fn small_dcgan_trainer(batch: usize, seed: u64) -> (Trainer, Tensor) {
+    let model = ModelConfig {
+        preset: Preset::Dcgan,
+        image_size: 32,
+        nz: 16,
+        ngf: 8,
+        ndf: 8,
+    };
+    let mut cfg = TrainConfig::for_model(model);
+    cfg.batch_size = batch;
+    let trainer = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut rng = Rng::new(seed);
+    let shape = [batch, 3, 32, 32];
+    let real = Tensor::from_vec(
+        rng.uniform_vec(batch * 3 * 32 * 32, -1.0, 1.0),
+        &shape,
+        Device::Cpu,
+    )
+    .unwrap();
+    (trainer, real)
+}
+
 fn train_on(threads: usize) -> Vec<Vec<f32>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap();
     pool.install(|| {
-        let model = ModelConfig {
-            preset: Preset::Dcgan,
-            image_size: 32,
-            nz: 16,
-            ngf: 8,
-            ndf: 8,
-        };
-        let mut cfg = TrainConfig::for_model(model);
-        cfg.batch_size = 12;
-        let mut trainer = Trainer::new(cfg, Device::Cpu).unwrap();
-        let mut rng = Rng::new(3);
-        let real = Tensor::from_vec(
-            rng.uniform_vec(12 * 3 * 32 * 32, -1.0, 1.0),
-            &[12, 3, 32, 32],
-            Device::Cpu,
-        )
-        .unwrap();
+        let (mut trainer, real) = small_dcgan_trainer(12, 3);
         let mut out = Vec::new();
         for _ in 0..2 {
             let s = trainer.step(&real).unwrap();
@@ -472,23 +480,7 @@ fn conv_backward_skips_input_gradients_nobody_needs() {
 
 #[test]
 fn a_training_step_runs_only_the_conv_kernels_it_needs() {
-    let model = ModelConfig {
-        preset: Preset::Dcgan,
-        image_size: 32,
-        nz: 16,
-        ngf: 8,
-        ndf: 8,
-    };
-    let mut cfg = TrainConfig::for_model(model);
-    cfg.batch_size = 4;
-    let mut trainer = Trainer::new(cfg, Device::Cpu).unwrap();
-    let mut rng = Rng::new(5);
-    let real = Tensor::from_vec(
-        rng.uniform_vec(4 * 3 * 32 * 32, -1.0, 1.0),
-        &[4, 3, 32, 32],
-        Device::Cpu,
-    )
-    .unwrap();
+    let (mut trainer, real) = small_dcgan_trainer(4, 5);
     let before = conv_calls();
     trainer.step(&real).unwrap();
     let after = conv_calls();

@@ -41,21 +41,8 @@ fn gpu() -> Option<Rc<dyn Backend>> {
     if std::env::var_os("ARTGAN_POISON").is_none() {
         std::env::set_var("ARTGAN_POISON", "1");
     }
-    match backend(Device::Cuda(0)) {
-        Ok(b) => {
-            // Says which device ran it (the emulated one names itself so).
-            println!("device: {}", artgan::backend::cuda::device_name(0));
-            Some(b)
-        }
-        Err(e) => {
-            if std::env::var("ARTGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("ARTGAN_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e:#}");
-            }
-            let msg = format!("{e:#}");
-            println!("skipped: {}", msg.lines().next().unwrap_or_default());
-            None
-        }
-    }
+    let device = common::gpu_device()?;
+    Some(backend(device).expect("the CUDA backend worked a moment ago"))
 }
 
 /// The oracle: the plain reference backend (not the fast CPU one, which is tested against the

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{artgan, stderr, stdout};
+use common::{artgan, stderr, stdout, tiny_train};
 
 fn assert_ok(o: &Output) {
     assert!(o.status.success(), "failed: {}", stderr(o));
@@ -28,26 +28,10 @@ fn assert_error(o: &Output, needles: &[&str]) {
     }
 }
 
-const TINY: &[&str] = &[
-    "train",
-    "--device",
-    "cpu",
-    "--image-size",
-    "32",
-    "--ngf",
-    "4",
-    "--ndf",
-    "4",
-    "--nz",
-    "8",
-    "--batch-size",
-    "8",
-    "--quiet",
-];
-
-/// `TINY` + `extra`, with `--limit 16` unless `extra` sets it.
+/// The tiny quiet CPU run + `extra`, with `--limit 16` unless `extra` sets it.
 fn tiny_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = [TINY, extra].concat();
+    let mut args = tiny_train(&["--device", "cpu", "--quiet"]);
+    args.extend_from_slice(extra);
     if !extra.contains(&"--limit") {
         args.extend(["--limit", "16"]);
     }
@@ -239,7 +223,7 @@ fn a_corrupted_cache_is_rebuilt_not_used() {
     let d = dir.path();
     image_folder(&d.join("imgs"), 16);
     let args = [
-        &TINY[..TINY.len() - 1],
+        &tiny_train(&["--device", "cpu"])[..],
         &["--data", "imgs", "--cache-dir", "cache", "--epochs", "1"],
     ]
     .concat();

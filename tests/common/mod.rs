@@ -6,6 +6,28 @@ use artgan::backend::{backend, Device};
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// `artgan train` on the smallest dcgan the CLI tests use (32 px, widths 4, nz 8), then
+/// `extra`; batch 8 unless `extra` sets it (a flag given twice is an error).
+pub fn tiny_train<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let model = [
+        "--image-size",
+        "32",
+        "--ngf",
+        "4",
+        "--ndf",
+        "4",
+        "--nz",
+        "8",
+    ];
+    let mut args = vec!["train"];
+    args.extend(model);
+    if !extra.contains(&"--batch-size") {
+        args.extend(["--batch-size", "8"]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs the `artgan` binary in `cwd`.
 pub fn artgan(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_artgan"))

@@ -125,118 +125,59 @@ impl CudnnConv {
         g: &ConvGeom,
     ) -> Result<()> {
         let mut plan = self.plan(g)?;
-        let p = &*plan;
-        // SAFETY (each launch): the descriptors describe exactly these buffers (NCHW f32,
-        // geometry g).
+        let p: &Plan = &plan;
         match dir {
             Direction::Forward => {
-                let op = ConvForward {
-                    conv: &p.conv,
-                    x: &p.x,
-                    w: &p.w,
-                    y: &p.y,
-                };
-                let chosen = self.launch_with_fallback(
-                    "forward",
-                    p.fwd,
-                    // Some heuristic choices are unsupported under FMA math: fall back to
-                    // the always-available implicit GEMM.
-                    (
-                        FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-                        "IMPLICIT_GEMM",
-                    ),
-                    || op.pick_algorithm(),
-                    |algo| op.get_workspace_size(algo),
-                    |algo, ws| unsafe {
-                        op.launch(
-                            algo,
-                            ws,
-                            (1.0f32, 0.0f32),
-                            a.slice(),
-                            b.slice(),
-                            out.slice_mut(),
-                        )
-                    },
-                )?;
-                plan.fwd = Some(chosen);
+                let algo = self.run_direction::<ConvForward<f32, f32, f32>>(p, p.fwd, a, b, out)?;
+                plan.fwd = Some(algo);
             }
             Direction::BackwardData => {
-                let op = ConvBackwardData {
-                    conv: &p.conv,
-                    dx: &p.x,
-                    w: &p.w,
-                    dy: &p.y,
-                };
-                let chosen = self.launch_with_fallback(
-                    "backward-data",
-                    p.bwd_data,
-                    (BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, "ALGO_1"),
-                    || op.pick_algorithm(),
-                    |algo| op.get_workspace_size(algo),
-                    |algo, ws| unsafe {
-                        op.launch(
-                            algo,
-                            ws,
-                            (1.0f32, 0.0f32),
-                            out.slice_mut(),
-                            b.slice(),
-                            a.slice(),
-                        )
-                    },
-                )?;
-                plan.bwd_data = Some(chosen);
+                let algo = self
+                    .run_direction::<ConvBackwardData<f32, f32, f32>>(p, p.bwd_data, a, b, out)?;
+                plan.bwd_data = Some(algo);
             }
             Direction::BackwardFilter => {
-                let op = ConvBackwardFilter {
-                    conv: &p.conv,
-                    x: &p.x,
-                    dw: &p.w,
-                    dy: &p.y,
-                };
-                let chosen = self.launch_with_fallback(
-                    "backward-filter",
+                let algo = self.run_direction::<ConvBackwardFilter<f32, f32, f32>>(
+                    p,
                     p.bwd_filter,
-                    (BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, "ALGO_1"),
-                    || op.pick_algorithm(),
-                    |algo| op.get_workspace_size(algo),
-                    |algo, ws| unsafe {
-                        op.launch(
-                            algo,
-                            ws,
-                            (1.0f32, 0.0f32),
-                            a.slice(),
-                            out.slice_mut(),
-                            b.slice(),
-                        )
-                    },
+                    a,
+                    b,
+                    out,
                 )?;
-                plan.bwd_filter = Some(chosen);
+                plan.bwd_filter = Some(algo);
             }
         }
         Ok(())
     }
 
     /// What the three directions share: the algorithm (cached, else cuDNN's heuristic), its
-    /// workspace, the launch, and on failure one retry with the always-available `safe`
-    /// algorithm. Returns the algorithm that ran, for the plan to keep.
-    fn launch_with_fallback<A: Copy + PartialEq + std::fmt::Debug>(
+    /// workspace, the launch, and on failure one retry with the always-available fallback.
+    /// Returns the algorithm that ran, for the plan to keep.
+    fn run_direction<'p, O: DirectionOp<'p>>(
         &self,
-        what: &str,
-        cached: Option<A>,
-        (safe, safe_name): (A, &str),
-        pick: impl FnOnce() -> Result<A, CudnnError>,
-        workspace_size: impl Fn(A) -> Result<usize, CudnnError>,
-        mut launch: impl FnMut(A, Option<&mut CudaSlice<u8>>) -> Result<(), CudnnError>,
-    ) -> Result<A> {
+        plan: &'p Plan,
+        cached: Option<O::Algo>,
+        a: &CudaBuffer,
+        b: &CudaBuffer,
+        out: &mut CudaBuffer,
+    ) -> Result<O::Algo> {
+        let op = O::new(plan);
+        let what = O::WHAT;
+        let (safe, safe_name) = O::FALLBACK;
         let algo = match cached {
             Some(a) => a,
-            None => pick().map_err(|e| dnn(e, &format!("choosing a {what} algorithm")))?,
+            None => op
+                .pick()
+                .map_err(|e| dnn(e, &format!("choosing a {what} algorithm")))?,
         };
-        let mut run = |algo: A| -> Result<()> {
-            let bytes =
-                workspace_size(algo).map_err(|e| dnn(e, &format!("{what} workspace size")))?;
+        let mut run = |algo: O::Algo| -> Result<()> {
+            let bytes = op
+                .workspace_size(algo)
+                .map_err(|e| dnn(e, &format!("{what} workspace size")))?;
             let mut ws = self.workspace(bytes)?;
-            launch(algo, ws.as_mut().filter(|_| bytes > 0))
+            // SAFETY: the plan's descriptors describe exactly these buffers (NCHW f32, the
+            // plan's geometry).
+            unsafe { op.launch(algo, ws.as_mut().filter(|_| bytes > 0), a, b, out) }
                 .map_err(|e| dnn(e, &format!("convolution {what}")))
         };
         match run(algo) {
@@ -248,5 +189,142 @@ impl CudnnConv {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// One convolution direction as cuDNN runs it, so that the three share `run_direction`.
+trait DirectionOp<'p>: Sized {
+    type Algo: Copy + PartialEq + std::fmt::Debug;
+    const WHAT: &'static str;
+    /// The always-available algorithm to retry with (some heuristic choices are unsupported
+    /// under FMA math).
+    const FALLBACK: (Self::Algo, &'static str);
+    fn new(plan: &'p Plan) -> Self;
+    fn pick(&self) -> Result<Self::Algo, CudnnError>;
+    fn workspace_size(&self, algo: Self::Algo) -> Result<usize, CudnnError>;
+    /// `a`, `b`, `out` as in `CudnnConv::run`.
+    ///
+    /// # Safety
+    /// The buffers must match the plan's descriptors.
+    unsafe fn launch(
+        &self,
+        algo: Self::Algo,
+        ws: Option<&mut CudaSlice<u8>>,
+        a: &CudaBuffer,
+        b: &CudaBuffer,
+        out: &mut CudaBuffer,
+    ) -> Result<(), CudnnError>;
+}
+
+const SCALES: (f32, f32) = (1.0, 0.0); // out = 1 * result + 0 * out
+
+impl<'p> DirectionOp<'p> for ConvForward<'p, f32, f32, f32> {
+    type Algo = FwdAlgo;
+    const WHAT: &'static str = "forward";
+    const FALLBACK: (FwdAlgo, &'static str) = (
+        FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        "IMPLICIT_GEMM",
+    );
+    fn new(p: &'p Plan) -> Self {
+        ConvForward {
+            conv: &p.conv,
+            x: &p.x,
+            w: &p.w,
+            y: &p.y,
+        }
+    }
+    fn pick(&self) -> Result<FwdAlgo, CudnnError> {
+        self.pick_algorithm()
+    }
+    fn workspace_size(&self, algo: FwdAlgo) -> Result<usize, CudnnError> {
+        self.get_workspace_size(algo)
+    }
+    unsafe fn launch(
+        &self,
+        algo: FwdAlgo,
+        ws: Option<&mut CudaSlice<u8>>,
+        x: &CudaBuffer,
+        w: &CudaBuffer,
+        y: &mut CudaBuffer,
+    ) -> Result<(), CudnnError> {
+        ConvForward::launch(self, algo, ws, SCALES, x.slice(), w.slice(), y.slice_mut())
+    }
+}
+
+impl<'p> DirectionOp<'p> for ConvBackwardData<'p, f32, f32, f32> {
+    type Algo = BwdDataAlgo;
+    const WHAT: &'static str = "backward-data";
+    const FALLBACK: (BwdDataAlgo, &'static str) =
+        (BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, "ALGO_1");
+    fn new(p: &'p Plan) -> Self {
+        ConvBackwardData {
+            conv: &p.conv,
+            dx: &p.x,
+            w: &p.w,
+            dy: &p.y,
+        }
+    }
+    fn pick(&self) -> Result<BwdDataAlgo, CudnnError> {
+        self.pick_algorithm()
+    }
+    fn workspace_size(&self, algo: BwdDataAlgo) -> Result<usize, CudnnError> {
+        self.get_workspace_size(algo)
+    }
+    unsafe fn launch(
+        &self,
+        algo: BwdDataAlgo,
+        ws: Option<&mut CudaSlice<u8>>,
+        dy: &CudaBuffer,
+        w: &CudaBuffer,
+        dx: &mut CudaBuffer,
+    ) -> Result<(), CudnnError> {
+        ConvBackwardData::launch(
+            self,
+            algo,
+            ws,
+            SCALES,
+            dx.slice_mut(),
+            w.slice(),
+            dy.slice(),
+        )
+    }
+}
+
+impl<'p> DirectionOp<'p> for ConvBackwardFilter<'p, f32, f32, f32> {
+    type Algo = BwdFilterAlgo;
+    const WHAT: &'static str = "backward-filter";
+    const FALLBACK: (BwdFilterAlgo, &'static str) =
+        (BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, "ALGO_1");
+    fn new(p: &'p Plan) -> Self {
+        ConvBackwardFilter {
+            conv: &p.conv,
+            x: &p.x,
+            dw: &p.w,
+            dy: &p.y,
+        }
+    }
+    fn pick(&self) -> Result<BwdFilterAlgo, CudnnError> {
+        self.pick_algorithm()
+    }
+    fn workspace_size(&self, algo: BwdFilterAlgo) -> Result<usize, CudnnError> {
+        self.get_workspace_size(algo)
+    }
+    unsafe fn launch(
+        &self,
+        algo: BwdFilterAlgo,
+        ws: Option<&mut CudaSlice<u8>>,
+        x: &CudaBuffer,
+        dy: &CudaBuffer,
+        dw: &mut CudaBuffer,
+    ) -> Result<(), CudnnError> {
+        ConvBackwardFilter::launch(
+            self,
+            algo,
+            ws,
+            SCALES,
+            x.slice(),
+            dw.slice_mut(),
+            dy.slice(),
+        )
     }
 }
