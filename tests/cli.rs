@@ -176,7 +176,10 @@ fn tiny_train_then_sample_end_to_end() {
 fn precision_amp_is_recorded_logged_and_kept_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = artgan(&[TINY, &["--out", "run", "--precision", "amp"]].concat(), d);
+    let o = artgan(
+        &[&tiny()[..], &["--out", "run", "--precision", "amp"]].concat(),
+        d,
+    );
     assert!(o.status.success(), "train failed: {}", stderr(&o));
     let config = std::fs::read_to_string(d.join("run/config.json")).unwrap();
     assert!(config.contains(r#""precision": "amp""#), "{config}");
