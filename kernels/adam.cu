@@ -18,31 +18,42 @@ struct AdamTable {
     u32 n_items;
 };
 
-// PyTorch's (non-amsgrad) formula:
-//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-//   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
-extern "C" __global__ void adam_multi_f32(const AdamTable t, u32 chunk, float beta1,
-                                          float beta2, float eps, float bc2_sqrt) {
-    const u32 b = blockIdx.x;
+// The item block b works on (block_start[k] <= b < block_start[k + 1]).
+__device__ __forceinline__ u32 item_of_block(const AdamTable& t, u32 b) {
     u32 k = 0;
     while (k + 1 < t.n_items && t.block_start[k + 1] <= b) ++k;
+    return k;
+}
+
+// Block b's chunk of item k, PyTorch's (non-amsgrad) formula on g = grad * inv_scale:
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+// `step` = lr / bc1. inv_scale is 1 for the f32 path (an exact multiply).
+__device__ __forceinline__ void adam_chunk(const AdamTable& t, u32 b, u32 k, u32 chunk,
+                                           float beta1, float beta2, float eps, float step,
+                                           float bc2_sqrt, float inv_scale) {
     float* p = (float*)t.param[k];
     const float* g = (const float*)t.grad[k];
     float* m = (float*)t.m[k];
     float* v = (float*)t.v[k];
     const u64 len = t.len[k];
-    const float step = t.step[k];
     const u64 start = (u64)(b - t.block_start[k]) * chunk;
     u64 end = start + chunk;
     if (end > len) end = len;
     for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) {
-        const float gi = g[i];
+        const float gi = g[i] * inv_scale;
         const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
         const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
         m[i] = mi;
         v[i] = vi;
         p[i] -= step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
     }
+}
+
+extern "C" __global__ void adam_multi_f32(const AdamTable t, u32 chunk, float beta1,
+                                          float beta2, float eps, float bc2_sqrt) {
+    const u32 k = item_of_block(t, blockIdx.x);
+    adam_chunk(t, blockIdx.x, k, chunk, beta1, beta2, eps, t.step[k], bc2_sqrt, 1.0f);
 }
 
 // ---- Mixed precision (Backend::adam_update_scaled): three launches per optimiser step, no host
@@ -67,8 +78,7 @@ __device__ __forceinline__ float inverse_scale(const float* scale) {
 extern "C" __global__ void amp_find_inf_multi(const AdamTable t, u32 chunk, const float* scale,
                                               float* counters) {
     const u32 b = blockIdx.x;
-    u32 k = 0;
-    while (k + 1 < t.n_items && t.block_start[k + 1] <= b) ++k;
+    const u32 k = item_of_block(t, b);
     const float* g = (const float*)t.grad[k];
     const u64 len = t.len[k];
     const float inv = inverse_scale(scale);
@@ -87,30 +97,12 @@ extern "C" __global__ void adam_multi_scaled_f32(const AdamTable t, u32 chunk, f
                                                  float beta2, float eps, const float* scale,
                                                  const float* counters) {
     if (counters[LS_FOUND_INF] != 0.0f) return;
-    const u32 b = blockIdx.x;
-    u32 k = 0;
-    while (k + 1 < t.n_items && t.block_start[k + 1] <= b) ++k;
-    float* p = (float*)t.param[k];
-    const float* g = (const float*)t.grad[k];
-    float* m = (float*)t.m[k];
-    float* v = (float*)t.v[k];
-    const u64 len = t.len[k];
+    const u32 k = item_of_block(t, blockIdx.x);
     const double step_t = (double)counters[LS_APPLIED] + 1.0;
     const float bc1 = (float)(1.0 - pow((double)beta1, step_t));
     const float bc2_sqrt = sqrtf((float)(1.0 - pow((double)beta2, step_t)));
-    const float step = t.step[k] / bc1;
-    const float inv = inverse_scale(scale);
-    const u64 start = (u64)(b - t.block_start[k]) * chunk;
-    u64 end = start + chunk;
-    if (end > len) end = len;
-    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) {
-        const float gi = g[i] * inv;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
-    }
+    adam_chunk(t, blockIdx.x, k, chunk, beta1, beta2, eps, t.step[k] / bc1, bc2_sqrt,
+               inverse_scale(scale));
 }
 
 // PyTorch's _amp_update_scale_ (x0.5 on inf/NaN, x2 after growth_interval clean steps, if the

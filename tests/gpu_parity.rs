@@ -830,6 +830,29 @@ fn bce_with_logits_loss_and_grad() {
     }
 }
 
+/// One Adam item per tensor of the parallel lists.
+fn adam_items<'a>(
+    params: &'a mut [Storage],
+    grads: &'a [Storage],
+    m: &'a mut [Storage],
+    v: &'a mut [Storage],
+    lrs: &[f32],
+) -> Vec<AdamItem<'a>> {
+    params
+        .iter_mut()
+        .zip(grads)
+        .zip(m.iter_mut().zip(v.iter_mut()))
+        .zip(lrs)
+        .map(|(((param, grad), (m, v)), &lr)| AdamItem {
+            param,
+            grad,
+            m,
+            v,
+            lr,
+        })
+        .collect()
+}
+
 fn adam_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64) {
     let mut rng = Rng::new(seed);
     let params: Vec<Vec<f32>> = lens.iter().map(|&l| rand(&mut rng, l, 1.0)).collect();
@@ -853,34 +876,10 @@ fn adam_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64
             bias_correction1: 1.0 - b1.powi(t),
             bias_correction2: 1.0 - b2.powi(t),
         };
-        let mut gi: Vec<AdamItem> = gp
-            .iter_mut()
-            .zip(&gg)
-            .zip(gm.iter_mut().zip(gv.iter_mut()))
-            .zip(&lrs)
-            .map(|(((param, grad), (m, v)), &lr)| AdamItem {
-                param,
-                grad,
-                m,
-                v,
-                lr,
-            })
-            .collect();
-        g.adam_update(&mut gi, step).unwrap();
-        let mut ci: Vec<AdamItem> = cp
-            .iter_mut()
-            .zip(&cg)
-            .zip(cm.iter_mut().zip(cv.iter_mut()))
-            .zip(&lrs)
-            .map(|(((param, grad), (m, v)), &lr)| AdamItem {
-                param,
-                grad,
-                m,
-                v,
-                lr,
-            })
-            .collect();
-        c.adam_update(&mut ci, step).unwrap();
+        g.adam_update(&mut adam_items(&mut gp, &gg, &mut gm, &mut gv, &lrs), step)
+            .unwrap();
+        c.adam_update(&mut adam_items(&mut cp, &cg, &mut cm, &mut cv, &lrs), step)
+            .unwrap();
     }
     for k in 0..lens.len() {
         let t = format!("item {k} len {}", lens[k]);
@@ -969,19 +968,7 @@ fn adam_scaled_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], se
         let before: Vec<Vec<f32>> = state[0].0 .0.iter().map(|s| down(g, s)).collect();
         for (b, ((p, m, v), sc, cn)) in [g, c].iter().zip(state.iter_mut()) {
             let gs = mk(b, &grads);
-            let mut items: Vec<AdamItem> = p
-                .iter_mut()
-                .zip(&gs)
-                .zip(m.iter_mut().zip(v.iter_mut()))
-                .zip(&lrs)
-                .map(|(((param, grad), (m, v)), &lr)| AdamItem {
-                    param,
-                    grad,
-                    m,
-                    v,
-                    lr,
-                })
-                .collect();
+            let mut items = adam_items(p, &gs, m, v, &lrs);
             b.adam_update_scaled(&mut items, hyper, sc, cn).unwrap();
         }
         let ((gp, gm, gv), gs, gc) = &state[0];
