@@ -1486,7 +1486,9 @@ fn amp_convolutions_own_kernels_match_the_rounding_reference() {
         let dy = rand(&mut rng, geom.output_len(), 1.0);
         let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
         type Prim = fn(&dyn Backend, &Storage, &Storage, &ConvGeom) -> Storage;
-        let cases: [(&str, &[f32], &[f32], usize, Prim); 3] = [
+        // (primitive, its two operands, the products each output sums, the call)
+        type Case<'a> = (&'a str, &'a [f32], &'a [f32], usize, Prim);
+        let cases: [Case; 3] = [
             (
                 "forward",
                 &x,
