@@ -1454,20 +1454,32 @@ fn round_to_f16_is_bit_identical_to_the_half_crate() {
     }
 }
 
-/// Mixed-precision convolutions (`ConvGeom::f16_operands`) with our own kernels: f16 copies of
-/// both operands into cuBLAS `GemmStridedBatchedEx` (fp16 A/B, fp32 C, COMPUTE_32F) against the
-/// reference rounding at the same points. The products of f16 values are exact in f32, so the
+/// Mixed-precision convolutions (`ConvGeom::f16_operands`) against the reference rounding at the
+/// same points: our own kernels (f16 copies of both operands into cuBLAS
+/// `GemmStridedBatchedEx`, fp16 A/B, fp32 C, COMPUTE_32F) and the cuDNN path (operands rounded
+/// to f16 values, cuDNN in f32). The products of f16 values are exact in f32, so the
 /// two differ only by summation order: per element at most `(γ_K + u) · Σ|a·b|` with K the
 /// products summed, `u = 2⁻²⁴`, `γ_K = K·u / (1 − K·u)` (f32 accumulation in any order) plus
 /// the reference's own final rounding to f32; `Σ|a·b|` is the reference convolution of the
 /// absolute values. The same bound must fail for the unrounded f32 convolution somewhere, so
 /// the test sees whether rounding happens at all.
 #[test]
-fn amp_convolutions_own_kernels_match_the_rounding_reference() {
+fn amp_convolutions_match_the_rounding_reference_both_impls() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    set_conv_impl(ConvImpl::Own);
+    for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
+        set_conv_impl(imp);
+        amp_convolutions_match_the_rounding_reference(&g, &c, &format!("{imp:?}"));
+    }
+}
+
+fn amp_convolutions_match_the_rounding_reference(
+    g: &Rc<dyn Backend>,
+    c: &Rc<dyn Backend>,
+    imp: &str,
+) {
+    let (g, c) = (g.clone(), c.clone());
     let mut rng = Rng::new(23);
     let mut geoms: Vec<ConvGeom> = shapes(CONV_SHAPES)
         .into_iter()
@@ -1525,14 +1537,14 @@ fn amp_convolutions_own_kernels_match_the_rounding_reference() {
                 worst = worst.max(err / bound(i).max(f32::MIN_POSITIVE));
                 assert!(
                     err <= bound(i),
-                    "amp {what} {geom:?}[{i}]: gpu {} reference {} differ by {err:e} > {:e}",
+                    "amp {imp} {what} {geom:?}[{i}]: gpu {} reference {} differ by {err:e} > {:e}",
                     got[i],
                     want[i],
                     bound(i)
                 );
                 rounding_seen |= (f32_result[i] - want[i]).abs() > bound(i);
             }
-            println!("amp {what} {plain:?}: worst err/bound {worst:.3}");
+            println!("amp {imp} {what} {plain:?}: worst err/bound {worst:.3}");
         }
     }
     assert!(
