@@ -15,7 +15,8 @@
 
 use artgan::backend::cuda::{set_conv_impl, ConvImpl};
 use artgan::backend::{
-    backend, Activation, AdamItem, AdamStep, Backend, ChannelDims, ConvGeom, Device, Storage,
+    backend, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims, ConvGeom, Device,
+    Storage,
 };
 use artgan::rng::Rng;
 use std::rc::Rc;
@@ -173,7 +174,8 @@ impl Bench {
         }
     }
 
-    fn batch_norm(&mut self, d: ChannelDims, shape: &str) {
+    /// Plain batch norm, then fused with `act` (the activation that follows it in the model).
+    fn batch_norm(&mut self, d: ChannelDims, act: BatchNormAct, shape: &str) {
         if !self.wants("batch_norm") {
             return;
         }
@@ -209,6 +211,44 @@ impl Bench {
             )
         });
         self.report("batch_norm_eval", shape, t, 2.0 * f, None);
+        // Fused with the activation: the same passes and bytes as the plain op, and no separate
+        // activation pass (2f forward, 3f backward) nor stored pre-activation.
+        let name = match act {
+            BatchNormAct::None => "bn",
+            BatchNormAct::Relu => "bn+relu",
+            BatchNormAct::LeakyRelu(_) => "bn+leaky_relu",
+        };
+        let t = self.time(|| {
+            drop(
+                b.batch_norm_act_train(&x, &gamma, &beta, &mut rm, &mut rv, d, 0.1, 1e-5, act)
+                    .unwrap(),
+            )
+        });
+        self.report(&format!("{name} train"), shape, t, 4.0 * f, None);
+        let t = self.time(|| {
+            drop(
+                b.batch_norm_act_backward(
+                    &x,
+                    &dy,
+                    &gamma,
+                    &beta,
+                    &saved.mean,
+                    &saved.invstd,
+                    d,
+                    act,
+                    true,
+                )
+                .unwrap(),
+            )
+        });
+        self.report(&format!("{name} backward"), shape, t, 5.0 * f, None);
+        let t = self.time(|| {
+            drop(
+                b.batch_norm_act_eval(&x, &gamma, &beta, &rm, &rv, d, 1e-5, act)
+                    .unwrap(),
+            )
+        });
+        self.report(&format!("{name} eval"), shape, t, 2.0 * f, None);
     }
 
     fn conv(&mut self, g: &ConvGeom, shape: &str) {
@@ -395,7 +435,12 @@ fn main() {
         );
     }
     for (c, hw) in [(512, 16), (256, 64), (128, 256), (64, 1024)] {
-        b.batch_norm(ChannelDims { n, c, hw }, &format!("G bn {c}x{hw}"));
+        let d = ChannelDims { n, c, hw };
+        b.batch_norm(d, BatchNormAct::Relu, &format!("G bn {c}x{hw}"));
+    }
+    for (c, hw) in [(128, 256), (256, 64), (512, 16)] {
+        let d = ChannelDims { n, c, hw };
+        b.batch_norm(d, BatchNormAct::LeakyRelu(0.2), &format!("D bn {c}x{hw}"));
     }
     b.elementwise(n * 64 * 32 * 32, "D act 64x32x32");
     b.bce(n, "D logits");
@@ -449,7 +494,8 @@ fn main() {
         b.spectral_norm(co, ci * 16, &format!("D sn {co}x{}", ci * 16));
     }
     for (c, hw) in [(1024, 16), (512, 64), (256, 256), (128, 1024), (64, 4096)] {
-        b.batch_norm(ChannelDims { n, c, hw }, &format!("G bn {c}x{hw}"));
+        let d = ChannelDims { n, c, hw };
+        b.batch_norm(d, BatchNormAct::Relu, &format!("G bn {c}x{hw}"));
     }
     b.elementwise(n * 64 * 64 * 64, "D act 64x64x64");
 }

@@ -9,8 +9,8 @@
 
 use artgan::backend::cpu::conv_calls;
 use artgan::backend::{
-    backend, reference, Activation, AdamItem, AdamStep, Backend, ChannelDims, ConvGeom, Device,
-    Storage,
+    backend, reference, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims,
+    ConvGeom, Device, Storage,
 };
 use artgan::nn::{ModelConfig, Module, Preset};
 use artgan::ops;
@@ -221,17 +221,6 @@ fn elementwise_adam_and_ema_equal_the_reference_bit_for_bit() {
 #[test]
 fn batch_norm_matches_reference() {
     let (f, r) = (fast(), reference::backend());
-    let eps32 = f32::EPSILON as f64;
-    let close = |what: &str, got: &[f32], want: &[f32], bound: &[f64]| {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
-            let tol = 8.0 * eps32 * b + f64::from(f32::MIN_POSITIVE);
-            assert!(
-                (f64::from(g) - f64::from(w)).abs() <= tol,
-                "{what}: element {i}: fast {g}, reference {w}, tolerance {tol}"
-            );
-        }
-    };
     for (case, &(n, c, h, w)) in [
         (4, 3, 2, 2),
         (2, 5, 3, 5),
@@ -250,45 +239,82 @@ fn batch_norm_matches_reference() {
         let gamma = rng.normal_vec(c, 1.0, 0.3);
         let beta = rand(&mut rng, c);
         let (rm0, rv0) = (rand(&mut rng, c), rng.uniform_vec(c, 0.5, 2.0));
-        let tag = format!("{n}x{c}x{h}x{w}");
-        let run = |be: &Rc<dyn Backend>| {
-            let (mut rm, mut rv) = (Storage::Cpu(rm0.clone()), Storage::Cpu(rv0.clone()));
-            let s = be
-                .batch_norm_train(
-                    &Storage::Cpu(x.clone()),
-                    &Storage::Cpu(gamma.clone()),
-                    &Storage::Cpu(beta.clone()),
-                    &mut rm,
-                    &mut rv,
-                    d,
-                    0.1,
-                    1e-5,
-                )
-                .unwrap();
-            let (mean, invstd) = (host(&s.mean), host(&s.invstd));
-            let (dx, dg, db) = be
-                .batch_norm_backward(
-                    &Storage::Cpu(x.clone()),
-                    &Storage::Cpu(dy.clone()),
-                    &Storage::Cpu(gamma.clone()),
-                    &s.mean,
-                    &s.invstd,
-                    d,
-                )
-                .unwrap();
-            [
-                host(&s.y),
-                mean,
-                invstd,
-                host(&rm),
-                host(&rv),
-                host(&dx),
-                host(&dg),
-                host(&db),
-            ]
-        };
-        let (got, want) = (run(&f), run(&r));
-        let [_, mean, invstd, rm, rv, dx, dg, db] = &want;
+        for act in [
+            BatchNormAct::None,
+            BatchNormAct::Relu,
+            BatchNormAct::LeakyRelu(0.2),
+        ] {
+            let tag = format!("{n}x{c}x{h}x{w} {act:?}");
+            // The backward runs from the statistics given (the reference's for both), so both
+            // recompute the same pre-activations and take the same activation mask.
+            let run = |be: &Rc<dyn Backend>, stats: Option<&(Vec<f32>, Vec<f32>)>| {
+                let (mut rm, mut rv) = (Storage::Cpu(rm0.clone()), Storage::Cpu(rv0.clone()));
+                let (xs, gs, bs) = (
+                    Storage::Cpu(x.clone()),
+                    Storage::Cpu(gamma.clone()),
+                    Storage::Cpu(beta.clone()),
+                );
+                let s = be
+                    .batch_norm_act_train(&xs, &gs, &bs, &mut rm, &mut rv, d, 0.1, 1e-5, act)
+                    .unwrap();
+                let (mean, invstd) = (host(&s.mean), host(&s.invstd));
+                let (sm, si) = match stats {
+                    Some((m, i)) => (Storage::Cpu(m.clone()), Storage::Cpu(i.clone())),
+                    None => (s.mean, s.invstd),
+                };
+                let dys = Storage::Cpu(dy.clone());
+                let backward = |batch_stats| {
+                    be.batch_norm_act_backward(&xs, &dys, &gs, &bs, &sm, &si, d, act, batch_stats)
+                        .unwrap()
+                };
+                let (dx, dg, db) = backward(true);
+                let (dx_eval, _, _) = backward(false);
+                [
+                    host(&s.y),
+                    mean,
+                    invstd,
+                    host(&rm),
+                    host(&rv),
+                    host(&dx),
+                    host(&dg),
+                    host(&db),
+                    host(&dx_eval),
+                ]
+            };
+            let want = run(&r, None);
+            let got = run(&f, Some(&(want[1].clone(), want[2].clone())));
+            check_batch_norm_case(&tag, d, &x, &dy, &gamma, &beta, &got, &want);
+        }
+    }
+}
+
+/// Fast vs reference outputs of one fused batch-norm case (see `batch_norm_matches_reference`):
+/// y, mean, invstd, running_mean, running_var, dx, dgamma, dbeta, and dx of eval mode.
+#[allow(clippy::too_many_arguments)]
+fn check_batch_norm_case(
+    tag: &str,
+    d: ChannelDims,
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    got: &[Vec<f32>; 9],
+    want: &[Vec<f32>; 9],
+) {
+    let eps32 = f32::EPSILON as f64;
+    let close = |what: &str, got: &[f32], want: &[f32], bound: &[f64]| {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
+            let tol = 8.0 * eps32 * b + f64::from(f32::MIN_POSITIVE);
+            assert!(
+                (f64::from(g) - f64::from(w)).abs() <= tol,
+                "{what}: element {i}: fast {g}, reference {w}, tolerance {tol}"
+            );
+        }
+    };
+    let ChannelDims { n, c, hw } = d;
+    {
+        let [_, mean, invstd, rm, rv, dx, dg, db, dx_eval] = want;
         let chan = |i: usize| (i / d.hw) % c;
         let mag = |v: &[f32]| v.iter().map(|&a| f64::from(a).abs()).collect::<Vec<_>>();
         let names = ["y", "mean", "invstd", "running_mean", "running_var"];
@@ -314,7 +340,7 @@ fn batch_norm_matches_reference() {
             close(&format!("{name} {tag}"), &got[j], &want[j], &bounds[j]);
         }
         // dx = a·dy + b + k·(x − mean): bound by each term.
-        let m = (n * h * w) as f64;
+        let m = (n * hw) as f64;
         let dx_bound: Vec<f64> = (0..d.len())
             .map(|i| {
                 let k = chan(i);
@@ -347,6 +373,11 @@ fn batch_norm_matches_reference() {
         };
         close(&format!("dgamma {tag}"), &got[6], dg, &sum_bound(true));
         close(&format!("dbeta {tag}"), &got[7], db, &sum_bound(false));
+        // Eval: dx = gamma·invstd·dz, one rounding of each factor.
+        let eval_bound: Vec<f64> = (0..d.len())
+            .map(|i| f64::from(gamma[chan(i)] * invstd[chan(i)] * dy[i]).abs())
+            .collect();
+        close(&format!("dx eval {tag}"), &got[8], dx_eval, &eval_bound);
     }
 }
 

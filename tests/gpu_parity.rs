@@ -11,8 +11,8 @@
 
 use artgan::backend::cuda::{set_conv_impl, ConvImpl};
 use artgan::backend::{
-    backend, loss_scale, Activation, AdamHyper, AdamItem, AdamStep, Backend, ChannelDims, ConvGeom,
-    Device, Storage,
+    backend, loss_scale, Activation, AdamHyper, AdamItem, AdamStep, Backend, BatchNormAct,
+    ChannelDims, ConvGeom, Device, Storage,
 };
 use artgan::rng::{self, Rng};
 use std::rc::Rc;
@@ -531,119 +531,218 @@ fn conv_transpose2d_geometries_both_impls() {
     }
 }
 
+/// Batch norm, plain (`BatchNormAct::None`: the plain trait methods) and fused with ReLU /
+/// LeakyReLU, training and eval, forward and backward, against the reference. Eval and the
+/// backward run from the CPU's statistics on both sides, so both recompute the same
+/// pre-activations (same f32 formula, no FMA) and take the same activation mask.
 #[test]
-fn batch_norm_train_running_stats_and_backward() {
+fn batch_norm_forward_and_backward_plain_and_fused() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(9);
     for (n, ch, hw) in shapes([
         (2usize, 3usize, 5usize),
-        (64, 16, 16),
+        (5, 37, 7),
         (8, 1024, 1),
+        (3, 70, 99),
+        (64, 16, 16),
         (4, 3, 4096),
     ]) {
+        for act in [
+            BatchNormAct::None,
+            BatchNormAct::Relu,
+            BatchNormAct::LeakyRelu(0.2),
+        ] {
+            let plain = act == BatchNormAct::None;
+            let d = ChannelDims { n, c: ch, hw };
+            // An offset mean makes a one-pass variance visibly wrong.
+            let x: Vec<f32> = rand(&mut rng, d.len(), 1.0)
+                .iter()
+                .map(|v| v * 2.0 + 3.0)
+                .collect();
+            let gamma = positive(&mut rng, ch, 0.5, 1.5);
+            // Shifts of both signs, so both sides of the kink are well populated.
+            let beta = rand(&mut rng, ch, 1.0);
+            let rm0: Vec<f32> = rand(&mut rng, ch, 0.5).iter().map(|v| v + 3.0).collect();
+            let rv0 = positive(&mut rng, ch, 0.5, 2.0);
+            let dy = rand(&mut rng, d.len(), 1.0);
+            let t = format!("{d:?} {act:?}");
+            let (mut grm, mut grv) = (up(&g, &rm0), up(&g, &rv0));
+            let (mut crm, mut crv) = (up(&c, &rm0), up(&c, &rv0));
+            let train = |b: &Rc<dyn Backend>, rm: &mut Storage, rv: &mut Storage| {
+                let (x, ga, be) = (up(b, &x), up(b, &gamma), up(b, &beta));
+                if plain {
+                    b.batch_norm_train(&x, &ga, &be, rm, rv, d, 0.1, 1e-5)
+                } else {
+                    b.batch_norm_act_train(&x, &ga, &be, rm, rv, d, 0.1, 1e-5, act)
+                }
+                .unwrap()
+            };
+            let gs = train(&g, &mut grm, &mut grv);
+            let cs = train(&c, &mut crm, &mut crv);
+            let pairs = [
+                ("y", &gs.y, &cs.y, 1e-4, 1e-4),
+                ("mean", &gs.mean, &cs.mean, 1e-5, 1e-5),
+                ("invstd", &gs.invstd, &cs.invstd, 1e-4, 0.0),
+                ("running_mean", &grm, &crm, 1e-5, 1e-6),
+                ("running_var", &grv, &crv, 1e-4, 1e-6),
+            ];
+            for (name, gv, cv, rtol, atol) in pairs {
+                let what = format!("batch_norm train {name} {t}");
+                close(&what, &down(&g, gv), &down(&c, cv), rtol, atol);
+            }
+
+            // Eval from the same running statistics (the CPU's) on both sides.
+            let (rm, rv) = (down(&c, &crm), down(&c, &crv));
+            let eval = |b: &Rc<dyn Backend>| {
+                let (x, ga, be) = (up(b, &x), up(b, &gamma), up(b, &beta));
+                let (rm, rv) = (up(b, &rm), up(b, &rv));
+                if plain {
+                    let y = b.batch_norm_eval(&x, &ga, &be, &rm, &rv, d, 1e-5).unwrap();
+                    (down(b, &y), Vec::new(), Vec::new())
+                } else {
+                    let s = b
+                        .batch_norm_act_eval(&x, &ga, &be, &rm, &rv, d, 1e-5, act)
+                        .unwrap();
+                    (down(b, &s.y), down(b, &s.mean), down(b, &s.invstd))
+                }
+            };
+            let ((gy, gmean, ginv), (cy, cmean, cinv)) = (eval(&g), eval(&c));
+            close(&format!("batch_norm eval y {t}"), &gy, &cy, 1e-4, 1e-4);
+            close(
+                &format!("batch_norm eval invstd {t}"),
+                &ginv,
+                &cinv,
+                1e-6,
+                0.0,
+            );
+            assert_eq!(gmean, cmean, "eval mean {t}");
+
+            let m = ((n * hw) as f32).sqrt();
+            // The plain eval's backward is composed of other ops (ops/batchnorm.rs); the
+            // kernels' eval form is still run here, without an activation.
+            let eval_invstd = if plain {
+                rv.iter().map(|v| 1.0 / (v + 1e-5f32).sqrt()).collect()
+            } else {
+                cinv
+            };
+            let stats = [
+                ("train", down(&c, &cs.mean), down(&c, &cs.invstd)),
+                ("eval", rm.clone(), eval_invstd),
+            ];
+            for (mode, mean, invstd) in stats {
+                let batch_stats = mode == "train";
+                let backward = |b: &Rc<dyn Backend>| {
+                    let (x, dy, ga, be) = (up(b, &x), up(b, &dy), up(b, &gamma), up(b, &beta));
+                    let (mean, invstd) = (up(b, &mean), up(b, &invstd));
+                    let (dx, dg, db) = if plain && batch_stats {
+                        b.batch_norm_backward(&x, &dy, &ga, &mean, &invstd, d)
+                    } else {
+                        b.batch_norm_act_backward(
+                            &x,
+                            &dy,
+                            &ga,
+                            &be,
+                            &mean,
+                            &invstd,
+                            d,
+                            act,
+                            batch_stats,
+                        )
+                    }
+                    .unwrap();
+                    [down(b, &dx), down(b, &dg), down(b, &db)]
+                };
+                let ([gdx, gdg, gdb], [cdx, cdg, cdb]) = (backward(&g), backward(&c));
+                let w = format!("batch_norm backward {mode} {t}");
+                close(&format!("{w} dbeta"), &gdb, &cdb, 1e-5, 1e-6 * m);
+                close(&format!("{w} dgamma"), &gdg, &cdg, 1e-4, 1e-5 * m);
+                close(&format!("{w} dx"), &gdx, &cdx, 1e-3, rms_tol(&cdx, 1e-4));
+            }
+        }
+    }
+}
+
+/// FNV-1a of the bits of every batch-norm output (plain and fused, forward and backward) for
+/// shapes whose channel groups outnumber the blocks: the grid strides.
+fn batch_norm_output_hash(g: &Rc<dyn Backend>) -> (usize, u64) {
+    let mut rng = Rng::new(92);
+    let mut bits = Vec::new();
+    for (n, ch, hw) in [(3usize, 300usize, 9usize), (2, 41, 1000), (64, 5, 64)] {
         let d = ChannelDims { n, c: ch, hw };
-        // An offset mean makes a one-pass variance visibly wrong.
-        let x: Vec<f32> = rand(&mut rng, d.len(), 1.0)
-            .iter()
-            .map(|v| v * 2.0 + 3.0)
-            .collect();
-        let gamma = positive(&mut rng, ch, 0.5, 1.5);
-        let beta = rand(&mut rng, ch, 0.5);
-        let rm0 = rand(&mut rng, ch, 0.2);
-        let rv0 = positive(&mut rng, ch, 0.5, 2.0);
-        let (mut grm, mut grv) = (up(&g, &rm0), up(&g, &rv0));
-        let (mut crm, mut crv) = (up(&c, &rm0), up(&c, &rv0));
-        let (gx, cx) = (up(&g, &x), up(&c, &x));
-        let (gg, gb, cg, cb) = (up(&g, &gamma), up(&g, &beta), up(&c, &gamma), up(&c, &beta));
-        let gs = g
-            .batch_norm_train(&gx, &gg, &gb, &mut grm, &mut grv, d, 0.1, 1e-5)
-            .unwrap();
-        let cs = c
-            .batch_norm_train(&cx, &cg, &cb, &mut crm, &mut crv, d, 0.1, 1e-5)
-            .unwrap();
-        let t = format!("{d:?}");
-        close(
-            &format!("batch_norm_train y {t}"),
-            &down(&g, &gs.y),
-            &down(&c, &cs.y),
-            1e-4,
-            1e-4,
-        );
-        close(
-            &format!("batch_norm_train mean {t}"),
-            &down(&g, &gs.mean),
-            &down(&c, &cs.mean),
-            1e-5,
-            1e-5,
-        );
-        close(
-            &format!("batch_norm_train invstd {t}"),
-            &down(&g, &gs.invstd),
-            &down(&c, &cs.invstd),
-            1e-4,
-            0.0,
-        );
-        close(
-            &format!("batch_norm running_mean {t}"),
-            &down(&g, &grm),
-            &down(&c, &crm),
-            1e-5,
-            1e-6,
-        );
-        close(
-            &format!("batch_norm running_var {t}"),
-            &down(&g, &grv),
-            &down(&c, &crv),
-            1e-4,
-            1e-6,
-        );
-
-        let ge = g
-            .batch_norm_eval(&gx, &gg, &gb, &grm, &grv, d, 1e-5)
-            .unwrap();
-        let ce = c
-            .batch_norm_eval(&cx, &cg, &cb, &crm, &crv, d, 1e-5)
-            .unwrap();
-        close(
-            &format!("batch_norm_eval {t}"),
-            &down(&g, &ge),
-            &down(&c, &ce),
-            1e-4,
-            1e-4,
-        );
-
-        // Backward from the CPU's saved statistics on both sides.
+        let x = rand(&mut rng, d.len(), 2.0);
         let dy = rand(&mut rng, d.len(), 1.0);
-        let (cmean, cinv) = (down(&c, &cs.mean), down(&c, &cs.invstd));
-        let (gdx, gdg, gdb) = g
-            .batch_norm_backward(&gx, &up(&g, &dy), &gg, &up(&g, &cmean), &up(&g, &cinv), d)
+        let gamma = positive(&mut rng, ch, 0.5, 1.5);
+        let beta = rand(&mut rng, ch, 1.0);
+        let (gx, gdy, gg, gb) = (up(g, &x), up(g, &dy), up(g, &gamma), up(g, &beta));
+        for act in [BatchNormAct::None, BatchNormAct::LeakyRelu(0.2)] {
+            let (mut rm, mut rv) = (up(g, &vec![0.0; ch]), up(g, &vec![1.0; ch]));
+            let s = g
+                .batch_norm_act_train(&gx, &gg, &gb, &mut rm, &mut rv, d, 0.1, 1e-5, act)
+                .unwrap();
+            let (dx, dgamma, dbeta) = g
+                .batch_norm_act_backward(&gx, &gdy, &gg, &gb, &s.mean, &s.invstd, d, act, true)
+                .unwrap();
+            for out in [&s.y, &s.mean, &s.invstd, &rm, &rv, &dx, &dgamma, &dbeta] {
+                bits.extend(down(g, out).iter().map(|v| v.to_bits()));
+            }
+        }
+    }
+    let hash = bits.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (bits.len(), hash)
+}
+
+/// The per-channel reductions sum in an order fixed by the channel's size, not by the grid:
+/// the same outputs, bit for bit, on devices with 1, 2 (this process) and 5 SMs (the emulated
+/// device's `ARTGAN_EMU_SMS`; the backend caps the grid at 16 blocks per SM). Children run
+/// this test again with the other SM count; on a real GPU the knob does nothing.
+#[test]
+fn batch_norm_outputs_do_not_depend_on_the_grid_size() {
+    let Some(g) = gpu() else { return };
+    let (len, hash) = batch_norm_output_hash(&g);
+    let line = format!("batch norm outputs: {len} values, hash {hash:016x}");
+    println!("{line}");
+    if std::env::var_os("ARTGAN_BN_GRID_CHILD").is_some() {
+        let sms = cudarc::driver::CudaContext::new(0)
+            .unwrap()
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .unwrap();
-        let (cdx, cdg, cdb) = c
-            .batch_norm_backward(&cx, &up(&c, &dy), &cg, &cs.mean, &cs.invstd, d)
+        println!("SMs: {sms}");
+        return;
+    }
+    let emulated = artgan::backend::cuda::device_name(0).contains("emulated");
+    for sms in ["1", "5"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "batch_norm_outputs_do_not_depend_on_the_grid_size",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("ARTGAN_EMU_SMS", sms)
+            .env("ARTGAN_BN_GRID_CHILD", "1")
+            .output()
             .unwrap();
-        let m = ((n * hw) as f32).sqrt();
-        close(
-            &format!("batch_norm_backward dbeta {t}"),
-            &down(&g, &gdb),
-            &down(&c, &cdb),
-            1e-5,
-            1e-6 * m,
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child with {sms} SMs failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        close(
-            &format!("batch_norm_backward dgamma {t}"),
-            &down(&g, &gdg),
-            &down(&c, &cdg),
-            1e-4,
-            1e-5 * m,
-        );
-        let cdxv = down(&c, &cdx);
-        close(
-            &format!("batch_norm_backward dx {t}"),
-            &down(&g, &gdx),
-            &cdxv,
-            1e-3,
-            rms_tol(&cdxv, 1e-4),
+        if emulated {
+            assert!(
+                text.contains(&format!("SMs: {sms}\n")),
+                "the SM count did not take: {text}"
+            );
+        }
+        assert!(
+            text.contains(&line),
+            "with {sms} SMs the outputs differ: {text}"
         );
     }
 }

@@ -9,6 +9,7 @@
 //! step sizes used. The tolerance is `4·ε₃₂·Σ|y·R|/h + 2e-3·|g|` per element. Inputs of kinked
 //! ops (relu, leaky relu) are kept further than h from the kink.
 
+use artgan::backend::Activation;
 use artgan::ops;
 use artgan::rng::Rng;
 use artgan::tensor::{no_grad, Tensor};
@@ -236,6 +237,163 @@ fn batch_norm2d_eval_grad_matches_finite_difference() {
             let rv = Tensor::from_vec(rv.clone(), &[c], CPU).unwrap();
             ops::batch_norm2d(&t[0], &t[1], &t[2], &rm, &rv, false, 0.1, 1e-5).unwrap()
         });
+    }
+}
+
+/// x `[shape]`, gamma and beta for a fused batch norm + activation whose pre-activations are all
+/// at least 0.1 from the kink (redrawn until they are), so a step of 1e-2 in any input (it moves
+/// a pre-activation by well under 0.1) never crosses it. `stats`: the normalising (mean, var)
+/// per channel, or `None` for the batch's own (training).
+fn bn_act_inputs(rng: &mut Rng, shape: [usize; 4], stats: Option<(&[f32], &[f32])>) -> Vec<Input> {
+    let [n, c, h, w] = shape;
+    let hw = h * w;
+    loop {
+        let x = rng.normal_vec(n * c * hw, 0.5, 2.0);
+        let gamma = rng.normal_vec(c, 1.0, 0.3);
+        let beta = randn(rng, &[c]);
+        let clear = (0..c).all(|ch| {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw])
+                .map(|&v| f64::from(v))
+                .collect();
+            let (mean, var) = match stats {
+                Some((m, v)) => (f64::from(m[ch]), f64::from(v[ch])),
+                None => {
+                    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+                    let var =
+                        vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+                    (mean, var)
+                }
+            };
+            let scale = f64::from(gamma[ch]) / (var + 1e-5).sqrt();
+            vals.iter()
+                .all(|v| ((v - mean) * scale + f64::from(beta[ch])).abs() >= 0.1)
+        });
+        if clear {
+            return vec![input(x, &shape), input(gamma, &[c]), input(beta, &[c])];
+        }
+    }
+}
+
+#[test]
+fn batch_norm2d_act_training_grad_matches_finite_difference() {
+    let mut rng = Rng::new(31);
+    for act in [Activation::Relu, Activation::LeakyRelu(0.2)] {
+        for shape in [[4, 3, 2, 2], [2, 2, 3, 5], [5, 1, 1, 1], [3, 2, 3, 1]] {
+            let c = shape[1];
+            let inputs = bn_act_inputs(&mut rng, shape, None);
+            check_grad(
+                &format!("batch_norm2d_act train {act:?} {shape:?}"),
+                inputs,
+                1e-2,
+                |t| {
+                    let rm = Tensor::zeros(&[c], CPU).unwrap();
+                    let rv = Tensor::full(&[c], 1.0, CPU).unwrap();
+                    ops::batch_norm2d_act(&t[0], &t[1], &t[2], &rm, &rv, true, 0.1, 1e-5, act)
+                        .unwrap()
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm2d_act_eval_grad_matches_finite_difference() {
+    let mut rng = Rng::new(32);
+    for act in [Activation::Relu, Activation::LeakyRelu(0.2)] {
+        for shape in [[2, 3, 2, 2], [1, 2, 3, 5], [3, 1, 4, 1]] {
+            let c = shape[1];
+            let rm = rng.normal_vec(c, 0.5, 0.5);
+            let rv = rng.uniform_vec(c, 2.0, 6.0);
+            let inputs = bn_act_inputs(&mut rng, shape, Some((&rm, &rv)));
+            check_grad(
+                &format!("batch_norm2d_act eval {act:?} {shape:?}"),
+                inputs,
+                1e-2,
+                |t| {
+                    let rm = Tensor::from_vec(rm.clone(), &[c], CPU).unwrap();
+                    let rv = Tensor::from_vec(rv.clone(), &[c], CPU).unwrap();
+                    ops::batch_norm2d_act(&t[0], &t[1], &t[2], &rm, &rv, false, 0.1, 1e-5, act)
+                        .unwrap()
+                },
+            );
+        }
+    }
+}
+
+/// Values, gradients (x, gamma, beta) and running statistics of `act(batch_norm(x))` for the
+/// loss sum(y * r), fused or as the two ops.
+fn bn_act_run(
+    x: &[f32],
+    r: &[f32],
+    shape: [usize; 4],
+    training: bool,
+    act: Activation,
+    fused: bool,
+) -> Vec<Vec<f32>> {
+    let c = shape[1];
+    let mut rng = Rng::new(34);
+    let leaf = |v: Vec<f32>, s: &[usize]| Tensor::from_vec(v, s, CPU).unwrap().requiring_grad();
+    let xt = leaf(x.to_vec(), &shape);
+    let gt = leaf(rng.normal_vec(c, 1.0, 0.3), &[c]);
+    let bt = leaf(randn(&mut rng, &[c]), &[c]);
+    let rm = Tensor::from_vec(rng.normal_vec(c, 0.5, 0.5), &[c], CPU).unwrap();
+    let rv = Tensor::from_vec(rng.uniform_vec(c, 0.5, 2.0), &[c], CPU).unwrap();
+    let y = if fused {
+        ops::batch_norm2d_act(&xt, &gt, &bt, &rm, &rv, training, 0.1, 1e-5, act).unwrap()
+    } else {
+        let z = ops::batch_norm2d(&xt, &gt, &bt, &rm, &rv, training, 0.1, 1e-5).unwrap();
+        match act {
+            Activation::Relu => ops::relu(&z).unwrap(),
+            Activation::LeakyRelu(s) => ops::leaky_relu(&z, s).unwrap(),
+            other => panic!("{other:?} does not fuse"),
+        }
+    };
+    let rt = Tensor::from_vec(r.to_vec(), &shape, CPU).unwrap();
+    ops::sum(&ops::mul(&y, &rt).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grad = |t: &Tensor| t.grad_to_vec().unwrap().unwrap();
+    vec![
+        y.to_vec().unwrap(),
+        grad(&xt),
+        grad(&gt),
+        grad(&bt),
+        rm.to_vec().unwrap(),
+        rv.to_vec().unwrap(),
+    ]
+}
+
+/// The fused op is the two ops it replaces. Training: the same values, gradients and running
+/// statistics bit for bit on both CPU backends (the same f32 formulas, the mask taken from the
+/// same pre-activation). Eval: within a few f32 roundings, since it multiplies by
+/// 1/sqrt(var + eps) where the plain op divides by sqrt(var + eps).
+#[test]
+fn batch_norm2d_act_equals_batch_norm_then_activation() {
+    let shape = [4, 3, 5, 3];
+    let mut rng = Rng::new(35);
+    let x = rng.normal_vec(shape.iter().product(), 0.5, 2.0);
+    let r = randn(&mut rng, &shape);
+    for reference in [true, false] {
+        let _guard = reference.then(artgan::backend::use_reference_cpu);
+        for act in [Activation::Relu, Activation::LeakyRelu(0.2)] {
+            for training in [true, false] {
+                let what = format!("reference {reference} {act:?} training {training}");
+                let fused = bn_act_run(&x, &r, shape, training, act, true);
+                let plain = bn_act_run(&x, &r, shape, training, act, false);
+                if training {
+                    assert_eq!(fused, plain, "{what}");
+                    continue;
+                }
+                for (f, p) in fused.iter().zip(&plain) {
+                    let scale = p.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    for (a, b) in f.iter().zip(p) {
+                        assert!((a - b).abs() <= 1e-6 * scale, "{what}: {a} vs {b}");
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -174,6 +174,58 @@ pub enum Activation {
     Sigmoid,
 }
 
+/// What a batch norm applies after its affine in the same pass: nothing (plain batch norm), or
+/// the ReLU / LeakyReLU that follows it in the models (fused: the pre-activation is never stored).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BatchNormAct {
+    None,
+    Relu,
+    LeakyRelu(f32),
+}
+
+impl BatchNormAct {
+    /// The fused form of `act`; only ReLU and LeakyReLU fuse.
+    pub fn fused(act: Activation) -> Result<Self> {
+        match act {
+            Activation::Relu => Ok(BatchNormAct::Relu),
+            Activation::LeakyRelu(slope) => Ok(BatchNormAct::LeakyRelu(slope)),
+            other => bail!("batch norm fuses only ReLU and LeakyReLU, not {other:?}"),
+        }
+    }
+
+    /// The activation of pre-activation `z`, as the unfused activation computes it.
+    pub fn apply(self, z: f32) -> f32 {
+        match self {
+            BatchNormAct::None => z,
+            BatchNormAct::Relu => z.max(0.0),
+            BatchNormAct::LeakyRelu(slope) => {
+                if z > 0.0 {
+                    z
+                } else {
+                    z * slope
+                }
+            }
+        }
+    }
+
+    /// `g` through the activation's derivative at `z`, as the unfused activation's backward.
+    pub fn grad(self, z: f32, g: f32) -> f32 {
+        match self {
+            BatchNormAct::None => g,
+            _ if z > 0.0 => g,
+            BatchNormAct::Relu => 0.0,
+            BatchNormAct::LeakyRelu(slope) => g * slope,
+        }
+    }
+}
+
+/// Batch norm's pre-activation `(x - mean) * scale + shift` (scale = invstd * gamma), rounded
+/// step by step; every backend computes it this way so that a fused backward recomputes the
+/// forward's exact value for the activation's mask.
+pub fn batch_norm_affine(x: f32, mean: f32, scale: f32, shift: f32) -> f32 {
+    (x - mean) * scale + shift
+}
+
 /// `[n, c, hw]` view of an NCHW tensor for per-channel ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelDims {
@@ -369,6 +421,53 @@ pub trait Backend {
         mean: &Storage,
         invstd: &Storage,
         d: ChannelDims,
+    ) -> Result<(Storage, Storage, Storage)>;
+
+    /// Training-mode batch norm followed by `act` in one pass: `y` of the result is the
+    /// activated output, the running statistics move as in [`Backend::batch_norm_train`].
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved>;
+    /// Eval-mode batch norm followed by `act`: `mean` and `invstd` of the result are
+    /// `running_mean` and `1 / sqrt(running_var + eps)`, what the backward needs.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved>;
+    /// (dx, dgamma, dbeta) of the fused forward from its input `x` (the activation's mask comes
+    /// from the pre-activation recomputed with [`batch_norm_affine`]). `batch_stats`: the
+    /// forward normalised with the batch's own statistics (training), so dx has the terms
+    /// through the mean and variance; otherwise (eval) they are constants.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
     ) -> Result<(Storage, Storage, Storage)>;
 
     // ---- random (counter-based: element i depends only on seed and i; see crate::rng)

@@ -1,7 +1,7 @@
 //! The layers the two presets need, each owning its tensors and knowing their PyTorch names.
 
 use super::{Ctx, Mode, Module};
-use crate::backend::Device;
+use crate::backend::{Activation, Device};
 use crate::ops;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -143,46 +143,56 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.run(mode, |rm, rv, training| {
+            ops::batch_norm2d(
+                x,
+                &self.weight,
+                &self.bias,
+                rm,
+                rv,
+                training,
+                self.momentum,
+                self.eps,
+            )
+        })
+    }
+
+    /// `act(self.forward(x, mode))` for ReLU or LeakyReLU, as one fused op.
+    pub fn forward_act(&self, x: &Tensor, mode: Mode, act: Activation) -> Result<Tensor> {
+        self.run(mode, |rm, rv, training| {
+            ops::batch_norm2d_act(
+                x,
+                &self.weight,
+                &self.bias,
+                rm,
+                rv,
+                training,
+                self.momentum,
+                self.eps,
+                act,
+            )
+        })
+    }
+
+    /// Calls `op(running_mean, running_var, training)` as `mode` needs.
+    fn run(
+        &self,
+        mode: Mode,
+        op: impl FnOnce(&Tensor, &Tensor, bool) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         match mode {
             Mode::Train => {
                 self.num_batches_tracked
                     .set(self.num_batches_tracked.get() + 1);
-                ops::batch_norm2d(
-                    x,
-                    &self.weight,
-                    &self.bias,
-                    &self.running_mean,
-                    &self.running_var,
-                    true,
-                    self.momentum,
-                    self.eps,
-                )
+                op(&self.running_mean, &self.running_var, true)
             }
-            Mode::Eval => ops::batch_norm2d(
-                x,
-                &self.weight,
-                &self.bias,
-                &self.running_mean,
-                &self.running_var,
-                false,
-                self.momentum,
-                self.eps,
-            ),
+            Mode::Eval => op(&self.running_mean, &self.running_var, false),
             Mode::BatchStats => {
                 // Training-mode normalisation writes the running stats in place; hand it
                 // throw-away copies so the real ones stay untouched.
                 let rm = scratch_copy(&self.running_mean)?;
                 let rv = scratch_copy(&self.running_var)?;
-                ops::batch_norm2d(
-                    x,
-                    &self.weight,
-                    &self.bias,
-                    &rm,
-                    &rv,
-                    true,
-                    self.momentum,
-                    self.eps,
-                )
+                op(&rm, &rv, true)
             }
         }
     }
@@ -263,6 +273,15 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// The activation a preceding batch norm can fuse (ReLU, LeakyReLU).
+    fn fusable_activation(&self) -> Option<Activation> {
+        match self {
+            Layer::Relu => Some(Activation::Relu),
+            Layer::LeakyRelu(s) => Some(Activation::LeakyRelu(*s)),
+            _ => None,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let train = ctx.mode == Mode::Train;
         match self {
@@ -358,12 +377,27 @@ impl Sequential {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let mut h = x.clone();
-        for layer in &self.layers {
-            h = layer.forward(&h, ctx)?;
-        }
-        Ok(h)
+        forward_layers(&self.layers, x, ctx)
     }
+}
+
+/// Runs `layers` one after another, except that a batch norm followed by ReLU or LeakyReLU
+/// runs as one fused op (`BatchNorm2d::forward_act`): same values, one pass, and no
+/// pre-activation tensor kept for the backward.
+pub fn forward_layers(layers: &[Layer], x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    let mut h = x.clone();
+    let mut i = 0;
+    while i < layers.len() {
+        let next_act = layers.get(i + 1).and_then(Layer::fusable_activation);
+        if let (Layer::Bn(bn), Some(act)) = (&layers[i], next_act) {
+            h = bn.forward_act(&h, ctx.mode, act)?;
+            i += 2;
+        } else {
+            h = layers[i].forward(&h, ctx)?;
+            i += 1;
+        }
+    }
+    Ok(h)
 }
 
 impl Module for Sequential {

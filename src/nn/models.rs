@@ -8,8 +8,8 @@
 //!   dropout, a 5×5 logit map and global average pooling.
 
 use super::layers::{
-    BatchNorm2d, ClassEmbedding, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential,
-    SpectralNormConv2d, StateRef,
+    forward_layers, BatchNorm2d, ClassEmbedding, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer,
+    Sequential, SpectralNormConv2d, StateRef,
 };
 use super::{Ctx, Module};
 use crate::backend::Device;
@@ -378,10 +378,7 @@ impl Discriminator {
             .layers
             .split_last()
             .expect("a discriminator has layers");
-        let mut h = x.clone();
-        for layer in hidden {
-            h = layer.forward(&h, ctx)?;
-        }
+        let h = forward_layers(hidden, x, ctx)?;
         let logit = ops::mean_rows(&last.forward(&h, ctx)?)?;
         let [_, c, hh, ww] = *h.shape() else {
             bail!("discriminator: hidden features of shape {:?}", h.shape());

@@ -1,10 +1,43 @@
 //! batch_norm2d with PyTorch semantics: training normalises with the biased batch variance
 //! and moves the running stats (unbiased variance) by `momentum`; eval uses the running stats.
+//! `batch_norm2d_act` is the same followed by ReLU or LeakyReLU as one node: one pass forward,
+//! one backward, and no pre-activation tensor kept (the backward recomputes its sign from x).
 
 use super::{nchw, same_device};
-use crate::backend::{ChannelDims, Storage};
+use crate::backend::{Activation, BatchNormAct, ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
+
+/// Validates the inputs; returns the `[n, c, hw]` view of x.
+fn batch_norm_dims(
+    what: &str,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    training: bool,
+) -> Result<ChannelDims> {
+    same_device(what, &[x, gamma, beta, running_mean, running_var])?;
+    let [n, c, h, w] = nchw(what, x)?;
+    for (name, t) in [
+        ("weight", gamma),
+        ("bias", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        if t.shape() != [c] {
+            bail!("{what}: {name} shape {:?}, expected [{c}]", t.shape());
+        }
+    }
+    if training && n * h * w < 2 {
+        bail!(
+            "{what}: training needs more than one value per channel, got {:?}",
+            x.shape()
+        );
+    }
+    Ok(ChannelDims { n, c, hw: h * w })
+}
 
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm2d(
@@ -17,19 +50,9 @@ pub fn batch_norm2d(
     momentum: f32,
     eps: f32,
 ) -> Result<Tensor> {
-    same_device("batch_norm2d", &[x, gamma, beta, running_mean, running_var])?;
-    let [n, c, h, w] = nchw("batch_norm2d", x)?;
-    for (name, t) in [
-        ("weight", gamma),
-        ("bias", beta),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ] {
-        if t.shape() != [c] {
-            bail!("batch_norm2d: {name} shape {:?}, expected [{c}]", t.shape());
-        }
-    }
-    let d = ChannelDims { n, c, hw: h * w };
+    let what = "batch_norm2d";
+    let d = batch_norm_dims(what, x, gamma, beta, running_mean, running_var, training)?;
+    let c = d.c;
     let be = x.backend();
     if !training {
         let y = be.batch_norm_eval(
@@ -70,32 +93,99 @@ pub fn batch_norm2d(
             },
         );
     }
-    if n * h * w < 2 {
-        bail!(
-            "batch_norm2d: training needs more than one value per channel, got {:?}",
-            x.shape()
-        );
-    }
-    let saved = be.batch_norm_train(
-        &x.storage(),
-        &gamma.storage(),
-        &beta.storage(),
-        &mut running_mean.storage_mut(),
-        &mut running_var.storage_mut(),
+    let none = BatchNormAct::None;
+    batch_norm_node(
+        what,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
         d,
+        training,
         momentum,
         eps,
-    )?;
-    let (sx, sg) = (x.storage_rc(), gamma.storage_rc());
+        none,
+    )
+}
+
+/// `act(batch_norm2d(x, ...))` for `act` ReLU or LeakyReLU, as one op (same values as the two
+/// ops one after the other, up to float rounding).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    training: bool,
+    momentum: f32,
+    eps: f32,
+    act: Activation,
+) -> Result<Tensor> {
+    let what = "batch_norm2d_act";
+    let d = batch_norm_dims(what, x, gamma, beta, running_mean, running_var, training)?;
+    let act = BatchNormAct::fused(act)?;
+    batch_norm_node(
+        what,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        d,
+        training,
+        momentum,
+        eps,
+        act,
+    )
+}
+
+/// One autograd node for batch norm followed by `act`: training mode (and, with an activation,
+/// eval mode too); saves x, gamma, beta and the statistics, never the pre-activation.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_node(
+    what: &'static str,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    d: ChannelDims,
+    training: bool,
+    momentum: f32,
+    eps: f32,
+    act: BatchNormAct,
+) -> Result<Tensor> {
+    let be = x.backend();
+    let (xs, gs, bs) = (x.storage(), gamma.storage(), beta.storage());
+    let saved = if training {
+        let (mut rm, mut rv) = (running_mean.storage_mut(), running_var.storage_mut());
+        be.batch_norm_act_train(&xs, &gs, &bs, &mut rm, &mut rv, d, momentum, eps, act)?
+    } else {
+        let (rm, rv) = (running_mean.storage(), running_var.storage());
+        be.batch_norm_act_eval(&xs, &gs, &bs, &rm, &rv, d, eps, act)?
+    };
+    drop((xs, gs, bs));
+    let (sx, sg, sb) = (x.storage_rc(), gamma.storage_rc(), beta.storage_rc());
     let (mean, invstd) = (saved.mean, saved.invstd);
     Tensor::from_op(
         saved.y,
         x.shape(),
-        "batch_norm2d",
+        what,
         &[x, gamma, beta],
         move |g: &Storage, _: &[bool]| {
-            let (dx, dgamma, dbeta) =
-                be.batch_norm_backward(&sx.borrow(), g, &sg.borrow(), &mean, &invstd, d)?;
+            let (dx, dgamma, dbeta) = be.batch_norm_act_backward(
+                &sx.borrow(),
+                g,
+                &sg.borrow(),
+                &sb.borrow(),
+                &mean,
+                &invstd,
+                d,
+                act,
+                training,
+            )?;
             Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
         },
     )

@@ -11,7 +11,7 @@ mod loss;
 mod random;
 mod spectral_norm;
 
-pub use batchnorm::batch_norm2d;
+pub use batchnorm::{batch_norm2d, batch_norm2d_act};
 pub use conditional::{
     channel_affine, diff_augment, diffaug_color, diffaug_cutout, diffaug_params, diffaug_translate,
     embedding, row_dot, sum_rows, DiffAugment, DiffAugmentParams,

@@ -176,22 +176,18 @@ impl Backend for CpuBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        d.check_batch_norm_train()?;
-        let (y, mean, invstd) = batchnorm::train(
-            host(x)?,
-            host(gamma)?,
-            host(beta)?,
-            host_mut(running_mean)?,
-            host_mut(running_var)?,
+        let act = BatchNormAct::None;
+        self.batch_norm_act_train(
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
             d,
             momentum,
             eps,
-        );
-        Ok(BatchNormSaved {
-            y: Storage::Cpu(y),
-            mean: Storage::Cpu(mean),
-            invstd: Storage::Cpu(invstd),
-        })
+            act,
+        )
     }
     fn batch_norm_eval(
         &self,
@@ -214,13 +210,75 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        let (dx, dg, db) = batchnorm::backward(
+        let none = Storage::Cpu(Vec::new());
+        let act = BatchNormAct::None;
+        self.batch_norm_act_backward(x, dy, gamma, &none, mean, invstd, d, act, true)
+    }
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        d.check_batch_norm_train()?;
+        let (y, mean, invstd) = batchnorm::train_act(
+            host(x)?,
+            host(gamma)?,
+            host(beta)?,
+            host_mut(running_mean)?,
+            host_mut(running_var)?,
+            d,
+            momentum,
+            eps,
+            act,
+        );
+        Ok(BatchNormSaved {
+            y: Storage::Cpu(y),
+            mean: Storage::Cpu(mean),
+            invstd: Storage::Cpu(invstd),
+        })
+    }
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        ReferenceBackend.batch_norm_act_eval(x, gamma, beta, running_mean, running_var, d, eps, act)
+    }
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let (dx, dg, db) = batchnorm::backward_act(
             host(x)?,
             host(dy)?,
             host(gamma)?,
+            host(beta)?,
             host(mean)?,
             host(invstd)?,
             d,
+            act,
+            batch_stats,
         );
         Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
     }

@@ -1,14 +1,53 @@
 //! Launches of `kernels/batchnorm.cu`: training-mode statistics and normalisation, eval mode
-//! and the backward pass. Autograd: `src/ops/batchnorm.rs`.
+//! and the backward pass, each optionally fused with the ReLU / LeakyReLU that follows.
+//! Autograd: `src/ops/batchnorm.rs`.
 
 use super::err::drv;
 use super::{cb, cb_mut, CudaBackend};
 use crate::backend::*;
 use anyhow::{bail, Result};
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// (n, c, hw, total) as the kernels' 32-bit indices; larger tensors are refused.
+fn dims32(d: ChannelDims) -> Result<(u32, u32, u32, u32)> {
+    // Below 2^31, so `i + grid stride` cannot wrap a u32 either.
+    if d.len() > i32::MAX as usize {
+        bail!(
+            "batch norm: {} elements exceed the CUDA kernels' 32-bit indexing (at most {})",
+            d.len(),
+            i32::MAX
+        );
+    }
+    Ok((d.n as u32, d.c as u32, d.hw as u32, d.len() as u32))
+}
+
+/// Kernel code and slope of `act` (`BN_ACT_*` in kernels/batchnorm.cu).
+fn act_code(act: BatchNormAct) -> (i32, f32) {
+    match act {
+        BatchNormAct::None => (0, 0.0),
+        BatchNormAct::Relu => (1, 0.0),
+        BatchNormAct::LeakyRelu(slope) => (2, slope),
+    }
+}
+
+/// Launch shape of the per-channel reductions: `tx` threads per channel (a power of two from 32
+/// to 1024, about 8 elements each), `ty` channels per block so a block has at least 256
+/// threads, blocks capped at the device's resident count (they stride over channel groups).
+/// The shape depends on the channel size only, so the sums do not depend on the device.
+fn channel_reduce_config(be: &CudaBackend, d: ChannelDims) -> LaunchConfig {
+    let count = (d.n * d.hw) as u32;
+    let tx = count.div_ceil(8).next_power_of_two().clamp(32, 1024);
+    let ty = (256 / tx).max(1);
+    let groups = (d.c as u32).div_ceil(ty);
+    LaunchConfig {
+        grid_dim: (groups.clamp(1, be.max_blocks), 1, 1),
+        block_dim: (tx, ty, 1),
+        shared_mem_bytes: 0,
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn batch_norm_train(
+pub(super) fn batch_norm_act_train(
     be: &CudaBackend,
     x: &Storage,
     gamma: &Storage,
@@ -18,23 +57,18 @@ pub(super) fn batch_norm_train(
     d: ChannelDims,
     momentum: f32,
     eps: f32,
+    act: BatchNormAct,
 ) -> Result<BatchNormSaved> {
     d.check_batch_norm_train()?;
-    let (x, gamma, beta) = (cb(x)?, cb(gamma)?, cb(beta)?);
-    let rm = cb_mut(running_mean)?;
-    let (n, c, hw, total) = (d.n as u64, d.c as u64, d.hw as u64, d.len() as u64);
+    let (n, c, hw, _) = dims32(d)?;
+    let (xs, rm) = (cb(x)?, cb_mut(running_mean)?);
     let mut mean = be.alloc(d.c)?;
     let mut invstd = be.alloc(d.c)?;
-    let mut y = be.alloc(d.len())?;
-    if total == 0 {
-        bail!("batch_norm: empty input");
-    }
     {
         let rv = cb_mut(running_var)?;
-        let cfg = be.per_row(c, CudaBackend::reduce_threads(n * hw));
         let f = be.func("bn_stats_f32")?;
         let mut b = be.stream.launch_builder(f);
-        b.arg(x.slice())
+        b.arg(xs.slice())
             .arg(&n)
             .arg(&c)
             .arg(&hw)
@@ -45,28 +79,49 @@ pub(super) fn batch_norm_train(
             .arg(rm.slice_mut())
             .arg(rv.slice_mut());
         // SAFETY: matches bn_stats_f32's signature.
-        unsafe { b.launch(cfg) }.map_err(|e| drv(e, "launching bn_stats_f32"))?;
+        unsafe { b.launch(channel_reduce_config(be, d)) }
+            .map_err(|e| drv(e, "launching bn_stats_f32"))?;
     }
-    let cfg = be.grid(total);
-    launch!(
-        be,
-        "bn_apply_f32",
-        cfg,
-        x.slice(),
-        mean.slice(),
-        invstd.slice(),
-        gamma.slice(),
-        beta.slice(),
-        &c,
-        &hw,
-        y.slice_mut(),
-        &total
-    )?;
-    Ok(BatchNormSaved {
-        y: Storage::Cuda(y),
-        mean: Storage::Cuda(mean),
-        invstd: Storage::Cuda(invstd),
-    })
+    let (mean, invstd) = (Storage::Cuda(mean), Storage::Cuda(invstd));
+    let y = apply(be, x, &mean, &invstd, gamma, beta, d, act)?;
+    Ok(BatchNormSaved { y, mean, invstd })
+}
+
+/// `act((x - mean) * invstd * gamma + beta)`.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    be: &CudaBackend,
+    x: &Storage,
+    mean: &Storage,
+    invstd: &Storage,
+    gamma: &Storage,
+    beta: &Storage,
+    d: ChannelDims,
+    act: BatchNormAct,
+) -> Result<Storage> {
+    let (_, c, hw, total) = dims32(d)?;
+    let (x, mean, invstd, gamma, beta) = (cb(x)?, cb(mean)?, cb(invstd)?, cb(gamma)?, cb(beta)?);
+    let (code, slope) = act_code(act);
+    let mut y = be.alloc(d.len())?;
+    if total > 0 {
+        launch!(
+            be,
+            "bn_apply_f32",
+            be.grid(u64::from(total)),
+            x.slice(),
+            mean.slice(),
+            invstd.slice(),
+            gamma.slice(),
+            beta.slice(),
+            &code,
+            &slope,
+            &c,
+            &hw,
+            y.slice_mut(),
+            &total
+        )?;
+    }
+    Ok(Storage::Cuda(y))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -80,16 +135,15 @@ pub(super) fn batch_norm_eval(
     d: ChannelDims,
     eps: f32,
 ) -> Result<Storage> {
+    let (_, c, hw, total) = dims32(d)?;
     let (x, gamma, beta) = (cb(x)?, cb(gamma)?, cb(beta)?);
     let (rm, rv) = (cb(running_mean)?, cb(running_var)?);
     let mut y = be.alloc(d.len())?;
-    let (c, hw, total) = (d.c as u64, d.hw as u64, d.len() as u64);
     if total > 0 {
-        let cfg = be.grid(total);
         launch!(
             be,
             "bn_eval_f32",
-            cfg,
+            be.grid(u64::from(total)),
             x.slice(),
             rm.slice(),
             rv.slice(),
@@ -105,51 +159,93 @@ pub(super) fn batch_norm_eval(
     Ok(Storage::Cuda(y))
 }
 
-pub(super) fn batch_norm_backward(
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batch_norm_act_eval(
+    be: &CudaBackend,
+    x: &Storage,
+    gamma: &Storage,
+    beta: &Storage,
+    running_mean: &Storage,
+    running_var: &Storage,
+    d: ChannelDims,
+    eps: f32,
+    act: BatchNormAct,
+) -> Result<BatchNormSaved> {
+    let c = d.c as u32;
+    let mut invstd = be.alloc(d.c)?;
+    if c > 0 {
+        launch!(
+            be,
+            "bn_invstd_f32",
+            be.grid(u64::from(c)),
+            cb(running_var)?.slice(),
+            &eps,
+            invstd.slice_mut(),
+            &c
+        )?;
+    }
+    let (mean, invstd) = (be.copy(running_mean)?, Storage::Cuda(invstd));
+    let y = apply(be, x, &mean, &invstd, gamma, beta, d, act)?;
+    Ok(BatchNormSaved { y, mean, invstd })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batch_norm_act_backward(
     be: &CudaBackend,
     x: &Storage,
     dy: &Storage,
     gamma: &Storage,
+    beta: &Storage,
     mean: &Storage,
     invstd: &Storage,
     d: ChannelDims,
+    act: BatchNormAct,
+    batch_stats: bool,
 ) -> Result<(Storage, Storage, Storage)> {
-    let (x, dy, gamma) = (cb(x)?, cb(dy)?, cb(gamma)?);
+    let (n, c, hw, total) = dims32(d)?;
+    let (x, dy, gamma, beta) = (cb(x)?, cb(dy)?, cb(gamma)?, cb(beta)?);
     let (mean, invstd) = (cb(mean)?, cb(invstd)?);
-    let (n, c, hw, total) = (d.n as u64, d.c as u64, d.hw as u64, d.len() as u64);
+    let (code, slope) = act_code(act);
+    let batch_stats = i32::from(batch_stats);
     let mut dx = be.alloc(d.len())?;
     let mut dgamma = be.alloc(d.c)?;
     let mut dbeta = be.alloc(d.c)?;
     if total == 0 {
         bail!("batch_norm backward: empty input");
     }
-    let cfg = be.per_row(c, CudaBackend::reduce_threads(n * hw));
     launch!(
         be,
         "bn_backward_reduce_f32",
-        cfg,
+        channel_reduce_config(be, d),
         x.slice(),
         dy.slice(),
+        gamma.slice(),
+        beta.slice(),
         mean.slice(),
         invstd.slice(),
+        &code,
+        &slope,
         &n,
         &c,
         &hw,
         dgamma.slice_mut(),
         dbeta.slice_mut()
     )?;
-    let cfg = be.grid(total);
     launch!(
         be,
         "bn_backward_dx_f32",
-        cfg,
+        be.grid(u64::from(total)),
         x.slice(),
         dy.slice(),
         gamma.slice(),
+        beta.slice(),
         mean.slice(),
         invstd.slice(),
         dgamma.slice(),
         dbeta.slice(),
+        &code,
+        &slope,
+        &batch_stats,
         &n,
         &c,
         &hw,

@@ -427,8 +427,8 @@ impl Backend for CudaBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        batchnorm::batch_norm_train(
-            self,
+        let act = BatchNormAct::None;
+        self.batch_norm_act_train(
             x,
             gamma,
             beta,
@@ -437,6 +437,7 @@ impl Backend for CudaBackend {
             d,
             momentum,
             eps,
+            act,
         )
     }
 
@@ -462,7 +463,75 @@ impl Backend for CudaBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        batchnorm::batch_norm_backward(self, x, dy, gamma, mean, invstd, d)
+        // Without an activation the kernels do not read beta; gamma stands in for it.
+        let act = BatchNormAct::None;
+        self.batch_norm_act_backward(x, dy, gamma, gamma, mean, invstd, d, act, true)
+    }
+
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batchnorm::batch_norm_act_train(
+            self,
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            momentum,
+            eps,
+            act,
+        )
+    }
+
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batchnorm::batch_norm_act_eval(self, x, gamma, beta, running_mean, running_var, d, eps, act)
+    }
+
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
+    ) -> Result<(Storage, Storage, Storage)> {
+        batchnorm::batch_norm_act_backward(
+            self,
+            x,
+            dy,
+            gamma,
+            beta,
+            mean,
+            invstd,
+            d,
+            act,
+            batch_stats,
+        )
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {

@@ -39,6 +39,7 @@ pub const MODULES: &[(&str, &[&str])] = &[
             "bn_stats_f32",
             "bn_apply_f32",
             "bn_eval_f32",
+            "bn_invstd_f32",
             "bn_backward_reduce_f32",
             "bn_backward_dx_f32",
         ],

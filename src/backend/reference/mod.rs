@@ -168,7 +168,17 @@ impl Backend for ReferenceBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<BatchNormSaved> {
-        batchnorm::batch_norm_train(x, gamma, beta, running_mean, running_var, d, momentum, eps)
+        batchnorm::batch_norm_act_train(
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            momentum,
+            eps,
+            BatchNormAct::None,
+        )
     }
     fn batch_norm_eval(
         &self,
@@ -191,7 +201,69 @@ impl Backend for ReferenceBackend {
         invstd: &Storage,
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        batchnorm::batch_norm_backward(x, dy, gamma, mean, invstd, d)
+        let none = Storage::Cpu(Vec::new());
+        batchnorm::batch_norm_act_backward(
+            x,
+            dy,
+            gamma,
+            &none,
+            mean,
+            invstd,
+            d,
+            BatchNormAct::None,
+            true,
+        )
+    }
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batchnorm::batch_norm_act_train(
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            momentum,
+            eps,
+            act,
+        )
+    }
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batchnorm::batch_norm_act_eval(x, gamma, beta, running_mean, running_var, d, eps, act)
+    }
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
+    ) -> Result<(Storage, Storage, Storage)> {
+        batchnorm::batch_norm_act_backward(x, dy, gamma, beta, mean, invstd, d, act, batch_stats)
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
