@@ -952,6 +952,31 @@ fn adam_items<'a>(
         .collect()
 }
 
+/// One item's (param, m, v) on the GPU and on the CPU agree (the Adam tests' bounds).
+fn close_adam_state(
+    what: &str,
+    g: &Rc<dyn Backend>,
+    c: &Rc<dyn Backend>,
+    (gp, gm, gv): (&Storage, &Storage, &Storage),
+    (cp, cm, cv): (&Storage, &Storage, &Storage),
+) {
+    close(
+        &format!("{what} param"),
+        &down(g, gp),
+        &down(c, cp),
+        1e-5,
+        1e-7,
+    );
+    close(&format!("{what} m"), &down(g, gm), &down(c, cm), 1e-5, 1e-9);
+    close(
+        &format!("{what} v"),
+        &down(g, gv),
+        &down(c, cv),
+        1e-5,
+        1e-12,
+    );
+}
+
 fn adam_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64) {
     let mut rng = Rng::new(seed);
     let params: Vec<Vec<f32>> = lens.iter().map(|&l| rand(&mut rng, l, 1.0)).collect();
@@ -982,27 +1007,8 @@ fn adam_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64
     }
     for k in 0..lens.len() {
         let t = format!("item {k} len {}", lens[k]);
-        close(
-            &format!("adam param {t}"),
-            &down(g, &gp[k]),
-            &down(c, &cp[k]),
-            1e-5,
-            1e-7,
-        );
-        close(
-            &format!("adam m {t}"),
-            &down(g, &gm[k]),
-            &down(c, &cm[k]),
-            1e-5,
-            1e-9,
-        );
-        close(
-            &format!("adam v {t}"),
-            &down(g, &gv[k]),
-            &down(c, &cv[k]),
-            1e-5,
-            1e-12,
-        );
+        let (on_gpu, on_cpu) = ((&gp[k], &gm[k], &gv[k]), (&cp[k], &cm[k], &cv[k]));
+        close_adam_state(&format!("adam {t}"), g, c, on_gpu, on_cpu);
     }
 }
 
@@ -1084,27 +1090,8 @@ fn adam_scaled_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], se
         }
         for k in 0..lens.len() {
             let what = format!("step {t} item {k} len {}", lens[k]);
-            close(
-                &format!("amp adam param {what}"),
-                &down(g, &gp[k]),
-                &down(c, &cp[k]),
-                1e-5,
-                1e-7,
-            );
-            close(
-                &format!("amp adam m {what}"),
-                &down(g, &gm[k]),
-                &down(c, &cm[k]),
-                1e-5,
-                1e-9,
-            );
-            close(
-                &format!("amp adam v {what}"),
-                &down(g, &gv[k]),
-                &down(c, &cv[k]),
-                1e-5,
-                1e-12,
-            );
+            let (on_gpu, on_cpu) = ((&gp[k], &gm[k], &gv[k]), (&cp[k], &cm[k], &cv[k]));
+            close_adam_state(&format!("amp adam {what}"), g, c, on_gpu, on_cpu);
         }
     }
     // Grown, halved, kept, halved; two applied and two skipped.
