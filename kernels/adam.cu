@@ -1,6 +1,7 @@
 // Fused multi-tensor Adam: one launch updates up to ADAM_MAX_ITEMS parameter tensors. The
-// table of pointers, lengths and step sizes travels by value as the kernel parameter (under
-// the 4 KiB limit), so there is no host-to-device copy and no synchronisation per step.
+// table of pointers and lengths travels by value as the kernel parameter (under the 4 KiB
+// limit); the scalars that change every step (bias corrections, lr per item) are read from
+// device memory, so that a CUDA graph of the step replays with each step's values.
 // Block b works on item k where block_start[k] <= b < block_start[k + 1].
 #include "common.cuh"
 
@@ -14,7 +15,7 @@ struct AdamTable {
     u64 v[ADAM_MAX_ITEMS];
     u32 len[ADAM_MAX_ITEMS];
     u32 block_start[ADAM_MAX_ITEMS + 1];
-    float step[ADAM_MAX_ITEMS];  // lr / (1 - beta1^t), per item
+    u32 scalar[ADAM_MAX_ITEMS];  // index of the item's value in `scalars` (see the kernels)
     u32 n_items;
 };
 
@@ -50,10 +51,12 @@ __device__ __forceinline__ void adam_chunk(const AdamTable& t, u32 b, u32 k, u32
     }
 }
 
+// scalars[0] = sqrt(bc2); scalars[t.scalar[k]] = lr / bc1 of item k.
 extern "C" __global__ void adam_multi_f32(const AdamTable t, u32 chunk, float beta1,
-                                          float beta2, float eps, float bc2_sqrt) {
+                                          float beta2, float eps, const float* scalars) {
     const u32 k = item_of_block(t, blockIdx.x);
-    adam_chunk(t, blockIdx.x, k, chunk, beta1, beta2, eps, t.step[k], bc2_sqrt, 1.0f);
+    adam_chunk(t, blockIdx.x, k, chunk, beta1, beta2, eps, scalars[t.scalar[k]], scalars[0],
+               1.0f);
 }
 
 // ---- Mixed precision (Backend::adam_update_scaled): three launches per optimiser step, no host
@@ -92,16 +95,16 @@ extern "C" __global__ void amp_find_inf_multi(const AdamTable t, u32 chunk, cons
 
 // adam_multi_f32 on g/scale, with the bias corrections of step APPLIED + 1 (1 - beta^t in
 // double, as the host computes them for the f32 path), and nothing at all when the step found
-// an inf/NaN. `t.step[k]` holds the item's lr.
+// an inf/NaN. scalars[t.scalar[k]] = the lr of item k (scalars[0] is unused).
 extern "C" __global__ void adam_multi_scaled_f32(const AdamTable t, u32 chunk, float beta1,
-                                                 float beta2, float eps, const float* scale,
-                                                 const float* counters) {
+                                                 float beta2, float eps, const float* scalars,
+                                                 const float* scale, const float* counters) {
     if (counters[LS_FOUND_INF] != 0.0f) return;
     const u32 k = item_of_block(t, blockIdx.x);
     const double step_t = (double)counters[LS_APPLIED] + 1.0;
     const float bc1 = (float)(1.0 - pow((double)beta1, step_t));
     const float bc2_sqrt = sqrtf((float)(1.0 - pow((double)beta2, step_t)));
-    adam_chunk(t, blockIdx.x, k, chunk, beta1, beta2, eps, t.step[k] / bc1, bc2_sqrt,
+    adam_chunk(t, blockIdx.x, k, chunk, beta1, beta2, eps, scalars[t.scalar[k]] / bc1, bc2_sqrt,
                inverse_scale(scale));
 }
 

@@ -1,10 +1,13 @@
 //! Adam (PyTorch's `torch.optim.Adam`, bias-corrected, no weight decay) with parameter groups.
 //!
 //! The update itself is one backend call over every parameter of every group
-//! (`Backend::adam_update`), so the CUDA backend can do a whole step in one launch.
+//! (`Backend::adam_update_with`), so the CUDA backend can do a whole step in one launch. A
+//! step has a host half ([`Adam::prepare`]: the count, the bias corrections, written to a
+//! device buffer) and a device half ([`Adam::apply`]), so that a CUDA graph can hold the
+//! device half while each step's scalars still change.
 
 use crate::amp::LossScaler;
-use crate::backend::{AdamHyper, AdamItem, AdamStep, Storage};
+use crate::backend::{adam_scalars, amp_adam_scalars, AdamHyper, AdamItem, AdamStep, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use std::cell::{Ref, RefMut};
@@ -36,6 +39,9 @@ pub struct Adam {
     /// Mixed precision's dynamic loss scaler (see `crate::amp`): the gradients hold the loss
     /// scale × the true ones, and [`Adam::step`] unscales, checks and maybe skips on the device.
     pub scaler: Option<LossScaler>,
+    /// The scalars of the prepared step on the parameters' device (see [`adam_scalars`], or
+    /// [`amp_adam_scalars`] with a scaler): one buffer, rewritten in place each step.
+    scalars: Option<Tensor>,
 }
 
 impl Adam {
@@ -47,6 +53,7 @@ impl Adam {
             eps,
             step: 0,
             scaler: None,
+            scalars: None,
         }
     }
 
@@ -102,17 +109,61 @@ impl Adam {
     /// gradient are left alone). With a loss scaler, `Backend::adam_update_scaled`: skipped on
     /// the device when a gradient is inf/NaN.
     pub fn step(&mut self) -> Result<()> {
+        self.prepare()?;
+        self.apply()
+    }
+
+    /// The host half of [`Adam::step`]: counts the step and writes its scalars to the device
+    /// (queues a host-to-device copy; nothing else).
+    pub fn prepare(&mut self) -> Result<()> {
         self.step += 1;
+        let step = self.hyper();
+        let lrs: Vec<f32> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|_| g.lr))
+            .collect();
+        let Some(first) = self.groups.iter().flat_map(|g| &g.params).next() else {
+            return Ok(());
+        };
+        let host = match self.scaler {
+            // The bias corrections come from the device's count of applied steps.
+            Some(_) => amp_adam_scalars(lrs),
+            None => adam_scalars(step, lrs),
+        };
+        match &self.scalars {
+            Some(t) if t.numel() == host.len() => {
+                t.backend().write(&mut t.storage_mut(), &host)?;
+            }
+            _ => {
+                self.scalars = Some(Tensor::from_vec(
+                    host.clone(),
+                    &[host.len()],
+                    first.param.device(),
+                )?)
+            }
+        }
+        Ok(())
+    }
+
+    /// The bias-corrected hyper-parameters of the current step count.
+    fn hyper(&self) -> AdamStep {
         let t = self.step as i32;
         // In f64 as PyTorch does (Python floats): 1 − 0.999ᵗ in f32 loses ~1e-5 relative.
         let bc = |beta: f32| (1.0 - f64::from(beta).powi(t)) as f32;
-        let step = AdamStep {
+        AdamStep {
             beta1: self.beta1,
             beta2: self.beta2,
             eps: self.eps,
             bias_correction1: bc(self.beta1),
             bias_correction2: bc(self.beta2),
-        };
+        }
+    }
+
+    /// The device half of [`Adam::step`]: the update with the scalars [`Adam::prepare`] wrote.
+    /// Queues device work only (what a CUDA graph captures).
+    pub fn apply(&self) -> Result<()> {
+        let step = self.hyper();
         type Guards<'a> = (
             RefMut<'a, Storage>,
             Ref<'a, Option<Storage>>,
@@ -122,9 +173,13 @@ impl Adam {
         );
         let mut guards: Vec<Guards> = Vec::new();
         let mut backend = None;
+        let mut every_param = true;
         for g in &self.groups {
             for p in &g.params {
-                let Some(grad) = p.param.grad() else { continue };
+                let Some(grad) = p.param.grad() else {
+                    every_param = false;
+                    continue;
+                };
                 backend.get_or_insert_with(|| p.param.backend());
                 guards.push((
                     p.param.storage_mut(),
@@ -148,21 +203,30 @@ impl Adam {
                 lr: *lr,
             })
             .collect();
-        match &self.scaler {
-            None => backend.adam_update(&mut items, step),
-            Some(scaler) => {
-                let hyper = AdamHyper {
-                    beta1: self.beta1,
-                    beta2: self.beta2,
-                    eps: self.eps,
-                };
-                backend.adam_update_scaled(
-                    &mut items,
-                    hyper,
-                    &mut scaler.scale.storage_mut(),
-                    &mut scaler.counters.storage_mut(),
-                )
-            }
+        // The prepared scalars are laid out per parameter: usable when every one has a
+        // gradient (always, in training); otherwise the backend takes them from the items.
+        let prepared = self.scalars.as_ref().filter(|_| every_param);
+        let Some(scaler) = &self.scaler else {
+            return match prepared {
+                Some(s) => backend.adam_update_with(&mut items, step, &s.storage()),
+                None => backend.adam_update(&mut items, step),
+            };
+        };
+        let hyper = AdamHyper {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        };
+        let (mut scale, mut counters) = (scaler.scale.storage_mut(), scaler.counters.storage_mut());
+        match prepared {
+            Some(s) => backend.adam_update_scaled_with(
+                &mut items,
+                hyper,
+                &s.storage(),
+                &mut scale,
+                &mut counters,
+            ),
+            None => backend.adam_update_scaled(&mut items, hyper, &mut scale, &mut counters),
         }
     }
 

@@ -48,6 +48,11 @@ fn bad_training_input_is_a_clear_error() {
     assert_one_line_error(&o, "image size 100 is not supported: use 32, 64 or 128");
     let o = artgan(&["train", "--device", "tpu"], d);
     assert_one_line_error(&o, "bad device \"tpu\": expected auto, cpu, cuda or cuda:N");
+    let o = artgan(&["train", "--device", "cpu", "--cuda-graphs", "on"], d);
+    assert_one_line_error(
+        &o,
+        "--cuda-graphs on needs a CUDA device; this run is on cpu",
+    );
 
     // Unwritable output: a path below a regular file.
     std::fs::write(d.join("file"), b"x").unwrap();
@@ -160,6 +165,10 @@ fn tiny_train_then_sample_end_to_end() {
 
     // A checkpoint of another shape: the config says ngf 8, the weights are ngf 4.
     let cfg = std::fs::read_to_string(d.join("run/config.json")).unwrap();
+    // The resolved --cuda-graphs is recorded: on for a CUDA device, off on the CPU.
+    let recorded: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    let on_cuda = recorded["device"].as_str().unwrap().starts_with("cuda");
+    assert_eq!(recorded["cuda_graphs"], serde_json::json!(on_cuda), "{cfg}");
     std::fs::write(
         d.join("run/config.json"),
         cfg.replace("\"ngf\": 4", "\"ngf\": 8"),

@@ -291,6 +291,190 @@ fn graphs_record_at_capture_and_replay() {
     assert_eq!(e.stream.clone_dtoh(&x).unwrap(), vec![2.5; n as usize]);
 }
 
+const CAPTURE_MODE: cudarc::driver::sys::CUstreamCaptureMode =
+    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+
+fn end_capture(e: &Emu) -> Result<cudarc::driver::CudaGraph, cudarc::driver::DriverError> {
+    e.stream
+        .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+        .map(|g| g.expect("a graph"))
+}
+
+#[test]
+fn library_calls_are_recorded_at_capture_and_replayed() {
+    let Some(e) = emu() else { return };
+    use cudarc::cudnn::sys::{cudnnConvolutionMode_t, cudnnTensorFormat_t};
+    let blas = CudaBlas::new(e.stream.clone()).unwrap();
+    let dnn = cudarc::cudnn::Cudnn::new(e.stream.clone()).unwrap();
+    // C = A·B with A 2x2 and B 2x1 (column-major); a 2x2 filter over a 3x3 image.
+    let mut a = e.stream.clone_htod(&[1f32, 0., 0., 1.]).unwrap();
+    let b = e.stream.clone_htod(&[3f32, 4.]).unwrap();
+    let mut c = e.stream.clone_htod(&[-1f32, -1.]).unwrap();
+    let gemm = GemmConfig {
+        transa: CUBLAS_OP_N,
+        transb: CUBLAS_OP_N,
+        m: 2,
+        n: 1,
+        k: 2,
+        alpha: 1.0f32,
+        lda: 2,
+        ldb: 2,
+        beta: 0.0f32,
+        ldc: 2,
+    };
+    let mut x = e
+        .stream
+        .clone_htod(&[1f32, 2., 3., 4., 5., 6., 7., 8., 9.])
+        .unwrap();
+    let w = e.stream.clone_htod(&[1f32, 0., 0., 1.]).unwrap();
+    let mut y = e.stream.clone_htod(&[-1f32; 4]).unwrap();
+    let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let xd = dnn.create_4d_tensor::<f32>(nchw, [1, 1, 3, 3]).unwrap();
+    let wd = dnn.create_4d_filter::<f32>(nchw, [1, 1, 2, 2]).unwrap();
+    let yd = dnn.create_4d_tensor::<f32>(nchw, [1, 1, 2, 2]).unwrap();
+    let conv = dnn
+        .create_conv2d::<f32>(
+            [0, 0],
+            [1, 1],
+            [1, 1],
+            cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )
+        .unwrap();
+    let fwd = cudarc::cudnn::ConvForward {
+        conv: &conv,
+        x: &xd,
+        w: &wd,
+        y: &yd,
+    };
+    let algo = fwd.pick_algorithm().unwrap();
+    let mut ws = e
+        .stream
+        .alloc_zeros::<u8>(fwd.get_workspace_size(algo).unwrap().max(1))
+        .unwrap();
+
+    e.stream.begin_capture(CAPTURE_MODE).unwrap();
+    unsafe { blas.gemm(gemm, &a, &b, &mut c) }.unwrap();
+    unsafe { fwd.launch(algo, Some(&mut ws), (1.0f32, 0.0f32), &x, &w, &mut y) }.unwrap();
+    let graph = end_capture(&e).unwrap();
+    assert_eq!(
+        e.stream.clone_dtoh(&c).unwrap(),
+        vec![-1., -1.],
+        "a captured GEMM must not run at capture"
+    );
+    assert_eq!(
+        e.stream.clone_dtoh(&y).unwrap(),
+        vec![-1.; 4],
+        "a captured convolution must not run at capture"
+    );
+    graph.launch().unwrap();
+    assert_eq!(e.stream.clone_dtoh(&c).unwrap(), vec![3., 4.]);
+    // x[i][j] + x[i+1][j+1]
+    assert_eq!(e.stream.clone_dtoh(&y).unwrap(), vec![6., 8., 12., 14.]);
+    // A replay reads the operands as they are at launch time (the same addresses).
+    e.stream.memcpy_htod(&[2f32, 0., 0., 2.], &mut a).unwrap();
+    e.stream
+        .memcpy_htod(&[0f32, 0., 0., 0., 1., 0., 0., 0., 0.], &mut x)
+        .unwrap();
+    graph.launch().unwrap();
+    assert_eq!(e.stream.clone_dtoh(&c).unwrap(), vec![6., 8.]);
+    assert_eq!(e.stream.clone_dtoh(&y).unwrap(), vec![1., 0., 0., 1.]);
+}
+
+#[test]
+fn what_a_capture_cannot_hold_invalidates_it() {
+    let Some(e) = emu() else { return };
+    let f = e.func("emu_selftest_add_one");
+    let n = 8u64;
+    let mut x = e.stream.clone_htod(&vec![0f32; n as usize]).unwrap();
+    let mut host = vec![0f32; n as usize];
+    type Forbidden<'a> =
+        Box<dyn Fn(&mut cudarc::driver::CudaSlice<f32>, &mut Vec<f32>) -> bool + 'a>;
+    // Each returns whether the call itself failed.
+    let cases: Vec<(&str, Forbidden)> = vec![
+        (
+            "a stream-ordered allocation",
+            Box::new(|_, _| {
+                // Kept alive past the capture if it succeeds: its free would be captured too.
+                match unsafe { e.stream.alloc::<f32>(4) } {
+                    Ok(s) => {
+                        std::mem::forget(s);
+                        false
+                    }
+                    Err(_) => true,
+                }
+            }),
+        ),
+        (
+            "a synchronous allocation",
+            Box::new(|_, _| unsafe { cudarc::driver::result::malloc_sync(16) }.is_err()),
+        ),
+        (
+            "a host read (copy to pageable memory)",
+            Box::new(|x, host| e.stream.memcpy_dtoh(x, host).is_err()),
+        ),
+        (
+            "a copy from pageable memory",
+            Box::new(|x, host| e.stream.memcpy_htod(host, x).is_err()),
+        ),
+        (
+            "a synchronous copy",
+            Box::new(|x, host| {
+                use cudarc::driver::DevicePtr;
+                let (p, _g) = x.device_ptr(&e.stream);
+                unsafe { cudarc::driver::result::memcpy_dtoh_sync(host, p) }.is_err()
+            }),
+        ),
+        (
+            "a wait for the stream",
+            Box::new(|_, _| e.stream.synchronize().is_err()),
+        ),
+        (
+            "a wait for the context",
+            Box::new(|_, _| e.ctx.synchronize().is_err()),
+        ),
+    ];
+    for (what, call) in &cases {
+        e.stream.begin_capture(CAPTURE_MODE).unwrap();
+        {
+            let mut b = e.stream.launch_builder(&f);
+            b.arg(&mut x).arg(&n);
+            unsafe { b.launch(cfg(1, 32)) }.unwrap();
+        }
+        assert!(call(&mut x, &mut host), "{what} during capture must fail");
+        // Work after the invalidating call is refused too, as on a GPU.
+        let after = {
+            let mut b = e.stream.launch_builder(&f);
+            b.arg(&mut x).arg(&n);
+            unsafe { b.launch(cfg(1, 32)) }
+        };
+        assert!(
+            after.is_err(),
+            "{what}: a launch into an invalidated capture must fail"
+        );
+        let err = end_capture(&e).map(|_| ()).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("INVALIDATED"),
+            "{what}: the capture must end invalidated, got {err:?}"
+        );
+        // The stream works normally afterwards, and nothing captured ran.
+        assert_eq!(
+            e.stream.clone_dtoh(&x).unwrap(),
+            vec![0.; n as usize],
+            "{what}"
+        );
+    }
+    // A later capture on the same stream works.
+    e.stream.begin_capture(CAPTURE_MODE).unwrap();
+    {
+        let mut b = e.stream.launch_builder(&f);
+        b.arg(&mut x).arg(&n);
+        unsafe { b.launch(cfg(1, 32)) }.unwrap();
+    }
+    let graph = end_capture(&e).unwrap();
+    graph.launch().unwrap();
+    assert_eq!(e.stream.clone_dtoh(&x).unwrap(), vec![1.; n as usize]);
+}
+
 #[test]
 fn cublas_gemm_is_column_major_and_checks_arguments() {
     let Some(e) = emu() else { return };

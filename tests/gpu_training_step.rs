@@ -199,7 +199,8 @@ fn classical_training_step_gpu_matches_cpu() {
 /// the end of each `--lr-window` (one download of the window's records) and of each epoch.
 /// Every other step queues its work and returns. The emulated device counts the waits per
 /// thread; `RunOptions::on_step` lets the test read the count after every step. The run's
-/// metrics must equal those of an eager read after every step on the same device.
+/// metrics must equal those of an eager read after every step on the same device (without
+/// graphs).
 #[test]
 fn a_training_run_waits_for_the_device_only_at_metric_reads() {
     waits_only_at_metric_reads(Precision::Fp32);
@@ -218,65 +219,246 @@ fn waits_only_at_metric_reads(precision: Precision) {
     use artgan::data::{self, Loader};
     use std::cell::RefCell;
     use std::sync::Arc;
-    let model = ModelConfig {
+    let model = tiny_dcgan();
+    // With --cuda-graphs on too: capturing and replaying a step waits for nothing either.
+    for graphs in [false, true] {
+        let mut cfg = TrainConfig::for_model(model.clone());
+        cfg.epochs = 2;
+        cfg.batch_size = 8;
+        cfg.seed = 3;
+        cfg.d_steps = 2;
+        cfg.dynamic_lr = true;
+        cfg.lr_window = 3;
+        cfg.ema = true;
+        cfg.sample_every = 100;
+        cfg.checkpoint_every = 100;
+        cfg.cuda_graphs = graphs;
+        cfg.precision = precision;
+        let loader = || Loader::new(Arc::new(data::builtin(40, 32, 9)), 8, cfg.augment, cfg.seed);
+        let batches = 5; // 40 images, batch 8
+        let dir = tempfile::tempdir().unwrap();
+        let after_step = RefCell::new(Vec::new());
+        let mut opts = artgan::train::RunOptions::new(dir.path().to_path_buf(), dev);
+        opts.on_step = Some(Box::new(|step| {
+            after_step.borrow_mut().push((step, emulated_host_syncs()))
+        }));
+        let outcome = artgan::train::train(cfg.clone(), &mut loader(), &mut opts).unwrap();
+        drop(opts);
+        let after_step = after_step.into_inner();
+        assert_eq!(after_step.len(), cfg.epochs * batches);
+        let pooled = !std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off");
+        if after_step[0].1.is_none() {
+            println!("host waits are counted only on the emulated device; not checked");
+        } else if !pooled {
+            println!("ARTGAN_CUDA_POOL=off: frees wait for the device; host waits not checked");
+        } else {
+            for pair in after_step.windows(2) {
+                let (step, waits) = (pair[1].0, pair[1].1.unwrap() - pair[0].1.unwrap());
+                let window_end = step.is_multiple_of(cfg.lr_window);
+                // The previous step ended an epoch: its read, checkpoint and grid count here.
+                let after_epoch_end = (step - 1).is_multiple_of(batches);
+                if after_epoch_end {
+                    continue;
+                }
+                let expected = u64::from(window_end);
+                assert_eq!(
+                    waits, expected,
+                    "{precision}, graphs {graphs}: step {step} made the host wait {waits} times (window end: \
+                     {window_end})"
+                );
+            }
+        }
+        for row in &outcome.history {
+            assert_eq!(
+                row.loss_scale_d.is_some(),
+                precision == Precision::Amp,
+                "{precision}: {row:?}"
+            );
+        }
+        let deferred: Vec<_> = outcome.history.iter().map(common::epoch_row).collect();
+        let eager_cfg = TrainConfig {
+            cuda_graphs: false,
+            ..cfg.clone()
+        };
+        let eager = common::eager_epoch_rows(&eager_cfg, &mut loader(), dev);
+        assert_eq!(deferred, eager);
+    }
+}
+
+/// The smallest dcgan (32 px, widths 4, nz 8).
+fn tiny_dcgan() -> ModelConfig {
+    ModelConfig {
         preset: Preset::Dcgan,
         image_size: 32,
         nz: 8,
         ngf: 4,
         ndf: 4,
-    };
-    let mut cfg = TrainConfig::for_model(model);
-    cfg.epochs = 2;
-    cfg.batch_size = 8;
-    cfg.seed = 3;
-    cfg.d_steps = 2;
-    cfg.dynamic_lr = true;
-    cfg.lr_window = 3;
-    cfg.ema = true;
-    cfg.sample_every = 100;
-    cfg.checkpoint_every = 100;
-    cfg.precision = precision;
-    let loader = || Loader::new(Arc::new(data::builtin(40, 32, 9)), 8, cfg.augment, cfg.seed);
-    let batches = 5; // 40 images, batch 8
-    let dir = tempfile::tempdir().unwrap();
-    let after_step = RefCell::new(Vec::new());
-    let mut opts = artgan::train::RunOptions::new(dir.path().to_path_buf(), dev);
-    opts.on_step = Some(Box::new(|step| {
-        after_step.borrow_mut().push((step, emulated_host_syncs()))
-    }));
-    let outcome = artgan::train::train(cfg.clone(), &mut loader(), &mut opts).unwrap();
-    drop(opts);
-    let after_step = after_step.into_inner();
-    assert_eq!(after_step.len(), cfg.epochs * batches);
-    let pooled = !std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off");
-    if after_step[0].1.is_none() {
-        println!("host waits are counted only on the emulated device; not checked");
-    } else if !pooled {
-        println!("ARTGAN_CUDA_POOL=off: frees wait for the device; host waits not checked");
-    } else {
-        for pair in after_step.windows(2) {
-            let (step, waits) = (pair[1].0, pair[1].1.unwrap() - pair[0].1.unwrap());
-            let window_end = step.is_multiple_of(cfg.lr_window);
-            // The previous step ended an epoch: its read, checkpoint and grid count here.
-            let after_epoch_end = (step - 1).is_multiple_of(batches);
-            if after_epoch_end {
-                continue;
-            }
-            let expected = u64::from(window_end);
-            assert_eq!(
-                waits, expected,
-                "step {step} made the host wait {waits} times (window end: {window_end})"
-            );
-        }
     }
-    for row in &outcome.history {
+}
+
+/// Named tensors (or counters) as bits.
+type NamedBits = Vec<(String, Vec<u32>)>;
+
+/// Every value a module keeps (parameters, buffers, counters), by name, as bits.
+fn state_bits(m: &dyn Module) -> NamedBits {
+    use artgan::nn::StateRef;
+    let mut out = Vec::new();
+    m.visit_state("", &mut |name, s| {
+        let bits = match s {
+            StateRef::Param(t) | StateRef::Buffer(t) => {
+                t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect()
+            }
+            StateRef::Count(c) => vec![c.get() as u32, (c.get() >> 32) as u32],
+        };
+        out.push((name, bits));
+    });
+    out
+}
+
+/// Adam's step count, moments and lrs, as bits.
+fn optimizer_bits(o: &artgan::optim::Adam) -> (u64, NamedBits, Vec<u32>) {
+    let state = o
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    let lrs = o.groups.iter().map(|g| g.lr.to_bits()).collect();
+    (o.step, state, lrs)
+}
+
+fn record_bits(r: &artgan::train::device_metrics::StepRecord) -> (usize, [u32; 4], bool) {
+    let s = &r.stats;
+    (
+        r.step,
+        [
+            s.loss_d.to_bits(),
+            s.d_x.to_bits(),
+            s.d_g_z.to_bits(),
+            s.loss_g.map_or(0, f32::to_bits),
+        ],
+        s.loss_g.is_some(),
+    )
+}
+
+/// `--cuda-graphs on`: the step captured once per batch shape and replayed gives the same
+/// bits as eager steps: weights, batch-norm statistics and counters, EMA, Adam's moments,
+/// counts and lrs, and every step's metrics, through lr changes between steps (as the
+/// dynamic-lr rule makes at a window end) and a partial batch every fourth step (its own
+/// shape: eager the first time, then captured and replayed). Under amp too: the loss scaler's
+/// state and Adam's count of applied steps live on the device, so its steps are captured.
+#[test]
+fn cuda_graph_replay_is_bit_identical_to_eager_steps() {
+    let _turn = conv_switch();
+    let Some(dev) = gpu() else { return };
+    for (precision, d_steps) in [
+        (Precision::Fp32, 1),
+        (Precision::Fp32, 2),
+        (Precision::Amp, 2),
+    ] {
+        let model = tiny_dcgan();
+        let mut cfg = TrainConfig::for_model(model);
+        cfg.batch_size = 8;
+        cfg.seed = 21;
+        cfg.d_steps = d_steps;
+        cfg.ema = true;
+        cfg.lr_window = 3;
+        cfg.precision = precision;
+        let mut eager = Trainer::new(cfg.clone(), dev).unwrap();
+        cfg.cuda_graphs = true;
+        let mut graphed = Trainer::new(cfg.clone(), dev).unwrap();
+        let mut rng = Rng::new(4);
+        let batches = [8, 8, 8, 4, 8, 8, 8, 4, 8, 8, 8, 4, 8, 8];
+        let mut records = 0;
+        for (i, &b) in batches.iter().enumerate() {
+            let real = rng.uniform_vec(b * 3 * 32 * 32, -1.0, 1.0);
+            for t in [&mut eager, &mut graphed] {
+                let x = Tensor::from_vec(real.clone(), &[b, 3, 32, 32], dev).unwrap();
+                t.step_deferred(&x, None).unwrap();
+            }
+            if i == 6 || i == 9 {
+                // New lrs between steps: the graph must not have baked the old ones in.
+                for t in [&mut eager, &mut graphed] {
+                    t.opt_d.groups[0].lr *= 0.5;
+                    for g in &mut t.opt_g.groups {
+                        g.lr *= 1.5;
+                    }
+                }
+            }
+            assert_eq!(eager.metrics_due(), graphed.metrics_due());
+            if eager.metrics_due() || i + 1 == batches.len() {
+                let a: Vec<_> = eager
+                    .read_metrics()
+                    .unwrap()
+                    .iter()
+                    .map(record_bits)
+                    .collect();
+                let b: Vec<_> = graphed
+                    .read_metrics()
+                    .unwrap()
+                    .iter()
+                    .map(record_bits)
+                    .collect();
+                assert_eq!(
+                    a,
+                    b,
+                    "{precision}, d_steps {d_steps}: metrics read after step {}",
+                    i + 1
+                );
+                records += a.len();
+            }
+        }
+        assert_eq!(records, batches.len());
+        let pooled = !std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off");
+        let expected_graphs = match (pooled, d_steps) {
+            (false, _) => 0, // no capture without the caching allocator: eager
+            (true, 1) => 2,
+            (true, _) => 3,
+        };
         assert_eq!(
-            row.loss_scale_d.is_some(),
-            precision == Precision::Amp,
-            "{precision}: {row:?}"
+            graphed.captured_step_graphs(),
+            expected_graphs,
+            "{precision}, d_steps {d_steps}: shapes replayed from a graph"
+        );
+        assert_eq!(eager.captured_step_graphs(), 0);
+        let what = format!("{precision}, d_steps {d_steps}");
+        assert_eq!(state_bits(&eager.g), state_bits(&graphed.g), "{what}: G");
+        assert_eq!(state_bits(&eager.d), state_bits(&graphed.d), "{what}: D");
+        assert_eq!(
+            state_bits(eager.ema.as_ref().unwrap()),
+            state_bits(graphed.ema.as_ref().unwrap()),
+            "{what}: EMA"
+        );
+        assert_eq!(
+            optimizer_bits(&eager.opt_g),
+            optimizer_bits(&graphed.opt_g),
+            "{what}: Adam G"
+        );
+        assert_eq!(
+            optimizer_bits(&eager.opt_d),
+            optimizer_bits(&graphed.opt_d),
+            "{what}: Adam D"
+        );
+        assert_eq!(
+            (eager.step, eager.g_steps, eager.streams.latents.state()),
+            (
+                graphed.step,
+                graphed.g_steps,
+                graphed.streams.latents.state()
+            ),
+            "{what}: counters"
         );
     }
-    let deferred: Vec<_> = outcome.history.iter().map(common::epoch_row).collect();
-    let eager = common::eager_epoch_rows(&cfg, &mut loader(), dev);
-    assert_eq!(deferred, eager);
+}
+
+/// The CPU has no graphs: asking for them there is an error, not a silent eager run.
+#[test]
+fn cuda_graphs_are_refused_on_the_cpu() {
+    let model = tiny_dcgan();
+    let mut cfg = TrainConfig::for_model(model);
+    cfg.cuda_graphs = true;
+    let err = Trainer::new(cfg, Device::Cpu).err().expect("an error");
+    assert!(
+        format!("{err:#}").contains("--cuda-graphs on needs a CUDA device"),
+        "{err:#}"
+    );
 }

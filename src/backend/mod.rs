@@ -308,6 +308,24 @@ pub mod loss_scale {
     pub const COUNTERS: usize = 4;
 }
 
+/// The per-step scalars of an Adam update as [`Backend::adam_update_with`] reads them:
+/// `sqrt(1 - beta2^t)`, then `lr / (1 - beta1^t)` of each item, in item order.
+pub fn adam_scalars(step: AdamStep, lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
+    let mut out = vec![step.bias_correction2.sqrt()];
+    out.extend(lrs.into_iter().map(|lr| lr / step.bias_correction1));
+    out
+}
+
+/// The per-step scalars of a mixed-precision Adam update as
+/// [`Backend::adam_update_scaled_with`] reads them: an unused slot (so that items sit where
+/// [`adam_scalars`] puts them), then the lr of each item; the bias corrections come from the
+/// device's count of applied steps.
+pub fn amp_adam_scalars(lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
+    let mut out = vec![1.0];
+    out.extend(lrs);
+    out
+}
+
 /// One parameter tensor in an Adam update.
 pub struct AdamItem<'a> {
     pub param: &'a mut Storage,
@@ -328,6 +346,19 @@ pub trait Backend {
     fn zeros(&self, len: usize) -> Result<Storage>;
     fn full(&self, len: usize, value: f32) -> Result<Storage>;
     fn copy(&self, s: &Storage) -> Result<Storage>;
+    /// Overwrites `dst` with `host` (same length), keeping its device buffer: what a CUDA graph
+    /// reads must stay at its address.
+    fn write(&self, dst: &mut Storage, host: &[f32]) -> Result<()> {
+        if dst.len() != host.len() {
+            bail!("write: {} values into {}", host.len(), dst.len());
+        }
+        *dst = self.upload(host)?;
+        Ok(())
+    }
+    /// The CUDA backend behind this one (graph capture), if it is one.
+    fn as_cuda(&self) -> Option<&cuda::CudaBackend> {
+        None
+    }
 
     // ---- data (see `augment`)
     /// Image bytes (HWC RGB images one after another) kept on the device, packed four to an
@@ -528,6 +559,36 @@ pub trait Backend {
         counters: &mut Storage,
     ) -> Result<()>;
 
+    /// [`Backend::adam_update_scaled`] with the items' lr already in `scalars` (layout:
+    /// [`amp_adam_scalars`]): the form a CUDA graph replays, like [`Backend::adam_update_with`].
+    /// The host backends ignore `scalars`.
+    fn adam_update_scaled_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scalars: &Storage,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        let _ = scalars;
+        self.adam_update_scaled(items, hyper, scale, counters)
+    }
+
+    /// [`Backend::adam_update`] with the step's scalars already in `scalars` (written by
+    /// [`Backend::write`] before the step; layout: [`adam_scalars`]) instead of taken from
+    /// `step` and the items' `lr`, which must hold the same values: the form a CUDA graph
+    /// replays (the scalars change every step, a graph's arguments cannot). The host
+    /// backends ignore `scalars`.
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        let _ = scalars;
+        self.adam_update(items, step)
+    }
+
     // ---- conditional models (issue 13): class embeddings, class-conditional batch-norm
     // affine, the projection discriminator's inner product. Class labels travel as f32
     // holding small non-negative integers (exact below 2^24), validated by `crate::ops`.
@@ -606,6 +667,32 @@ pub trait Backend {
         let mut next = self.scale(acc, a)?;
         self.add_assign(&mut next, &self.scale(x, b)?)?;
         *acc = next;
+        Ok(())
+    }
+
+    /// [`Backend::scale_add_assign`] with `a` and `b` read from one-element buffers (written
+    /// before the step: what a CUDA graph replays with new values), `acc` updated in place
+    /// (its buffer kept, as a graph needs). Same arithmetic as `scale_add_assign`.
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        let (a, b) = match (a, b) {
+            (Storage::Cpu(a), Storage::Cpu(b)) if a.len() == 1 && b.len() == 1 => (a[0], b[0]),
+            _ => bail!("scale_add_assign_by: the scalars must be one host element each"),
+        };
+        self.scale_add_assign(acc, a, x, b)
+    }
+
+    /// Overwrites `dst` with `src` (same length); the CUDA backend keeps `dst`'s buffer.
+    fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
+        if dst.len() != src.len() {
+            bail!("copy_into: {} elements into {}", src.len(), dst.len());
+        }
+        *dst = self.copy(src)?;
         Ok(())
     }
 

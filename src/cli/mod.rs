@@ -9,7 +9,9 @@ mod run_dir;
 mod train;
 
 pub use evaluate::{run_evaluate, EvaluateArgs};
-pub use train::{run_train, train_config, TrainArgs, DEFAULT_EPOCHS, HIGH_LR};
+pub use train::{
+    resolve_cuda_graphs, run_train, train_config, Switch, TrainArgs, DEFAULT_EPOCHS, HIGH_LR,
+};
 
 use crate::data::{self, ExploreArgs};
 use crate::tools;

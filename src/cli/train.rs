@@ -1,6 +1,7 @@
 //! `artgan train`: its flags, the recipe they ask for (new run or resume) and the run itself.
 
 use super::run_dir::claim_run_dir;
+use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::{self, AugmentArgs, DataArgs};
 use crate::flags::DeviceArgs;
@@ -83,6 +84,10 @@ pub struct TrainArgs {
     /// keeps its own.
     #[arg(long, value_enum, default_value_t = crate::amp::PrecisionArg::Auto, conflicts_with = "resume")]
     pub precision: crate::amp::PrecisionArg,
+    /// Capture each training step as one CUDA graph and replay it (fewer launches; the same
+    /// results bit for bit): on|off [default: on for a CUDA device, off on the CPU].
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub cuda_graphs: Option<Switch>,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -142,6 +147,26 @@ pub struct TrainArgs {
 }
 
 /// The model and recipe a `train` command asks for (a new run).
+/// An on/off flag value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// `--cuda-graphs` for a run on `device`: on by default on CUDA; `on` on the CPU is an error.
+pub fn resolve_cuda_graphs(a: &TrainArgs, device: Device) -> Result<bool> {
+    let cuda = matches!(device, Device::Cuda(_));
+    match a.cuda_graphs {
+        Some(Switch::On) if !cuda => bail!(
+            "--cuda-graphs on needs a CUDA device; this run is on {device} (use --device cuda, \
+             or leave --cuda-graphs out)"
+        ),
+        Some(s) => Ok(s == Switch::On),
+        None => Ok(cuda),
+    }
+}
+
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let full = ModelConfig::full(a.preset);
     let model = ModelConfig {
@@ -312,6 +337,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     // flag, device or dataset must leave nothing behind.
     check_lr_flags(a)?;
     let device = a.device.resolve()?;
+    let cuda_graphs = resolve_cuda_graphs(a, device)?;
     let (mut cfg, out, resume_from, lock, previous, new_run) = match &a.resume {
         Some(run) => {
             if a.condition != data::ConditionArgs::default_for_cli() {
@@ -392,6 +418,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     };
     // The device that really runs (what `auto` resolved to), for config.json and the report.
     cfg.device = device.to_string();
+    cfg.cuda_graphs = cuda_graphs;
     warn_high_lrs(&cfg);
     let size = cfg.model.image_size;
     let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;

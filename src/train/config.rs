@@ -59,6 +59,10 @@ pub struct TrainConfig {
     /// resume, also on another device.
     #[serde(default)]
     pub precision: crate::amp::Precision,
+    /// Each training step captured as one CUDA graph and replayed (`--cuda-graphs`; CUDA
+    /// only). Results are the same either way.
+    #[serde(default)]
+    pub cuda_graphs: bool,
     /// Divergence guard: a loss above this ...
     #[serde(default = "default_diverge_loss")]
     pub diverge_loss: f32,
@@ -134,6 +138,7 @@ impl TrainConfig {
             augment: crate::data::Augment::NONE,
             device: "cpu".to_string(),
             precision: Default::default(),
+            cuda_graphs: false,
             diverge_loss: DEFAULT_DIVERGE_LOSS,
             diverge_steps: DEFAULT_DIVERGE_STEPS,
             condition: crate::data::ConditionArgs {

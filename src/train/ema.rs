@@ -29,8 +29,56 @@ pub fn decay(batch: usize, images_seen: u64, half_life_images: f64, rampup: Opti
     0.5f64.powf(batch as f64 / half_life)
 }
 
+/// β and 1 − β of one update on the device, as the update's kernels read them: written before
+/// each step ([`DeviceDecay::set`]), so that a CUDA graph of the step (`graph_step`) replays
+/// each step's own decay.
+pub struct DeviceDecay {
+    beta: Tensor,
+    rest: Tensor,
+}
+
+impl DeviceDecay {
+    pub fn new(device: crate::backend::Device) -> Result<Self> {
+        Ok(DeviceDecay {
+            beta: Tensor::zeros(&[1], device)?,
+            rest: Tensor::zeros(&[1], device)?,
+        })
+    }
+
+    /// The decay of the next update (queues a host-to-device copy).
+    pub fn set(&self, beta: f64) -> Result<()> {
+        let beta = beta as f32;
+        for (t, v) in [(&self.beta, beta), (&self.rest, 1.0 - beta)] {
+            t.backend().write(&mut t.storage_mut(), &[v])?;
+        }
+        Ok(())
+    }
+}
+
 /// `ema ← β·ema + (1 − β)·w` on parameters, copy on buffers and counters.
 pub fn update(ema: &Generator, g: &Generator, beta: f64) -> Result<()> {
+    let beta = beta as f32;
+    update_each(ema, g, |e, w| blend(e, w, beta))
+}
+
+/// [`update`] with the decay [`DeviceDecay::set`] wrote: device work only, every tensor of
+/// `ema` updated in place.
+pub fn update_by(ema: &Generator, g: &Generator, decay: &DeviceDecay) -> Result<()> {
+    update_each(ema, g, |e, w| {
+        e.backend().scale_add_assign_by(
+            &mut e.storage_mut(),
+            &decay.beta.storage(),
+            &w.storage(),
+            &decay.rest.storage(),
+        )
+    })
+}
+
+fn update_each(
+    ema: &Generator,
+    g: &Generator,
+    blend: impl Fn(&Tensor, &Tensor) -> Result<()>,
+) -> Result<()> {
     let _guard = crate::tensor::no_grad();
     let mut src: Vec<(String, StateRef)> = Vec::new();
     g.visit_state("", &mut |n, s| src.push((n, s)));
@@ -40,10 +88,9 @@ pub fn update(ema: &Generator, g: &Generator, beta: f64) -> Result<()> {
         src.len() == dst.len(),
         "EMA generator has another architecture"
     );
-    let beta = beta as f32;
     for ((name, from), (_, to)) in src.iter().zip(&dst) {
         match (from, to) {
-            (StateRef::Param(w), StateRef::Param(e)) => blend(e, w, beta)?,
+            (StateRef::Param(w), StateRef::Param(e)) => blend(e, w)?,
             (StateRef::Buffer(w), StateRef::Buffer(e)) => copy(e, w)?,
             (StateRef::Count(w), StateRef::Count(e)) => e.set(w.get()),
             _ => anyhow::bail!("EMA generator: {name} differs in kind"),
@@ -64,9 +111,9 @@ fn blend(ema: &Tensor, w: &Tensor, beta: f32) -> Result<()> {
 }
 
 fn copy(dst: &Tensor, src: &Tensor) -> Result<()> {
-    let next = src.backend().copy(&src.storage())?;
-    *dst.storage_mut() = next;
-    Ok(())
+    // In place on the CUDA backend: a captured step writes the buffer it saw.
+    src.backend()
+        .copy_into(&mut dst.storage_mut(), &src.storage())
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@
 //! - [`ema`]: the moving average of G's weights.
 //! - [`lr_control`]: the dynamic learning-rate rule.
 //! - [`state`]: what a checkpoint holds and how a [`Trainer`] is restored from one.
-//! - `config`: the recipe; `trainer`: one step; `grids`: the sample grids; `sessions`: the
+//! - `config`: the recipe; `trainer`: one step; `graph_step`: that step as a CUDA graph; `grids`: the sample grids; `sessions`: the
 //!   run's history of starts and resumes; `stops`: interrupts, divergence, out of memory.
 
 mod config;
 pub mod device_metrics;
 pub mod ema;
+mod graph_step;
 mod grids;
 pub mod lr_control;
 mod sessions;

@@ -1,7 +1,7 @@
 //! One training step: the models, optimisers, random streams and controllers of a run
 //! ([`Trainer`]), built from the seed, stepping D `d_steps` times per G step.
 
-use super::{device_metrics, ema, lr_control, TrainConfig, GRID_SIDE};
+use super::{device_metrics, ema, graph_step, lr_control, TrainConfig, GRID_SIDE};
 use crate::amp::{self, LossScaler, Precision, ScalerReading};
 use crate::backend::Device;
 use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
@@ -76,6 +76,15 @@ pub fn discriminator_optimizer(d: &Discriminator, cfg: &TrainConfig) -> Result<A
     Ok(opt)
 }
 
+/// What the device half of a step leaves for the metrics: device tensors, cut from the graph.
+pub struct StepOutputs {
+    pub loss_d: Tensor,
+    /// Present when the step also updated G.
+    pub loss_g: Option<Tensor>,
+    pub out_real: Tensor,
+    pub out_fake: Tensor,
+}
+
 /// What one training step did (for metrics).
 pub struct StepStats {
     pub loss_d: f32,
@@ -95,6 +104,8 @@ pub struct Trainer {
     pub d: Discriminator,
     /// Moving average of `g`'s weights (when `cfg.ema`).
     pub ema: Option<Generator>,
+    /// The decay of its next update, on the device.
+    ema_decay: Option<ema::DeviceDecay>,
     pub opt_g: Adam,
     pub opt_d: Adam,
     pub streams: Streams,
@@ -111,6 +122,8 @@ pub struct Trainer {
     pub high_loss_steps: usize,
     /// Metrics of the steps not read yet (kept on the device; see [`device_metrics`]).
     pub metrics: device_metrics::DeviceMetrics,
+    /// The captured steps when `cfg.cuda_graphs` (see [`graph_step`]).
+    pub(super) graphs: graph_step::StepGraphs,
 }
 
 impl Trainer {
@@ -132,7 +145,16 @@ impl Trainer {
             opt_d.scaler = Some(LossScaler::new(device)?);
         }
         d.set_noise_std(cfg.noise_std);
+        if cfg.cuda_graphs && !matches!(device, Device::Cuda(_)) {
+            bail!("--cuda-graphs on needs a CUDA device (this run is on {device})");
+        }
+        let cfg_graphs = cfg.cuda_graphs;
+        let ema_decay = ema
+            .as_ref()
+            .map(|_| ema::DeviceDecay::new(device))
+            .transpose()?;
         Ok(Trainer {
+            ema_decay,
             streams: Streams {
                 latents: Rng::derive(cfg.seed, "latents"),
                 regularizers: Rng::derive(cfg.seed, "regularizers"),
@@ -150,7 +172,13 @@ impl Trainer {
             epoch: 0,
             high_loss_steps: 0,
             metrics: Default::default(),
+            graphs: graph_step::StepGraphs::new(cfg_graphs),
         })
+    }
+
+    /// Batch shapes whose step is replayed as a CUDA graph (`cfg.cuda_graphs`).
+    pub fn captured_step_graphs(&self) -> usize {
+        self.graphs.captured()
     }
 
     /// The generator to sample with: the EMA one when kept.
@@ -215,6 +243,10 @@ impl Trainer {
     /// [`Trainer::step_labeled`] without reading anything back: the step's losses and D outputs
     /// stay on the device in [`Trainer::metrics`] until [`Trainer::read_metrics`], and the
     /// dynamic-lr rule runs there. Makes the host wait for the device nowhere.
+    ///
+    /// A step is a host half (the latents drawn, Adam's scalars written to the device), the
+    /// device half ([`Trainer::device_step`], eager or one CUDA graph: [`graph_step`]) and
+    /// the host bookkeeping after it (counters, the EMA update, the metrics record).
     pub fn step_deferred(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<()> {
         // Convolutions recorded in this step (and so their backward) round to f16 under amp.
         let _autocast = amp::autocast(self.cfg.precision == Precision::Amp);
@@ -228,15 +260,50 @@ impl Trainer {
             _ => {}
         }
         let nz = self.cfg.model.nz;
-        let z = Tensor::randn(
-            &[b, nz, 1, 1],
-            0.0,
-            1.0,
-            &mut self.streams.latents,
-            real.device(),
-        )?;
+        // The same draws as `Tensor::randn(&[b, nz, 1, 1], 0.0, 1.0, ..)`.
+        let z = self.streams.latents.normal_vec(b * nz, 0.0, 1.0);
         let update_g = self.pending_d_steps + 1 >= self.cfg.d_steps;
+        self.opt_d.prepare()?;
+        if update_g {
+            self.opt_g.prepare()?;
+            if let Some(decay) = &self.ema_decay {
+                let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
+                let images = (self.g_steps + 1) * b as u64;
+                decay.set(ema::decay(b, images, self.cfg.ema_half_life_images, rampup))?;
+            }
+        }
 
+        let out = graph_step::run(self, real, labels, &z, update_g)?;
+
+        if update_g {
+            self.pending_d_steps = 0;
+            self.g_steps += 1;
+        } else {
+            self.pending_d_steps += 1;
+        }
+        self.step += 1;
+        self.metrics.push(
+            self.step,
+            &out.loss_d,
+            out.loss_g.as_ref(),
+            &out.out_real,
+            &out.out_fake,
+        );
+        Ok(())
+    }
+
+    /// The device half of a step: one D update on `real` (real → 1, G's detached fake of `z`
+    /// → 0) and, when `update_g`, one non-saturating G update (D(G(z)) → 1) reusing that
+    /// fake, as pytorch/examples does, then the EMA update. Adam's scalars and the EMA decay
+    /// must have been written. Its host-side effects are the batch-norm batch counters (and
+    /// the EMA's copies of them) and the regularizer draws (see [`graph_step`]).
+    pub(super) fn device_step(
+        &mut self,
+        real: &Tensor,
+        z: &Tensor,
+        labels: Option<&[u32]>,
+        update_g: bool,
+    ) -> Result<StepOutputs> {
         // ---- D step
         self.opt_d.zero_grad();
         let real_in = self.d_input(real)?;
@@ -248,13 +315,13 @@ impl Trainer {
         let fake = if update_g {
             // Keep G's graph: the G step below back-propagates through this same fake.
             self.g.forward(
-                &z,
+                z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
             )?
         } else {
             let _guard = no_grad();
             self.g.forward(
-                &z,
+                z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
             )?
         };
@@ -266,12 +333,11 @@ impl Trainer {
         let loss_fake = ops::bce_with_logits(&out_fake, 0.0)?;
         let loss_d = ops::add(&loss_real, &loss_fake)?;
         self.opt_d.backward(&loss_d)?;
-        self.opt_d.step()?;
+        self.opt_d.apply()?;
         let mut loss_g_on_device = None;
 
         // ---- G step
         if update_g {
-            self.pending_d_steps = 0;
             self.opt_g.zero_grad();
             // D's own gradients are not used by the G step: freezing D's parameters skips their
             // backward-filter and batch-norm parameter gradients (only the input gradients flow).
@@ -284,29 +350,20 @@ impl Trainer {
             let loss_g = ops::bce_with_logits(&out, 1.0)?;
             self.opt_g.backward(&loss_g)?;
             drop(frozen);
-            self.opt_g.step()?;
+            self.opt_g.apply()?;
             // D's gradients from this backward are not used: the next D step zeroes them.
             self.d.zero_grad();
-            loss_g_on_device = Some(loss_g);
-            self.g_steps += 1;
-            if let Some(e) = &self.ema {
-                let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
-                let images = self.g_steps * b as u64;
-                let beta = ema::decay(b, images, self.cfg.ema_half_life_images, rampup);
-                ema::update(e, &self.g, beta)?;
+            loss_g_on_device = Some(loss_g.detach());
+            if let (Some(e), Some(decay)) = (&self.ema, &self.ema_decay) {
+                ema::update_by(e, &self.g, decay)?;
             }
-        } else {
-            self.pending_d_steps += 1;
         }
-        self.step += 1;
-        self.metrics.push(
-            self.step,
-            &loss_d,
-            loss_g_on_device.as_ref(),
-            &out_real,
-            &out_fake,
-        );
-        Ok(())
+        Ok(StepOutputs {
+            loss_d: loss_d.detach(),
+            loss_g: loss_g_on_device,
+            out_real: out_real.detach(),
+            out_fake: out_fake.detach(),
+        })
     }
 
     /// The loss scalers' states as (D, G), read back (two small downloads); `None` under fp32.

@@ -8,6 +8,7 @@
 // fp16 or fp32 C, fp32 compute) and the all-fp32 case; other combinations return
 // CUBLAS_STATUS_NOT_SUPPORTED and say so on stderr.
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,17 @@ std::vector<float> pack_cols(bool trans, int n, int k, const T* B, int ldb) {
         for (int l = 0; l < k; ++l)
             p[(size_t)j * k + l] = (float)(trans ? B[j + (size_t)l * ldb] : B[l + (size_t)j * ldb]);
     return p;
+}
+
+// Runs a checked call's arithmetic now, or records it when the handle's stream is capturing
+// (alpha and beta were read at the call, as cuBLAS reads them in host pointer mode).
+int on_stream(const Handle* h, const char* fn, std::function<int()> work) {
+    switch (emu::capture_library_call(h->stream, fn, work)) {
+        case emu::Captured::recorded: return CUBLAS_STATUS_SUCCESS;
+        case emu::Captured::invalidated: return CUBLAS_STATUS_EXECUTION_FAILED;
+        case emu::Captured::none: break;
+    }
+    return work();
 }
 
 int gemm_checks(const Handle* h, int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc) {
@@ -193,25 +205,27 @@ int gemm_ex(const char* fn, void* handle, int ta, int tb, int m, int n, int k,
     }
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-    for (int b = 0; b < batch; ++b) {
-        int r;
-        if (a_type == CUDA_R_32F) {
-            r = gemm_one<double>(fn, ta, tb, m, n, k, al,
-                                 static_cast<const float*>(A) + b * stride_a, lda,
-                                 static_cast<const float*>(B) + b * stride_b, ldb, be,
-                                 static_cast<float*>(C) + b * stride_c, ldc);
-        } else {
-            const half* a = static_cast<const half*>(A) + b * stride_a;
-            const half* bb = static_cast<const half*>(B) + b * stride_b;
-            r = c_type == CUDA_R_16F
-                    ? gemm_one<float>(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
-                                      static_cast<half*>(C) + b * stride_c, ldc)
-                    : gemm_one<float>(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
-                                      static_cast<float*>(C) + b * stride_c, ldc);
+    return on_stream(h, fn, [=]() -> int {
+        for (int b = 0; b < batch; ++b) {
+            int r;
+            if (a_type == CUDA_R_32F) {
+                r = gemm_one<double>(fn, ta, tb, m, n, k, al,
+                                     static_cast<const float*>(A) + b * stride_a, lda,
+                                     static_cast<const float*>(B) + b * stride_b, ldb, be,
+                                     static_cast<float*>(C) + b * stride_c, ldc);
+            } else {
+                const half* a = static_cast<const half*>(A) + b * stride_a;
+                const half* bb = static_cast<const half*>(B) + b * stride_b;
+                r = c_type == CUDA_R_16F
+                        ? gemm_one<float>(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
+                                          static_cast<half*>(C) + b * stride_c, ldc)
+                        : gemm_one<float>(fn, ta, tb, m, n, k, al, a, lda, bb, ldb, be,
+                                          static_cast<float*>(C) + b * stride_c, ldc);
+            }
+            if (r) return r;
         }
-        if (r) return r;
-    }
-    return CUBLAS_STATUS_SUCCESS;
+        return CUBLAS_STATUS_SUCCESS;
+    });
 }
 }  // namespace
 
@@ -276,7 +290,10 @@ EMU_EXPORT int cublasSgemm_v2(void* handle, int ta, int tb, int m, int n, int k,
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
     if (!fp32_math_mode_ok(h, "cublasSgemm")) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    return gemm_one<double>("cublasSgemm", ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    const float al = *alpha, be = *beta;
+    return on_stream(h, "cublasSgemm", [=] {
+        return gemm_one<double>("cublasSgemm", ta, tb, m, n, k, al, A, lda, B, ldb, be, C, ldc);
+    });
 }
 
 EMU_EXPORT int cublasSgemmStridedBatched(void* handle, int ta, int tb, int m, int n, int k,
@@ -289,13 +306,16 @@ EMU_EXPORT int cublasSgemmStridedBatched(void* handle, int ta, int tb, int m, in
     if (!alpha || !beta || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
     if (!fp32_math_mode_ok(h, "cublasSgemmStridedBatched")) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    for (int b = 0; b < batch; ++b) {
-        int r = gemm_one<double>("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha,
-                                 A + b * stride_a, lda, B + b * stride_b, ldb, *beta,
-                                 C + b * stride_c, ldc);
-        if (r) return r;
-    }
-    return CUBLAS_STATUS_SUCCESS;
+    const float al = *alpha, be = *beta;
+    return on_stream(h, "cublasSgemmStridedBatched", [=] {
+        for (int b = 0; b < batch; ++b) {
+            int r = gemm_one<double>("cublasSgemmStridedBatched", ta, tb, m, n, k, al,
+                                     A + b * stride_a, lda, B + b * stride_b, ldb, be,
+                                     C + b * stride_c, ldc);
+            if (r) return r;
+        }
+        return (int)CUBLAS_STATUS_SUCCESS;
+    });
 }
 
 EMU_EXPORT int cublasGemmEx(void* handle, int ta, int tb, int m, int n, int k,

@@ -4,6 +4,7 @@
 // cross-correlation or convolution mode, any padding, stride and dilation. Anything else
 // returns CUDNN_STATUS_NOT_SUPPORTED (and says so on stderr).
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -108,6 +109,18 @@ void blend(float* out, const std::vector<double>& acc, float alpha, float beta) 
 
 // Workspace each algorithm asks for: none for the implicit GEMMs, some for the others, so the
 // backend's workspace handling runs; the buffer passed must be at least that large.
+// Runs a checked call's arithmetic now, or records it when the handle's stream is capturing.
+// The descriptors and alpha/beta are copied at the call: cuDNN reads them there, so a graph
+// replays the call as it was made.
+int on_stream(const void* h, const char* fn, std::function<int()> work) {
+    switch (emu::capture_library_call(static_cast<const Handle*>(h)->stream, fn, work)) {
+        case emu::Captured::recorded: return CUDNN_STATUS_SUCCESS;
+        case emu::Captured::invalidated: return CUDNN_STATUS_EXECUTION_FAILED;
+        case emu::Captured::none: break;
+    }
+    return work();
+}
+
 size_t workspace_for(int algo) { return algo == 0 ? 0 : 4096 + (size_t)algo * 1024; }
 
 int check_workspace(const void* ws, size_t have, int algo) {
@@ -304,12 +317,15 @@ EMU_EXPORT int cudnnConvolutionForward(void* h, const float* alpha, void* xd, co
     if (!on_device("x", x, X->count()) || !on_device("w", w, W->count()) ||
         !on_device("y", y, Y->count()))
         return CUDNN_STATUS_EXECUTION_FAILED;
-    std::vector<double> acc((size_t)Y->count(), 0.0);
-    for_each_tap(*X, *W, *C, *Y, [&](size_t yi, size_t xi, size_t wi) {
-        acc[yi] += (double)x[xi] * (double)w[wi];
+    const float al = *alpha, be = *beta;
+    return on_stream(h, "cudnnConvolutionForward", [=, X = *X, W = *W, C = *C, Y = *Y] {
+        std::vector<double> acc((size_t)Y.count(), 0.0);
+        for_each_tap(X, W, C, Y, [&](size_t yi, size_t xi, size_t wi) {
+            acc[yi] += (double)x[xi] * (double)w[wi];
+        });
+        blend(y, acc, al, be);
+        return (int)CUDNN_STATUS_SUCCESS;
     });
-    blend(y, acc, *alpha, *beta);
-    return CUDNN_STATUS_SUCCESS;
 }
 
 EMU_EXPORT int cudnnConvolutionBackwardData(void* h, const float* alpha, void* wd, const float* w,
@@ -326,12 +342,15 @@ EMU_EXPORT int cudnnConvolutionBackwardData(void* h, const float* alpha, void* w
     if (!on_device("dy", dy, DY->count()) || !on_device("w", w, W->count()) ||
         !on_device("dx", dx, DX->count()))
         return CUDNN_STATUS_EXECUTION_FAILED;
-    std::vector<double> acc((size_t)DX->count(), 0.0);
-    for_each_tap(*DX, *W, *C, *DY, [&](size_t yi, size_t xi, size_t wi) {
-        acc[xi] += (double)dy[yi] * (double)w[wi];
+    const float al = *alpha, be = *beta;
+    return on_stream(h, "cudnnConvolutionBackwardData", [=, DX = *DX, W = *W, C = *C, DY = *DY] {
+        std::vector<double> acc((size_t)DX.count(), 0.0);
+        for_each_tap(DX, W, C, DY, [&](size_t yi, size_t xi, size_t wi) {
+            acc[xi] += (double)dy[yi] * (double)w[wi];
+        });
+        blend(dx, acc, al, be);
+        return (int)CUDNN_STATUS_SUCCESS;
     });
-    blend(dx, acc, *alpha, *beta);
-    return CUDNN_STATUS_SUCCESS;
 }
 
 EMU_EXPORT int cudnnConvolutionBackwardFilter(void* h, const float* alpha, void* xd,
@@ -348,10 +367,13 @@ EMU_EXPORT int cudnnConvolutionBackwardFilter(void* h, const float* alpha, void*
     if (!on_device("x", x, X->count()) || !on_device("dy", dy, DY->count()) ||
         !on_device("dw", dw, DW->count()))
         return CUDNN_STATUS_EXECUTION_FAILED;
-    std::vector<double> acc((size_t)DW->count(), 0.0);
-    for_each_tap(*X, *DW, *C, *DY, [&](size_t yi, size_t xi, size_t wi) {
-        acc[wi] += (double)x[xi] * (double)dy[yi];
+    const float al = *alpha, be = *beta;
+    return on_stream(h, "cudnnConvolutionBackwardFilter", [=, X = *X, DW = *DW, C = *C, DY = *DY] {
+        std::vector<double> acc((size_t)DW.count(), 0.0);
+        for_each_tap(X, DW, C, DY, [&](size_t yi, size_t xi, size_t wi) {
+            acc[wi] += (double)x[xi] * (double)dy[yi];
+        });
+        blend(dw, acc, al, be);
+        return (int)CUDNN_STATUS_SUCCESS;
     });
-    blend(dw, acc, *alpha, *beta);
-    return CUDNN_STATUS_SUCCESS;
 }

@@ -1,7 +1,11 @@
 // The CUDA driver API as cudarc 0.19 calls it, on the CPU. A device pointer is the host address
 // of its allocation (one heap allocation each, so AddressSanitizer sees every buffer's bounds);
 // streams execute in order at once, except while capturing, when the work is recorded for a
-// graph and replayed by cuGraphLaunch.
+// graph and replayed by cuGraphLaunch. cuBLAS and cuDNN calls are stream work too and are
+// recorded the same way. What CUDA forbids while a stream captures (allocating or freeing
+// memory, synchronous copies, copies between device and pageable host memory, waiting for the
+// device) fails and invalidates the capture, so cuStreamEndCapture returns
+// CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, as on a GPU; a note on stderr names the call.
 //
 // Environment: ARTGAN_EMU_MEMORY_MIB (device capacity, default 4096), ARTGAN_EMU_SMS
 // (multiprocessor count, default 2: small grids, so the kernels' grid-stride loops iterate).
@@ -110,6 +114,33 @@ struct Stream {
     bool capture_broken = false;
     std::vector<std::function<CUresult()>> captured;
 };
+// The streams this host thread is capturing (capture mode THREAD_LOCAL or GLOBAL: a forbidden
+// call by the capturing thread invalidates its captures; other threads, other tests, are not
+// affected).
+static thread_local std::vector<Stream*> t_capturing;
+
+static void invalidate(Stream* s, const std::string& why) {
+    if (!s->capture_broken)
+        note("stream capture invalidated by " + why + " (not allowed while capturing)");
+    s->capture_broken = true;
+    s->captured.clear();
+}
+
+// For a call CUDA forbids while this thread captures: invalidates its captures and returns the
+// error the call fails with; CUDA_SUCCESS when nothing is capturing.
+static CUresult forbidden_while_capturing(const std::string& what) {
+    if (t_capturing.empty()) return CUDA_SUCCESS;
+    for (Stream* s : t_capturing) invalidate(s, what);
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
+
+// For a call on `stream` that a capture cannot record: invalidates that capture.
+static CUresult not_capturable(void* stream, const std::string& what) {
+    auto* s = static_cast<Stream*>(stream);
+    if (!s || !s->capturing) return CUDA_SUCCESS;
+    invalidate(s, what);
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
 struct Graph {
     std::vector<std::function<CUresult()>> work;
 };
@@ -124,6 +155,7 @@ struct Module {
 static CUresult submit(void* stream, std::function<CUresult()> work) {
     auto* s = static_cast<Stream*>(stream);
     if (s && s->capturing) {
+        if (s->capture_broken) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
         s->captured.push_back(std::move(work));
         return CUDA_SUCCESS;
     }
@@ -131,6 +163,20 @@ static CUresult submit(void* stream, std::function<CUresult()> work) {
 }
 
 static CUresult sticky = CUDA_SUCCESS;  // a failed launch poisons the context, as on a GPU
+
+Captured capture_library_call(void* stream, const char* what, std::function<int()> work) {
+    auto* s = static_cast<Stream*>(stream);
+    if (!s || !s->capturing) return Captured::none;
+    if (s->capture_broken) return Captured::invalidated;
+    std::string name = what;
+    s->captured.push_back([work = std::move(work), name]() -> CUresult {
+        if (work() == 0) return CUDA_SUCCESS;
+        note(name + " failed in a graph launch");
+        sticky = CUDA_ERROR_LAUNCH_FAILED;
+        return sticky;
+    });
+    return Captured::recorded;
+}
 
 // Calls by this host thread that made it wait for the device (synchronize, copies to the host).
 // Per thread, like artgan's backends, so that concurrent tests do not count each other's.
@@ -251,6 +297,7 @@ EMU_EXPORT CUresult cuCtxGetCurrent(void** ctx) {
 }
 EMU_EXPORT CUresult cuCtxSynchronize() {
     CHECK_INIT();
+    if (CUresult r = forbidden_while_capturing("cuCtxSynchronize")) return r;
     ++t_host_syncs;
     return CUDA_SUCCESS;
 }
@@ -266,7 +313,7 @@ EMU_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     return CUDA_SUCCESS;
 }
 
-EMU_EXPORT CUresult cuMemAlloc_v2(uintptr_t* dptr, size_t bytes) {
+static CUresult mem_alloc(uintptr_t* dptr, size_t bytes) {
     CHECK_INIT();
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     State& s = st();
@@ -287,7 +334,7 @@ EMU_EXPORT CUresult cuMemAlloc_v2(uintptr_t* dptr, size_t bytes) {
     return CUDA_SUCCESS;
 }
 
-EMU_EXPORT CUresult cuMemFree_v2(uintptr_t dptr) {
+static CUresult mem_free(uintptr_t dptr) {
     CHECK_INIT();
     State& s = st();
     {
@@ -301,10 +348,27 @@ EMU_EXPORT CUresult cuMemFree_v2(uintptr_t dptr) {
     return CUDA_SUCCESS;
 }
 
-EMU_EXPORT CUresult cuMemAllocAsync(uintptr_t* dptr, size_t bytes, void*) {
-    return cuMemAlloc_v2(dptr, bytes);
+EMU_EXPORT CUresult cuMemAlloc_v2(uintptr_t* dptr, size_t bytes) {
+    if (CUresult r = forbidden_while_capturing("cuMemAlloc")) return r;
+    return mem_alloc(dptr, bytes);
 }
-EMU_EXPORT CUresult cuMemFreeAsync(uintptr_t dptr, void*) { return cuMemFree_v2(dptr); }
+EMU_EXPORT CUresult cuMemFree_v2(uintptr_t dptr) {
+    if (CUresult r = forbidden_while_capturing("cuMemFree")) return r;
+    return mem_free(dptr);
+}
+// Stream-ordered allocation on a capturing stream would become a graph memory node on a GPU,
+// memory that belongs to the graph and is invalid outside its launches; a caching allocator
+// must never keep such a buffer, so the emulator refuses it (stricter than CUDA): captured
+// steps allocate nothing.
+EMU_EXPORT CUresult cuMemAllocAsync(uintptr_t* dptr, size_t bytes, void* stream) {
+    if (CUresult r = not_capturable(stream, "cuMemAllocAsync (a graph-owned allocation)"))
+        return r;
+    return mem_alloc(dptr, bytes);
+}
+EMU_EXPORT CUresult cuMemFreeAsync(uintptr_t dptr, void* stream) {
+    if (CUresult r = not_capturable(stream, "cuMemFreeAsync (a graph-owned free)")) return r;
+    return mem_free(dptr);
+}
 
 static CUresult check_device(const void* p, size_t bytes, const char* what) {
     std::string why;
@@ -322,17 +386,26 @@ EMU_EXPORT CUresult cuMemcpyHtoDAsync_v2(uintptr_t dst, const void* src, size_t 
                                          void* stream) {
     CHECK_INIT();
     if (CUresult r = check_device((void*)dst, bytes, "cuMemcpyHtoD destination")) return r;
+    // The emulator has no page-locked host memory, and a copy from pageable memory cannot be
+    // captured: its source would be read at every replay from wherever it was then.
+    if (CUresult r = not_capturable(stream, "cuMemcpyHtoDAsync (from pageable host memory)"))
+        return r;
     return submit(stream, [=]() -> CUresult { return copy((void*)dst, src, bytes); });
 }
 EMU_EXPORT CUresult cuMemcpyHtoD_v2(uintptr_t dst, const void* src, size_t bytes) {
+    if (CUresult r = forbidden_while_capturing("cuMemcpyHtoD (synchronous)")) return r;
     return cuMemcpyHtoDAsync_v2(dst, src, bytes, nullptr);
 }
 EMU_EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, uintptr_t src, size_t bytes, void* stream) {
     CHECK_INIT();
     if (CUresult r = check_device((void*)src, bytes, "cuMemcpyDtoH source")) return r;
+    // A host read inside a captured step: not capturable into pageable memory.
+    if (CUresult r = not_capturable(stream, "cuMemcpyDtoHAsync (to pageable host memory)"))
+        return r;
     return submit(stream, [=]() -> CUresult { return copy(dst, (void*)src, bytes); });
 }
 EMU_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, uintptr_t src, size_t bytes) {
+    if (CUresult r = forbidden_while_capturing("cuMemcpyDtoH (synchronous)")) return r;
     ++t_host_syncs;
     return cuMemcpyDtoHAsync_v2(dst, src, bytes, nullptr);
 }
@@ -344,6 +417,7 @@ EMU_EXPORT CUresult cuMemcpyDtoDAsync_v2(uintptr_t dst, uintptr_t src, size_t by
     return submit(stream, [=]() -> CUresult { return copy((void*)dst, (void*)src, bytes); });
 }
 EMU_EXPORT CUresult cuMemcpyDtoD_v2(uintptr_t dst, uintptr_t src, size_t bytes) {
+    if (CUresult r = forbidden_while_capturing("cuMemcpyDtoD (synchronous)")) return r;
     return cuMemcpyDtoDAsync_v2(dst, src, bytes, nullptr);
 }
 EMU_EXPORT CUresult cuMemsetD8Async(uintptr_t dst, unsigned char v, size_t n, void* stream) {
@@ -355,6 +429,7 @@ EMU_EXPORT CUresult cuMemsetD8Async(uintptr_t dst, unsigned char v, size_t n, vo
     });
 }
 EMU_EXPORT CUresult cuMemsetD8_v2(uintptr_t dst, unsigned char v, size_t n) {
+    if (CUresult r = forbidden_while_capturing("cuMemsetD8 (synchronous)")) return r;
     return cuMemsetD8Async(dst, v, n, nullptr);
 }
 EMU_EXPORT CUresult cuMemsetD32Async(uintptr_t dst, unsigned v, size_t n, void* stream) {
@@ -366,6 +441,7 @@ EMU_EXPORT CUresult cuMemsetD32Async(uintptr_t dst, unsigned v, size_t n, void* 
     });
 }
 EMU_EXPORT CUresult cuMemsetD32_v2(uintptr_t dst, unsigned v, size_t n) {
+    if (CUresult r = forbidden_while_capturing("cuMemsetD32 (synchronous)")) return r;
     return cuMemsetD32Async(dst, v, n, nullptr);
 }
 
@@ -380,21 +456,20 @@ EMU_EXPORT CUresult cuStreamCreateWithPriority(void** stream, unsigned flags, in
     return cuStreamCreate(stream, flags);
 }
 EMU_EXPORT CUresult cuStreamDestroy_v2(void* stream) {
+    std::erase(t_capturing, static_cast<Stream*>(stream));
     delete static_cast<Stream*>(stream);
     return CUDA_SUCCESS;
 }
 EMU_EXPORT CUresult cuStreamSynchronize(void* stream) {
     CHECK_INIT();
     auto* s = static_cast<Stream*>(stream);
-    if (s && s->capturing) {
-        s->capture_broken = true;
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    }
+    if (CUresult r = not_capturable(s, "cuStreamSynchronize")) return r;
     ++t_host_syncs;
     return CUDA_SUCCESS;
 }
-EMU_EXPORT CUresult cuStreamQuery(void*) {
+EMU_EXPORT CUresult cuStreamQuery(void* stream) {
     CHECK_INIT();
+    if (CUresult r = not_capturable(stream, "cuStreamQuery")) return r;
     return CUDA_SUCCESS;
 }
 EMU_EXPORT CUresult cuStreamWaitEvent(void*, void*, unsigned) {
@@ -425,6 +500,7 @@ EMU_EXPORT CUresult cuEventRecordWithFlags(void* ev, void* stream, unsigned) {
 EMU_EXPORT CUresult cuEventSynchronize(void* ev) {
     CHECK_INIT();
     if (!ev) return CUDA_ERROR_INVALID_HANDLE;
+    if (CUresult r = forbidden_while_capturing("cuEventSynchronize")) return r;
     ++t_host_syncs;
     return CUDA_SUCCESS;
 }
@@ -451,6 +527,7 @@ EMU_EXPORT CUresult cuStreamBeginCapture_v2(void* stream, int) {
     s->capturing = true;
     s->capture_broken = false;
     s->captured.clear();
+    t_capturing.push_back(s);
     return CUDA_SUCCESS;
 }
 
@@ -468,6 +545,7 @@ EMU_EXPORT CUresult cuStreamEndCapture(void* stream, void** graph) {
     if (!s || !graph) return CUDA_ERROR_INVALID_VALUE;
     if (!s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
     s->capturing = false;
+    std::erase(t_capturing, s);
     if (s->capture_broken) {
         s->captured.clear();
         return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;

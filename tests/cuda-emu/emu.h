@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -44,6 +45,15 @@ bool device_range(const void* p, size_t bytes, std::string* why);
 
 // Prints one line to stderr, prefixed so that an emulated result is never mistaken for a GPU's.
 void note(const std::string& msg);
+
+// For the libraries (cuBLAS, cuDNN), whose calls are stream work like a kernel launch: when
+// `stream` is capturing, records `work` for the graph (`recorded`; the call returns success at
+// once, as the library's does) or, when that capture was invalidated, records nothing
+// (`invalidated`); otherwise `none`, and the caller runs the work now. `work` returns the
+// library's status (0: success); a failure at replay fails the graph launch. `what` names the
+// call in messages.
+enum class Captured { none, recorded, invalidated };
+Captured capture_library_call(void* stream, const char* what, std::function<int()> work);
 
 // ---- the table of kernels, filled by the generated kernels_<module>.cpp files
 template <class... A>

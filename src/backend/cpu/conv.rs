@@ -7,6 +7,7 @@
 //! reused from one call to the next. The plain definition it is tested against lives in
 //! `crate::backend::reference`.
 
+use super::gemm::gemm;
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -14,67 +15,6 @@ use std::cell::RefCell;
 /// Most floats of one chunk's column matrix (4 MiB): large enough for big GEMMs, small enough
 /// to keep peak memory (and cache misses) down.
 const COL_BUDGET: usize = 1 << 20;
-
-/// `c[m, n] = a[m, k]·b[k, n] + beta·c`, row-major; `a_t`/`b_t` read a or b transposed
-/// (stored as `[k, m]` / `[n, k]`). `beta` is 0 or 1. The `gemm` crate (the one candle uses),
-/// threaded on the current rayon pool: it splits the output among threads and sums along `k`
-/// in the same order whatever their number (tests/cpu_fast.rs checks 1, 2 and 3 threads).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
-    beta: f32,
-    c: &mut [f32],
-) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
-    let (rsa, csa) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (rsb, csb) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        ::gemm::Parallelism::Rayon(threads)
-    } else {
-        ::gemm::Parallelism::None
-    };
-    // SAFETY: the strides above address exactly the asserted ranges of a, b and c, and c does
-    // not alias a or b (a `&mut` borrow).
-    unsafe {
-        ::gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            beta == 1.0,
-            a.as_ptr(),
-            csa,
-            rsa,
-            b.as_ptr(),
-            csb,
-            rsb,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
 
 thread_local! {
     /// Column matrix and channel-major output/gradient of the current chunk.

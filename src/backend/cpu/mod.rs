@@ -3,18 +3,20 @@
 //! results never depend on the thread count. It is tested against the plain reference in
 //! `crate::backend::reference` (tests/cpu_fast.rs) like any other backend.
 //!
-//! Its own code, by kernel family: `conv.rs`, `batchnorm.rs`, `elementwise.rs` (parallel maps,
-//! the EMA's in-place update) and `adam.rs`; every other family is the reference's code.
+//! Its own code, by kernel family: `conv.rs` (on the packed AVX-512/AVX2 GEMM of `gemm.rs`),
+//! `batchnorm.rs`, `elementwise.rs` (parallel maps, the EMA's in-place update) and `adam.rs`;
+//! every other family is the reference's code.
 
 mod adam;
 mod batchnorm;
 mod conv;
 mod elementwise;
+mod gemm;
 // What the fast path does not speed up (memory moves, spectral norm, reductions,
 // random masks, the loss) is the reference's code, called as it is.
 use super::reference::ReferenceBackend;
 
-pub use conv::gemm;
+pub use gemm::{crate_gemm, gemm, gemm_with, Kernel};
 
 use super::*;
 

@@ -1,5 +1,7 @@
 //! Launch of `kernels/adam.cu`: one multi-tensor Adam kernel per group of up to 64 tensors.
-//! No autograd: the caller is the optimiser, `src/optim.rs`.
+//! No autograd: the caller is the optimiser, `src/optim.rs`. The per-step scalars are read
+//! from device memory (`Backend::adam_update_with`, `Backend::adam_update_scaled_with`; the
+//! eager forms upload them first).
 
 use super::{cb, cb_mut, CudaBackend, BLOCK};
 use crate::backend::*;
@@ -20,20 +22,27 @@ struct AdamTable {
     v: [u64; ADAM_MAX_ITEMS],
     len: [u32; ADAM_MAX_ITEMS],
     block_start: [u32; ADAM_MAX_ITEMS + 1],
-    step: [f32; ADAM_MAX_ITEMS],
+    scalar: [u32; ADAM_MAX_ITEMS],
     n_items: u32,
 }
 
 // SAFETY: plain-old-data with the C layout of the kernel's struct (checked by a size test).
 unsafe impl DeviceRepr for AdamTable {}
 
-/// The launch tables of `items` (up to 64 per table) with their block counts; `step_of(lr)` is
-/// what each item's `step` slot holds.
+/// The launch tables of `items` (up to 64 per table) with their block counts; item `i`'s value
+/// is at `1 + i` in the scalars buffer, which must hold `1 + items.len()` values.
 fn tables(
     be: &CudaBackend,
     items: &mut [AdamItem<'_>],
-    step_of: impl Fn(f32) -> f32,
+    scalars: &Storage,
 ) -> Result<Vec<(AdamTable, u32)>> {
+    if scalars.len() != items.len() + 1 {
+        bail!(
+            "adam: {} scalars for {} items (expected 1 + one per item)",
+            scalars.len(),
+            items.len()
+        );
+    }
     let live: Vec<usize> = (0..items.len())
         .filter(|&i| !items[i].param.is_empty())
         .collect();
@@ -46,7 +55,7 @@ fn tables(
             v: [0; ADAM_MAX_ITEMS],
             len: [0; ADAM_MAX_ITEMS],
             block_start: [0; ADAM_MAX_ITEMS + 1],
-            step: [0.0; ADAM_MAX_ITEMS],
+            scalar: [0; ADAM_MAX_ITEMS],
             n_items: group.len() as u32,
         };
         let mut blocks: u32 = 0;
@@ -63,7 +72,7 @@ fn tables(
             t.m[k] = cb_mut(it.m)?.slice_mut().device_ptr_mut(&be.stream).0;
             t.v[k] = cb_mut(it.v)?.slice_mut().device_ptr_mut(&be.stream).0;
             t.len[k] = len32;
-            t.step[k] = step_of(it.lr);
+            t.scalar[k] = 1 + i as u32;
             t.block_start[k] = blocks;
             blocks += len32.div_ceil(ADAM_CHUNK);
         }
@@ -81,14 +90,27 @@ fn blocks_of(blocks: u32) -> LaunchConfig {
     }
 }
 
+/// The eager form: the scalars uploaded now, then [`adam_update_with`].
 pub(super) fn adam_update(
     be: &CudaBackend,
     items: &mut [AdamItem<'_>],
     step: AdamStep,
 ) -> Result<()> {
-    let bc2_sqrt = step.bias_correction2.sqrt();
+    let host = adam_scalars(step, items.iter().map(|it| it.lr));
+    let scalars = be.upload(&host)?;
+    adam_update_with(be, items, step, &scalars)
+}
+
+pub(super) fn adam_update_with(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    step: AdamStep,
+    scalars: &Storage,
+) -> Result<()> {
     let chunk = ADAM_CHUNK;
-    for (t, blocks) in tables(be, items, |lr| lr / step.bias_correction1)? {
+    let tables = tables(be, items, scalars)?;
+    let scalars = cb(scalars)?.slice();
+    for (t, blocks) in tables {
         launch!(
             be,
             "adam_multi_f32",
@@ -98,18 +120,32 @@ pub(super) fn adam_update(
             &step.beta1,
             &step.beta2,
             &step.eps,
-            &bc2_sqrt
+            scalars
         )?;
     }
     Ok(())
 }
 
-/// `Backend::adam_update_scaled`: the non-finite check over every table, Adam on every table
-/// (each block returns at once when the check found something), then the scale update.
+/// The eager form: the items' lr uploaded now, then [`adam_update_scaled_with`].
 pub(super) fn adam_update_scaled(
     be: &CudaBackend,
     items: &mut [AdamItem<'_>],
     hyper: AdamHyper,
+    scale: &mut Storage,
+    counters: &mut Storage,
+) -> Result<()> {
+    let host = amp_adam_scalars(items.iter().map(|it| it.lr));
+    let scalars = be.upload(&host)?;
+    adam_update_scaled_with(be, items, hyper, &scalars, scale, counters)
+}
+
+/// `Backend::adam_update_scaled_with`: the non-finite check over every table, Adam on every
+/// table (each block returns at once when the check found something), then the scale update.
+pub(super) fn adam_update_scaled_with(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    hyper: AdamHyper,
+    scalars: &Storage,
     scale: &mut Storage,
     counters: &mut Storage,
 ) -> Result<()> {
@@ -121,7 +157,8 @@ pub(super) fn adam_update_scaled(
         );
     }
     let chunk = ADAM_CHUNK;
-    let tables = tables(be, items, |lr| lr)?;
+    let tables = tables(be, items, scalars)?;
+    let scalars = cb(scalars)?.slice();
     let (scale, counters) = (cb_mut(scale)?, cb_mut(counters)?);
     for (t, blocks) in &tables {
         launch!(
@@ -144,6 +181,7 @@ pub(super) fn adam_update_scaled(
             &hyper.beta1,
             &hyper.beta2,
             &hyper.eps,
+            scalars,
             scale.slice(),
             counters.slice()
         )?;
@@ -165,7 +203,7 @@ mod tests {
 
     #[test]
     fn adam_table_matches_the_kernel_struct_size() {
-        // 4 pointer arrays, len, block_start (65), step, n_items: see kernels/adam.cu.
+        // 4 pointer arrays, len, block_start (65), scalar, n_items: see kernels/adam.cu.
         let expect = 4 * 8 * ADAM_MAX_ITEMS
             + 4 * ADAM_MAX_ITEMS
             + 4 * (ADAM_MAX_ITEMS + 1)

@@ -39,6 +39,8 @@ pub struct CudnnConv {
     stream: Arc<CudaStream>,
     plans: RefCell<HashMap<ConvGeom, Plan>>,
     workspace: RefCell<Option<CudaSlice<u8>>>,
+    /// Workspaces outgrown: kept, because a CUDA graph may have captured their address.
+    outgrown: RefCell<Vec<CudaSlice<u8>>>,
 }
 
 fn dim(x: usize) -> Result<i32> {
@@ -53,6 +55,7 @@ impl CudnnConv {
             stream,
             plans: RefCell::new(HashMap::new()),
             workspace: RefCell::new(None),
+            outgrown: RefCell::new(Vec::new()),
         })
     }
 
@@ -104,8 +107,10 @@ impl CudnnConv {
         let mut ws = self.workspace.borrow_mut();
         let have = ws.as_ref().map_or(0, |w| w.len());
         if bytes > have {
-            // Drop the old one first so its memory can be reused (stream-ordered free).
-            *ws = None;
+            // Not freed: a captured step (`graph.rs`) may still use it at every replay.
+            if let Some(old) = ws.take() {
+                self.outgrown.borrow_mut().push(old);
+            }
             // SAFETY: workspace contents are scratch for cuDNN.
             let s = unsafe { self.stream.alloc::<u8>(bytes) }
                 .map_err(|e| drv(e, "allocating the cuDNN workspace"))?;

@@ -34,6 +34,7 @@ mod cudnn;
 mod elementwise;
 pub mod embedded;
 mod err;
+pub mod graph;
 pub mod libs;
 pub mod loader;
 mod loss;
@@ -319,6 +320,41 @@ impl Backend for CudaBackend {
         Ok(Storage::Cuda(b))
     }
 
+    fn write(&self, dst: &mut Storage, host: &[f32]) -> Result<()> {
+        let b = cb_mut(dst)?;
+        if b.len != host.len() {
+            bail!("write: {} values into {}", host.len(), b.len);
+        }
+        if !host.is_empty() {
+            self.stream
+                .memcpy_htod(host, &mut b.slice_mut().slice_mut(0..host.len()))
+                .map_err(|e| drv(e, "copying to the GPU"))?;
+        }
+        Ok(())
+    }
+
+    fn as_cuda(&self) -> Option<&CudaBackend> {
+        Some(self)
+    }
+
+    fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
+        graph::copy_into(self, dst, src)
+    }
+
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        // The default `scale_add_assign`'s arithmetic ((acc·a) + (x·b), each rounded), with
+        // the factors read on the device, written back into acc's own buffer.
+        let mut next = self.scale_by_scalar(acc, a, 1.0)?;
+        self.add_assign(&mut next, &self.scale_by_scalar(x, b, 1.0)?)?;
+        self.copy_into(acc, &next)
+    }
+
     fn copy(&self, s: &Storage) -> Result<Storage> {
         let src = cb(s)?;
         let mut b = self.alloc(src.len)?;
@@ -584,6 +620,26 @@ impl Backend for CudaBackend {
         counters: &mut Storage,
     ) -> Result<()> {
         adam::adam_update_scaled(self, items, hyper, scale, counters)
+    }
+
+    fn adam_update_scaled_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scalars: &Storage,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam::adam_update_scaled_with(self, items, hyper, scalars, scale, counters)
+    }
+
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        adam::adam_update_with(self, items, step, scalars)
     }
 
     // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`

@@ -1,0 +1,731 @@
+//! f32 GEMM for the CPU backend: A and B packed into cache-sized panels (the usual MC/KC/NC
+//! blocking), an AVX-512 or AVX2+FMA micro-kernel picked at run time, a portable one elsewhere
+//! (and the `gemm` crate for one transpose case, see [`gemm`]).
+//!
+//! Every output element is one chain of fused multiply-adds along `k` in index order, started
+//! from `beta·c` (the AVX kernels carry the partial sum in `c` from one KC block to the next,
+//! which stores and reloads it exactly). So a result depends neither on the blocking nor on the
+//! thread count nor on which AVX kernel ran: threads only split the output into blocks. The
+//! portable kernel is the same chain with a separate multiply and add (a software fused
+//! multiply-add would be very slow where the CPU has none), so its bits differ from the AVX
+//! kernels' but, again, not with the thread count.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Depth of one packed block (the `k` slice): a B micro-panel of KC·NR floats stays in L1
+/// while it meets every A micro-panel of the block.
+const KC: usize = 256;
+/// Rows of A packed at once (KC·MC floats: in L2).
+const MC: usize = 128;
+/// Columns of B packed at once (KC·NC floats: in L2).
+const NC: usize = 512;
+/// Below this many multiply-adds the work runs on the calling thread (a task split costs more).
+const SERIAL_WORK: usize = 1 << 16;
+/// Most rows and floats of any micro-kernel's tile.
+const MAX_MR: usize = 8;
+const MAX_TILE: usize = 8 * 48;
+
+/// The micro-kernel family: `Avx512` and `Avx2` need those CPU features, `Portable` runs
+/// anywhere. [`Kernel::detect`] picks the fastest; tests pick each one through [`gemm_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.is_available())
+            .unwrap_or(Kernel::Portable)
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Avx512 => x86::Avx512::new().is_some(),
+            Kernel::Avx2 => x86::Avx2::new().is_some(),
+            Kernel::Portable => true,
+        }
+    }
+}
+
+/// `c[m, n] = a[m, k]·b[k, n] + beta·c`, row-major; `a_t`/`b_t` read a or b transposed
+/// (stored as `[k, m]` / `[n, k]`). `beta` is 0 or 1. Threaded on the current rayon pool over
+/// blocks of the output; results do not depend on the thread count (see the module comment).
+///
+/// One case differs: a plain, b transposed (the convolutions' backward-filter), where both
+/// operands run along k in memory and packing both (a scalar transpose) costs more than the
+/// product on its skinny, deep shapes. With AVX-512 it is a blocked dot product read in place
+/// (16 lane sums per element, then added up in lane order); without, the `gemm` crate, which
+/// beats the packed path there (benches/gemm.rs). Both split only the output among threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
+    if !a_t && b_t && m * n * k > 0 {
+        check_args(m, k, n, a, b, beta, c);
+        return match x86::Avx512::new() {
+            Some(avx512) => avx512.gemm_nt(m, k, n, a, b, beta == 1.0, c),
+            None => crate_gemm(m, k, n, a, a_t, b, b_t, beta, c),
+        };
+    }
+    gemm_with(Kernel::detect(), m, k, n, a, a_t, b, b_t, beta, c)
+}
+
+/// What every entry point requires: operands long enough, beta 0 or 1.
+fn check_args(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &[f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(beta == 0.0 || beta == 1.0, "gemm: beta must be 0 or 1");
+}
+
+/// [`gemm`] by the `gemm` crate, on the current rayon pool: the a·bᵀ fallback without
+/// AVX-512, and the baseline benches/gemm.rs measures against.
+#[allow(clippy::too_many_arguments)]
+pub fn crate_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
+    check_args(m, k, n, a, b, beta, c);
+    // (row stride, column stride) of a [m, k] and b [k, n] as stored.
+    let (rsa, csa) = if a_t { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        ::gemm::Parallelism::Rayon(threads)
+    } else {
+        ::gemm::Parallelism::None
+    };
+    // SAFETY: these strides address exactly the asserted ranges of a, b and c, and c (a unique
+    // borrow) aliases neither.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            beta == 1.0,
+            a.as_ptr(),
+            csa as isize,
+            rsa as isize,
+            b.as_ptr(),
+            csb as isize,
+            rsb as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// [`gemm`] with a chosen micro-kernel (panics if this CPU does not run it).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with(
+    kernel: Kernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
+    check_args(m, k, n, a, b, beta, c);
+    let c = &mut c[..m * n];
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if beta == 0.0 {
+            c.fill(0.0);
+        }
+        return;
+    }
+    let p = Problem {
+        m,
+        k,
+        n,
+        // Rows of A along k.
+        a: View::new(a, a_t, k, m),
+        // Rows of Bᵀ (columns of B) along k.
+        b: View::new(b, !b_t, k, n),
+        add_to_c: beta == 1.0,
+    };
+    let missing = "gemm: this CPU lacks the features of the chosen kernel";
+    match kernel {
+        Kernel::Avx512 => p.run(x86::Avx512::new().expect(missing), c),
+        Kernel::Avx2 => p.run(x86::Avx2::new().expect(missing), c),
+        Kernel::Portable => p.run(Portable, c),
+    }
+}
+
+/// A matrix read as rows along `k`: element `(r, p)` is `data[r·rs + p·cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// `transposed`: stored as `[k, rows]` instead of `[rows, k]`.
+    fn new(data: &'a [f32], transposed: bool, k: usize, rows: usize) -> Self {
+        let (rs, cs) = if transposed { (1, rows) } else { (k, 1) };
+        View { data, rs, cs }
+    }
+
+    /// Copies rows `r0..r0 + rows`, depth `p0..p0 + kc` into micro-panels of `w` rows: panel
+    /// `s` holds, for each `p`, the `w` values of rows `r0 + s·w ..` (zeros past the last row).
+    fn pack(&self, r0: usize, rows: usize, p0: usize, kc: usize, w: usize, dst: &mut [f32]) {
+        let panels = dst.chunks_exact_mut(kc * w).take(rows.div_ceil(w));
+        for (s, panel) in panels.enumerate() {
+            let first = r0 + s * w;
+            let live = w.min(rows - s * w);
+            if self.cs == 1 {
+                // Each row is contiguous along k: scatter it into its lane of the panel.
+                for i in 0..live {
+                    let row = &self.data[(first + i) * self.rs + p0..][..kc];
+                    for (d, &v) in panel.chunks_exact_mut(w).zip(row) {
+                        d[i] = v;
+                    }
+                }
+            } else {
+                // The rows of one k are contiguous: copy them in one piece.
+                for (p, d) in panel.chunks_exact_mut(w).enumerate() {
+                    d[..live].copy_from_slice(&self.data[(p0 + p) * self.cs + first..][..live]);
+                }
+            }
+            if live < w {
+                for d in panel.chunks_exact_mut(w) {
+                    d[live..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// `c[i][..NR] = (load ? c[i][..NR] : 0) + Σ_p a[p·MR + i]·b[p·NR + ..]` for the `MR` rows of
+/// `c`, `p` in order, one multiply-add per `p`.
+trait MicroKernel: Copy + Send + Sync {
+    const MR: usize;
+    const NR: usize;
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool);
+}
+
+/// The bounds every micro-kernel call must meet (the AVX kernels' raw accesses rely on them).
+fn check_tile(kc: usize, mr: usize, nr: usize, a: &[f32], b: &[f32], c: &[&mut [f32]]) {
+    assert!(a.len() >= kc * mr && b.len() >= kc * nr);
+    assert!(c.len() == mr && c.iter().all(|row| row.len() >= nr));
+}
+
+struct Problem<'a> {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View<'a>,
+    b: View<'a>,
+    add_to_c: bool,
+}
+
+impl Problem<'_> {
+    fn run<K: MicroKernel>(&self, kern: K, c: &mut [f32]) {
+        let work = self.m * self.n * self.k;
+        let (mc, nc) = blocks(self.m, self.n, work, (MC, NC), (K::MR, K::NR));
+        for_each_block(c, self.n, mc, nc, |i0, j0, rows| {
+            self.block(kern, i0, j0, rows)
+        });
+    }
+
+    /// `c[i0.., j0..]` for the block whose rows are `rows`, over all of `k`, KC at a time.
+    fn block<K: MicroKernel>(&self, kern: K, i0: usize, j0: usize, rows: &mut [&mut [f32]]) {
+        let (mc, nc) = (rows.len(), rows[0].len());
+        let kc_max = KC.min(self.k);
+        let a_len = mc.div_ceil(K::MR) * K::MR * kc_max;
+        let b_len = nc.div_ceil(K::NR) * K::NR * kc_max;
+        with_pack_buffers(a_len, b_len, |ap, bp| {
+            for p0 in (0..self.k).step_by(KC) {
+                let kc = KC.min(self.k - p0);
+                self.a.pack(i0, mc, p0, kc, K::MR, ap);
+                self.b.pack(j0, nc, p0, kc, K::NR, bp);
+                let load = self.add_to_c || p0 > 0;
+                let b_panels = bp.chunks_exact(kc * K::NR).take(nc.div_ceil(K::NR));
+                for (jp, b_panel) in b_panels.enumerate() {
+                    let a_panels = ap.chunks_exact(kc * K::MR);
+                    for (a_panel, tile_rows) in a_panels.zip(rows.chunks_mut(K::MR)) {
+                        tile(kern, kc, a_panel, b_panel, tile_rows, jp * K::NR, load);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Block sizes for an `m × n` output: at most `max`, multiples of `tile`, halved (along the
+/// larger side) until there are about four blocks per thread, so two cores share skinny
+/// products too. Any sizes give the same bits, so this may follow the thread count.
+fn blocks(
+    m: usize,
+    n: usize,
+    work: usize,
+    max: (usize, usize),
+    tile: (usize, usize),
+) -> (usize, usize) {
+    let ((mr, nr), round) = (tile, |x: usize, to: usize| x.div_ceil(to) * to);
+    let (mut mc, mut nc) = (round(m.min(max.0), mr), round(n.min(max.1), nr));
+    let want = if work < SERIAL_WORK {
+        1
+    } else {
+        4 * rayon::current_num_threads()
+    };
+    while m.div_ceil(mc) * n.div_ceil(nc) < want {
+        if nc / nr >= mc / mr && nc > nr {
+            nc = round(nc / 2, nr);
+        } else if mc > mr {
+            mc = round(mc / 2, mr);
+        } else {
+            break;
+        }
+    }
+    (mc, nc)
+}
+
+/// Runs `f(i0, j0, rows)` for every `mc × nc` block of the row-major `c` (row length `n`),
+/// in parallel; `rows` are the block's pieces of its rows, so blocks never share memory.
+fn for_each_block(
+    c: &mut [f32],
+    n: usize,
+    mc: usize,
+    nc: usize,
+    f: impl Fn(usize, usize, &mut [&mut [f32]]) + Sync,
+) {
+    let mut tasks = Vec::new();
+    for (band_index, band) in c.chunks_mut(mc * n).enumerate() {
+        let mut blocks: Vec<Vec<&mut [f32]>> = Vec::new();
+        blocks.resize_with(n.div_ceil(nc), Vec::new);
+        for row in band.chunks_mut(n) {
+            for (block, piece) in blocks.iter_mut().zip(row.chunks_mut(nc)) {
+                block.push(piece);
+            }
+        }
+        for (q, rows) in blocks.into_iter().enumerate() {
+            tasks.push((band_index * mc, q * nc, rows));
+        }
+    }
+    if tasks.len() == 1 {
+        let (i0, j0, mut rows) = tasks.pop().unwrap();
+        f(i0, j0, &mut rows);
+    } else {
+        tasks
+            .into_par_iter()
+            .for_each(|(i0, j0, mut rows)| f(i0, j0, &mut rows));
+    }
+}
+
+/// One micro-kernel call on `rows[..][j..j + NR]`; an edge tile goes through a full-size
+/// buffer (the packed panels are zero-padded, so the extra lanes compute harmless zeros).
+fn tile<K: MicroKernel>(
+    kern: K,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    rows: &mut [&mut [f32]],
+    j: usize,
+    load: bool,
+) {
+    let nr = K::NR.min(rows[0].len() - j);
+    let mut views: [&mut [f32]; MAX_MR] = Default::default();
+    if rows.len() == K::MR && nr == K::NR {
+        for (v, row) in views.iter_mut().zip(rows.iter_mut()) {
+            *v = &mut row[j..j + K::NR];
+        }
+        return kern.tile(kc, a, b, &mut views[..K::MR], load);
+    }
+    let mut buf = [0.0f32; MAX_TILE];
+    let buf = &mut buf[..K::MR * K::NR];
+    if load {
+        for (d, row) in buf.chunks_exact_mut(K::NR).zip(rows.iter()) {
+            d[..nr].copy_from_slice(&row[j..j + nr]);
+        }
+    }
+    for (v, d) in views.iter_mut().zip(buf.chunks_exact_mut(K::NR)) {
+        *v = d;
+    }
+    kern.tile(kc, a, b, &mut views[..K::MR], load);
+    for (d, row) in buf.chunks_exact(K::NR).zip(rows.iter_mut()) {
+        row[j..j + nr].copy_from_slice(&d[..nr]);
+    }
+}
+
+thread_local! {
+    /// Packed A and B blocks of this thread, reused from call to call.
+    static PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's two pack buffers of the given lengths, each starting on a
+/// 64-byte boundary (whole cache lines per micro-panel row; only speed depends on it).
+fn with_pack_buffers<R>(
+    a_len: usize,
+    b_len: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
+    const LINE: usize = 16;
+    let split = |buf: &mut Vec<f32>| {
+        let need = a_len.next_multiple_of(LINE) + b_len + LINE;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let start = buf.as_ptr().align_offset(64).min(LINE - 1);
+        let (a, b) = buf[start..].split_at_mut(a_len.next_multiple_of(LINE));
+        f(&mut a[..a_len], &mut b[..b_len])
+    };
+    PACK.with(|p| match p.try_borrow_mut() {
+        Ok(mut buf) => split(&mut buf),
+        // Re-entered (cannot happen today: a block makes no rayon call): a fresh buffer.
+        Err(_) => split(&mut Vec::new()),
+    })
+}
+
+/// Plain Rust, 8 × 8: vectorised by the compiler for the target's baseline SIMD.
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl MicroKernel for Portable {
+    const MR: usize = 8;
+    const NR: usize = 8;
+
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
+        check_tile(kc, Self::MR, Self::NR, a, b, c);
+        let mut acc = [[0.0f32; 8]; 8];
+        if load {
+            for (acc, row) in acc.iter_mut().zip(c.iter()) {
+                acc.copy_from_slice(&row[..8]);
+            }
+        }
+        for (ap, bp) in a.chunks_exact(8).zip(b.chunks_exact(8)).take(kc) {
+            for (acc, &ai) in acc.iter_mut().zip(ap) {
+                for (s, &bj) in acc.iter_mut().zip(bp) {
+                    *s += ai * bj;
+                }
+            }
+        }
+        for (acc, row) in acc.iter().zip(c.iter_mut()) {
+            row[..8].copy_from_slice(acc);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{check_tile, MicroKernel};
+    use std::arch::x86_64::*;
+
+    /// Proof that the CPU has AVX-512F: only [`Avx512::new`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Avx512(());
+
+    impl Avx512 {
+        pub fn new() -> Option<Self> {
+            is_x86_feature_detected!("avx512f").then_some(Avx512(()))
+        }
+    }
+
+    /// Proof that the CPU has AVX2 and FMA: only [`Avx2::new`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Avx2(());
+
+    impl Avx2 {
+        pub fn new() -> Option<Self> {
+            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+                .then_some(Avx2(()))
+        }
+    }
+
+    /// Rows of A and of B (b transposed) per dot-product tile: 24 accumulators.
+    const NT_ROWS: usize = 4;
+    const NT_COLS: usize = 6;
+    /// Depth of one pass over a block's tiles: its A and B rows (NT_BLOCK_ROWS + NT_BLOCK_COLS
+    /// of NT_DEPTH floats, 160 KiB) stay in L2 meanwhile, one tile's in L1.
+    const NT_DEPTH: usize = 512;
+    /// Most rows and columns of c per task (multiples of NT_ROWS and NT_COLS).
+    const NT_BLOCK_ROWS: usize = 32;
+    const NT_BLOCK_COLS: usize = 48;
+
+    /// Lane sums of one dot-product tile: 16 floats per element.
+    type NtAcc = [f32; 16 * NT_ROWS * NT_COLS];
+
+    impl Avx512 {
+        /// `c = a·bᵀ (+ c)`, a `[m, k]`, b `[n, k]`: each element is 16 lane sums (lane `l`:
+        /// the fused chain over `p ≡ l mod 16`, p ascending), added up in lane order, then
+        /// added to c. Threads take blocks of c.
+        #[allow(clippy::too_many_arguments)]
+        pub fn gemm_nt(
+            self,
+            m: usize,
+            k: usize,
+            n: usize,
+            a: &[f32],
+            b: &[f32],
+            add_to_c: bool,
+            c: &mut [f32],
+        ) {
+            assert!(m > 0 && n > 0 && k > 0);
+            assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
+            // Rows past the end repeat the last one (valid memory; their sums are dropped).
+            let a_rows = |i: usize| -> [&[f32]; NT_ROWS] {
+                std::array::from_fn(|r| &a[(i + r).min(m - 1) * k..][..k])
+            };
+            let b_rows = |j: usize| -> [&[f32]; NT_COLS] {
+                std::array::from_fn(|q| &b[(j + q).min(n - 1) * k..][..k])
+            };
+            let max = (NT_BLOCK_ROWS, NT_BLOCK_COLS);
+            let (mc, nc) = super::blocks(m, n, m * n * k, max, (NT_ROWS, NT_COLS));
+            super::for_each_block(&mut c[..m * n], n, mc, nc, |i0, j0, rows| {
+                let (bands, tiles) = (
+                    rows.len().div_ceil(NT_ROWS),
+                    rows[0].len().div_ceil(NT_COLS),
+                );
+                let mut acc: Vec<NtAcc> = vec![[0.0; 16 * NT_ROWS * NT_COLS]; bands * tiles];
+                // Per depth slice, every tile of the block: the slice's A and B rows stay in
+                // L2 while each is reused by the whole block.
+                for p0 in (0..k).step_by(NT_DEPTH) {
+                    let depth = NT_DEPTH.min(k - p0);
+                    for (band, acc) in acc.chunks_exact_mut(tiles).enumerate() {
+                        let a = a_rows(i0 + band * NT_ROWS);
+                        for (t, tile) in acc.iter_mut().enumerate() {
+                            let b = b_rows(j0 + t * NT_COLS);
+                            // SAFETY: `self` proves AVX-512F; every row holds k ≥ p0 + depth
+                            // floats (sliced above), which is all nt_tile reads.
+                            unsafe { nt_tile(&a, &b, p0, depth, tile) };
+                        }
+                    }
+                }
+                for (r, row) in rows.iter_mut().enumerate() {
+                    for (q, out) in row.iter_mut().enumerate() {
+                        let tile = &acc[(r / NT_ROWS) * tiles + q / NT_COLS];
+                        let lane0 = ((r % NT_ROWS) * NT_COLS + q % NT_COLS) * 16;
+                        let sum = tile[lane0..lane0 + 16].iter().fold(0.0f32, |s, &v| s + v);
+                        *out = if add_to_c { *out + sum } else { sum };
+                    }
+                }
+            });
+        }
+    }
+
+    /// Adds to `acc`'s lanes of element `(r, q)` the lane-wise products of `a[r][p0..]` and
+    /// `b[q][p0..]`, `depth` of them, 16 at a time (the tail masked). Caller guarantees
+    /// AVX-512F and rows of at least p0 + depth floats.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nt_tile(
+        a: &[&[f32]; NT_ROWS],
+        b: &[&[f32]; NT_COLS],
+        p0: usize,
+        depth: usize,
+        acc: &mut NtAcc,
+    ) {
+        let mut s = [_mm512_setzero_ps(); NT_ROWS * NT_COLS];
+        for (e, s) in s.iter_mut().enumerate() {
+            // SAFETY: acc holds 16 floats per element.
+            *s = unsafe { _mm512_loadu_ps(acc.as_ptr().add(16 * e)) };
+        }
+        let end = p0 + depth;
+        let mut p = p0;
+        while p < end {
+            let mask: __mmask16 = if end - p >= 16 {
+                0xffff
+            } else {
+                (1u16 << (end - p)) - 1
+            };
+            let mut bv = [_mm512_setzero_ps(); NT_COLS];
+            for (bv, row) in bv.iter_mut().zip(b) {
+                // SAFETY: the masked load reads only enabled lanes, all below p0 + depth ≤
+                // the row's length (caller).
+                *bv = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(p)) };
+            }
+            for (s, row) in s.chunks_exact_mut(NT_COLS).zip(a) {
+                // SAFETY: as for b.
+                let av = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(p)) };
+                for (s, &bv) in s.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(av, bv, *s);
+                }
+            }
+            p += 16;
+        }
+        for (e, &s) in s.iter().enumerate() {
+            // SAFETY: as for the loads.
+            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(16 * e), s) };
+        }
+    }
+
+    /// 8 rows × 2 vectors of 16: 16 accumulators of the 32 zmm registers, B loaded once per
+    /// `p` and each A value broadcast once.
+    impl MicroKernel for Avx512 {
+        const MR: usize = 8;
+        const NR: usize = 32;
+
+        fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
+            check_tile(kc, Self::MR, Self::NR, a, b, c);
+            // SAFETY: `self` exists only where the CPU has AVX-512F, and check_tile asserted
+            // the lengths the kernel reads and writes (kc·MR of a, kc·NR of b, NR per row).
+            unsafe { avx512_tile::<8, 2>(kc, a.as_ptr(), b.as_ptr(), c, load) }
+        }
+    }
+
+    /// 6 rows × 2 vectors of 8: 12 accumulators of the 16 ymm registers.
+    impl MicroKernel for Avx2 {
+        const MR: usize = 6;
+        const NR: usize = 16;
+
+        fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
+            check_tile(kc, Self::MR, Self::NR, a, b, c);
+            // SAFETY: as for Avx512, with AVX2 and FMA.
+            unsafe { avx2_tile::<6, 2>(kc, a.as_ptr(), b.as_ptr(), c, load) }
+        }
+    }
+
+    /// `$name::<MR, NV>`: the packed micro-kernel on vectors of `$lanes` floats, NV per row.
+    /// Caller guarantees the CPU features `$features`, `a` readable for kc·MR floats, `b` for
+    /// kc·$lanes·NV, `c` MR rows of at least $lanes·NV floats.
+    macro_rules! packed_tile {
+        ($name:ident, $features:literal, $lanes:literal, $zero:ident, $load:ident, $splat:ident,
+         $fma:ident, $store:ident) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name<const MR: usize, const NV: usize>(
+                kc: usize,
+                a: *const f32,
+                b: *const f32,
+                c: &mut [&mut [f32]],
+                load: bool,
+            ) {
+                let mut acc = [[$zero(); NV]; MR];
+                if load {
+                    for (acc, row) in acc.iter_mut().zip(c.iter()) {
+                        for (v, s) in acc.iter_mut().enumerate() {
+                            // SAFETY: the row holds $lanes·NV floats (caller).
+                            *s = unsafe { $load(row.as_ptr().add($lanes * v)) };
+                        }
+                    }
+                }
+                for p in 0..kc {
+                    let mut bv = [$zero(); NV];
+                    for (v, bv) in bv.iter_mut().enumerate() {
+                        // SAFETY: p < kc, so (p·NV + v + 1)·$lanes ≤ kc·$lanes·NV floats of b.
+                        *bv = unsafe { $load(b.add((p * NV + v) * $lanes)) };
+                    }
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: p·MR + i < kc·MR floats of a (caller).
+                        let ai = $splat(unsafe { *a.add(p * MR + i) });
+                        for (s, &bv) in acc.iter_mut().zip(&bv) {
+                            *s = $fma(ai, bv, *s);
+                        }
+                    }
+                }
+                for (acc, row) in acc.iter().zip(c.iter_mut()) {
+                    for (v, &s) in acc.iter().enumerate() {
+                        // SAFETY: as for the loads.
+                        unsafe { $store(row.as_mut_ptr().add($lanes * v), s) };
+                    }
+                }
+            }
+        };
+    }
+
+    packed_tile!(
+        avx512_tile,
+        "avx512f",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+    packed_tile!(
+        avx2_tile,
+        "avx2,fma",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
+}
+
+/// Elsewhere the AVX kernels never exist: their constructors say so.
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    use super::MicroKernel;
+
+    #[derive(Clone, Copy)]
+    pub enum Avx512 {}
+    #[derive(Clone, Copy)]
+    pub enum Avx2 {}
+
+    impl Avx512 {
+        pub fn new() -> Option<Self> {
+            None
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub fn gemm_nt(
+            self,
+            _: usize,
+            _: usize,
+            _: usize,
+            _: &[f32],
+            _: &[f32],
+            _: bool,
+            _: &mut [f32],
+        ) {
+            match self {}
+        }
+    }
+
+    impl Avx2 {
+        pub fn new() -> Option<Self> {
+            None
+        }
+    }
+
+    impl MicroKernel for Avx512 {
+        const MR: usize = 8;
+        const NR: usize = 8;
+        fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: bool) {
+            match self {}
+        }
+    }
+
+    impl MicroKernel for Avx2 {
+        const MR: usize = 8;
+        const NR: usize = 8;
+        fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: bool) {
+            match self {}
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! One CUDA graph per training step (issue 12, item 3): the step's launches, cuBLAS and cuDNN
+//! calls are captured once per batch shape and replayed, so the host issues one graph launch
+//! instead of hundreds of kernel launches.
+//!
+//! Design. A graph replays its work with the arguments and addresses it saw at capture, so
+//! everything a step takes from the host by value must instead live in device memory that the
+//! graph reads, written before each launch (legal outside capture):
+//! - the real batch and the latents: copied into static input buffers owned by the graph
+//!   ([`StepGraph`] keeps them); the latents are still drawn on the host from the same stream;
+//! - Adam's per-step scalars (bias corrections, lr per parameter) and the EMA's decay:
+//!   computed on the host as in eager mode and written to small device buffers that the
+//!   kernels read (`Backend::adam_update_with`, `Backend::scale_add_assign_by`), in eager
+//!   mode too, so both run the same kernels on the same values: replay is bit-identical to
+//!   eager execution. Under amp only the lr is written (`Backend::adam_update_scaled_with`):
+//!   the loss scale and the count of applied steps behind the bias corrections already live
+//!   on the device;
+//! - buffers: the pool marks every buffer of a capture as the graph's ([`super::alloc`]),
+//!   reserves what the step needs before capturing (a capture cannot allocate), and never
+//!   hands a graph's buffer to other code while the graph lives. State the step updates
+//!   (weights, Adam moments, batch-norm running statistics, the EMA) is updated in place, so
+//!   the addresses the graph reads stay those of the live tensors.
+//! - outputs the host reads later (losses, D's logits for the metrics) sit in graph buffers
+//!   that the next replay overwrites: they are copied out after each launch.
+//!
+//! Host-side effects of the step's code (batch-norm batch counters, the trainer's counters)
+//! are repeated by the caller on replay; a step that draws regularizer seeds on the host
+//! (dropout, input noise, DiffAugment) or uploads labels runs eagerly (see
+//! `train::graph_step`).
+//!
+//! Capture is refused without the caching allocator (`ARTGAN_CUDA_POOL=off`: every buffer is
+//! a driver allocation, which a capture cannot make).
+
+use super::err::drv;
+use super::{cb, cb_mut, CudaBackend};
+use crate::backend::Storage;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
+use std::sync::Arc;
+
+pub use super::alloc::PoolNeed;
+
+/// A captured step: replay with [`StepGraph::launch`]. Dropping it makes its buffers ordinary
+/// pool buffers again.
+pub struct StepGraph {
+    graph: CudaGraph,
+    id: u64,
+    pool: Arc<super::alloc::Pool>,
+}
+
+impl StepGraph {
+    /// Queues one replay of the captured work.
+    pub fn launch(&self) -> Result<()> {
+        self.graph
+            .launch()
+            .map_err(|e| drv(e, "launching a CUDA graph"))
+    }
+}
+
+impl Drop for StepGraph {
+    fn drop(&mut self) {
+        self.pool.release_graph(self.id);
+    }
+}
+
+impl CudaBackend {
+    /// Whether steps can be captured: not without the caching allocator
+    /// (`ARTGAN_CUDA_POOL=off`, the memory-checking mode), since a capture cannot allocate.
+    pub fn can_capture(&self) -> bool {
+        self.pool.caching()
+    }
+
+    /// Starts counting the buffers an eager step takes (see [`CudaBackend::pool_need`]).
+    pub fn start_pool_recording(&self) {
+        self.pool.start_recording();
+    }
+
+    /// The buffers the step since [`CudaBackend::start_pool_recording`] needed.
+    pub fn pool_need(&self) -> PoolNeed {
+        self.pool.recorded()
+    }
+
+    /// Runs `work` under stream capture and returns the graph of what it queued (nothing runs
+    /// yet: launch it). `need` (from an eager step of the same shape) is reserved first, so
+    /// the capture allocates nothing. On error the capture is ended and dropped.
+    pub fn capture<T>(
+        &self,
+        need: &PoolNeed,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<(StepGraph, T)> {
+        if !self.pool.caching() {
+            bail!("CUDA graphs need the caching allocator (ARTGAN_CUDA_POOL=off disables it)");
+        }
+        self.pool.reserve(need)?;
+        let id = self.pool.begin_capture()?;
+        let begun = self
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| drv(e, "beginning a stream capture"));
+        if let Err(e) = begun {
+            self.pool.end_capture();
+            self.pool.release_graph(id);
+            return Err(e);
+        }
+        let out = work();
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        self.pool.end_capture();
+        let graph = StepGraph {
+            graph: match ended {
+                Ok(Some(g)) => g,
+                Ok(None) => {
+                    self.pool.release_graph(id);
+                    bail!("the captured step queued no work")
+                }
+                Err(e) => {
+                    self.pool.release_graph(id);
+                    let e = drv(e, "ending the stream capture");
+                    return Err(match out {
+                        Err(first) => first.context(e),
+                        Ok(_) => e,
+                    });
+                }
+            },
+            id,
+            pool: self.pool.clone(),
+        };
+        let out = out.context("capturing the training step")?;
+        Ok((graph, out))
+    }
+}
+
+/// Copies `src` into `dst` (same length) on the stream, keeping `dst`'s buffer.
+pub(super) fn copy_into(be: &CudaBackend, dst: &mut Storage, src: &Storage) -> Result<()> {
+    let s = cb(src)?;
+    let d = cb_mut(dst)?;
+    if s.len() != d.len() {
+        bail!("copy_into: {} elements into {}", s.len(), d.len());
+    }
+    if s.is_empty() {
+        return Ok(());
+    }
+    let n = s.len();
+    be.stream
+        .memcpy_dtod(&s.slice().slice(0..n), &mut d.slice_mut().slice_mut(0..n))
+        .map_err(|e| drv(e, "device copy"))
+}
+
+/// The CUDA backend behind `storage`'s device, for the graph path.
+pub fn cuda_backend(be: &dyn crate::backend::Backend) -> Result<&CudaBackend> {
+    be.as_cuda()
+        .ok_or_else(|| anyhow!("CUDA graphs need the CUDA backend, not {}", be.device()))
+}

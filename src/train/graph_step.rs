@@ -1,0 +1,210 @@
+//! `--cuda-graphs on`: the device half of a training step ([`Trainer::device_step`]: D step,
+//! G step, both Adam updates, the EMA update) captured once per batch shape as one CUDA graph and replayed.
+//! The backend's side (capture, buffer ownership, why each per-step value lives on the device)
+//! is described in `backend/cuda/graph.rs`; this is the trainer's side:
+//!
+//! - Per shape (batch size, whether G is updated): the first step runs eagerly and records
+//!   what it takes from the buffer pool; the next one is captured (with that much reserved)
+//!   and launched; every later one copies its batch and latents into the graph's static input
+//!   buffers and launches the graph. So a batch of another size (a partial last batch from a
+//!   `BatchSource` that yields one; the built-in loader drops it) runs eagerly the first time
+//!   and from a graph of its own after that.
+//! - Adam's scalars (`Adam::prepare`) and the EMA decay (`ema::DeviceDecay`) are written
+//!   before the device half in every mode.
+//! - A replay runs none of the step's host code, so its host-side effect, the batch-norm
+//!   batch counters (G's, D's and the EMA's copies), is repeated: each counter advances by
+//!   what it advanced during capture.
+//! - A step that draws on the host inside the device half (dropout and input-noise seeds,
+//!   DiffAugment parameters) or uploads class labels cannot be replayed with new values: the
+//!   first step detects it (the regularizer stream moved) and that shape stays eager, said
+//!   once on stderr.
+//! - The outputs the metrics keep live in graph buffers the next replay overwrites: each
+//!   launch is followed by copies of them.
+//!
+//! Replays run the same kernels on the same inputs as eager steps, so a run is bit-identical
+//! with graphs on and off (tests/gpu_training_step.rs).
+
+use super::{StepOutputs, Trainer};
+use crate::backend::cuda::graph::{cuda_backend, PoolNeed, StepGraph};
+use crate::backend::Backend;
+use crate::nn::{Module, StateRef};
+use crate::tensor::Tensor;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+
+/// The captured steps of a run, per shape.
+pub struct StepGraphs {
+    on: bool,
+    shapes: HashMap<(usize, bool), Shape>,
+    said_eager: bool,
+}
+
+enum Shape {
+    /// One eager step of this shape ran and took this much from the pool.
+    Warm(PoolNeed),
+    Captured(Box<Captured>),
+    /// The step draws host values inside its device half: always eager.
+    Eager,
+}
+
+struct Captured {
+    graph: StepGraph,
+    /// The static inputs the graph reads.
+    real: Tensor,
+    z: Tensor,
+    /// The graph's outputs (overwritten by each replay).
+    out: StepOutputs,
+    /// How far each batch-norm counter (see [`counters`]) advances per step.
+    count_steps: Vec<i64>,
+}
+
+impl StepGraphs {
+    pub fn new(on: bool) -> Self {
+        StepGraphs {
+            on,
+            shapes: HashMap::new(),
+            said_eager: false,
+        }
+    }
+
+    /// Shapes captured so far (for tests).
+    pub fn captured(&self) -> usize {
+        self.shapes
+            .values()
+            .filter(|s| matches!(s, Shape::Captured(_)))
+            .count()
+    }
+}
+
+/// Runs the device half of a step: eagerly, or captured, or replayed (see the module doc).
+pub(super) fn run(
+    t: &mut Trainer,
+    real: &Tensor,
+    labels: Option<&[u32]>,
+    z_host: &[f32],
+    update_g: bool,
+) -> Result<StepOutputs> {
+    let b = real.shape()[0];
+    let z_shape = [b, t.cfg.model.nz, 1, 1];
+    let z_tensor = || Tensor::from_vec(z_host.to_vec(), &z_shape, real.device());
+    if !t.graphs.on {
+        return t.device_step(real, &z_tensor()?, labels, update_g);
+    }
+    let be = real.backend();
+    let cuda = cuda_backend(&*be)?;
+    if !cuda.can_capture() {
+        if !t.graphs.said_eager {
+            eprintln!(
+                "note: --cuda-graphs: ARTGAN_CUDA_POOL=off (every buffer its own allocation, \
+                 which a capture cannot make): steps run eagerly"
+            );
+            t.graphs.said_eager = true;
+        }
+        return t.device_step(real, &z_tensor()?, labels, update_g);
+    }
+    let key = (b, update_g);
+    let (shape, out) = match t.graphs.shapes.remove(&key) {
+        None => {
+            cuda.start_pool_recording();
+            let drawn = t.streams.regularizers.state();
+            let out = t.device_step(real, &z_tensor()?, labels, update_g)?;
+            let shape = if labels.is_none() && t.streams.regularizers.state() == drawn {
+                Shape::Warm(cuda.pool_need())
+            } else {
+                if !t.graphs.said_eager {
+                    eprintln!(
+                        "note: --cuda-graphs: this model's step draws dropout/noise/DiffAugment \
+                         seeds or class labels on the host, which a graph cannot replay: its \
+                         steps run eagerly"
+                    );
+                    t.graphs.said_eager = true;
+                }
+                Shape::Eager
+            };
+            (shape, out)
+        }
+        Some(Shape::Eager) => {
+            let out = t.device_step(real, &z_tensor()?, labels, update_g)?;
+            (Shape::Eager, out)
+        }
+        Some(Shape::Warm(need)) => {
+            let real_in = Tensor::from_storage(be.copy(&real.storage())?, real.shape())?;
+            let z_in = z_tensor()?;
+            let before = counters(t);
+            let (graph, out) = cuda
+                .capture(&need, || t.device_step(&real_in, &z_in, None, update_g))
+                .with_context(|| {
+                    format!("capturing the training step of batch {b} as a CUDA graph (run with --cuda-graphs off to train without graphs)")
+                })?;
+            let count_steps = counters(t)
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a - b)
+                .collect();
+            graph.launch()?;
+            let copies = copy_out(&*be, &out)?;
+            let c = Captured {
+                graph,
+                real: real_in,
+                z: z_in,
+                out,
+                count_steps,
+            };
+            (Shape::Captured(Box::new(c)), copies)
+        }
+        Some(Shape::Captured(c)) => {
+            be.copy_into(&mut c.real.storage_mut(), &real.storage())?;
+            be.write(&mut c.z.storage_mut(), z_host)?;
+            c.graph.launch()?;
+            advance_counters(t, &c.count_steps);
+            let copies = copy_out(&*be, &c.out)?;
+            (Shape::Captured(c), copies)
+        }
+    };
+    t.graphs.shapes.insert(key, shape);
+    Ok(out)
+}
+
+/// The batch-norm batch counters of G, D and the EMA, in visiting order.
+fn counters(t: &Trainer) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut visit = |_: String, s: StateRef| {
+        if let StateRef::Count(c) = s {
+            out.push(c.get());
+        }
+    };
+    for_each_model(t, &mut visit);
+    out
+}
+
+/// G, D and the EMA generator, in that order.
+fn for_each_model<'a>(t: &'a Trainer, visit: &mut dyn FnMut(String, StateRef<'a>)) {
+    t.g.visit_state("", visit);
+    t.d.visit_state("", visit);
+    if let Some(e) = &t.ema {
+        e.visit_state("", visit);
+    }
+}
+
+fn advance_counters(t: &Trainer, steps: &[i64]) {
+    let mut at = 0;
+    let mut visit = |_: String, s: StateRef| {
+        if let StateRef::Count(c) = s {
+            c.set(c.get() + steps[at]);
+            at += 1;
+        }
+    };
+    for_each_model(t, &mut visit);
+}
+
+/// Copies of a graph's outputs into buffers of their own (the next replay overwrites them).
+fn copy_out(be: &dyn Backend, out: &StepOutputs) -> Result<StepOutputs> {
+    let copy =
+        |t: &Tensor| -> Result<Tensor> { Tensor::from_storage(be.copy(&t.storage())?, t.shape()) };
+    Ok(StepOutputs {
+        loss_d: copy(&out.loss_d)?,
+        loss_g: out.loss_g.as_ref().map(copy).transpose()?,
+        out_real: copy(&out.out_real)?,
+        out_fake: copy(&out.out_fake)?,
+    })
+}
