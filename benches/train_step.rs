@@ -9,12 +9,13 @@
 //!
 //! Without flags: the train command's defaults (dcgan 32 px, widths 32, batch 64) on the CPU.
 //! `--device cuda` and `--conv-impl cudnn|own` choose the GPU configuration (one per run, so a
-//! GPU session runs the few it has time for); `--cuda-graphs on|off` as in training (default on
-//! for CUDA: the step replayed as one CUDA graph; the device label then ends in `-graphs`).
-//! `--precision` is refused until the training command has it (it trains in fp32).
+//! GPU session runs the few it has time for); `--precision fp32|amp|auto` as `train` resolves
+//! it (auto: amp on CUDA devices of compute capability 7.0 or more); `--cuda-graphs on|off` as
+//! in training (default on for CUDA: the step replayed as one CUDA graph; the device label then
+//! ends in `-graphs`).
 //! `--steps N` fixes the number of timed steps (default: up to 30 within 20 s, at least 5).
-//! Prints one line naming the device (with the convolution implementation on CUDA, and graphs) and the
-//! config, ending in `N images/s` (the median step).
+//! Prints one line naming the device (with the convolution implementation on CUDA, and graphs),
+//! the precision and the config, ending in `N images/s` (the median step).
 //!
 //! A step is timed as training runs it: queued without reading anything back
 //! ([`Trainer::step_deferred`]), the metrics read where training reads them (at the end of each
@@ -36,9 +37,6 @@ struct BenchArgs {
     /// Timed steps (default: up to 30 within 20 s, at least 5).
     #[arg(long)]
     steps: Option<usize>,
-    /// Not implemented yet (the training command has no such flag): refused.
-    #[arg(long, hide = true)]
-    precision: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -54,19 +52,14 @@ fn main() -> anyhow::Result<()> {
         argv.extend(["--device".to_string(), "cpu".to_string()]);
     }
     let args = BenchArgs::parse_from(argv);
-    if let Some(v) = &args.precision {
-        anyhow::bail!(
-            "--precision {v}: not implemented yet: `artgan train` has no --precision flag (it \
-             trains in fp32), so this bench cannot measure it"
-        );
-    }
     let mut cfg = train_config(&args.train)?;
     let device = args.train.device.resolve()?;
+    cfg.precision = artgan::amp::resolve(args.train.precision, device)?;
     cfg.cuda_graphs = resolve_cuda_graphs(&args.train, device)?;
     let graphs = if cfg.cuda_graphs { "-graphs" } else { "" };
     let (batch, size) = (cfg.batch_size, cfg.model.image_size);
     let name = format!("{}-{size}px-w{}-b{batch}", cfg.model.preset, cfg.model.ngf);
-    let device_label = format!("{}{graphs}", device_label(device));
+    let device_label = format!("{}{graphs}-{}", device_label(device), cfg.precision);
     let mut trainer = Trainer::new(cfg, device)?;
     let mut rng = Rng::new(1);
     let real = Tensor::from_vec(

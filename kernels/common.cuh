@@ -84,3 +84,39 @@ __device__ __forceinline__ float block_sum(float v) {
 }
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// ---- f16 for mixed precision (no cuda_fp16.h under nvrtc here: plain bit arithmetic, the
+// same results as half::f16::from_f32 / to_f32 on the host).
+// f32 -> f16 bits, round to nearest, ties to even; beyond the largest f16 (65504, plus half an
+// ulp) to inf; NaN stays NaN (quiet, top payload bits kept).
+__device__ __forceinline__ unsigned short f32_to_f16_bits(float f) {
+    const u32 x = __float_as_uint(f);
+    const u32 sign = (x >> 16) & 0x8000u;
+    const u32 a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u)  // inf or NaN
+        return (unsigned short)(sign | 0x7c00u | (a > 0x7f800000u ? 0x0200u | ((a >> 13) & 0x3ffu) : 0u));
+    if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // >= 65520: inf
+    if (a >= 0x38800000u) {  // a normal f16 (>= 2^-14): drop 13 mantissa bits, ties to even
+        const u32 r = a + 0xfffu + ((a >> 13) & 1u);
+        return (unsigned short)(sign | ((r - 0x38000000u) >> 13));
+    }
+    if (a < 0x33000000u) return (unsigned short)sign;  // < 2^-25 (or exactly: a tie to 0)
+    // Subnormal: units of 2^-24; the value is m * 2^(e - 126) of them.
+    const u32 e = a >> 23;
+    const u32 m = (a & 0x7fffffu) | 0x800000u;
+    const u32 shift = 126u - e;  // 14..24
+    u32 r = m >> shift;
+    const u32 rem = m & ((1u << shift) - 1u);
+    const u32 halfway = 1u << (shift - 1u);
+    if (rem > halfway || (rem == halfway && (r & 1u))) ++r;
+    return (unsigned short)(sign | r);
+}
+
+__device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
+    const u32 sign = ((u32)h & 0x8000u) << 16;
+    const u32 e = ((u32)h >> 10) & 0x1fu;
+    const u32 m = (u32)h & 0x3ffu;
+    if (e == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0u) return __uint_as_float(sign | __float_as_uint((float)m * 5.9604644775390625e-8f));
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}

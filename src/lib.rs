@@ -1,6 +1,7 @@
 //! artgan: GANs that paint artworks, on a small hand-written tensor engine with a CPU reference
 //! backend and a CUDA backend.
 
+pub mod amp;
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;

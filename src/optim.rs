@@ -6,7 +6,8 @@
 //! device buffer) and a device half ([`Adam::apply`]), so that a CUDA graph can hold the
 //! device half while each step's scalars still change.
 
-use crate::backend::{adam_scalars, AdamItem, AdamStep, Storage};
+use crate::amp::LossScaler;
+use crate::backend::{adam_scalars, amp_adam_scalars, AdamHyper, AdamItem, AdamStep, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use std::cell::{Ref, RefMut};
@@ -32,10 +33,14 @@ pub struct Adam {
     pub beta2: f32,
     pub eps: f32,
     /// Completed steps (PyTorch keeps one per parameter; they are equal here because every
-    /// parameter gets a gradient every step).
+    /// parameter gets a gradient every step). With a loss scaler: steps attempted; the
+    /// applied ones, which set the bias corrections, are counted on the device.
     pub step: u64,
-    /// The scalars of the prepared step on the parameters' device (see [`adam_scalars`]):
-    /// one buffer, rewritten in place each step.
+    /// Mixed precision's dynamic loss scaler (see `crate::amp`): the gradients hold the loss
+    /// scale × the true ones, and [`Adam::step`] unscales, checks and maybe skips on the device.
+    pub scaler: Option<LossScaler>,
+    /// The scalars of the prepared step on the parameters' device (see [`adam_scalars`], or
+    /// [`amp_adam_scalars`] with a scaler): one buffer, rewritten in place each step.
     scalars: Option<Tensor>,
 }
 
@@ -47,7 +52,17 @@ impl Adam {
             beta2,
             eps,
             step: 0,
+            scaler: None,
             scalars: None,
+        }
+    }
+
+    /// Back-propagates `loss` for this optimiser: seeded with the loss scale when it has a
+    /// scaler, else plainly.
+    pub fn backward(&self, loss: &Tensor) -> Result<()> {
+        match &self.scaler {
+            Some(s) => s.backward(loss),
+            None => loss.backward(),
         }
     }
 
@@ -91,7 +106,8 @@ impl Adam {
     }
 
     /// One update of every parameter that has a gradient (like PyTorch, parameters without a
-    /// gradient are left alone).
+    /// gradient are left alone). With a loss scaler, `Backend::adam_update_scaled`: skipped on
+    /// the device when a gradient is inf/NaN.
     pub fn step(&mut self) -> Result<()> {
         self.prepare()?;
         self.apply()
@@ -110,7 +126,11 @@ impl Adam {
         let Some(first) = self.groups.iter().flat_map(|g| &g.params).next() else {
             return Ok(());
         };
-        let host = adam_scalars(step, lrs);
+        let host = match self.scaler {
+            // The bias corrections come from the device's count of applied steps.
+            Some(_) => amp_adam_scalars(lrs),
+            None => adam_scalars(step, lrs),
+        };
         match &self.scalars {
             Some(t) if t.numel() == host.len() => {
                 t.backend().write(&mut t.storage_mut(), &host)?;
@@ -183,11 +203,30 @@ impl Adam {
                 lr: *lr,
             })
             .collect();
-        match &self.scalars {
-            // The prepared scalars are laid out per parameter: usable when every one has a
-            // gradient (always, in training); otherwise the backend takes them from `step`.
-            Some(s) if every_param => backend.adam_update_with(&mut items, step, &s.storage()),
-            _ => backend.adam_update(&mut items, step),
+        // The prepared scalars are laid out per parameter: usable when every one has a
+        // gradient (always, in training); otherwise the backend takes them from the items.
+        let prepared = self.scalars.as_ref().filter(|_| every_param);
+        let Some(scaler) = &self.scaler else {
+            return match prepared {
+                Some(s) => backend.adam_update_with(&mut items, step, &s.storage()),
+                None => backend.adam_update(&mut items, step),
+            };
+        };
+        let hyper = AdamHyper {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        };
+        let (mut scale, mut counters) = (scaler.scale.storage_mut(), scaler.counters.storage_mut());
+        match prepared {
+            Some(s) => backend.adam_update_scaled_with(
+                &mut items,
+                hyper,
+                &s.storage(),
+                &mut scale,
+                &mut counters,
+            ),
+            None => backend.adam_update_scaled(&mut items, hyper, &mut scale, &mut counters),
         }
     }
 
@@ -199,6 +238,9 @@ impl Adam {
                 out.push((format!("{}.exp_avg", p.name), p.exp_avg.clone()));
                 out.push((format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.clone()));
             }
+        }
+        if let Some(s) = &self.scaler {
+            out.extend(s.state_tensors());
         }
         out
     }

@@ -129,8 +129,14 @@ fn tiny_train_then_sample_end_to_end() {
     let mut lines = metrics.lines();
     assert_eq!(
         lines.next(),
-        Some("epoch,step,seconds,loss_d,loss_g,d_x,d_g_z,lr_d,lr_g,lr_g_detail,lr_changes,swd")
+        Some(
+            "epoch,step,seconds,loss_d,loss_g,d_x,d_g_z,lr_d,lr_g,lr_g_detail,lr_changes,swd,\
+             loss_scale_d,loss_scale_g,skipped_steps_d,skipped_steps_g"
+        )
     );
+    // --precision auto (the default) on the CPU is fp32: recorded as resolved, no loss scales.
+    let config = std::fs::read_to_string(d.join("run/config.json")).unwrap();
+    assert!(config.contains(r#""precision": "fp32""#), "{config}");
     assert!(lines.next().unwrap().starts_with("1,2,"));
     let grid = image::open(d.join("run/samples/epoch-0001.png")).unwrap();
     assert_eq!(grid.width(), 8 * (32 + 2) + 2);
@@ -173,4 +179,37 @@ fn tiny_train_then_sample_end_to_end() {
         &o,
         "tensor main.0.weight has shape [8, 16, 4, 4], expected [8, 32, 4, 4]",
     );
+}
+
+#[test]
+fn precision_amp_is_recorded_logged_and_kept_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = artgan(
+        &[&tiny()[..], &["--out", "run", "--precision", "amp"]].concat(),
+        d,
+    );
+    assert!(o.status.success(), "train failed: {}", stderr(&o));
+    let config = std::fs::read_to_string(d.join("run/config.json")).unwrap();
+    assert!(config.contains(r#""precision": "amp""#), "{config}");
+    let o = artgan(&["train", "--resume", "run", "--precision", "fp32"], d);
+    assert_error(&o, "--precision");
+    let o = artgan(&["train", "--resume", "run", "--epochs", "2", "--quiet"], d);
+    assert!(o.status.success(), "resume failed: {}", stderr(&o));
+    let config = std::fs::read_to_string(d.join("run/config.json")).unwrap();
+    assert!(config.contains(r#""precision": "amp""#), "{config}");
+    let mut rdr = csv::Reader::from_path(d.join("run/metrics.csv")).unwrap();
+    let header = rdr.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        // A few steps from 2^16: halved once per skipped step, never grown (2000 clean steps).
+        let scale: f32 = r[col("loss_scale_d")].parse().unwrap();
+        let skipped: u32 = r[col("skipped_steps_d")].parse().unwrap();
+        assert_eq!(scale, 65536.0 / 2f32.powi(skipped as i32), "{r:?}");
+        let scale: f32 = r[col("loss_scale_g")].parse().unwrap();
+        let skipped: u32 = r[col("skipped_steps_g")].parse().unwrap();
+        assert_eq!(scale, 65536.0 / 2f32.powi(skipped as i32), "{r:?}");
+    }
 }

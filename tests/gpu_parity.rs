@@ -11,8 +11,8 @@
 
 use artgan::backend::cuda::{set_conv_impl, ConvImpl};
 use artgan::backend::{
-    backend, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims, ConvGeom, Device,
-    Storage,
+    backend, loss_scale, Activation, AdamHyper, AdamItem, AdamStep, Backend, BatchNormAct,
+    ChannelDims, ConvGeom, Device, Storage,
 };
 use artgan::rng::{self, Rng};
 use std::rc::Rc;
@@ -929,6 +929,54 @@ fn bce_with_logits_loss_and_grad() {
     }
 }
 
+/// One Adam item per tensor of the parallel lists.
+fn adam_items<'a>(
+    params: &'a mut [Storage],
+    grads: &'a [Storage],
+    m: &'a mut [Storage],
+    v: &'a mut [Storage],
+    lrs: &[f32],
+) -> Vec<AdamItem<'a>> {
+    params
+        .iter_mut()
+        .zip(grads)
+        .zip(m.iter_mut().zip(v.iter_mut()))
+        .zip(lrs)
+        .map(|(((param, grad), (m, v)), &lr)| AdamItem {
+            param,
+            grad,
+            m,
+            v,
+            lr,
+        })
+        .collect()
+}
+
+/// One item's (param, m, v) on the GPU and on the CPU agree (the Adam tests' bounds).
+fn close_adam_state(
+    what: &str,
+    g: &Rc<dyn Backend>,
+    c: &Rc<dyn Backend>,
+    (gp, gm, gv): (&Storage, &Storage, &Storage),
+    (cp, cm, cv): (&Storage, &Storage, &Storage),
+) {
+    close(
+        &format!("{what} param"),
+        &down(g, gp),
+        &down(c, cp),
+        1e-5,
+        1e-7,
+    );
+    close(&format!("{what} m"), &down(g, gm), &down(c, cm), 1e-5, 1e-9);
+    close(
+        &format!("{what} v"),
+        &down(g, gv),
+        &down(c, cv),
+        1e-5,
+        1e-12,
+    );
+}
+
 fn adam_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64) {
     let mut rng = Rng::new(seed);
     let params: Vec<Vec<f32>> = lens.iter().map(|&l| rand(&mut rng, l, 1.0)).collect();
@@ -952,58 +1000,15 @@ fn adam_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64
             bias_correction1: 1.0 - b1.powi(t),
             bias_correction2: 1.0 - b2.powi(t),
         };
-        let mut gi: Vec<AdamItem> = gp
-            .iter_mut()
-            .zip(&gg)
-            .zip(gm.iter_mut().zip(gv.iter_mut()))
-            .zip(&lrs)
-            .map(|(((param, grad), (m, v)), &lr)| AdamItem {
-                param,
-                grad,
-                m,
-                v,
-                lr,
-            })
-            .collect();
-        g.adam_update(&mut gi, step).unwrap();
-        let mut ci: Vec<AdamItem> = cp
-            .iter_mut()
-            .zip(&cg)
-            .zip(cm.iter_mut().zip(cv.iter_mut()))
-            .zip(&lrs)
-            .map(|(((param, grad), (m, v)), &lr)| AdamItem {
-                param,
-                grad,
-                m,
-                v,
-                lr,
-            })
-            .collect();
-        c.adam_update(&mut ci, step).unwrap();
+        g.adam_update(&mut adam_items(&mut gp, &gg, &mut gm, &mut gv, &lrs), step)
+            .unwrap();
+        c.adam_update(&mut adam_items(&mut cp, &cg, &mut cm, &mut cv, &lrs), step)
+            .unwrap();
     }
     for k in 0..lens.len() {
         let t = format!("item {k} len {}", lens[k]);
-        close(
-            &format!("adam param {t}"),
-            &down(g, &gp[k]),
-            &down(c, &cp[k]),
-            1e-5,
-            1e-7,
-        );
-        close(
-            &format!("adam m {t}"),
-            &down(g, &gm[k]),
-            &down(c, &cm[k]),
-            1e-5,
-            1e-9,
-        );
-        close(
-            &format!("adam v {t}"),
-            &down(g, &gv[k]),
-            &down(c, &cv[k]),
-            1e-5,
-            1e-12,
-        );
+        let (on_gpu, on_cpu) = ((&gp[k], &gm[k], &gv[k]), (&cp[k], &cm[k], &cv[k]));
+        close_adam_state(&format!("adam {t}"), g, c, on_gpu, on_cpu);
     }
 }
 
@@ -1020,6 +1025,91 @@ fn adam_multi_tensor_more_items_than_one_launch_holds() {
     let c = cpu();
     let lens: Vec<usize> = (0..70).map(|i| 1 + (i * 37) % 300).collect();
     adam_case(&g, &c, &lens, 14);
+}
+
+/// Mixed precision's optimiser step (`adam_update_scaled`) against the reference over four
+/// steps starting one clean step before the growth interval: clean (the scale doubles), an inf
+/// in one item (skipped, halved), clean, a NaN (skipped). Scale and counters must agree exactly,
+/// weights and moments as in the plain Adam test; skipped steps leave every tensor unchanged.
+fn adam_scaled_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, lens: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let params: Vec<Vec<f32>> = lens.iter().map(|&l| rand(&mut rng, l, 1.0)).collect();
+    let lrs: Vec<f32> = (0..lens.len())
+        .map(|i| if i % 2 == 0 { 2e-4 } else { 5e-5 })
+        .collect();
+    let mk = |b: &Rc<dyn Backend>, vs: &[Vec<f32>]| -> Vec<Storage> {
+        vs.iter().map(|v| up(b, v)).collect()
+    };
+    let zeros: Vec<Vec<f32>> = lens.iter().map(|&l| vec![0.0; l]).collect();
+    let mut counters = vec![0.0f32; loss_scale::COUNTERS];
+    counters[loss_scale::GROWTH_TRACKER] = (loss_scale::GROWTH_INTERVAL - 1) as f32;
+    let scale0 = [loss_scale::INIT_SCALE];
+    let mut state: Vec<_> = [g, c]
+        .iter()
+        .map(|b| {
+            let tensors = (mk(b, &params), mk(b, &zeros), mk(b, &zeros));
+            (tensors, up(b, &scale0), up(b, &counters))
+        })
+        .collect();
+    let hyper = AdamHyper {
+        beta1: 0.5,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+    let mut scale = loss_scale::INIT_SCALE;
+    for (t, bad) in [None, Some(f32::INFINITY), None, Some(f32::NAN)]
+        .iter()
+        .enumerate()
+    {
+        let mut grads: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&l| rand(&mut rng, l, 0.1).iter().map(|x| x * scale).collect())
+            .collect();
+        if let Some(bad) = bad {
+            let k = lens.len() / 2;
+            let i = lens[k] / 2;
+            grads[k][i] = *bad;
+        }
+        let before: Vec<Vec<f32>> = state[0].0 .0.iter().map(|s| down(g, s)).collect();
+        for (b, ((p, m, v), sc, cn)) in [g, c].iter().zip(state.iter_mut()) {
+            let gs = mk(b, &grads);
+            let mut items = adam_items(p, &gs, m, v, &lrs);
+            b.adam_update_scaled(&mut items, hyper, sc, cn).unwrap();
+        }
+        let ((gp, gm, gv), gs, gc) = &state[0];
+        let ((cp, cm, cv), cs, cc) = &state[1];
+        assert_eq!(down(g, gs), down(c, cs), "step {t}: scale");
+        assert_eq!(down(g, gc), down(c, cc), "step {t}: counters");
+        scale = down(c, cs)[0];
+        if bad.is_some() {
+            let after: Vec<Vec<f32>> = gp.iter().map(|s| down(g, s)).collect();
+            assert!(
+                after == before,
+                "step {t}: a skipped step moved the weights"
+            );
+        }
+        for k in 0..lens.len() {
+            let what = format!("step {t} item {k} len {}", lens[k]);
+            let (on_gpu, on_cpu) = ((&gp[k], &gm[k], &gv[k]), (&cp[k], &cm[k], &cv[k]));
+            close_adam_state(&format!("amp adam {what}"), g, c, on_gpu, on_cpu);
+        }
+    }
+    // Grown, halved, kept, halved; two applied and two skipped.
+    assert_eq!(scale, loss_scale::INIT_SCALE / 2.0);
+    let cc = down(c, &state[1].2);
+    assert_eq!(
+        (cc[loss_scale::APPLIED], cc[loss_scale::SKIPPED]),
+        (2.0, 2.0)
+    );
+}
+
+#[test]
+fn adam_loss_scaled_update() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    adam_scaled_case(&g, &c, &[1, 7, 4096, 4097, 10_000, 3, 65_537], 15);
+    let lens: Vec<usize> = (0..70).map(|i| 1 + (i * 37) % 300).collect();
+    adam_scaled_case(&g, &c, &lens, 16);
 }
 
 #[test]
@@ -1402,4 +1492,149 @@ fn diffaugment_color_translation_cutout() {
             0.0,
         );
     }
+}
+
+/// f32 → f16 rounding on the device (the kernels that feed cuBLAS `GemmEx`) is bit-identical to
+/// `half::f16::from_f32`: ties to even, subnormals, the overflow threshold, signed zeros,
+/// infinities and NaN, plus random values over f16's whole range and beyond.
+#[test]
+fn round_to_f16_is_bit_identical_to_the_half_crate() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        1.0 + 2f32.powi(-11),       // tie: to 1.0 (even)
+        1.0 + 3.0 * 2f32.powi(-11), // tie: up
+        65504.0,
+        65519.99,
+        65520.0, // ties to inf
+        -70000.0,
+        6.1035156e-5,         // smallest normal f16
+        6.0e-5,               // subnormal
+        2f32.powi(-24),       // smallest subnormal
+        2f32.powi(-25),       // tie: to 0
+        1.5 * 2f32.powi(-25), // above the tie: smallest subnormal
+        3.0 * 2f32.powi(-25), // tie between subnormals 1 and 2: to 2
+        1e-30,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    let mut rng = Rng::new(21);
+    for e in -28..18 {
+        let scale = 2f32.powi(e);
+        v.extend(rand(&mut rng, 97, scale));
+    }
+    let want = down(&c, &c.round_to_f16(&up(&c, &v)).unwrap());
+    let got = down(&g, &g.round_to_f16(&up(&g, &v)).unwrap());
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+            "round_to_f16({:e}) = {a:e} on the GPU, {b:e} on the CPU",
+            v[i]
+        );
+    }
+}
+
+/// Mixed-precision convolutions (`ConvGeom::f16_operands`) against the reference rounding at the
+/// same points: our own kernels (f16 copies of both operands into cuBLAS
+/// `GemmStridedBatchedEx`, fp16 A/B, fp32 C, COMPUTE_32F) and the cuDNN path (operands rounded
+/// to f16 values, cuDNN in f32). The products of f16 values are exact in f32, so the
+/// two differ only by summation order: per element at most `(γ_K + u) · Σ|a·b|` with K the
+/// products summed, `u = 2⁻²⁴`, `γ_K = K·u / (1 − K·u)` (f32 accumulation in any order) plus
+/// the reference's own final rounding to f32; `Σ|a·b|` is the reference convolution of the
+/// absolute values. The same bound must fail for the unrounded f32 convolution somewhere, so
+/// the test sees whether rounding happens at all.
+#[test]
+fn amp_convolutions_match_the_rounding_reference_both_impls() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
+        set_conv_impl(imp);
+        amp_convolutions_match_the_rounding_reference(&g, &c, &format!("{imp:?}"));
+    }
+}
+
+fn amp_convolutions_match_the_rounding_reference(
+    g: &Rc<dyn Backend>,
+    c: &Rc<dyn Backend>,
+    imp: &str,
+) {
+    let (g, c) = (g.clone(), c.clone());
+    let mut rng = Rng::new(23);
+    let mut geoms: Vec<ConvGeom> = shapes(CONV_SHAPES)
+        .into_iter()
+        .map(|(n, ci, h, w, co, k, s, p)| ConvGeom::conv(n, ci, h, w, co, k, s, p).unwrap())
+        .collect();
+    geoms.push(ConvGeom::transposed(3, 8, 4, 4, 4, 4, 2, 1, 0).unwrap());
+    geoms.push(ConvGeom::transposed(2, 5, 7, 7, 3, 4, 2, 1, 0).unwrap());
+    let mut rounding_seen = false;
+    for plain in geoms {
+        let geom = ConvGeom {
+            f16_operands: true,
+            ..plain
+        };
+        let x = rand(&mut rng, geom.input_len(), 1.0);
+        let w = rand(&mut rng, geom.weight_len(), 0.5);
+        let dy = rand(&mut rng, geom.output_len(), 1.0);
+        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+        type Prim = fn(&dyn Backend, &Storage, &Storage, &ConvGeom) -> Storage;
+        // (primitive, its two operands, the products each output sums, the call)
+        type Case<'a> = (&'a str, &'a [f32], &'a [f32], usize, Prim);
+        let cases: [Case; 3] = [
+            (
+                "forward",
+                &x,
+                &w,
+                geom.c_in * geom.kh * geom.kw,
+                |b, a, w, g| b.conv2d_forward(a, w, g).unwrap(),
+            ),
+            (
+                "backward_data",
+                &dy,
+                &w,
+                geom.c_out * geom.kh * geom.kw,
+                |b, a, w, g| b.conv2d_backward_data(a, w, g).unwrap(),
+            ),
+            (
+                "backward_filter",
+                &x,
+                &dy,
+                geom.n * geom.oh * geom.ow,
+                |b, a, w, g| b.conv2d_backward_filter(a, w, g).unwrap(),
+            ),
+        ];
+        for (what, a, b, k, prim) in cases {
+            let want = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &geom));
+            let got = down(&g, &prim(&*g, &up(&g, a), &up(&g, b), &geom));
+            let f32_result = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &plain));
+            let magnitude = down(&c, &prim(&*c, &up(&c, &abs(a)), &up(&c, &abs(b)), &geom));
+            let u = 2f64.powi(-24);
+            let gamma = k as f64 * u / (1.0 - k as f64 * u);
+            let bound = |i: usize| ((gamma + u) * f64::from(magnitude[i])) as f32;
+            let mut worst = 0.0f32;
+            for i in 0..want.len() {
+                let err = (got[i] - want[i]).abs();
+                worst = worst.max(err / bound(i).max(f32::MIN_POSITIVE));
+                assert!(
+                    err <= bound(i),
+                    "amp {imp} {what} {geom:?}[{i}]: gpu {} reference {} differ by {err:e} > {:e}",
+                    got[i],
+                    want[i],
+                    bound(i)
+                );
+                rounding_seen |= (f32_result[i] - want[i]).abs() > bound(i);
+            }
+            println!("amp {imp} {what} {plain:?}: worst err/bound {worst:.3}");
+        }
+    }
+    assert!(
+        rounding_seen,
+        "the f32 convolution met the f16 bound everywhere: rounding is not tested"
+    );
 }

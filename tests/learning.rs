@@ -3,6 +3,7 @@
 //! toy SWD on thumbnails, tracked per epoch, and by Progressive GAN's SWD before and after) and
 //! D's scores must behave as a GAN's do.
 
+use artgan::amp::Precision;
 use artgan::backend::Device;
 use artgan::data;
 use artgan::nn::{ModelConfig, Preset};
@@ -91,6 +92,17 @@ fn generated_u8(trainer: &Trainer, z: &artgan::Tensor) -> Vec<Vec<u8>> {
 
 #[test]
 fn tiny_dcgan_learns_the_builtin_paintings() {
+    learns(Precision::Fp32);
+}
+
+/// The same run in mixed precision (convolution operands rounded to f16, loss scaling) must
+/// pass the same bars, and skip few of its optimiser steps.
+#[test]
+fn tiny_dcgan_learns_the_builtin_paintings_in_amp() {
+    learns(Precision::Amp);
+}
+
+fn learns(precision: Precision) {
     let model = ModelConfig {
         preset: Preset::Dcgan,
         image_size: SIZE,
@@ -101,6 +113,7 @@ fn tiny_dcgan_learns_the_builtin_paintings() {
     let mut cfg = TrainConfig::for_model(model);
     cfg.batch_size = 32;
     cfg.seed = 7;
+    cfg.precision = precision;
     let count = 512;
     let set = std::sync::Arc::new(data::builtin(count, SIZE, 123));
     let mut data = data::Loader::new(set, cfg.batch_size, data::Augment::NONE, 123);
@@ -183,4 +196,19 @@ fn tiny_dcgan_learns_the_builtin_paintings() {
     // scoring reals above chance-level collapse.
     let (dx, dgz, _) = *per_epoch.last().unwrap();
     assert!(dgz > 0.02 && dx < 0.99, "final D(x) {dx}, D(G(z)) {dgz}");
+    if let Some((d, g)) = trainer.loss_scales().unwrap() {
+        eprintln!(
+            "loss scalers after {} steps: D {d:?}, G {g:?}",
+            trainer.step
+        );
+        let steps = trainer.step as u64;
+        for (what, r) in [("D", d), ("G", g)] {
+            assert_eq!(r.applied + r.skipped, steps, "{what}: {r:?}");
+            assert!(
+                r.skipped * 20 <= steps,
+                "{what} skipped over 5% of its steps: {r:?}"
+            );
+            assert!(r.scale.is_finite() && r.scale >= 1.0, "{what}: {r:?}");
+        }
+    }
 }

@@ -94,3 +94,96 @@ fn adam_rejects_bad_learning_rates() {
         .is_err());
     assert!(opt.add_group("g", f32::NAN, vec![("p".into(), p)]).is_err());
 }
+
+/// Mixed precision's loss scaling (PyTorch GradScaler's defaults) on the CPU: the backward is
+/// seeded with the scale, a clean step is the plain Adam step on the unscaled gradient, an
+/// inf/NaN gradient skips the step (weights, moments and Adam's t untouched) and halves the
+/// scale, and 2000 clean steps in a row double it.
+#[test]
+fn loss_scaled_adam_unscales_skips_on_inf_and_grows_after_2000_clean_steps() {
+    use artgan::amp::LossScaler;
+    let lr = 0.01;
+    let make = |scaled: bool| {
+        let p = Tensor::parameter(vec![1.0, -2.0, 0.5], &[3], Device::Cpu).unwrap();
+        let mut opt = Adam::new(0.5, 0.999, 1e-8);
+        opt.add_group("main", lr, vec![("p".into(), p.clone())])
+            .unwrap();
+        if scaled {
+            opt.scaler = Some(LossScaler::new(Device::Cpu).unwrap());
+        }
+        (p, opt)
+    };
+    let (plain_p, mut plain) = make(false);
+    let (p, mut opt) = make(true);
+    // loss = Σ p·c through each optimiser's backward (the scaled one seeds with the scale).
+    let step = |p: &Tensor, opt: &mut Adam, c: &[f32]| {
+        p.zero_grad();
+        let c = Tensor::from_vec(c.to_vec(), &[3], Device::Cpu).unwrap();
+        opt.backward(&ops::sum(&ops::mul(p, &c).unwrap()).unwrap())
+            .unwrap();
+        opt.step().unwrap();
+    };
+    let reading = |opt: &Adam| opt.scaler.as_ref().unwrap().read().unwrap();
+
+    step(&p, &mut opt, &[0.5, -0.25, 3.0]);
+    assert_eq!(
+        p.grad_to_vec().unwrap().unwrap(),
+        [32768.0, -16384.0, 196608.0]
+    );
+    step(&plain_p, &mut plain, &[0.5, -0.25, 3.0]);
+    assert_eq!(p.to_vec().unwrap(), plain_p.to_vec().unwrap());
+    let r = reading(&opt);
+    assert_eq!((r.scale, r.skipped, r.applied), (65536.0, 0, 1));
+
+    for bad in [f32::INFINITY, f32::NAN] {
+        let before = p.to_vec().unwrap();
+        let moments: Vec<Vec<f32>> = opt
+            .state_tensors()
+            .iter()
+            .filter(|(n, _)| n.starts_with("p."))
+            .map(|(_, t)| t.to_vec().unwrap())
+            .collect();
+        step(&p, &mut opt, &[0.1, bad, 0.1]);
+        assert_eq!(
+            p.to_vec().unwrap(),
+            before,
+            "a step with {bad} moved the weights"
+        );
+        let after: Vec<Vec<f32>> = opt
+            .state_tensors()
+            .iter()
+            .filter(|(n, _)| n.starts_with("p."))
+            .map(|(_, t)| t.to_vec().unwrap())
+            .collect();
+        assert_eq!(after, moments, "a step with {bad} moved Adam's moments");
+    }
+    let r = reading(&opt);
+    assert_eq!((r.scale, r.skipped, r.applied), (16384.0, 2, 1));
+
+    // The next clean step is Adam's step 2 (its bias corrections), as in the plain optimiser.
+    step(&p, &mut opt, &[-1.0, 0.5, 0.25]);
+    step(&plain_p, &mut plain, &[-1.0, 0.5, 0.25]);
+    assert_eq!(p.to_vec().unwrap(), plain_p.to_vec().unwrap());
+    assert_eq!(opt.step, 4, "host count: steps attempted");
+
+    // 2000 clean steps since the last skip double the scale (once).
+    for i in 1..1999 {
+        step(&p, &mut opt, &[0.01, -0.02, 0.03]);
+        assert_eq!(
+            reading(&opt).scale,
+            16384.0,
+            "grew early, after {} clean steps",
+            i + 1
+        );
+    }
+    step(&p, &mut opt, &[0.01, -0.02, 0.03]);
+    let r = reading(&opt);
+    assert_eq!((r.scale, r.skipped, r.applied), (32768.0, 2, 2001));
+    // Saved with the moments (the optimiser's checkpoint file).
+    let names: Vec<String> = opt.state_tensors().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"amp.loss_scale".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"amp.loss_scale_counters".to_string()),
+        "{names:?}"
+    );
+}

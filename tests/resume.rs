@@ -1,6 +1,7 @@
 //! Runs that survive: checkpoints, bit-identical resume, crash safety, the divergence guard,
 //! the EMA generator and the dynamic-lr log (CPU; one test with CUDA graphs on the GPU).
 
+use artgan::amp::Precision;
 use artgan::backend::Device;
 use artgan::checkpoint;
 use artgan::data::{self, Augment, Loader};
@@ -133,10 +134,19 @@ fn assert_same_checkpoints(a: &Path, b: &Path) {
 }
 
 fn resume_is_bit_identical(preset: Preset) {
+    resume_is_bit_identical_in(preset, Precision::Fp32);
+}
+
+fn resume_is_bit_identical_in(preset: Preset, precision: Precision) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(preset);
+    let mut cfg = tiny_config(preset);
+    cfg.precision = precision;
     let straight = run(&cfg, &dir.path().join("straight"), None, None).unwrap();
     assert_eq!(straight.history.len(), 4);
+    for row in &straight.history {
+        assert_eq!(row.loss_scale_d.is_some(), precision == Precision::Amp);
+        assert_eq!(row.skipped_steps_g.is_some(), precision == Precision::Amp);
+    }
 
     // Stopped twice: after epoch 1 (mid G cycle: 5 D steps, 2 per G step) and after epoch 3.
     let split = dir.path().join("split");
@@ -246,6 +256,14 @@ fn dcgan_resume_is_bit_identical() {
 #[test]
 fn classical_resume_is_bit_identical() {
     resume_is_bit_identical(Preset::Classical);
+}
+
+/// Mixed precision carries more state (each optimiser's loss scale, its clean-step tracker and
+/// its counts of applied and skipped steps, which set Adam's bias corrections): saved with the
+/// moments, so the resumed run still ends byte-identical, metrics.csv's scale columns included.
+#[test]
+fn dcgan_amp_resume_is_bit_identical() {
+    resume_is_bit_identical_in(Preset::Dcgan, Precision::Amp);
 }
 
 #[test]

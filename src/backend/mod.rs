@@ -73,6 +73,9 @@ pub struct ConvGeom {
     pub pad: usize,
     pub oh: usize,
     pub ow: usize,
+    /// Mixed precision: each primitive rounds both of its operands to f16 before multiplying
+    /// (see `reference/conv.rs`, "Mixed precision"). Set by `crate::ops` under autocast.
+    pub f16_operands: bool,
 }
 
 impl ConvGeom {
@@ -106,6 +109,7 @@ impl ConvGeom {
             pad,
             oh: (h + 2 * pad - k) / stride + 1,
             ow: (w + 2 * pad - k) / stride + 1,
+            f16_operands: false,
         })
     }
 
@@ -146,6 +150,7 @@ impl ConvGeom {
             pad,
             oh: h,
             ow: w,
+            f16_operands: false,
         })
     }
 
@@ -275,11 +280,49 @@ pub struct AdamStep {
     pub bias_correction2: f32,
 }
 
+/// Adam's constants without the bias corrections: the mixed-precision step
+/// ([`Backend::adam_update_scaled`]) derives those on the device from its count of applied steps.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamHyper {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+/// The dynamic loss scaler of mixed precision (PyTorch `GradScaler`'s defaults): the scale lives
+/// in a one-element buffer (it seeds the backward pass), the rest in a `COUNTERS`-element one,
+/// all f32 holding whole numbers (exact below 2^24). Both stay on the device.
+pub mod loss_scale {
+    /// `init_scale` = 2^16.
+    pub const INIT_SCALE: f32 = 65536.0;
+    /// Clean steps in a row after which the scale doubles (`growth_interval`).
+    pub const GROWTH_INTERVAL: u32 = 2000;
+    /// Counter slots: clean steps since the last change of scale (`_growth_tracker`) ...
+    pub const GROWTH_TRACKER: usize = 0;
+    /// ... 1 while the current step's gradients hold an inf/NaN (reset by the update) ...
+    pub const FOUND_INF: usize = 1;
+    /// ... steps skipped so far ...
+    pub const SKIPPED: usize = 2;
+    /// ... and steps applied so far (Adam's `t`, which a skipped step does not advance).
+    pub const APPLIED: usize = 3;
+    pub const COUNTERS: usize = 4;
+}
+
 /// The per-step scalars of an Adam update as [`Backend::adam_update_with`] reads them:
 /// `sqrt(1 - beta2^t)`, then `lr / (1 - beta1^t)` of each item, in item order.
 pub fn adam_scalars(step: AdamStep, lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
     let mut out = vec![step.bias_correction2.sqrt()];
     out.extend(lrs.into_iter().map(|lr| lr / step.bias_correction1));
+    out
+}
+
+/// The per-step scalars of a mixed-precision Adam update as
+/// [`Backend::adam_update_scaled_with`] reads them: an unused slot (so that items sit where
+/// [`adam_scalars`] puts them), then the lr of each item; the bias corrections come from the
+/// device's count of applied steps.
+pub fn amp_adam_scalars(lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
+    let mut out = vec![1.0];
+    out.extend(lrs);
     out
 }
 
@@ -345,6 +388,9 @@ pub trait Backend {
     /// `1 / a` elementwise (IEEE division). Keeps scalars such as spectral norm's sigma on the
     /// device: inverting one on the host would stall the stream.
     fn reciprocal(&self, a: &Storage) -> Result<Storage>;
+    /// Each value rounded to the nearest f16 (ties to even; beyond ±65504 to ±inf), held in
+    /// f32: the rounding mixed precision applies to GEMM operands (`half::f16::from_f32`).
+    fn round_to_f16(&self, a: &Storage) -> Result<Storage>;
     /// `a * s[0] * alpha` where `s` holds one element (on the device).
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage>;
     fn activation(&self, act: Activation, x: &Storage) -> Result<Storage>;
@@ -497,6 +543,36 @@ pub trait Backend {
     // ---- optimiser
     /// Bias-corrected Adam (PyTorch's formula) over every item, in one pass where possible.
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()>;
+    /// Mixed precision's optimiser step: PyTorch's `GradScaler.step(opt)` and `update()` in one
+    /// call, without reading anything back. The gradients hold `scale[0]`× the true ones (the
+    /// backward was seeded with the scale). If any `g · (1/scale)` is inf or NaN, nothing is
+    /// updated, the scale halves, the tracker restarts and `SKIPPED` counts the step; else
+    /// Adam runs on `g · (1/scale)` with the bias corrections of step `APPLIED + 1`
+    /// (`1 − β^t` in f64), `APPLIED` and the tracker count it and after
+    /// [`loss_scale::GROWTH_INTERVAL`] clean steps in a row the scale doubles (if finite).
+    /// `counters` has the layout of [`loss_scale`].
+    fn adam_update_scaled(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()>;
+
+    /// [`Backend::adam_update_scaled`] with the items' lr already in `scalars` (layout:
+    /// [`amp_adam_scalars`]): the form a CUDA graph replays, like [`Backend::adam_update_with`].
+    /// The host backends ignore `scalars`.
+    fn adam_update_scaled_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scalars: &Storage,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        let _ = scalars;
+        self.adam_update_scaled(items, hyper, scale, counters)
+    }
 
     /// [`Backend::adam_update`] with the step's scalars already in `scalars` (written by
     /// [`Backend::write`] before the step; layout: [`adam_scalars`]) instead of taken from

@@ -78,6 +78,12 @@ pub struct TrainArgs {
     pub image_size: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Arithmetic: fp32, amp (convolution GEMMs on f16 operands with f32 accumulation, f32
+    /// weights, batch norm and loss, dynamic loss scaling) or auto (amp on CUDA devices of
+    /// compute capability 7.0 or more, fp32 on the CPU). Recorded in config.json; a resumed run
+    /// keeps its own.
+    #[arg(long, value_enum, default_value_t = crate::amp::PrecisionArg::Auto, conflicts_with = "resume")]
+    pub precision: crate::amp::PrecisionArg,
     /// Capture each training step as one CUDA graph and replay it (fewer launches; the same
     /// results bit for bit): on|off [default: on for a CUDA device, off on the CPU].
     #[arg(long, value_enum, value_name = "on|off")]
@@ -395,6 +401,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         None => {
             let mut cfg = train_config(a)?;
             cfg.device = device.to_string();
+            cfg.precision = crate::amp::resolve(a.precision, device)?;
             // Data found, images left after the filters (decoding comes later).
             data::check_data(&cfg.data_args)?;
             if let Some(out) = a.out.as_deref().filter(|o| o.exists() && !o.is_dir()) {
@@ -504,11 +511,11 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     let m = &cfg.model;
     if !a.quiet {
         println!(
-            "artgan train: preset {}, {}x{} px, nz {}, ngf {}, ndf {}, batch {}, {} epochs, lr D {} G {}{}, {} D step(s) per G step, device {}, seed {}",
+            "artgan train: preset {}, {}x{} px, nz {}, ngf {}, ndf {}, batch {}, {} epochs, lr D {} G {}{}, {} D step(s) per G step, device {}, precision {}, seed {}",
             m.preset, m.image_size, m.image_size, m.nz, m.ngf, m.ndf, cfg.batch_size, cfg.epochs,
             cfg.lr_d, cfg.lr_g,
             if m.preset == Preset::Classical { format!(" (detail {})", cfg.lr_g_detail) } else { String::new() },
-            cfg.d_steps, device, cfg.seed
+            cfg.d_steps, device, cfg.precision, cfg.seed
         );
         println!(
             "augmentation: {}; DiffAugment: {}; EMA generator: {}; dynamic lr: {}; checkpoint every {} epoch(s), keeping {}",

@@ -1,6 +1,8 @@
 //! conv2d and conv_transpose2d (PyTorch semantics and weight layouts). A transposed conv is
 //! the backward-data of the conv described by `ConvGeom::transposed`, so both share the
-//! backend's three conv primitives.
+//! backend's three conv primitives. Under `crate::amp::autocast` the geometry asks them to
+//! round their operands to f16 (mixed precision: see `backend/reference/conv.rs`); the backward
+//! closures keep that geometry, so the backward rounds too whenever it runs.
 
 use super::{nchw, same_device};
 use crate::backend::{Backend, ChannelDims, ConvGeom, Storage};
@@ -77,7 +79,10 @@ pub fn conv2d(
         );
     }
     check_bias("conv2d", bias, c_out)?;
-    let g = ConvGeom::conv(n, c_in, h, wd, c_out, kh, stride, pad)?;
+    let g = ConvGeom {
+        f16_operands: crate::amp::autocast_enabled(),
+        ..ConvGeom::conv(n, c_in, h, wd, c_out, kh, stride, pad)?
+    };
     let be = x.backend();
     let y = be.conv2d_forward(&x.storage(), &w.storage(), &g)?;
     let (sx, sw, be2) = (x.storage_rc(), w.storage_rc(), be.clone());
@@ -125,7 +130,10 @@ pub fn conv_transpose2d(
         bail!("conv_transpose2d: empty input {:?}", x.shape());
     }
     check_bias("conv_transpose2d", bias, c_out)?;
-    let g = ConvGeom::transposed(n, c_in, h, wd, c_out, kh, stride, pad, output_padding)?;
+    let g = ConvGeom {
+        f16_operands: crate::amp::autocast_enabled(),
+        ..ConvGeom::transposed(n, c_in, h, wd, c_out, kh, stride, pad, output_padding)?
+    };
     let be = x.backend();
     let y = be.conv2d_backward_data(&x.storage(), &w.storage(), &g)?;
     let (sx, sw, be2) = (x.storage_rc(), w.storage_rc(), be.clone());

@@ -55,6 +55,10 @@ pub struct TrainConfig {
     pub data_args: crate::data::DataArgs,
     pub augment: crate::data::Augment,
     pub device: String,
+    /// fp32 or amp: the resolved `--precision` (runs from before it existed are fp32). Kept on
+    /// resume, also on another device.
+    #[serde(default)]
+    pub precision: crate::amp::Precision,
     /// Each training step captured as one CUDA graph and replayed (`--cuda-graphs`; CUDA
     /// only). Results are the same either way.
     #[serde(default)]
@@ -133,6 +137,7 @@ impl TrainConfig {
             data_args: Default::default(),
             augment: crate::data::Augment::NONE,
             device: "cpu".to_string(),
+            precision: Default::default(),
             cuda_graphs: false,
             diverge_loss: DEFAULT_DIVERGE_LOSS,
             diverge_steps: DEFAULT_DIVERGE_STEPS,

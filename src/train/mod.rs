@@ -110,6 +110,16 @@ pub struct EpochStats {
     pub lr_changes: String,
     /// SWD×10³ of the sampling generator (empty when not evaluated this epoch).
     pub swd: Option<f32>,
+    /// Mixed precision: D's and G's loss scales at the end of the epoch and the optimiser
+    /// steps each has skipped so far (inf/NaN gradients); empty under fp32.
+    #[serde(default)]
+    pub loss_scale_d: Option<f32>,
+    #[serde(default)]
+    pub loss_scale_g: Option<f32>,
+    #[serde(default)]
+    pub skipped_steps_d: Option<u64>,
+    #[serde(default)]
+    pub skipped_steps_g: Option<u64>,
 }
 
 pub struct TrainOutcome {
@@ -312,6 +322,7 @@ pub fn train(
         } = acc;
         let n_d = n_d.max(1) as f64;
         let (lr_d, lr_g, lr_g_detail) = trainer.lrs();
+        let scales = trainer.loss_scales()?;
         let mut stats = EpochStats {
             epoch,
             step: trainer.step,
@@ -325,6 +336,10 @@ pub fn train(
             lr_g_detail,
             lr_changes: lr_changes.join("; "),
             swd: None,
+            loss_scale_d: scales.map(|(d, _)| d.scale),
+            loss_scale_g: scales.map(|(_, g)| g.scale),
+            skipped_steps_d: scales.map(|(d, _)| d.skipped),
+            skipped_steps_g: scales.map(|(_, g)| g.skipped),
         };
         if cfg.eval_every > 0 && (epoch % cfg.eval_every == 0 || epoch == cfg.epochs) {
             let evaluate = opts.evaluator.as_mut().expect("checked above");

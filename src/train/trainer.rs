@@ -2,6 +2,7 @@
 //! ([`Trainer`]), built from the seed, stepping D `d_steps` times per G step.
 
 use super::{device_metrics, ema, graph_step, lr_control, TrainConfig, GRID_SIDE};
+use crate::amp::{self, LossScaler, Precision, ScalerReading};
 use crate::backend::Device;
 use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
 use crate::ops;
@@ -137,8 +138,12 @@ impl Trainer {
         } else {
             None
         };
-        let opt_g = generator_optimizer(&g, &cfg)?;
-        let opt_d = discriminator_optimizer(&d, &cfg)?;
+        let mut opt_g = generator_optimizer(&g, &cfg)?;
+        let mut opt_d = discriminator_optimizer(&d, &cfg)?;
+        if cfg.precision == Precision::Amp {
+            opt_g.scaler = Some(LossScaler::new(device)?);
+            opt_d.scaler = Some(LossScaler::new(device)?);
+        }
         d.set_noise_std(cfg.noise_std);
         if cfg.cuda_graphs && !matches!(device, Device::Cuda(_)) {
             bail!("--cuda-graphs on needs a CUDA device (this run is on {device})");
@@ -243,6 +248,8 @@ impl Trainer {
     /// device half ([`Trainer::device_step`], eager or one CUDA graph: [`graph_step`]) and
     /// the host bookkeeping after it (counters, the EMA update, the metrics record).
     pub fn step_deferred(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<()> {
+        // Convolutions recorded in this step (and so their backward) round to f16 under amp.
+        let _autocast = amp::autocast(self.cfg.precision == Precision::Amp);
         let b = real.shape()[0];
         let classes = self.cfg.classes();
         match labels {
@@ -325,7 +332,7 @@ impl Trainer {
         )?;
         let loss_fake = ops::bce_with_logits(&out_fake, 0.0)?;
         let loss_d = ops::add(&loss_real, &loss_fake)?;
-        loss_d.backward()?;
+        self.opt_d.backward(&loss_d)?;
         self.opt_d.apply()?;
         let mut loss_g_on_device = None;
 
@@ -341,7 +348,7 @@ impl Trainer {
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
             )?;
             let loss_g = ops::bce_with_logits(&out, 1.0)?;
-            loss_g.backward()?;
+            self.opt_g.backward(&loss_g)?;
             drop(frozen);
             self.opt_g.apply()?;
             // D's gradients from this backward are not used: the next D step zeroes them.
@@ -357,6 +364,14 @@ impl Trainer {
             out_real: out_real.detach(),
             out_fake: out_fake.detach(),
         })
+    }
+
+    /// The loss scalers' states as (D, G), read back (two small downloads); `None` under fp32.
+    pub fn loss_scales(&self) -> Result<Option<(ScalerReading, ScalerReading)>> {
+        match (&self.opt_d.scaler, &self.opt_g.scaler) {
+            (Some(d), Some(g)) => Ok(Some((d.read()?, g.read()?))),
+            _ => Ok(None),
+        }
     }
 
     /// Whether the loop must read the metrics after this step: the end of a window of

@@ -112,6 +112,9 @@ impl Backend for CpuBackend {
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         elementwise::mul(a, b)
     }
+    fn round_to_f16(&self, a: &Storage) -> Result<Storage> {
+        ReferenceBackend.round_to_f16(a)
+    }
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
         elementwise::scale(a, alpha)
     }
@@ -144,15 +147,18 @@ impl Backend for CpuBackend {
 
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.forward += 1);
-        Ok(Storage::Cpu(conv::forward(host(x)?, host(w)?, g)))
+        let (x, w) = super::reference::conv::operands(host(x)?, host(w)?, g);
+        Ok(Storage::Cpu(conv::forward(&x, &w, g)))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_data += 1);
-        Ok(Storage::Cpu(conv::backward_data(host(dy)?, host(w)?, g)))
+        let (dy, w) = super::reference::conv::operands(host(dy)?, host(w)?, g);
+        Ok(Storage::Cpu(conv::backward_data(&dy, &w, g)))
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_filter += 1);
-        Ok(Storage::Cpu(conv::backward_filter(host(x)?, host(dy)?, g)))
+        let (x, dy) = super::reference::conv::operands(host(x)?, host(dy)?, g);
+        Ok(Storage::Cpu(conv::backward_filter(&x, &dy, g)))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
         ReferenceBackend.add_channel_bias(y, b, d)
@@ -317,6 +323,16 @@ impl Backend for CpuBackend {
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(items, step)
+    }
+
+    fn adam_update_scaled(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        super::reference::adam::adam_update_scaled(items, hyper, scale, counters, adam::adam_update)
     }
 
     fn scale_add_assign(&self, acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Launch of `kernels/adam.cu`: one multi-tensor Adam kernel per group of up to 64 tensors.
 //! No autograd: the caller is the optimiser, `src/optim.rs`. The per-step scalars are read
-//! from device memory (`Backend::adam_update_with`; the eager form uploads them first).
+//! from device memory (`Backend::adam_update_with`, `Backend::adam_update_scaled_with`; the
+//! eager forms upload them first).
 
 use super::{cb, cb_mut, CudaBackend, BLOCK};
 use crate::backend::*;
@@ -28,23 +29,13 @@ struct AdamTable {
 // SAFETY: plain-old-data with the C layout of the kernel's struct (checked by a size test).
 unsafe impl DeviceRepr for AdamTable {}
 
-/// The eager form: the scalars uploaded now, then [`adam_update_with`].
-pub(super) fn adam_update(
+/// The launch tables of `items` (up to 64 per table) with their block counts; item `i`'s value
+/// is at `1 + i` in the scalars buffer, which must hold `1 + items.len()` values.
+fn tables(
     be: &CudaBackend,
     items: &mut [AdamItem<'_>],
-    step: AdamStep,
-) -> Result<()> {
-    let host = adam_scalars(step, items.iter().map(|it| it.lr));
-    let scalars = be.upload(&host)?;
-    adam_update_with(be, items, step, &scalars)
-}
-
-pub(super) fn adam_update_with(
-    be: &CudaBackend,
-    items: &mut [AdamItem<'_>],
-    step: AdamStep,
     scalars: &Storage,
-) -> Result<()> {
+) -> Result<Vec<(AdamTable, u32)>> {
     if scalars.len() != items.len() + 1 {
         bail!(
             "adam: {} scalars for {} items (expected 1 + one per item)",
@@ -52,10 +43,10 @@ pub(super) fn adam_update_with(
             items.len()
         );
     }
-    let scalars = cb(scalars)?.slice();
     let live: Vec<usize> = (0..items.len())
         .filter(|&i| !items[i].param.is_empty())
         .collect();
+    let mut out = Vec::new();
     for group in live.chunks(ADAM_MAX_ITEMS) {
         let mut t = AdamTable {
             param: [0; ADAM_MAX_ITEMS],
@@ -86,16 +77,44 @@ pub(super) fn adam_update_with(
             blocks += len32.div_ceil(ADAM_CHUNK);
         }
         t.block_start[group.len()] = blocks;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let chunk = ADAM_CHUNK;
+        out.push((t, blocks));
+    }
+    Ok(out)
+}
+
+fn blocks_of(blocks: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The eager form: the scalars uploaded now, then [`adam_update_with`].
+pub(super) fn adam_update(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    step: AdamStep,
+) -> Result<()> {
+    let host = adam_scalars(step, items.iter().map(|it| it.lr));
+    let scalars = be.upload(&host)?;
+    adam_update_with(be, items, step, &scalars)
+}
+
+pub(super) fn adam_update_with(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    step: AdamStep,
+    scalars: &Storage,
+) -> Result<()> {
+    let chunk = ADAM_CHUNK;
+    let tables = tables(be, items, scalars)?;
+    let scalars = cb(scalars)?.slice();
+    for (t, blocks) in tables {
         launch!(
             be,
             "adam_multi_f32",
-            cfg,
+            blocks_of(blocks),
             &t,
             &chunk,
             &step.beta1,
@@ -105,6 +124,77 @@ pub(super) fn adam_update_with(
         )?;
     }
     Ok(())
+}
+
+/// The eager form: the items' lr uploaded now, then [`adam_update_scaled_with`].
+pub(super) fn adam_update_scaled(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    hyper: AdamHyper,
+    scale: &mut Storage,
+    counters: &mut Storage,
+) -> Result<()> {
+    let host = amp_adam_scalars(items.iter().map(|it| it.lr));
+    let scalars = be.upload(&host)?;
+    adam_update_scaled_with(be, items, hyper, &scalars, scale, counters)
+}
+
+/// `Backend::adam_update_scaled_with`: the non-finite check over every table, Adam on every
+/// table (each block returns at once when the check found something), then the scale update.
+pub(super) fn adam_update_scaled_with(
+    be: &CudaBackend,
+    items: &mut [AdamItem<'_>],
+    hyper: AdamHyper,
+    scalars: &Storage,
+    scale: &mut Storage,
+    counters: &mut Storage,
+) -> Result<()> {
+    if scale.len() != 1 || counters.len() != loss_scale::COUNTERS {
+        bail!(
+            "adam: loss-scale state of {} + {} values",
+            scale.len(),
+            counters.len()
+        );
+    }
+    let chunk = ADAM_CHUNK;
+    let tables = tables(be, items, scalars)?;
+    let scalars = cb(scalars)?.slice();
+    let (scale, counters) = (cb_mut(scale)?, cb_mut(counters)?);
+    for (t, blocks) in &tables {
+        launch!(
+            be,
+            "amp_find_inf_multi",
+            blocks_of(*blocks),
+            t,
+            &chunk,
+            scale.slice(),
+            counters.slice_mut()
+        )?;
+    }
+    for (t, blocks) in &tables {
+        launch!(
+            be,
+            "adam_multi_scaled_f32",
+            blocks_of(*blocks),
+            t,
+            &chunk,
+            &hyper.beta1,
+            &hyper.beta2,
+            &hyper.eps,
+            scalars,
+            scale.slice(),
+            counters.slice()
+        )?;
+    }
+    let interval = loss_scale::GROWTH_INTERVAL;
+    launch!(
+        be,
+        "amp_update_scale",
+        blocks_of(1),
+        scale.slice_mut(),
+        counters.slice_mut(),
+        &interval
+    )
 }
 
 #[cfg(test)]

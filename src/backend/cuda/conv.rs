@@ -8,6 +8,14 @@
 //! - forward:  y_n[c_out, L] = W[c_out, K] . col_n[K, L]           (batched over the chunk)
 //! - bwd data: col_n[K, L]  = W^T[K, c_out] . dy_n[c_out, L], then col2im (a gather)
 //! - bwd filt: dW[c_out, K] += dyt[c_out, nb*L] . col^T[nb*L, K]   (one GEMM per chunk)
+//!
+//! Mixed precision (`ConvGeom::f16_operands`): the same GEMMs with both operands first
+//! converted to f16 buffers (`f32_to_f16`, round to nearest even: exactly where the CPU
+//! reference rounds, see `reference/conv.rs`) and `cublasGemmStridedBatchedEx` with fp16 A/B,
+//! fp32 C and `CUBLAS_COMPUTE_32F` (tensor cores, f32 accumulation); im2col, col2im and the
+//! dy gather stay f32 (they only move values, and rounding a column equals rounding x). With
+//! cuDNN selected, the operands are rounded to f16 values held in f32 (`round_f16_f32`) and
+//! cuDNN runs in f32: the same arithmetic, not yet on fp16 tensors.
 
 use super::elementwise::fill;
 use super::err::blas;
@@ -16,7 +24,7 @@ use crate::backend::{ConvGeom, Storage};
 use anyhow::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which implementation runs the convolutions on the GPU.
@@ -94,6 +102,14 @@ pub(super) fn run(
     g: &ConvGeom,
 ) -> Result<Storage> {
     let (a, b) = (cb(a)?, cb(b)?);
+    let rounded;
+    let (a, b) = match &be.dnn {
+        Some(_) if g.f16_operands && conv_impl() == ConvImpl::Cudnn => {
+            rounded = (round_f16(be, a)?, round_f16(be, b)?);
+            (&rounded.0, &rounded.1)
+        }
+        _ => (a, b),
+    };
     let len = match dir {
         Direction::Forward => g.output_len(),
         Direction::BackwardData => g.input_len(),
@@ -113,6 +129,102 @@ pub(super) fn run(
         }
     }
     Ok(Storage::Cuda(out))
+}
+
+/// `x` rounded to f16 and back ([`crate::backend::Backend::round_to_f16`]).
+fn round_f16(be: &CudaBackend, x: &CudaBuffer) -> Result<CudaBuffer> {
+    let mut y = be.alloc(x.len())?;
+    let n = x.len() as u64;
+    if n > 0 {
+        launch!(
+            be,
+            "round_f16_f32",
+            be.grid(n),
+            x.slice(),
+            &n,
+            y.slice_mut()
+        )?;
+    }
+    Ok(y)
+}
+
+pub(super) fn round_to_f16(be: &CudaBackend, x: &Storage) -> Result<Storage> {
+    Ok(Storage::Cuda(round_f16(be, cb(x)?)?))
+}
+
+/// The f16 copy (round to nearest even) of the `n` floats at device address `src`: a buffer of
+/// ⌈n/2⌉ f32 slots holding n halves, for `GemmEx`.
+fn to_f16(be: &CudaBackend, src: u64, n: usize) -> Result<CudaBuffer> {
+    let mut out = be.alloc(n.div_ceil(2))?;
+    let n = n as u64;
+    if n > 0 {
+        launch!(be, "f32_to_f16", be.grid(n), &src, &n, out.slice_mut())?;
+    }
+    Ok(out)
+}
+
+/// The GEMM `cfg` describes (cuBLAS column-major terms, alpha 1) on f16 copies of A and B with
+/// f32 accumulation into the f32 C: `cublasGemmStridedBatchedEx`, `CUBLAS_COMPUTE_32F`.
+/// `a`, `b`, `c` are device addresses.
+fn gemm_f16(
+    be: &CudaBackend,
+    cfg: StridedBatchedConfig<f32>,
+    a: u64,
+    b: u64,
+    c: u64,
+    what: &str,
+) -> Result<()> {
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+    let gm = cfg.gemm;
+    // Elements a (maybe strided-batched) column-major operand spans.
+    let span = |ld: i32, cols: i32, stride: i64| {
+        let one = ld as usize * cols as usize;
+        if stride == 0 {
+            one
+        } else {
+            stride as usize * (cfg.batch_size as usize - 1) + one
+        }
+    };
+    let a_cols = if gm.transa == CUBLAS_OP_N { gm.k } else { gm.m };
+    let b_cols = if gm.transb == CUBLAS_OP_N { gm.n } else { gm.k };
+    let ah = to_f16(be, a, span(gm.lda, a_cols, cfg.stride_a))?;
+    let bh = to_f16(be, b, span(gm.ldb, b_cols, cfg.stride_b))?;
+    let (alpha, beta) = (gm.alpha, gm.beta);
+    let (ap, bp) = (
+        ah.slice().device_ptr(&be.stream).0,
+        bh.slice().device_ptr(&be.stream).0,
+    );
+    // SAFETY: the operands span what the GEMM reads (computed above from the same config), C
+    // is a live f32 buffer of the caller's extent, alpha/beta are host values (host pointer
+    // mode), and everything runs on the handle's stream.
+    unsafe {
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            *be.blas.handle(),
+            gm.transa,
+            gm.transb,
+            gm.m,
+            gm.n,
+            gm.k,
+            (&alpha as *const f32).cast(),
+            ap as *const std::ffi::c_void,
+            cudaDataType_t::CUDA_R_16F,
+            gm.lda,
+            cfg.stride_a,
+            bp as *const std::ffi::c_void,
+            cudaDataType_t::CUDA_R_16F,
+            gm.ldb,
+            cfg.stride_b,
+            (&beta as *const f32).cast(),
+            c as *mut std::ffi::c_void,
+            cudaDataType_t::CUDA_R_32F,
+            gm.ldc,
+            cfg.stride_c,
+            cfg.batch_size,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| blas(e, what))
 }
 
 /// Upper bound on the column buffer (elements): the batch is processed in chunks below it.
@@ -207,16 +319,25 @@ fn forward(
         };
         let off = n0 * g.c_out * l;
         let mut out = y.slice_mut().slice_mut(off..off + cur * g.c_out * l);
-        // SAFETY: the views cover exactly the extents the GEMM reads and writes.
-        unsafe {
-            be.blas.gemm_strided_batched(
-                cfg,
-                &col.slice().slice(..cur * k * l),
-                w.slice(),
-                &mut out,
-            )
+        if g.f16_operands {
+            let (a, b) = (
+                col.slice().device_ptr(&be.stream).0,
+                w.slice().device_ptr(&be.stream).0,
+            );
+            let c = out.device_ptr_mut(&be.stream).0;
+            gemm_f16(be, cfg, a, b, c, "conv forward GEMM (f16 operands)")?;
+        } else {
+            // SAFETY: the views cover exactly the extents the GEMM reads and writes.
+            unsafe {
+                be.blas.gemm_strided_batched(
+                    cfg,
+                    &col.slice().slice(..cur * k * l),
+                    w.slice(),
+                    &mut out,
+                )
+            }
+            .map_err(|e| blas(e, "conv forward GEMM"))?;
         }
-        .map_err(|e| blas(e, "conv forward GEMM"))?;
         n0 += cur;
     }
     Ok(())
@@ -256,9 +377,18 @@ fn backward_data(
         let a = dy.slice().slice(off..off + cur * g.c_out * l);
         {
             let mut c = col.slice_mut().slice_mut(..cur * k * l);
-            // SAFETY: the views cover exactly the extents the GEMM reads and writes.
-            unsafe { be.blas.gemm_strided_batched(cfg, &a, w.slice(), &mut c) }
-                .map_err(|e| blas(e, "conv backward-data GEMM"))?;
+            if g.f16_operands {
+                let (a, b) = (
+                    a.device_ptr(&be.stream).0,
+                    w.slice().device_ptr(&be.stream).0,
+                );
+                let c = c.device_ptr_mut(&be.stream).0;
+                gemm_f16(be, cfg, a, b, c, "conv backward-data GEMM (f16 operands)")?;
+            } else {
+                // SAFETY: the views cover exactly the extents the GEMM reads and writes.
+                unsafe { be.blas.gemm_strided_batched(cfg, &a, w.slice(), &mut c) }
+                    .map_err(|e| blas(e, "conv backward-data GEMM"))?;
+            }
         }
         let (n0i, nbi) = (int(n0)?, int(cur)?);
         let (c_in, h, wd, kh, kw) = (int(g.c_in)?, int(g.h)?, int(g.w)?, int(g.kh)?, int(g.kw)?);
@@ -328,16 +458,32 @@ fn backward_filter(
             beta: if n0 == 0 { 0.0f32 } else { 1.0 },
             ldc: int(k)?,
         };
-        // SAFETY: the views cover exactly the extents the GEMM reads and writes.
-        unsafe {
-            be.blas.gemm(
-                cfg,
-                &col.slice().slice(..k * cols),
-                &dyt.slice().slice(..g.c_out * cols),
-                dw.slice_mut(),
-            )
+        if g.f16_operands {
+            let one = StridedBatchedConfig {
+                gemm: cfg,
+                batch_size: 1,
+                stride_a: 0,
+                stride_b: 0,
+                stride_c: 0,
+            };
+            let (a, b) = (
+                col.slice().device_ptr(&be.stream).0,
+                dyt.slice().device_ptr(&be.stream).0,
+            );
+            let c = dw.slice_mut().device_ptr_mut(&be.stream).0;
+            gemm_f16(be, one, a, b, c, "conv backward-filter GEMM (f16 operands)")?;
+        } else {
+            // SAFETY: the views cover exactly the extents the GEMM reads and writes.
+            unsafe {
+                be.blas.gemm(
+                    cfg,
+                    &col.slice().slice(..k * cols),
+                    &dyt.slice().slice(..g.c_out * cols),
+                    dw.slice_mut(),
+                )
+            }
+            .map_err(|e| blas(e, "conv backward-filter GEMM"))?;
         }
-        .map_err(|e| blas(e, "conv backward-filter GEMM"))?;
         n0 += cur;
     }
     Ok(())

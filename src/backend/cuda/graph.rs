@@ -11,7 +11,9 @@
 //!   computed on the host as in eager mode and written to small device buffers that the
 //!   kernels read (`Backend::adam_update_with`, `Backend::scale_add_assign_by`), in eager
 //!   mode too, so both run the same kernels on the same values: replay is bit-identical to
-//!   eager execution;
+//!   eager execution. Under amp only the lr is written (`Backend::adam_update_scaled_with`):
+//!   the loss scale and the count of applied steps behind the bias corrections already live
+//!   on the device;
 //! - buffers: the pool marks every buffer of a capture as the graph's ([`super::alloc`]),
 //!   reserves what the step needs before capturing (a capture cannot allocate), and never
 //!   hands a graph's buffer to other code while the graph lives. State the step updates

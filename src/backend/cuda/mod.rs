@@ -119,6 +119,20 @@ pub fn device_name(ordinal: usize) -> String {
     .unwrap_or_else(|| "unknown".into())
 }
 
+/// The compute capability of CUDA device `ordinal` as (major, minor).
+pub fn compute_capability(ordinal: usize) -> Result<(i32, i32)> {
+    libs::ensure_libraries(false)?;
+    libs::catch_cudarc_panic("reading the compute capability", || {
+        CudaContext::new(ordinal).and_then(|c| c.compute_capability())
+    })?
+    .map_err(|e| {
+        drv(
+            e,
+            &format!("cuda:{ordinal}: reading the compute capability"),
+        )
+    })
+}
+
 fn cb(s: &Storage) -> Result<&CudaBuffer> {
     match s {
         Storage::Cuda(b) => Ok(b),
@@ -379,6 +393,9 @@ impl Backend for CudaBackend {
         elementwise::mul(self, a, b)
     }
 
+    fn round_to_f16(&self, a: &Storage) -> Result<Storage> {
+        conv::round_to_f16(self, a)
+    }
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
         elementwise::scale(self, a, alpha)
     }
@@ -593,6 +610,27 @@ impl Backend for CudaBackend {
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(self, items, step)
+    }
+
+    fn adam_update_scaled(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam::adam_update_scaled(self, items, hyper, scale, counters)
+    }
+
+    fn adam_update_scaled_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scalars: &Storage,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam::adam_update_scaled_with(self, items, hyper, scalars, scale, counters)
     }
 
     fn adam_update_with(

@@ -56,8 +56,25 @@ pub const MODULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("loss", &["bce_logits_f32"]),
-    ("adam", &["adam_multi_f32"]),
-    ("conv", &["im2col_f32", "col2im_f32", "gather_dy_f32"]),
+    (
+        "adam",
+        &[
+            "adam_multi_f32",
+            "amp_find_inf_multi",
+            "adam_multi_scaled_f32",
+            "amp_update_scale",
+        ],
+    ),
+    (
+        "conv",
+        &[
+            "im2col_f32",
+            "col2im_f32",
+            "gather_dy_f32",
+            "f32_to_f16",
+            "round_f16_f32",
+        ],
+    ),
     ("augment", &["assemble_batch_u8"]),
     (
         "conditional",

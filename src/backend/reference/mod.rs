@@ -7,11 +7,11 @@
 //! Each kernel family `kernels/<family>.cu` has its reference in `<family>.rs` here; this file
 //! holds the storage helpers and the `Backend` trait dispatch.
 
-mod adam;
+pub(super) mod adam;
 pub mod augment;
 pub(crate) mod batchnorm;
 pub(crate) mod conditional;
-mod conv;
+pub(crate) mod conv;
 mod elementwise;
 mod loss;
 mod random;
@@ -105,6 +105,9 @@ impl Backend for ReferenceBackend {
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         elementwise::mul(a, b)
     }
+    fn round_to_f16(&self, a: &Storage) -> Result<Storage> {
+        Ok(Storage::Cpu(conv::round_to_f16(host(a)?)))
+    }
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
         elementwise::scale(a, alpha)
     }
@@ -136,13 +139,16 @@ impl Backend for ReferenceBackend {
     }
 
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
-        Ok(Storage::Cpu(conv::forward(host(x)?, host(w)?, g)))
+        let (x, w) = conv::operands(host(x)?, host(w)?, g);
+        Ok(Storage::Cpu(conv::forward(&x, &w, g)))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
-        Ok(Storage::Cpu(conv::backward_data(host(dy)?, host(w)?, g)))
+        let (dy, w) = conv::operands(host(dy)?, host(w)?, g);
+        Ok(Storage::Cpu(conv::backward_data(&dy, &w, g)))
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
-        Ok(Storage::Cpu(conv::backward_filter(host(x)?, host(dy)?, g)))
+        let (x, dy) = conv::operands(host(x)?, host(dy)?, g);
+        Ok(Storage::Cpu(conv::backward_filter(&x, &dy, g)))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
         reduce::add_channel_bias(y, b, d)
@@ -298,6 +304,16 @@ impl Backend for ReferenceBackend {
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(items, step)
+    }
+
+    fn adam_update_scaled(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam::adam_update_scaled(items, hyper, scale, counters, adam::adam_update)
     }
 
     // ---- conditional models and DiffAugment (issue 13): see `conditional.rs`
