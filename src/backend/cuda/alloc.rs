@@ -226,3 +226,39 @@ impl Pool {
         self.inner.lock().unwrap().stats
     }
 }
+
+/// Device memory of one tensor. Dropping it returns the memory to the backend's pool.
+pub struct CudaBuffer {
+    /// Always `Some` until drop. Holds at least one element (a zero-length tensor still owns a
+    /// one-element allocation, so that no zero-byte driver allocation is ever made).
+    pub(super) slice: Option<CudaSlice<f32>>,
+    pub(super) len: usize,
+    pub(super) ordinal: usize,
+    pub(super) pool: Arc<Pool>,
+}
+
+impl CudaBuffer {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    pub fn slice(&self) -> &CudaSlice<f32> {
+        self.slice.as_ref().expect("live buffer")
+    }
+    pub fn slice_mut(&mut self) -> &mut CudaSlice<f32> {
+        self.slice.as_mut().expect("live buffer")
+    }
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        if let Some(s) = self.slice.take() {
+            self.pool.give(s);
+        }
+    }
+}

@@ -14,7 +14,9 @@
 //! cudarc call (`CudaContext::new` included), and wrap cudarc calls that may hit a missing
 //! symbol in [`catch_cudarc_panic`].
 
+use super::err::drv;
 use anyhow::{anyhow, Result};
+use cudarc::driver::CudaContext;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -316,6 +318,31 @@ pub fn catch_cudarc_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
         anyhow!("{what}: the CUDA library call failed: {msg}")
+    })
+}
+
+/// The name of CUDA device `ordinal` as the driver reports it ("NVIDIA T4", or on the emulated
+/// device "artgan emulated CUDA device (CPU, not a GPU)"); "unknown" if it cannot be read.
+pub fn device_name(ordinal: usize) -> String {
+    catch_cudarc_panic("reading the device name", || {
+        CudaContext::new(ordinal).and_then(|c| c.name())
+    })
+    .ok()
+    .and_then(|r| r.ok())
+    .unwrap_or_else(|| "unknown".into())
+}
+
+/// The compute capability of CUDA device `ordinal` as (major, minor).
+pub fn compute_capability(ordinal: usize) -> Result<(i32, i32)> {
+    ensure_libraries(false)?;
+    catch_cudarc_panic("reading the compute capability", || {
+        CudaContext::new(ordinal).and_then(|c| c.compute_capability())
+    })?
+    .map_err(|e| {
+        drv(
+            e,
+            &format!("cuda:{ordinal}: reading the compute capability"),
+        )
     })
 }
 

@@ -35,6 +35,7 @@ mod elementwise;
 pub mod embedded;
 mod err;
 pub mod graph;
+mod launch;
 pub mod libs;
 pub mod loader;
 mod loss;
@@ -47,54 +48,17 @@ use conv::Direction;
 pub use conv::{conv_impl, set_conv_impl, ConvImpl};
 
 use super::*;
+pub use alloc::CudaBuffer;
 use alloc::{Pool, PoolStats};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig,
-};
+use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaFunction, CudaStream};
 use err::drv;
+use launch::BLOCK;
+pub use libs::{compute_capability, device_name};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Device memory of one tensor. Dropping it returns the memory to the backend's pool.
-pub struct CudaBuffer {
-    /// Always `Some` until drop. Holds at least one element (a zero-length tensor still owns a
-    /// one-element allocation, so that no zero-byte driver allocation is ever made).
-    slice: Option<CudaSlice<f32>>,
-    len: usize,
-    ordinal: usize,
-    pool: Arc<Pool>,
-}
-
-impl CudaBuffer {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn ordinal(&self) -> usize {
-        self.ordinal
-    }
-    pub fn slice(&self) -> &CudaSlice<f32> {
-        self.slice.as_ref().expect("live buffer")
-    }
-    pub fn slice_mut(&mut self) -> &mut CudaSlice<f32> {
-        self.slice.as_mut().expect("live buffer")
-    }
-}
-
-impl Drop for CudaBuffer {
-    fn drop(&mut self) {
-        if let Some(s) = self.slice.take() {
-            self.pool.give(s);
-        }
-    }
-}
-
-/// Threads per block for elementwise kernels and per-row/per-channel reductions.
-const BLOCK: u32 = 256;
 pub struct CudaBackend {
     ordinal: usize,
     ctx: Arc<CudaContext>,
@@ -106,31 +70,6 @@ pub struct CudaBackend {
     /// Grid cap for grid-stride kernels (enough blocks to fill every SM several times).
     max_blocks: u32,
     poison: bool,
-}
-
-/// The name of CUDA device `ordinal` as the driver reports it ("NVIDIA T4", or on the emulated
-/// device "artgan emulated CUDA device (CPU, not a GPU)"); "unknown" if it cannot be read.
-pub fn device_name(ordinal: usize) -> String {
-    libs::catch_cudarc_panic("reading the device name", || {
-        CudaContext::new(ordinal).and_then(|c| c.name())
-    })
-    .ok()
-    .and_then(|r| r.ok())
-    .unwrap_or_else(|| "unknown".into())
-}
-
-/// The compute capability of CUDA device `ordinal` as (major, minor).
-pub fn compute_capability(ordinal: usize) -> Result<(i32, i32)> {
-    libs::ensure_libraries(false)?;
-    libs::catch_cudarc_panic("reading the compute capability", || {
-        CudaContext::new(ordinal).and_then(|c| c.compute_capability())
-    })?
-    .map_err(|e| {
-        drv(
-            e,
-            &format!("cuda:{ordinal}: reading the compute capability"),
-        )
-    })
 }
 
 fn cb(s: &Storage) -> Result<&CudaBuffer> {
@@ -217,12 +156,6 @@ impl CudaBackend {
         self.dnn.is_some() && conv_impl() == ConvImpl::Cudnn
     }
 
-    fn func(&self, name: &str) -> Result<&CudaFunction> {
-        self.funcs
-            .get(name)
-            .ok_or_else(|| anyhow!("kernel {name} not loaded"))
-    }
-
     /// A buffer of `len` elements, contents unspecified (NaN under `ARTGAN_POISON=1`).
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {
         let slice = self.pool.take(len.max(1))?;
@@ -236,45 +169,6 @@ impl CudaBackend {
             elementwise::fill(self, &mut b, f32::NAN)?;
         }
         Ok(b)
-    }
-
-    /// Grid-stride launch over `n` elements.
-    fn grid(&self, n: u64) -> LaunchConfig {
-        let blocks = n
-            .div_ceil(u64::from(BLOCK))
-            .clamp(1, u64::from(self.max_blocks)) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
-    /// One block per row/channel (capped; the kernels loop), `threads` per block.
-    fn per_row(&self, rows: u64, threads: u32) -> LaunchConfig {
-        let blocks = rows.clamp(1, 65_535) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
-    fn single_block(threads: u32) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
-    /// Threads for a block that reduces `count` elements.
-    fn reduce_threads(count: u64) -> u32 {
-        if count >= 8192 {
-            1024
-        } else {
-            BLOCK
-        }
     }
 }
 
