@@ -1,8 +1,6 @@
 //! What the [`Backend`](super::Backend) methods take besides storage: convolution geometry,
 //! per-channel views, activation choices, batch-norm and Adam parameters.
 
-#[allow(unused_imports)] // for the doc links
-use super::Backend;
 use super::Storage;
 use anyhow::{bail, Result};
 
@@ -230,7 +228,8 @@ pub struct AdamStep {
 }
 
 /// Adam's constants without the bias corrections: the mixed-precision step
-/// ([`Backend::adam_update_scaled`]) derives those on the device from its count of applied steps.
+/// ([`Backend::adam_update_scaled`](super::Backend::adam_update_scaled)) derives those on the
+/// device from its count of applied steps.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamHyper {
     pub beta1: f32,
@@ -257,7 +256,8 @@ pub mod loss_scale {
     pub const COUNTERS: usize = 4;
 }
 
-/// The per-step scalars of an Adam update as [`Backend::adam_update_with`] reads them:
+/// The per-step scalars of an Adam update as
+/// [`Backend::adam_update_with`](super::Backend::adam_update_with) reads them:
 /// `sqrt(1 - beta2^t)`, then `lr / (1 - beta1^t)` of each item, in item order.
 pub fn adam_scalars(step: AdamStep, lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
     let mut out = vec![step.bias_correction2.sqrt()];
@@ -266,9 +266,9 @@ pub fn adam_scalars(step: AdamStep, lrs: impl IntoIterator<Item = f32>) -> Vec<f
 }
 
 /// The per-step scalars of a mixed-precision Adam update as
-/// [`Backend::adam_update_scaled_with`] reads them: an unused slot (so that items sit where
-/// [`adam_scalars`] puts them), then the lr of each item; the bias corrections come from the
-/// device's count of applied steps.
+/// [`Backend::adam_update_scaled_with`](super::Backend::adam_update_scaled_with) reads them:
+/// an unused slot (so that items sit where [`adam_scalars`] puts them), then the lr of each
+/// item; the bias corrections come from the device's count of applied steps.
 pub fn amp_adam_scalars(lrs: impl IntoIterator<Item = f32>) -> Vec<f32> {
     let mut out = vec![1.0];
     out.extend(lrs);
