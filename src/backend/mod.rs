@@ -231,6 +231,26 @@ pub trait Backend {
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage>;
     /// `x + std * N(0, 1)`.
     fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage>;
+    /// [`Backend::dropout_mask`] with the seed already in `values` (written before the step;
+    /// layout: [`seed_values`]), which must hold the same seed: the form a CUDA graph replays
+    /// (the seed changes every step, a graph's arguments cannot). The host backends ignore
+    /// `values`.
+    fn dropout_mask_by(&self, len: usize, p: f32, seed: u64, values: &Storage) -> Result<Storage> {
+        let _ = values;
+        self.dropout_mask(len, p, seed)
+    }
+    /// [`Backend::add_gaussian_noise`] with the seed and std already in `values` (layout:
+    /// [`seed_values`]), like [`Backend::dropout_mask_by`].
+    fn add_gaussian_noise_by(
+        &self,
+        x: &Storage,
+        std: f32,
+        seed: u64,
+        values: &Storage,
+    ) -> Result<Storage> {
+        let _ = values;
+        self.add_gaussian_noise(x, std, seed)
+    }
 
     // ---- spectral norm of `w` viewed as `[rows, cols]`
     /// One power iteration when `update` (v = normalize(Wᵀu), u = normalize(Wv), written

@@ -283,3 +283,15 @@ pub struct AdamItem<'a> {
     pub v: &'a mut Storage,
     pub lr: f32,
 }
+
+/// A dropout or noise seed and the noise std as
+/// [`Backend::dropout_mask_by`](super::Backend::dropout_mask_by) and
+/// [`Backend::add_gaussian_noise_by`](super::Backend::add_gaussian_noise_by) read them: the
+/// seed's low and high 32 bits (as f32 bit patterns), then the std (unused by dropout).
+pub fn seed_values(seed: u64, std: f32) -> [f32; 3] {
+    [
+        f32::from_bits(seed as u32),
+        f32::from_bits((seed >> 32) as u32),
+        std,
+    ]
+}

@@ -300,13 +300,13 @@ impl Layer {
                 if !train {
                     return Ok(x.clone());
                 }
-                ops::dropout(x, *p, ctx.rng.next_u64(), true)
+                ops::dropout(x, *p, ctx.seed(None)?, true)
             }
             Layer::GaussianNoise(std) => {
                 if !train || std.get() == 0.0 {
                     return Ok(x.clone());
                 }
-                ops::gaussian_noise(x, std.get(), ctx.rng.next_u64(), true)
+                ops::gaussian_noise(x, std.get(), ctx.seed(Some(std.get()))?, true)
             }
         }
     }
@@ -440,7 +440,7 @@ impl CondBatchNorm2d {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mode: Mode, labels: &[u32]) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: Mode, labels: ops::Labels) -> Result<Tensor> {
         let xhat = match mode {
             Mode::Train => {
                 self.num_batches_tracked
@@ -539,7 +539,7 @@ impl ClassEmbedding {
     }
 
     /// The rows of `labels`: `[B, c]`.
-    pub fn lookup(&self, labels: &[u32], mode: Mode) -> Result<Tensor> {
+    pub fn lookup(&self, labels: ops::Labels, mode: Mode) -> Result<Tensor> {
         match self {
             ClassEmbedding::Plain(w) => ops::embedding(w, labels),
             ClassEmbedding::Spectral {

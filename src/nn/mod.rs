@@ -6,6 +6,7 @@
 //! under spectral norm), and parameters come before buffers within a module. That keeps our
 //! safetensors files loadable with `load_state_dict` in PyTorch.
 
+pub mod draws;
 pub mod layers;
 pub mod models;
 
@@ -15,7 +16,9 @@ pub use layers::{
 };
 pub use models::{Discriminator, Generator, ModelConfig, Preset};
 
+use crate::ops::{Labels, Seed};
 use crate::rng::Rng;
+use draws::StepDraws;
 
 /// How a forward pass behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +44,9 @@ pub struct Ctx<'a> {
     pub rng: &'a mut Rng,
     /// Class labels of the batch, one per image, for conditional models (issue 13): the
     /// generator's class-conditional batch norm and the projection discriminator read them.
-    pub labels: Option<&'a [u32]>,
+    pub labels: Option<Labels<'a>>,
+    /// In a training step that a CUDA graph replays: where the draws go (see [`draws`]).
+    pub draws: Option<&'a mut StepDraws>,
 }
 
 impl<'a> Ctx<'a> {
@@ -50,20 +55,43 @@ impl<'a> Ctx<'a> {
             mode,
             rng,
             labels: None,
+            draws: None,
         }
     }
 
     /// The same context carrying the batch's class labels (None: unconditional).
-    pub fn labeled(mut self, labels: Option<&'a [u32]>) -> Self {
+    pub fn labeled(self, labels: Option<&'a [u32]>) -> Self {
+        self.labeled_as(labels.map(Labels::from))
+    }
+
+    /// [`Ctx::labeled`] with labels that may also be on the device.
+    pub fn labeled_as(mut self, labels: Option<Labels<'a>>) -> Self {
         self.labels = labels;
         self
     }
 
+    /// The same context taking its draws from `draws` when given.
+    pub fn drawing(mut self, draws: Option<&'a mut StepDraws>) -> Self {
+        self.draws = draws;
+        self
+    }
+
+    /// The seed of the next dropout mask (`noise_std: None`) or input noise.
+    pub fn seed(&mut self, noise_std: Option<f32>) -> anyhow::Result<Seed> {
+        match self.draws.as_deref_mut() {
+            Some(d) => d.seed(self.rng, noise_std),
+            None => Ok(self.rng.next_u64().into()),
+        }
+    }
+
     /// The labels a conditional layer needs, or an error naming `who`.
-    pub fn need_labels(&self, who: &str, batch: usize) -> anyhow::Result<&'a [u32]> {
+    pub fn need_labels(&self, who: &str, batch: usize) -> anyhow::Result<Labels<'a>> {
         match self.labels {
-            Some(l) if l.len() == batch => Ok(l),
-            Some(l) => anyhow::bail!("{who}: {} class labels for a batch of {batch}", l.len()),
+            Some(l) if l.host.len() == batch => Ok(l),
+            Some(l) => anyhow::bail!(
+                "{who}: {} class labels for a batch of {batch}",
+                l.host.len()
+            ),
             None => anyhow::bail!("{who} is conditional: it needs a class label per image"),
         }
     }

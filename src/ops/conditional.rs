@@ -4,35 +4,71 @@
 //! cutout transforms with per-sample parameters from the Philox stream.
 
 use super::{nchw, same_device};
-use crate::backend::{ChannelDims, Storage};
+use crate::backend::{ChannelDims, Device, Storage};
 use crate::rng::{philox_at, uniform_from_bits};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+/// The class labels of a batch: the host values (validated, and what the host backends read)
+/// and, in a training step that a CUDA graph replays, their copy on the device (as f32,
+/// written before the step), which the kernels read instead of an upload per lookup.
+#[derive(Clone, Copy)]
+pub struct Labels<'a> {
+    pub host: &'a [u32],
+    pub on_device: Option<&'a Tensor>,
+}
+
+impl<'a> From<&'a [u32]> for Labels<'a> {
+    fn from(host: &'a [u32]) -> Self {
+        Labels {
+            host,
+            on_device: None,
+        }
+    }
+}
+
+/// `labels` as f32 (what the device copy of [`Labels`] holds).
+pub fn label_values(labels: &[u32]) -> Vec<f32> {
+    labels.iter().map(|&l| l as f32).collect()
+}
+
 /// `table[labels[b], :]` for each label: `[classes, dim]` → `[B, dim]`. The gradient reaches
 /// the table by a scatter-add (rows of classes absent from the batch get 0).
-pub fn embedding(table: &Tensor, labels: &[u32]) -> Result<Tensor> {
+pub fn embedding<'a>(table: &Tensor, labels: impl Into<Labels<'a>>) -> Result<Tensor> {
+    let labels = labels.into();
     let [classes, dim] = match *table.shape() {
         [k, d] => [k, d],
         ref s => bail!("embedding: table of shape {s:?}, expected [classes, dim]"),
     };
-    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+    if let Some(&bad) = labels.host.iter().find(|&&l| l as usize >= classes) {
         bail!("embedding: label {bad} is out of range for {classes} classes");
     }
     let be = table.backend();
-    let host: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-    let labels_dev = be.upload(&host)?;
-    let y = be.embedding(&table.storage(), &labels_dev, classes, dim)?;
+    let labels_dev = match labels.on_device {
+        Some(t) if t.numel() == labels.host.len() => t.storage_rc(),
+        Some(t) => bail!(
+            "embedding: {} labels on the device for {} on the host",
+            t.numel(),
+            labels.host.len()
+        ),
+        None => Tensor::from_vec(
+            label_values(labels.host),
+            &[labels.host.len()],
+            table.device(),
+        )?
+        .storage_rc(),
+    };
+    let y = be.embedding(&table.storage(), &labels_dev.borrow(), classes, dim)?;
     Tensor::from_op(
         y,
-        &[labels.len(), dim],
+        &[labels.host.len(), dim],
         "embedding",
         &[table],
         move |g: &Storage, _needs: &[bool]| {
             Ok(vec![Some(be.embedding_backward(
                 g,
-                &labels_dev,
+                &labels_dev.borrow(),
                 classes,
                 dim,
             )?)])
@@ -96,14 +132,25 @@ pub fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// DiffAugment colour with given per-sample `params` (`[N, 3]` host values: brightness shift,
 /// saturation factor, contrast factor).
 pub fn diffaug_color(x: &Tensor, params: &[f32]) -> Result<Tensor> {
+    diffaug_color_by(
+        x,
+        &Tensor::from_vec(params.to_vec(), &[params.len()], x.device())?,
+    )
+}
+
+/// [`diffaug_color`] with the parameters on the device.
+fn diffaug_color_by(x: &Tensor, params: &Tensor) -> Result<Tensor> {
     let [n, c, h, w] = nchw("diffaug_color", x)?;
-    if params.len() != n * 3 {
-        bail!("diffaug_color: {} parameters for {n} images", params.len());
+    if params.numel() != n * 3 {
+        bail!(
+            "diffaug_color: {} parameters for {n} images",
+            params.numel()
+        );
     }
     let d = ChannelDims { n, c, hw: h * w };
     let be = x.backend();
-    let p = be.upload(params)?;
-    let y = be.diffaug_color(&x.storage(), &p, d, true)?;
+    let p = params.storage_rc();
+    let y = be.diffaug_color(&x.storage(), &p.borrow(), d, true)?;
     Tensor::from_op(
         y,
         x.shape(),
@@ -111,55 +158,73 @@ pub fn diffaug_color(x: &Tensor, params: &[f32]) -> Result<Tensor> {
         &[x],
         move |g: &Storage, _needs: &[bool]| {
             // Brightness adds a constant; the rest is linear and self-adjoint (see the backend).
-            Ok(vec![Some(be.diffaug_color(g, &p, d, false)?)])
+            Ok(vec![Some(be.diffaug_color(g, &p.borrow(), d, false)?)])
         },
     )
 }
 
 /// DiffAugment translation by whole pixels `shifts` (`[N, 2]`: rows, columns), zero padding.
 pub fn diffaug_translate(x: &Tensor, shifts: &[i32]) -> Result<Tensor> {
+    let p = DiffAugmentParams {
+        shifts: shifts.to_vec(),
+        ..Default::default()
+    };
+    let [fwd, back] = p.shift_values();
+    let dev = |v: Vec<f32>| Tensor::from_vec(v, &[shifts.len()], x.device());
+    diffaug_translate_by(x, &dev(fwd)?, &dev(back)?)
+}
+
+/// [`diffaug_translate`] with the shifts (`back`: negated) on the device.
+fn diffaug_translate_by(x: &Tensor, shifts: &Tensor, back: &Tensor) -> Result<Tensor> {
     let dims = nchw("diffaug_translate", x)?;
-    if shifts.len() != dims[0] * 2 {
+    if shifts.numel() != dims[0] * 2 || back.numel() != shifts.numel() {
         bail!(
             "diffaug_translate: {} shifts for {} images",
-            shifts.len(),
+            shifts.numel(),
             dims[0]
         );
     }
     let be = x.backend();
-    let fwd: Vec<f32> = shifts.iter().map(|&s| s as f32).collect();
-    let back: Vec<f32> = shifts.iter().map(|&s| -s as f32).collect();
-    let y = be.diffaug_translate(&x.storage(), &be.upload(&fwd)?, dims)?;
-    let back = be.upload(&back)?;
+    let y = be.diffaug_translate(&x.storage(), &shifts.storage(), dims)?;
+    let back = back.storage_rc();
     Tensor::from_op(
         y,
         x.shape(),
         "diffaug_translate",
         &[x],
-        move |g: &Storage, _needs: &[bool]| Ok(vec![Some(be.diffaug_translate(g, &back, dims)?)]),
+        move |g: &Storage, _needs: &[bool]| {
+            Ok(vec![Some(be.diffaug_translate(g, &back.borrow(), dims)?)])
+        },
     )
 }
 
 /// DiffAugment cutout: zero inside `boxes[n] = (y0, y1, x0, x1)` (ends exclusive).
 pub fn diffaug_cutout(x: &Tensor, boxes: &[i32]) -> Result<Tensor> {
+    let b: Vec<f32> = boxes.iter().map(|&v| v as f32).collect();
+    diffaug_cutout_by(x, &Tensor::from_vec(b, &[boxes.len()], x.device())?)
+}
+
+/// [`diffaug_cutout`] with the boxes on the device.
+fn diffaug_cutout_by(x: &Tensor, boxes: &Tensor) -> Result<Tensor> {
     let dims = nchw("diffaug_cutout", x)?;
-    if boxes.len() != dims[0] * 4 {
+    if boxes.numel() != dims[0] * 4 {
         bail!(
             "diffaug_cutout: {} box values for {} images",
-            boxes.len(),
+            boxes.numel(),
             dims[0]
         );
     }
     let be = x.backend();
-    let b: Vec<f32> = boxes.iter().map(|&v| v as f32).collect();
-    let b = be.upload(&b)?;
-    let y = be.diffaug_cutout(&x.storage(), &b, dims)?;
+    let b = boxes.storage_rc();
+    let y = be.diffaug_cutout(&x.storage(), &b.borrow(), dims)?;
     Tensor::from_op(
         y,
         x.shape(),
         "diffaug_cutout",
         &[x],
-        move |g: &Storage, _needs: &[bool]| Ok(vec![Some(be.diffaug_cutout(g, &b, dims)?)]),
+        move |g: &Storage, _needs: &[bool]| {
+            Ok(vec![Some(be.diffaug_cutout(g, &b.borrow(), dims)?)])
+        },
     )
 }
 
@@ -216,11 +281,51 @@ impl DiffAugment {
 /// at `seed` (image b uses counters 2b and 2b + 1), following the paper's definitions:
 /// brightness U(-0.5, 0.5), saturation U(0, 2), contrast U(0.5, 1.5); translation by up to
 /// 1/8 of the side (rounded) each way; one cutout square of half the side, centred uniformly.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DiffAugmentParams {
     pub color: Vec<f32>,
     pub shifts: Vec<i32>,
     pub boxes: Vec<i32>,
+}
+
+impl DiffAugmentParams {
+    /// The shifts as the translation kernel reads them: forward, and negated for the backward.
+    fn shift_values(&self) -> [Vec<f32>; 2] {
+        [
+            self.shifts.iter().map(|&s| s as f32).collect(),
+            self.shifts.iter().map(|&s| -s as f32).collect(),
+        ]
+    }
+
+    /// Everything the kernels read, in [`DiffAugmentBuffers`] order.
+    fn device_values(&self) -> [Vec<f32>; 4] {
+        let [fwd, back] = self.shift_values();
+        let boxes = self.boxes.iter().map(|&v| v as f32).collect();
+        [self.color.clone(), fwd, back, boxes]
+    }
+}
+
+/// DiffAugment parameters of one batch on the device, as its kernels read them (colour,
+/// shifts, negated shifts, cutout boxes). A training step that a CUDA graph replays keeps one
+/// per augmentation and rewrites it before each step ([`DiffAugmentBuffers::write`]), so
+/// that a replay uses the step's own parameters.
+pub struct DiffAugmentBuffers([Tensor; 4]);
+
+impl DiffAugmentBuffers {
+    pub fn new(p: &DiffAugmentParams, device: Device) -> Result<Self> {
+        let [a, b, c, d] = p
+            .device_values()
+            .map(|v| Tensor::from_vec(v.clone(), &[v.len()], device));
+        Ok(DiffAugmentBuffers([a?, b?, c?, d?]))
+    }
+
+    /// Overwrites the parameters in place (queues host-to-device copies).
+    pub fn write(&self, p: &DiffAugmentParams) -> Result<()> {
+        for (t, v) in self.0.iter().zip(p.device_values()) {
+            t.backend().write(&mut t.storage_mut(), &v)?;
+        }
+        Ok(())
+    }
 }
 
 fn below(bits: u32, m: usize) -> i32 {
@@ -264,15 +369,21 @@ pub fn diffaug_params(seed: u64, n: usize, h: usize, w: usize) -> DiffAugmentPar
 pub fn diff_augment(x: &Tensor, policy: DiffAugment, seed: u64) -> Result<Tensor> {
     let [n, _, h, w] = nchw("diff_augment", x)?;
     let p = diffaug_params(seed, n, h, w);
+    diff_augment_by(x, policy, &DiffAugmentBuffers::new(&p, x.device())?)
+}
+
+/// [`diff_augment`] with the parameters already on the device.
+pub fn diff_augment_by(x: &Tensor, policy: DiffAugment, p: &DiffAugmentBuffers) -> Result<Tensor> {
+    let [color, shifts, back, boxes] = &p.0;
     let mut y = x.clone();
     if policy.color {
-        y = diffaug_color(&y, &p.color)?;
+        y = diffaug_color_by(&y, color)?;
     }
     if policy.translation {
-        y = diffaug_translate(&y, &p.shifts)?;
+        y = diffaug_translate_by(&y, shifts, back)?;
     }
     if policy.cutout {
-        y = diffaug_cutout(&y, &p.boxes)?;
+        y = diffaug_cutout_by(&y, boxes)?;
     }
     Ok(y)
 }

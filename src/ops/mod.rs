@@ -13,13 +13,14 @@ mod spectral_norm;
 
 pub use batchnorm::{batch_norm2d, batch_norm2d_act};
 pub use conditional::{
-    channel_affine, diff_augment, diffaug_color, diffaug_cutout, diffaug_params, diffaug_translate,
-    embedding, row_dot, sum_rows, DiffAugment, DiffAugmentParams,
+    channel_affine, diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
+    diffaug_translate, embedding, label_values, row_dot, sum_rows, DiffAugment, DiffAugmentBuffers,
+    DiffAugmentParams, Labels,
 };
 pub use conv::{conv2d, conv_transpose2d};
 pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
 pub use loss::bce_with_logits;
-pub use random::{dropout, gaussian_noise};
+pub use random::{dropout, gaussian_noise, Seed};
 pub use spectral_norm::spectral_norm_weight;
 
 use crate::tensor::Tensor;

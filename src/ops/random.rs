@@ -7,8 +7,27 @@ use crate::backend::Storage;
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 
+/// The seed of one dropout mask or noise draw. For a training step that a CUDA graph replays,
+/// `on_device` holds it too (with the noise std; layout [`crate::backend::seed_values`],
+/// written before the step), and the kernels read it from there: a replay then uses each
+/// step's own seed instead of the one seen at capture.
+#[derive(Clone)]
+pub struct Seed {
+    pub value: u64,
+    pub on_device: Option<Tensor>,
+}
+
+impl From<u64> for Seed {
+    fn from(value: u64) -> Self {
+        Seed {
+            value,
+            on_device: None,
+        }
+    }
+}
+
 /// Inverted dropout with drop probability `p`; the identity when not training.
-pub fn dropout(x: &Tensor, p: f32, seed: u64, training: bool) -> Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f32, seed: impl Into<Seed>, training: bool) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         bail!("dropout: probability {p} outside [0, 1)");
     }
@@ -16,7 +35,13 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64, training: bool) -> Result<Tensor> 
         return Ok(x.clone());
     }
     let be = x.backend();
-    let mask = be.dropout_mask(x.numel(), p, seed)?;
+    let mask = match seed.into() {
+        Seed {
+            value,
+            on_device: Some(v),
+        } => be.dropout_mask_by(x.numel(), p, value, &v.storage())?,
+        Seed { value, .. } => be.dropout_mask(x.numel(), p, value)?,
+    };
     let y = be.mul(&x.storage(), &mask)?;
     Tensor::from_op(
         y,
@@ -28,7 +53,12 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64, training: bool) -> Result<Tensor> 
 }
 
 /// `x + std·N(0, 1)` when training; the identity otherwise (and when `std` is 0).
-pub fn gaussian_noise(x: &Tensor, std: f32, seed: u64, training: bool) -> Result<Tensor> {
+pub fn gaussian_noise(
+    x: &Tensor,
+    std: f32,
+    seed: impl Into<Seed>,
+    training: bool,
+) -> Result<Tensor> {
     if !(std >= 0.0 && std.is_finite()) {
         bail!("gaussian_noise: std {std} must be finite and non-negative");
     }
@@ -36,7 +66,13 @@ pub fn gaussian_noise(x: &Tensor, std: f32, seed: u64, training: bool) -> Result
         return Ok(x.clone());
     }
     let be = x.backend();
-    let y = be.add_gaussian_noise(&x.storage(), std, seed)?;
+    let y = match seed.into() {
+        Seed {
+            value,
+            on_device: Some(v),
+        } => be.add_gaussian_noise_by(&x.storage(), std, value, &v.storage())?,
+        Seed { value, .. } => be.add_gaussian_noise(&x.storage(), std, value)?,
+    };
     Tensor::from_op(
         y,
         x.shape(),

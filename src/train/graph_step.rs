@@ -27,23 +27,28 @@
 use super::{StepOutputs, Trainer};
 use crate::backend::cuda::graph::{cuda_backend, PoolNeed, StepGraph};
 use crate::backend::Backend;
+use crate::nn::draws::StepDraws;
 use crate::nn::{Module, StateRef};
+use crate::ops::{label_values, Labels};
 use crate::tensor::Tensor;
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use std::collections::HashMap;
 
 /// The captured steps of a run, per shape.
 pub struct StepGraphs {
     on: bool,
-    shapes: HashMap<(usize, bool), Shape>,
+    shapes: HashMap<Key, Shape>,
     said_eager: bool,
 }
 
+/// Batch size, whether G is updated, whether D's input noise is on (a std of 0 draws nothing).
+type Key = (usize, bool, bool);
+
 enum Shape {
-    /// One eager step of this shape ran and took this much from the pool.
-    Warm(PoolNeed),
+    /// One eager step of this shape ran: it took this much from the pool and made these draws.
+    Warm(PoolNeed, StepDraws),
     Captured(Box<Captured>),
-    /// The step draws host values inside its device half: always eager.
+    /// Capturing this shape failed: always eager.
     Eager,
 }
 
@@ -52,6 +57,8 @@ struct Captured {
     /// The static inputs the graph reads.
     real: Tensor,
     z: Tensor,
+    labels: Option<Tensor>,
+    draws: StepDraws,
     /// The graph's outputs (overwritten by each replay).
     out: StepOutputs,
     /// How far each batch-norm counter (see [`counters`]) advances per step.
@@ -86,9 +93,11 @@ pub(super) fn run(
 ) -> Result<StepOutputs> {
     let b = real.shape()[0];
     let z_shape = [b, t.cfg.model.nz, 1, 1];
-    let z_tensor = || Tensor::from_vec(z_host.to_vec(), &z_shape, real.device());
+    let device = real.device();
+    let z_tensor = || Tensor::from_vec(z_host.to_vec(), &z_shape, device);
+    let host_labels = labels.map(Labels::from);
     if !t.graphs.on {
-        return t.device_step(real, &z_tensor()?, labels, update_g);
+        return t.device_step(real, &z_tensor()?, host_labels, update_g);
     }
     let be = real.backend();
     let cuda = cuda_backend(&*be)?;
@@ -100,69 +109,114 @@ pub(super) fn run(
             );
             t.graphs.said_eager = true;
         }
-        return t.device_step(real, &z_tensor()?, labels, update_g);
+        return t.device_step(real, &z_tensor()?, host_labels, update_g);
     }
-    let key = (b, update_g);
+    let labels_tensor = || -> Result<Option<Tensor>> {
+        labels
+            .map(|l| Tensor::from_vec(label_values(l), &[l.len()], device))
+            .transpose()
+    };
+    let noise_std = t.d.noise_std().unwrap_or(0.0);
+    let key = (b, update_g, noise_std > 0.0);
     let (shape, out) = match t.graphs.shapes.remove(&key) {
         None => {
             cuda.start_pool_recording();
-            let drawn = t.streams.regularizers.state();
-            let out = t.device_step(real, &z_tensor()?, labels, update_g)?;
-            let shape = if labels.is_none() && t.streams.regularizers.state() == drawn {
-                Shape::Warm(cuda.pool_need())
-            } else {
-                if !t.graphs.said_eager {
-                    eprintln!(
-                        "note: --cuda-graphs: this model's step draws dropout/noise/DiffAugment \
-                         seeds or class labels on the host, which a graph cannot replay: its \
-                         steps run eagerly"
-                    );
-                    t.graphs.said_eager = true;
-                }
-                Shape::Eager
-            };
-            (shape, out)
+            let labels_in = labels_tensor()?;
+            t.draws = Some(StepDraws::recording(device));
+            let out = t.device_step(
+                real,
+                &z_tensor()?,
+                with_device(labels, labels_in.as_ref()),
+                update_g,
+            );
+            let draws = t.draws.take().expect("set above");
+            (Shape::Warm(cuda.pool_need(), draws), out?)
         }
         Some(Shape::Eager) => {
-            let out = t.device_step(real, &z_tensor()?, labels, update_g)?;
+            let out = t.device_step(real, &z_tensor()?, host_labels, update_g)?;
             (Shape::Eager, out)
         }
-        Some(Shape::Warm(need)) => {
+        Some(Shape::Warm(need, draws)) => {
             let real_in = Tensor::from_storage(be.copy(&real.storage())?, real.shape())?;
             let z_in = z_tensor()?;
+            let labels_in = labels_tensor()?;
+            // What the capture changes on the host, restored if it fails.
+            let stream_before = t.streams.regularizers.clone();
             let before = counters(t);
-            let (graph, out) = cuda
-                .capture(&need, || t.device_step(&real_in, &z_in, None, update_g))
-                .with_context(|| {
-                    format!("capturing the training step of batch {b} as a CUDA graph (run with --cuda-graphs off to train without graphs)")
-                })?;
-            let count_steps = counters(t)
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| a - b)
-                .collect();
-            graph.launch()?;
-            let copies = copy_out(&*be, &out)?;
-            let c = Captured {
-                graph,
-                real: real_in,
-                z: z_in,
-                out,
-                count_steps,
-            };
-            (Shape::Captured(Box::new(c)), copies)
+            let mut draws = draws;
+            draws.prefill(&mut t.streams.regularizers, noise_std)?;
+            t.draws = Some(draws);
+            let captured = cuda.capture(&need, || {
+                t.device_step(
+                    &real_in,
+                    &z_in,
+                    with_device(labels, labels_in.as_ref()),
+                    update_g,
+                )
+            });
+            let draws = t.draws.take().expect("set above");
+            let captured = captured.and_then(|c| {
+                if !draws.all_taken() {
+                    bail!("the captured step took fewer host draws than its first step made");
+                }
+                Ok(c)
+            });
+            match captured {
+                Ok((graph, out)) => {
+                    let count_steps = counters(t)
+                        .iter()
+                        .zip(&before)
+                        .map(|(a, b)| a - b)
+                        .collect();
+                    graph.launch()?;
+                    let copies = copy_out(&*be, &out)?;
+                    let c = Captured {
+                        graph,
+                        real: real_in,
+                        z: z_in,
+                        labels: labels_in,
+                        draws,
+                        out,
+                        count_steps,
+                    };
+                    (Shape::Captured(Box::new(c)), copies)
+                }
+                Err(e) => {
+                    // Nothing captured ran: undo the capture's host effects and run the step
+                    // eagerly, as every later step of this shape will be.
+                    eprintln!(
+                        "note: --cuda-graphs: capturing the training step of batch {b} failed \
+                         ({e:#}); steps of this shape run eagerly"
+                    );
+                    t.streams.regularizers = stream_before;
+                    set_counters(t, &before);
+                    let out = t.device_step(real, &z_tensor()?, host_labels, update_g)?;
+                    (Shape::Eager, out)
+                }
+            }
         }
-        Some(Shape::Captured(c)) => {
+        Some(Shape::Captured(mut c)) => {
             be.copy_into(&mut c.real.storage_mut(), &real.storage())?;
             be.write(&mut c.z.storage_mut(), z_host)?;
+            if let (Some(dev), Some(host)) = (&c.labels, labels) {
+                be.write(&mut dev.storage_mut(), &label_values(host))?;
+            }
+            c.draws.prefill(&mut t.streams.regularizers, noise_std)?;
             c.graph.launch()?;
-            advance_counters(t, &c.count_steps);
+            let now = counters(t);
+            let after: Vec<i64> = now.iter().zip(&c.count_steps).map(|(a, d)| a + d).collect();
+            set_counters(t, &after);
             let copies = copy_out(&*be, &c.out)?;
             (Shape::Captured(c), copies)
         }
     };
     t.graphs.shapes.insert(key, shape);
     Ok(out)
+}
+
+/// `labels` with their copy on the device.
+fn with_device<'a>(labels: Option<&'a [u32]>, on_device: Option<&'a Tensor>) -> Option<Labels<'a>> {
+    labels.map(|host| Labels { host, on_device })
 }
 
 /// The batch-norm batch counters of G, D and the EMA, in visiting order.
@@ -186,11 +240,11 @@ fn for_each_model<'a>(t: &'a Trainer, visit: &mut dyn FnMut(String, StateRef<'a>
     }
 }
 
-fn advance_counters(t: &Trainer, steps: &[i64]) {
+fn set_counters(t: &Trainer, values: &[i64]) {
     let mut at = 0;
     let mut visit = |_: String, s: StateRef| {
         if let StateRef::Count(c) = s {
-            c.set(c.get() + steps[at]);
+            c.set(values[at]);
             at += 1;
         }
     };

@@ -4,8 +4,9 @@
 use super::{device_metrics, ema, graph_step, lr_control, TrainConfig, GRID_SIDE};
 use crate::amp::{self, LossScaler, Precision, ScalerReading};
 use crate::backend::Device;
+use crate::nn::draws::StepDraws;
 use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
-use crate::ops;
+use crate::ops::{self, Labels};
 use crate::optim::Adam;
 use crate::rng::Rng;
 use crate::tensor::{no_grad, FrozenParams, Tensor};
@@ -124,6 +125,9 @@ pub struct Trainer {
     pub metrics: device_metrics::DeviceMetrics,
     /// The captured steps when `cfg.cuda_graphs` (see [`graph_step`]).
     pub(super) graphs: graph_step::StepGraphs,
+    /// Where the running step's regularizer draws go when it may be captured (set by
+    /// [`graph_step`]; `None`: drawn straight from `streams.regularizers`).
+    pub(super) draws: Option<StepDraws>,
 }
 
 impl Trainer {
@@ -173,6 +177,7 @@ impl Trainer {
             high_loss_steps: 0,
             metrics: Default::default(),
             graphs: graph_step::StepGraphs::new(cfg_graphs),
+            draws: None,
         })
     }
 
@@ -227,8 +232,11 @@ impl Trainer {
         if !self.cfg.diffaugment.is_on() {
             return Ok(x.clone());
         }
-        let seed = self.streams.regularizers.next_u64();
-        ops::diff_augment(x, self.cfg.diffaugment, seed)
+        let rng = &mut self.streams.regularizers;
+        match &mut self.draws {
+            Some(d) => d.diff_augment(rng, x, self.cfg.diffaugment),
+            None => ops::diff_augment(x, self.cfg.diffaugment, rng.next_u64()),
+        }
     }
 
     /// [`Trainer::step`] for a conditional run: `labels` are the real batch's classes, and
@@ -257,7 +265,14 @@ impl Trainer {
             Some(l) if classes == 0 => {
                 bail!("{} class labels given to an unconditional run", l.len())
             }
-            _ => {}
+            // Checked here because a replayed step runs none of the ops' own checks.
+            Some(l) if l.len() != b => bail!("{} class labels for a batch of {b}", l.len()),
+            Some(l) => {
+                if let Some(bad) = l.iter().find(|&&k| k as usize >= classes) {
+                    bail!("class label {bad} is out of range for {classes} classes");
+                }
+            }
+            None => {}
         }
         let nz = self.cfg.model.nz;
         // The same draws as `Tensor::randn(&[b, nz, 1, 1], 0.0, 1.0, ..)`.
@@ -296,12 +311,13 @@ impl Trainer {
     /// → 0) and, when `update_g`, one non-saturating G update (D(G(z)) → 1) reusing that
     /// fake, as pytorch/examples does, then the EMA update. Adam's scalars and the EMA decay
     /// must have been written. Its host-side effects are the batch-norm batch counters (and
-    /// the EMA's copies of them) and the regularizer draws (see [`graph_step`]).
+    /// the EMA's copies of them) and the regularizer draws (kept in [`Trainer::draws`] when
+    /// set; see [`graph_step`]).
     pub(super) fn device_step(
         &mut self,
         real: &Tensor,
         z: &Tensor,
-        labels: Option<&[u32]>,
+        labels: Option<Labels>,
         update_g: bool,
     ) -> Result<StepOutputs> {
         // ---- D step
@@ -309,26 +325,34 @@ impl Trainer {
         let real_in = self.d_input(real)?;
         let out_real = self.d.forward(
             &real_in,
-            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                .labeled_as(labels)
+                .drawing(self.draws.as_mut()),
         )?;
         let loss_real = ops::bce_with_logits(&out_real, 1.0)?;
         let fake = if update_g {
             // Keep G's graph: the G step below back-propagates through this same fake.
             self.g.forward(
                 z,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                    .labeled_as(labels)
+                    .drawing(self.draws.as_mut()),
             )?
         } else {
             let _guard = no_grad();
             self.g.forward(
                 z,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                    .labeled_as(labels)
+                    .drawing(self.draws.as_mut()),
             )?
         };
         let fake_in = self.d_input(&fake.detach())?;
         let out_fake = self.d.forward(
             &fake_in,
-            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                .labeled_as(labels)
+                .drawing(self.draws.as_mut()),
         )?;
         let loss_fake = ops::bce_with_logits(&out_fake, 0.0)?;
         let loss_d = ops::add(&loss_real, &loss_fake)?;
@@ -345,7 +369,9 @@ impl Trainer {
             let fake_in = self.d_input(&fake)?;
             let out = self.d.forward(
                 &fake_in,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers).labeled(labels),
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                    .labeled_as(labels)
+                    .drawing(self.draws.as_mut()),
             )?;
             let loss_g = ops::bce_with_logits(&out, 1.0)?;
             self.opt_g.backward(&loss_g)?;

@@ -36,6 +36,7 @@ use crate::backend::Storage;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub use super::alloc::PoolNeed;
@@ -68,6 +69,14 @@ impl CudaBackend {
     /// (`ARTGAN_CUDA_POOL=off`, the memory-checking mode), since a capture cannot allocate.
     pub fn can_capture(&self) -> bool {
         self.pool.caching()
+    }
+
+    /// Test hook: makes the next [`CudaBackend::capture`] fail the way a capture of code that
+    /// calls something CUDA forbids while capturing fails (it synchronizes the stream after
+    /// the captured work).
+    #[doc(hidden)]
+    pub fn break_next_capture(&self) {
+        self.break_capture.store(true, Ordering::Relaxed);
     }
 
     /// Starts counting the buffers an eager step takes (see [`CudaBackend::pool_need`]).
@@ -103,6 +112,11 @@ impl CudaBackend {
             return Err(e);
         }
         let out = work();
+        if self.break_capture.swap(false, Ordering::Relaxed) {
+            // Illegal while capturing: the driver invalidates the capture (its error is the
+            // capture's end's to report).
+            let _ = self.stream.synchronize();
+        }
         let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
         self.pool.end_capture();
         let graph = StepGraph {

@@ -56,6 +56,7 @@ use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaFunction, CudaStr
 use err::drv;
 use launch::BLOCK;
 pub use libs::{compute_capability, device_name};
+use random::SeedFrom;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -70,6 +71,9 @@ pub struct CudaBackend {
     /// Grid cap for grid-stride kernels (enough blocks to fill every SM several times).
     max_blocks: u32,
     poison: bool,
+    /// Test hook: the next capture makes a call CUDA forbids while capturing
+    /// ([`CudaBackend::break_next_capture`]).
+    break_capture: std::sync::atomic::AtomicBool,
 }
 
 fn cb(s: &Storage) -> Result<&CudaBuffer> {
@@ -138,6 +142,7 @@ impl CudaBackend {
             funcs,
             max_blocks: (sms.max(1) as u32) * 16,
             poison: std::env::var("ARTGAN_POISON").is_ok_and(|v| v == "1"),
+            break_capture: Default::default(),
         })
     }
 
@@ -465,11 +470,25 @@ impl Backend for CudaBackend {
     }
 
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
-        random::dropout_mask(self, len, p, seed)
+        random::dropout_mask(self, len, p, SeedFrom::Args { seed, std: 0.0 })
     }
 
     fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage> {
-        random::add_gaussian_noise(self, x, std, seed)
+        random::add_gaussian_noise(self, x, SeedFrom::Args { seed, std })
+    }
+
+    fn dropout_mask_by(&self, len: usize, p: f32, _seed: u64, values: &Storage) -> Result<Storage> {
+        random::dropout_mask(self, len, p, SeedFrom::Device(values))
+    }
+
+    fn add_gaussian_noise_by(
+        &self,
+        x: &Storage,
+        _std: f32,
+        _seed: u64,
+        values: &Storage,
+    ) -> Result<Storage> {
+        random::add_gaussian_noise(self, x, SeedFrom::Device(values))
     }
 
     fn spectral_norm_sigma(

@@ -44,7 +44,15 @@ pub const MODULES: &[(&str, &[&str])] = &[
             "bn_backward_dx_f32",
         ],
     ),
-    ("random", &["dropout_mask_f32", "gaussian_noise_f32"]),
+    (
+        "random",
+        &[
+            "dropout_mask_f32",
+            "gaussian_noise_f32",
+            "dropout_mask_by_f32",
+            "gaussian_noise_by_f32",
+        ],
+    ),
     (
         "spectral_norm",
         &[

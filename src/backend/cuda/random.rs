@@ -6,7 +6,19 @@ use crate::backend::*;
 use anyhow::Result;
 use cudarc::driver::PushKernelArg;
 
-pub(super) fn dropout_mask(be: &CudaBackend, len: usize, p: f32, seed: u64) -> Result<Storage> {
+/// Where a kernel takes its seed (and noise std) from: the launch's arguments, or a device
+/// buffer laid out by [`seed_values`] (the form a CUDA graph replays).
+pub(super) enum SeedFrom<'a> {
+    Args { seed: u64, std: f32 },
+    Device(&'a Storage),
+}
+
+pub(super) fn dropout_mask(
+    be: &CudaBackend,
+    len: usize,
+    p: f32,
+    seed: SeedFrom,
+) -> Result<Storage> {
     let mut out = be.alloc(len)?;
     // The same f32 expressions as crate::rng::dropout_value_at.
     let keep = 1.0f32 - p;
@@ -14,41 +26,59 @@ pub(super) fn dropout_mask(be: &CudaBackend, len: usize, p: f32, seed: u64) -> R
     let n = len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(
-            be,
-            "dropout_mask_f32",
-            cfg,
-            out.slice_mut(),
-            &n,
-            &seed,
-            &keep,
-            &scale
-        )?;
+        match seed {
+            SeedFrom::Args { seed, .. } => launch!(
+                be,
+                "dropout_mask_f32",
+                cfg,
+                out.slice_mut(),
+                &n,
+                &seed,
+                &keep,
+                &scale
+            )?,
+            SeedFrom::Device(v) => launch!(
+                be,
+                "dropout_mask_by_f32",
+                cfg,
+                out.slice_mut(),
+                &n,
+                cb(v)?.slice(),
+                &keep,
+                &scale
+            )?,
+        }
     }
     Ok(Storage::Cuda(out))
 }
 
-pub(super) fn add_gaussian_noise(
-    be: &CudaBackend,
-    x: &Storage,
-    std: f32,
-    seed: u64,
-) -> Result<Storage> {
+pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) -> Result<Storage> {
     let x = cb(x)?;
     let mut out = be.alloc(x.len)?;
     let n = x.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(
-            be,
-            "gaussian_noise_f32",
-            cfg,
-            x.slice(),
-            out.slice_mut(),
-            &n,
-            &seed,
-            &std
-        )?;
+        match seed {
+            SeedFrom::Args { seed, std } => launch!(
+                be,
+                "gaussian_noise_f32",
+                cfg,
+                x.slice(),
+                out.slice_mut(),
+                &n,
+                &seed,
+                &std
+            )?,
+            SeedFrom::Device(v) => launch!(
+                be,
+                "gaussian_noise_by_f32",
+                cfg,
+                x.slice(),
+                out.slice_mut(),
+                &n,
+                cb(v)?.slice()
+            )?,
+        }
     }
     Ok(Storage::Cuda(out))
 }
