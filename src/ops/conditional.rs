@@ -28,6 +28,12 @@ impl<'a> From<&'a [u32]> for Labels<'a> {
     }
 }
 
+impl<'a, const N: usize> From<&'a [u32; N]> for Labels<'a> {
+    fn from(host: &'a [u32; N]) -> Self {
+        Labels::from(&host[..])
+    }
+}
+
 /// `labels` as f32 (what the device copy of [`Labels`] holds).
 pub fn label_values(labels: &[u32]) -> Vec<f32> {
     labels.iter().map(|&l| l as f32).collect()
