@@ -201,11 +201,22 @@ fn resume_is_bit_identical_in(preset: Preset, precision: Precision) {
 /// (The loader drops a last partial batch; shape changes are covered in gpu_training_step.)
 #[test]
 fn dcgan_resume_with_cuda_graphs_is_bit_identical() {
+    resume_with_cuda_graphs_is_bit_identical(Preset::Dcgan);
+}
+
+/// The same for the classical preset, whose captured steps take dropout and input-noise seeds
+/// and the decaying noise std from device buffers written before each step.
+#[test]
+fn classical_resume_with_cuda_graphs_is_bit_identical() {
+    resume_with_cuda_graphs_is_bit_identical(Preset::Classical);
+}
+
+fn resume_with_cuda_graphs_is_bit_identical(preset: Preset) {
     let Some(gpu) = common::gpu_device() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = tiny_config(Preset::Dcgan);
+    let mut cfg = tiny_config(preset);
     cfg.cuda_graphs = true;
     let straight = dir.path().join("straight");
     let history = run_on(gpu, &cfg, &mut loader(&cfg), &straight, None, None)
