@@ -747,6 +747,10 @@ fn batch_norm_outputs_do_not_depend_on_the_grid_size() {
     }
 }
 
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 #[test]
 fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
     let Some(g) = gpu() else { return };
@@ -772,6 +776,18 @@ fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
             gm,
             down(&c, &c.dropout_mask(len, p, seed).unwrap()),
             "vs CPU backend"
+        );
+        // The graph form reads the seed from the device (the argument is another seed here,
+        // to show it is not the one used): the same bits.
+        let values = up(&g, &artgan::backend::seed_values(seed, 0.0));
+        let by = down(
+            &g,
+            &g.dropout_mask_by(len, p, seed.wrapping_add(1), &values)
+                .unwrap(),
+        );
+        assert!(
+            bits(&by) == bits(&gm),
+            "dropout_mask_by len {len} p {p} seed {seed}"
         );
         let kept = gm.iter().filter(|&&v| v > 0.0).count();
         println!("dropout_mask len {len} p {p}: exact; kept {kept}");
@@ -801,6 +817,15 @@ fn gaussian_noise_matches_rng_formula_and_cpu() {
             1e-6,
             4e-7 * std * 5.0,
         );
+        // The graph form reads seed and std from the device (other arguments here, to show
+        // they are not the ones used): the same bits.
+        let values = up(&g, &artgan::backend::seed_values(seed, std));
+        let by = down(
+            &g,
+            &g.add_gaussian_noise_by(&up(&g, &x), std * 2.0, seed.wrapping_add(1), &values)
+                .unwrap(),
+        );
+        assert!(bits(&by) == bits(&gy), "gaussian_noise_by len {len}");
         let cy = down(&c, &c.add_gaussian_noise(&up(&c, &x), std, seed).unwrap());
         close(
             &format!("gaussian_noise vs cpu len {len}"),

@@ -546,10 +546,7 @@ fn cuda_graph_replay_with_host_draws_is_bit_identical_to_eager_steps() {
         let mut cfg = base(model, 1);
         cfg.class_table = Some(class_table(3));
         cfg.diffaugment = artgan::ops::DiffAugment::parse("translation").unwrap();
-        cases.push((
-            format!("conditional {preset} with DiffAugment"),
-            cfg,
-        ));
+        cases.push((format!("conditional {preset} with DiffAugment"), cfg));
     }
     for (what, cfg) in cases {
         let what = format!("{what}, d_steps {}", cfg.d_steps);
