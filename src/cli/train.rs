@@ -85,7 +85,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = crate::amp::PrecisionArg::Auto, conflicts_with = "resume")]
     pub precision: crate::amp::PrecisionArg,
     /// Capture each training step as one CUDA graph and replay it (fewer launches; the same
-    /// results bit for bit): on|off [default: on for a CUDA device, off on the CPU].
+    /// results bit for bit; a batch shape whose capture fails runs eagerly, with a note):
+    /// on|off [default: on for a CUDA device, off on the CPU].
     #[arg(long, value_enum, value_name = "on|off")]
     pub cuda_graphs: Option<Switch>,
     #[command(flatten)]

@@ -3,21 +3,28 @@
 //! The backend's side (capture, buffer ownership, why each per-step value lives on the device)
 //! is described in `backend/cuda/graph.rs`; this is the trainer's side:
 //!
-//! - Per shape (batch size, whether G is updated): the first step runs eagerly and records
-//!   what it takes from the buffer pool; the next one is captured (with that much reserved)
-//!   and launched; every later one copies its batch and latents into the graph's static input
-//!   buffers and launches the graph. So a batch of another size (a partial last batch from a
-//!   `BatchSource` that yields one; the built-in loader drops it) runs eagerly the first time
-//!   and from a graph of its own after that.
+//! - Per shape (batch size, whether G is updated, whether D's input noise is on): the first
+//!   step runs eagerly and records what it takes from the buffer pool and the host draws it
+//!   makes (`nn::draws`); the next one is captured (with that much reserved) and launched;
+//!   every later one copies its batch, latents and class labels into the graph's static input
+//!   buffers, draws and writes its regularizer values, and launches the graph. So a batch of
+//!   another size (a partial last batch from a `BatchSource` that yields one; the built-in
+//!   loader drops it) runs eagerly the first time and from a graph of its own after that.
 //! - Adam's scalars (`Adam::prepare`) and the EMA decay (`ema::DeviceDecay`) are written
 //!   before the device half in every mode.
+//! - Host draws inside the device half (dropout and input-noise seeds, the noise std,
+//!   DiffAugment parameters) are the same values from the same stream in the same order as in
+//!   an eager step: [`StepDraws`] draws the shape's recorded sequence before the step and
+//!   writes it to device buffers that the kernels read. Class labels go to a static input
+//!   buffer like the batch.
 //! - A replay runs none of the step's host code, so its host-side effect, the batch-norm
 //!   batch counters (G's, D's and the EMA's copies), is repeated: each counter advances by
 //!   what it advanced during capture.
-//! - A step that draws on the host inside the device half (dropout and input-noise seeds,
-//!   DiffAugment parameters) or uploads class labels cannot be replayed with new values: the
-//!   first step detects it (the regularizer stream moved) and that shape stays eager, said
-//!   once on stderr.
+//! - A capture that fails (a call CUDA forbids while capturing, a buffer the pool does not
+//!   hold) ran nothing on the device: its host effects (the regularizer stream, the
+//!   batch-norm counters) are restored, the pool forgets the graph's marks
+//!   (`CudaBackend::capture`), the step runs eagerly, and so does that shape from then on,
+//!   said once on stderr.
 //! - The outputs the metrics keep live in graph buffers the next replay overwrites: each
 //!   launch is followed by copies of them.
 //!

@@ -7,6 +7,11 @@
 //! graph reads, written before each launch (legal outside capture):
 //! - the real batch and the latents: copied into static input buffers owned by the graph
 //!   ([`StepGraph`] keeps them); the latents are still drawn on the host from the same stream;
+//! - the class labels of a conditional run: a static input buffer too;
+//! - dropout and input-noise seeds, the noise std and DiffAugment's parameters: drawn on the
+//!   host as in eager mode and written to small device buffers before the step
+//!   (`nn::draws`), which the kernels read (`Backend::dropout_mask_by`,
+//!   `Backend::add_gaussian_noise_by`, the DiffAugment kernels' parameter buffers);
 //! - Adam's per-step scalars (bias corrections, lr per parameter) and the EMA's decay:
 //!   computed on the host as in eager mode and written to small device buffers that the
 //!   kernels read (`Backend::adam_update_with`, `Backend::scale_add_assign_by`), in eager
@@ -23,8 +28,7 @@
 //!   that the next replay overwrites: they are copied out after each launch.
 //!
 //! Host-side effects of the step's code (batch-norm batch counters, the trainer's counters)
-//! are repeated by the caller on replay; a step that draws regularizer seeds on the host
-//! (dropout, input noise, DiffAugment) or uploads labels runs eagerly (see
+//! are repeated by the caller on replay, and undone by it when a capture fails (see
 //! `train::graph_step`).
 //!
 //! Capture is refused without the caching allocator (`ARTGAN_CUDA_POOL=off`: every buffer is
