@@ -161,3 +161,66 @@ fn batch_stats_mode_leaves_running_stats_untouched_and_train_mode_moves_them() {
     g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
     assert_ne!(snapshot(&g), before);
 }
+
+/// `nn::draws` (the form of a step that a CUDA graph replays) takes the same values from the
+/// regularizer stream, in the same order, as drawing directly: the classical discriminator's
+/// dropout and noise seeds and DiffAugment's parameters, in the step that records them and in
+/// a later step whose draws are made up front (`prefill`). A prefilled step that draws
+/// otherwise than the recorded one (here: another noise std) is an error, not a silent replay.
+#[test]
+fn step_draws_take_the_same_values_as_direct_draws() {
+    use artgan::nn::draws::StepDraws;
+    use artgan::ops;
+    let c = ModelConfig {
+        preset: Preset::Classical,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    };
+    // Two identical discriminators (their spectral-norm vectors move with each forward).
+    let d_direct = Discriminator::new(&c, &mut Rng::new(3), Device::Cpu).unwrap();
+    let d_drawn = Discriminator::new(&c, &mut Rng::new(3), Device::Cpu).unwrap();
+    let policy = ops::DiffAugment::parse("color,translation,cutout").unwrap();
+    let x = Tensor::randn(&[3, 3, 32, 32], 0.0, 1.0, &mut Rng::new(4), Device::Cpu).unwrap();
+    let _guard = no_grad();
+    let (mut direct, mut drawn) = (Rng::new(9), Rng::new(9));
+    let mut draws = StepDraws::recording(Device::Cpu);
+    for step in 0..3 {
+        let a = ops::diff_augment(&x, policy, direct.next_u64()).unwrap();
+        let a = d_direct
+            .forward(&a, &mut Ctx::new(Mode::Train, &mut direct))
+            .unwrap();
+        if step > 0 {
+            draws.prefill(&mut drawn, 0.1).unwrap();
+        }
+        // After the recording step the draws come from the prefilled slots: this stream
+        // must not be touched.
+        let mut unused = Rng::new(0);
+        let rng = if step == 0 { &mut drawn } else { &mut unused };
+        let b = draws.diff_augment(rng, &x, policy).unwrap();
+        let b = d_drawn
+            .forward(
+                &b,
+                &mut Ctx::new(Mode::Train, rng).drawing(Some(&mut draws)),
+            )
+            .unwrap();
+        assert!(draws.all_taken(), "step {step}");
+        assert_eq!(unused, Rng::new(0), "step {step}");
+        assert_eq!(direct.state(), drawn.state(), "step {step}: streams");
+        let bits =
+            |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
+        assert_eq!(bits(&a), bits(&b), "step {step}: D outputs");
+    }
+    draws.prefill(&mut drawn, 0.1).unwrap();
+    d_drawn.set_noise_std(0.05);
+    let b = draws.diff_augment(&mut drawn, &x, policy).unwrap();
+    let err = d_drawn
+        .forward(
+            &b,
+            &mut Ctx::new(Mode::Train, &mut drawn).drawing(Some(&mut draws)),
+        )
+        .err()
+        .expect("another noise std than the prefilled one");
+    assert!(format!("{err:#}").contains("Noise(0.05)"), "{err:#}");
+}
