@@ -538,6 +538,9 @@ fn cuda_graph_replay_with_host_draws_is_bit_identical_to_eager_steps() {
     for d_steps in [1, 2] {
         cases.push(("classical".to_string(), base(tiny_classical(), d_steps)));
     }
+    let mut cfg = base(tiny_classical(), 2);
+    cfg.precision = Precision::Amp;
+    cases.push(("classical amp".into(), cfg));
     let mut cfg = base(tiny_dcgan(), 2);
     cfg.diffaugment = artgan::ops::DiffAugment::parse("color,translation,cutout").unwrap();
     cases.push(("dcgan with DiffAugment".into(), cfg));
