@@ -215,12 +215,11 @@ fn step_draws_take_the_same_values_as_direct_draws() {
     draws.prefill(&mut drawn, 0.1).unwrap();
     d_drawn.set_noise_std(0.05);
     let b = draws.diff_augment(&mut drawn, &x, policy).unwrap();
-    let err = d_drawn
-        .forward(
-            &b,
-            &mut Ctx::new(Mode::Train, &mut drawn).drawing(Some(&mut draws)),
-        )
-        .err()
-        .expect("another noise std than the prefilled one");
+    let Err(err) = d_drawn.forward(
+        &b,
+        &mut Ctx::new(Mode::Train, &mut drawn).drawing(Some(&mut draws)),
+    ) else {
+        panic!("another noise std than the prefilled one was accepted");
+    };
     assert!(format!("{err:#}").contains("Noise(0.05)"), "{err:#}");
 }
