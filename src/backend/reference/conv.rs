@@ -12,7 +12,9 @@
 //! `CUBLAS_COMPUTE_32F`, col2im's f32 sums on CUDA), and the output is f32. Implementations
 //! therefore differ only by f32 summation order: at most `γ_K · Σ|a·b|` per output with K the
 //! products summed, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴` (tests/gpu_parity.rs checks exactly
-//! that). Batch norm, activations, the loss, weights and Adam stay f32.
+//! that). The one exception is cuDNN (`--conv-impl cudnn`), which runs on f16 tensors: its
+//! output is that f32 sum rounded once more, to f16 (`2⁻¹¹` relative), as PyTorch autocast's
+//! convolution outputs are. Batch norm, activations, the loss, weights and Adam stay f32.
 
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
