@@ -1411,52 +1411,54 @@ fn run_dnn_half<C: cudarc::cudnn::CudnnDataType>(
         DnnHalf(f16::from_f32(alpha).to_bits()),
         DnnHalf(f16::from_f32(beta).to_bits()),
     );
-    // SAFETY: u16 bits viewed as f16 elements, lengths as uploaded.
-    let (va, vb, mut vout) = unsafe {
-        (
-            da.transmute::<DnnHalf>(a.len()).unwrap(),
-            db.transmute::<DnnHalf>(b.len()).unwrap(),
-            dout.transmute_mut::<DnnHalf>(out0.len()).unwrap(),
-        )
-    };
-    // The largest workspace any algorithm asks for here.
-    let mut ws = e.stream.alloc_zeros::<u8>(1 << 16).unwrap();
-    unsafe {
-        match dir {
-            DnnDir::Forward => {
-                let op = ConvForward {
-                    conv: &conv,
-                    x: &xd,
-                    w: &wd,
-                    y: &yd,
-                };
-                let algo = op.pick_algorithm()?;
-                assert!(op.get_workspace_size(algo)? <= 1 << 16);
-                op.launch(algo, Some(&mut ws), scales, &va, &vb, &mut vout)?;
-            }
-            DnnDir::BackwardData => {
-                let op = ConvBackwardData {
-                    conv: &conv,
-                    dx: &xd,
-                    w: &wd,
-                    dy: &yd,
-                };
-                let algo = op.pick_algorithm()?;
-                op.launch(algo, Some(&mut ws), scales, &mut vout, &vb, &va)?;
-            }
-            DnnDir::BackwardFilter => {
-                let op = ConvBackwardFilter {
-                    conv: &conv,
-                    x: &xd,
-                    dw: &wd,
-                    dy: &yd,
-                };
-                let algo = op.pick_algorithm()?;
-                op.launch(algo, Some(&mut ws), scales, &va, &mut vout, &vb)?;
+    // The views borrow the buffers until the call is made; the download comes after.
+    {
+        // SAFETY: u16 bits viewed as f16 elements, lengths as uploaded.
+        let (va, vb, mut vout) = unsafe {
+            (
+                da.transmute::<DnnHalf>(a.len()).unwrap(),
+                db.transmute::<DnnHalf>(b.len()).unwrap(),
+                dout.transmute_mut::<DnnHalf>(out0.len()).unwrap(),
+            )
+        };
+        // The largest workspace any algorithm asks for here.
+        let mut ws = e.stream.alloc_zeros::<u8>(1 << 16).unwrap();
+        unsafe {
+            match dir {
+                DnnDir::Forward => {
+                    let op = ConvForward {
+                        conv: &conv,
+                        x: &xd,
+                        w: &wd,
+                        y: &yd,
+                    };
+                    let algo = op.pick_algorithm()?;
+                    assert!(op.get_workspace_size(algo)? <= 1 << 16);
+                    op.launch(algo, Some(&mut ws), scales, &va, &vb, &mut vout)?;
+                }
+                DnnDir::BackwardData => {
+                    let op = ConvBackwardData {
+                        conv: &conv,
+                        dx: &xd,
+                        w: &wd,
+                        dy: &yd,
+                    };
+                    let algo = op.pick_algorithm()?;
+                    op.launch(algo, Some(&mut ws), scales, &mut vout, &vb, &va)?;
+                }
+                DnnDir::BackwardFilter => {
+                    let op = ConvBackwardFilter {
+                        conv: &conv,
+                        x: &xd,
+                        dw: &wd,
+                        dy: &yd,
+                    };
+                    let algo = op.pick_algorithm()?;
+                    op.launch(algo, Some(&mut ws), scales, &va, &mut vout, &vb)?;
+                }
             }
         }
     }
-    drop(vout);
     Ok(e.stream.clone_dtoh(&dout).unwrap())
 }
 
