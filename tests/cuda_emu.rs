@@ -1651,27 +1651,28 @@ fn cudnn_refuses_the_half_configurations_it_does_not_emulate() {
     };
     // Mixed: half x and w, float y.
     let yd_f32 = dnn.create_4d_tensor::<f32>(nchw, [1, 2, 2, 2]).unwrap();
-    let c = conv(CUDNN_TENSOR_OP_MATH);
-    let mixed = cudarc::cudnn::ConvForward {
-        conv: &c,
-        x: &xd,
-        w: &wd,
-        y: &yd_f32,
-    };
-    let err = mixed.pick_algorithm().unwrap_err();
-    assert!(format!("{err:?}").contains("NOT_SUPPORTED"), "{err:?}");
+    refused_forward(&conv(CUDNN_TENSOR_OP_MATH), &xd, &wd, &yd_f32);
     // Float data down-converted to half on tensor cores.
     let (xf, wf) = (
         dnn.create_4d_tensor::<f32>(nchw, [1, 2, 3, 3]).unwrap(),
         dnn.create_4d_filter::<f32>(nchw, [2, 2, 2, 2]).unwrap(),
     );
-    let c = conv(CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION);
-    let converted = cudarc::cudnn::ConvForward {
-        conv: &c,
-        x: &xf,
-        w: &wf,
-        y: &yd_f32,
-    };
-    let err = converted.pick_algorithm().unwrap_err();
+    refused_forward(
+        &conv(CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION),
+        &xf,
+        &wf,
+        &yd_f32,
+    );
+}
+
+/// Asserts that cuDNN's forward heuristic refuses these descriptors with NOT_SUPPORTED.
+fn refused_forward<X: cudarc::cudnn::CudnnDataType, Y: cudarc::cudnn::CudnnDataType>(
+    conv: &cudarc::cudnn::ConvDescriptor<f32>,
+    x: &cudarc::cudnn::TensorDescriptor<X>,
+    w: &cudarc::cudnn::FilterDescriptor<X>,
+    y: &cudarc::cudnn::TensorDescriptor<Y>,
+) {
+    let op = cudarc::cudnn::ConvForward { conv, x, w, y };
+    let err = op.pick_algorithm().unwrap_err();
     assert!(format!("{err:?}").contains("NOT_SUPPORTED"), "{err:?}");
 }

@@ -1562,6 +1562,42 @@ fn amp_convolutions_match_the_rounding_reference_both_impls() {
     }
 }
 
+type Prim = fn(&dyn Backend, &Storage, &Storage, &ConvGeom) -> Storage;
+/// One convolution primitive: its name, its two operands, the products each output sums, the
+/// call.
+type AmpCase<'a> = (&'a str, &'a [f32], &'a [f32], usize, Prim);
+
+/// The three primitives of `geom` on x, w and dy.
+fn amp_cases<'a>(x: &'a [f32], w: &'a [f32], dy: &'a [f32], geom: &ConvGeom) -> [AmpCase<'a>; 3] {
+    [
+        (
+            "forward",
+            x,
+            w,
+            geom.c_in * geom.kh * geom.kw,
+            |b, a, w, g| b.conv2d_forward(a, w, g).unwrap(),
+        ),
+        (
+            "backward_data",
+            dy,
+            w,
+            geom.c_out * geom.kh * geom.kw,
+            |b, a, w, g| b.conv2d_backward_data(a, w, g).unwrap(),
+        ),
+        (
+            "backward_filter",
+            x,
+            dy,
+            geom.n * geom.oh * geom.ow,
+            |b, a, w, g| b.conv2d_backward_filter(a, w, g).unwrap(),
+        ),
+    ]
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|a| a.abs()).collect()
+}
+
 /// Whether `v` is exactly an f16 value (what cuDNN's f16 outputs widen to).
 fn is_f16(v: f32) -> bool {
     half::f16::from_f32(v).to_f32().to_bits() == v.to_bits()
@@ -1590,34 +1626,7 @@ fn amp_convolutions_match_the_rounding_reference(
         let x = rand(&mut rng, geom.input_len(), 1.0);
         let w = rand(&mut rng, geom.weight_len(), 0.5);
         let dy = rand(&mut rng, geom.output_len(), 1.0);
-        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
-        type Prim = fn(&dyn Backend, &Storage, &Storage, &ConvGeom) -> Storage;
-        // (primitive, its two operands, the products each output sums, the call)
-        type Case<'a> = (&'a str, &'a [f32], &'a [f32], usize, Prim);
-        let cases: [Case; 3] = [
-            (
-                "forward",
-                &x,
-                &w,
-                geom.c_in * geom.kh * geom.kw,
-                |b, a, w, g| b.conv2d_forward(a, w, g).unwrap(),
-            ),
-            (
-                "backward_data",
-                &dy,
-                &w,
-                geom.c_out * geom.kh * geom.kw,
-                |b, a, w, g| b.conv2d_backward_data(a, w, g).unwrap(),
-            ),
-            (
-                "backward_filter",
-                &x,
-                &dy,
-                geom.n * geom.oh * geom.ow,
-                |b, a, w, g| b.conv2d_backward_filter(a, w, g).unwrap(),
-            ),
-        ];
-        for (what, a, b, k, prim) in cases {
+        for (what, a, b, k, prim) in amp_cases(&x, &w, &dy, &geom) {
             let want = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &geom));
             let got = down(&g, &prim(&*g, &up(&g, a), &up(&g, b), &geom));
             let f32_result = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &plain));
@@ -1714,33 +1723,7 @@ fn amp_cudnn_convolutions_match_fp32_within_an_f16_derived_bound() {
         let x = rand_normal_f16(&mut rng, plain.input_len(), 1.0);
         let w = rand_normal_f16(&mut rng, plain.weight_len(), 0.5);
         let dy = rand_normal_f16(&mut rng, plain.output_len(), 1.0);
-        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
-        type Prim = fn(&dyn Backend, &Storage, &Storage, &ConvGeom) -> Storage;
-        type Case<'a> = (&'a str, &'a [f32], &'a [f32], usize, Prim);
-        let cases: [Case; 3] = [
-            (
-                "forward",
-                &x,
-                &w,
-                plain.c_in * plain.kh * plain.kw,
-                |b, a, w, g| b.conv2d_forward(a, w, g).unwrap(),
-            ),
-            (
-                "backward_data",
-                &dy,
-                &w,
-                plain.c_out * plain.kh * plain.kw,
-                |b, a, w, g| b.conv2d_backward_data(a, w, g).unwrap(),
-            ),
-            (
-                "backward_filter",
-                &x,
-                &dy,
-                plain.n * plain.oh * plain.ow,
-                |b, a, w, g| b.conv2d_backward_filter(a, w, g).unwrap(),
-            ),
-        ];
-        for (what, a, b, k, prim) in cases {
+        for (what, a, b, k, prim) in amp_cases(&x, &w, &dy, &plain) {
             let reference = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &plain));
             let got = down(&g, &prim(&*g, &up(&g, a), &up(&g, b), &amp));
             let fp32_gpu = down(&g, &prim(&*g, &up(&g, a), &up(&g, b), &plain));
