@@ -75,12 +75,12 @@ extern "C" __global__ void gather_dy_f32(const float* __restrict__ dy, int n0, i
 }
 
 // ---- Mixed precision: GEMM operands rounded to f16 (see src/backend/reference/conv.rs).
-// The f16 copy of x[0..n) for cuBLAS GemmEx (CUDA_R_16F operands).
+// The f16 copy of x[0..n) for cuBLAS GemmEx and cuDNN (CUDA_R_16F / CUDNN_DATA_HALF operands).
 extern "C" __global__ void f32_to_f16(const float* x, u64 n, unsigned short* out) {
     GRID_STRIDE(i, n) { out[i] = f32_to_f16_bits(x[i]); }
 }
 
-// x rounded to f16 and back (Backend::round_to_f16): the values f32_to_f16 hands cuBLAS.
-extern "C" __global__ void round_f16_f32(const float* x, u64 n, float* out) {
-    GRID_STRIDE(i, n) { out[i] = f16_bits_to_f32(f32_to_f16_bits(x[i])); }
+// The f32 values of n halves (exact): cuDNN's f16 outputs back to f32.
+extern "C" __global__ void f16_to_f32(const unsigned short* h, u64 n, float* out) {
+    GRID_STRIDE(i, n) { out[i] = f16_bits_to_f32(h[i]); }
 }

@@ -1243,3 +1243,436 @@ fn cublas_gemm_ex_checks_arguments_and_says_what_it_does_not_emulate() {
     );
     assert!(r.contains("EXECUTION_FAILED"), "{r}");
 }
+
+// ---- cuDNN on half tensors (PSEUDO_HALF_CONFIG: half x, w, y; float compute type)
+
+/// One f16 element as cuDNN sees it (`CUDNN_DATA_HALF`, f32 scaling parameters), for cudarc's
+/// typed descriptors. The device buffers hold f16 bits (`u16`), viewed as this type.
+#[derive(Clone, Copy, Debug)]
+struct DnnHalf(u16);
+
+impl cudarc::cudnn::CudnnDataType for DnnHalf {
+    const DATA_TYPE: cudarc::cudnn::sys::cudnnDataType_t =
+        cudarc::cudnn::sys::cudnnDataType_t::CUDNN_DATA_HALF;
+    type Scalar = f32;
+    fn into_scaling_parameter(self) -> f32 {
+        f16::from_bits(self.0).to_f32()
+    }
+}
+
+/// A 2-D convolution: x `[n, c, h, w]`, filter `[k, c, kh, kw]`.
+#[derive(Clone, Copy, Debug)]
+struct DnnShape {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    kh: usize,
+    kw: usize,
+    pad: usize,
+    stride: usize,
+    dil: usize,
+    /// CUDNN_CONVOLUTION (the filter flipped) instead of cross-correlation.
+    flip: bool,
+}
+
+impl DnnShape {
+    fn out(&self, size: usize, ks: usize) -> usize {
+        (size + 2 * self.pad - ((ks - 1) * self.dil + 1)) / self.stride + 1
+    }
+    fn oh(&self) -> usize {
+        self.out(self.h, self.kh)
+    }
+    fn ow(&self) -> usize {
+        self.out(self.w, self.kw)
+    }
+    fn x_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    fn w_len(&self) -> usize {
+        self.k * self.c * self.kh * self.kw
+    }
+    fn y_len(&self) -> usize {
+        self.n * self.k * self.oh() * self.ow()
+    }
+    /// Calls `f(y index, x index, w index)` for every product, in the emulator's documented
+    /// order (n, k, oy, ox, c, ki, kj: what each output's float sum follows).
+    fn taps(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (oh, ow) = (self.oh(), self.ow());
+        for n in 0..self.n {
+            for co in 0..self.k {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        for ci in 0..self.c {
+                            for ki in 0..self.kh {
+                                let iy = (oy * self.stride + ki * self.dil).checked_sub(self.pad);
+                                let Some(iy) = iy.filter(|&v| v < self.h) else {
+                                    continue;
+                                };
+                                for kj in 0..self.kw {
+                                    let ix =
+                                        (ox * self.stride + kj * self.dil).checked_sub(self.pad);
+                                    let Some(ix) = ix.filter(|&v| v < self.w) else {
+                                        continue;
+                                    };
+                                    let (fi, fj) = if self.flip {
+                                        (self.kh - 1 - ki, self.kw - 1 - kj)
+                                    } else {
+                                        (ki, kj)
+                                    };
+                                    f(
+                                        ((n * self.k + co) * oh + oy) * ow + ox,
+                                        ((n * self.c + ci) * self.h + iy) * self.w + ix,
+                                        ((co * self.c + ci) * self.kh + fi) * self.kw + fj,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DnnDir {
+    Forward,
+    BackwardData,
+    BackwardFilter,
+}
+
+/// The pseudo-half definition: products of the f32 values of two f16 inputs summed in f32 in
+/// `taps` order, `r = alpha * sum`, `r += beta * out` in f32 when beta != 0, and `r` rounded
+/// once to f16 (nearest, ties to even). `a`, `b` and `out0` as the direction takes them: x and
+/// w → y, dy and w → dx, x and dy → dw.
+fn pseudo_half_reference(
+    s: &DnnShape,
+    dir: DnnDir,
+    a: &[f16],
+    b: &[f16],
+    out0: &[f16],
+    alpha: f32,
+    beta: f32,
+) -> Vec<u16> {
+    let mut acc = vec![0f32; out0.len()];
+    s.taps(|yi, xi, wi| {
+        let (o, i, j) = match dir {
+            DnnDir::Forward => (yi, xi, wi),
+            DnnDir::BackwardData => (xi, yi, wi),
+            DnnDir::BackwardFilter => (wi, xi, yi),
+        };
+        acc[o] += a[i].to_f32() * b[j].to_f32();
+    });
+    acc.iter()
+        .zip(out0)
+        .map(|(&sum, &old)| {
+            let mut r = alpha * sum;
+            if beta != 0.0 {
+                r += beta * old.to_f32();
+            }
+            f16::from_f32(r).to_bits()
+        })
+        .collect()
+}
+
+/// Runs one direction on the emulated cuDNN with half descriptors and compute type `C`;
+/// returns the output's bits.
+#[allow(clippy::too_many_arguments)]
+fn run_dnn_half<C: cudarc::cudnn::CudnnDataType>(
+    e: &Emu,
+    s: &DnnShape,
+    dir: DnnDir,
+    math: cudarc::cudnn::sys::cudnnMathType_t,
+    a: &[f16],
+    b: &[f16],
+    out0: &[f16],
+    (alpha, beta): (f32, f32),
+) -> Result<Vec<u16>, cudarc::cudnn::CudnnError> {
+    use cudarc::cudnn::sys::{cudnnConvolutionMode_t, cudnnTensorFormat_t};
+    use cudarc::cudnn::{ConvBackwardData, ConvBackwardFilter, ConvForward};
+    let dnn = cudarc::cudnn::Cudnn::new(e.stream.clone()).unwrap();
+    let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let i = |v: usize| v as i32;
+    let xd = dnn.create_4d_tensor::<DnnHalf>(nchw, [i(s.n), i(s.c), i(s.h), i(s.w)])?;
+    let wd = dnn.create_4d_filter::<DnnHalf>(nchw, [i(s.k), i(s.c), i(s.kh), i(s.kw)])?;
+    let yd = dnn.create_4d_tensor::<DnnHalf>(nchw, [i(s.n), i(s.k), i(s.oh()), i(s.ow())])?;
+    let mode = if s.flip {
+        cudnnConvolutionMode_t::CUDNN_CONVOLUTION
+    } else {
+        cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION
+    };
+    let mut conv = dnn.create_conv2d::<C>([i(s.pad); 2], [i(s.stride); 2], [i(s.dil); 2], mode)?;
+    conv.set_math_type(math)?;
+    let up = |v: &[f16]| e.stream.clone_htod(&bits(v)).unwrap();
+    let (da, db, mut dout) = (up(a), up(b), up(out0));
+    let scales = (
+        DnnHalf(f16::from_f32(alpha).to_bits()),
+        DnnHalf(f16::from_f32(beta).to_bits()),
+    );
+    // The views borrow the buffers until the call is made; the download comes after.
+    {
+        // SAFETY: u16 bits viewed as f16 elements, lengths as uploaded.
+        let (va, vb, mut vout) = unsafe {
+            (
+                da.transmute::<DnnHalf>(a.len()).unwrap(),
+                db.transmute::<DnnHalf>(b.len()).unwrap(),
+                dout.transmute_mut::<DnnHalf>(out0.len()).unwrap(),
+            )
+        };
+        // The largest workspace any algorithm asks for here.
+        let mut ws = e.stream.alloc_zeros::<u8>(1 << 16).unwrap();
+        unsafe {
+            match dir {
+                DnnDir::Forward => {
+                    let op = ConvForward {
+                        conv: &conv,
+                        x: &xd,
+                        w: &wd,
+                        y: &yd,
+                    };
+                    let algo = op.pick_algorithm()?;
+                    assert!(op.get_workspace_size(algo)? <= 1 << 16);
+                    op.launch(algo, Some(&mut ws), scales, &va, &vb, &mut vout)?;
+                }
+                DnnDir::BackwardData => {
+                    let op = ConvBackwardData {
+                        conv: &conv,
+                        dx: &xd,
+                        w: &wd,
+                        dy: &yd,
+                    };
+                    let algo = op.pick_algorithm()?;
+                    op.launch(algo, Some(&mut ws), scales, &mut vout, &vb, &va)?;
+                }
+                DnnDir::BackwardFilter => {
+                    let op = ConvBackwardFilter {
+                        conv: &conv,
+                        x: &xd,
+                        dw: &wd,
+                        dy: &yd,
+                    };
+                    let algo = op.pick_algorithm()?;
+                    op.launch(algo, Some(&mut ws), scales, &va, &mut vout, &vb)?;
+                }
+            }
+        }
+    }
+    Ok(e.stream.clone_dtoh(&dout).unwrap())
+}
+
+#[test]
+fn cudnn_pseudo_half_is_f32_sums_rounded_once_to_f16() {
+    let Some(e) = emu() else { return };
+    use cudarc::cudnn::sys::cudnnMathType_t::{CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
+    let sh = |n, c, h, w, k, kh, kw, pad, stride, dil, flip| DnnShape {
+        n,
+        c,
+        h,
+        w,
+        k,
+        kh,
+        kw,
+        pad,
+        stride,
+        dil,
+        flip,
+    };
+    let shapes = [
+        sh(1, 1, 1, 1, 1, 1, 1, 0, 1, 1, false),
+        sh(2, 3, 7, 5, 4, 3, 3, 1, 2, 1, false),
+        sh(3, 5, 9, 11, 2, 4, 2, 1, 2, 1, false),
+        sh(2, 4, 8, 6, 3, 2, 3, 2, 1, 2, true),
+        // K = 144 products per output: long enough f32 sums to round.
+        sh(2, 16, 6, 6, 8, 3, 3, 1, 1, 1, false),
+    ];
+    let mut case = 0u64;
+    for s in shapes {
+        for dir in [
+            DnnDir::Forward,
+            DnnDir::BackwardData,
+            DnnDir::BackwardFilter,
+        ] {
+            let (a_len, b_len, out_len) = match dir {
+                DnnDir::Forward => (s.x_len(), s.w_len(), s.y_len()),
+                DnnDir::BackwardData => (s.y_len(), s.w_len(), s.x_len()),
+                DnnDir::BackwardFilter => (s.x_len(), s.y_len(), s.w_len()),
+            };
+            // beta = 0 with the output all NaN: it must not be read.
+            for (alpha, beta) in [(1.0f32, 0.0f32), (0.75, -1.25)] {
+                case += 1;
+                let a = random_f16(a_len, 3 * case);
+                let b = random_f16(b_len, 3 * case + 1);
+                let out0 = if beta == 0.0 {
+                    vec![f16::NAN; out_len]
+                } else {
+                    random_f16(out_len, 3 * case + 2)
+                };
+                let want = pseudo_half_reference(&s, dir, &a, &b, &out0, alpha, beta);
+                // Tensor-op math or not: the same arithmetic.
+                let math = if case.is_multiple_of(2) {
+                    CUDNN_TENSOR_OP_MATH
+                } else {
+                    CUDNN_FMA_MATH
+                };
+                let got =
+                    run_dnn_half::<f32>(&e, &s, dir, math, &a, &b, &out0, (alpha, beta)).unwrap();
+                assert_eq!(got, want, "{dir:?} {s:?} alpha {alpha} beta {beta}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cudnn_pseudo_half_sums_in_f32_not_wider() {
+    let Some(e) = emu() else { return };
+    use cudarc::cudnn::sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH;
+    // A 1x1 convolution over two channels: 683 * 1.5 = 1024.5, then + 2^-8 * 2^-7 = 2^-15, a
+    // quarter of f32's ulp at 1024: the f32 sum stays 1024.5, an f16 tie, which rounds to even
+    // (1024); the exact sum rounds up to 1025.
+    let s = DnnShape {
+        n: 1,
+        c: 2,
+        h: 1,
+        w: 1,
+        k: 1,
+        kh: 1,
+        kw: 1,
+        pad: 0,
+        stride: 1,
+        dil: 1,
+        flip: false,
+    };
+    let h = |v: f32| f16::from_f32(v);
+    let x = [h(683.0), h(2f32.powi(-8))];
+    let w = [h(1.5), h(2f32.powi(-7))];
+    let y0 = [f16::NAN];
+    let got = run_dnn_half::<f32>(
+        &e,
+        &s,
+        DnnDir::Forward,
+        CUDNN_TENSOR_OP_MATH,
+        &x,
+        &w,
+        &y0,
+        (1.0, 0.0),
+    )
+    .unwrap();
+    assert_eq!(f16::from_bits(got[0]).to_f32(), 1024.0);
+    // Beyond f16's range: infinity.
+    let big = [h(60000.0), h(60000.0)];
+    let got = run_dnn_half::<f32>(
+        &e,
+        &s,
+        DnnDir::Forward,
+        CUDNN_TENSOR_OP_MATH,
+        &big,
+        &[h(1.0), h(1.0)],
+        &y0,
+        (1.0, 0.0),
+    )
+    .unwrap();
+    assert_eq!(got[0], f16::INFINITY.to_bits());
+}
+
+#[test]
+fn cudnn_refuses_the_half_configurations_it_does_not_emulate() {
+    let Some(e) = emu() else { return };
+    // In a child, to read the emulator's stderr lines.
+    if let Some(text) = in_child("cudnn_refuses_the_half_configurations_it_does_not_emulate") {
+        for line in [
+            "TRUE_HALF_CONFIG",
+            "mixed x/w/y data types half/half/float",
+            "CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION",
+        ] {
+            assert!(text.contains(line), "no stderr line with {line:?}:\n{text}");
+        }
+        return;
+    }
+    use cudarc::cudnn::sys::cudnnMathType_t::{
+        CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+    };
+    use cudarc::cudnn::sys::{cudnnConvolutionMode_t, cudnnTensorFormat_t};
+    let s = DnnShape {
+        n: 1,
+        c: 2,
+        h: 3,
+        w: 3,
+        k: 2,
+        kh: 2,
+        kw: 2,
+        pad: 0,
+        stride: 1,
+        dil: 1,
+        flip: false,
+    };
+    let (x, w, y) = (
+        random_f16(s.x_len(), 1),
+        random_f16(s.w_len(), 2),
+        vec![f16::ZERO; s.y_len()],
+    );
+    let not_supported = |r: Result<Vec<u16>, cudarc::cudnn::CudnnError>, what: &str| {
+        let err = r.expect_err(what);
+        assert!(
+            format!("{err:?}").contains("NOT_SUPPORTED"),
+            "{what}: {err:?}"
+        );
+    };
+    // TRUE_HALF_CONFIG: half compute type (sums in half).
+    not_supported(
+        run_dnn_half::<DnnHalf>(
+            &e,
+            &s,
+            DnnDir::Forward,
+            CUDNN_TENSOR_OP_MATH,
+            &x,
+            &w,
+            &y,
+            (1.0, 0.0),
+        ),
+        "half compute type",
+    );
+    let dnn = cudarc::cudnn::Cudnn::new(e.stream.clone()).unwrap();
+    let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let xd = dnn.create_4d_tensor::<DnnHalf>(nchw, [1, 2, 3, 3]).unwrap();
+    let wd = dnn.create_4d_filter::<DnnHalf>(nchw, [2, 2, 2, 2]).unwrap();
+    let conv = |math| {
+        let mut c = dnn
+            .create_conv2d::<f32>(
+                [0, 0],
+                [1, 1],
+                [1, 1],
+                cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            )
+            .unwrap();
+        c.set_math_type(math).unwrap();
+        c
+    };
+    // Mixed: half x and w, float y.
+    let yd_f32 = dnn.create_4d_tensor::<f32>(nchw, [1, 2, 2, 2]).unwrap();
+    refused_forward(&conv(CUDNN_TENSOR_OP_MATH), &xd, &wd, &yd_f32);
+    // Float data down-converted to half on tensor cores.
+    let (xf, wf) = (
+        dnn.create_4d_tensor::<f32>(nchw, [1, 2, 3, 3]).unwrap(),
+        dnn.create_4d_filter::<f32>(nchw, [2, 2, 2, 2]).unwrap(),
+    );
+    refused_forward(
+        &conv(CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION),
+        &xf,
+        &wf,
+        &yd_f32,
+    );
+}
+
+/// Asserts that cuDNN's forward heuristic refuses these descriptors with NOT_SUPPORTED.
+fn refused_forward<X: cudarc::cudnn::CudnnDataType, Y: cudarc::cudnn::CudnnDataType>(
+    conv: &cudarc::cudnn::ConvDescriptor<f32>,
+    x: &cudarc::cudnn::TensorDescriptor<X>,
+    w: &cudarc::cudnn::FilterDescriptor<X>,
+    y: &cudarc::cudnn::TensorDescriptor<Y>,
+) {
+    let op = cudarc::cudnn::ConvForward { conv, x, w, y };
+    let err = op.pick_algorithm().unwrap_err();
+    assert!(format!("{err:?}").contains("NOT_SUPPORTED"), "{err:?}");
+}

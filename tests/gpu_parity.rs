@@ -1567,12 +1567,14 @@ fn round_to_f16_is_bit_identical_to_the_half_crate() {
 
 /// Mixed-precision convolutions (`ConvGeom::f16_operands`) against the reference rounding at the
 /// same points: our own kernels (f16 copies of both operands into cuBLAS
-/// `GemmStridedBatchedEx`, fp16 A/B, fp32 C, COMPUTE_32F) and the cuDNN path (operands rounded
-/// to f16 values, cuDNN in f32). The products of f16 values are exact in f32, so the
-/// two differ only by summation order: per element at most `(γ_K + u) · Σ|a·b|` with K the
-/// products summed, `u = 2⁻²⁴`, `γ_K = K·u / (1 − K·u)` (f32 accumulation in any order) plus
-/// the reference's own final rounding to f32; `Σ|a·b|` is the reference convolution of the
-/// absolute values. The same bound must fail for the unrounded f32 convolution somewhere, so
+/// `GemmStridedBatchedEx`, fp16 A/B, fp32 C, COMPUTE_32F) and the cuDNN path (f16 tensors,
+/// f32 accumulation, f16 output). The products of f16 values are exact in f32, so our kernels
+/// and the reference differ only by summation order: per element at most `(γ_K + u) · Σ|a·b|`
+/// with K the products summed, `u = 2⁻²⁴`, `γ_K = K·u / (1 − K·u)` (f32 accumulation in any
+/// order) plus the reference's own final rounding to f32; `Σ|a·b|` is the reference
+/// convolution of the absolute values. cuDNN's f16 output adds one rounding of that sum to f16:
+/// `2⁻¹¹` relative, or `2⁻²⁵` absolute in f16's subnormal range, and every value it returns
+/// must be an f16. The same bound must fail for the unrounded f32 convolution somewhere, so
 /// the test sees whether rounding happens at all.
 #[test]
 fn amp_convolutions_match_the_rounding_reference_both_impls() {
@@ -1581,15 +1583,57 @@ fn amp_convolutions_match_the_rounding_reference_both_impls() {
     let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
         set_conv_impl(imp);
-        amp_convolutions_match_the_rounding_reference(&g, &c, &format!("{imp:?}"));
+        amp_convolutions_match_the_rounding_reference(&g, &c, imp);
     }
+}
+
+type Prim = fn(&dyn Backend, &Storage, &Storage, &ConvGeom) -> Storage;
+/// One convolution primitive: its name, its two operands, the products each output sums, the
+/// call.
+type AmpCase<'a> = (&'a str, &'a [f32], &'a [f32], usize, Prim);
+
+/// The three primitives of `geom` on x, w and dy.
+fn amp_cases<'a>(x: &'a [f32], w: &'a [f32], dy: &'a [f32], geom: &ConvGeom) -> [AmpCase<'a>; 3] {
+    [
+        (
+            "forward",
+            x,
+            w,
+            geom.c_in * geom.kh * geom.kw,
+            |b, a, w, g| b.conv2d_forward(a, w, g).unwrap(),
+        ),
+        (
+            "backward_data",
+            dy,
+            w,
+            geom.c_out * geom.kh * geom.kw,
+            |b, a, w, g| b.conv2d_backward_data(a, w, g).unwrap(),
+        ),
+        (
+            "backward_filter",
+            x,
+            dy,
+            geom.n * geom.oh * geom.ow,
+            |b, a, w, g| b.conv2d_backward_filter(a, w, g).unwrap(),
+        ),
+    ]
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|a| a.abs()).collect()
+}
+
+/// Whether `v` is exactly an f16 value (what cuDNN's f16 outputs widen to).
+fn is_f16(v: f32) -> bool {
+    half::f16::from_f32(v).to_f32().to_bits() == v.to_bits()
 }
 
 fn amp_convolutions_match_the_rounding_reference(
     g: &Rc<dyn Backend>,
     c: &Rc<dyn Backend>,
-    imp: &str,
+    imp: ConvImpl,
 ) {
+    let f16_output = imp == ConvImpl::Cudnn;
     let (g, c) = (g.clone(), c.clone());
     let mut rng = Rng::new(23);
     let mut geoms: Vec<ConvGeom> = shapes(CONV_SHAPES)
@@ -1607,59 +1651,136 @@ fn amp_convolutions_match_the_rounding_reference(
         let x = rand(&mut rng, geom.input_len(), 1.0);
         let w = rand(&mut rng, geom.weight_len(), 0.5);
         let dy = rand(&mut rng, geom.output_len(), 1.0);
-        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
-        type Prim = fn(&dyn Backend, &Storage, &Storage, &ConvGeom) -> Storage;
-        // (primitive, its two operands, the products each output sums, the call)
-        type Case<'a> = (&'a str, &'a [f32], &'a [f32], usize, Prim);
-        let cases: [Case; 3] = [
-            (
-                "forward",
-                &x,
-                &w,
-                geom.c_in * geom.kh * geom.kw,
-                |b, a, w, g| b.conv2d_forward(a, w, g).unwrap(),
-            ),
-            (
-                "backward_data",
-                &dy,
-                &w,
-                geom.c_out * geom.kh * geom.kw,
-                |b, a, w, g| b.conv2d_backward_data(a, w, g).unwrap(),
-            ),
-            (
-                "backward_filter",
-                &x,
-                &dy,
-                geom.n * geom.oh * geom.ow,
-                |b, a, w, g| b.conv2d_backward_filter(a, w, g).unwrap(),
-            ),
-        ];
-        for (what, a, b, k, prim) in cases {
+        for (what, a, b, k, prim) in amp_cases(&x, &w, &dy, &geom) {
             let want = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &geom));
             let got = down(&g, &prim(&*g, &up(&g, a), &up(&g, b), &geom));
             let f32_result = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &plain));
             let magnitude = down(&c, &prim(&*c, &up(&c, &abs(a)), &up(&c, &abs(b)), &geom));
             let u = 2f64.powi(-24);
             let gamma = k as f64 * u / (1.0 - k as f64 * u);
-            let bound = |i: usize| ((gamma + u) * f64::from(magnitude[i])) as f32;
+            let bound = |i: usize| {
+                let sum_err = (gamma + u) * f64::from(magnitude[i]);
+                let out_err = if f16_output {
+                    2f64.powi(-11) * (f64::from(want[i].abs()) + sum_err) + 2f64.powi(-25)
+                } else {
+                    0.0
+                };
+                (sum_err + out_err) as f32
+            };
             let mut worst = 0.0f32;
             for i in 0..want.len() {
+                assert!(
+                    !f16_output || is_f16(got[i]),
+                    "amp {imp:?} {what} {geom:?}[{i}]: {} is not an f16 value",
+                    got[i]
+                );
                 let err = (got[i] - want[i]).abs();
                 worst = worst.max(err / bound(i).max(f32::MIN_POSITIVE));
                 assert!(
                     err <= bound(i),
-                    "amp {imp} {what} {geom:?}[{i}]: gpu {} reference {} differ by {err:e} > {:e}",
+                    "amp {imp:?} {what} {geom:?}[{i}]: gpu {} reference {} differ by {err:e} > {:e}",
                     got[i],
                     want[i],
                     bound(i)
                 );
                 rounding_seen |= (f32_result[i] - want[i]).abs() > bound(i);
             }
-            println!("amp {imp} {what} {plain:?}: worst err/bound {worst:.3}");
+            println!("amp {imp:?} {what} {plain:?}: worst err/bound {worst:.3}");
         }
     }
     assert!(
         rounding_seen,
         "the f32 convolution met the f16 bound everywhere: rounding is not tested"
+    );
+}
+
+/// Uniform in [-scale, scale] with every value at least 2⁻¹³ in magnitude: normal f16 values
+/// once rounded, so that rounding is relative (f16's subnormals would add an absolute error).
+fn rand_normal_f16(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
+    rand(rng, len, scale)
+        .into_iter()
+        .map(|x| {
+            if x.abs() < 2f32.powi(-13) {
+                0.5 * scale
+            } else {
+                x
+            }
+        })
+        .collect()
+}
+
+/// `--precision amp --conv-impl cudnn` (f16 tensors in and out, f32 accumulation) against the
+/// plain f32 reference, forward and both backwards, of convolutions and transposed
+/// convolutions including odd sizes, within a bound derived from f16's unit roundoff
+/// `u₁₆ = 2⁻¹¹` (cuDNN does not specify its internal rounding, so nothing tighter is assumed
+/// than its pseudo-half configuration: f16 operands, products summed in f32, f16 result).
+/// With M = Σ|a·b| over the K products of one output (the reference on absolute values):
+/// - operand rounding: a·(1+δ₁)·b·(1+δ₂), |δ| ≤ u₁₆ (normal f16 inputs), so each product is
+///   off by at most (2u₁₆ + u₁₆²)·|a·b|;
+/// - f32 accumulation of K products in any order: γ_K·Σ|ã·b̃| ≤ γ_K·(1+u₁₆)²·M, with
+///   `γ_K = K·u/(1−K·u)`, `u = 2⁻²⁴`; together E = (2u₁₆ + u₁₆² + γ_K(1+u₁₆)²)·M;
+/// - the f16 output: u₁₆·(|Σab| + E), plus 2⁻²⁵ absolute in f16's subnormal range;
+/// - the reference's own rounding to f32: u·|Σab|.
+///
+/// Also: every value is an f16 (the f16 output really ran) and the results are not the f32
+/// ones (the operands really were rounded).
+#[test]
+fn amp_cudnn_convolutions_match_fp32_within_an_f16_derived_bound() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    set_conv_impl(ConvImpl::Cudnn);
+    let mut rng = Rng::new(29);
+    let mut geoms: Vec<ConvGeom> = shapes(CONV_SHAPES)
+        .into_iter()
+        .map(|(n, ci, h, w, co, k, s, p)| ConvGeom::conv(n, ci, h, w, co, k, s, p).unwrap())
+        .collect();
+    geoms.push(ConvGeom::transposed(2, 16, 1, 1, 8, 4, 1, 0, 0).unwrap());
+    geoms.push(ConvGeom::transposed(2, 5, 7, 7, 3, 4, 2, 1, 0).unwrap());
+    geoms.push(ConvGeom::transposed(2, 4, 5, 5, 3, 3, 2, 1, 1).unwrap());
+    let (uh, u) = (2f64.powi(-11), 2f64.powi(-24));
+    let mut differs = 0usize;
+    for plain in geoms {
+        let amp = ConvGeom {
+            f16_operands: true,
+            ..plain
+        };
+        let x = rand_normal_f16(&mut rng, plain.input_len(), 1.0);
+        let w = rand_normal_f16(&mut rng, plain.weight_len(), 0.5);
+        let dy = rand_normal_f16(&mut rng, plain.output_len(), 1.0);
+        for (what, a, b, k, prim) in amp_cases(&x, &w, &dy, &plain) {
+            let reference = down(&c, &prim(&*c, &up(&c, a), &up(&c, b), &plain));
+            let got = down(&g, &prim(&*g, &up(&g, a), &up(&g, b), &amp));
+            let fp32_gpu = down(&g, &prim(&*g, &up(&g, a), &up(&g, b), &plain));
+            let magnitude = down(&c, &prim(&*c, &up(&c, &abs(a)), &up(&c, &abs(b)), &plain));
+            let gamma = k as f64 * u / (1.0 - k as f64 * u);
+            let mut worst = 0.0f64;
+            for i in 0..reference.len() {
+                // M as computed carries its own f32 rounding: (1 + 2u) covers it.
+                let m = f64::from(magnitude[i]) * (1.0 + 2.0 * u);
+                let r = f64::from(reference[i].abs()) * (1.0 + 2.0 * u);
+                let e = (2.0 * uh + uh * uh + gamma * (1.0 + uh) * (1.0 + uh)) * m;
+                let bound = e + uh * (r + e) + 2f64.powi(-25) + u * r;
+                let err = (f64::from(got[i]) - f64::from(reference[i])).abs();
+                worst = worst.max(err / bound);
+                assert!(
+                    err <= bound,
+                    "amp cudnn {what} {plain:?}[{i}]: gpu {} fp32 reference {} differ by {err:e} > {bound:e}",
+                    got[i],
+                    reference[i]
+                );
+                assert!(
+                    is_f16(got[i]),
+                    "amp cudnn {what} {plain:?}[{i}]: {} is not an f16 value",
+                    got[i]
+                );
+                differs += usize::from(got[i] != fp32_gpu[i]);
+            }
+            println!("amp cudnn vs fp32 {what} {plain:?}: worst err/bound {worst:.3}");
+        }
+    }
+    assert!(
+        differs > 0,
+        "the amp results equal the f32 ones: f16 did not run"
     );
 }

@@ -78,8 +78,9 @@ pub struct TrainArgs {
     pub image_size: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Arithmetic: fp32, amp (convolution GEMMs on f16 operands with f32 accumulation, f32
-    /// weights, batch norm and loss, dynamic loss scaling) or auto (amp on CUDA devices of
+    /// Arithmetic: fp32, amp (convolution GEMMs on f16 operands with f32 accumulation; with
+    /// --conv-impl cudnn on f16 tensors, outputs f16 too; f32 weights, batch norm and loss,
+    /// dynamic loss scaling) or auto (amp on CUDA devices of
     /// compute capability 7.0 or more, fp32 on the CPU). Recorded in config.json; a resumed run
     /// keeps its own.
     #[arg(long, value_enum, default_value_t = crate::amp::PrecisionArg::Auto, conflicts_with = "resume")]

@@ -148,17 +148,26 @@ impl Backend for CpuBackend {
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.forward += 1);
         let (x, w) = super::reference::conv::operands(host(x)?, host(w)?, g);
-        Ok(Storage::Cpu(conv::forward(&x, &w, g)))
+        Ok(Storage::Cpu(super::reference::conv::output(
+            conv::forward(&x, &w, g),
+            g,
+        )))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_data += 1);
         let (dy, w) = super::reference::conv::operands(host(dy)?, host(w)?, g);
-        Ok(Storage::Cpu(conv::backward_data(&dy, &w, g)))
+        Ok(Storage::Cpu(super::reference::conv::output(
+            conv::backward_data(&dy, &w, g),
+            g,
+        )))
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_filter += 1);
         let (x, dy) = super::reference::conv::operands(host(x)?, host(dy)?, g);
-        Ok(Storage::Cpu(conv::backward_filter(&x, &dy, g)))
+        Ok(Storage::Cpu(super::reference::conv::output(
+            conv::backward_filter(&x, &dy, g),
+            g,
+        )))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
         ReferenceBackend.add_channel_bias(y, b, d)

@@ -14,8 +14,9 @@
 //! reference rounds, see `reference/conv.rs`) and `cublasGemmStridedBatchedEx` with fp16 A/B,
 //! fp32 C and `CUBLAS_COMPUTE_32F` (tensor cores, f32 accumulation); im2col, col2im and the
 //! dy gather stay f32 (they only move values, and rounding a column equals rounding x). With
-//! cuDNN selected, the operands are rounded to f16 values held in f32 (`round_f16_f32`) and
-//! cuDNN runs in f32: the same arithmetic, not yet on fp16 tensors.
+//! cuDNN selected, both operands are converted the same way and cuDNN runs on f16 tensors with
+//! f32 accumulation (`cudnn.rs`); its output is f16 too (one more rounding than here, as with
+//! PyTorch autocast, whose convolution outputs are f16) and `f16_to_f32` widens it.
 
 use super::elementwise::fill;
 use super::err::blas;
@@ -102,26 +103,26 @@ pub(super) fn run(
     g: &ConvGeom,
 ) -> Result<Storage> {
     let (a, b) = (cb(a)?, cb(b)?);
-    let rounded;
-    let (a, b) = match &be.dnn {
-        Some(_) if g.f16_operands && conv_impl() == ConvImpl::Cudnn => {
-            rounded = (round_f16(be, a)?, round_f16(be, b)?);
-            (&rounded.0, &rounded.1)
-        }
-        _ => (a, b),
-    };
     let len = match dir {
         Direction::Forward => g.output_len(),
         Direction::BackwardData => g.input_len(),
         Direction::BackwardFilter => g.weight_len(),
     };
     let mut out = be.alloc(len)?;
+    let cudnn = be.dnn.as_ref().filter(|_| conv_impl() == ConvImpl::Cudnn);
     if len > 0 && g.output_len() == 0 {
         fill(be, &mut out, 0.0)?;
     } else if len > 0 {
-        match &be.dnn {
-            Some(d) if conv_impl() == ConvImpl::Cudnn => d.run(dir, a, b, &mut out, g)?,
-            _ => match dir {
+        match cudnn {
+            Some(d) if g.f16_operands => {
+                let ah = to_f16(be, a.slice().device_ptr(&be.stream).0, a.len())?;
+                let bh = to_f16(be, b.slice().device_ptr(&be.stream).0, b.len())?;
+                let mut out_h = be.alloc(len.div_ceil(2))?;
+                d.run(dir, &ah, &bh, &mut out_h, g)?;
+                widen_f16(be, &out_h, &mut out)?;
+            }
+            Some(d) => d.run(dir, a, b, &mut out, g)?,
+            None => match dir {
                 Direction::Forward => forward(be, a, b, &mut out, g)?,
                 Direction::BackwardData => backward_data(be, a, b, &mut out, g)?,
                 Direction::BackwardFilter => backward_filter(be, a, b, &mut out, g)?,
@@ -131,25 +132,23 @@ pub(super) fn run(
     Ok(Storage::Cuda(out))
 }
 
-/// `x` rounded to f16 and back ([`crate::backend::Backend::round_to_f16`]).
-fn round_f16(be: &CudaBackend, x: &CudaBuffer) -> Result<CudaBuffer> {
+/// `x` rounded to f16 and back ([`crate::backend::Backend::round_to_f16`]): the two
+/// conversions the cuDNN path makes, so their parity test covers both kernels.
+pub(super) fn round_to_f16(be: &CudaBackend, x: &Storage) -> Result<Storage> {
+    let x = cb(x)?;
+    let h = to_f16(be, x.slice().device_ptr(&be.stream).0, x.len())?;
     let mut y = be.alloc(x.len())?;
-    let n = x.len() as u64;
-    if n > 0 {
-        launch!(
-            be,
-            "round_f16_f32",
-            be.grid(n),
-            x.slice(),
-            &n,
-            y.slice_mut()
-        )?;
-    }
-    Ok(y)
+    widen_f16(be, &h, &mut y)?;
+    Ok(Storage::Cuda(y))
 }
 
-pub(super) fn round_to_f16(be: &CudaBackend, x: &Storage) -> Result<Storage> {
-    Ok(Storage::Cuda(round_f16(be, cb(x)?)?))
+/// `out` = the f32 values of the first `out.len()` halves in `h` (exact).
+fn widen_f16(be: &CudaBackend, h: &CudaBuffer, out: &mut CudaBuffer) -> Result<()> {
+    let n = out.len() as u64;
+    if n > 0 {
+        launch!(be, "f16_to_f32", be.grid(n), h.slice(), &n, out.slice_mut())?;
+    }
+    Ok(())
 }
 
 /// The f16 copy (round to nearest even) of the `n` floats at device address `src`: a buffer of

@@ -80,7 +80,7 @@ pub const MODULES: &[(&str, &[&str])] = &[
             "col2im_f32",
             "gather_dy_f32",
             "f32_to_f16",
-            "round_f16_f32",
+            "f16_to_f32",
         ],
     ),
     ("augment", &["assemble_batch_u8"]),

@@ -12,11 +12,14 @@
 //! `CUBLAS_COMPUTE_32F`, col2im's f32 sums on CUDA), and the output is f32. Implementations
 //! therefore differ only by f32 summation order: at most `γ_K · Σ|a·b|` per output with K the
 //! products summed, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴` (tests/gpu_parity.rs checks exactly
-//! that). Batch norm, activations, the loss, weights and Adam stay f32.
+//! that). The one exception is cuDNN (`--conv-impl cudnn`), which runs on f16 tensors: its
+//! output is that f32 sum rounded once more, to f16 (`2⁻¹¹` relative), as PyTorch autocast's
+//! convolution outputs are. Batch norm, activations, the loss, weights and Adam stay f32.
 
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Each value rounded to the nearest f16 (ties to even), held in f32.
 pub fn round_to_f16(v: &[f32]) -> Vec<f32> {
@@ -30,6 +33,27 @@ pub fn operands<'a>(a: &'a [f32], b: &'a [f32], g: &ConvGeom) -> (Cow<'a, [f32]>
         (Cow::Owned(round_to_f16(a)), Cow::Owned(round_to_f16(b)))
     } else {
         (Cow::Borrowed(a), Cow::Borrowed(b))
+    }
+}
+
+/// Whether the CPU convolutions under mixed precision also round their outputs to f16 (see
+/// [`set_f16_outputs`]).
+static F16_OUTPUTS: AtomicBool = AtomicBool::new(false);
+
+/// Makes the CPU convolutions (reference and fast backends) under mixed precision round their
+/// outputs to f16 as well, as cuDNN's amp path does, so that it has a reference with the same
+/// rounding points (tests/gpu_training_step.rs). Process-wide; off by default.
+pub fn set_f16_outputs(on: bool) {
+    F16_OUTPUTS.store(on, Ordering::Relaxed);
+}
+
+/// A primitive's result as it leaves the convolution: rounded to f16 (held in f32) under mixed
+/// precision when [`set_f16_outputs`] asks for it, else as computed.
+pub fn output(v: Vec<f32>, g: &ConvGeom) -> Vec<f32> {
+    if g.f16_operands && F16_OUTPUTS.load(Ordering::Relaxed) {
+        round_to_f16(&v)
+    } else {
+        v
     }
 }
 

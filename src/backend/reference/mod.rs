@@ -12,6 +12,7 @@ pub mod augment;
 pub(crate) mod batchnorm;
 pub(crate) mod conditional;
 pub(crate) mod conv;
+pub use conv::set_f16_outputs;
 mod elementwise;
 mod loss;
 mod random;
@@ -140,15 +141,21 @@ impl Backend for ReferenceBackend {
 
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let (x, w) = conv::operands(host(x)?, host(w)?, g);
-        Ok(Storage::Cpu(conv::forward(&x, &w, g)))
+        Ok(Storage::Cpu(conv::output(conv::forward(&x, &w, g), g)))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let (dy, w) = conv::operands(host(dy)?, host(w)?, g);
-        Ok(Storage::Cpu(conv::backward_data(&dy, &w, g)))
+        Ok(Storage::Cpu(conv::output(
+            conv::backward_data(&dy, &w, g),
+            g,
+        )))
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         let (x, dy) = conv::operands(host(x)?, host(dy)?, g);
-        Ok(Storage::Cpu(conv::backward_filter(&x, &dy, g)))
+        Ok(Storage::Cpu(conv::output(
+            conv::backward_filter(&x, &dy, g),
+            g,
+        )))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
         reduce::add_channel_bias(y, b, d)
