@@ -67,12 +67,15 @@ fn padded_size(g: &ConvGeom) -> (usize, usize) {
     (g.h + 2 * g.pad, g.w + 2 * g.pad)
 }
 
-/// Offset of output pixel `(oy, ox)`'s window in a padded plane (row width `wp`): every tap
-/// `(ky, kx)` then reads `offset + ky·wp + kx`, with no bounds to test.
-fn window_offsets(g: &ConvGeom, wp: usize) -> Vec<usize> {
-    (0..g.oh)
-        .flat_map(|oy| (0..g.ow).map(move |ox| oy * g.stride * wp + ox * g.stride))
-        .collect()
+/// Input row `ky` of output row `oy`'s windows, in a padded plane of row width `wp`, starting at
+/// tap `kx`: output pixel `ox` reads element `ox·stride` of it, with no bounds to test.
+fn window_row(g: &ConvGeom, wp: usize, oy: usize, ky: usize, kx: usize) -> usize {
+    (oy * g.stride + ky) * wp + kx
+}
+
+/// Length of a window row's span: the last output pixel reads its element `(ow − 1)·stride`.
+fn window_span(g: &ConvGeom) -> usize {
+    (g.ow.max(1) - 1) * g.stride + 1
 }
 
 /// `planes` planes of `h×w` each, copied into `out` with `pad` zeros on every side.
@@ -96,13 +99,13 @@ fn pad_planes(x: &[f32], h: usize, w: usize, pad: usize, out: &mut [f32]) {
 }
 
 /// `col[(ci, ky, kx), (b, oy, ox)]` for the `nb` images in `x`. The input is first copied into
-/// zero-padded planes, so each column row is a plain gather through one offset table shared by
-/// every tap and image (the small planes of a GAN made the per-row bounds work dominate).
+/// zero-padded planes, so each output row of a column row is a plain copy (stride 1) or strided
+/// gather of one input row, with no bounds to test (the small planes of a GAN made per-pixel
+/// bounds work dominate).
 fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
     let (hp, wp) = padded_size(g);
-    let off = window_offsets(g, wp);
+    let (l, span) = (g.oh * g.ow, window_span(g));
     let run = |xp: &[f32], col: &mut [f32]| {
-        let l = off.len();
         col.par_chunks_mut(nb * l)
             .enumerate()
             .with_min_len(items_per_task(nb * l))
@@ -111,10 +114,16 @@ fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
                 let ky = (row / g.kw) % g.kh;
                 let ci = row / (g.kw * g.kh);
                 for (b, out) in out.chunks_exact_mut(l).enumerate() {
-                    let plane = (b * g.c_in + ci) * hp * wp;
-                    let src = &xp[plane + ky * wp + kx..plane + hp * wp];
-                    for (o, &f) in out.iter_mut().zip(&off) {
-                        *o = src[f];
+                    let plane = &xp[(b * g.c_in + ci) * hp * wp..][..hp * wp];
+                    for (oy, out) in out.chunks_exact_mut(g.ow).enumerate() {
+                        let src = &plane[window_row(g, wp, oy, ky, kx)..][..span];
+                        if g.stride == 1 {
+                            out.copy_from_slice(src);
+                        } else {
+                            for (o, &v) in out.iter_mut().zip(src.iter().step_by(g.stride)) {
+                                *o = v;
+                            }
+                        }
                     }
                 }
             });
@@ -140,12 +149,11 @@ fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
 }
 
 /// Adjoint of `im2col`: `dx` (the chunk's `nb` images, overwritten) from the columns. One
-/// channel plane per item, accumulated in a zero-padded plane through the same offset table
-/// (taps summed in a fixed order: ky, kx), then cropped into `dx`.
+/// channel plane per item, accumulated in a zero-padded plane row by row (taps summed in a
+/// fixed order: ky, kx), then cropped into `dx`.
 fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
     let (hp, wp) = padded_size(g);
-    let off = window_offsets(g, wp);
-    let l = off.len();
+    let (l, span) = (g.oh * g.ow, window_span(g));
     let plane = g.h * g.w;
     dx.par_chunks_mut(plane.max(1))
         .enumerate()
@@ -158,10 +166,12 @@ fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
                 for ky in 0..g.kh {
                     for kx in 0..g.kw {
                         let row = (ci * g.kh + ky) * g.kw + kx;
-                        let src = &col[row * nb * l + b * l..row * nb * l + (b + 1) * l];
-                        let dst = &mut acc[ky * wp + kx..];
-                        for (&f, &v) in off.iter().zip(src) {
-                            dst[f] += v;
+                        let src = &col[row * nb * l + b * l..][..l];
+                        for (oy, src) in src.chunks_exact(g.ow).enumerate() {
+                            let dst = &mut acc[window_row(g, wp, oy, ky, kx)..][..span];
+                            for (d, &v) in dst.iter_mut().step_by(g.stride).zip(src) {
+                                *d += v;
+                            }
                         }
                     }
                 }
