@@ -105,6 +105,9 @@ fn conv_matches_reference() {
         (3, 64, 64, 64, 4, 4, 2, 1),
         // Stride 3 with padding 2: taps whose first valid output is not the first.
         (2, 3, 11, 10, 4, 5, 3, 2),
+        // Stride 2 without padding on odd sides: the split planes' last phase rows and
+        // columns hold no input pixel.
+        (2, 3, 9, 7, 4, 3, 2, 0),
     ];
     for (i, &(n, c, h, w, co, k, s, p)) in cases.iter().enumerate() {
         conv_case(&ConvGeom::conv(n, c, h, w, co, k, s, p).unwrap(), i as u64);

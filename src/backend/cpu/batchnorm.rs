@@ -1,23 +1,66 @@
 //! Training-mode batch norm on the fast CPU backend. Same statistics as the reference
-//! (`reference::batchnorm`: two passes, f64 sums), but each contiguous `[hw]` row is summed over
-//! eight interleaved f64 partial sums, so the loops vectorise instead of waiting on one long
-//! chain of dependent adds; the input gradient is applied in f32 from per-channel coefficients
-//! computed in f64. Every channel is summed by one task in a fixed order, so results do not
-//! depend on the thread count. With a fused activation the mask comes from the pre-activation
-//! recomputed exactly as the forward computed it (`reference::batchnorm::act_grad`).
+//! (`reference::batchnorm`: two passes, f64 sums), but each channel is summed over eight
+//! interleaved f64 partial sums carried across its rows, so the loops vectorise instead of
+//! waiting on one long chain of dependent adds; the input gradient is applied in f32 from
+//! per-channel coefficients computed in f64. Every channel is summed by one task in a fixed
+//! order, so results do not depend on the thread count. With a fused activation the mask comes
+//! from the pre-activation recomputed exactly as the forward computed it
+//! ([`batch_norm_affine`]). The activation is matched once per call, not per element: the
+//! loops are generic over [`Act`], one instance per activation, so each vectorises.
 
-use crate::backend::reference::batchnorm::{act_grad, normalize_act};
-use crate::backend::{BatchNormAct, ChannelDims};
+use crate::backend::{batch_norm_affine, BatchNormAct, ChannelDims};
 use rayon::prelude::*;
 
-/// Partial sums per row.
+/// Partial sums per channel.
 const LANES: usize = 8;
 /// Floats of work per rayon task (small layers would otherwise spend more on scheduling).
 const TASK_FLOATS: usize = 1 << 15;
 
-/// `sum f(a[i], b[i])` in f64 over `LANES` interleaved partial sums, added in a fixed order.
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
+/// A [`BatchNormAct`] variant as a type of its own, so a loop over elements is compiled for it
+/// alone (the variant's `apply`/`grad` with the match folded away).
+trait Act: Copy + Send + Sync {
+    /// Whether the activation reads the pre-activation (and so beta).
+    const NEEDS_Z: bool = true;
+    fn variant(self) -> BatchNormAct;
+}
+
+#[derive(Clone, Copy)]
+struct NoAct;
+#[derive(Clone, Copy)]
+struct Relu;
+#[derive(Clone, Copy)]
+struct LeakyRelu(f32);
+
+impl Act for NoAct {
+    const NEEDS_Z: bool = false;
+    fn variant(self) -> BatchNormAct {
+        BatchNormAct::None
+    }
+}
+impl Act for Relu {
+    fn variant(self) -> BatchNormAct {
+        BatchNormAct::Relu
+    }
+}
+impl Act for LeakyRelu {
+    fn variant(self) -> BatchNormAct {
+        BatchNormAct::LeakyRelu(self.0)
+    }
+}
+
+/// Calls the generic function `$f::<A>(.., act_value)` for `$act`'s type.
+macro_rules! dispatch_act {
+    ($act:expr, $f:ident($($arg:expr),*)) => {
+        match $act {
+            BatchNormAct::None => $f($($arg,)* NoAct),
+            BatchNormAct::Relu => $f($($arg,)* Relu),
+            BatchNormAct::LeakyRelu(slope) => $f($($arg,)* LeakyRelu(slope)),
+        }
+    };
+}
+
+/// Adds `f(a[i], b[i])` into `LANES` interleaved f64 partial sums.
+fn lane_sum_into(acc: &mut [f64; LANES], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) {
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (xa, xb) in ca.zip(cb) {
@@ -28,7 +71,6 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     for (i, (&va, &vb)) in ra.iter().zip(rb).enumerate() {
         acc[i] += f(va, vb);
     }
-    acc.iter().sum()
 }
 
 /// Rows `[hw]` of channel `c`, image by image.
@@ -40,6 +82,21 @@ fn channels_per_task(d: ChannelDims) -> usize {
     TASK_FLOATS.div_ceil((d.n * d.hw).max(1))
 }
 
+/// `sum f(a, b)` over channel `c`'s elements of `a` and `b` (lanes added in a fixed order).
+fn channel_sum(
+    a: &[f32],
+    b: &[f32],
+    d: ChannelDims,
+    c: usize,
+    f: impl Fn(f32, f32) -> f64 + Copy,
+) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    for (ra, rb) in rows(a, d, c).zip(rows(b, d, c)) {
+        lane_sum_into(&mut acc, ra, rb, f);
+    }
+    acc.iter().sum()
+}
+
 /// Per-channel (mean, biased variance), two passes, as `reference::batchnorm::channel_moments`.
 pub fn channel_moments(x: &[f32], d: ChannelDims) -> Vec<(f64, f64)> {
     let m = (d.n * d.hw) as f64;
@@ -47,22 +104,51 @@ pub fn channel_moments(x: &[f32], d: ChannelDims) -> Vec<(f64, f64)> {
         .into_par_iter()
         .with_min_len(channels_per_task(d))
         .map(|c| {
-            let mean = rows(x, d, c)
-                .map(|r| lane_sum(r, r, |v, _| f64::from(v)))
-                .sum::<f64>()
-                / m;
-            let var = rows(x, d, c)
-                .map(|r| {
-                    lane_sum(r, r, |v, _| {
-                        let v = f64::from(v) - mean;
-                        v * v
-                    })
-                })
-                .sum::<f64>()
-                / m;
+            let mean = channel_sum(x, x, d, c, |v, _| f64::from(v)) / m;
+            let var = channel_sum(x, x, d, c, |v, _| {
+                let v = f64::from(v) - mean;
+                v * v
+            }) / m;
             (mean, var)
         })
         .collect()
+}
+
+/// `y = act((x - mean[c]) * scale[c] + shift[c])`, as `reference::batchnorm::normalize_act`.
+pub fn normalize_act(
+    x: &[f32],
+    d: ChannelDims,
+    mean: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    act: BatchNormAct,
+) -> Vec<f32> {
+    dispatch_act!(act, normalize(x, d, mean, scale, shift))
+}
+
+fn normalize<A: Act>(
+    x: &[f32],
+    d: ChannelDims,
+    mean: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    act: A,
+) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    let hw = d.hw.max(1);
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .with_min_len(TASK_FLOATS.div_ceil(hw))
+        .for_each(|(row, (yr, xr))| {
+            let c = row % d.c;
+            let (mu, s, t) = (mean[c], scale[c], shift[c]);
+            let act = act.variant();
+            for (yv, &xv) in yr.iter_mut().zip(xr) {
+                *yv = act.apply(batch_norm_affine(xv, mu, s, t));
+            }
+        });
+    y
 }
 
 /// (dx, dgamma, dbeta) of batch norm followed by `act`, as `reference::batchnorm::backward_act`
@@ -79,39 +165,76 @@ pub fn backward_act(
     act: BatchNormAct,
     batch_stats: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let stats = BackwardStats {
+        gamma,
+        beta,
+        mean,
+        invstd,
+    };
+    dispatch_act!(act, backward(x, dy, &stats, d, batch_stats))
+}
+
+/// The per-channel values the backward reads.
+struct BackwardStats<'a> {
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    mean: &'a [f32],
+    invstd: &'a [f32],
+}
+
+impl BackwardStats<'_> {
+    /// `dz = act'(z)·dy` of one row of channel `c` into `out` (z recomputed from x).
+    fn dz_row<A: Act>(&self, act: A, c: usize, x: &[f32], dy: &[f32], out: &mut [f32]) {
+        if !A::NEEDS_Z {
+            return out.copy_from_slice(dy);
+        }
+        let (mu, s, t) = (self.mean[c], self.invstd[c] * self.gamma[c], self.beta[c]);
+        let act = act.variant();
+        for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
+            *o = act.grad(batch_norm_affine(v, mu, s, t), g);
+        }
+    }
+}
+
+fn backward<A: Act>(
+    x: &[f32],
+    dy: &[f32],
+    st: &BackwardStats,
+    d: ChannelDims,
+    batch_stats: bool,
+    act: A,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let m = (d.n * d.hw) as f64;
-    let dz = |c: usize, v: f32, g: f32| act_grad(act, v, g, c, gamma, beta, mean, invstd);
     // Per channel: sum(dz), sum(dz * xhat), one row of dz at a time.
     let sums: Vec<(f64, f64)> = (0..d.c)
         .into_par_iter()
         .with_min_len(channels_per_task(d))
-        .map(|c| {
-            let (mu, is) = (f64::from(mean[c]), f64::from(invstd[c]));
-            let mut dz_row = vec![0.0f32; d.hw];
-            rows(dy, d, c)
-                .zip(rows(x, d, c))
-                .map(|(g, v)| {
-                    for ((o, &gv), &xv) in dz_row.iter_mut().zip(g).zip(v) {
-                        *o = dz(c, xv, gv);
-                    }
-                    (
-                        lane_sum(&dz_row, &dz_row, |g, _| f64::from(g)),
-                        lane_sum(&dz_row, v, |g, v| f64::from(g) * (f64::from(v) - mu) * is),
-                    )
-                })
-                .fold((0.0, 0.0), |(s, sx), (a, b)| (s + a, sx + b))
-        })
+        .map_init(
+            || vec![0.0f32; d.hw],
+            |dz_row, c| {
+                let (mu, is) = (f64::from(st.mean[c]), f64::from(st.invstd[c]));
+                let (mut s, mut sx) = ([0.0f64; LANES], [0.0f64; LANES]);
+                for (g, v) in rows(dy, d, c).zip(rows(x, d, c)) {
+                    st.dz_row(act, c, v, g, dz_row);
+                    lane_sum_into(&mut s, dz_row, dz_row, |g, _| f64::from(g));
+                    lane_sum_into(&mut sx, dz_row, v, |g, v| {
+                        f64::from(g) * (f64::from(v) - mu) * is
+                    });
+                }
+                (s.iter().sum(), sx.iter().sum())
+            },
+        )
         .collect();
     // Training: dx = gamma·invstd/m · (m·dz − sum_dz − xhat·sum_dz_xhat) = a·dz + b + k·(x − mean);
     // eval: dx = a·dz.
     let coef: Vec<(f32, f32, f32)> = (0..d.c)
         .map(|c| {
-            let a = f64::from(gamma[c]) * f64::from(invstd[c]);
+            let a = f64::from(st.gamma[c]) * f64::from(st.invstd[c]);
             let (sum_dz, sum_dz_xhat) = if batch_stats { sums[c] } else { (0.0, 0.0) };
             (
                 a as f32,
                 (-a * sum_dz / m) as f32,
-                (-a * f64::from(invstd[c]) * sum_dz_xhat / m) as f32,
+                (-a * f64::from(st.invstd[c]) * sum_dz_xhat / m) as f32,
             )
         })
         .collect();
@@ -124,10 +247,11 @@ pub fn backward_act(
         .with_min_len(TASK_FLOATS.div_ceil(hw))
         .for_each(|(row, ((dxr, gr), xr))| {
             let c = row % d.c;
+            st.dz_row(act, c, xr, gr, dxr);
             let (a, b, k) = coef[c];
-            let mu = mean[c];
-            for ((o, &g), &v) in dxr.iter_mut().zip(gr).zip(xr) {
-                *o = a * dz(c, v, g) + b + k * (v - mu);
+            let mu = st.mean[c];
+            for (o, &v) in dxr.iter_mut().zip(xr) {
+                *o = a * *o + b + k * (v - mu);
             }
         });
     let dgamma = sums.iter().map(|s| s.1 as f32).collect();

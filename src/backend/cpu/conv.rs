@@ -58,51 +58,114 @@ fn items_per_task(per_item: usize) -> usize {
 }
 
 thread_local! {
-    /// Zero-padded input planes of the current chunk (see `im2col`).
-    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Split planes of the current chunk (see [`Phases`]).
+    static SPLIT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Side lengths of a plane with its zero padding.
-fn padded_size(g: &ConvGeom) -> (usize, usize) {
-    (g.h + 2 * g.pad, g.w + 2 * g.pad)
-}
-
-/// Offset of output pixel `(oy, ox)`'s window in a padded plane (row width `wp`): every tap
-/// `(ky, kx)` then reads `offset + ky·wp + kx`, with no bounds to test.
-fn window_offsets(g: &ConvGeom, wp: usize) -> Vec<usize> {
-    (0..g.oh)
-        .flat_map(|oy| (0..g.ow).map(move |ox| oy * g.stride * wp + ox * g.stride))
-        .collect()
-}
-
-/// `planes` planes of `h×w` each, copied into `out` with `pad` zeros on every side.
-fn pad_planes(x: &[f32], h: usize, w: usize, pad: usize, out: &mut [f32]) {
-    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-    out.par_chunks_mut(hp * wp)
-        .zip(x.par_chunks(h * w))
-        .with_min_len(items_per_task(hp * wp))
-        .for_each(|(o, x)| {
-            o[..pad * wp].fill(0.0);
-            o[(pad + h) * wp..].fill(0.0);
-            for (orow, xrow) in o[pad * wp..(pad + h) * wp]
-                .chunks_exact_mut(wp)
-                .zip(x.chunks_exact(w))
-            {
-                orow[..pad].fill(0.0);
-                orow[pad..pad + w].copy_from_slice(xrow);
-                orow[pad + w..].fill(0.0);
+/// Runs `f` with this thread's split-plane buffer of `len` floats (contents unspecified).
+fn with_split<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SPLIT.with(|p| match p.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
             }
-        });
+            f(&mut buf[..len])
+        }
+        // Re-entered (a conv inside a rayon task stolen by this thread): a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
-/// `col[(ci, ky, kx), (b, oy, ox)]` for the `nb` images in `x`. The input is first copied into
-/// zero-padded planes, so each column row is a plain gather through one offset table shared by
-/// every tap and image (the small planes of a GAN made the per-row bounds work dominate).
+/// An input plane zero-padded and split into `stride × stride` phases: phase `(py, px)` is the
+/// `hq × wq` plane of padded pixels `(y·stride + py, x·stride + px)`. Output pixel `(oy, ox)`'s
+/// tap `(ky, kx)` is then pixel `(oy + ky/stride, ox + kx/stride)` of phase
+/// `(ky % stride, kx % stride)`, so each output row of a column row is a contiguous run of
+/// one phase row: im2col and col2im become short copies and adds the compiler vectorises,
+/// where strided gathers on the small planes of a GAN did not.
+struct Phases {
+    s: usize,
+    pad: usize,
+    h: usize,
+    w: usize,
+    hq: usize,
+    wq: usize,
+}
+
+impl Phases {
+    fn new(g: &ConvGeom) -> Self {
+        let s = g.stride.max(1);
+        Phases {
+            s,
+            pad: g.pad,
+            h: g.h,
+            w: g.w,
+            hq: (g.h + 2 * g.pad).div_ceil(s),
+            wq: (g.w + 2 * g.pad).div_ceil(s),
+        }
+    }
+
+    /// Whether a split plane is the input plane itself (no padding, stride 1).
+    fn is_identity(&self) -> bool {
+        self.s == 1 && self.pad == 0
+    }
+
+    fn plane_len(&self) -> usize {
+        self.s * self.s * self.hq * self.wq
+    }
+
+    /// Where tap `(ky, kx)` of output pixel `(0, 0)` lies in a split plane; output pixel
+    /// `(oy, ox)` reads `offset + oy·wq + ox`.
+    fn tap_offset(&self, ky: usize, kx: usize) -> usize {
+        let phase = (ky % self.s) * self.s + kx % self.s;
+        (phase * self.hq + ky / self.s) * self.wq + kx / self.s
+    }
+
+    /// Where padded pixel `(y, x)` lies in a split plane.
+    fn index(&self, y: usize, x: usize) -> usize {
+        self.tap_offset(y, x)
+    }
+
+    /// `planes` input planes (`h × w` each) into split planes.
+    fn split(&self, x: &[f32], out: &mut [f32]) {
+        out.par_chunks_mut(self.plane_len())
+            .zip(x.par_chunks(self.h * self.w))
+            .with_min_len(items_per_task(self.plane_len()))
+            .for_each(|(o, x)| {
+                for (q, row) in o.chunks_exact_mut(self.wq).enumerate() {
+                    let (phase, yq) = (q / self.hq, q % self.hq);
+                    let (py, px) = (phase / self.s, phase % self.s);
+                    let y = (yq * self.s + py).wrapping_sub(self.pad);
+                    if y >= self.h {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let xrow = &x[y * self.w..][..self.w];
+                    for (xq, v) in row.iter_mut().enumerate() {
+                        let xi = (xq * self.s + px).wrapping_sub(self.pad);
+                        *v = if xi < self.w { xrow[xi] } else { 0.0 };
+                    }
+                }
+            });
+    }
+
+    /// The inverse of [`Phases::split`] on the unpadded pixels: split planes into `dx`.
+    fn merge(&self, src: &[f32], dx: &mut [f32]) {
+        let cols: Vec<usize> = (0..self.w).map(|x| self.index(0, x + self.pad)).collect();
+        for (y, row) in dx.chunks_exact_mut(self.w).enumerate() {
+            let base = self.index(y + self.pad, 0);
+            for (v, &c) in row.iter_mut().zip(&cols) {
+                *v = src[base + c];
+            }
+        }
+    }
+}
+
+/// `col[(ci, ky, kx), (b, oy, ox)]` for the `nb` images in `x`, read from split planes
+/// ([`Phases`]): each output row is a contiguous copy.
 fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
-    let (hp, wp) = padded_size(g);
-    let off = window_offsets(g, wp);
-    let run = |xp: &[f32], col: &mut [f32]| {
-        let l = off.len();
+    let ph = Phases::new(g);
+    let l = g.oh * g.ow;
+    let run = |xs: &[f32], col: &mut [f32]| {
         col.par_chunks_mut(nb * l)
             .enumerate()
             .with_min_len(items_per_task(nb * l))
@@ -110,67 +173,54 @@ fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
                 let kx = row % g.kw;
                 let ky = (row / g.kw) % g.kh;
                 let ci = row / (g.kw * g.kh);
+                let tap = ph.tap_offset(ky, kx);
                 for (b, out) in out.chunks_exact_mut(l).enumerate() {
-                    let plane = (b * g.c_in + ci) * hp * wp;
-                    let src = &xp[plane + ky * wp + kx..plane + hp * wp];
-                    for (o, &f) in out.iter_mut().zip(&off) {
-                        *o = src[f];
+                    let plane = &xs[(b * g.c_in + ci) * ph.plane_len() + tap..];
+                    for (oy, out) in out.chunks_exact_mut(g.ow).enumerate() {
+                        for (o, &v) in out.iter_mut().zip(&plane[oy * ph.wq..][..g.ow]) {
+                            *o = v;
+                        }
                     }
                 }
             });
     };
-    if g.pad == 0 {
+    if ph.is_identity() {
         return run(x, col);
     }
-    let len = nb * g.c_in * hp * wp;
-    let padded = |xp: &mut [f32], col: &mut [f32]| {
-        pad_planes(x, g.h, g.w, g.pad, xp);
-        run(xp, col);
-    };
-    PADDED.with(|p| match p.try_borrow_mut() {
-        Ok(mut xp) => {
-            if xp.len() < len {
-                xp.resize(len, 0.0);
-            }
-            padded(&mut xp[..len], col);
-        }
-        // Re-entered (a conv inside a rayon task stolen by this thread): a fresh buffer.
-        Err(_) => padded(&mut vec![0.0; len], col),
+    with_split(nb * g.c_in * ph.plane_len(), |xs| {
+        ph.split(x, xs);
+        run(xs, col);
     });
 }
 
 /// Adjoint of `im2col`: `dx` (the chunk's `nb` images, overwritten) from the columns. One
-/// channel plane per item, accumulated in a zero-padded plane through the same offset table
-/// (taps summed in a fixed order: ky, kx), then cropped into `dx`.
+/// channel plane per item, accumulated in a split plane ([`Phases`]) row by row (taps summed
+/// in a fixed order: ky, kx), then merged into `dx`.
 fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
-    let (hp, wp) = padded_size(g);
-    let off = window_offsets(g, wp);
-    let l = off.len();
+    let ph = Phases::new(g);
+    let l = g.oh * g.ow;
     let plane = g.h * g.w;
     dx.par_chunks_mut(plane.max(1))
         .enumerate()
         .with_min_len(items_per_task(g.kh * g.kw * l))
         .for_each_init(
-            || vec![0.0; hp * wp],
+            || vec![0.0; ph.plane_len()],
             |acc, (p, xc)| {
                 let (b, ci) = (p / g.c_in, p % g.c_in);
                 acc.fill(0.0);
                 for ky in 0..g.kh {
                     for kx in 0..g.kw {
                         let row = (ci * g.kh + ky) * g.kw + kx;
-                        let src = &col[row * nb * l + b * l..row * nb * l + (b + 1) * l];
-                        let dst = &mut acc[ky * wp + kx..];
-                        for (&f, &v) in off.iter().zip(src) {
-                            dst[f] += v;
+                        let src = &col[row * nb * l + b * l..][..l];
+                        let dst = &mut acc[ph.tap_offset(ky, kx)..];
+                        for (oy, src) in src.chunks_exact(g.ow).enumerate() {
+                            for (d, &v) in dst[oy * ph.wq..][..g.ow].iter_mut().zip(src) {
+                                *d += v;
+                            }
                         }
                     }
                 }
-                for (xrow, arow) in xc
-                    .chunks_exact_mut(g.w)
-                    .zip(acc[g.pad * wp..].chunks_exact(wp))
-                {
-                    xrow.copy_from_slice(&arow[g.pad..g.pad + g.w]);
-                }
+                ph.merge(acc, xc);
             },
         );
 }
