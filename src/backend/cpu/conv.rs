@@ -120,41 +120,119 @@ impl Phases {
         (phase * self.hq + ky / self.s) * self.wq + kx / self.s
     }
 
-    /// Where padded pixel `(y, x)` lies in a split plane.
-    fn index(&self, y: usize, x: usize) -> usize {
-        self.tap_offset(y, x)
+    /// A padded row's scratch: `stride·wq` floats, at least the padded width.
+    fn row_scratch(&self) -> Vec<f32> {
+        vec![0.0; self.s * self.wq]
     }
 
-    /// `planes` input planes (`h × w` each) into split planes.
+    /// The phase rows `(py, 0..stride)` at phase row `yq` of a split plane.
+    fn phase_rows(&self, py: usize, yq: usize) -> PhaseRows {
+        PhaseRows {
+            start: (py * self.s * self.hq + yq) * self.wq,
+            gap: self.hq * self.wq,
+            len: self.wq,
+            s: self.s,
+        }
+    }
+
+    /// `planes` input planes (`h × w` each) into split planes: each padded row is built in a
+    /// scratch row (zeros around the input row) and dealt out to its phases.
     fn split(&self, x: &[f32], out: &mut [f32]) {
         out.par_chunks_mut(self.plane_len())
             .zip(x.par_chunks(self.h * self.w))
             .with_min_len(items_per_task(self.plane_len()))
-            .for_each(|(o, x)| {
-                for (q, row) in o.chunks_exact_mut(self.wq).enumerate() {
-                    let (phase, yq) = (q / self.hq, q % self.hq);
-                    let (py, px) = (phase / self.s, phase % self.s);
-                    let y = (yq * self.s + py).wrapping_sub(self.pad);
-                    if y >= self.h {
-                        row.fill(0.0);
-                        continue;
+            .for_each_init(
+                || self.row_scratch(),
+                |tmp, (o, x)| {
+                    for py in 0..self.s {
+                        for yq in 0..self.hq {
+                            let rows = self.phase_rows(py, yq);
+                            let y = (yq * self.s + py).wrapping_sub(self.pad);
+                            if y >= self.h {
+                                rows.fill(o, 0.0);
+                                continue;
+                            }
+                            // Only this span of the scratch is ever written: the rest stays 0.
+                            tmp[self.pad..self.pad + self.w]
+                                .copy_from_slice(&x[y * self.w..][..self.w]);
+                            rows.deal(tmp, o);
+                        }
                     }
-                    let xrow = &x[y * self.w..][..self.w];
-                    for (xq, v) in row.iter_mut().enumerate() {
-                        let xi = (xq * self.s + px).wrapping_sub(self.pad);
-                        *v = if xi < self.w { xrow[xi] } else { 0.0 };
-                    }
-                }
-            });
+                },
+            );
     }
 
-    /// The inverse of [`Phases::split`] on the unpadded pixels: split planes into `dx`.
-    fn merge(&self, src: &[f32], dx: &mut [f32]) {
-        let cols: Vec<usize> = (0..self.w).map(|x| self.index(0, x + self.pad)).collect();
+    /// The inverse of [`Phases::split`] on the unpadded pixels: one split plane into `dx`
+    /// (`tmp` from [`Phases::row_scratch`]).
+    fn merge(&self, src: &[f32], dx: &mut [f32], tmp: &mut [f32]) {
         for (y, row) in dx.chunks_exact_mut(self.w).enumerate() {
-            let base = self.index(y + self.pad, 0);
-            for (v, &c) in row.iter_mut().zip(&cols) {
-                *v = src[base + c];
+            let pr = y + self.pad;
+            self.phase_rows(pr % self.s, pr / self.s).collect(src, tmp);
+            row.copy_from_slice(&tmp[self.pad..self.pad + self.w]);
+        }
+    }
+}
+
+/// `s` rows of `len` floats, `gap` apart, from `start` in a split plane: the phases
+/// `(py, 0..s)` of one phase row.
+struct PhaseRows {
+    start: usize,
+    gap: usize,
+    len: usize,
+    s: usize,
+}
+
+impl PhaseRows {
+    fn fill(&self, plane: &mut [f32], v: f32) {
+        for p in 0..self.s {
+            plane[self.start + p * self.gap..][..self.len].fill(v);
+        }
+    }
+
+    /// `row p [i] = src[i·s + p]`: a padded row dealt out to its phases (stride 2, every
+    /// strided layer of the GAN models, as one loop over pairs that the compiler vectorises).
+    fn deal(&self, src: &[f32], plane: &mut [f32]) {
+        let (start, gap, len, s) = (self.start, self.gap, self.len, self.s);
+        match s {
+            1 => plane[start..][..len].copy_from_slice(&src[..len]),
+            2 => {
+                let (r0, r1) = plane[start..].split_at_mut(gap);
+                let pairs = src.chunks_exact(2);
+                for ((a, b), pair) in r0[..len].iter_mut().zip(&mut r1[..len]).zip(pairs) {
+                    *a = pair[0];
+                    *b = pair[1];
+                }
+            }
+            _ => {
+                for p in 0..s {
+                    let row = &mut plane[start + p * gap..][..len];
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = src[i * s + p];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`PhaseRows::deal`]: `out[i·s + p] = row p [i]`.
+    fn collect(&self, plane: &[f32], out: &mut [f32]) {
+        let (start, gap, len, s) = (self.start, self.gap, self.len, self.s);
+        match s {
+            1 => out[..len].copy_from_slice(&plane[start..][..len]),
+            2 => {
+                let (r0, r1) = (&plane[start..][..len], &plane[start + gap..][..len]);
+                for ((a, b), pair) in r0.iter().zip(r1).zip(out.chunks_exact_mut(2)) {
+                    pair[0] = *a;
+                    pair[1] = *b;
+                }
+            }
+            _ => {
+                for p in 0..s {
+                    let row = &plane[start + p * gap..][..len];
+                    for (i, &v) in row.iter().enumerate() {
+                        out[i * s + p] = v;
+                    }
+                }
             }
         }
     }
@@ -204,8 +282,8 @@ fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
         .enumerate()
         .with_min_len(items_per_task(g.kh * g.kw * l))
         .for_each_init(
-            || vec![0.0; ph.plane_len()],
-            |acc, (p, xc)| {
+            || (vec![0.0; ph.plane_len()], ph.row_scratch()),
+            |(acc, tmp), (p, xc)| {
                 let (b, ci) = (p / g.c_in, p % g.c_in);
                 acc.fill(0.0);
                 for ky in 0..g.kh {
@@ -220,7 +298,7 @@ fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
                         }
                     }
                 }
-                ph.merge(acc, xc);
+                ph.merge(acc, xc, tmp);
             },
         );
 }
