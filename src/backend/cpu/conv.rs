@@ -11,31 +11,44 @@ use super::gemm::gemm;
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Most floats of one chunk's column matrix (4 MiB): large enough for big GEMMs, small enough
 /// to keep peak memory (and cache misses) down.
 const COL_BUDGET: usize = 1 << 20;
 
 thread_local! {
-    /// Column matrix and channel-major output/gradient of the current chunk.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Column matrix of the current chunk.
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Channel-major output/gradient of the current chunk.
+    static CHANNEL_MAJOR: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Split planes of the current chunk (see [`Phases`]).
+    static SPLIT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with two scratch buffers of the given lengths (contents unspecified).
+/// Runs `f` with this thread's buffer `key`, `len` floats long (contents unspecified), kept for
+/// the next call.
+fn with_buffer<R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered (a conv inside a rayon task stolen by this thread): a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// Runs `f` with the column and channel-major buffers (see [`with_buffer`]).
 fn with_scratch<R>(len_a: usize, len_b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        // Re-entered (a conv inside a rayon task stolen by this thread): use fresh buffers.
-        let Ok(mut s) = s.try_borrow_mut() else {
-            return f(&mut vec![0.0; len_a], &mut vec![0.0; len_b]);
-        };
-        let (a, b) = &mut *s;
-        if a.len() < len_a {
-            a.resize(len_a, 0.0);
-        }
-        if b.len() < len_b {
-            b.resize(len_b, 0.0);
-        }
-        f(&mut a[..len_a], &mut b[..len_b])
+    with_buffer(&COLUMNS, len_a, |a| {
+        with_buffer(&CHANNEL_MAJOR, len_b, |b| f(a, b))
     })
 }
 
@@ -55,25 +68,6 @@ const TASK_FLOATS: usize = 1 << 15;
 /// Items of `per_item` floats each that make one task.
 fn items_per_task(per_item: usize) -> usize {
     TASK_FLOATS.div_ceil(per_item.max(1))
-}
-
-thread_local! {
-    /// Split planes of the current chunk (see [`Phases`]).
-    static SPLIT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's split-plane buffer of `len` floats (contents unspecified).
-fn with_split<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SPLIT.with(|p| match p.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        // Re-entered (a conv inside a rayon task stolen by this thread): a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
-    })
 }
 
 /// An input plane zero-padded and split into `stride × stride` phases: phase `(py, px)` is the
@@ -265,7 +259,7 @@ fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
     if ph.is_identity() {
         return run(x, col);
     }
-    with_split(nb * g.c_in * ph.plane_len(), |xs| {
+    with_buffer(&SPLIT, nb * g.c_in * ph.plane_len(), |xs| {
         ph.split(x, xs);
         run(xs, col);
     });
