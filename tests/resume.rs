@@ -527,12 +527,15 @@ const KILL_RUN: &[&str] = &[
     "4",
 ];
 
-/// The reference for the interruption tests: `KILL_RUN` to its end in `d/straight`.
-fn train_kill_run_uninterrupted(d: &Path) {
+/// The reference for the interruption tests: `KILL_RUN` to its end in `d/straight`; returns
+/// how long the run took.
+fn train_kill_run_uninterrupted(d: &Path) -> std::time::Duration {
+    let start = std::time::Instant::now();
     let o = artgan(&[KILL_RUN, &["--out", "straight"]].concat(), d)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    start.elapsed()
 }
 
 #[test]
@@ -615,19 +618,24 @@ fn strip_recipe_values<'a>(args: &[&'a str], resume: bool) -> Vec<&'a str> {
 fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_ends_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    train_kill_run_uninterrupted(d);
+    let whole_run = train_kill_run_uninterrupted(d);
 
     // SIGINT after a spread of delays; each restart resumes from the interrupt's checkpoint.
+    // The delays are shares of the uninterrupted run's time (600, 350, 500, 450 and 700 ms of
+    // a 2.7 s run when measured), so that they still fall inside the runs when the machine or
+    // the training step is faster or slower: fixed delays let the resumed runs finish first
+    // once the CPU step got faster.
     let mut interrupted = 0;
     let mut mid_epoch = 0;
-    for (i, delay_ms) in [600u64, 350, 500, 450, 700].into_iter().enumerate() {
+    for (i, share) in [0.22, 0.13, 0.19, 0.17, 0.26].into_iter().enumerate() {
+        let delay = whole_run.mul_f64(share);
         let args = if i == 0 {
             [KILL_RUN, &["--out", "int"]].concat()
         } else {
             strip_recipe_values(&[KILL_RUN, &["--resume", "int"]].concat(), true)
         };
         let mut child = artgan(&args, d).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             // Ctrl-C, and SIGTERM (what `kill` and service managers send) every other time.
             let sig = if i % 2 == 0 {
