@@ -108,6 +108,9 @@ fn conv_matches_reference() {
         // Stride 2 without padding on odd sides: the split planes' last phase rows and
         // columns hold no input pixel.
         (2, 3, 9, 7, 4, 3, 2, 0),
+        // Kernels that cover the whole input (D's last layer): one GEMM, no im2col.
+        (5, 7, 4, 4, 3, 4, 1, 0),
+        (3, 5, 3, 3, 1, 3, 2, 0),
     ];
     for (i, &(n, c, h, w, co, k, s, p)) in cases.iter().enumerate() {
         conv_case(&ConvGeom::conv(n, c, h, w, co, k, s, p).unwrap(), i as u64);
@@ -124,14 +127,19 @@ fn conv_matches_reference() {
 
 #[test]
 fn conv_of_an_empty_batch_is_empty_and_zero_gradients() {
-    let g = ConvGeom::conv(0, 3, 8, 8, 4, 4, 2, 1).unwrap();
-    let f = fast();
-    let empty = Storage::Cpu(Vec::new());
-    let w = Storage::Cpu(vec![1.0; g.weight_len()]);
-    assert!(host(&f.conv2d_forward(&empty, &w, &g).unwrap()).is_empty());
-    assert!(host(&f.conv2d_backward_data(&empty, &w, &g).unwrap()).is_empty());
-    let dw = host(&f.conv2d_backward_filter(&empty, &empty, &g).unwrap());
-    assert_eq!(dw, vec![0.0; g.weight_len()]);
+    // A strided conv, and one whose kernel covers the input (the dense path).
+    for g in [
+        ConvGeom::conv(0, 3, 8, 8, 4, 4, 2, 1).unwrap(),
+        ConvGeom::conv(0, 3, 4, 4, 2, 4, 1, 0).unwrap(),
+    ] {
+        let f = fast();
+        let empty = Storage::Cpu(Vec::new());
+        let w = Storage::Cpu(vec![1.0; g.weight_len()]);
+        assert!(host(&f.conv2d_forward(&empty, &w, &g).unwrap()).is_empty());
+        assert!(host(&f.conv2d_backward_data(&empty, &w, &g).unwrap()).is_empty());
+        let dw = host(&f.conv2d_backward_filter(&empty, &empty, &g).unwrap());
+        assert_eq!(dw, vec![0.0; g.weight_len()]);
+    }
 }
 
 #[test]

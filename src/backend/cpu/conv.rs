@@ -323,11 +323,24 @@ fn from_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32
         });
 }
 
+/// Whether the kernel covers the whole unpadded input (one output pixel, as in the last layer
+/// of D and, transposed, the first of G): the column matrix of an image is then the image
+/// itself, so each direction is one GEMM on the tensors as they are, with no im2col, col2im
+/// or channel-major copies (which cost more than the product on these 1-pixel outputs).
+fn is_dense(g: &ConvGeom) -> bool {
+    g.oh == 1 && g.ow == 1 && g.pad == 0 && g.kh == g.h && g.kw == g.w
+}
+
 pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (l, k, chunk) = sizes(g);
     let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * l);
     let mut y = vec![0.0; g.output_len()];
     if g.n == 0 {
+        return y;
+    }
+    if is_dense(g) {
+        // y[n, c_out] = x[n, k]·w[c_out, k]ᵀ
+        gemm(g.n, k, g.c_out, x, false, w, true, 0.0, &mut y);
         return y;
     }
     with_scratch(k * chunk * l, g.c_out * chunk * l, |col, yc| {
@@ -355,6 +368,11 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     if g.n == 0 {
         return dx;
     }
+    if is_dense(g) {
+        // dx[n, k] = dy[n, c_out]·w[c_out, k]
+        gemm(g.n, g.c_out, k, dy, false, w, false, 0.0, &mut dx);
+        return dx;
+    }
     with_scratch(k * chunk * l, g.c_out * chunk * l, |col, dyc| {
         for start in (0..g.n).step_by(chunk) {
             let nb = chunk.min(g.n - start);
@@ -377,6 +395,11 @@ pub fn backward_filter(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (l, k, chunk) = sizes(g);
     let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * l);
     let mut dw = vec![0.0; g.weight_len()];
+    if is_dense(g) {
+        // dw[c_out, k] = dy[n, c_out]ᵀ·x[n, k]
+        gemm(g.c_out, g.n, k, dy, true, x, false, 0.0, &mut dw);
+        return dw;
+    }
     with_scratch(k * chunk * l, g.c_out * chunk * l, |col, dyc| {
         for start in (0..g.n).step_by(chunk) {
             let nb = chunk.min(g.n - start);
