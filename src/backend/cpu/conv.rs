@@ -7,7 +7,7 @@
 //! reused from one call to the next. The plain definition it is tested against lives in
 //! `crate::backend::reference`.
 
-use super::gemm::gemm;
+use super::gemm::{gemm, gemm_gathered, Gathered};
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -332,8 +332,7 @@ fn is_dense(g: &ConvGeom) -> bool {
 }
 
 pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let (l, k, chunk) = sizes(g);
-    let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * l);
+    let (l, k) = (g.oh * g.ow, g.c_in * g.kh * g.kw);
     let mut y = vec![0.0; g.output_len()];
     if g.n == 0 {
         return y;
@@ -343,20 +342,39 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
         gemm(g.n, k, g.c_out, x, false, w, true, 0.0, &mut y);
         return y;
     }
-    with_scratch(k * chunk * l, g.c_out * chunk * l, |col, yc| {
-        for start in (0..g.n).step_by(chunk) {
-            let nb = chunk.min(g.n - start);
-            let (col, yc) = (&mut col[..k * nb * l], &mut yc[..g.c_out * nb * l]);
-            im2col(&x[start * in_len..(start + nb) * in_len], g, nb, col);
-            gemm(g.c_out, k, nb * l, w, false, col, false, 0.0, yc);
-            from_channel_major(
-                yc,
-                g.c_out,
-                l,
-                nb,
-                &mut y[start * out_len..(start + nb) * out_len],
-            );
+    // One GEMM over the whole batch, its column matrix read from the split planes where the
+    // GEMM packs it (never written out): row (ci, ky, kx) starts at channel ci's tap, column
+    // (b, oy, ox) at image b's pixel (oy, ox) of a split plane.
+    let ph = Phases::new(g);
+    let row_start: Vec<usize> = (0..k)
+        .map(|row| {
+            let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
+            ci * ph.plane_len() + ph.tap_offset(ky, kx)
+        })
+        .collect();
+    let col_start: Vec<usize> = (0..g.n * l)
+        .map(|j| {
+            let (b, oy, ox) = (j / l, (j % l) / g.ow, j % g.ow);
+            b * g.c_in * ph.plane_len() + oy * ph.wq + ox
+        })
+        .collect();
+    let run = |planes: &[f32], yc: &mut [f32], y: &mut [f32]| {
+        let cols = Gathered {
+            data: planes,
+            row_start: &row_start,
+            col_start: &col_start,
+        };
+        gemm_gathered(g.c_out, k, g.n * l, w, &cols, yc);
+        from_channel_major(yc, g.c_out, l, g.n, y);
+    };
+    with_buffer(&CHANNEL_MAJOR, g.c_out * g.n * l, |yc| {
+        if ph.is_identity() {
+            return run(x, yc, &mut y);
         }
+        with_buffer(&SPLIT, g.n * g.c_in * ph.plane_len(), |planes| {
+            ph.split(x, planes);
+            run(planes, yc, &mut y);
+        })
     });
     y
 }

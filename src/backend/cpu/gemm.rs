@@ -142,6 +142,45 @@ pub fn crate_gemm(
     }
 }
 
+/// B given as `b[p, j] = data[row_start[p] + col_start[j]]`: a convolution's column matrix
+/// read from its (split) input planes where the GEMM packs it, never written out (see
+/// `cpu/conv.rs`). Columns whose starts follow on (`col_start[j + 1] = col_start[j] + 1`)
+/// are copied as runs.
+#[derive(Clone, Copy)]
+pub struct Gathered<'a> {
+    pub data: &'a [f32],
+    pub row_start: &'a [usize],
+    pub col_start: &'a [usize],
+}
+
+/// `c[m, n] = a[m, k]·b[k, n]` with b [`Gathered`] (`k` row starts, `n` column starts), a
+/// plain, on the detected micro-kernel. The arithmetic is [`gemm_with`]'s on the same b
+/// written out: the same bits.
+pub fn gemm_gathered(m: usize, k: usize, n: usize, a: &[f32], b: &Gathered, c: &mut [f32]) {
+    assert!(a.len() >= m * k && c.len() >= m * n);
+    assert!(b.row_start.len() == k && b.col_start.len() == n);
+    let c = &mut c[..m * n];
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        return c.fill(0.0);
+    }
+    let p = Problem {
+        m,
+        k,
+        n,
+        a: View::new(a, false, k, m),
+        b: Operand::Gathered(*b),
+        add_to_c: false,
+    };
+    match Kernel::detect() {
+        Kernel::Avx512 => p.run(x86::Avx512::new().expect("detected"), c),
+        Kernel::Avx2 => p.run(x86::Avx2::new().expect("detected"), c),
+        Kernel::Portable => p.run(Portable, c),
+    }
+}
+
 /// [`gemm`] with a chosen micro-kernel (panics if this CPU does not run it).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_with(
@@ -174,7 +213,7 @@ pub fn gemm_with(
         // Rows of A along k.
         a: View::new(a, a_t, k, m),
         // Rows of Bᵀ (columns of B) along k.
-        b: View::new(b, !b_t, k, n),
+        b: Operand::Strided(View::new(b, !b_t, k, n)),
         add_to_c: beta == 1.0,
     };
     let missing = "gemm: this CPU lacks the features of the chosen kernel";
@@ -230,6 +269,103 @@ impl<'a> View<'a> {
     }
 }
 
+/// The B operand: a strided matrix, or a [`Gathered`] column matrix.
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    Strided(View<'a>),
+    Gathered(Gathered<'a>),
+}
+
+impl Operand<'_> {
+    /// [`View::pack`]'s panels of columns `r0..r0 + rows` of B, depth `p0..p0 + kc`.
+    fn pack(&self, r0: usize, rows: usize, p0: usize, kc: usize, w: usize, dst: &mut [f32]) {
+        let g = match self {
+            Operand::Strided(view) => return view.pack(r0, rows, p0, kc, w, dst),
+            Operand::Gathered(g) => g,
+        };
+        let panels = dst.chunks_exact_mut(kc * w).take(rows.div_ceil(w));
+        for (s, panel) in panels.enumerate() {
+            let first = r0 + s * w;
+            let live = w.min(rows - s * w);
+            let runs = Runs::of(&g.col_start[first..first + live]);
+            let row_starts = &g.row_start[p0..p0 + kc];
+            match runs.equal_len {
+                Some(4) => runs.copy::<4>(g.data, row_starts, w, panel),
+                Some(8) => runs.copy::<8>(g.data, row_starts, w, panel),
+                Some(16) => runs.copy::<16>(g.data, row_starts, w, panel),
+                Some(32) => runs.copy::<32>(g.data, row_starts, w, panel),
+                _ => {
+                    for (&row, d) in row_starts.iter().zip(panel.chunks_exact_mut(w)) {
+                        for &(src, dst, len) in runs.runs() {
+                            d[dst..dst + len].copy_from_slice(&g.data[row + src..][..len]);
+                        }
+                    }
+                }
+            }
+            if live < w {
+                for d in panel.chunks_exact_mut(w) {
+                    d[live..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Most columns of a packed panel (every micro-kernel's NR).
+const MAX_NR: usize = 64;
+
+/// One panel's columns of a [`Gathered`] B as runs `(start, position in the panel, length)`.
+struct Runs {
+    runs: [(usize, usize, usize); MAX_NR],
+    count: usize,
+    /// The runs' common length, if they all have one.
+    equal_len: Option<usize>,
+}
+
+impl Runs {
+    fn of(col_start: &[usize]) -> Runs {
+        let mut r = Runs {
+            runs: [(0, 0, 0); MAX_NR],
+            count: 0,
+            equal_len: None,
+        };
+        for (i, &start) in col_start.iter().enumerate() {
+            match r.count.checked_sub(1).map(|last| &mut r.runs[last]) {
+                Some(run) if run.0 + run.2 == start => run.2 += 1,
+                _ => {
+                    r.runs[r.count] = (start, i, 1);
+                    r.count += 1;
+                }
+            }
+        }
+        let len = r.runs[0].2;
+        r.equal_len = r.runs().iter().all(|run| run.2 == len).then_some(len);
+        r
+    }
+
+    fn runs(&self) -> &[(usize, usize, usize)] {
+        &self.runs[..self.count]
+    }
+
+    /// The panel's rows (`w` floats each, one per row start) for runs all `L` long: fixed-size
+    /// copies the compiler turns into a few vector moves (a `memcpy` call per run cost more
+    /// than the copy on the 4-16 pixel rows of GAN layers).
+    fn copy<const L: usize>(
+        &self,
+        data: &[f32],
+        row_starts: &[usize],
+        w: usize,
+        panel: &mut [f32],
+    ) {
+        for (&row, d) in row_starts.iter().zip(panel.chunks_exact_mut(w)) {
+            for &(src, dst, _) in self.runs() {
+                let src: &[f32; L] = data[row + src..][..L].try_into().expect("L floats");
+                d[dst..dst + L].copy_from_slice(src);
+            }
+        }
+    }
+}
+
 /// `c[i][..NR] = (load ? c[i][..NR] : 0) + Σ_p a[p·MR + i]·b[p·NR + ..]` for the `MR` rows of
 /// `c`, `p` in order, one multiply-add per `p`.
 trait MicroKernel: Copy + Send + Sync {
@@ -249,7 +385,7 @@ struct Problem<'a> {
     k: usize,
     n: usize,
     a: View<'a>,
-    b: View<'a>,
+    b: Operand<'a>,
     add_to_c: bool,
 }
 
