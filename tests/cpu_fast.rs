@@ -108,6 +108,11 @@ fn conv_matches_reference() {
         // Stride 2 without padding on odd sides: the split planes' last phase rows and
         // columns hold no input pixel.
         (2, 3, 9, 7, 4, 3, 2, 0),
+        // At least 64 output channels and 256 taps: backward-filter gathers colᵀ into the
+        // packed GEMM (strided, padded stride 1, and unpadded stride 1 read in place).
+        (3, 16, 9, 7, 64, 4, 2, 1),
+        (2, 32, 7, 5, 65, 3, 1, 1),
+        (2, 30, 6, 7, 64, 3, 1, 0),
         // Kernels that cover the whole input (D's last layer): one GEMM, no im2col.
         (5, 7, 4, 4, 3, 4, 1, 0),
         (3, 5, 3, 3, 1, 3, 2, 0),

@@ -294,6 +294,16 @@ impl Operand<'_> {
                 Some(8) => runs.copy::<8>(g.data, row_starts, w, panel),
                 Some(16) => runs.copy::<16>(g.data, row_starts, w, panel),
                 Some(32) => runs.copy::<32>(g.data, row_starts, w, panel),
+                // Scattered columns (a backward-filter's taps): element by element.
+                _ if runs.count * 2 > live => {
+                    let col_start = &g.col_start[first..first + live];
+                    for (&row, d) in row_starts.iter().zip(panel.chunks_exact_mut(w)) {
+                        let data = &g.data[row..];
+                        for (d, &col) in d.iter_mut().zip(col_start) {
+                            *d = data[col];
+                        }
+                    }
+                }
                 _ => {
                     for (&row, d) in row_starts.iter().zip(panel.chunks_exact_mut(w)) {
                         for &(src, dst, len) in runs.runs() {
