@@ -297,10 +297,14 @@ impl Operand<'_> {
                 // Scattered columns (a backward-filter's taps): element by element.
                 _ if runs.count * 2 > live => {
                     let col_start = &g.col_start[first..first + live];
-                    for (&row, d) in row_starts.iter().zip(panel.chunks_exact_mut(w)) {
-                        let data = &g.data[row..];
-                        for (d, &col) in d.iter_mut().zip(col_start) {
-                            *d = data[col];
+                    if let Some(avx512) = x86::Avx512::new() {
+                        avx512.gather_rows(g.data, row_starts, col_start, w, panel);
+                    } else {
+                        for (&row, d) in row_starts.iter().zip(panel.chunks_exact_mut(w)) {
+                            let data = &g.data[row..];
+                            for (d, &col) in d.iter_mut().zip(col_start) {
+                                *d = data[col];
+                            }
                         }
                     }
                 }

