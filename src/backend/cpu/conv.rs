@@ -1,11 +1,13 @@
-//! Fast convolution on the CPU: im2col over a chunk of images at once, so each layer is one or
-//! a few large GEMMs (packing amortised over the chunk, threads busy), and the same for
-//! backward-data (one GEMM, then col2im) and backward-filter (GEMMs accumulating into the
-//! weight gradient). Chunk sizes depend only on the geometry, never on the thread count, and
-//! the GEMM splits its work over the output (never over the summed dimension), so results are
-//! bit-identical whatever the number of threads. Scratch buffers are kept per thread and
-//! reused from one call to the next. The plain definition it is tested against lives in
-//! `crate::backend::reference`.
+//! Fast convolution on the CPU: each layer is one or a few large GEMMs over the batch
+//! (packing amortised, threads busy). The input is split into phase planes ([`Phases`]) where
+//! every window row is a contiguous run; forward packs its column matrix straight from them
+//! ([`gemm_gathered`], never written out), backward-filter gathers the transposed one the same
+//! way where the layer is wide enough (else im2col and the a·bᵀ GEMM), backward-data is one
+//! GEMM per chunk of images into a column matrix, then col2im. Chunk sizes depend only on the
+//! geometry, never on the thread count, and the GEMM splits its work over the output (never
+//! over the summed dimension), so results are bit-identical whatever the number of threads.
+//! Scratch buffers are kept per thread and reused from one call to the next. The plain
+//! definition it is tested against lives in `crate::backend::reference`.
 
 use super::gemm::{gemm, gemm_gathered, Gathered};
 use crate::backend::ConvGeom;
