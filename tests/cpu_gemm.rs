@@ -357,27 +357,34 @@ fn gathered_b_gives_the_bits_of_the_written_out_matrix() {
         let b: Vec<f32> = (0..k * n)
             .map(|i| data[row_start[i / n] + col_start[i % n]])
             .collect();
-        let mut want = vec![0.0; m * n];
-        gemm_with(
-            Kernel::detect(),
-            m,
-            k,
-            n,
-            &a,
-            false,
-            &b,
-            false,
-            0.0,
-            &mut want,
-        );
-        let mut got = vec![f32::NAN; m * n];
-        let cols = Gathered {
-            data: &data,
-            row_start: &row_start,
-            col_start: &col_start,
-        };
-        gemm_gathered(m, k, n, &a, &cols, &mut got);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&got), bits(&want), "m {m} k {k} n {n} runs {run}");
+        // a as stored ([m, k]) and read transposed (stored [k, m]).
+        for a_t in [false, true] {
+            let mut want = vec![0.0; m * n];
+            gemm_with(
+                Kernel::detect(),
+                m,
+                k,
+                n,
+                &a,
+                a_t,
+                &b,
+                false,
+                0.0,
+                &mut want,
+            );
+            let mut got = vec![f32::NAN; m * n];
+            let cols = Gathered {
+                data: &data,
+                row_start: &row_start,
+                col_start: &col_start,
+            };
+            gemm_gathered(m, k, n, &a, a_t, &cols, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "m {m} k {k} n {n} runs {run} a_t {a_t}"
+            );
+        }
     }
 }

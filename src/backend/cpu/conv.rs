@@ -377,7 +377,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
             row_start: &row_start,
             col_start: &col_start,
         };
-        gemm_gathered(g.c_out, k, g.n * l, w, &cols, yc);
+        gemm_gathered(g.c_out, k, g.n * l, w, false, &cols, yc);
         from_channel_major(yc, g.c_out, l, g.n, y);
     };
     with_buffer(&CHANNEL_MAJOR, g.c_out * g.n * l, |yc| {
@@ -404,18 +404,19 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
         gemm(g.n, g.c_out, k, dy, false, w, false, 0.0, &mut dx);
         return dx;
     }
-    with_scratch(k * chunk * l, g.c_out * chunk * l, |col, dyc| {
+    // col = wᵀ·dy over each chunk, dy read as [c_out, (b, pixel)] where the GEMM packs it.
+    let channel_start: Vec<usize> = (0..g.c_out).map(|co| co * l).collect();
+    let pixel_start: Vec<usize> = (0..chunk * l).map(|j| (j / l) * out_len + j % l).collect();
+    with_buffer(&COLUMNS, k * chunk * l, |col| {
         for start in (0..g.n).step_by(chunk) {
             let nb = chunk.min(g.n - start);
-            let (col, dyc) = (&mut col[..k * nb * l], &mut dyc[..g.c_out * nb * l]);
-            to_channel_major(
-                &dy[start * out_len..(start + nb) * out_len],
-                g.c_out,
-                l,
-                nb,
-                dyc,
-            );
-            gemm(k, g.c_out, nb * l, w, true, dyc, false, 0.0, col);
+            let col = &mut col[..k * nb * l];
+            let dy_cols = Gathered {
+                data: &dy[start * out_len..(start + nb) * out_len],
+                row_start: &channel_start,
+                col_start: &pixel_start[..nb * l],
+            };
+            gemm_gathered(k, g.c_out, nb * l, w, true, &dy_cols, col);
             col2im(col, g, nb, &mut dx[start * in_len..(start + nb) * in_len]);
         }
     });
@@ -454,7 +455,7 @@ pub fn backward_filter(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
                     row_start: &pixel_start,
                     col_start: &tap_start,
                 };
-                gemm_gathered(g.c_out, g.n * l, k, dyc, &cols_t, &mut dw);
+                gemm_gathered(g.c_out, g.n * l, k, dyc, false, &cols_t, &mut dw);
             };
             if ph.is_identity() {
                 return run(x);

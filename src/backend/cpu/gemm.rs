@@ -153,10 +153,18 @@ pub struct Gathered<'a> {
     pub col_start: &'a [usize],
 }
 
-/// `c[m, n] = a[m, k]·b[k, n]` with b [`Gathered`] (`k` row starts, `n` column starts), a
-/// plain, on the detected micro-kernel. The arithmetic is [`gemm_with`]'s on the same b
-/// written out: the same bits.
-pub fn gemm_gathered(m: usize, k: usize, n: usize, a: &[f32], b: &Gathered, c: &mut [f32]) {
+/// `c[m, n] = a[m, k]·b[k, n]` with b [`Gathered`] (`k` row starts, `n` column starts), `a_t`
+/// as in [`gemm`], on the detected micro-kernel. The arithmetic is [`gemm_with`]'s on the same
+/// b written out: the same bits.
+pub fn gemm_gathered(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &Gathered,
+    c: &mut [f32],
+) {
     assert!(a.len() >= m * k && c.len() >= m * n);
     assert!(b.row_start.len() == k && b.col_start.len() == n);
     let c = &mut c[..m * n];
@@ -170,7 +178,7 @@ pub fn gemm_gathered(m: usize, k: usize, n: usize, a: &[f32], b: &Gathered, c: &
         m,
         k,
         n,
-        a: View::new(a, false, k, m),
+        a: View::new(a, a_t, k, m),
         b: Operand::Gathered(*b),
         add_to_c: false,
     };
