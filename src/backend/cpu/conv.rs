@@ -138,6 +138,18 @@ impl Phases {
             .collect()
     }
 
+    /// Runs `f` on the `planes` input planes of `x` as split planes: `x` itself where they are
+    /// the same (stride 1, no padding), else this thread's split buffer.
+    fn with_split<R>(&self, x: &[f32], planes: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+        if self.is_identity() {
+            return f(x);
+        }
+        with_buffer(&SPLIT, planes * self.plane_len(), |xs| {
+            self.split(x, xs);
+            f(xs)
+        })
+    }
+
     /// A padded row's scratch: `stride·wq` floats, at least the padded width.
     fn row_scratch(&self) -> Vec<f32> {
         vec![0.0; self.s * self.wq]
@@ -261,7 +273,7 @@ impl PhaseRows {
 fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
     let ph = Phases::new(g);
     let l = g.oh * g.ow;
-    let run = |xs: &[f32], col: &mut [f32]| {
+    ph.with_split(x, nb * g.c_in, |xs| {
         col.par_chunks_mut(nb * l)
             .enumerate()
             .with_min_len(items_per_task(nb * l))
@@ -279,13 +291,6 @@ fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
                     }
                 }
             });
-    };
-    if ph.is_identity() {
-        return run(x, col);
-    }
-    with_buffer(&SPLIT, nb * g.c_in * ph.plane_len(), |xs| {
-        ph.split(x, xs);
-        run(xs, col);
     });
 }
 
@@ -371,23 +376,16 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     // (b, oy, ox) at image b's pixel (oy, ox) of a split plane.
     let ph = Phases::new(g);
     let (row_start, col_start) = (ph.tap_starts(g), ph.pixel_starts(g));
-    let run = |planes: &[f32], yc: &mut [f32], y: &mut [f32]| {
-        let cols = Gathered {
-            data: planes,
-            row_start: &row_start,
-            col_start: &col_start,
-        };
-        gemm_gathered(g.c_out, k, g.n * l, w, false, &cols, yc);
-        from_channel_major(yc, g.c_out, l, g.n, y);
-    };
     with_buffer(&CHANNEL_MAJOR, g.c_out * g.n * l, |yc| {
-        if ph.is_identity() {
-            return run(x, yc, &mut y);
-        }
-        with_buffer(&SPLIT, g.n * g.c_in * ph.plane_len(), |planes| {
-            ph.split(x, planes);
-            run(planes, yc, &mut y);
-        })
+        ph.with_split(x, g.n * g.c_in, |planes| {
+            let cols = Gathered {
+                data: planes,
+                row_start: &row_start,
+                col_start: &col_start,
+            };
+            gemm_gathered(g.c_out, k, g.n * l, w, false, &cols, yc);
+        });
+        from_channel_major(yc, g.c_out, l, g.n, &mut y);
     });
     y
 }
@@ -449,21 +447,14 @@ pub fn backward_filter(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
         let (tap_start, pixel_start) = (ph.tap_starts(g), ph.pixel_starts(g));
         with_buffer(&CHANNEL_MAJOR, g.c_out * g.n * l, |dyc| {
             to_channel_major(dy, g.c_out, l, g.n, dyc);
-            let mut run = |planes: &[f32]| {
+            ph.with_split(x, g.n * g.c_in, |planes| {
                 let cols_t = Gathered {
                     data: planes,
                     row_start: &pixel_start,
                     col_start: &tap_start,
                 };
                 gemm_gathered(g.c_out, g.n * l, k, dyc, false, &cols_t, &mut dw);
-            };
-            if ph.is_identity() {
-                return run(x);
-            }
-            with_buffer(&SPLIT, g.n * g.c_in * ph.plane_len(), |planes| {
-                ph.split(x, planes);
-                run(planes);
-            })
+            });
         });
         return dw;
     }

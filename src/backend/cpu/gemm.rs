@@ -182,11 +182,7 @@ pub fn gemm_gathered(
         b: Operand::Gathered(*b),
         add_to_c: false,
     };
-    match Kernel::detect() {
-        Kernel::Avx512 => p.run(x86::Avx512::new().expect("detected"), c),
-        Kernel::Avx2 => p.run(x86::Avx2::new().expect("detected"), c),
-        Kernel::Portable => p.run(Portable, c),
-    }
+    p.run_on(Kernel::detect(), c);
 }
 
 /// [`gemm`] with a chosen micro-kernel (panics if this CPU does not run it).
@@ -224,12 +220,7 @@ pub fn gemm_with(
         b: Operand::Strided(View::new(b, !b_t, k, n)),
         add_to_c: beta == 1.0,
     };
-    let missing = "gemm: this CPU lacks the features of the chosen kernel";
-    match kernel {
-        Kernel::Avx512 => p.run(x86::Avx512::new().expect(missing), c),
-        Kernel::Avx2 => p.run(x86::Avx2::new().expect(missing), c),
-        Kernel::Portable => p.run(Portable, c),
-    }
+    p.run_on(kernel, c);
 }
 
 /// A matrix read as rows along `k`: element `(r, p)` is `data[r·rs + p·cs]`.
@@ -412,6 +403,16 @@ struct Problem<'a> {
 }
 
 impl Problem<'_> {
+    /// [`Problem::run`] on `kernel`'s micro-kernel (panics if this CPU does not run it).
+    fn run_on(&self, kernel: Kernel, c: &mut [f32]) {
+        let missing = "gemm: this CPU lacks the features of the chosen kernel";
+        match kernel {
+            Kernel::Avx512 => self.run(x86::Avx512::new().expect(missing), c),
+            Kernel::Avx2 => self.run(x86::Avx2::new().expect(missing), c),
+            Kernel::Portable => self.run(Portable, c),
+        }
+    }
+
     fn run<K: MicroKernel>(&self, kern: K, c: &mut [f32]) {
         let work = self.m * self.n * self.k;
         let (mc, nc) = blocks(self.m, self.n, work, (MC, NC), (K::MR, K::NR));

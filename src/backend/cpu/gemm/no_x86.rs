@@ -25,9 +25,7 @@ impl Avx512 {
     ) {
         match self {}
     }
-}
 
-impl Avx512 {
     pub fn gather_rows(self, _: &[f32], _: &[usize], _: &[usize], _: usize, _: &mut [f32]) {
         match self {}
     }
