@@ -193,6 +193,117 @@ fn conv_transpose2d_grad_matches_finite_difference() {
     }
 }
 
+/// conv2d and conv_transpose2d with a fused activation: the smooth ones (a kinked activation
+/// would meet its kink within the step somewhere; `conv_act_equals_conv_then_activation`
+/// covers those exactly).
+#[test]
+fn conv_act_grad_matches_finite_difference() {
+    let mut rng = Rng::new(3);
+    for act in [Activation::Tanh, Activation::Sigmoid] {
+        // (n, c_in, h, w, c_out, k, stride, pad): strided with odd sides, and dense.
+        for (n, ci, h, w, co, k, s, p) in [(2, 3, 7, 5, 4, 4, 2, 1), (3, 2, 4, 4, 3, 4, 1, 0)] {
+            let inputs = vec![
+                input(randn(&mut rng, &[n, ci, h, w]), &[n, ci, h, w]),
+                input(rng.normal_vec(co * ci * k * k, 0.0, 0.3), &[co, ci, k, k]),
+            ];
+            check_grad(
+                &format!("conv2d_act {act:?} {n}x{ci}x{h}x{w} k{k} s{s} p{p}"),
+                inputs,
+                0.01,
+                |t| ops::conv2d_act(&t[0], &t[1], act, s, p).unwrap(),
+            );
+        }
+        // (n, c_in, h, w, c_out, k, stride, pad): G's last layer, and its first (1x1 input).
+        for (n, ci, h, w, co, k, s, p) in [(2, 3, 3, 4, 2, 4, 2, 1), (2, 4, 1, 1, 3, 4, 1, 0)] {
+            let inputs = vec![
+                input(randn(&mut rng, &[n, ci, h, w]), &[n, ci, h, w]),
+                input(rng.normal_vec(ci * co * k * k, 0.0, 0.3), &[ci, co, k, k]),
+            ];
+            check_grad(
+                &format!("conv_transpose2d_act {act:?} {n}x{ci}x{h}x{w} k{k} s{s} p{p}"),
+                inputs,
+                0.01,
+                |t| ops::conv_transpose2d_act(&t[0], &t[1], act, s, p, 0).unwrap(),
+            );
+        }
+    }
+}
+
+/// Output and gradients (x, w) of `act(conv(x, w))` for the loss sum(y * r), fused or as the
+/// two ops; `transposed` runs conv_transpose2d.
+fn conv_act_run(
+    x: &Tensor,
+    w: &Tensor,
+    r: &[f32],
+    act: Activation,
+    transposed: bool,
+    fused: bool,
+) -> Vec<Vec<f32>> {
+    let (x, w) = (x.detach().requiring_grad(), w.detach().requiring_grad());
+    let y = match (transposed, fused) {
+        (false, true) => ops::conv2d_act(&x, &w, act, 2, 1),
+        (true, true) => ops::conv_transpose2d_act(&x, &w, act, 2, 1, 0),
+        (false, false) => ops::conv2d(&x, &w, None, 2, 1),
+        (true, false) => ops::conv_transpose2d(&x, &w, None, 2, 1, 0),
+    }
+    .unwrap();
+    let y = match (fused, act) {
+        (true, _) => y,
+        (false, Activation::Relu) => ops::relu(&y).unwrap(),
+        (false, Activation::LeakyRelu(s)) => ops::leaky_relu(&y, s).unwrap(),
+        (false, Activation::Tanh) => ops::tanh(&y).unwrap(),
+        (false, Activation::Sigmoid) => ops::sigmoid(&y).unwrap(),
+    };
+    let rt = Tensor::from_vec(r.to_vec(), y.shape(), CPU).unwrap();
+    ops::sum(&ops::mul(&y, &rt).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grad = |t: &Tensor| t.grad_to_vec().unwrap().unwrap();
+    vec![y.to_vec().unwrap(), grad(&x), grad(&w)]
+}
+
+/// The fused conv + activation is the two ops it replaces, bit for bit on both CPU backends:
+/// the same conv output goes through the same activation, and the backward's derivative read
+/// off the output is the one read off the input (same sign for slopes >= 0).
+#[test]
+fn conv_act_equals_conv_then_activation() {
+    let mut rng = Rng::new(36);
+    // Stride-2 4x4 kernels as the GAN layers, odd sides; about half the outputs negative.
+    let x = Tensor::from_vec(randn(&mut rng, &[3, 4, 9, 7]), &[3, 4, 9, 7], CPU).unwrap();
+    let w = Tensor::from_vec(randn(&mut rng, &[5, 4, 4, 4]), &[5, 4, 4, 4], CPU).unwrap();
+    let wt = Tensor::from_vec(randn(&mut rng, &[4, 5, 4, 4]), &[4, 5, 4, 4], CPU).unwrap();
+    let r = randn(&mut rng, &[3 * 5 * 4 * 3]);
+    let rt = randn(&mut rng, &[3 * 5 * 18 * 14]);
+    let acts = [
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::LeakyRelu(0.0),
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ];
+    for reference in [true, false] {
+        let _guard = reference.then(artgan::backend::use_reference_cpu);
+        for act in acts {
+            let what = format!("reference {reference} {act:?}");
+            let fused = conv_act_run(&x, &w, &r, act, false, true);
+            let plain = conv_act_run(&x, &w, &r, act, false, false);
+            assert_eq!(fused, plain, "conv2d {what}");
+            let fused = conv_act_run(&x, &wt, &rt, act, true, true);
+            let plain = conv_act_run(&x, &wt, &rt, act, true, false);
+            assert_eq!(fused, plain, "conv_transpose2d {what}");
+        }
+    }
+}
+
+#[test]
+fn conv_act_refuses_a_negative_leaky_slope() {
+    let x = Tensor::from_vec(vec![0.5; 2 * 8 * 8], &[1, 2, 8, 8], CPU).unwrap();
+    let w = Tensor::from_vec(vec![0.1; 3 * 2 * 16], &[3, 2, 4, 4], CPU).unwrap();
+    let err = ops::conv2d_act(&x, &w, Activation::LeakyRelu(-0.5), 2, 1).unwrap_err();
+    assert!(err.to_string().contains("slope >= 0"), "{err}");
+}
+
 fn bn_params(rng: &mut Rng, c: usize) -> Vec<Input> {
     vec![
         input(rng.normal_vec(c, 1.0, 0.3), &[c]),

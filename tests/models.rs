@@ -2,7 +2,9 @@
 //! counts, output shapes at every supported size.
 
 use artgan::backend::Device;
-use artgan::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
+use artgan::nn::{
+    Conv2d, Ctx, Discriminator, Generator, Layer, Mode, ModelConfig, Module, Preset, Sequential,
+};
 use artgan::rng::Rng;
 use artgan::tensor::{no_grad, Tensor};
 
@@ -222,4 +224,39 @@ fn step_draws_take_the_same_values_as_direct_draws() {
         panic!("another noise std than the prefilled one was accepted");
     };
     assert!(format!("{err:#}").contains("Noise(0.05)"), "{err:#}");
+}
+
+/// A conv without bias and the activation after it run as one op (`ops::conv2d_act`: the
+/// activation is applied as the output is written): G's last ConvT + Tanh, a Conv + LeakyReLU
+/// as D's first layer. A conv with a bias, or a LeakyReLU of negative slope, stays two ops.
+#[test]
+fn convs_and_their_activations_run_as_one_op() {
+    let mut rng = Rng::new(5);
+    let c = ModelConfig {
+        preset: Preset::Dcgan,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    };
+    let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
+    let z = Tensor::randn(&[2, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
+    let img = g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
+    assert_eq!(img.grad_fn_name(), Some("conv_transpose2d_act"));
+
+    let x = Tensor::randn(&[2, 3, 8, 8], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
+    for (bias, slope, want) in [
+        (false, 0.2, "conv2d_act"),
+        (true, 0.2, "leaky_relu"),
+        (false, -0.1, "leaky_relu"),
+    ] {
+        let mut seq = Sequential::new();
+        let conv = Conv2d::new(3, 4, 4, 2, 1, bias, &mut rng, Device::Cpu).unwrap();
+        seq.push(Layer::Conv(conv));
+        seq.push(Layer::LeakyRelu(slope));
+        let y = seq
+            .forward(&x, &mut Ctx::new(Mode::Train, &mut rng))
+            .unwrap();
+        assert_eq!(y.grad_fn_name(), Some(want), "bias {bias} slope {slope}");
+    }
 }

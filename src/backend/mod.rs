@@ -138,6 +138,29 @@ pub trait Backend {
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage>;
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage>;
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage>;
+    /// `act(conv2d_forward(x, w))`: a layer's conv and the activation after it. A backend may
+    /// apply `act` in the pass that writes the output (the fast CPU backend does); the default
+    /// runs the two ops. Either way the values are those of the two ops.
+    fn conv2d_forward_act(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        g: &ConvGeom,
+        act: Activation,
+    ) -> Result<Storage> {
+        self.activation(act, &self.conv2d_forward(x, w, g)?)
+    }
+    /// `act(conv2d_backward_data(dy, w))`: a transposed conv and its activation, as
+    /// [`Backend::conv2d_forward_act`].
+    fn conv2d_backward_data_act(
+        &self,
+        dy: &Storage,
+        w: &Storage,
+        g: &ConvGeom,
+        act: Activation,
+    ) -> Result<Storage> {
+        self.activation(act, &self.conv2d_backward_data(dy, w, g)?)
+    }
     /// `y[n, c, :] + b[c]`.
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage>;
     /// `out[c] = sum_{n, hw} dy[n, c, hw]` (bias gradient).

@@ -121,6 +121,17 @@ pub enum Activation {
     Sigmoid,
 }
 
+impl Activation {
+    /// Whether the derivative can be read off the output (its sign is the input's): all but a
+    /// LeakyReLU of negative slope. A conv fuses only these (`ops::conv2d_act`).
+    pub fn derivative_from_output(self) -> bool {
+        match self {
+            Activation::LeakyRelu(slope) => slope >= 0.0,
+            _ => true,
+        }
+    }
+}
+
 /// What a batch norm applies after its affine in the same pass: nothing (plain batch norm), or
 /// the ReLU / LeakyReLU that follows it in the models (fused: the pre-activation is never stored).
 #[derive(Clone, Copy, Debug, PartialEq)]

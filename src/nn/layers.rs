@@ -1,7 +1,7 @@
 //! The layers the two presets need, each owning its tensors and knowing their PyTorch names.
 
 use super::{Ctx, Mode, Module};
-use crate::backend::{Activation, Device};
+use crate::backend::{Activation, BatchNormAct, Device};
 use crate::ops;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -70,6 +70,11 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.pad)
     }
+
+    /// `act(self.forward(x))` as one op, for a conv without bias (see [`Layer::forward_fused`]).
+    fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        ops::conv2d_act(x, &self.weight, act, self.stride, self.pad)
+    }
 }
 
 /// `nn.ConvTranspose2d(c_in, c_out, k, stride, pad, bias=...)`, weight `[c_in, c_out, k, k]`.
@@ -115,6 +120,12 @@ impl ConvTranspose2d {
             self.pad,
             self.output_padding,
         )
+    }
+
+    /// `act(self.forward(x))` as one op, for a conv without bias (see [`Layer::forward_fused`]).
+    fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let (s, p, op) = (self.stride, self.pad, self.output_padding);
+        ops::conv_transpose2d_act(x, &self.weight, act, s, p, op)
     }
 }
 
@@ -241,17 +252,26 @@ impl SpectralNormConv2d {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// The normalised weight (moving `u` and `v` in training).
+    fn weight(&self, mode: Mode) -> Result<Tensor> {
         let rows = self.weight_orig.shape()[0];
-        let w = ops::spectral_norm_weight(
+        ops::spectral_norm_weight(
             &self.weight_orig,
             &self.weight_u,
             &self.weight_v,
             rows,
             mode == Mode::Train,
             1e-12,
-        )?;
-        ops::conv2d(x, &w, None, self.stride, self.pad)
+        )
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        ops::conv2d(x, &self.weight(mode)?, None, self.stride, self.pad)
+    }
+
+    /// `act(self.forward(x, mode))` as one op (see [`Layer::forward_fused`]).
+    fn forward_act(&self, x: &Tensor, mode: Mode, act: Activation) -> Result<Tensor> {
+        ops::conv2d_act(x, &self.weight(mode)?, act, self.stride, self.pad)
     }
 }
 
@@ -273,11 +293,28 @@ pub enum Layer {
 }
 
 impl Layer {
-    /// The activation a preceding batch norm can fuse (ReLU, LeakyReLU).
-    fn fusable_activation(&self) -> Option<Activation> {
+    /// The activation this layer is, if it is one.
+    fn activation(&self) -> Option<Activation> {
         match self {
             Layer::Relu => Some(Activation::Relu),
             Layer::LeakyRelu(s) => Some(Activation::LeakyRelu(*s)),
+            Layer::Tanh => Some(Activation::Tanh),
+            _ => None,
+        }
+    }
+
+    /// This layer and the activation `next` as one op, where they fuse (the activation is then
+    /// applied as the output is written: one pass over it fewer): batch norm with ReLU or
+    /// LeakyReLU; a conv without bias with ReLU, LeakyReLU of slope >= 0 or Tanh (its backward
+    /// reads the derivative off the output, see `ops::conv2d_act`). `None`: run them apart.
+    fn forward_fused(&self, next: &Layer, x: &Tensor, mode: Mode) -> Option<Result<Tensor>> {
+        let act = next.activation()?;
+        let conv_fuses = act.derivative_from_output();
+        match self {
+            Layer::Bn(bn) if BatchNormAct::fused(act).is_ok() => Some(bn.forward_act(x, mode, act)),
+            Layer::Conv(c) if c.bias.is_none() && conv_fuses => Some(c.forward_act(x, act)),
+            Layer::ConvT(c) if c.bias.is_none() && conv_fuses => Some(c.forward_act(x, act)),
+            Layer::SnConv(c) if conv_fuses => Some(c.forward_act(x, mode, act)),
             _ => None,
         }
     }
@@ -381,16 +418,18 @@ impl Sequential {
     }
 }
 
-/// Runs `layers` one after another, except that a batch norm followed by ReLU or LeakyReLU
-/// runs as one fused op (`BatchNorm2d::forward_act`): same values, one pass, and no
-/// pre-activation tensor kept for the backward.
+/// Runs `layers` one after another, except that a batch norm or a conv followed by an
+/// activation they fuse with runs as one op ([`Layer::forward_fused`]): same values, one pass
+/// over the output fewer, and no pre-activation tensor kept for the backward.
 pub fn forward_layers(layers: &[Layer], x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
     let mut h = x.clone();
     let mut i = 0;
     while i < layers.len() {
-        let next_act = layers.get(i + 1).and_then(Layer::fusable_activation);
-        if let (Layer::Bn(bn), Some(act)) = (&layers[i], next_act) {
-            h = bn.forward_act(&h, ctx.mode, act)?;
+        let fused = layers
+            .get(i + 1)
+            .and_then(|next| layers[i].forward_fused(next, &h, ctx.mode));
+        if let Some(out) = fused {
+            h = out?;
             i += 2;
         } else {
             h = layers[i].forward(&h, ctx)?;

@@ -2,25 +2,41 @@
 //! the backward-data of the conv described by `ConvGeom::transposed`, so both share the
 //! backend's three conv primitives. Under `crate::amp::autocast` the geometry asks them to
 //! round their operands to f16 (mixed precision: see `backend/reference/conv.rs`); the backward
-//! closures keep that geometry, so the backward rounds too whenever it runs.
+//! closures keep that geometry, so the backward rounds too whenever it runs. `conv2d_act` and
+//! `conv_transpose2d_act` are the same ops with the layer's activation after them, which a
+//! backend may apply as it writes the output (one pass over it fewer).
 
 use super::{nchw, same_device};
-use crate::backend::{Backend, ChannelDims, ConvGeom, Storage};
+use crate::backend::{Activation, Backend, ChannelDims, ConvGeom, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use std::rc::Rc;
 
-fn check_bias(op: &str, bias: Option<&Tensor>, channels: usize) -> Result<()> {
-    if let Some(b) = bias {
-        if b.shape() != [channels] {
-            bail!("{op}: bias shape {:?}, expected [{channels}]", b.shape());
-        }
-    }
-    Ok(())
+/// What the op applies to the convolution's output: an optional bias, or an activation, which
+/// the backend may fuse into the pass that writes the output (`Backend::conv2d_forward_act`).
+#[derive(Clone, Copy)]
+enum After<'a> {
+    Bias(Option<&'a Tensor>),
+    Act(Activation),
 }
 
-/// Adds the bias (if any) and records the full op; `grads(dy, need_dx, need_dw)` yields
-/// (d input, d weight), each only when asked for.
+impl After<'_> {
+    fn check(&self, op: &str, channels: usize) -> Result<()> {
+        match self {
+            After::Bias(Some(b)) if b.shape() != [channels] => {
+                bail!("{op}: bias shape {:?}, expected [{channels}]", b.shape())
+            }
+            // The backward reads the activation's derivative off its output.
+            After::Act(act) if !act.derivative_from_output() => {
+                bail!("{op}: a fused {act:?} needs a slope >= 0")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Applies `after` to the conv output `y` (an activation is already in it) and records the
+/// full op; `grads(dy, need_dx, need_dw)` yields (d input, d weight), each only when asked for.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     be: Rc<dyn Backend>,
@@ -29,7 +45,7 @@ fn finish(
     name: &'static str,
     x: &Tensor,
     w: &Tensor,
-    bias: Option<&Tensor>,
+    after: After,
     grads: impl Fn(&Storage, bool, bool) -> Result<(Option<Storage>, Option<Storage>)> + 'static,
 ) -> Result<Tensor> {
     let dims = ChannelDims {
@@ -37,9 +53,15 @@ fn finish(
         c: shape[1],
         hw: shape[2] * shape[3],
     };
-    let y = match bias {
-        Some(b) => be.add_channel_bias(&y, &b.storage(), dims)?,
-        None => y,
+    let (y, bias, act) = match after {
+        After::Bias(Some(b)) => (be.add_channel_bias(&y, &b.storage(), dims)?, Some(b), None),
+        After::Bias(None) => (y, None, None),
+        // The output for the backward, as `ops::activation` keeps it (the tensor's own storage
+        // may change later).
+        After::Act(act) => {
+            let y_for_backward = be.copy(&y)?;
+            (y, None, Some((act, y_for_backward)))
+        }
     };
     let mut inputs = vec![x, w];
     inputs.extend(bias);
@@ -50,6 +72,14 @@ fn finish(
         name,
         &inputs,
         move |g: &Storage, needs: &[bool]| {
+            // Through the activation first: the derivative from its output alone (the sign
+            // of its input is the sign of its output for the fusable activations, see
+            // `After::check`).
+            let dz = act
+                .as_ref()
+                .map(|(act, y)| be.activation_backward(*act, y, y, g))
+                .transpose()?;
+            let g = dz.as_ref().unwrap_or(g);
             let (dx, dw) = grads(g, needs[0], needs[1])?;
             let mut out = vec![dx, dw];
             if has_bias {
@@ -68,6 +98,21 @@ pub fn conv2d(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    conv2d_then(x, w, After::Bias(bias), stride, pad)
+}
+
+/// `act(conv2d(x, w))` as one op (the layers' conv + activation; see [`After`]).
+pub fn conv2d_act(
+    x: &Tensor,
+    w: &Tensor,
+    act: Activation,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    conv2d_then(x, w, After::Act(act), stride, pad)
+}
+
+fn conv2d_then(x: &Tensor, w: &Tensor, after: After, stride: usize, pad: usize) -> Result<Tensor> {
     same_device("conv2d", &[x, w])?;
     let [n, c_in, h, wd] = nchw("conv2d", x)?;
     let [c_out, wc_in, kh, kw] = nchw("conv2d weight", w)?;
@@ -78,22 +123,26 @@ pub fn conv2d(
             x.shape()
         );
     }
-    check_bias("conv2d", bias, c_out)?;
+    after.check("conv2d", c_out)?;
     let g = ConvGeom {
         f16_operands: crate::amp::autocast_enabled(),
         ..ConvGeom::conv(n, c_in, h, wd, c_out, kh, stride, pad)?
     };
     let be = x.backend();
-    let y = be.conv2d_forward(&x.storage(), &w.storage(), &g)?;
+    let (xs, ws) = (&x.storage(), &w.storage());
+    let (y, name) = match after {
+        After::Act(act) => (be.conv2d_forward_act(xs, ws, &g, act)?, "conv2d_act"),
+        After::Bias(_) => (be.conv2d_forward(xs, ws, &g)?, "conv2d"),
+    };
     let (sx, sw, be2) = (x.storage_rc(), w.storage_rc(), be.clone());
     finish(
         be,
         y,
         [n, c_out, g.oh, g.ow],
-        "conv2d",
+        name,
         x,
         w,
-        bias,
+        after,
         move |dy, need_dx, need_dw| {
             let dx = need_dx
                 .then(|| be2.conv2d_backward_data(dy, &sw.borrow(), &g))
@@ -116,6 +165,29 @@ pub fn conv_transpose2d(
     pad: usize,
     output_padding: usize,
 ) -> Result<Tensor> {
+    conv_transpose2d_then(x, w, After::Bias(bias), stride, pad, output_padding)
+}
+
+/// `act(conv_transpose2d(x, w))` as one op (see [`After`]).
+pub fn conv_transpose2d_act(
+    x: &Tensor,
+    w: &Tensor,
+    act: Activation,
+    stride: usize,
+    pad: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
+    conv_transpose2d_then(x, w, After::Act(act), stride, pad, output_padding)
+}
+
+fn conv_transpose2d_then(
+    x: &Tensor,
+    w: &Tensor,
+    after: After,
+    stride: usize,
+    pad: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
     same_device("conv_transpose2d", &[x, w])?;
     let [n, c_in, h, wd] = nchw("conv_transpose2d", x)?;
     let [wc_in, c_out, kh, kw] = nchw("conv_transpose2d weight", w)?;
@@ -129,23 +201,30 @@ pub fn conv_transpose2d(
     if h == 0 || wd == 0 {
         bail!("conv_transpose2d: empty input {:?}", x.shape());
     }
-    check_bias("conv_transpose2d", bias, c_out)?;
+    after.check("conv_transpose2d", c_out)?;
     let g = ConvGeom {
         f16_operands: crate::amp::autocast_enabled(),
         ..ConvGeom::transposed(n, c_in, h, wd, c_out, kh, stride, pad, output_padding)?
     };
     let be = x.backend();
-    let y = be.conv2d_backward_data(&x.storage(), &w.storage(), &g)?;
+    let (xs, ws) = (&x.storage(), &w.storage());
+    let (y, name) = match after {
+        After::Act(act) => (
+            be.conv2d_backward_data_act(xs, ws, &g, act)?,
+            "conv_transpose2d_act",
+        ),
+        After::Bias(_) => (be.conv2d_backward_data(xs, ws, &g)?, "conv_transpose2d"),
+    };
     let (sx, sw, be2) = (x.storage_rc(), w.storage_rc(), be.clone());
     let shape = [n, c_out, g.h, g.w];
     finish(
         be,
         y,
         shape,
-        "conv_transpose2d",
+        name,
         x,
         w,
-        bias,
+        after,
         move |dy, need_dx, need_dw| {
             let dx = need_dx
                 .then(|| be2.conv2d_forward(dy, &sw.borrow(), &g))

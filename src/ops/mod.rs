@@ -17,7 +17,7 @@ pub use conditional::{
     diffaug_translate, embedding, label_values, row_dot, sum_rows, DiffAugment, DiffAugmentBuffers,
     DiffAugmentParams, Labels,
 };
-pub use conv::{conv2d, conv_transpose2d};
+pub use conv::{conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act};
 pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
 pub use loss::bce_with_logits;
 pub use random::{dropout, gaussian_noise, Seed};

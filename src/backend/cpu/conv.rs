@@ -9,8 +9,10 @@
 //! Scratch buffers are kept per thread and reused from one call to the next. The plain
 //! definition it is tested against lives in `crate::backend::reference`.
 
+use super::elementwise::activate_in_place;
 use super::gemm::{gemm, gemm_gathered, Gathered};
-use crate::backend::ConvGeom;
+use super::ELEMENTWISE_CHUNK;
+use crate::backend::{Activation, ConvGeom};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -296,8 +298,8 @@ fn im2col(x: &[f32], g: &ConvGeom, nb: usize, col: &mut [f32]) {
 
 /// Adjoint of `im2col`: `dx` (the chunk's `nb` images, overwritten) from the columns. One
 /// channel plane per item, accumulated in a split plane ([`Phases`]) row by row (taps summed
-/// in a fixed order: ky, kx), then merged into `dx`.
-fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
+/// in a fixed order: ky, kx), then merged into `dx` and passed through `act` if given.
+fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32], act: Option<Activation>) {
     let ph = Phases::new(g);
     let l = g.oh * g.ow;
     let plane = g.h * g.w;
@@ -322,6 +324,9 @@ fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32]) {
                     }
                 }
                 ph.merge(acc, xc, tmp);
+                if let Some(act) = act {
+                    activate_in_place(act, xc);
+                }
             },
         );
 }
@@ -339,8 +344,15 @@ fn to_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32])
         });
 }
 
-/// `[c, nb·l]` → `[nb, c, l]`.
-fn from_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32]) {
+/// `[c, nb·l]` → `[nb, c, l]`, each image then passed through `act` if given.
+fn from_channel_major(
+    src: &[f32],
+    c: usize,
+    l: usize,
+    nb: usize,
+    dst: &mut [f32],
+    act: Option<Activation>,
+) {
     dst.par_chunks_mut(c * l)
         .enumerate()
         .with_min_len(items_per_task(c * l))
@@ -349,7 +361,18 @@ fn from_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32
                 img[ch * l..(ch + 1) * l]
                     .copy_from_slice(&src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l]);
             }
+            if let Some(act) = act {
+                activate_in_place(act, img);
+            }
         });
+}
+
+/// `act` (if given) over all of `ys`: the epilogue of the dense paths.
+fn activate(act: Option<Activation>, ys: &mut [f32]) {
+    if let Some(act) = act {
+        ys.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .for_each(|chunk| activate_in_place(act, chunk));
+    }
 }
 
 /// Whether the kernel covers the whole unpadded input (one output pixel, as in the last layer
@@ -360,7 +383,8 @@ fn is_dense(g: &ConvGeom) -> bool {
     g.oh == 1 && g.ow == 1 && g.pad == 0 && g.kh == g.h && g.kw == g.w
 }
 
-pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+/// The convolution, then `act` if given (fused: applied to each image as it is written).
+pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation>) -> Vec<f32> {
     let (l, k) = (g.oh * g.ow, g.c_in * g.kh * g.kw);
     let mut y = vec![0.0; g.output_len()];
     if g.n == 0 {
@@ -369,6 +393,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     if is_dense(g) {
         // y[n, c_out] = x[n, k]·w[c_out, k]ᵀ
         gemm(g.n, k, g.c_out, x, false, w, true, 0.0, &mut y);
+        activate(act, &mut y);
         return y;
     }
     // One GEMM over the whole batch, its column matrix read from the split planes where the
@@ -385,12 +410,14 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
             };
             gemm_gathered(g.c_out, k, g.n * l, w, false, &cols, yc);
         });
-        from_channel_major(yc, g.c_out, l, g.n, &mut y);
+        from_channel_major(yc, g.c_out, l, g.n, &mut y, act);
     });
     y
 }
 
-pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+/// The input gradient (a transposed conv's output), then `act` if given (fused: applied to
+/// each channel plane as col2im writes it).
+pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation>) -> Vec<f32> {
     let (l, k, chunk) = sizes(g);
     let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * l);
     let mut dx = vec![0.0; g.input_len()];
@@ -400,6 +427,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     if is_dense(g) {
         // dx[n, k] = dy[n, c_out]·w[c_out, k]
         gemm(g.n, g.c_out, k, dy, false, w, false, 0.0, &mut dx);
+        activate(act, &mut dx);
         return dx;
     }
     // col = wᵀ·dy over each chunk, dy read as [c_out, (b, pixel)] where the GEMM packs it.
@@ -415,7 +443,8 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
                 col_start: &pixel_start[..nb * l],
             };
             gemm_gathered(k, g.c_out, nb * l, w, true, &dy_cols, col);
-            col2im(col, g, nb, &mut dx[start * in_len..(start + nb) * in_len]);
+            let dx = &mut dx[start * in_len..(start + nb) * in_len];
+            col2im(col, g, nb, dx, act);
         }
     });
     dx

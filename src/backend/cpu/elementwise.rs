@@ -54,13 +54,39 @@ pub(super) fn scale_by_scalar(a: &Storage, s: &Storage, alpha: f32) -> Result<St
     map(a, |x| x * k)
 }
 
+/// Evaluates `$body` with `$f` bound to `act`'s function, a closure type per activation, so a
+/// loop over elements in `$body` is compiled for each one with the match outside it.
+macro_rules! with_activation {
+    ($act:expr, $f:ident => $body:expr) => {
+        match $act {
+            Activation::Relu => {
+                let $f = |v: f32| v.max(0.0);
+                $body
+            }
+            Activation::LeakyRelu(slope) => {
+                let $f = move |v: f32| if v > 0.0 { v } else { v * slope };
+                $body
+            }
+            Activation::Tanh => {
+                let $f = f32::tanh;
+                $body
+            }
+            Activation::Sigmoid => {
+                let $f = stable_sigmoid;
+                $body
+            }
+        }
+    };
+}
+
 pub(super) fn activation(act: Activation, x: &Storage) -> Result<Storage> {
-    match act {
-        Activation::Relu => map(x, |v| v.max(0.0)),
-        Activation::LeakyRelu(slope) => map(x, |v| if v > 0.0 { v } else { v * slope }),
-        Activation::Tanh => map(x, f32::tanh),
-        Activation::Sigmoid => map(x, stable_sigmoid),
-    }
+    with_activation!(act, f => map(x, f))
+}
+
+/// `xs[i] = act(xs[i])` on the calling thread: the epilogue of a fused conv + activation
+/// (`cpu/conv.rs`), applied to each piece of output while it is still in cache.
+pub(super) fn activate_in_place(act: Activation, xs: &mut [f32]) {
+    with_activation!(act, f => xs.iter_mut().for_each(|v| *v = f(*v)))
 }
 
 pub(super) fn activation_backward(

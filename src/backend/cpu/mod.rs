@@ -68,6 +68,27 @@ pub(super) fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
 /// never changes a result).
 pub(super) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
+type ConvFn = fn(&[f32], &[f32], &ConvGeom, Option<Activation>) -> Vec<f32>;
+
+/// `conv(a, b, g, act)` (conv::forward or conv::backward_data) with the operands and output
+/// of mixed precision (`reference::conv::operands`/`output`). The activation is fused except
+/// where the output is rounded to f16: it then follows the rounding, as the two ops do.
+fn conv_then(
+    conv: ConvFn,
+    a: &Storage,
+    b: &Storage,
+    g: &ConvGeom,
+    act: Option<Activation>,
+) -> Result<Storage> {
+    let (a, b) = super::reference::conv::operands(host(a)?, host(b)?, g);
+    let fused = if g.f16_operands { None } else { act };
+    let y = Storage::Cpu(super::reference::conv::output(conv(&a, &b, g, fused), g));
+    match act {
+        Some(act) if fused.is_none() => elementwise::activation(act, &y),
+        _ => Ok(y),
+    }
+}
+
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
         ReferenceBackend.device()
@@ -147,19 +168,31 @@ impl Backend for CpuBackend {
 
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.forward += 1);
-        let (x, w) = super::reference::conv::operands(host(x)?, host(w)?, g);
-        Ok(Storage::Cpu(super::reference::conv::output(
-            conv::forward(&x, &w, g),
-            g,
-        )))
+        conv_then(conv::forward, x, w, g, None)
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_data += 1);
-        let (dy, w) = super::reference::conv::operands(host(dy)?, host(w)?, g);
-        Ok(Storage::Cpu(super::reference::conv::output(
-            conv::backward_data(&dy, &w, g),
-            g,
-        )))
+        conv_then(conv::backward_data, dy, w, g, None)
+    }
+    fn conv2d_forward_act(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        g: &ConvGeom,
+        act: Activation,
+    ) -> Result<Storage> {
+        count_conv(|c| c.forward += 1);
+        conv_then(conv::forward, x, w, g, Some(act))
+    }
+    fn conv2d_backward_data_act(
+        &self,
+        dy: &Storage,
+        w: &Storage,
+        g: &ConvGeom,
+        act: Activation,
+    ) -> Result<Storage> {
+        count_conv(|c| c.backward_data += 1);
+        conv_then(conv::backward_data, dy, w, g, Some(act))
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_filter += 1);
