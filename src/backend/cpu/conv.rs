@@ -74,6 +74,23 @@ fn items_per_task(per_item: usize) -> usize {
     TASK_FLOATS.div_ceil(per_item.max(1))
 }
 
+/// `dst.copy_from_slice(src)` for the short rows of GAN layers: fixed-size copies the compiler
+/// turns into a few vector moves for the common lengths (a `memcpy` call per 4-32 float row,
+/// in split, merge and the channel-major copies, cost more than the copy).
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const L: usize>(dst: &mut [f32], src: &[f32]) {
+        let dst: &mut [f32; L] = dst.try_into().expect("L floats");
+        *dst = *<&[f32; L]>::try_from(src).expect("L floats");
+    }
+    match src.len() {
+        4 => fixed::<4>(dst, src),
+        8 => fixed::<8>(dst, src),
+        16 => fixed::<16>(dst, src),
+        32 => fixed::<32>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// An input plane zero-padded and split into `stride × stride` phases: phase `(py, px)` is the
 /// `hq × wq` plane of padded pixels `(y·stride + py, x·stride + px)`. Output pixel `(oy, ox)`'s
 /// tap `(ky, kx)` is then pixel `(oy + ky/stride, ox + kx/stride)` of phase
@@ -185,8 +202,10 @@ impl Phases {
                                 continue;
                             }
                             // Only this span of the scratch is ever written: the rest stays 0.
-                            tmp[self.pad..self.pad + self.w]
-                                .copy_from_slice(&x[y * self.w..][..self.w]);
+                            copy_row(
+                                &mut tmp[self.pad..self.pad + self.w],
+                                &x[y * self.w..][..self.w],
+                            );
                             rows.deal(tmp, o);
                         }
                     }
@@ -200,7 +219,7 @@ impl Phases {
         for (y, row) in dx.chunks_exact_mut(self.w).enumerate() {
             let pr = y + self.pad;
             self.phase_rows(pr % self.s, pr / self.s).collect(src, tmp);
-            row.copy_from_slice(&tmp[self.pad..self.pad + self.w]);
+            copy_row(row, &tmp[self.pad..self.pad + self.w]);
         }
     }
 }
@@ -226,7 +245,7 @@ impl PhaseRows {
     fn deal(&self, src: &[f32], plane: &mut [f32]) {
         let (start, gap, len, s) = (self.start, self.gap, self.len, self.s);
         match s {
-            1 => plane[start..][..len].copy_from_slice(&src[..len]),
+            1 => copy_row(&mut plane[start..][..len], &src[..len]),
             2 => {
                 let (r0, r1) = plane[start..].split_at_mut(gap);
                 let pairs = src.chunks_exact(2);
@@ -250,7 +269,7 @@ impl PhaseRows {
     fn collect(&self, plane: &[f32], out: &mut [f32]) {
         let (start, gap, len, s) = (self.start, self.gap, self.len, self.s);
         match s {
-            1 => out[..len].copy_from_slice(&plane[start..][..len]),
+            1 => copy_row(&mut out[..len], &plane[start..][..len]),
             2 => {
                 let (r0, r1) = (&plane[start..][..len], &plane[start + gap..][..len]);
                 for ((a, b), pair) in r0.iter().zip(r1).zip(out.chunks_exact_mut(2)) {
@@ -338,8 +357,10 @@ fn to_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32])
         .with_min_len(items_per_task(nb * l))
         .for_each(|(ch, row)| {
             for b in 0..nb {
-                row[b * l..(b + 1) * l]
-                    .copy_from_slice(&src[(b * c + ch) * l..(b * c + ch + 1) * l]);
+                copy_row(
+                    &mut row[b * l..(b + 1) * l],
+                    &src[(b * c + ch) * l..(b * c + ch + 1) * l],
+                );
             }
         });
 }
@@ -358,8 +379,10 @@ fn from_channel_major(
         .with_min_len(items_per_task(c * l))
         .for_each(|(b, img)| {
             for ch in 0..c {
-                img[ch * l..(ch + 1) * l]
-                    .copy_from_slice(&src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l]);
+                copy_row(
+                    &mut img[ch * l..(ch + 1) * l],
+                    &src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l],
+                );
             }
             if let Some(act) = act {
                 activate_in_place(act, img);
