@@ -229,22 +229,39 @@ fn conv_act_grad_matches_finite_difference() {
     }
 }
 
-/// Output and gradients (x, w) of `act(conv(x, w))` for the loss sum(y * r), fused or as the
-/// two ops; `transposed` runs conv_transpose2d.
+/// How `conv_act_run` runs its conv: transposed or not, stride, padding, and whether x needs
+/// a gradient (without, only w's: the backward-filter that applies the activation's
+/// derivative as it reads dy).
+#[derive(Clone, Copy, Debug)]
+struct ConvRun {
+    transposed: bool,
+    stride: usize,
+    pad: usize,
+    need_dx: bool,
+}
+
+/// Output and gradients (x if asked for, w) of `act(conv(x, w))` for the loss sum(y * r),
+/// fused or as the two ops.
 fn conv_act_run(
     x: &Tensor,
     w: &Tensor,
     r: &[f32],
     act: Activation,
-    transposed: bool,
+    run: ConvRun,
     fused: bool,
 ) -> Vec<Vec<f32>> {
-    let (x, w) = (x.detach().requiring_grad(), w.detach().requiring_grad());
-    let y = match (transposed, fused) {
-        (false, true) => ops::conv2d_act(&x, &w, act, 2, 1),
-        (true, true) => ops::conv_transpose2d_act(&x, &w, act, 2, 1, 0),
-        (false, false) => ops::conv2d(&x, &w, None, 2, 1),
-        (true, false) => ops::conv_transpose2d(&x, &w, None, 2, 1, 0),
+    let x = if run.need_dx {
+        x.detach().requiring_grad()
+    } else {
+        x.detach()
+    };
+    let w = w.detach().requiring_grad();
+    let (s, p) = (run.stride, run.pad);
+    let y = match (run.transposed, fused) {
+        (false, true) => ops::conv2d_act(&x, &w, act, s, p),
+        (true, true) => ops::conv_transpose2d_act(&x, &w, act, s, p, 0),
+        (false, false) => ops::conv2d(&x, &w, None, s, p),
+        (true, false) => ops::conv_transpose2d(&x, &w, None, s, p, 0),
     }
     .unwrap();
     let y = match (fused, act) {
@@ -254,27 +271,37 @@ fn conv_act_run(
         (false, Activation::Tanh) => ops::tanh(&y).unwrap(),
         (false, Activation::Sigmoid) => ops::sigmoid(&y).unwrap(),
     };
-    let rt = Tensor::from_vec(r.to_vec(), y.shape(), CPU).unwrap();
+    let rt = Tensor::from_vec(r[..y.numel()].to_vec(), y.shape(), CPU).unwrap();
     ops::sum(&ops::mul(&y, &rt).unwrap())
         .unwrap()
         .backward()
         .unwrap();
     let grad = |t: &Tensor| t.grad_to_vec().unwrap().unwrap();
-    vec![y.to_vec().unwrap(), grad(&x), grad(&w)]
+    let mut out = vec![y.to_vec().unwrap(), grad(&w)];
+    if run.need_dx {
+        out.push(grad(&x));
+    }
+    out
 }
 
 /// The fused conv + activation is the two ops it replaces, bit for bit on both CPU backends:
 /// the same conv output goes through the same activation, and the backward's derivative read
-/// off the output is the one read off the input (same sign for slopes >= 0).
+/// off the output is the one read off the input (same sign for slopes >= 0), whether it is
+/// applied first or as backward-filter reads dy (x needing no gradient).
 #[test]
 fn conv_act_equals_conv_then_activation() {
     let mut rng = Rng::new(36);
-    // Stride-2 4x4 kernels as the GAN layers, odd sides; about half the outputs negative.
-    let x = Tensor::from_vec(randn(&mut rng, &[3, 4, 9, 7]), &[3, 4, 9, 7], CPU).unwrap();
-    let w = Tensor::from_vec(randn(&mut rng, &[5, 4, 4, 4]), &[5, 4, 4, 4], CPU).unwrap();
-    let wt = Tensor::from_vec(randn(&mut rng, &[4, 5, 4, 4]), &[4, 5, 4, 4], CPU).unwrap();
-    let r = randn(&mut rng, &[3 * 5 * 4 * 3]);
-    let rt = randn(&mut rng, &[3 * 5 * 18 * 14]);
+    let mut t = |shape: &[usize]| Tensor::from_vec(randn(&mut rng, shape), shape, CPU).unwrap();
+    // (x, w, transposed, stride, pad): stride-2 4x4 kernels as the GAN layers, odd sides
+    // (about half the outputs negative); a kernel covering the input (the dense path); 64
+    // output channels and 256 taps (backward-filter gathers its columns).
+    let cases = [
+        (t(&[3, 4, 9, 7]), t(&[5, 4, 4, 4]), false, 2, 1),
+        (t(&[3, 4, 9, 7]), t(&[4, 5, 4, 4]), true, 2, 1),
+        (t(&[3, 4, 4, 4]), t(&[5, 4, 4, 4]), false, 1, 0),
+        (t(&[2, 16, 6, 5]), t(&[64, 16, 4, 4]), false, 2, 1),
+    ];
+    let r = randn(&mut Rng::new(37), &[3 * 5 * 18 * 14]);
     let acts = [
         Activation::Relu,
         Activation::LeakyRelu(0.2),
@@ -284,14 +311,20 @@ fn conv_act_equals_conv_then_activation() {
     ];
     for reference in [true, false] {
         let _guard = reference.then(artgan::backend::use_reference_cpu);
-        for act in acts {
-            let what = format!("reference {reference} {act:?}");
-            let fused = conv_act_run(&x, &w, &r, act, false, true);
-            let plain = conv_act_run(&x, &w, &r, act, false, false);
-            assert_eq!(fused, plain, "conv2d {what}");
-            let fused = conv_act_run(&x, &wt, &rt, act, true, true);
-            let plain = conv_act_run(&x, &wt, &rt, act, true, false);
-            assert_eq!(fused, plain, "conv_transpose2d {what}");
+        for (x, w, transposed, stride, pad) in &cases {
+            for need_dx in [true, false] {
+                let run = ConvRun {
+                    transposed: *transposed,
+                    stride: *stride,
+                    pad: *pad,
+                    need_dx,
+                };
+                for act in acts {
+                    let fused = conv_act_run(x, w, &r, act, run, true);
+                    let plain = conv_act_run(x, w, &r, act, run, false);
+                    assert_eq!(fused, plain, "reference {reference} {act:?} {run:?}");
+                }
+            }
         }
     }
 }

@@ -150,6 +150,20 @@ pub trait Backend {
     ) -> Result<Storage> {
         self.activation(act, &self.conv2d_forward(x, w, g)?)
     }
+    /// The weight gradient of [`Backend::conv2d_forward_act`]: `conv2d_backward_filter(x, dz)`
+    /// with `dz` = `dy` through the derivative of `act`, read off its output `y`
+    /// ([`Activation::derivative_from_output`]). A backend may apply the derivative as it reads
+    /// `dy`; the default runs `activation_backward` first.
+    fn conv2d_backward_filter_act(
+        &self,
+        x: &Storage,
+        y: &Storage,
+        dy: &Storage,
+        g: &ConvGeom,
+        act: Activation,
+    ) -> Result<Storage> {
+        self.conv2d_backward_filter(x, &self.activation_backward(act, y, y, dy)?, g)
+    }
     /// `act(conv2d_backward_data(dy, w))`: a transposed conv and its activation, as
     /// [`Backend::conv2d_forward_act`].
     fn conv2d_backward_data_act(

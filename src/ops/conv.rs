@@ -35,8 +35,27 @@ impl After<'_> {
     }
 }
 
+/// The gradient reaching a conv op: `dy`, and the fused activation it first goes back through,
+/// with that activation's output, if the op has one.
+struct Upstream<'a> {
+    dy: &'a Storage,
+    act: Option<&'a (Activation, Storage)>,
+}
+
+impl Upstream<'_> {
+    /// The gradient through the activation, if there is one (else use `dy` as it is): the
+    /// derivative read off the output (the sign of the input is the sign of the output for the
+    /// activations a conv fuses, see `After::check`).
+    fn through_activation(&self, be: &dyn Backend) -> Result<Option<Storage>> {
+        self.act
+            .map(|(act, y)| be.activation_backward(*act, y, y, self.dy))
+            .transpose()
+    }
+}
+
 /// Applies `after` to the conv output `y` (an activation is already in it) and records the
-/// full op; `grads(dy, need_dx, need_dw)` yields (d input, d weight), each only when asked for.
+/// full op; `grads(upstream, need_dx, need_dw)` yields (d input, d weight), each only when
+/// asked for.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     be: Rc<dyn Backend>,
@@ -46,7 +65,7 @@ fn finish(
     x: &Tensor,
     w: &Tensor,
     after: After,
-    grads: impl Fn(&Storage, bool, bool) -> Result<(Option<Storage>, Option<Storage>)> + 'static,
+    grads: impl Fn(&Upstream, bool, bool) -> Result<(Option<Storage>, Option<Storage>)> + 'static,
 ) -> Result<Tensor> {
     let dims = ChannelDims {
         n: shape[0],
@@ -72,16 +91,13 @@ fn finish(
         name,
         &inputs,
         move |g: &Storage, needs: &[bool]| {
-            // Through the activation first: the derivative from its output alone (the sign
-            // of its input is the sign of its output for the fusable activations, see
-            // `After::check`).
-            let dz = act
-                .as_ref()
-                .map(|(act, y)| be.activation_backward(*act, y, y, g))
-                .transpose()?;
-            let g = dz.as_ref().unwrap_or(g);
-            let (dx, dw) = grads(g, needs[0], needs[1])?;
+            let upstream = Upstream {
+                dy: g,
+                act: act.as_ref(),
+            };
+            let (dx, dw) = grads(&upstream, needs[0], needs[1])?;
             let mut out = vec![dx, dw];
+            // A bias never comes with an activation (see `After`): dy is its gradient.
             if has_bias {
                 out.push(needs[2].then(|| be.channel_sum(g, dims)).transpose()?);
             }
@@ -143,7 +159,15 @@ fn conv2d_then(x: &Tensor, w: &Tensor, after: After, stride: usize, pad: usize) 
         x,
         w,
         after,
-        move |dy, need_dx, need_dw| {
+        move |up, need_dx, need_dw| {
+            if let (Some((act, y)), false, true) = (up.act, need_dx, need_dw) {
+                // Only the weight gradient (D's first layer in the D step): the backend may
+                // apply the activation's derivative as it reads dy.
+                let dw = be2.conv2d_backward_filter_act(&sx.borrow(), y, up.dy, &g, *act)?;
+                return Ok((None, Some(dw)));
+            }
+            let dz = up.through_activation(&*be2)?;
+            let dy = dz.as_ref().unwrap_or(up.dy);
             let dx = need_dx
                 .then(|| be2.conv2d_backward_data(dy, &sw.borrow(), &g))
                 .transpose()?;
@@ -225,7 +249,9 @@ fn conv_transpose2d_then(
         x,
         w,
         after,
-        move |dy, need_dx, need_dw| {
+        move |up, need_dx, need_dw| {
+            let dz = up.through_activation(&*be2)?;
+            let dy = dz.as_ref().unwrap_or(up.dy);
             let dx = need_dx
                 .then(|| be2.conv2d_forward(dy, &sw.borrow(), &g))
                 .transpose()?;

@@ -9,7 +9,7 @@
 //! Scratch buffers are kept per thread and reused from one call to the next. The plain
 //! definition it is tested against lives in `crate::backend::reference`.
 
-use super::elementwise::activate_in_place;
+use super::elementwise::{activate_in_place, activation_grad_into};
 use super::gemm::{gemm, gemm_gathered, Gathered};
 use super::ELEMENTWISE_CHUNK;
 use crate::backend::{Activation, ConvGeom};
@@ -350,17 +350,48 @@ fn col2im(col: &[f32], g: &ConvGeom, nb: usize, dx: &mut [f32], act: Option<Acti
         );
 }
 
-/// `[nb, c, l]` (images) → `[c, nb·l]` (channel-major).
-fn to_channel_major(src: &[f32], c: usize, l: usize, nb: usize, dst: &mut [f32]) {
+/// A gradient `dy` and, if given, the activation it goes back through first, with that
+/// activation's output (laid out as dy): see [`activation_grad_into`].
+#[derive(Clone, Copy)]
+pub struct Grad<'a> {
+    pub dy: &'a [f32],
+    pub through: Option<(Activation, &'a [f32])>,
+}
+
+impl Grad<'_> {
+    /// `dst` = elements `range` of the gradient (through the activation if any).
+    fn read(&self, range: std::ops::Range<usize>, dst: &mut [f32]) {
+        match self.through {
+            None => copy_row(dst, &self.dy[range]),
+            Some((act, y)) => activation_grad_into(act, &y[range.clone()], &self.dy[range], dst),
+        }
+    }
+
+    /// The gradient written out: `dy` itself, or through the activation into a new vector.
+    fn resolved(&self) -> std::borrow::Cow<'_, [f32]> {
+        if self.through.is_none() {
+            return self.dy.into();
+        }
+        let mut dz = vec![0.0; self.dy.len()];
+        dz.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let start = i * ELEMENTWISE_CHUNK;
+                self.read(start..start + out.len(), out);
+            });
+        dz.into()
+    }
+}
+
+/// `[nb, c, l]` (images, from image `first` of `src`) → `[c, nb·l]` (channel-major).
+fn to_channel_major(src: Grad, first: usize, c: usize, l: usize, nb: usize, dst: &mut [f32]) {
     dst.par_chunks_mut(nb * l)
         .enumerate()
         .with_min_len(items_per_task(nb * l))
         .for_each(|(ch, row)| {
             for b in 0..nb {
-                copy_row(
-                    &mut row[b * l..(b + 1) * l],
-                    &src[(b * c + ch) * l..(b * c + ch + 1) * l],
-                );
+                let at = ((first + b) * c + ch) * l;
+                src.read(at..at + l, &mut row[b * l..(b + 1) * l]);
             }
         });
 }
@@ -482,13 +513,25 @@ fn gathers_filter_columns(g: &ConvGeom) -> bool {
     g.c_out >= 64 && g.c_in * g.kh * g.kw >= 256
 }
 
-pub fn backward_filter(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+/// The weight gradient from `dy`, through an activation first if `dy` says so (applied as
+/// the channel-major copy reads it).
+pub fn backward_filter(x: &[f32], dy: Grad, g: &ConvGeom) -> Vec<f32> {
     let (l, k, chunk) = sizes(g);
-    let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * l);
+    let in_len = g.c_in * g.h * g.w;
     let mut dw = vec![0.0; g.weight_len()];
     if is_dense(g) {
         // dw[c_out, k] = dy[n, c_out]ᵀ·x[n, k]
-        gemm(g.c_out, g.n, k, dy, true, x, false, 0.0, &mut dw);
+        gemm(
+            g.c_out,
+            g.n,
+            k,
+            &dy.resolved(),
+            true,
+            x,
+            false,
+            0.0,
+            &mut dw,
+        );
         return dw;
     }
     if gathers_filter_columns(g) {
@@ -498,7 +541,7 @@ pub fn backward_filter(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
         let ph = Phases::new(g);
         let (tap_start, pixel_start) = (ph.tap_starts(g), ph.pixel_starts(g));
         with_buffer(&CHANNEL_MAJOR, g.c_out * g.n * l, |dyc| {
-            to_channel_major(dy, g.c_out, l, g.n, dyc);
+            to_channel_major(dy, 0, g.c_out, l, g.n, dyc);
             ph.with_split(x, g.n * g.c_in, |planes| {
                 let cols_t = Gathered {
                     data: planes,
@@ -515,13 +558,7 @@ pub fn backward_filter(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
             let nb = chunk.min(g.n - start);
             let (col, dyc) = (&mut col[..k * nb * l], &mut dyc[..g.c_out * nb * l]);
             im2col(&x[start * in_len..(start + nb) * in_len], g, nb, col);
-            to_channel_major(
-                &dy[start * out_len..(start + nb) * out_len],
-                g.c_out,
-                l,
-                nb,
-                dyc,
-            );
+            to_channel_major(dy, start, g.c_out, l, nb, dyc);
             let beta = if start == 0 { 0.0 } else { 1.0 };
             gemm(g.c_out, nb * l, k, dyc, false, col, true, beta, &mut dw);
         }

@@ -103,18 +103,54 @@ pub(super) fn activate_in_place(act: Activation, xs: &mut [f32]) {
     with_activation!(act, f => xs.iter_mut().for_each(|v| *v = f(*v)))
 }
 
+/// As [`with_activation`], with `$f(v, g)` the gradient through `act` from `g` and `v`, the
+/// activation's input for ReLU and LeakyReLU (only its sign is read) and its output for Tanh
+/// and Sigmoid.
+macro_rules! with_activation_grad {
+    ($act:expr, $f:ident => $body:expr) => {
+        match $act {
+            Activation::Relu => {
+                let $f = |v: f32, g: f32| if v > 0.0 { g } else { 0.0 };
+                $body
+            }
+            Activation::LeakyRelu(s) => {
+                let $f = move |v: f32, g: f32| if v > 0.0 { g } else { g * s };
+                $body
+            }
+            Activation::Tanh => {
+                let $f = |v: f32, g: f32| g * (1.0 - v * v);
+                $body
+            }
+            Activation::Sigmoid => {
+                let $f = |v: f32, g: f32| g * v * (1.0 - v);
+                $body
+            }
+        }
+    };
+}
+
 pub(super) fn activation_backward(
     act: Activation,
     x: &Storage,
     y: &Storage,
     dy: &Storage,
 ) -> Result<Storage> {
-    match act {
-        Activation::Relu => zip_map(x, dy, |v, g| if v > 0.0 { g } else { 0.0 }),
-        Activation::LeakyRelu(s) => zip_map(x, dy, |v, g| if v > 0.0 { g } else { g * s }),
-        Activation::Tanh => zip_map(y, dy, |v, g| g * (1.0 - v * v)),
-        Activation::Sigmoid => zip_map(y, dy, |v, g| g * v * (1.0 - v)),
-    }
+    let v = match act {
+        Activation::Relu | Activation::LeakyRelu(_) => x,
+        Activation::Tanh | Activation::Sigmoid => y,
+    };
+    with_activation_grad!(act, f => zip_map(v, dy, f))
+}
+
+/// `out[i] = dy[i]` through the derivative of `act`, read off its output `y` (the sign of its
+/// input, for ReLU and LeakyReLU of slope >= 0): [`activation_backward`]'s values, on the
+/// calling thread, for a conv's backward that applies it as it reads dy (`cpu/conv.rs`).
+pub(super) fn activation_grad_into(act: Activation, y: &[f32], dy: &[f32], out: &mut [f32]) {
+    with_activation_grad!(act, f => {
+        for ((o, &v), &g) in out.iter_mut().zip(y).zip(dy) {
+            *o = f(v, g);
+        }
+    })
 }
 
 pub(super) fn scale_add_assign(acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {

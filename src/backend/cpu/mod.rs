@@ -197,10 +197,35 @@ impl Backend for CpuBackend {
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_filter += 1);
         let (x, dy) = super::reference::conv::operands(host(x)?, host(dy)?, g);
+        let dy = conv::Grad {
+            dy: &dy,
+            through: None,
+        };
         Ok(Storage::Cpu(super::reference::conv::output(
-            conv::backward_filter(&x, &dy, g),
+            conv::backward_filter(&x, dy, g),
             g,
         )))
+    }
+    fn conv2d_backward_filter_act(
+        &self,
+        x: &Storage,
+        y: &Storage,
+        dy: &Storage,
+        g: &ConvGeom,
+        act: Activation,
+    ) -> Result<Storage> {
+        if g.f16_operands {
+            // Mixed precision rounds the operands, so the gradient after the activation's
+            // derivative, as the two ops do.
+            let dz = elementwise::activation_backward(act, y, y, dy)?;
+            return self.conv2d_backward_filter(x, &dz, g);
+        }
+        count_conv(|c| c.backward_filter += 1);
+        let dy = conv::Grad {
+            dy: host(dy)?,
+            through: Some((act, host(y)?)),
+        };
+        Ok(Storage::Cpu(conv::backward_filter(host(x)?, dy, g)))
     }
     fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
         ReferenceBackend.add_channel_bias(y, b, d)
