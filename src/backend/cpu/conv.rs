@@ -6,8 +6,11 @@
 //! GEMM per chunk of images into a column matrix, then col2im. Chunk sizes depend only on the
 //! geometry, never on the thread count, and the GEMM splits its work over the output (never
 //! over the summed dimension), so results are bit-identical whatever the number of threads.
-//! Scratch buffers are kept per thread and reused from one call to the next. The plain
-//! definition it is tested against lives in `crate::backend::reference`.
+//! Scratch buffers are kept per thread and reused from one call to the next. A fused conv +
+//! activation (`ops::conv2d_act`) has its activation applied to each image as forward (or
+//! col2im, for a transposed conv) writes it, and its derivative as backward-filter's
+//! channel-major copy reads dy. The plain definition it is tested against lives in
+//! `crate::backend::reference`.
 
 use super::elementwise::{activate_in_place, activation_grad_into};
 use super::gemm::{gemm, gemm_gathered, Gathered};
