@@ -8,6 +8,17 @@ use artgan::nn::{
 use artgan::rng::Rng;
 use artgan::tensor::{no_grad, Tensor};
 
+/// `preset` at 32 px with tiny widths (nz 8, ngf = ndf = 4).
+fn tiny(preset: Preset) -> ModelConfig {
+    ModelConfig {
+        preset,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    }
+}
+
 fn bn(prefix: &str, c: usize, out: &mut Vec<(String, Vec<usize>)>) {
     for (n, s) in [
         ("weight", vec![c]),
@@ -96,11 +107,8 @@ fn both_presets_give_the_right_shapes_at_32_64_and_128_px() {
     for preset in [Preset::Dcgan, Preset::Classical] {
         for size in [32, 64, 128] {
             let c = ModelConfig {
-                preset,
                 image_size: size,
-                nz: 8,
-                ngf: 4,
-                ndf: 4,
+                ..tiny(preset)
             };
             let mut rng = Rng::new(1);
             let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
@@ -133,13 +141,7 @@ fn unsupported_sizes_are_rejected_with_a_clear_message() {
 
 #[test]
 fn batch_stats_mode_leaves_running_stats_untouched_and_train_mode_moves_them() {
-    let c = ModelConfig {
-        preset: Preset::Dcgan,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
-    };
+    let c = tiny(Preset::Dcgan);
     let mut rng = Rng::new(2);
     let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
     let z = Tensor::randn(&[4, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
@@ -173,13 +175,7 @@ fn batch_stats_mode_leaves_running_stats_untouched_and_train_mode_moves_them() {
 fn step_draws_take_the_same_values_as_direct_draws() {
     use artgan::nn::draws::StepDraws;
     use artgan::ops;
-    let c = ModelConfig {
-        preset: Preset::Classical,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
-    };
+    let c = tiny(Preset::Classical);
     // Two identical discriminators (their spectral-norm vectors move with each forward).
     let d_direct = Discriminator::new(&c, &mut Rng::new(3), Device::Cpu).unwrap();
     let d_drawn = Discriminator::new(&c, &mut Rng::new(3), Device::Cpu).unwrap();
@@ -232,13 +228,7 @@ fn step_draws_take_the_same_values_as_direct_draws() {
 #[test]
 fn convs_and_their_activations_run_as_one_op() {
     let mut rng = Rng::new(5);
-    let c = ModelConfig {
-        preset: Preset::Dcgan,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
-    };
+    let c = tiny(Preset::Dcgan);
     let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
     let z = Tensor::randn(&[2, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
     let img = g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
