@@ -637,9 +637,10 @@ fn semicolon_csv_and_unwritable_results_are_clear_errors() {
 fn a_second_ctrl_c_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Steps slow enough (~0.5 s at batch 128) that the second signal, 0.1 s after the first
-    // (not so close that the two merge into one pending signal), lands while the first is
-    // being handled.
+    // Ctrl-C repeated every 20 ms until the process is gone: once the first has been
+    // delivered, the next must end it at once, while the step finishes or the checkpoint is
+    // written (each takes longer than 20 ms: widths 64, batch 128). A fixed second signal
+    // 0.1 s after the first stopped landing in time once the CPU step got faster.
     let mut child = Command::new(env!("CARGO_BIN_EXE_artgan"))
         .args([
             "train",
@@ -647,9 +648,9 @@ fn a_second_ctrl_c_exits_at_once() {
             "cpu",
             "--quiet",
             "--ngf",
-            "32",
+            "64",
             "--ndf",
-            "32",
+            "64",
             "--batch-size",
             "128",
             "--limit",
@@ -670,11 +671,16 @@ fn a_second_ctrl_c_exits_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    for _ in 0..2 {
-        // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
+    let mut sent = 0;
+    while child.try_wait().unwrap().is_none() {
+        assert!(sent < 500, "still running after {sent} Ctrl-C");
+        // SAFETY: kill(2) on our own child's PID, not reaped yet (try_wait just saw it
+        // running; an exited child stays a zombie until we wait for it).
         assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        sent += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    assert!(sent >= 2, "the first Ctrl-C alone ended the run");
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "{err}");
