@@ -8,15 +8,8 @@ use artgan::tensor::{no_grad, Tensor};
 use artgan::train::{self, TrainConfig};
 use std::collections::HashMap;
 
-fn small(preset: Preset) -> ModelConfig {
-    ModelConfig {
-        preset,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
-    }
-}
+mod common;
+use common::tiny_model;
 
 fn eval_outputs(g: &Generator, d: &Discriminator, z: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let _guard = no_grad();
@@ -45,7 +38,7 @@ fn exercise(g: &Generator, d: &Discriminator, seed: u64) {
 fn save_then_load_gives_identical_outputs_for_both_presets() {
     for preset in [Preset::Dcgan, Preset::Classical] {
         let dir = tempfile::tempdir().unwrap();
-        let c = small(preset);
+        let c = tiny_model(preset);
         let cfg = TrainConfig::for_model(c.clone());
         let (g, d) = train::build_models(&c, 1, Device::Cpu).unwrap();
         exercise(&g, &d, 5);
@@ -80,7 +73,7 @@ fn save_then_load_gives_identical_outputs_for_both_presets() {
 #[test]
 fn num_batches_tracked_is_stored_as_int64_scalar() {
     let dir = tempfile::tempdir().unwrap();
-    let (g, _) = train::build_models(&small(Preset::Dcgan), 1, Device::Cpu).unwrap();
+    let (g, _) = train::build_models(&tiny_model(Preset::Dcgan), 1, Device::Cpu).unwrap();
     let path = dir.path().join("g.safetensors");
     save_state_dict(&g, &path, HashMap::new()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -101,14 +94,14 @@ fn loading_a_checkpoint_of_another_shape_names_the_tensor_and_changes_nothing() 
     let (g_wide, _) = train::build_models(
         &ModelConfig {
             ngf: 8,
-            ..small(Preset::Dcgan)
+            ..tiny_model(Preset::Dcgan)
         },
         1,
         Device::Cpu,
     )
     .unwrap();
     save_state_dict(&g_wide, &path, HashMap::new()).unwrap();
-    let (g, _) = train::build_models(&small(Preset::Dcgan), 2, Device::Cpu).unwrap();
+    let (g, _) = train::build_models(&tiny_model(Preset::Dcgan), 2, Device::Cpu).unwrap();
     let before = g.parameters()[0].1.to_vec().unwrap();
     let err = load_state_dict(&g, &path, "preset dcgan, ngf 4")
         .unwrap_err()
@@ -125,9 +118,10 @@ fn loading_a_checkpoint_of_another_shape_names_the_tensor_and_changes_nothing() 
 fn loading_a_checkpoint_of_another_preset_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.safetensors");
-    let (_, d_classical) = train::build_models(&small(Preset::Classical), 1, Device::Cpu).unwrap();
+    let (_, d_classical) =
+        train::build_models(&tiny_model(Preset::Classical), 1, Device::Cpu).unwrap();
     save_state_dict(&d_classical, &path, HashMap::new()).unwrap();
-    let (_, d) = train::build_models(&small(Preset::Dcgan), 1, Device::Cpu).unwrap();
+    let (_, d) = train::build_models(&tiny_model(Preset::Dcgan), 1, Device::Cpu).unwrap();
     let err = load_state_dict(&d, &path, "preset dcgan")
         .unwrap_err()
         .to_string();
@@ -137,7 +131,7 @@ fn loading_a_checkpoint_of_another_preset_is_an_error() {
 #[test]
 fn non_safetensors_and_truncated_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let (g, _) = train::build_models(&small(Preset::Dcgan), 1, Device::Cpu).unwrap();
+    let (g, _) = train::build_models(&tiny_model(Preset::Dcgan), 1, Device::Cpu).unwrap();
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"this is a PNG, honest").unwrap();
     let err = load_state_dict(&g, &junk, "x").unwrap_err().to_string();
@@ -189,7 +183,7 @@ fn latents_round_trip_through_safetensors() {
 #[test]
 fn the_same_weights_give_byte_identical_files() {
     let dir = tempfile::tempdir().unwrap();
-    let c = small(Preset::Classical);
+    let c = tiny_model(Preset::Classical);
     let (g, d) = train::build_models(&c, 4, Device::Cpu).unwrap();
     let (g2, d2) = train::build_models(&c, 4, Device::Cpu).unwrap();
     std::fs::create_dir(dir.path().join("a")).unwrap();

@@ -21,6 +21,7 @@ use artgan::train::{TrainConfig, Trainer};
 mod common;
 use common::emulated_host_syncs;
 use common::gpu_device as gpu;
+use common::tiny_model;
 
 fn close(a: f32, b: f32, rel: f32) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
@@ -260,7 +261,7 @@ fn waits_only_at_metric_reads(precision: Precision) {
     use artgan::data::{self, Loader};
     use std::cell::RefCell;
     use std::sync::Arc;
-    let model = tiny_dcgan();
+    let model = tiny_model(Preset::Dcgan);
     // With --cuda-graphs on too: capturing and replaying a step waits for nothing either.
     for graphs in [false, true] {
         let mut cfg = TrainConfig::for_model(model.clone());
@@ -323,17 +324,6 @@ fn waits_only_at_metric_reads(precision: Precision) {
         };
         let eager = common::eager_epoch_rows(&eager_cfg, &mut loader(), dev);
         assert_eq!(deferred, eager);
-    }
-}
-
-/// The smallest dcgan (32 px, widths 4, nz 8).
-fn tiny_dcgan() -> ModelConfig {
-    ModelConfig {
-        preset: Preset::Dcgan,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
     }
 }
 
@@ -519,7 +509,7 @@ fn cuda_graph_replay_is_bit_identical_to_eager_steps() {
         (Precision::Fp32, 2),
         (Precision::Amp, 2),
     ] {
-        let mut cfg = TrainConfig::for_model(tiny_dcgan());
+        let mut cfg = TrainConfig::for_model(tiny_model(Preset::Dcgan));
         cfg.batch_size = 8;
         cfg.seed = 21;
         cfg.d_steps = d_steps;
@@ -549,15 +539,6 @@ fn cuda_graph_replay_is_bit_identical_to_eager_steps() {
     }
 }
 
-/// The smallest classical pair (32 px, widths 4): dropout after every hidden conv of D and
-/// input noise whose std decays every step.
-fn tiny_classical() -> ModelConfig {
-    ModelConfig {
-        preset: Preset::Classical,
-        ..tiny_dcgan()
-    }
-}
-
 /// Steps whose device half takes host draws are captured and replayed too: the classical
 /// preset's dropout and input-noise seeds and noise std (changed every step), DiffAugment's
 /// parameters, and a conditional run's class labels (other classes every step) are written to
@@ -577,15 +558,18 @@ fn cuda_graph_replay_with_host_draws_is_bit_identical_to_eager_steps() {
     };
     let mut cases = Vec::new();
     for d_steps in [1, 2] {
-        cases.push(("classical".to_string(), base(tiny_classical(), d_steps)));
+        cases.push((
+            "classical".to_string(),
+            base(tiny_model(Preset::Classical), d_steps),
+        ));
     }
-    let mut cfg = base(tiny_classical(), 2);
+    let mut cfg = base(tiny_model(Preset::Classical), 2);
     cfg.precision = Precision::Amp;
     cases.push(("classical amp".into(), cfg));
-    let mut cfg = base(tiny_dcgan(), 2);
+    let mut cfg = base(tiny_model(Preset::Dcgan), 2);
     cfg.diffaugment = artgan::ops::DiffAugment::parse("color,translation,cutout").unwrap();
     cases.push(("dcgan with DiffAugment".into(), cfg));
-    for model in [tiny_dcgan(), tiny_classical()] {
+    for model in [tiny_model(Preset::Dcgan), tiny_model(Preset::Classical)] {
         let preset = model.preset;
         let mut cfg = base(model, 1);
         cfg.class_table = Some(class_table(3));
@@ -638,7 +622,7 @@ fn a_failed_capture_falls_back_to_eager_steps_bit_identically() {
         pooled(),
         "ARTGAN_CUDA_POOL=off captures nothing: deselect this test there (--skip)"
     );
-    let mut cfg = TrainConfig::for_model(tiny_classical());
+    let mut cfg = TrainConfig::for_model(tiny_model(Preset::Classical));
     cfg.batch_size = 8;
     cfg.seed = 29;
     cfg.ema = true;
@@ -660,7 +644,7 @@ fn a_failed_capture_falls_back_to_eager_steps_bit_identically() {
 /// The CPU has no graphs: asking for them there is an error, not a silent eager run.
 #[test]
 fn cuda_graphs_are_refused_on_the_cpu() {
-    let model = tiny_dcgan();
+    let model = tiny_model(Preset::Dcgan);
     let mut cfg = TrainConfig::for_model(model);
     cfg.cuda_graphs = true;
     let err = Trainer::new(cfg, Device::Cpu).err().expect("an error");

@@ -8,16 +8,8 @@ use artgan::nn::{
 use artgan::rng::Rng;
 use artgan::tensor::{no_grad, Tensor};
 
-/// `preset` at 32 px with tiny widths (nz 8, ngf = ndf = 4).
-fn tiny(preset: Preset) -> ModelConfig {
-    ModelConfig {
-        preset,
-        image_size: 32,
-        nz: 8,
-        ngf: 4,
-        ndf: 4,
-    }
-}
+mod common;
+use common::tiny_model;
 
 fn bn(prefix: &str, c: usize, out: &mut Vec<(String, Vec<usize>)>) {
     for (n, s) in [
@@ -108,7 +100,7 @@ fn both_presets_give_the_right_shapes_at_32_64_and_128_px() {
         for size in [32, 64, 128] {
             let c = ModelConfig {
                 image_size: size,
-                ..tiny(preset)
+                ..tiny_model(preset)
             };
             let mut rng = Rng::new(1);
             let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
@@ -141,7 +133,7 @@ fn unsupported_sizes_are_rejected_with_a_clear_message() {
 
 #[test]
 fn batch_stats_mode_leaves_running_stats_untouched_and_train_mode_moves_them() {
-    let c = tiny(Preset::Dcgan);
+    let c = tiny_model(Preset::Dcgan);
     let mut rng = Rng::new(2);
     let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
     let z = Tensor::randn(&[4, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
@@ -175,7 +167,7 @@ fn batch_stats_mode_leaves_running_stats_untouched_and_train_mode_moves_them() {
 fn step_draws_take_the_same_values_as_direct_draws() {
     use artgan::nn::draws::StepDraws;
     use artgan::ops;
-    let c = tiny(Preset::Classical);
+    let c = tiny_model(Preset::Classical);
     // Two identical discriminators (their spectral-norm vectors move with each forward).
     let d_direct = Discriminator::new(&c, &mut Rng::new(3), Device::Cpu).unwrap();
     let d_drawn = Discriminator::new(&c, &mut Rng::new(3), Device::Cpu).unwrap();
@@ -228,7 +220,7 @@ fn step_draws_take_the_same_values_as_direct_draws() {
 #[test]
 fn convs_and_their_activations_run_as_one_op() {
     let mut rng = Rng::new(5);
-    let c = tiny(Preset::Dcgan);
+    let c = tiny_model(Preset::Dcgan);
     let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
     let z = Tensor::randn(&[2, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
     let img = g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();

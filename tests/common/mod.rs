@@ -3,8 +3,21 @@
 #![allow(dead_code)]
 
 use artgan::backend::{backend, Device};
+use artgan::nn::{ModelConfig, Preset};
 use std::path::Path;
 use std::process::{Command, Output};
+
+/// `preset` at the smallest size the tests build models at: 32 px, widths 4, nz 8 (the model
+/// [`tiny_train`] trains).
+pub fn tiny_model(preset: Preset) -> ModelConfig {
+    ModelConfig {
+        preset,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    }
+}
 
 /// `artgan train` on the smallest dcgan the CLI tests use (32 px, widths 4, nz 8), then
 /// `extra`; batch 8 unless `extra` sets it (a flag given twice is an error).
