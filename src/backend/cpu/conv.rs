@@ -14,7 +14,7 @@
 
 use super::elementwise::{activate_in_place, activation_grad_into};
 use super::gemm::{gemm, gemm_gathered, Gathered};
-use super::ELEMENTWISE_CHUNK;
+use super::{copy_short, ELEMENTWISE_CHUNK};
 use crate::backend::{Activation, ConvGeom};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -75,23 +75,6 @@ const TASK_FLOATS: usize = 1 << 15;
 /// Items of `per_item` floats each that make one task.
 fn items_per_task(per_item: usize) -> usize {
     TASK_FLOATS.div_ceil(per_item.max(1))
-}
-
-/// `dst.copy_from_slice(src)` for the short rows of GAN layers: fixed-size copies the compiler
-/// turns into a few vector moves for the common lengths (a `memcpy` call per 4-32 float row,
-/// in split, merge and the channel-major copies, cost more than the copy).
-fn copy_row(dst: &mut [f32], src: &[f32]) {
-    fn fixed<const L: usize>(dst: &mut [f32], src: &[f32]) {
-        let dst: &mut [f32; L] = dst.try_into().expect("L floats");
-        *dst = *<&[f32; L]>::try_from(src).expect("L floats");
-    }
-    match src.len() {
-        4 => fixed::<4>(dst, src),
-        8 => fixed::<8>(dst, src),
-        16 => fixed::<16>(dst, src),
-        32 => fixed::<32>(dst, src),
-        _ => dst.copy_from_slice(src),
-    }
 }
 
 /// An input plane zero-padded and split into `stride × stride` phases: phase `(py, px)` is the
@@ -205,7 +188,7 @@ impl Phases {
                                 continue;
                             }
                             // Only this span of the scratch is ever written: the rest stays 0.
-                            copy_row(
+                            copy_short(
                                 &mut tmp[self.pad..self.pad + self.w],
                                 &x[y * self.w..][..self.w],
                             );
@@ -222,7 +205,7 @@ impl Phases {
         for (y, row) in dx.chunks_exact_mut(self.w).enumerate() {
             let pr = y + self.pad;
             self.phase_rows(pr % self.s, pr / self.s).collect(src, tmp);
-            copy_row(row, &tmp[self.pad..self.pad + self.w]);
+            copy_short(row, &tmp[self.pad..self.pad + self.w]);
         }
     }
 }
@@ -248,7 +231,7 @@ impl PhaseRows {
     fn deal(&self, src: &[f32], plane: &mut [f32]) {
         let (start, gap, len, s) = (self.start, self.gap, self.len, self.s);
         match s {
-            1 => copy_row(&mut plane[start..][..len], &src[..len]),
+            1 => copy_short(&mut plane[start..][..len], &src[..len]),
             2 => {
                 let (r0, r1) = plane[start..].split_at_mut(gap);
                 let pairs = src.chunks_exact(2);
@@ -272,7 +255,7 @@ impl PhaseRows {
     fn collect(&self, plane: &[f32], out: &mut [f32]) {
         let (start, gap, len, s) = (self.start, self.gap, self.len, self.s);
         match s {
-            1 => copy_row(&mut out[..len], &plane[start..][..len]),
+            1 => copy_short(&mut out[..len], &plane[start..][..len]),
             2 => {
                 let (r0, r1) = (&plane[start..][..len], &plane[start + gap..][..len]);
                 for ((a, b), pair) in r0.iter().zip(r1).zip(out.chunks_exact_mut(2)) {
@@ -365,7 +348,7 @@ impl Grad<'_> {
     /// `dst` = elements `range` of the gradient (through the activation if any).
     fn read(&self, range: std::ops::Range<usize>, dst: &mut [f32]) {
         match self.through {
-            None => copy_row(dst, &self.dy[range]),
+            None => copy_short(dst, &self.dy[range]),
             Some((act, y)) => activation_grad_into(act, &y[range.clone()], &self.dy[range], dst),
         }
     }
@@ -413,7 +396,7 @@ fn from_channel_major(
         .with_min_len(items_per_task(c * l))
         .for_each(|(b, img)| {
             for ch in 0..c {
-                copy_row(
+                copy_short(
                     &mut img[ch * l..(ch + 1) * l],
                     &src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l],
                 );

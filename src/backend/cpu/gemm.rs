@@ -10,6 +10,7 @@
 //! multiply-add would be very slow where the CPU has none), so its bits differ from the AVX
 //! kernels' but, again, not with the thread count.
 
+use super::copy_short;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -254,20 +255,12 @@ impl<'a> View<'a> {
                     }
                 }
             } else {
-                // The rows of one k are contiguous: copy them in one piece, for a whole panel
-                // as a fixed-size copy the compiler inlines (a `memcpy` call per k, 32 bytes
-                // for an A panel, cost more than the copy).
-                match live {
-                    6 if w == 6 => self.copy_panel::<6>(first, p0, panel),
-                    8 if w == 8 => self.copy_panel::<8>(first, p0, panel),
-                    16 if w == 16 => self.copy_panel::<16>(first, p0, panel),
-                    32 if w == 32 => self.copy_panel::<32>(first, p0, panel),
-                    _ => {
-                        for (p, d) in panel.chunks_exact_mut(w).enumerate() {
-                            let src = &self.data[(p0 + p) * self.cs + first..][..live];
-                            d[..live].copy_from_slice(src);
-                        }
-                    }
+                // The rows of one k are contiguous: copy them in one piece.
+                for (p, d) in panel.chunks_exact_mut(w).enumerate() {
+                    copy_short(
+                        &mut d[..live],
+                        &self.data[(p0 + p) * self.cs + first..][..live],
+                    );
                 }
             }
             if live < w {
@@ -275,17 +268,6 @@ impl<'a> View<'a> {
                     d[live..].fill(0.0);
                 }
             }
-        }
-    }
-
-    /// A full panel of `W` rows from a transposed view (`cs` apart along k, contiguous across
-    /// rows): for each `p`, the `W` floats at `(p0 + p)·cs + first`.
-    fn copy_panel<const W: usize>(&self, first: usize, p0: usize, panel: &mut [f32]) {
-        for (p, d) in panel.chunks_exact_mut(W).enumerate() {
-            let src: &[f32; W] = self.data[(p0 + p) * self.cs + first..][..W]
-                .try_into()
-                .expect("W floats");
-            d.copy_from_slice(src);
         }
     }
 }
@@ -332,7 +314,7 @@ impl Operand<'_> {
                 _ => {
                     for (&row, d) in row_starts.iter().zip(panel.chunks_exact_mut(w)) {
                         for &(src, dst, len) in runs.runs() {
-                            d[dst..dst + len].copy_from_slice(&g.data[row + src..][..len]);
+                            copy_short(&mut d[dst..dst + len], &g.data[row + src..][..len]);
                         }
                     }
                 }

@@ -89,6 +89,24 @@ fn conv_then(
     }
 }
 
+/// `dst.copy_from_slice(src)` for short rows: fixed-size copies the compiler turns into a few
+/// vector moves for the common lengths (a `memcpy` call per 4-32 float row, as in the conv's
+/// split, merge and channel-major copies or a GEMM panel's rows, cost more than the copy).
+pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const L: usize>(dst: &mut [f32], src: &[f32]) {
+        let dst: &mut [f32; L] = dst.try_into().expect("L floats");
+        *dst = *<&[f32; L]>::try_from(src).expect("L floats");
+    }
+    match src.len() {
+        4 => fixed::<4>(dst, src),
+        6 => fixed::<6>(dst, src),
+        8 => fixed::<8>(dst, src),
+        16 => fixed::<16>(dst, src),
+        32 => fixed::<32>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
         ReferenceBackend.device()
