@@ -113,6 +113,10 @@ fn conv_matches_reference() {
         (3, 16, 9, 7, 64, 4, 2, 1),
         (2, 32, 7, 5, 65, 3, 1, 1),
         (2, 30, 6, 7, 64, 3, 1, 0),
+        // Stride 2, 4x4, pad 1 on even sides and at least 8 input channels: backward-data
+        // runs as four sub-pixel GEMMs (odd counts and a non-square plane).
+        (3, 9, 6, 10, 5, 4, 2, 1),
+        (1, 8, 2, 4, 1, 4, 2, 1),
         // Kernels that cover the whole input (D's last layer): one GEMM, no im2col.
         (5, 7, 4, 4, 3, 4, 1, 0),
         (3, 5, 3, 3, 1, 3, 2, 0),
@@ -121,10 +125,13 @@ fn conv_matches_reference() {
         conv_case(&ConvGeom::conv(n, c, h, w, co, k, s, p).unwrap(), i as u64);
     }
     // Transposed convs as G uses them: 1x1 latent to 4x4, and stride-2 upsampling.
-    for (i, &(n, c_in, h, c_out, k, s, p)) in [(7, 16, 1, 8, 4, 1, 0), (3, 8, 5, 3, 4, 2, 1)]
-        .iter()
-        .enumerate()
-    {
+    let transposed = [
+        (7, 16, 1, 8, 4, 1, 0),
+        (3, 8, 5, 3, 4, 2, 1),
+        // Sub-pixel (the conv it is the backward-data of has 11 input channels).
+        (3, 5, 3, 11, 4, 2, 1),
+    ];
+    for (i, &(n, c_in, h, c_out, k, s, p)) in transposed.iter().enumerate() {
         let g = ConvGeom::transposed(n, c_in, h, h, c_out, k, s, p, 0).unwrap();
         conv_case(&g, 100 + i as u64);
     }

@@ -3,14 +3,16 @@
 //! transpose combination, beta 0 and 1, and shapes from 1×1×1 through odd edge tiles to the
 //! DCGAN convolution GEMMs; and its bits against the fused (or, for the portable kernel,
 //! unfused) multiply-add chain along k that it promises, whatever the thread count. The
-//! default `gemm` and the gemm crate wrapper are checked against the same loop; the default's
-//! a·bᵀ case (an AVX-512 dot product) against the lane order it promises too.
+//! default `gemm` and the gemm crate wrapper are checked against the same loop; the a·bᵀ dot
+//! products (AVX-512, AVX2: `gemm_nt_with`) against the lane order they promise too.
 //!
 //! Error bound: a float sum of `k` products (plus c) is within `γ_{k+1}·(Σ|aᵢbᵢ| + |c|)` of
 //! the exact one, `γ_n ≈ n·ε₃₂` (Higham, Accuracy and Stability, §3.1); the f64 loop is exact
 //! to well within that.
 
-use artgan::backend::cpu::{crate_gemm, gemm, gemm_gathered, gemm_with, Gathered, Kernel};
+use artgan::backend::cpu::{
+    crate_gemm, gemm, gemm_gathered, gemm_nt_with, gemm_with, Gathered, Kernel,
+};
 use artgan::rng::Rng;
 
 const KERNELS: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
@@ -43,8 +45,10 @@ enum Via {
     Kernel(Kernel),
     /// The backend's `gemm` (packed, or for a·bᵀ its own path).
     Default,
-    /// `crate_gemm`: a·bᵀ's fallback without AVX-512.
+    /// `crate_gemm`: a·bᵀ's fallback without AVX.
     Crate,
+    /// `gemm_nt_with` this kernel: a·bᵀ as a dot product (b_t only).
+    Nt(Kernel),
 }
 
 impl From<Kernel> for Via {
@@ -113,6 +117,10 @@ impl Case {
             }
             Via::Default => gemm(m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
             Via::Crate => crate_gemm(m, k, n, a, self.a_t, b, self.b_t, beta, &mut c),
+            Via::Nt(kernel) => {
+                assert!(!self.a_t && self.b_t);
+                gemm_nt_with(kernel, m, k, n, a, b, beta, &mut c)
+            }
         }
         c
     }
@@ -155,15 +163,17 @@ impl Case {
         out
     }
 
-    /// The AVX-512 a·bᵀ order: 16 lane sums (lane l: the fused chain over p ≡ l mod 16),
+    /// The AVX a·bᵀ order: `lanes` lane sums (lane l: the fused chain over p ≡ l mod lanes),
     /// added up in lane order, then added to `beta·c`.
-    fn lane_sums(&self, beta: f32) -> Vec<f32> {
+    fn lane_sums(&self, beta: f32, lanes: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.m * self.n);
         for i in 0..self.m {
             for j in 0..self.n {
-                let mut lanes = [0.0f32; 16];
+                let mut lanes = vec![0.0f32; lanes];
+                let count = lanes.len();
                 for p in 0..self.k {
-                    lanes[p % 16] = self.a_at(i, p).mul_add(self.b_at(p, j), lanes[p % 16]);
+                    let lane = &mut lanes[p % count];
+                    *lane = self.a_at(i, p).mul_add(self.b_at(p, j), *lane);
                 }
                 let sum = lanes.iter().fold(0.0f32, |s, &v| s + v);
                 out.push(if beta == 0.0 {
@@ -239,21 +249,29 @@ fn every_element_is_one_multiply_add_chain_along_k() {
     }
 }
 
+/// The a·bᵀ dot products are 16 (AVX-512) or 8 (AVX2) lane sums, and the default `gemm`
+/// runs the fastest one (the gemm crate without AVX).
 #[test]
-fn with_avx512_a_times_b_transposed_is_sixteen_lane_sums() {
-    if !Kernel::Avx512.is_available() {
-        eprintln!("not tested: this CPU lacks AVX-512F (a·bᵀ runs the gemm crate)");
-        return;
-    }
+fn a_times_b_transposed_is_lane_sums_on_each_avx_kernel() {
+    let kernels = available();
     for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
         let case = Case::new(m, k, n, false, true, 200 + s as u64);
         for beta in [0.0, 1.0] {
-            let want = case.lane_sums(beta);
-            let got = case.run(Via::Default, beta);
-            let tag = case.tag(Via::Default, beta);
-            for (e, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.to_bits(), w.to_bits(), "{tag}: element {e}: {g} vs {w}");
+            for &kernel in &kernels {
+                let lanes = match kernel {
+                    Kernel::Avx512 => 16,
+                    Kernel::Avx2 => 8,
+                    Kernel::Portable => continue,
+                };
+                let want = case.lane_sums(beta, lanes);
+                let got = case.run(Via::Nt(kernel), beta);
+                let tag = case.tag(Via::Nt(kernel), beta);
+                for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{tag}: element {e}: {g} vs {w}");
+                }
             }
+            let fastest = Via::Nt(kernels[0]);
+            assert_eq!(case.run(Via::Default, beta), case.run(fastest, beta));
         }
     }
 }
@@ -270,8 +288,10 @@ fn results_do_not_depend_on_the_thread_count() {
     // Large enough to be split into many blocks, with edge tiles on both sides; b transposed,
     // so the default `gemm` runs its a·bᵀ path.
     let case = Case::new(131, 2517, 301, false, true, 7);
-    let vias = available().into_iter().map(Via::Kernel);
-    for kernel in vias.chain([Via::Default, Via::Crate]) {
+    let kernels = available();
+    let vias = kernels.iter().map(|&k| Via::Kernel(k));
+    let nts = kernels.iter().map(|&k| Via::Nt(k));
+    for kernel in vias.chain(nts).chain([Via::Default, Via::Crate]) {
         let one = on(1, &case, kernel);
         for threads in [2, 3] {
             assert!(

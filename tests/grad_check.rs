@@ -294,10 +294,13 @@ fn conv_act_equals_conv_then_activation() {
     let mut t = |shape: &[usize]| Tensor::from_vec(randn(&mut rng, shape), shape, CPU).unwrap();
     // (x, w, transposed, stride, pad): stride-2 4x4 kernels as the GAN layers, odd sides
     // (about half the outputs negative); a kernel covering the input (the dense path); 64
-    // output channels and 256 taps (backward-filter gathers its columns).
+    // output channels and 256 taps (backward-filter gathers its columns); even sides and 8
+    // channels where the input gradient (a transposed conv's output) is the sub-pixel path.
     let cases = [
         (t(&[3, 4, 9, 7]), t(&[5, 4, 4, 4]), false, 2, 1),
         (t(&[3, 4, 9, 7]), t(&[4, 5, 4, 4]), true, 2, 1),
+        (t(&[2, 9, 3, 5]), t(&[9, 8, 4, 4]), true, 2, 1),
+        (t(&[2, 8, 6, 10]), t(&[5, 8, 4, 4]), false, 2, 1),
         (t(&[3, 4, 4, 4]), t(&[5, 4, 4, 4]), false, 1, 0),
         (t(&[2, 16, 6, 5]), t(&[64, 16, 4, 4]), false, 2, 1),
     ];

@@ -470,6 +470,10 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation
         activate(act, &mut dx);
         return dx;
     }
+    if is_subpixel(g) {
+        backward_data_subpixel(dy, w, g, act, &mut dx);
+        return dx;
+    }
     // col = wᵀ·dy over each chunk, dy read as [c_out, (b, pixel)] where the GEMM packs it.
     let channel_start: Vec<usize> = (0..g.c_out).map(|co| co * l).collect();
     let pixel_start: Vec<usize> = (0..chunk * l).map(|j| (j / l) * out_len + j % l).collect();
@@ -488,6 +492,104 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation
         }
     });
     dx
+}
+
+/// Whether backward-data runs as four sub-pixel GEMMs ([`backward_data_subpixel`]): the
+/// stride-2, 4 × 4, pad-1 layers of the GAN models, whose input is twice the output's size.
+fn is_subpixel(g: &ConvGeom) -> bool {
+    let (k4, s2) = (g.kh == 4 && g.kw == 4, g.stride == 2 && g.pad == 1);
+    k4 && s2 && g.h == 2 * g.oh && g.w == 2 * g.ow && g.c_in >= 8
+}
+
+/// Backward-data of a stride-2, 4 × 4, pad-1 convolution with no column matrix and no
+/// col2im: input pixel `(2qy + ry, 2qx + rx)` meets exactly the taps `ky = 3 - ry - 2ty`,
+/// `kx = 3 - rx - 2tx` (`ty, tx` in 0..2) of output pixels `(qy + ry + ty - 1, qx + rx +
+/// tx - 1)`. So each phase `(ry, rx)` of dx is one GEMM, `dx_phase[ci, (b, qy, qx)] =
+/// Σ_(co, ty, tx) w[co, ci, ky, kx] · dy_padded[b, co, qy + ry + ty, qx + rx + tx]`, its B read
+/// from the zero-padded dy planes where the GEMM packs it (rows of `ow` pixels are contiguous
+/// runs, as in `forward`), k = 4·c_out. The phases are then interleaved into dx (through
+/// `act` if given). Same sums as the column path, in another order.
+fn backward_data_subpixel(
+    dy: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    act: Option<Activation>,
+    dx: &mut [f32],
+) {
+    let (taps, pixels) = (4 * g.c_out, g.n * g.oh * g.ow);
+    // dy zero-padded by one pixel on every side.
+    let padded = Phases {
+        s: 1,
+        pad: 1,
+        h: g.oh,
+        w: g.ow,
+        hq: g.oh + 2,
+        wq: g.ow + 2,
+    };
+    let plane = padded.plane_len();
+    let col_start: Vec<usize> = (0..pixels)
+        .map(|j| {
+            let (b, q) = (j / (g.oh * g.ow), j % (g.oh * g.ow));
+            b * g.c_out * plane + (q / g.ow) * padded.wq + q % g.ow
+        })
+        .collect();
+    with_scratch(4 * taps * g.c_in, 4 * g.c_in * pixels, |weights, phases| {
+        padded.with_split(dy, g.n * g.c_out, |dyp| {
+            let gemms = weights
+                .chunks_exact_mut(taps * g.c_in)
+                .zip(phases.chunks_exact_mut(g.c_in * pixels));
+            for (phase, (a, out)) in gemms.enumerate() {
+                let (ry, rx) = (phase / 2, phase % 2);
+                // a[ci, (co, ty, tx)] = w[co, ci, 3 - ry - 2ty, 3 - rx - 2tx].
+                for (ci, row) in a.chunks_exact_mut(taps).enumerate() {
+                    for (t, v) in row.iter_mut().enumerate() {
+                        let (co, ty, tx) = (t / 4, (t / 2) % 2, t % 2);
+                        let (ky, kx) = (3 - ry - 2 * ty, 3 - rx - 2 * tx);
+                        *v = w[((co * g.c_in + ci) * 4 + ky) * 4 + kx];
+                    }
+                }
+                let row_start: Vec<usize> = (0..taps)
+                    .map(|t| {
+                        let (co, ty, tx) = (t / 4, (t / 2) % 2, t % 2);
+                        co * plane + (ry + ty) * padded.wq + rx + tx
+                    })
+                    .collect();
+                let b = Gathered {
+                    data: dyp,
+                    row_start: &row_start,
+                    col_start: &col_start,
+                };
+                gemm_gathered(g.c_in, taps, pixels, a, false, &b, out);
+            }
+        });
+        interleave_phases(phases, g, act, dx);
+    });
+}
+
+/// dx `[n, c_in, h, w]` from its four phases (`[4][c_in, (b, qy, qx)]`, phase `2ry + rx`
+/// holding pixels `(2qy + ry, 2qx + rx)`), each plane then passed through `act` if given.
+fn interleave_phases(phases: &[f32], g: &ConvGeom, act: Option<Activation>, dx: &mut [f32]) {
+    let (l, pixels) = (g.oh * g.ow, g.n * g.oh * g.ow);
+    let phase_len = g.c_in * pixels;
+    dx.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .with_min_len(items_per_task(g.h * g.w))
+        .for_each(|(p, plane)| {
+            let (b, ci) = (p / g.c_in, p % g.c_in);
+            let at = ci * pixels + b * l;
+            for (y, row) in plane.chunks_exact_mut(g.w).enumerate() {
+                let (qy, ry) = (y / 2, y % 2);
+                let even = &phases[2 * ry * phase_len + at + qy * g.ow..][..g.ow];
+                let odd = &phases[(2 * ry + 1) * phase_len + at + qy * g.ow..][..g.ow];
+                for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = e;
+                    pair[1] = o;
+                }
+            }
+            if let Some(act) = act {
+                activate_in_place(act, plane);
+            }
+        });
 }
 
 /// Whether backward-filter gathers colᵀ into the packed GEMM ([`backward_filter`]): the

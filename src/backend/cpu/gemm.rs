@@ -61,9 +61,9 @@ impl Kernel {
 ///
 /// One case differs: a plain, b transposed (the convolutions' backward-filter), where both
 /// operands run along k in memory and packing both (a scalar transpose) costs more than the
-/// product on its skinny, deep shapes. With AVX-512 it is a blocked dot product read in place
-/// (16 lane sums per element, then added up in lane order); without, the `gemm` crate, which
-/// beats the packed path there (benches/gemm.rs). Both split only the output among threads.
+/// product on its skinny, deep shapes: [`gemm_nt_with`], a blocked dot product read in place
+/// with AVX (lane sums per element, then added up in lane order), else the `gemm` crate, which
+/// beats the portable packed path there (benches/gemm.rs).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -77,13 +77,39 @@ pub fn gemm(
     c: &mut [f32],
 ) {
     if !a_t && b_t && m * n * k > 0 {
-        check_args(m, k, n, a, b, beta, c);
-        return match x86::Avx512::new() {
-            Some(avx512) => avx512.gemm_nt(m, k, n, a, b, beta == 1.0, c),
-            None => crate_gemm(m, k, n, a, a_t, b, b_t, beta, c),
-        };
+        return gemm_nt_with(Kernel::detect(), m, k, n, a, b, beta, c);
     }
     gemm_with(Kernel::detect(), m, k, n, a, a_t, b, b_t, beta, c)
+}
+
+/// [`gemm`]'s a·bᵀ path (`a` `[m, k]`, `b` `[n, k]`, `m·k·n > 0`) on a chosen kernel family
+/// (panics if this CPU does not run it): with AVX-512 or AVX2 a blocked dot product read in
+/// place, each element `L` lane sums (lane `l`: the fused chain over `p ≡ l mod L`, `L` = 16
+/// or 8), added up in lane order, then added to `beta·c`; the portable one is the `gemm`
+/// crate. Threads split only the output.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_nt_with(
+    kernel: Kernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    check_args(m, k, n, a, b, beta, c);
+    let missing = "gemm: this CPU lacks the features of the chosen kernel";
+    let add_to_c = beta == 1.0;
+    match kernel {
+        Kernel::Avx512 => x86::Avx512::new()
+            .expect(missing)
+            .gemm_nt(m, k, n, a, b, add_to_c, c),
+        Kernel::Avx2 => x86::Avx2::new()
+            .expect(missing)
+            .gemm_nt(m, k, n, a, b, add_to_c, c),
+        Kernel::Portable => crate_gemm(m, k, n, a, false, b, true, beta, c),
+    }
 }
 
 /// What every entry point requires: operands long enough, beta 0 or 1.
@@ -383,8 +409,8 @@ impl Runs {
     }
 }
 
-/// `c[i][..NR] = (load ? c[i][..NR] : 0) + Σ_p a[p·MR + i]·b[p·NR + ..]` for the `MR` rows of
-/// `c`, `p` in order, one multiply-add per `p`.
+/// `c[i][..NR] = (load ? c[i][..NR] : 0) + Σ_p a[p·MR + i]·b[p·NR + ..]` for the rows of `c`
+/// (`MR`, or fewer at the bottom edge of the output), `p` in order, one multiply-add per `p`.
 trait MicroKernel: Copy + Send + Sync {
     const MR: usize;
     const NR: usize;
@@ -394,7 +420,7 @@ trait MicroKernel: Copy + Send + Sync {
 /// The bounds every micro-kernel call must meet (the AVX kernels' raw accesses rely on them).
 fn check_tile(kc: usize, mr: usize, nr: usize, a: &[f32], b: &[f32], c: &[&mut [f32]]) {
     assert!(a.len() >= kc * mr && b.len() >= kc * nr);
-    assert!(c.len() == mr && c.iter().all(|row| row.len() >= nr));
+    assert!((1..=mr).contains(&c.len()) && c.iter().all(|row| row.len() >= nr));
 }
 
 struct Problem<'a> {
@@ -510,8 +536,9 @@ fn for_each_block(
     }
 }
 
-/// One micro-kernel call on `rows[..][j..j + NR]`; an edge tile goes through a full-size
-/// buffer (the packed panels are zero-padded, so the extra lanes compute harmless zeros).
+/// One micro-kernel call on `rows[..][j..j + NR]` (fewer than MR rows at the bottom edge); a
+/// tile cut by the right edge goes through a full-size buffer (the packed panels are
+/// zero-padded, so the extra lanes compute harmless zeros).
 fn tile<K: MicroKernel>(
     kern: K,
     kc: usize,
@@ -523,11 +550,12 @@ fn tile<K: MicroKernel>(
 ) {
     let nr = K::NR.min(rows[0].len() - j);
     let mut views: [&mut [f32]; MAX_MR] = Default::default();
-    if rows.len() == K::MR && nr == K::NR {
+    if nr == K::NR {
+        let live = rows.len();
         for (v, row) in views.iter_mut().zip(rows.iter_mut()) {
             *v = &mut row[j..j + K::NR];
         }
-        return kern.tile(kc, a, b, &mut views[..K::MR], load);
+        return kern.tile(kc, a, b, &mut views[..live], load);
     }
     let mut buf = [0.0f32; MAX_TILE];
     let buf = &mut buf[..K::MR * K::NR];

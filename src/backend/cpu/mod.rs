@@ -16,7 +16,7 @@ mod gemm;
 // random masks, the loss) is the reference's code, called as it is.
 use super::reference::ReferenceBackend;
 
-pub use gemm::{crate_gemm, gemm, gemm_gathered, gemm_with, Gathered, Kernel};
+pub use gemm::{crate_gemm, gemm, gemm_gathered, gemm_nt_with, gemm_with, Gathered, Kernel};
 
 use super::*;
 

@@ -35,6 +35,20 @@ impl Avx2 {
     pub fn new() -> Option<Self> {
         None
     }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_nt(
+        self,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &[f32],
+        _: &[f32],
+        _: bool,
+        _: &mut [f32],
+    ) {
+        match self {}
+    }
 }
 
 impl MicroKernel for Avx512 {
