@@ -2,8 +2,10 @@
 //! (packing amortised, threads busy). The input is split into phase planes ([`Phases`]) where
 //! every window row is a contiguous run; forward packs its column matrix straight from them
 //! ([`gemm_gathered`], never written out), backward-filter gathers the transposed one the same
-//! way where the layer is wide enough (else im2col and the a·bᵀ GEMM), backward-data is one
-//! GEMM per chunk of images into a column matrix, then col2im. Chunk sizes depend only on the
+//! way where the layer is wide enough (else im2col and the a·bᵀ GEMM), backward-data is four
+//! sub-pixel GEMMs read from the padded dy on the GAN models' stride-2 layers
+//! ([`backward_data_subpixel`]), elsewhere one GEMM per chunk of images into a column matrix,
+//! then col2im. Chunk sizes depend only on the
 //! geometry, never on the thread count, and the GEMM splits its work over the output (never
 //! over the summed dimension), so results are bit-identical whatever the number of threads.
 //! Scratch buffers are kept per thread and reused from one call to the next. A fused conv +
@@ -495,10 +497,14 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation
 }
 
 /// Whether backward-data runs as four sub-pixel GEMMs ([`backward_data_subpixel`]): the
-/// stride-2, 4 × 4, pad-1 layers of the GAN models, whose input is twice the output's size.
+/// stride-2, 4 × 4, pad-1 layers of the GAN models, whose input is twice the output's size,
+/// where c_out is at most 128. col2im's share of the column path shrinks as c_out (the
+/// column GEMM's depth) grows: measured on dcgan 32 and 64 px layers (benches/cpu_conv),
+/// sub-pixel was 1.2-1.4x faster at c_out 64 and 128, even at 256 and 15% slower at 512.
 fn is_subpixel(g: &ConvGeom) -> bool {
     let (k4, s2) = (g.kh == 4 && g.kw == 4, g.stride == 2 && g.pad == 1);
-    k4 && s2 && g.h == 2 * g.oh && g.w == 2 * g.ow && g.c_in >= 8
+    let channels = g.c_in >= 8 && g.c_out <= 128;
+    k4 && s2 && g.h == 2 * g.oh && g.w == 2 * g.ow && channels
 }
 
 /// Backward-data of a stride-2, 4 × 4, pad-1 convolution with no column matrix and no
@@ -534,23 +540,17 @@ fn backward_data_subpixel(
         })
         .collect();
     with_scratch(4 * taps * g.c_in, 4 * g.c_in * pixels, |weights, phases| {
+        subpixel_weights(w, g, weights);
         padded.with_split(dy, g.n * g.c_out, |dyp| {
             let gemms = weights
-                .chunks_exact_mut(taps * g.c_in)
+                .chunks_exact(taps * g.c_in)
                 .zip(phases.chunks_exact_mut(g.c_in * pixels));
             for (phase, (a, out)) in gemms.enumerate() {
                 let (ry, rx) = (phase / 2, phase % 2);
-                // a[ci, (co, ty, tx)] = w[co, ci, 3 - ry - 2ty, 3 - rx - 2tx].
-                for (ci, row) in a.chunks_exact_mut(taps).enumerate() {
-                    for (t, v) in row.iter_mut().enumerate() {
-                        let (co, ty, tx) = (t / 4, (t / 2) % 2, t % 2);
-                        let (ky, kx) = (3 - ry - 2 * ty, 3 - rx - 2 * tx);
-                        *v = w[((co * g.c_in + ci) * 4 + ky) * 4 + kx];
-                    }
-                }
+                // Row (ty, tx, co) of B: channel co's padded plane shifted by (ry + ty, rx + tx).
                 let row_start: Vec<usize> = (0..taps)
                     .map(|t| {
-                        let (co, ty, tx) = (t / 4, (t / 2) % 2, t % 2);
+                        let (ty, tx, co) = (t / (2 * g.c_out), (t / g.c_out) % 2, t % g.c_out);
                         co * plane + (ry + ty) * padded.wq + rx + tx
                     })
                     .collect();
@@ -559,11 +559,45 @@ fn backward_data_subpixel(
                     row_start: &row_start,
                     col_start: &col_start,
                 };
-                gemm_gathered(g.c_in, taps, pixels, a, false, &b, out);
+                gemm_gathered(g.c_in, taps, pixels, a, true, &b, out);
             }
         });
         interleave_phases(phases, g, act, dx);
     });
+}
+
+/// The A operands of [`backward_data_subpixel`], each stored transposed: phase `(ry, rx)`'s
+/// `[(ty, tx, co), ci]` = `w[co, ci, 3 - ry - 2ty, 3 - rx - 2tx]`, phases one after another.
+/// Read in w's order, a range of output channels per task (w can be megabytes: reading it
+/// tap by tap missed the cache on every load).
+fn subpixel_weights(w: &[f32], g: &ConvGeom, out: &mut [f32]) {
+    // Where tap (ky, kx) goes: block (phase, ty, tx) of c_out × c_in floats.
+    let block_of = |tap: usize| {
+        let (ky, kx) = (tap / 4, tap % 4);
+        let (ry, ty, rx, tx) = ((3 - ky) % 2, (3 - ky) / 2, (3 - kx) % 2, (3 - kx) / 2);
+        (ry * 2 + rx) * 4 + ty * 2 + tx
+    };
+    let block_len = g.c_out * g.c_in;
+    let chunk = items_per_task(16 * g.c_in);
+    // tasks[j][block]: block's rows for output channels j·chunk ..
+    let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
+    tasks.resize_with(g.c_out.div_ceil(chunk), || Vec::with_capacity(16));
+    for block in out.chunks_exact_mut(block_len) {
+        for (task, rows) in tasks.iter_mut().zip(block.chunks_mut(chunk * g.c_in)) {
+            task.push(rows);
+        }
+    }
+    let blocks: [usize; 16] = std::array::from_fn(block_of);
+    tasks
+        .into_par_iter()
+        .zip(w.par_chunks(chunk * g.c_in * 16))
+        .for_each(|(mut rows, w)| {
+            for (i, tapset) in w.chunks_exact(16).enumerate() {
+                for (&v, &block) in tapset.iter().zip(&blocks) {
+                    rows[block][i] = v;
+                }
+            }
+        });
 }
 
 /// dx `[n, c_in, h, w]` from its four phases (`[4][c_in, (b, qy, qx)]`, phase `2ry + rx`
