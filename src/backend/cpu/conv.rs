@@ -5,12 +5,12 @@
 //! way where the layer is wide enough (else im2col and the a·bᵀ GEMM), backward-data is four
 //! sub-pixel GEMMs read from the padded dy on the GAN models' stride-2 layers
 //! ([`backward_data_subpixel`]), elsewhere one GEMM per chunk of images into a column matrix,
-//! then col2im. Chunk sizes depend only on the
-//! geometry, never on the thread count, and the GEMM splits its work over the output (never
-//! over the summed dimension), so results are bit-identical whatever the number of threads.
-//! Scratch buffers are kept per thread and reused from one call to the next. A fused conv +
-//! activation (`ops::conv2d_act`) has its activation applied to each image as forward (or
-//! col2im, for a transposed conv) writes it, and its derivative as backward-filter's
+//! then col2im. Chunk sizes depend only on the geometry, never on the thread count, and the
+//! GEMM splits its work over the output (never over the summed dimension), so results are
+//! bit-identical whatever the number of threads. Scratch buffers are kept per thread and
+//! reused from one call to the next. A fused conv + activation (`ops::conv2d_act`) has its
+//! activation applied to each image as forward (or, for a transposed conv, backward-data's
+//! last pass) writes it, and its derivative as backward-filter's
 //! channel-major copy reads dy. The plain definition it is tested against lives in
 //! `crate::backend::reference`.
 
