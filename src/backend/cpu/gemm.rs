@@ -100,16 +100,12 @@ pub fn gemm_nt_with(
 ) {
     check_args(m, k, n, a, b, beta, c);
     let missing = "gemm: this CPU lacks the features of the chosen kernel";
-    let add_to_c = beta == 1.0;
-    match kernel {
-        Kernel::Avx512 => x86::Avx512::new()
-            .expect(missing)
-            .gemm_nt(m, k, n, a, b, add_to_c, c),
-        Kernel::Avx2 => x86::Avx2::new()
-            .expect(missing)
-            .gemm_nt(m, k, n, a, b, add_to_c, c),
-        Kernel::Portable => crate_gemm(m, k, n, a, false, b, true, beta, c),
-    }
+    let nt = match kernel {
+        Kernel::Avx512 => x86::NtKernel::Avx512(x86::Avx512::new().expect(missing)),
+        Kernel::Avx2 => x86::NtKernel::Avx2(x86::Avx2::new().expect(missing)),
+        Kernel::Portable => return crate_gemm(m, k, n, a, false, b, true, beta, c),
+    };
+    nt.run(m, k, n, a, b, beta == 1.0, c);
 }
 
 /// What every entry point requires: operands long enough, beta 0 or 1.

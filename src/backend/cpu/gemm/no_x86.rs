@@ -12,20 +12,6 @@ impl Avx512 {
         None
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nt(
-        self,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: &[f32],
-        _: &[f32],
-        _: bool,
-        _: &mut [f32],
-    ) {
-        match self {}
-    }
-
     pub fn gather_rows(self, _: &[f32], _: &[usize], _: &[usize], _: usize, _: &mut [f32]) {
         match self {}
     }
@@ -35,19 +21,21 @@ impl Avx2 {
     pub fn new() -> Option<Self> {
         None
     }
+}
 
+#[derive(Clone, Copy)]
+pub enum NtKernel {
+    Avx512(Avx512),
+    Avx2(Avx2),
+}
+
+impl NtKernel {
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nt(
-        self,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: &[f32],
-        _: &[f32],
-        _: bool,
-        _: &mut [f32],
-    ) {
-        match self {}
+    pub fn run(self, _: usize, _: usize, _: usize, _: &[f32], _: &[f32], _: bool, _: &mut [f32]) {
+        match self {
+            NtKernel::Avx512(never) => match never {},
+            NtKernel::Avx2(never) => match never {},
+        }
     }
 }
 

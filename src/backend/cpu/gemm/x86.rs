@@ -88,28 +88,18 @@ unsafe fn gemm_nt<const LANES: usize, const R: usize, const C: usize>(
     });
 }
 
-impl Avx512 {
-    /// [`gemm_nt`] on 16 lanes, 4 × 6 tiles (24 of the 32 zmm registers).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nt(
-        self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        b: &[f32],
-        add_to_c: bool,
-        c: &mut [f32],
-    ) {
-        // SAFETY: `self` proves AVX-512F.
-        unsafe { gemm_nt::<16, 4, 6>(nt_tile_avx512, m, k, n, a, b, add_to_c, c) }
-    }
+/// The a·bᵀ dot product's kernels: AVX-512 on 16 lanes, 4 × 6 tiles (24 of the 32 zmm
+/// registers); AVX2 on 8 lanes, 4 × 3 tiles (12 of the 16 ymm).
+#[derive(Clone, Copy)]
+pub enum NtKernel {
+    Avx512(Avx512),
+    Avx2(Avx2),
 }
 
-impl Avx2 {
-    /// [`gemm_nt`] on 8 lanes, 4 × 3 tiles (12 of the 16 ymm registers).
+impl NtKernel {
+    /// [`gemm_nt`] on this kernel.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nt(
+    pub fn run(
         self,
         m: usize,
         k: usize,
@@ -119,8 +109,15 @@ impl Avx2 {
         add_to_c: bool,
         c: &mut [f32],
     ) {
-        // SAFETY: `self` proves AVX2 and FMA.
-        unsafe { gemm_nt::<8, 4, 3>(nt_tile_avx2, m, k, n, a, b, add_to_c, c) }
+        // SAFETY: the Avx512 and Avx2 proofs exist only where the CPU has those features.
+        unsafe {
+            match self {
+                NtKernel::Avx512(_) => {
+                    gemm_nt::<16, 4, 6>(nt_tile_avx512, m, k, n, a, b, add_to_c, c)
+                }
+                NtKernel::Avx2(_) => gemm_nt::<8, 4, 3>(nt_tile_avx2, m, k, n, a, b, add_to_c, c),
+            }
+        }
     }
 }
 
