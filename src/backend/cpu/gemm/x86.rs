@@ -285,18 +285,7 @@ impl MicroKernel for Avx512 {
         let (a, b) = (a.as_ptr(), b.as_ptr());
         // SAFETY: `self` exists only where the CPU has AVX-512F, and check_tile asserted
         // the lengths the kernel reads and writes (kc·MR of a, kc·NR of b, NR per row).
-        unsafe {
-            match c.len() {
-                8 => avx512_tile::<8, 2, 8>(kc, a, b, c, load),
-                7 => avx512_tile::<7, 2, 8>(kc, a, b, c, load),
-                6 => avx512_tile::<6, 2, 8>(kc, a, b, c, load),
-                5 => avx512_tile::<5, 2, 8>(kc, a, b, c, load),
-                4 => avx512_tile::<4, 2, 8>(kc, a, b, c, load),
-                3 => avx512_tile::<3, 2, 8>(kc, a, b, c, load),
-                2 => avx512_tile::<2, 2, 8>(kc, a, b, c, load),
-                _ => avx512_tile::<1, 2, 8>(kc, a, b, c, load),
-            }
-        }
+        unsafe { by_rows!(avx512_tile, 8, [8, 7, 6, 5, 4, 3, 2, 1], kc, a, b, c, load) }
     }
 }
 
@@ -309,18 +298,22 @@ impl MicroKernel for Avx2 {
         check_tile(kc, Self::MR, Self::NR, a, b, c);
         let (a, b) = (a.as_ptr(), b.as_ptr());
         // SAFETY: as for Avx512, with AVX2 and FMA.
-        unsafe {
-            match c.len() {
-                6 => avx2_tile::<6, 2, 6>(kc, a, b, c, load),
-                5 => avx2_tile::<5, 2, 6>(kc, a, b, c, load),
-                4 => avx2_tile::<4, 2, 6>(kc, a, b, c, load),
-                3 => avx2_tile::<3, 2, 6>(kc, a, b, c, load),
-                2 => avx2_tile::<2, 2, 6>(kc, a, b, c, load),
-                _ => avx2_tile::<1, 2, 6>(kc, a, b, c, load),
-            }
-        }
+        unsafe { by_rows!(avx2_tile, 6, [6, 5, 4, 3, 2, 1], kc, a, b, c, load) }
     }
 }
+
+/// `$tile::<rows, 2, $width>(..)` for `rows` = `c.len()`, one of `$rows` (check_tile bounds
+/// it): a bottom-edge tile computes only its live rows of the `$width`-wide A panel.
+macro_rules! by_rows {
+    ($tile:ident, $width:literal, [$($rows:literal),*], $kc:expr, $a:expr, $b:expr, $c:expr,
+     $load:expr) => {
+        match $c.len() {
+            $($rows => $tile::<$rows, 2, $width>($kc, $a, $b, $c, $load),)*
+            _ => unreachable!("check_tile bounds the rows"),
+        }
+    };
+}
+use by_rows;
 
 /// `$name::<MR, NV, AS>`: the packed micro-kernel on vectors of `$lanes` floats, NV per row,
 /// for the first MR rows of A panels AS wide (MR < AS at the bottom edge of c). Caller
