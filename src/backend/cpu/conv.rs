@@ -500,7 +500,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation
 /// stride-2, 4 × 4, pad-1 layers of the GAN models, whose input is twice the output's size,
 /// where c_out is at most 128. col2im's share of the column path shrinks as c_out (the
 /// column GEMM's depth) grows: measured on dcgan 32 and 64 px layers (benches/cpu_conv),
-/// sub-pixel was 1.2-1.4x faster at c_out 64 and 128, even at 256 and 15% slower at 512.
+/// sub-pixel was 1.2-1.4x faster at c_out 64 and 128, on par at 256, 15% slower at 512.
 fn is_subpixel(g: &ConvGeom) -> bool {
     let (k4, s2) = (g.kh == 4 && g.kw == 4, g.stride == 2 && g.pad == 1);
     let channels = g.c_in >= 8 && g.c_out <= 128;
