@@ -134,13 +134,14 @@ impl Phases {
             .collect()
     }
 
-    /// Where each column-matrix column (b, oy, ox) starts, relative to its row's start.
-    fn pixel_starts(&self, g: &ConvGeom) -> Vec<usize> {
-        let l = g.oh * g.ow;
-        (0..g.n * l)
+    /// Where each column-matrix column (b, oy, ox) starts, relative to its row's start, for
+    /// `images` of `channels` split planes each and an `oh × ow` output.
+    fn pixel_starts(&self, images: usize, channels: usize, oh: usize, ow: usize) -> Vec<usize> {
+        let l = oh * ow;
+        (0..images * l)
             .map(|j| {
-                let (b, oy, ox) = (j / l, (j % l) / g.ow, j % g.ow);
-                b * g.c_in * self.plane_len() + oy * self.wq + ox
+                let (b, oy, ox) = (j / l, (j % l) / ow, j % ow);
+                b * channels * self.plane_len() + oy * self.wq + ox
             })
             .collect()
     }
@@ -442,7 +443,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation>) -> V
     // GEMM packs it (never written out): row (ci, ky, kx) starts at channel ci's tap, column
     // (b, oy, ox) at image b's pixel (oy, ox) of a split plane.
     let ph = Phases::new(g);
-    let (row_start, col_start) = (ph.tap_starts(g), ph.pixel_starts(g));
+    let (row_start, col_start) = (ph.tap_starts(g), ph.pixel_starts(g.n, g.c_in, g.oh, g.ow));
     with_buffer(&CHANNEL_MAJOR, g.c_out * g.n * l, |yc| {
         ph.with_split(x, g.n * g.c_in, |planes| {
             let cols = Gathered {
@@ -533,12 +534,7 @@ fn backward_data_subpixel(
         wq: g.ow + 2,
     };
     let plane = padded.plane_len();
-    let col_start: Vec<usize> = (0..pixels)
-        .map(|j| {
-            let (b, q) = (j / (g.oh * g.ow), j % (g.oh * g.ow));
-            b * g.c_out * plane + (q / g.ow) * padded.wq + q % g.ow
-        })
-        .collect();
+    let col_start = padded.pixel_starts(g.n, g.c_out, g.oh, g.ow);
     with_scratch(4 * taps * g.c_in, 4 * g.c_in * pixels, |weights, phases| {
         subpixel_weights(w, g, weights);
         padded.with_split(dy, g.n * g.c_out, |dyp| {
@@ -613,12 +609,14 @@ fn interleave_phases(phases: &[f32], g: &ConvGeom, act: Option<Activation>, dx: 
             let at = ci * pixels + b * l;
             for (y, row) in plane.chunks_exact_mut(g.w).enumerate() {
                 let (qy, ry) = (y / 2, y % 2);
-                let even = &phases[2 * ry * phase_len + at + qy * g.ow..][..g.ow];
-                let odd = &phases[(2 * ry + 1) * phase_len + at + qy * g.ow..][..g.ow];
-                for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
-                    pair[0] = e;
-                    pair[1] = o;
-                }
+                // Row qy of phases (ry, 0) and (ry, 1), one phase apart, interleaved.
+                let rows = PhaseRows {
+                    start: 2 * ry * phase_len + at + qy * g.ow,
+                    gap: phase_len,
+                    len: g.ow,
+                    s: 2,
+                };
+                rows.collect(phases, row);
             }
             if let Some(act) = act {
                 activate_in_place(act, plane);
@@ -661,7 +659,7 @@ pub fn backward_filter(x: &[f32], dy: Grad, g: &ConvGeom) -> Vec<f32> {
         // (pixels × taps) is gathered from the split planes where the GEMM packs it (the
         // starts of `forward`, roles swapped).
         let ph = Phases::new(g);
-        let (tap_start, pixel_start) = (ph.tap_starts(g), ph.pixel_starts(g));
+        let (tap_start, pixel_start) = (ph.tap_starts(g), ph.pixel_starts(g.n, g.c_in, g.oh, g.ow));
         with_buffer(&CHANNEL_MAJOR, g.c_out * g.n * l, |dyc| {
             to_channel_major(dy, 0, g.c_out, l, g.n, dyc);
             ph.with_split(x, g.n * g.c_in, |planes| {
