@@ -8,6 +8,7 @@
 //! ```sh
 //! cargo bench --bench cpu_conv                                        # dcgan 32 px, w32, b64
 //! cargo bench --bench cpu_conv -- --image-size 64 --width 64 --batch-size 16
+//! cargo bench --bench cpu_conv -- --layer "D 32->64" --reps 200     # one layer, to profile
 //! ```
 //!
 //! For before/after figures run two builds of this bench one after the other, several times
@@ -31,6 +32,9 @@ struct Args {
     nz: usize,
     #[arg(long, default_value_t = 15)]
     reps: usize,
+    /// Only the layers whose name contains this (e.g. "D 32->64"), to profile one alone.
+    #[arg(long)]
+    layer: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -99,7 +103,12 @@ fn main() -> anyhow::Result<()> {
         a.reps
     );
     let mut totals = [0.0; 3];
-    for (name, g) in layers(&a)? {
+    let wanted = |name: &str| {
+        a.layer
+            .as_ref()
+            .is_none_or(|part| name.contains(part.as_str()))
+    };
+    for (name, g) in layers(&a)?.into_iter().filter(|(name, _)| wanted(name)) {
         let (x, w, dy) = (
             up(g.input_len(), &*be)?,
             up(g.weight_len(), &*be)?,

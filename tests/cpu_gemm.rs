@@ -352,28 +352,43 @@ fn zero_sizes_and_bad_arguments() {
 /// `gemm_gathered` packs B straight from `data` through row and column starts: it must give
 /// the bits of the detected kernel's `gemm_with` on that B written out, for column starts in
 /// runs of every length the packing special-cases (4, 8, 16, 32), of mixed lengths, and
-/// scattered, with panels cut mid-run and edge tiles on every side.
+/// scattered, with panels cut mid-run and edge tiles on every side; and for scattered
+/// columns (a backward-filter's taps) whose row starts follow on in runs (a window row of
+/// pixels, which the AVX2 packing reads as vectors and transposes: runs of 8, 4 and other
+/// lengths, column counts that are not a multiple of 8).
 #[test]
 fn gathered_b_gives_the_bits_of_the_written_out_matrix() {
     let mut rng = Rng::new(21);
     let data = rng.uniform_vec(20_000, -1.0, 1.0);
-    // (m, k, n, run length; 0: runs of 1 to 11 floats, drawn).
-    for &(m, k, n, run) in &[
-        (7, 13, 40, 4),
-        (17, 300, 96, 8),
-        (64, 48, 160, 16),
-        (9, 257, 99, 32),
-        (33, 70, 131, 0),
-        (1, 5, 3, 1),
-    ] {
-        let a = rng.uniform_vec(m * k, -1.0, 1.0);
-        let row_start: Vec<usize> = (0..k).map(|_| rng.below(10_000)).collect();
-        let mut col_start = Vec::new();
-        while col_start.len() < n {
-            let len = if run > 0 { run } else { 1 + rng.below(11) };
-            let start = rng.below(9_000);
-            col_start.extend((start..start + len).take(n - col_start.len()));
+    // Starts in runs of `run` consecutive values (0: runs of 1 to `drawn` values, drawn; 1:
+    // all scattered), `count` of them below `below`.
+    let starts = |rng: &mut Rng, count: usize, run: usize, drawn: usize, below: usize| {
+        let mut out = Vec::new();
+        while out.len() < count {
+            let len = if run > 0 { run } else { 1 + rng.below(drawn) };
+            let start = rng.below(below);
+            out.extend((start..start + len).take(count - out.len()));
         }
+        out
+    };
+    // (m, k, n, run length of the column starts (drawn up to 11), of the row starts (up to 20)).
+    let cases = [
+        (7, 13, 40, 4, 1),
+        (17, 300, 96, 8, 1),
+        (64, 48, 160, 16, 1),
+        (9, 257, 99, 32, 1),
+        (33, 70, 131, 0, 1),
+        (1, 5, 3, 1, 1),
+        (40, 300, 64, 1, 8),
+        (13, 270, 45, 1, 4),
+        (6, 77, 19, 1, 0),
+        (20, 512, 16, 1, 16),
+        (5, 33, 7, 1, 8),
+    ];
+    for (m, k, n, run, row_run) in cases {
+        let row_start = starts(&mut rng, k, row_run, 20, 10_000);
+        let col_start = starts(&mut rng, n, run, 11, 9_000);
+        let a = rng.uniform_vec(m * k, -1.0, 1.0);
         let b: Vec<f32> = (0..k * n)
             .map(|i| data[row_start[i / n] + col_start[i % n]])
             .collect();
@@ -403,7 +418,7 @@ fn gathered_b_gives_the_bits_of_the_written_out_matrix() {
             assert_eq!(
                 bits(&got),
                 bits(&want),
-                "m {m} k {k} n {n} runs {run} a_t {a_t}"
+                "m {m} k {k} n {n} runs {run} row runs {row_run} a_t {a_t}"
             );
         }
     }

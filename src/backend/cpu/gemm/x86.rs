@@ -154,6 +154,146 @@ impl Avx512 {
     }
 }
 
+impl Avx2 {
+    /// `dst[p·w + i] = data[row_start[p] + col_start[i]]` for every `p` and column `i` (lanes
+    /// past `col_start.len()` untouched), read along the runs of consecutive row starts (a
+    /// window row of output pixels): eight columns × eight (or four) `p` loaded as vectors and
+    /// transposed in registers, where a gather loads one scattered float at a time.
+    pub fn gather_along_k(
+        self,
+        data: &[f32],
+        row_start: &[usize],
+        col_start: &[usize],
+        w: usize,
+        dst: &mut [f32],
+    ) {
+        let (Some(&max_row), Some(&max_col)) = (row_start.iter().max(), col_start.iter().max())
+        else {
+            return;
+        };
+        assert!(max_row + max_col < data.len());
+        assert!(col_start.len() <= w && dst.len() >= row_start.len() * w);
+        let vector_cols = col_start.len() / 8 * 8;
+        let mut p = 0;
+        while p < row_start.len() {
+            let start = row_start[p];
+            let len = 1 + row_start[p + 1..]
+                .iter()
+                .zip(start + 1..)
+                .take_while(|(&r, next)| r == *next)
+                .count();
+            let mut t = 0;
+            for (step, transpose) in [(8, transpose_8x8 as Transpose), (4, transpose_8x4)] {
+                while t + step <= len {
+                    for g in (0..vector_cols).step_by(8) {
+                        let cols: &[usize; 8] = col_start[g..g + 8].try_into().expect("8");
+                        // SAFETY: `self` proves AVX2; reads data[start + t + col ..][..step]
+                        // whose last is row_start[p + t + step - 1] + col ≤ max_row + max_col
+                        // (the run's starts follow on), and writes dst[(p + t + q)·w + g..][..8]
+                        // with g + 8 ≤ col_start.len() ≤ w and p + t + q < row_start.len().
+                        unsafe {
+                            transpose(
+                                data.as_ptr().add(start + t),
+                                cols,
+                                dst.as_mut_ptr().add((p + t) * w + g),
+                                w,
+                            )
+                        };
+                    }
+                    t += step;
+                }
+            }
+            for q in 0..len {
+                let first = if q < t { vector_cols } else { 0 };
+                let (src, out) = (&data[start + q..], &mut dst[(p + q) * w..]);
+                for (d, &col) in out[first..col_start.len()]
+                    .iter_mut()
+                    .zip(&col_start[first..])
+                {
+                    *d = src[col];
+                }
+            }
+            p += len;
+        }
+    }
+}
+
+/// `dst[q·w + i] = src[cols[i] + q]` for `i` < 8 and `q` below the transpose's step.
+type Transpose = unsafe fn(*const f32, &[usize; 8], *mut f32, usize);
+
+/// Eight columns × eight `q`. Caller guarantees AVX2 and those reads and writes in bounds.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_8x8(src: *const f32, cols: &[usize; 8], dst: *mut f32, w: usize) {
+    // SAFETY: the caller's bounds.
+    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(cols[i])) });
+    // Pairs of columns interleaved, then quads (within each 128-bit half), then halves.
+    let (t0, t1) = (
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+    );
+    let (t2, t3) = (
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+    );
+    let (t4, t5) = (
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+    );
+    let (t6, t7) = (
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    );
+    let low = [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+    ];
+    let high = [
+        _mm256_shuffle_ps::<0x44>(t4, t6),
+        _mm256_shuffle_ps::<0xEE>(t4, t6),
+        _mm256_shuffle_ps::<0x44>(t5, t7),
+        _mm256_shuffle_ps::<0xEE>(t5, t7),
+    ];
+    for q in 0..4 {
+        // SAFETY: the caller's bounds.
+        unsafe {
+            let (a, b) = (low[q], high[q]);
+            _mm256_storeu_ps(dst.add(q * w), _mm256_permute2f128_ps::<0x20>(a, b));
+            _mm256_storeu_ps(dst.add((q + 4) * w), _mm256_permute2f128_ps::<0x31>(a, b));
+        }
+    }
+}
+
+/// Eight columns × four `q` (the runs of 4-pixel output rows). Caller guarantees AVX2 and
+/// those reads and writes in bounds.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_8x4(src: *const f32, cols: &[usize; 8], dst: *mut f32, w: usize) {
+    // SAFETY: the caller's bounds.
+    let r: [__m256; 4] = std::array::from_fn(|i| unsafe {
+        let low = _mm256_castps128_ps256(_mm_loadu_ps(src.add(cols[i])));
+        _mm256_insertf128_ps::<1>(low, _mm_loadu_ps(src.add(cols[i + 4])))
+    });
+    let (t0, t1) = (
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+    );
+    let (t2, t3) = (
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+    );
+    let rows = [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+    ];
+    for (q, row) in rows.into_iter().enumerate() {
+        // SAFETY: the caller's bounds.
+        unsafe { _mm256_storeu_ps(dst.add(q * w), row) };
+    }
+}
+
 /// Lanes `mask` of `dst[p·w + at ..]` from `data[row_start[p] + offsets[lane]]`, every `p`.
 /// Caller guarantees AVX-512F and those reads and writes in bounds.
 #[target_feature(enable = "avx512f")]
@@ -200,7 +340,24 @@ macro_rules! nt_tile {
             }
             let end = p0 + depth;
             let mut p = p0;
-            while p < end {
+            // Whole vectors with plain loads (a masked load costs more on some CPUs), then
+            // the tail masked: the same products either way.
+            while p + $lanes <= end {
+                let mut bv: [$vec; C] = [$zero(); C];
+                for (bv, row) in bv.iter_mut().zip(b) {
+                    // SAFETY: p + $lanes ≤ p0 + depth ≤ each row's length (caller).
+                    *bv = unsafe { $load(row.as_ptr().add(p)) };
+                }
+                for (s, row) in s.iter_mut().zip(a) {
+                    // SAFETY: as for b.
+                    let av = unsafe { $load(row.as_ptr().add(p)) };
+                    for (s, &bv) in s.iter_mut().zip(&bv) {
+                        *s = $fma(av, bv, *s);
+                    }
+                }
+                p += $lanes;
+            }
+            if p < end {
                 // SAFETY: the masked loads read only enabled lanes, all below
                 // p0 + depth ≤ each row's length (caller).
                 let mask = unsafe { $mask(end - p) };
@@ -215,7 +372,6 @@ macro_rules! nt_tile {
                         *s = $fma(av, bv, *s);
                     }
                 }
-                p += $lanes;
             }
             for (e, &s) in s.iter().flatten().enumerate() {
                 // SAFETY: as for the loads.
