@@ -121,6 +121,24 @@ impl NtKernel {
     }
 }
 
+/// What the gathers' raw accesses rely on: every `data[row + col]` in bounds (and each col an
+/// i32 offset), at most `w` columns and `w` floats of `dst` per row; false if there is
+/// nothing to gather.
+fn check_gather(
+    data: &[f32],
+    row_start: &[usize],
+    col_start: &[usize],
+    w: usize,
+    dst: &[f32],
+) -> bool {
+    let (Some(&max_row), Some(&max_col)) = (row_start.iter().max(), col_start.iter().max()) else {
+        return false;
+    };
+    assert!(max_row + max_col < data.len() && max_col <= i32::MAX as usize);
+    assert!(col_start.len() <= w && dst.len() >= row_start.len() * w);
+    true
+}
+
 impl Avx512 {
     /// `dst[p·w + i] = data[row_start[p] + col_start[i]]` for every `p` and `i`: a
     /// [`super::Gathered`] panel whose columns are scattered, 16 lanes per gather instruction
@@ -134,12 +152,9 @@ impl Avx512 {
         w: usize,
         dst: &mut [f32],
     ) {
-        let (Some(&max_row), Some(&max_col)) = (row_start.iter().max(), col_start.iter().max())
-        else {
+        if !check_gather(data, row_start, col_start, w, dst) {
             return;
-        };
-        assert!(max_row + max_col < data.len() && max_col <= i32::MAX as usize);
-        assert!(col_start.len() <= w && dst.len() >= row_start.len() * w);
+        }
         for (c, cols) in col_start.chunks(16).enumerate() {
             let mut offsets = [0i32; 16];
             for (o, &col) in offsets.iter_mut().zip(cols) {
@@ -147,8 +162,8 @@ impl Avx512 {
             }
             let mask = (((1u32 << cols.len()) - 1) & 0xffff) as __mmask16;
             // SAFETY: `self` proves AVX-512F; every enabled lane reads data[row + col] with
-            // row + col ≤ max_row + max_col < data.len(), and writes dst[p·w + 16c + lane]
-            // with 16c + lane < col_start.len() ≤ w and p < row_start.len() (asserted).
+            // row + col ≤ max row + max col < data.len(), and writes dst[p·w + 16c + lane]
+            // with 16c + lane < col_start.len() ≤ w and p < row_start.len() (check_gather).
             unsafe { gather_chunk(data.as_ptr(), row_start, &offsets, mask, w, c * 16, dst) };
         }
     }
@@ -167,12 +182,9 @@ impl Avx2 {
         w: usize,
         dst: &mut [f32],
     ) {
-        let (Some(&max_row), Some(&max_col)) = (row_start.iter().max(), col_start.iter().max())
-        else {
+        if !check_gather(data, row_start, col_start, w, dst) {
             return;
-        };
-        assert!(max_row + max_col < data.len());
-        assert!(col_start.len() <= w && dst.len() >= row_start.len() * w);
+        }
         let vector_cols = col_start.len() / 8 * 8;
         let mut p = 0;
         while p < row_start.len() {
@@ -188,9 +200,10 @@ impl Avx2 {
                     for g in (0..vector_cols).step_by(8) {
                         let cols: &[usize; 8] = col_start[g..g + 8].try_into().expect("8");
                         // SAFETY: `self` proves AVX2; reads data[start + t + col ..][..step]
-                        // whose last is row_start[p + t + step - 1] + col ≤ max_row + max_col
-                        // (the run's starts follow on), and writes dst[(p + t + q)·w + g..][..8]
-                        // with g + 8 ≤ col_start.len() ≤ w and p + t + q < row_start.len().
+                        // whose last is row_start[p + t + step - 1] + col < data.len() (the
+                        // run's starts follow on; check_gather), and writes
+                        // dst[(p + t + q)·w + g..][..8] with g + 8 ≤ col_start.len() ≤ w and
+                        // p + t + q < row_start.len() (check_gather).
                         unsafe {
                             transpose(
                                 data.as_ptr().add(start + t),
@@ -226,47 +239,19 @@ type Transpose = unsafe fn(*const f32, &[usize; 8], *mut f32, usize);
 unsafe fn transpose_8x8(src: *const f32, cols: &[usize; 8], dst: *mut f32, w: usize) {
     // SAFETY: the caller's bounds.
     let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(cols[i])) });
-    // Pairs of columns interleaved, then quads (within each 128-bit half), then halves.
-    let (t0, t1) = (
-        _mm256_unpacklo_ps(r[0], r[1]),
-        _mm256_unpackhi_ps(r[0], r[1]),
-    );
-    let (t2, t3) = (
-        _mm256_unpacklo_ps(r[2], r[3]),
-        _mm256_unpackhi_ps(r[2], r[3]),
-    );
-    let (t4, t5) = (
-        _mm256_unpacklo_ps(r[4], r[5]),
-        _mm256_unpackhi_ps(r[4], r[5]),
-    );
-    let (t6, t7) = (
-        _mm256_unpacklo_ps(r[6], r[7]),
-        _mm256_unpackhi_ps(r[6], r[7]),
-    );
-    let low = [
-        _mm256_shuffle_ps::<0x44>(t0, t2),
-        _mm256_shuffle_ps::<0xEE>(t0, t2),
-        _mm256_shuffle_ps::<0x44>(t1, t3),
-        _mm256_shuffle_ps::<0xEE>(t1, t3),
-    ];
-    let high = [
-        _mm256_shuffle_ps::<0x44>(t4, t6),
-        _mm256_shuffle_ps::<0xEE>(t4, t6),
-        _mm256_shuffle_ps::<0x44>(t5, t7),
-        _mm256_shuffle_ps::<0xEE>(t5, t7),
-    ];
-    for q in 0..4 {
+    let low = transpose_quads([r[0], r[1], r[2], r[3]]);
+    let high = transpose_quads([r[4], r[5], r[6], r[7]]);
+    for (q, (a, b)) in low.into_iter().zip(high).enumerate() {
         // SAFETY: the caller's bounds.
         unsafe {
-            let (a, b) = (low[q], high[q]);
             _mm256_storeu_ps(dst.add(q * w), _mm256_permute2f128_ps::<0x20>(a, b));
             _mm256_storeu_ps(dst.add((q + 4) * w), _mm256_permute2f128_ps::<0x31>(a, b));
         }
     }
 }
 
-/// Eight columns × four `q` (the runs of 4-pixel output rows). Caller guarantees AVX2 and
-/// those reads and writes in bounds.
+/// Eight columns × four `q` (the runs of 4-pixel output rows): columns `i` and `i + 4` share
+/// a vector. Caller guarantees AVX2 and those reads and writes in bounds.
 #[target_feature(enable = "avx2")]
 unsafe fn transpose_8x4(src: *const f32, cols: &[usize; 8], dst: *mut f32, w: usize) {
     // SAFETY: the caller's bounds.
@@ -274,6 +259,16 @@ unsafe fn transpose_8x4(src: *const f32, cols: &[usize; 8], dst: *mut f32, w: us
         let low = _mm256_castps128_ps256(_mm_loadu_ps(src.add(cols[i])));
         _mm256_insertf128_ps::<1>(low, _mm_loadu_ps(src.add(cols[i + 4])))
     });
+    for (q, row) in transpose_quads(r).into_iter().enumerate() {
+        // SAFETY: the caller's bounds.
+        unsafe { _mm256_storeu_ps(dst.add(q * w), row) };
+    }
+}
+
+/// Four vectors transposed within each 128-bit half: out `q` holds element `q` of each input
+/// (of its low half, then of its high half). Pairs interleaved, then pairs of pairs.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_quads(r: [__m256; 4]) -> [__m256; 4] {
     let (t0, t1) = (
         _mm256_unpacklo_ps(r[0], r[1]),
         _mm256_unpackhi_ps(r[0], r[1]),
@@ -282,16 +277,12 @@ unsafe fn transpose_8x4(src: *const f32, cols: &[usize; 8], dst: *mut f32, w: us
         _mm256_unpacklo_ps(r[2], r[3]),
         _mm256_unpackhi_ps(r[2], r[3]),
     );
-    let rows = [
+    [
         _mm256_shuffle_ps::<0x44>(t0, t2),
         _mm256_shuffle_ps::<0xEE>(t0, t2),
         _mm256_shuffle_ps::<0x44>(t1, t3),
         _mm256_shuffle_ps::<0xEE>(t1, t3),
-    ];
-    for (q, row) in rows.into_iter().enumerate() {
-        // SAFETY: the caller's bounds.
-        unsafe { _mm256_storeu_ps(dst.add(q * w), row) };
-    }
+    ]
 }
 
 /// Lanes `mask` of `dst[p·w + at ..]` from `data[row_start[p] + offsets[lane]]`, every `p`.
