@@ -584,6 +584,78 @@ fn kill_9_at_any_moment_leaves_a_resumable_run_that_ends_bit_identical() {
     );
 }
 
+/// A kill after the last checkpoint but before the final model files are all written (the
+/// manifest goes first, then the files one by one): the resume writes them from that
+/// checkpoint instead of calling the run finished.
+#[test]
+fn a_run_killed_before_its_model_files_writes_them_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    train_kill_run_uninterrupted(d);
+    copy_dir(&d.join("straight"), &d.join("cut"));
+    for f in [
+        checkpoint::MANIFEST_FILE,
+        checkpoint::GENERATOR_EMA_FILE,
+        checkpoint::DISCRIMINATOR_FILE,
+    ] {
+        std::fs::remove_file(d.join("cut").join(f)).unwrap();
+    }
+    let loud: Vec<&str> = strip_recipe_values(&[KILL_RUN, &["--resume", "cut"]].concat(), true)
+        .into_iter()
+        .filter(|a| *a != "--quiet")
+        .collect();
+    let o = common::artgan(&loud, d);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stdout(&o).contains("writing its model files"),
+        "{}",
+        common::stdout(&o)
+    );
+    assert!(d.join("cut").join(checkpoint::MANIFEST_FILE).is_file());
+    assert_same_run(
+        &d.join("straight"),
+        &d.join("cut"),
+        "epoch-0008",
+        "finished on resume",
+    );
+    checkpoint::verify_weights_dir(&d.join("cut")).unwrap();
+
+    // A finished run (manifest in place) is left alone.
+    let again: Vec<&str> = loud
+        .iter()
+        .map(|a| if *a == "cut" { "straight" } else { a })
+        .collect();
+    let before = std::fs::metadata(d.join("straight").join(checkpoint::GENERATOR_FILE))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let o = common::artgan(&again, d);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stdout(&o).contains("has already trained 8 epochs"),
+        "{}",
+        common::stdout(&o)
+    );
+    let after = std::fs::metadata(d.join("straight").join(checkpoint::GENERATOR_FILE))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after, "a finished run's model files were rewritten");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
+}
+
 /// For a resume, drops the flags (and their values) that only a new run may give.
 fn strip_recipe_values<'a>(args: &[&'a str], resume: bool) -> Vec<&'a str> {
     if !resume {

@@ -369,8 +369,11 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.validate()
                 .with_context(|| format!("resuming {}", run.display()))?;
             let latest = checkpoint::latest_checkpoint(run)?;
+            // The final model files' manifest is written last: without it a run killed after
+            // its last checkpoint has not written (all) its model files yet.
+            let finished = run.join(checkpoint::MANIFEST_FILE).is_file();
             match &latest {
-                Some((epoch, _)) if *epoch >= cfg.epochs => {
+                Some((epoch, _)) if *epoch > cfg.epochs || (*epoch == cfg.epochs && finished) => {
                     println!(
                         "{} has already trained {epoch} epochs (of {}): pass --epochs with a larger total to train on",
                         run.display(),
@@ -378,6 +381,10 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                     );
                     return Ok(());
                 }
+                Some((epoch, _)) if *epoch == cfg.epochs && !a.quiet => println!(
+                    "{} stopped after its last checkpoint (epoch {epoch}): writing its model files",
+                    run.display()
+                ),
                 Some((epoch, dir)) if !a.quiet => {
                     let batch = checkpoint::checkpoint_position(dir).1;
                     println!(
