@@ -269,11 +269,20 @@ impl<'a> View<'a> {
             let first = r0 + s * w;
             let live = w.min(rows - s * w);
             if self.cs == 1 {
-                // Each row is contiguous along k: scatter it into its lane of the panel.
-                for i in 0..live {
-                    let row = &self.data[(first + i) * self.rs + p0..][..kc];
-                    for (d, &v) in panel.chunks_exact_mut(w).zip(row) {
-                        d[i] = v;
+                // Each row is contiguous along k: scatter it into its lane of the panel (with
+                // AVX2 eight rows at a time, transposed in registers).
+                if let Some(avx2) = x86::Avx2::new() {
+                    let mut rows = [0; MAX_NR];
+                    for (i, r) in rows[..live].iter_mut().enumerate() {
+                        *r = (first + i) * self.rs + p0;
+                    }
+                    avx2.pack_rows_along_k(self.data, &rows[..live], kc, w, panel);
+                } else {
+                    for i in 0..live {
+                        let row = &self.data[(first + i) * self.rs + p0..][..kc];
+                        for (d, &v) in panel.chunks_exact_mut(w).zip(row) {
+                            d[i] = v;
+                        }
                     }
                 }
             } else {

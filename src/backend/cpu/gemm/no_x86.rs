@@ -25,6 +25,10 @@ impl Avx2 {
     pub fn gather_along_k(self, _: &[f32], _: &[usize], _: &[usize], _: usize, _: &mut [f32]) {
         match self {}
     }
+
+    pub fn pack_rows_along_k(self, _: &[f32], _: &[usize], _: usize, _: usize, _: &mut [f32]) {
+        match self {}
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -231,22 +231,75 @@ impl Avx2 {
     }
 }
 
+impl Avx2 {
+    /// `dst[p·w + i] = data[rows[i] + p]` for `p < kc` and `i < rows.len() ≤ w` (lanes
+    /// `rows.len()..w` left unspecified): a panel of rows that run along k (an A operand
+    /// stored `[m, k]`), eight rows × eight `p` loaded as vectors and transposed in registers,
+    /// where the scalar loop stored one float at a time, `w` apart.
+    pub fn pack_rows_along_k(
+        self,
+        data: &[f32],
+        rows: &[usize],
+        kc: usize,
+        w: usize,
+        dst: &mut [f32],
+    ) {
+        let Some(&max_row) = rows.iter().max() else {
+            return;
+        };
+        assert!(max_row + kc <= data.len() && rows.len() <= w && dst.len() >= kc * w);
+        // A group of eight lanes wider than the panel (w = 6, the AVX2 tile's rows) spills
+        // into the next p's slot: the vectors stop short of the last p, which the tail loop
+        // below writes (over the spill).
+        let spills = rows.len().div_ceil(8) * 8 > w;
+        let vector_end = if spills { kc.saturating_sub(1) } else { kc } / 8 * 8;
+        for g in (0..rows.len()).step_by(8) {
+            let group = &rows[g..rows.len().min(g + 8)];
+            // Lanes past the group repeat its last row (valid reads; those lanes are spare).
+            let cols: [usize; 8] = std::array::from_fn(|i| group[i.min(group.len() - 1)]);
+            for p in (0..vector_end).step_by(8) {
+                // SAFETY: `self` proves AVX2; reads data[col + p..][..8] with p + 8 ≤ kc and
+                // col + kc ≤ data.len(); writes dst[(p + q)·w + g..][..8] for q < 8, which
+                // ends by (p + 8)·w ≤ kc·w where g + 8 ≤ w, else (w < 8, g = 0) by
+                // (p + 8)·w + 8 - w < kc·w since p + 8 ≤ kc - 1 (asserted lengths).
+                unsafe {
+                    transpose_8x8(
+                        data.as_ptr().add(p),
+                        &cols,
+                        dst.as_mut_ptr().add(p * w + g),
+                        w,
+                    )
+                };
+            }
+        }
+        for (i, &row) in rows.iter().enumerate() {
+            let tail = data[row + vector_end..row + kc].iter();
+            for (d, &v) in dst[vector_end * w..].chunks_exact_mut(w).zip(tail) {
+                d[i] = v;
+            }
+        }
+    }
+}
+
 /// `dst[q·w + i] = src[cols[i] + q]` for `i` < 8 and `q` below the transpose's step.
 type Transpose = unsafe fn(*const f32, &[usize; 8], *mut f32, usize);
 
-/// Eight columns × eight `q`. Caller guarantees AVX2 and those reads and writes in bounds.
+/// Eight columns × eight `q`, stored in ascending `q` (where `w` < 8, row `q`'s spare lanes
+/// spill into row `q + 1`, which is stored after). Caller guarantees AVX2 and those reads and
+/// writes in bounds.
 #[target_feature(enable = "avx2")]
 unsafe fn transpose_8x8(src: *const f32, cols: &[usize; 8], dst: *mut f32, w: usize) {
     // SAFETY: the caller's bounds.
     let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(cols[i])) });
     let low = transpose_quads([r[0], r[1], r[2], r[3]]);
     let high = transpose_quads([r[4], r[5], r[6], r[7]]);
-    for (q, (a, b)) in low.into_iter().zip(high).enumerate() {
+    let rows: [__m256; 8] = std::array::from_fn(|q| match q {
+        0..4 => _mm256_permute2f128_ps::<0x20>(low[q], high[q]),
+        _ => _mm256_permute2f128_ps::<0x31>(low[q - 4], high[q - 4]),
+    });
+    for (q, row) in rows.into_iter().enumerate() {
         // SAFETY: the caller's bounds.
-        unsafe {
-            _mm256_storeu_ps(dst.add(q * w), _mm256_permute2f128_ps::<0x20>(a, b));
-            _mm256_storeu_ps(dst.add((q + 4) * w), _mm256_permute2f128_ps::<0x31>(a, b));
-        }
+        unsafe { _mm256_storeu_ps(dst.add(q * w), row) };
     }
 }
 
@@ -530,3 +583,35 @@ packed_tile!(
     _mm256_fmadd_ps,
     _mm256_storeu_ps
 );
+
+#[cfg(test)]
+mod tests {
+    use super::Avx2;
+
+    /// Every live lane of every `p` is its row's value, for panels narrower and wider than
+    /// eight lanes, partial groups and depths around the eight-`p` blocks, and nothing past
+    /// the panel is written (the narrow panel's spill stays inside it).
+    #[test]
+    fn pack_rows_along_k_copies_each_row_into_its_lane_and_stays_in_the_panel() {
+        let Some(avx2) = Avx2::new() else {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        };
+        let data: Vec<f32> = (0..4000).map(|i| 1.0 + i as f32 * 0.25).collect();
+        for w in [6, 8, 16] {
+            for live in 1..=w {
+                for kc in [1, 7, 8, 9, 15, 16, 17, 64, 65] {
+                    let rows: Vec<usize> = (0..live).map(|i| 3 + i * 101).collect();
+                    let mut dst = vec![-1.0f32; kc * w + 16];
+                    avx2.pack_rows_along_k(&data, &rows, kc, w, &mut dst[..kc * w]);
+                    for p in 0..kc {
+                        for (i, &row) in rows.iter().enumerate() {
+                            assert_eq!(dst[p * w + i], data[row + p], "w {w} live {live} kc {kc}");
+                        }
+                    }
+                    assert!(dst[kc * w..].iter().all(|&v| v == -1.0), "w {w} kc {kc}");
+                }
+            }
+        }
+    }
+}
