@@ -419,18 +419,21 @@ impl Runs {
     }
 }
 
-/// `c[i][..NR] = (load ? c[i][..NR] : 0) + Σ_p a[p·MR + i]·b[p·NR + ..]` for the rows of `c`
-/// (`MR`, or fewer at the bottom edge of the output), `p` in order, one multiply-add per `p`.
+/// `c[i][j..j + NR] = (load ? c[i][j..j + NR] : 0) + Σ_p a[p·MR + i]·b[p·NR + ..]` for the
+/// rows of `c` (`MR`, or fewer at the bottom edge of the output), `p` in order, one
+/// multiply-add per `p`. The rows are a band of the block's output rows, `j` the tile's first
+/// column in them (rows passed as they are: slicing each row per tile cost more than the
+/// bookkeeping it saved).
 trait MicroKernel: Copy + Send + Sync {
     const MR: usize;
     const NR: usize;
-    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool);
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], j: usize, load: bool);
 }
 
 /// The bounds every micro-kernel call must meet (the AVX kernels' raw accesses rely on them).
-fn check_tile(kc: usize, mr: usize, nr: usize, a: &[f32], b: &[f32], c: &[&mut [f32]]) {
+fn check_tile(kc: usize, mr: usize, nr: usize, a: &[f32], b: &[f32], c: &[&mut [f32]], j: usize) {
     assert!(a.len() >= kc * mr && b.len() >= kc * nr);
-    assert!((1..=mr).contains(&c.len()) && c.iter().all(|row| row.len() >= nr));
+    assert!((1..=mr).contains(&c.len()) && c.iter().all(|row| row.len() >= j + nr));
 }
 
 struct Problem<'a> {
@@ -559,14 +562,10 @@ fn tile<K: MicroKernel>(
     load: bool,
 ) {
     let nr = K::NR.min(rows[0].len() - j);
-    let mut views: [&mut [f32]; MAX_MR] = Default::default();
     if nr == K::NR {
-        let live = rows.len();
-        for (v, row) in views.iter_mut().zip(rows.iter_mut()) {
-            *v = &mut row[j..j + K::NR];
-        }
-        return kern.tile(kc, a, b, &mut views[..live], load);
+        return kern.tile(kc, a, b, rows, j, load);
     }
+    let mut views: [&mut [f32]; MAX_MR] = Default::default();
     let mut buf = [0.0f32; MAX_TILE];
     let buf = &mut buf[..K::MR * K::NR];
     if load {
@@ -577,7 +576,7 @@ fn tile<K: MicroKernel>(
     for (v, d) in views.iter_mut().zip(buf.chunks_exact_mut(K::NR)) {
         *v = d;
     }
-    kern.tile(kc, a, b, &mut views[..K::MR], load);
+    kern.tile(kc, a, b, &mut views[..K::MR], 0, load);
     for (d, row) in buf.chunks_exact(K::NR).zip(rows.iter_mut()) {
         row[j..j + nr].copy_from_slice(&d[..nr]);
     }
@@ -620,12 +619,12 @@ impl MicroKernel for Portable {
     const MR: usize = 8;
     const NR: usize = 8;
 
-    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
-        check_tile(kc, Self::MR, Self::NR, a, b, c);
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], j: usize, load: bool) {
+        check_tile(kc, Self::MR, Self::NR, a, b, c, j);
         let mut acc = [[0.0f32; 8]; 8];
         if load {
             for (acc, row) in acc.iter_mut().zip(c.iter()) {
-                acc.copy_from_slice(&row[..8]);
+                acc.copy_from_slice(&row[j..j + 8]);
             }
         }
         for (ap, bp) in a.chunks_exact(8).zip(b.chunks_exact(8)).take(kc) {
@@ -636,7 +635,7 @@ impl MicroKernel for Portable {
             }
         }
         for (acc, row) in acc.iter().zip(c.iter_mut()) {
-            row[..8].copy_from_slice(acc);
+            row[j..j + 8].copy_from_slice(acc);
         }
     }
 }

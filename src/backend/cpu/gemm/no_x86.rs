@@ -50,7 +50,7 @@ impl NtKernel {
 impl MicroKernel for Avx512 {
     const MR: usize = 8;
     const NR: usize = 8;
-    fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: bool) {
+    fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: usize, _: bool) {
         match self {}
     }
 }
@@ -58,7 +58,7 @@ impl MicroKernel for Avx512 {
 impl MicroKernel for Avx2 {
     const MR: usize = 8;
     const NR: usize = 8;
-    fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: bool) {
+    fn tile(self, _: usize, _: &[f32], _: &[f32], _: &mut [&mut [f32]], _: usize, _: bool) {
         match self {}
     }
 }

@@ -480,12 +480,24 @@ impl MicroKernel for Avx512 {
     const MR: usize = 8;
     const NR: usize = 32;
 
-    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
-        check_tile(kc, Self::MR, Self::NR, a, b, c);
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], j: usize, load: bool) {
+        check_tile(kc, Self::MR, Self::NR, a, b, c, j);
         let (a, b) = (a.as_ptr(), b.as_ptr());
         // SAFETY: `self` exists only where the CPU has AVX-512F, and check_tile asserted
-        // the lengths the kernel reads and writes (kc·MR of a, kc·NR of b, NR per row).
-        unsafe { by_rows!(avx512_tile, 8, [8, 7, 6, 5, 4, 3, 2, 1], kc, a, b, c, load) }
+        // the lengths the kernel reads and writes (kc·MR of a, kc·NR of b, j + NR per row).
+        unsafe {
+            by_rows!(
+                avx512_tile,
+                8,
+                [8, 7, 6, 5, 4, 3, 2, 1],
+                kc,
+                a,
+                b,
+                c,
+                j,
+                load
+            )
+        }
     }
 }
 
@@ -494,11 +506,11 @@ impl MicroKernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
 
-    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], load: bool) {
-        check_tile(kc, Self::MR, Self::NR, a, b, c);
+    fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [&mut [f32]], j: usize, load: bool) {
+        check_tile(kc, Self::MR, Self::NR, a, b, c, j);
         let (a, b) = (a.as_ptr(), b.as_ptr());
         // SAFETY: as for Avx512, with AVX2 and FMA.
-        unsafe { by_rows!(avx2_tile, 6, [6, 5, 4, 3, 2, 1], kc, a, b, c, load) }
+        unsafe { by_rows!(avx2_tile, 6, [6, 5, 4, 3, 2, 1], kc, a, b, c, j, load) }
     }
 }
 
@@ -506,9 +518,9 @@ impl MicroKernel for Avx2 {
 /// it): a bottom-edge tile computes only its live rows of the `$width`-wide A panel.
 macro_rules! by_rows {
     ($tile:ident, $width:literal, [$($rows:literal),*], $kc:expr, $a:expr, $b:expr, $c:expr,
-     $load:expr) => {
+     $j:expr, $load:expr) => {
         match $c.len() {
-            $($rows => $tile::<$rows, 2, $width>($kc, $a, $b, $c, $load),)*
+            $($rows => $tile::<$rows, 2, $width>($kc, $a, $b, $c, $j, $load),)*
             _ => unreachable!("check_tile bounds the rows"),
         }
     };
@@ -518,7 +530,7 @@ use by_rows;
 /// `$name::<MR, NV, AS>`: the packed micro-kernel on vectors of `$lanes` floats, NV per row,
 /// for the first MR rows of A panels AS wide (MR < AS at the bottom edge of c). Caller
 /// guarantees the CPU features `$features`, `a` readable for kc·AS floats, `b` for
-/// kc·$lanes·NV, `c` MR rows of at least $lanes·NV floats.
+/// kc·$lanes·NV, `c` MR rows of at least `j` + $lanes·NV floats (the tile: columns `j..`).
 macro_rules! packed_tile {
     ($name:ident, $features:literal, $lanes:literal, $zero:ident, $load:ident, $splat:ident,
      $fma:ident, $store:ident) => {
@@ -528,14 +540,15 @@ macro_rules! packed_tile {
             a: *const f32,
             b: *const f32,
             c: &mut [&mut [f32]],
+            j: usize,
             load: bool,
         ) {
             let mut acc = [[$zero(); NV]; MR];
             if load {
                 for (acc, row) in acc.iter_mut().zip(c.iter()) {
                     for (v, s) in acc.iter_mut().enumerate() {
-                        // SAFETY: the row holds $lanes·NV floats (caller).
-                        *s = unsafe { $load(row.as_ptr().add($lanes * v)) };
+                        // SAFETY: the row holds j + $lanes·NV floats (caller).
+                        *s = unsafe { $load(row.as_ptr().add(j + $lanes * v)) };
                     }
                 }
             }
@@ -556,7 +569,7 @@ macro_rules! packed_tile {
             for (acc, row) in acc.iter().zip(c.iter_mut()) {
                 for (v, &s) in acc.iter().enumerate() {
                     // SAFETY: as for the loads.
-                    unsafe { $store(row.as_mut_ptr().add($lanes * v), s) };
+                    unsafe { $store(row.as_mut_ptr().add(j + $lanes * v), s) };
                 }
             }
         }
