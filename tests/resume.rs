@@ -604,13 +604,7 @@ fn a_run_killed_before_its_model_files_writes_them_on_resume() {
         .into_iter()
         .filter(|a| *a != "--quiet")
         .collect();
-    let o = common::artgan(&loud, d);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    assert!(
-        common::stdout(&o).contains("writing its model files"),
-        "{}",
-        common::stdout(&o)
-    );
+    succeeds_saying(&loud, d, "writing its model files");
     assert!(d.join("cut").join(checkpoint::MANIFEST_FILE).is_file());
     assert_same_run(
         &d.join("straight"),
@@ -625,22 +619,24 @@ fn a_run_killed_before_its_model_files_writes_them_on_resume() {
         .iter()
         .map(|a| if *a == "cut" { "straight" } else { a })
         .collect();
-    let before = std::fs::metadata(d.join("straight").join(checkpoint::GENERATOR_FILE))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let o = common::artgan(&again, d);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    assert!(
-        common::stdout(&o).contains("has already trained 8 epochs"),
-        "{}",
-        common::stdout(&o)
+    let written = || {
+        let generator = d.join("straight").join(checkpoint::GENERATOR_FILE);
+        std::fs::metadata(generator).unwrap().modified().unwrap()
+    };
+    let before = written();
+    succeeds_saying(&again, d, "has already trained 8 epochs");
+    assert_eq!(
+        before,
+        written(),
+        "a finished run's model files were rewritten"
     );
-    let after = std::fs::metadata(d.join("straight").join(checkpoint::GENERATOR_FILE))
-        .unwrap()
-        .modified()
-        .unwrap();
-    assert_eq!(before, after, "a finished run's model files were rewritten");
+}
+
+/// `artgan args` in `d` exits 0 and its output says `what`.
+fn succeeds_saying(args: &[&str], d: &Path, what: &str) {
+    let o = common::artgan(args, d);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(common::stdout(&o).contains(what), "{}", common::stdout(&o));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
