@@ -109,6 +109,9 @@ fn conv_matches_reference() {
         // Stride 2 without padding on odd sides: the split planes' last phase rows and
         // columns hold no input pixel.
         (2, 3, 9, 7, 4, 3, 2, 0),
+        // Stride 2, pad 1, 3x3 on odd sides: the taps reach the padding after the last column
+        // and row (a zero the split writes alone, not from the input row).
+        (2, 5, 7, 9, 3, 3, 2, 1),
         // At least 64 output channels and 256 taps: backward-filter gathers colᵀ into the
         // packed GEMM (strided, padded stride 1, and unpadded stride 1 read in place).
         (3, 16, 9, 7, 64, 4, 2, 1),
@@ -118,6 +121,8 @@ fn conv_matches_reference() {
         // runs as four sub-pixel GEMMs (odd counts and a non-square plane).
         (3, 9, 6, 10, 5, 4, 2, 1),
         (1, 8, 2, 4, 1, 4, 2, 1),
+        // The same at a width the split unrolls (16 wide, its padded dy 8 wide).
+        (2, 8, 8, 16, 3, 4, 2, 1),
         // Kernels that cover the whole input (D's last layer): one GEMM, no im2col.
         (5, 7, 4, 4, 3, 4, 1, 0),
         (3, 5, 3, 3, 1, 3, 2, 0),

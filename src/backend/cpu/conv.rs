@@ -173,33 +173,61 @@ impl Phases {
         }
     }
 
-    /// `planes` input planes (`h × w` each) into split planes: each padded row is built in a
-    /// scratch row (zeros around the input row) and dealt out to its phases.
+    /// `planes` input planes (`h × w` each) into split planes.
     fn split(&self, x: &[f32], out: &mut [f32]) {
         out.par_chunks_mut(self.plane_len())
             .zip(x.par_chunks(self.h * self.w))
             .with_min_len(items_per_task(self.plane_len()))
             .for_each_init(
                 || self.row_scratch(),
-                |tmp, (o, x)| {
-                    for py in 0..self.s {
-                        for yq in 0..self.hq {
-                            let rows = self.phase_rows(py, yq);
-                            let y = (yq * self.s + py).wrapping_sub(self.pad);
-                            if y >= self.h {
-                                rows.fill(o, 0.0);
-                                continue;
-                            }
-                            // Only this span of the scratch is ever written: the rest stays 0.
-                            copy_short(
-                                &mut tmp[self.pad..self.pad + self.w],
-                                &x[y * self.w..][..self.w],
-                            );
-                            rows.deal(tmp, o);
-                        }
-                    }
+                |tmp, (o, x)| match (self.s, self.pad) {
+                    (1 | 2, 1) => self.split_padded_by_one(x, o),
+                    _ => self.split_through_scratch(x, o, tmp),
                 },
             );
+    }
+
+    /// One plane, each padded row built in a scratch row (zeros around the input row) and
+    /// dealt out to its phases.
+    fn split_through_scratch(&self, x: &[f32], o: &mut [f32], tmp: &mut [f32]) {
+        for py in 0..self.s {
+            for yq in 0..self.hq {
+                let rows = self.phase_rows(py, yq);
+                let y = (yq * self.s + py).wrapping_sub(self.pad);
+                if y >= self.h {
+                    rows.fill(o, 0.0);
+                    continue;
+                }
+                // Only this span of the scratch is ever written: the rest stays 0.
+                copy_short(
+                    &mut tmp[self.pad..self.pad + self.w],
+                    &x[y * self.w..][..self.w],
+                );
+                rows.deal(tmp, o);
+            }
+        }
+    }
+
+    /// One plane at stride 1 or 2 with one pixel of padding (every padded layer of the GAN
+    /// models): each input row goes straight to its phase rows and the padding floats are
+    /// written alone, with no scratch row (on these short rows the per-row work was most of
+    /// the split's time).
+    fn split_padded_by_one(&self, x: &[f32], o: &mut [f32]) {
+        let (h, w, wq) = (self.h, self.w, self.wq);
+        // The GAN models' widths as constants: their short rows unrolled whole.
+        let split = match (self.s, w) {
+            (1, 4) => split_padded_by_one::<1, 4>,
+            (1, 8) => split_padded_by_one::<1, 8>,
+            (1, 16) => split_padded_by_one::<1, 16>,
+            (1, 32) => split_padded_by_one::<1, 32>,
+            (1, _) => split_padded_by_one::<1, 0>,
+            (_, 4) => split_padded_by_one::<2, 4>,
+            (_, 8) => split_padded_by_one::<2, 8>,
+            (_, 16) => split_padded_by_one::<2, 16>,
+            (_, 32) => split_padded_by_one::<2, 32>,
+            _ => split_padded_by_one::<2, 0>,
+        };
+        split(x, h, w, wq, o);
     }
 
     /// The inverse of [`Phases::split`] on the unpadded pixels: one split plane into `dx`
@@ -273,6 +301,64 @@ impl PhaseRows {
                         out[i * s + p] = v;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// [`Phases::split`] of one `h × w` plane `x` at stride `S` (1 or 2) with one pixel of
+/// padding, into `o` (`S × S` phases of rows `wq` long); `W` is `w` where not 0, so that the
+/// compiler unrolls the short rows whole. Phases (py, 0..S) lie side by side and their row yq
+/// is padded row S·yq + py. At stride 2 padded float `i + 1` of a row is `x[i]`: the even
+/// floats of an input row go to phase 1 from its first float and the odd ones to phase 0
+/// from its second. Every other float is a zero.
+fn split_padded_by_one<const S: usize, const W: usize>(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    wq: usize,
+    o: &mut [f32],
+) {
+    let (w, wq) = if W == 0 {
+        (w, wq)
+    } else {
+        (W, (W + 2).div_ceil(S))
+    };
+    let half = w / 2;
+    for (py, phases) in o.chunks_exact_mut(o.len() / S).enumerate() {
+        let (p0, p1) = phases.split_at_mut(phases.len() / S);
+        let mut p1_rows = p1.chunks_exact_mut(wq);
+        for (yq, r0) in p0.chunks_exact_mut(wq).enumerate() {
+            let r0 = &mut r0[..wq];
+            let y = (S * yq + py).wrapping_sub(1);
+            if S == 1 {
+                if y >= h {
+                    r0.iter_mut().for_each(|v| *v = 0.0);
+                } else {
+                    r0[0] = 0.0;
+                    r0[1..=w].copy_from_slice(&x[y * w..][..w]);
+                    r0[w + 1] = 0.0;
+                }
+                continue;
+            }
+            let r1 = &mut p1_rows.next().expect("as many rows as phase 0")[..wq];
+            if y >= h {
+                r0.iter_mut().chain(r1.iter_mut()).for_each(|v| *v = 0.0);
+                continue;
+            }
+            let row = &x[y * w..][..w];
+            let pairs = row.chunks_exact(2);
+            r0[0] = 0.0;
+            if let [last] = pairs.remainder() {
+                r1[half] = *last;
+                r1[half + 1] = 0.0;
+                r0[half + 1] = 0.0;
+            } else {
+                r1[half] = 0.0;
+            }
+            for ((even, odd), pair) in r1[..half].iter_mut().zip(&mut r0[1..=half]).zip(pairs) {
+                *even = pair[0];
+                *odd = pair[1];
             }
         }
     }
