@@ -687,27 +687,46 @@ fn subpixel_weights(w: &[f32], g: &ConvGeom, out: &mut [f32]) {
 fn interleave_phases(phases: &[f32], g: &ConvGeom, act: Option<Activation>, dx: &mut [f32]) {
     let (l, pixels) = (g.oh * g.ow, g.n * g.oh * g.ow);
     let phase_len = g.c_in * pixels;
+    // The GAN models' widths as constants: their short rows unrolled whole.
+    let interleave = match g.ow {
+        4 => interleave_plane::<4>,
+        8 => interleave_plane::<8>,
+        16 => interleave_plane::<16>,
+        32 => interleave_plane::<32>,
+        _ => interleave_plane::<0>,
+    };
     dx.par_chunks_mut(g.h * g.w)
         .enumerate()
         .with_min_len(items_per_task(g.h * g.w))
         .for_each(|(p, plane)| {
             let (b, ci) = (p / g.c_in, p % g.c_in);
             let at = ci * pixels + b * l;
-            for (y, row) in plane.chunks_exact_mut(g.w).enumerate() {
-                let (qy, ry) = (y / 2, y % 2);
-                // Row qy of phases (ry, 0) and (ry, 1), one phase apart, interleaved.
-                let rows = PhaseRows {
-                    start: 2 * ry * phase_len + at + qy * g.ow,
-                    gap: phase_len,
-                    len: g.ow,
-                    s: 2,
-                };
-                rows.collect(phases, row);
-            }
+            interleave(&phases[at..], phase_len, g.ow, plane);
             if let Some(act) = act {
                 activate_in_place(act, plane);
             }
         });
+}
+
+/// One plane of [`interleave_phases`], rows `2·ow` long: row `2qy + ry` interleaves row `qy`
+/// of phases `(ry, 0)` and `(ry, 1)`, which start `2ry` and `2ry + 1` phases into `phases`
+/// (`phase_len` floats each). `OW` is `ow` where not 0, so that the compiler unrolls the
+/// short rows whole.
+fn interleave_plane<const OW: usize>(
+    phases: &[f32],
+    phase_len: usize,
+    ow: usize,
+    plane: &mut [f32],
+) {
+    let ow = if OW == 0 { ow } else { OW };
+    for (y, row) in plane.chunks_exact_mut(2 * ow).enumerate() {
+        let start = 2 * (y % 2) * phase_len + (y / 2) * ow;
+        let (r0, r1) = (&phases[start..][..ow], &phases[start + phase_len..][..ow]);
+        for ((a, b), pair) in r0.iter().zip(r1).zip(row.chunks_exact_mut(2)) {
+            pair[0] = *a;
+            pair[1] = *b;
+        }
+    }
 }
 
 /// Whether backward-filter gathers colᵀ into the packed GEMM ([`backward_filter`]): the
