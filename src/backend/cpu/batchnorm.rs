@@ -8,6 +8,7 @@
 //! ([`batch_norm_affine`]). The activation is matched once per call, not per element: the
 //! loops are generic over [`Act`], one instance per activation, so each vectorises.
 
+use super::par_output;
 use crate::backend::{batch_norm_affine, BatchNormAct, ChannelDims};
 use rayon::prelude::*;
 
@@ -134,21 +135,15 @@ fn normalize<A: Act>(
     shift: &[f32],
     act: A,
 ) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
     let hw = d.hw.max(1);
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .with_min_len(TASK_FLOATS.div_ceil(hw))
-        .for_each(|(row, (yr, xr))| {
-            let c = row % d.c;
-            let (mu, s, t) = (mean[c], scale[c], shift[c]);
-            let act = act.variant();
-            for (yv, &xv) in yr.iter_mut().zip(xr) {
-                *yv = act.apply(batch_norm_affine(xv, mu, s, t));
-            }
-        });
-    y
+    par_output(x.len(), hw, TASK_FLOATS.div_ceil(hw), |row, yr| {
+        let c = row % d.c;
+        let (mu, s, t) = (mean[c], scale[c], shift[c]);
+        let act = act.variant();
+        for (yv, &xv) in yr.iter_mut().zip(&x[row * hw..]) {
+            *yv = act.apply(batch_norm_affine(xv, mu, s, t));
+        }
+    })
 }
 
 /// (dx, dgamma, dbeta) of batch norm followed by `act`, as `reference::batchnorm::backward_act`
@@ -238,22 +233,17 @@ fn backward<A: Act>(
             )
         })
         .collect();
-    let mut dx = vec![0.0; x.len()];
     let hw = d.hw.max(1);
-    dx.par_chunks_mut(hw)
-        .zip(dy.par_chunks(hw))
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .with_min_len(TASK_FLOATS.div_ceil(hw))
-        .for_each(|(row, ((dxr, gr), xr))| {
-            let c = row % d.c;
-            st.dz_row(act, c, xr, gr, dxr);
-            let (a, b, k) = coef[c];
-            let mu = st.mean[c];
-            for (o, &v) in dxr.iter_mut().zip(xr) {
-                *o = a * *o + b + k * (v - mu);
-            }
-        });
+    let dx = par_output(x.len(), hw, TASK_FLOATS.div_ceil(hw), |row, dxr| {
+        let (xr, gr) = (&x[row * hw..][..dxr.len()], &dy[row * hw..][..dxr.len()]);
+        let c = row % d.c;
+        st.dz_row(act, c, xr, gr, dxr);
+        let (a, b, k) = coef[c];
+        let mu = st.mean[c];
+        for (o, &v) in dxr.iter_mut().zip(xr) {
+            *o = a * *o + b + k * (v - mu);
+        }
+    });
     let dgamma = sums.iter().map(|s| s.1 as f32).collect();
     let dbeta = sums.iter().map(|s| s.0 as f32).collect();
     (dx, dgamma, dbeta)

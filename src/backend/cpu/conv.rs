@@ -16,7 +16,7 @@
 
 use super::elementwise::{activate_in_place, activation_grad_into};
 use super::gemm::{gemm, gemm_gathered, Gathered};
-use super::{copy_short, ELEMENTWISE_CHUNK};
+use super::{copy_short, par_output, ELEMENTWISE_CHUNK};
 use crate::backend::{Activation, ConvGeom};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -477,23 +477,19 @@ fn from_channel_major(
     c: usize,
     l: usize,
     nb: usize,
-    dst: &mut [f32],
     act: Option<Activation>,
-) {
-    dst.par_chunks_mut(c * l)
-        .enumerate()
-        .with_min_len(items_per_task(c * l))
-        .for_each(|(b, img)| {
-            for ch in 0..c {
-                copy_short(
-                    &mut img[ch * l..(ch + 1) * l],
-                    &src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l],
-                );
-            }
-            if let Some(act) = act {
-                activate_in_place(act, img);
-            }
-        });
+) -> Vec<f32> {
+    par_output(nb * c * l, c * l, items_per_task(c * l), |b, img| {
+        for ch in 0..c {
+            copy_short(
+                &mut img[ch * l..(ch + 1) * l],
+                &src[ch * nb * l + b * l..ch * nb * l + (b + 1) * l],
+            );
+        }
+        if let Some(act) = act {
+            activate_in_place(act, img);
+        }
+    })
 }
 
 /// `act` (if given) over all of `ys`: the epilogue of the dense paths.
@@ -515,12 +511,9 @@ fn is_dense(g: &ConvGeom) -> bool {
 /// The convolution, then `act` if given (fused: applied to each image as it is written).
 pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation>) -> Vec<f32> {
     let (l, k) = (g.oh * g.ow, g.c_in * g.kh * g.kw);
-    let mut y = vec![0.0; g.output_len()];
-    if g.n == 0 {
-        return y;
-    }
-    if is_dense(g) {
+    if is_dense(g) || g.n == 0 {
         // y[n, c_out] = x[n, k]·w[c_out, k]ᵀ
+        let mut y = vec![0.0; g.output_len()];
         gemm(g.n, k, g.c_out, x, false, w, true, 0.0, &mut y);
         activate(act, &mut y);
         return y;
@@ -539,9 +532,8 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation>) -> V
             };
             gemm_gathered(g.c_out, k, g.n * l, w, false, &cols, yc);
         });
-        from_channel_major(yc, g.c_out, l, g.n, &mut y, act);
-    });
-    y
+        from_channel_major(yc, g.c_out, l, g.n, act)
+    })
 }
 
 /// The input gradient (a transposed conv's output), then `act` if given (fused: applied to
@@ -549,6 +541,9 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation>) -> V
 pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation>) -> Vec<f32> {
     let (l, k, chunk) = sizes(g);
     let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * l);
+    if g.n > 0 && is_subpixel(g) {
+        return backward_data_subpixel(dy, w, g, act);
+    }
     let mut dx = vec![0.0; g.input_len()];
     if g.n == 0 {
         return dx;
@@ -557,10 +552,6 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom, act: Option<Activation
         // dx[n, k] = dy[n, c_out]·w[c_out, k]
         gemm(g.n, g.c_out, k, dy, false, w, false, 0.0, &mut dx);
         activate(act, &mut dx);
-        return dx;
-    }
-    if is_subpixel(g) {
-        backward_data_subpixel(dy, w, g, act, &mut dx);
         return dx;
     }
     // col = wᵀ·dy over each chunk, dy read as [c_out, (b, pixel)] where the GEMM packs it.
@@ -607,8 +598,7 @@ fn backward_data_subpixel(
     w: &[f32],
     g: &ConvGeom,
     act: Option<Activation>,
-    dx: &mut [f32],
-) {
+) -> Vec<f32> {
     let (taps, pixels) = (4 * g.c_out, g.n * g.oh * g.ow);
     // dy zero-padded by one pixel on every side.
     let padded = Phases {
@@ -644,8 +634,8 @@ fn backward_data_subpixel(
                 gemm_gathered(g.c_in, taps, pixels, a, true, &b, out);
             }
         });
-        interleave_phases(phases, g, act, dx);
-    });
+        interleave_phases(phases, g, act)
+    })
 }
 
 /// The A operands of [`backward_data_subpixel`], each stored transposed: phase `(ry, rx)`'s
@@ -684,7 +674,7 @@ fn subpixel_weights(w: &[f32], g: &ConvGeom, out: &mut [f32]) {
 
 /// dx `[n, c_in, h, w]` from its four phases (`[4][c_in, (b, qy, qx)]`, phase `2ry + rx`
 /// holding pixels `(2qy + ry, 2qx + rx)`), each plane then passed through `act` if given.
-fn interleave_phases(phases: &[f32], g: &ConvGeom, act: Option<Activation>, dx: &mut [f32]) {
+fn interleave_phases(phases: &[f32], g: &ConvGeom, act: Option<Activation>) -> Vec<f32> {
     let (l, pixels) = (g.oh * g.ow, g.n * g.oh * g.ow);
     let phase_len = g.c_in * pixels;
     // The GAN models' widths as constants: their short rows unrolled whole.
@@ -695,17 +685,20 @@ fn interleave_phases(phases: &[f32], g: &ConvGeom, act: Option<Activation>, dx: 
         32 => interleave_plane::<32>,
         _ => interleave_plane::<0>,
     };
-    dx.par_chunks_mut(g.h * g.w)
-        .enumerate()
-        .with_min_len(items_per_task(g.h * g.w))
-        .for_each(|(p, plane)| {
+    let plane_len = g.h * g.w;
+    par_output(
+        g.input_len(),
+        plane_len,
+        items_per_task(plane_len),
+        |p, plane| {
             let (b, ci) = (p / g.c_in, p % g.c_in);
             let at = ci * pixels + b * l;
             interleave(&phases[at..], phase_len, g.ow, plane);
             if let Some(act) = act {
                 activate_in_place(act, plane);
             }
-        });
+        },
+    )
 }
 
 /// One plane of [`interleave_phases`], rows `2·ow` long: row `2qy + ry` interleaves row `qy`

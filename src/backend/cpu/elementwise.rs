@@ -2,7 +2,7 @@
 //! rayon pool, in fixed chunks (each element alone, so the split changes no result).
 //! Reference: `crate::backend::reference::elementwise`; kernels: `kernels/elementwise.cu`.
 
-use super::{host, host_mut, ELEMENTWISE_CHUNK};
+use super::{host, host_mut, par_filled, ELEMENTWISE_CHUNK};
 use crate::backend::reference::{scalar, stable_sigmoid};
 use crate::backend::*;
 use anyhow::{bail, Result};
@@ -32,19 +32,12 @@ fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
     })))
 }
 
-/// A new vector of `len` floats, written in chunks of [`ELEMENTWISE_CHUNK`] by
-/// `fill(start, chunk)`, which must write every element of its chunk. Chunked loops over
-/// slices vectorise, and the vector is never zeroed first: 25-40% faster than rayon's
-/// `collect_into_vec`, which writes element by element.
+/// A new vector of `len` floats written by `fill(start, chunk)` in chunks of
+/// [`ELEMENTWISE_CHUNK`] ([`par_filled`]); `fill` must write every element of its chunk.
 fn filled(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(ELEMENTWISE_CHUNK)
-        .enumerate()
-        .for_each(|(i, chunk)| fill(i * ELEMENTWISE_CHUNK, chunk));
-    // SAFETY: the capacity is at least `len`, and `fill` wrote every element below it.
-    unsafe { out.set_len(len) };
-    out
+    par_filled(len, ELEMENTWISE_CHUNK, 1, |i, chunk| {
+        fill(i * ELEMENTWISE_CHUNK, chunk)
+    })
 }
 
 pub(super) fn add(a: &Storage, b: &Storage) -> Result<Storage> {
