@@ -168,6 +168,7 @@ fn elementwise_adam_and_ema_equal_the_reference_bit_for_bit() {
     let n = 40_000 + 13;
     let a = Storage::Cpu(rand(&mut rng, n));
     let b = Storage::Cpu(rand(&mut rng, n));
+    assert_eq!(host(&f.copy(&a).unwrap()), host(&a));
     assert_eq!(host(&f.add(&a, &b).unwrap()), host(&r.add(&a, &b).unwrap()));
     assert_eq!(host(&f.mul(&a, &b).unwrap()), host(&r.mul(&a, &b).unwrap()));
     assert_eq!(

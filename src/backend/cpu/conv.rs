@@ -137,13 +137,14 @@ impl Phases {
     /// Where each column-matrix column (b, oy, ox) starts, relative to its row's start, for
     /// `images` of `channels` split planes each and an `oh × ow` output.
     fn pixel_starts(&self, images: usize, channels: usize, oh: usize, ow: usize) -> Vec<usize> {
-        let l = oh * ow;
-        (0..images * l)
-            .map(|j| {
-                let (b, oy, ox) = (j / l, (j % l) / ow, j % ow);
-                b * channels * self.plane_len() + oy * self.wq + ox
-            })
-            .collect()
+        let mut starts = Vec::with_capacity(images * oh * ow);
+        for b in 0..images {
+            for oy in 0..oh {
+                let row = b * channels * self.plane_len() + oy * self.wq;
+                starts.extend(row..row + ow);
+            }
+        }
+        starts
     }
 
     /// Runs `f` on the `planes` input planes of `x` as split planes: `x` itself where they are

@@ -40,6 +40,12 @@ fn filled(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> V
     })
 }
 
+/// A copy made on the pool (a fused conv + activation keeps one of every output for its
+/// backward: cloned on the calling thread, it left the pool idle).
+pub(super) fn copy(a: &Storage) -> Result<Storage> {
+    map(a, |x| x)
+}
+
 pub(super) fn add(a: &Storage, b: &Storage) -> Result<Storage> {
     zip_map(a, b, |x, y| x + y)
 }

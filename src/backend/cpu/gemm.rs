@@ -529,7 +529,7 @@ fn for_each_block(
     let mut tasks = Vec::new();
     for (band_index, band) in c.chunks_mut(mc * n).enumerate() {
         let mut blocks: Vec<Vec<&mut [f32]>> = Vec::new();
-        blocks.resize_with(n.div_ceil(nc), Vec::new);
+        blocks.resize_with(n.div_ceil(nc), || Vec::with_capacity(mc));
         for row in band.chunks_mut(n) {
             for (block, piece) in blocks.iter_mut().zip(row.chunks_mut(nc)) {
                 block.push(piece);
