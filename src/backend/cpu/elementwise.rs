@@ -14,30 +14,44 @@ fn zip_map(a: &Storage, b: &Storage, f: impl Fn(f32, f32) -> f32 + Sync + Send) 
     if a.len() != b.len() {
         bail!("elementwise op on {} and {} elements", a.len(), b.len());
     }
-    Ok(Storage::Cpu(filled(a.len(), |start, out| {
-        let (a, b) = (&a[start..start + out.len()], &b[start..start + out.len()]);
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            o.write(f(x, y));
-        }
-    })))
+    // SAFETY: a and b are as long as the output, so each chunk's zip writes all of it.
+    let out = unsafe {
+        filled(a.len(), |start, out| {
+            let (a, b) = (&a[start..start + out.len()], &b[start..start + out.len()]);
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                o.write(f(x, y));
+            }
+        })
+    };
+    Ok(Storage::Cpu(out))
 }
 
 fn map(a: &Storage, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Storage> {
     let a = host(a)?;
-    Ok(Storage::Cpu(filled(a.len(), |start, out| {
-        let a = &a[start..start + out.len()];
-        for (o, &x) in out.iter_mut().zip(a) {
-            o.write(f(x));
-        }
-    })))
+    // SAFETY: a is as long as the output, so each chunk's zip writes all of it.
+    let out = unsafe {
+        filled(a.len(), |start, out| {
+            let a = &a[start..start + out.len()];
+            for (o, &x) in out.iter_mut().zip(a) {
+                o.write(f(x));
+            }
+        })
+    };
+    Ok(Storage::Cpu(out))
 }
 
 /// A new vector of `len` floats written by `fill(start, chunk)` in chunks of
-/// [`ELEMENTWISE_CHUNK`] ([`par_filled`]); `fill` must write every element of its chunk.
-fn filled(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
-    par_filled(len, ELEMENTWISE_CHUNK, 1, |i, chunk| {
-        fill(i * ELEMENTWISE_CHUNK, chunk)
-    })
+/// [`ELEMENTWISE_CHUNK`] ([`par_filled`]).
+///
+/// # Safety
+/// `fill` must write every element of its chunk.
+unsafe fn filled(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    // SAFETY: passed on to our caller.
+    unsafe {
+        par_filled(len, ELEMENTWISE_CHUNK, 1, |i, chunk| {
+            fill(i * ELEMENTWISE_CHUNK, chunk)
+        })
+    }
 }
 
 /// A copy made on the pool (a fused conv + activation keeps one of every output for its
