@@ -6,16 +6,12 @@ use anyhow::{Context, Result};
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Writes `bytes` to `path` atomically: `path.tmp` in the same folder, fsync, rename over
-/// `path`, then fsync the folder so the rename itself survives a crash.
+/// Writes `bytes` to `path` atomically: a temporary file of its own in the same folder, fsync,
+/// rename over `path`, then fsync the folder so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp_name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?
-        .to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
+    let tmp = unique_tmp_path(path)?;
     let result = write_and_sync(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
@@ -25,6 +21,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         sync_dir(dir);
     }
     Ok(())
+}
+
+/// `.NAME.PID-N.tmp` beside `path`: unique to this process and this write, so two writers of
+/// the same file (a `report` while training writes the same page, two commands in one folder)
+/// never rename each other's half-written temporary file. Hidden, so listings skip it.
+pub fn unique_tmp_path(path: &Path) -> Result<std::path::PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}-{n}.tmp", std::process::id()));
+    Ok(path.with_file_name(tmp))
 }
 
 /// Creates `path` with `bytes` and fsyncs it.

@@ -12,6 +12,7 @@ pub mod flags;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod out_dir;
 pub mod quality;
 pub mod report;
 pub mod rng;

@@ -19,12 +19,31 @@ pub const LOCK_FILE: &str = ".artgan-lock";
 pub struct RunLock {
     file: File,
     dir: PathBuf,
+    /// The lock file did not exist before this lock: a start that fails removes it again.
+    created: bool,
 }
 
 impl RunLock {
     /// The locked folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The same lock after its folder was renamed to `dir`.
+    pub fn moved_to(mut self, dir: &Path) -> Self {
+        self.dir = dir.to_path_buf();
+        self
+    }
+
+    /// Releases the lock, removing the lock file when this lock created it (a failed start
+    /// leaves the folder as it found it).
+    pub fn release_and_tidy(self) {
+        let path = self.dir.join(LOCK_FILE);
+        let created = self.created;
+        drop(self);
+        if created {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -40,13 +59,19 @@ impl Drop for RunLock {
 /// "run folder X is in use by process N (started …)".
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open the run lock {}", path.display()))?;
+    let open = |create_new: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create_new)
+            .open(&path)
+    };
+    let (file, created) = match open(true) {
+        Ok(f) => (Ok(f), true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (open(false), false),
+        Err(e) => (Err(e), false),
+    };
+    let mut file = file.with_context(|| format!("cannot open the run lock {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
@@ -67,18 +92,25 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
             return Err(e).with_context(|| format!("cannot lock {}", path.display()));
         }
     }
-    let line = format!("{} {}\n", std::process::id(), utc_now());
-    let result = (|| -> std::io::Result<()> {
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(line.as_bytes())?;
-        file.flush()
-    })();
-    result.with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(RunLock {
+    let lock = RunLock {
         file,
         dir: dir.to_path_buf(),
-    })
+        created,
+    };
+    let line = format!("{} {}\n", std::process::id(), utc_now());
+    let mut f = &lock.file;
+    let result = (|| -> std::io::Result<()> {
+        f.set_len(0)?;
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(line.as_bytes())?;
+        f.flush()
+    })();
+    if let Err(e) = result {
+        // A full disk: a lock file made here goes again rather than stay behind empty.
+        lock.release_and_tidy();
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(lock)
 }
 
 /// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.

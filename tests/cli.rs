@@ -92,7 +92,28 @@ fn sample_rejects_missing_and_foreign_checkpoints() {
     .unwrap();
     std::fs::write(d.join("fake/generator.safetensors"), b"GIF89a not a tensor").unwrap();
     let o = artgan(&["sample", "--checkpoint", "fake", "--out", "s"], d);
-    assert_one_line_error(&o, "fake/generator.safetensors is not a safetensors file");
+    assert_one_line_error(
+        &o,
+        "fake has no manifest.json, so its weights cannot be verified",
+    );
+    let o = artgan(
+        &[
+            "sample",
+            "--checkpoint",
+            "fake",
+            "--out",
+            "s",
+            "--trust-unverified",
+        ],
+        d,
+    );
+    assert!(stderr(&o).contains("note: using unverified weights in fake"));
+    assert!(
+        stderr(&o)
+            .contains("error: checkpoint fake/generator.safetensors is not a safetensors file"),
+        "{}",
+        stderr(&o)
+    );
     assert!(
         !d.join("s").exists(),
         "output made before the checkpoint was checked"

@@ -170,7 +170,7 @@ fn weights_and_checkpoints_corrupted_are_refused_never_used() {
             std::fs::write(&target, &bad).unwrap();
             let folder = target.parent().unwrap();
             let r = no_panic(&what, || {
-                checkpoint::load_sampling_generator(folder, true, Device::Cpu)
+                checkpoint::load_sampling_generator(folder, true, false, Device::Cpu)
             });
             if changed {
                 let e = match r {

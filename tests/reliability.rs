@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{artgan, stderr, stdout, tiny_train};
+use common::{artgan, image_folder, stderr, stdout, tiny_train, write_png};
 
 fn assert_ok(o: &Output) {
     assert!(o.status.success(), "failed: {}", stderr(o));
@@ -52,27 +52,7 @@ fn flip_data_byte(path: &Path) {
 
 /// Overwrites the first f32 of tensor `name` with NaN, keeping the file a valid safetensors.
 fn poison_tensor(path: &Path, name: &str) {
-    let mut b = std::fs::read(path).unwrap();
-    let hlen = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + hlen]).unwrap();
-    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + hlen;
-    b[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    std::fs::write(path, b).unwrap();
-}
-
-fn write_png(path: &Path, seed: u32) {
-    let img = image::RgbImage::from_fn(40, 36, |x, y| {
-        let v = x.wrapping_mul(31) ^ y.wrapping_mul(17) ^ seed.wrapping_mul(101);
-        image::Rgb([v as u8, (v >> 3) as u8, (v >> 5) as u8])
-    });
-    img.save(path).unwrap();
-}
-
-fn image_folder(dir: &Path, n: u32) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        write_png(&dir.join(format!("img_{i:02}.png")), i);
-    }
+    common::set_first_f32(path, name, f32::NAN);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -87,79 +67,37 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Every command that loads a generator, on `run`, in `cwd`.
-fn use_generator(cwd: &Path, run: &str) -> Vec<(&'static str, Output)> {
-    vec![
-        (
-            "sample",
-            artgan(
-                &[
-                    "sample",
-                    "--checkpoint",
-                    run,
-                    "--count",
-                    "2",
-                    "--out",
-                    "s",
-                    "--force",
-                ],
-                cwd,
-            ),
-        ),
+/// Every command that loads a generator, on `run`, in `cwd`, each with `extra` flags.
+fn use_generator(cwd: &Path, run: &str, extra: &[&str]) -> Vec<(&'static str, Output)> {
+    let commands: [(&'static str, &[&str]); 4] = [
+        ("sample", &["--count", "2", "--out", "s", "--force"]),
         (
             "interpolate",
-            artgan(
-                &[
-                    "interpolate",
-                    "--checkpoint",
-                    run,
-                    "--count",
-                    "2",
-                    "--steps",
-                    "2",
-                    "--out",
-                    "i",
-                    "--force",
-                ],
-                cwd,
-            ),
+            &["--count", "2", "--steps", "2", "--out", "i", "--force"],
         ),
-        (
-            "evaluate",
-            artgan(
-                &[
-                    "evaluate",
-                    "--checkpoint",
-                    run,
-                    "--count",
-                    "8",
-                    "--json",
-                    "e.json",
-                ],
-                cwd,
-            ),
-        ),
+        ("evaluate", &["--count", "8", "--json", "e.json"]),
         (
             "project",
-            artgan(
-                &[
-                    "project",
-                    "--checkpoint",
-                    run,
-                    "--image",
-                    "photo.png",
-                    "--steps",
-                    "2",
-                    "--variations",
-                    "1",
-                    "--out",
-                    "p",
-                    "--force",
-                ],
-                cwd,
-            ),
+            &[
+                "--image",
+                "photo.png",
+                "--steps",
+                "2",
+                "--variations",
+                "1",
+                "--out",
+                "p",
+                "--force",
+            ],
         ),
-    ]
+    ];
+    commands
+        .into_iter()
+        .map(|(cmd, flags)| {
+            let args = [&[cmd, "--checkpoint", run][..], flags, extra].concat();
+            (cmd, artgan(&args, cwd))
+        })
+        .collect()
 }
 
 #[test]
@@ -172,14 +110,14 @@ fn corrupted_or_non_finite_weights_are_refused_by_every_command() {
         &["--epochs", "2", "--checkpoint-every", "1", "--out", "run"],
     ));
     assert!(d.join("run/manifest.json").is_file());
-    for (cmd, o) in use_generator(d, "run") {
+    for (cmd, o) in use_generator(d, "run", &[]) {
         assert!(o.status.success(), "{cmd} on a good run: {}", stderr(&o));
     }
 
     // A flipped data byte in the final EMA generator: every command refuses the run.
     copy_dir(&d.join("run"), &d.join("flipped"));
     flip_data_byte(&d.join("flipped/generator_ema.safetensors"));
-    for (cmd, o) in use_generator(d, "flipped") {
+    for (cmd, o) in use_generator(d, "flipped", &[]) {
         assert_error(&o, &["flipped/generator_ema.safetensors", "CRC-32"]);
         assert!(!stdout(&o).contains("sliced Wasserstein"), "{cmd} computed");
     }
@@ -199,12 +137,17 @@ fn corrupted_or_non_finite_weights_are_refused_by_every_command() {
     assert_error(&o, &["epoch-0001/generator_ema.safetensors", "CRC-32"]);
     assert!(!d.join("s1").exists());
 
-    // NaN weights in a run without a manifest (as older runs are): refused, naming the
-    // file and the tensor.
+    // NaN weights without a manifest (and no checkpoint to fall back on): refused as
+    // unverified, and with --trust-unverified refused naming the file and the tensor.
     copy_dir(&d.join("run"), &d.join("nan"));
     std::fs::remove_file(d.join("nan/manifest.json")).unwrap();
+    std::fs::remove_dir_all(d.join("nan/checkpoints")).unwrap();
     poison_tensor(&d.join("nan/generator_ema.safetensors"), "main.0.weight");
-    for (cmd, o) in use_generator(d, "nan") {
+    for (cmd, o) in use_generator(d, "nan", &[]) {
+        assert_error(&o, &["nan has no manifest.json", "--trust-unverified"]);
+        assert!(!stdout(&o).contains("sliced Wasserstein"), "{cmd} computed");
+    }
+    for (cmd, o) in use_generator(d, "nan", &["--trust-unverified"]) {
         assert_error(
             &o,
             &[

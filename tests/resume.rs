@@ -122,6 +122,16 @@ fn assert_same_checkpoints(a: &Path, b: &Path) {
     for ((name, x), (_, y)) in fa.iter().zip(&fb) {
         if name == "state.json" {
             assert_eq!(without_seconds(x), without_seconds(y), "state.json differs");
+        } else if name == checkpoint::CONFIG_FILE {
+            // Two runs, two run ids: the recipe itself must be the same.
+            let (mut cx, mut cy): (serde_json::Value, serde_json::Value) = (
+                serde_json::from_slice(x).unwrap(),
+                serde_json::from_slice(y).unwrap(),
+            );
+            assert_ne!(cx["run_id"], cy["run_id"]);
+            cx["run_id"] = serde_json::Value::Null;
+            cy["run_id"] = serde_json::Value::Null;
+            assert_eq!(cx, cy, "config.json differs beyond its run id");
         } else {
             assert!(
                 x == y,
@@ -310,8 +320,8 @@ fn a_crash_mid_checkpoint_leaves_the_previous_one_loadable() {
         !ckpts.join(".partial-epoch-0004").exists(),
         "leftover partial folder not cleaned"
     );
-    let g = checkpoint::load_sampling_generator(&out, true, Device::Cpu).unwrap();
-    assert!(g.1, "EMA weights expected");
+    let g = checkpoint::load_sampling_generator(&out, true, false, Device::Cpu).unwrap();
+    assert!(g.2, "EMA weights expected");
 }
 
 /// Real batches, except the one at `bad_step` (0-based) which is all NaN.
@@ -369,7 +379,8 @@ fn the_divergence_guard_stops_at_the_bad_step_and_keeps_the_good_checkpoint() {
     let (epoch, latest) = checkpoint::latest_checkpoint(&out).unwrap().unwrap();
     assert_eq!(epoch, 2);
     // The good checkpoint holds finite weights and resumes (with clean data) to the end.
-    let (g, _) = checkpoint::load_sampling_generator(&latest, false, Device::Cpu).unwrap();
+    let (g, _, _) =
+        checkpoint::load_sampling_generator(&latest, false, false, Device::Cpu).unwrap();
     for (name, p) in g.parameters() {
         assert!(p.to_vec().unwrap().iter().all(|v| v.is_finite()), "{name}");
     }

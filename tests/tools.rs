@@ -62,7 +62,7 @@ fn run_arg() -> &'static str {
 }
 
 fn load_g() -> Generator {
-    checkpoint::load_sampling_generator(run_dir(), true, Device::Cpu)
+    checkpoint::load_sampling_generator(run_dir(), true, false, Device::Cpu)
         .unwrap()
         .0
 }

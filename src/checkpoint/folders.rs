@@ -43,12 +43,30 @@ pub fn remove_manifest(dir: &Path) -> Result<()> {
 }
 
 /// Checks the weights in `dir` (a run folder or a checkpoint folder) against its
-/// `manifest.json` where it has one (runs written before manifests existed have none).
-pub fn verify_weights_dir(dir: &Path) -> Result<()> {
+/// `manifest.json`. Weights without one are refused unless `trust` (`--trust-unverified`:
+/// hand-made files, PyTorch weights copied in), which says on stderr that they are unverified.
+pub fn verify_weights(dir: &Path, trust: bool) -> Result<()> {
     if dir.join(MANIFEST_FILE).is_file() {
-        verify_checkpoint(dir)?;
+        return verify_checkpoint(dir);
     }
+    if !trust {
+        bail!(
+            "{} has no {MANIFEST_FILE}, so its weights cannot be verified (a run writes one \
+             with every checkpoint and its final files): pass --trust-unverified to use these \
+             files anyway, e.g. weights copied in from PyTorch",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "note: using unverified weights in {} (no {MANIFEST_FILE}; --trust-unverified)",
+        dir.display()
+    );
     Ok(())
+}
+
+/// [`verify_weights`] without trust: every weight file checked against its manifest.
+pub fn verify_weights_dir(dir: &Path) -> Result<()> {
+    verify_weights(dir, false)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,11 +228,28 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out.into_iter().map(|((e, _), p)| (e, p)).collect())
 }
 
-/// The newest checkpoint of a run that passes [`verify_checkpoint`], as (epoch, folder); newer
-/// ones that fail are reported on stderr and skipped.
+/// The newest checkpoint of a run that passes [`verify_checkpoint`] and belongs to this run,
+/// as (epoch, folder); newer ones that fail are reported on stderr and skipped.
 pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
+    latest_checkpoint_of(run_dir, false)
+}
+
+/// [`latest_checkpoint`]; with `trust` (`--trust-unverified`) a checkpoint without a manifest
+/// counts too (one whose manifest does not match never does).
+pub fn latest_checkpoint_of(run_dir: &Path, trust: bool) -> Result<Option<(usize, PathBuf)>> {
+    let run_id = super::run_id(run_dir);
     for (epoch, dir) in list_checkpoints(run_dir)? {
-        match verify_checkpoint(&dir) {
+        let usable = verify_weights(&dir, trust).and_then(|()| {
+            let own = super::run_id(&dir);
+            match (&run_id, &own) {
+                (Some(run), Some(own)) if run != own => bail!(
+                    "it belongs to another run (run id {own}; {} says {run})",
+                    run_dir.join(super::CONFIG_FILE).display()
+                ),
+                _ => Ok(()),
+            }
+        });
+        match usable {
             Ok(()) => return Ok(Some((epoch, dir))),
             Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
         }

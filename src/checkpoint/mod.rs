@@ -132,6 +132,16 @@ pub fn load_state_dict(module: &dyn Module, path: &Path, what: &str) -> Result<(
                     values[i]
                 );
             }
+            // A variance below 0 makes batch norm's 1/sqrt(var + eps) NaN (or huge).
+            if name.ends_with("running_var") {
+                if let Some(i) = values.iter().position(|v| *v < 0.0) {
+                    bail!(
+                        "checkpoint {p}: tensor {name} holds a negative variance ({} at index \
+                         {i}): these weights are corrupted or hand-edited",
+                        values[i]
+                    );
+                }
+            }
             decoded.push((s, Some(values), data));
         } else {
             decoded.push((s, None, data));
@@ -168,10 +178,37 @@ pub fn model_metadata() -> HashMap<String, String> {
     HashMap::from([("format".to_string(), "pt".to_string())])
 }
 
-/// Writes `generator.safetensors` and `discriminator.safetensors` into `dir`.
+/// Writes `generator.safetensors` and `discriminator.safetensors` into `dir`, with their
+/// manifest.
 pub fn save_models(dir: &Path, g: &Generator, d: &Discriminator) -> Result<()> {
-    save_state_dict(g, &dir.join(GENERATOR_FILE), model_metadata())?;
-    save_state_dict(d, &dir.join(DISCRIMINATOR_FILE), model_metadata())
+    save_final_models(
+        dir,
+        &[
+            (GENERATOR_FILE, state_dict_bytes(g, model_metadata())?),
+            (DISCRIMINATOR_FILE, state_dict_bytes(d, model_metadata())?),
+        ],
+    )
+}
+
+/// The run id in `dir/config.json` (a run folder or one of its checkpoints): `None` for runs
+/// from before run ids, or when unreadable (the config's own loading reports that).
+pub fn run_id(dir: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        run_id: Option<String>,
+    }
+    let text = fs::read_to_string(dir.join(CONFIG_FILE)).ok()?;
+    serde_json::from_str::<Id>(&text).ok()?.run_id
+}
+
+/// A new run's id: 64 random bits (std's per-process random hash keys, mixed with the time
+/// and the process id), written into `config.json` and so into every checkpoint, so a
+/// checkpoint of one run is never taken for another's.
+pub fn new_run_id() -> String {
+    use std::hash::BuildHasher;
+    let h = std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()));
+    format!("{h:016x}")
 }
 
 /// `tensors` (f32) as safetensors bytes.

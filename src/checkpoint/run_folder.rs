@@ -56,7 +56,7 @@ fn class_count(run_dir: &Path) -> Result<usize> {
     Ok(load_class_table(run_dir)?.map_or(0, |t| t.len()))
 }
 
-/// Rebuilds the generator of a run folder and loads its weights.
+/// Rebuilds the generator of a run folder and loads its (verified) weights.
 pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
     verify_weights_dir(run_dir)?;
     let c = load_model_config(run_dir)?;
@@ -66,20 +66,39 @@ pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
     Ok(g)
 }
 
-/// The folder holding the weights to use for `path`: `path` itself when it holds
-/// `generator.safetensors` (a finished run, or one checkpoint folder), else the newest complete
-/// checkpoint under `path/checkpoints/` (a run that is still training or was stopped).
-pub fn weights_dir(path: &Path) -> Result<PathBuf> {
+/// The folder holding the weights to use for `path`, verified (see [`verify_weights`] for
+/// `trust`): one checkpoint folder as given; a run's final files; else (a run that is still
+/// training or was stopped, or whose final files lack their manifest, saying so) its newest
+/// verified checkpoint.
+pub fn weights_dir(path: &Path, trust: bool) -> Result<PathBuf> {
     if !path.is_dir() {
         bail!(
             "{} is not a training run folder (no such folder)",
             path.display()
         );
     }
-    if path.join(GENERATOR_FILE).is_file() {
+    let is_checkpoint = crate::out_dir::run_of_checkpoints(path).is_some();
+    let finals = path.join(GENERATOR_FILE).is_file();
+    if is_checkpoint || (finals && path.join(MANIFEST_FILE).is_file()) {
+        verify_weights(path, trust)?;
         return Ok(path.to_path_buf());
     }
     if let Some((_, latest)) = latest_checkpoint(path)? {
+        if finals {
+            eprintln!(
+                "note: the final model files in {} have no {MANIFEST_FILE} (the run stopped \
+                 while writing them?): using its newest verified checkpoint {}",
+                path.display(),
+                latest.display()
+            );
+        }
+        return Ok(latest);
+    }
+    if finals {
+        verify_weights(path, trust)?;
+        return Ok(path.to_path_buf());
+    }
+    if let Some((_, latest)) = latest_checkpoint_of(path, trust)? {
         return Ok(latest);
     }
     bail!(
@@ -90,16 +109,16 @@ pub fn weights_dir(path: &Path) -> Result<PathBuf> {
     )
 }
 
-/// Rebuilds the generator to sample with from a run or checkpoint folder: its EMA weights when
-/// `ema` and the run has them, else the raw ones. Returns the generator and whether it is the
-/// EMA one.
+/// Rebuilds the generator to sample with from a run or checkpoint folder (see
+/// [`weights_dir`]): its EMA weights when `ema` and the run has them, else the raw ones.
+/// Returns the generator, the folder it was read from and whether it is the EMA one.
 pub fn load_sampling_generator(
     path: &Path,
     ema: bool,
+    trust: bool,
     device: Device,
-) -> Result<(Generator, bool)> {
-    let dir = weights_dir(path)?;
-    verify_weights_dir(&dir)?;
+) -> Result<(Generator, PathBuf, bool)> {
+    let dir = weights_dir(path, trust)?;
     let c = load_model_config(&dir)?;
     let g = Generator::conditional(&c, class_count(&dir)?, &mut Rng::new(0), device)?;
     let ema_path = dir.join(GENERATOR_EMA_FILE);
@@ -110,10 +129,10 @@ pub fn load_sampling_generator(
         dir.join(GENERATOR_FILE)
     };
     load_state_dict(&g, &file, &describe(&c))?;
-    Ok((g, use_ema))
+    Ok((g, dir, use_ema))
 }
 
-/// Rebuilds the discriminator of a run folder and loads its weights.
+/// Rebuilds the discriminator of a run folder and loads its (verified) weights.
 pub fn load_discriminator(run_dir: &Path, device: Device) -> Result<Discriminator> {
     verify_weights_dir(run_dir)?;
     let c = load_model_config(run_dir)?;

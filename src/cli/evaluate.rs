@@ -101,12 +101,7 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
     let params = SwdParams::default();
     let started = Instant::now();
     // Resolved once (a still-training run's newest complete checkpoint), then loaded from there.
-    let weights = checkpoint::weights_dir(&a.generator.checkpoint)?;
-    let generator = GeneratorArgs {
-        checkpoint: weights.clone(),
-        ..a.generator.clone()
-    };
-    let (g, _device) = generator.load()?;
+    let (g, _device, weights) = a.generator.load()?;
     let ema = !a.generator.no_ema && weights.join(checkpoint::GENERATOR_EMA_FILE).is_file();
     let size = g.config.image_size;
     if size < params.min_resolution {
@@ -118,15 +113,19 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
     let (run_dir, json_name) = run_folder_and_json(&a.generator.checkpoint);
     let json = a.json.clone().unwrap_or_else(|| run_dir.join(json_name));
     // Fail now rather than after the computation.
+    if json.is_dir() {
+        bail!(
+            "--json {} is a folder: give the path of the file to write",
+            json.display()
+        );
+    }
     if let Some(dir) = json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the folder of --json {}", json.display()))?;
     }
     // …and check the file can be written there (a read-only place fails here, in a second,
     // not after minutes of computing): the probe is the file's own temporary name.
-    let mut probe_name = json.file_name().unwrap_or_default().to_os_string();
-    probe_name.push(".tmp");
-    let probe = json.with_file_name(probe_name);
+    let probe = crate::durable::unique_tmp_path(&json)?;
     std::fs::write(&probe, b"")
         .with_context(|| format!("cannot write the results to {}", json.display()))?;
     let _ = std::fs::remove_file(&probe);

@@ -9,7 +9,7 @@ use crate::nn::{ModelConfig, Preset};
 use crate::train::{self, RunOptions, TrainConfig};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Epochs of a plain `artgan train` (2048 built-in images, 640 steps at batch 64): a few
 /// minutes on a 2-core CPU at the default size, enough for the built-in paintings'
@@ -24,7 +24,7 @@ pub const DEFAULT_EPOCHS: usize = 20;
 pub struct TrainArgs {
     /// Continue the run in this folder from its newest complete checkpoint (`--epochs` is then
     /// the run's new total).
-    #[arg(long, value_name = "RUN_DIR")]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "ConditionArgs")]
     pub resume: Option<PathBuf>,
     /// Model recipe: dcgan (pytorch/examples), classical (seed 001) or dcgan-kaggle (seed 000:
     /// dcgan with batch norm on D's first layer, nz 128; --full: 64 px, batch 128).
@@ -140,9 +140,14 @@ pub struct TrainArgs {
     /// Consecutive steps above --diverge-loss that stop the run [default: 200].
     #[arg(long, value_parser = crate::flags::parse_whole::<usize>, value_name = "N")]
     pub diverge_steps: Option<usize>,
-    /// Train into --out even if it already holds files (they are overwritten).
+    /// Start a new run in --out even if it already holds files: they are moved aside whole
+    /// to OUT.replaced-N first (put back if the start fails).
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
+    /// With --resume: also use a checkpoint without a manifest.json (hand-made or copied
+    /// files); one whose manifest does not match is still refused.
+    #[arg(long, requires = "resume")]
+    pub trust_unverified: bool,
     /// No per-epoch lines and no progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -334,6 +339,34 @@ fn describe_augment(augment: data::Augment) -> String {
     }
 }
 
+/// Refuses, before anything is locked or written, a `--resume` target that is not a run
+/// folder: a checkpoint folder (naming its run) or a folder without `config.json`.
+fn check_resume_target(run: &Path) -> Result<()> {
+    if let Some(owner) = crate::out_dir::run_of_checkpoints(run) {
+        bail!(
+            "{} is inside the checkpoints of run {}: resume the run itself with --resume {} \
+             (it continues from its newest complete checkpoint)",
+            run.display(),
+            owner.display(),
+            owner.display()
+        );
+    }
+    if !run.is_dir() {
+        bail!(
+            "{} is not a training run folder (no such folder)",
+            run.display()
+        );
+    }
+    if !run.join(checkpoint::CONFIG_FILE).is_file() {
+        bail!(
+            "{} is not a training run folder (it has no {})",
+            run.display(),
+            checkpoint::CONFIG_FILE
+        );
+    }
+    Ok(())
+}
+
 pub fn run_train(a: &TrainArgs) -> Result<()> {
     // Everything that can be checked is checked before any folder is made or touched: a bad
     // flag, device or dataset must leave nothing behind.
@@ -355,12 +388,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                     run.display()
                 );
             }
-            if !run.is_dir() {
-                bail!(
-                    "{} is not a training run folder (no such folder)",
-                    run.display()
-                );
-            }
+            check_resume_target(run)?;
             // Before anything is read for keeps or written: one process per run.
             let lock = crate::run_lock::lock_run_dir(run)?;
             let previous = train::load_config(run)?;
@@ -368,7 +396,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             apply_overrides(&mut cfg, a);
             cfg.validate()
                 .with_context(|| format!("resuming {}", run.display()))?;
-            let latest = checkpoint::latest_checkpoint(run)?;
+            let latest = checkpoint::latest_checkpoint_of(run, a.trust_unverified)?;
             // The final model files' manifest is written last: without it a run killed after
             // its last checkpoint has not written (all) its model files yet.
             let finished = run.join(checkpoint::MANIFEST_FILE).is_file();
@@ -411,18 +439,16 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             let mut cfg = train_config(a)?;
             cfg.device = device.to_string();
             cfg.precision = crate::amp::resolve(a.precision, device)?;
+            cfg.run_id = checkpoint::new_run_id();
             // Data found, images left after the filters (decoding comes later).
             data::check_data(&cfg.data_args)?;
-            if let Some(out) = a.out.as_deref().filter(|o| o.exists() && !o.is_dir()) {
-                bail!("output {} exists and is not a folder", out.display());
-            }
             // Locks the folder before looking into it: a second `train` into a running
             // run's folder is told so, not that the folder is not empty.
-            let (out, guard) = claim_run_dir(a.out.as_deref(), a.preset, a.force)?;
+            let (out, claimed) = claim_run_dir(a.out.as_deref(), a.preset, a.force)?;
             // First thing in the folder: from here on a killed start is resumable (a start
-            // that fails below removes it again).
+            // that fails below removes it again, and puts back what --force moved aside).
             checkpoint::save_config(&out, &cfg)?;
-            (cfg, out, None, None, None, Some(guard))
+            (cfg, out, None, None, None, Some(claimed))
         }
     };
     // The device that really runs (what `auto` resolved to), for config.json and the report.
@@ -493,6 +519,18 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.seed
         ),
     };
+    if let Some(then) = previous
+        .as_ref()
+        .map(|p| &p.data)
+        .filter(|d| **d != cfg.data)
+    {
+        eprintln!(
+            "warning: the data differ from when {} was trained (then: {then}; now: {}): the run \
+             goes on with the images found now",
+            out.display(),
+            cfg.data
+        );
+    }
     if set.len() < cfg.batch_size {
         bail!(
             "the dataset has {} images, fewer than one batch of {}: lower --batch-size",
@@ -504,7 +542,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     checkpoint::save_config(&out, &cfg)?;
     let _lock = match (lock, new_run) {
         (Some(l), _) => l,
-        (None, Some(guard)) => guard.keep(),
+        (None, Some(claimed)) => claimed.keep(),
         (None, None) => unreachable!("a run folder is always locked"),
     };
     let from_epoch = match &resume_from {

@@ -285,11 +285,7 @@ fn write(path: &Path, header: &Header, pixels: &[u8]) -> Result<()> {
         with["data_offset"] = offset.into();
         h = serde_json::to_vec(&with)?;
     }
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = crate::durable::unique_tmp_path(path)?;
     let result = (|| -> Result<()> {
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(&tmp)

@@ -171,11 +171,12 @@ impl ClassCommand for InterpolateArgs {
 /// One run on the loaded generator (see [`ClassCommand::run_one`]).
 fn run_one(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| {
-        a.generator
-            .checkpoint
-            .join(format!("interpolation-seed-{}", a.seed))
+        super::default_out(
+            &a.generator.checkpoint,
+            &format!("interpolation-seed-{}", a.seed),
+        )
     });
-    prepare_out_dir(&out, a.force)?;
+    let claimed = prepare_out_dir(&out, a.force)?;
     let nz = g.config.nz;
     let size = g.config.image_size;
     let mut rng = Rng::derive(a.seed, LATENT_STREAM);
@@ -229,6 +230,7 @@ fn run_one(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
         &out.join("latents.safetensors"),
         &[("keys", &keys), ("z", &z)],
     )?;
+    claimed.keep();
     println!(
         "wrote grid.png ({segments} rows of {}), {} frames, interpolation.gif and latents.safetensors to {}",
         a.steps,

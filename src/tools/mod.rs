@@ -16,9 +16,8 @@ use crate::flags::DeviceArgs;
 use crate::nn::{Ctx, Generator, Mode};
 use crate::rng::Rng;
 use crate::tensor::{no_grad, Tensor};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Most latents pushed through G at once: bounds activation memory whatever `--count` is.
@@ -157,52 +156,61 @@ pub struct GeneratorArgs {
     /// Use the raw generator instead of the exponential moving average of its weights.
     #[arg(long)]
     pub no_ema: bool,
+    /// Also use weights without a manifest.json to verify them against (hand-made files,
+    /// e.g. PyTorch weights copied into a run folder); they are refused otherwise.
+    #[arg(long)]
+    pub trust_unverified: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 impl GeneratorArgs {
-    /// Resolves the device and loads the generator (saying which weights when not the EMA).
-    pub fn load(&self) -> Result<(crate::nn::Generator, Device)> {
+    /// Resolves the device and loads the generator, saying which weights it reads (the folder,
+    /// EMA or raw, the run id). Also returns that folder.
+    pub fn load(&self) -> Result<(crate::nn::Generator, Device, PathBuf)> {
         let device = self.device.resolve()?;
-        let (g, ema) = checkpoint::load_sampling_generator(&self.checkpoint, !self.no_ema, device)?;
+        let (g, dir, ema) = checkpoint::load_sampling_generator(
+            &self.checkpoint,
+            !self.no_ema,
+            self.trust_unverified,
+            device,
+        )?;
         if !ema && !self.no_ema {
             eprintln!(
                 "note: {} has no EMA weights; using the raw generator",
-                self.checkpoint.display()
-            );
-        }
-        Ok((g, device))
-    }
-}
-
-/// Creates `dir` (and parents) and checks it can take our files. An existing non-empty folder
-/// is refused unless `force`, so an earlier run is never overwritten by accident.
-pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<()> {
-    if dir.exists() {
-        if !dir.is_dir() {
-            bail!("output {} exists and is not a folder", dir.display());
-        }
-        let non_empty = fs::read_dir(dir)
-            .with_context(|| format!("cannot read output folder {}", dir.display()))?
-            .next()
-            .is_some();
-        if non_empty && !force {
-            bail!(
-                "output folder {} is not empty: choose another --out or pass --force to overwrite",
                 dir.display()
             );
         }
-    } else {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        println!(
+            "reading the {} generator in {}{}",
+            if ema { "EMA" } else { "raw" },
+            dir.display(),
+            checkpoint::run_id(&dir).map_or(String::new(), |id| format!(" (run {id})"))
+        );
+        Ok((g, device, dir))
     }
-    // Probe: fail now, not after an hour of training.
-    let probe = dir.join(".artgan-write-test");
-    fs::write(&probe, b"")
-        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
-    let _ = fs::remove_file(&probe);
-    Ok(())
+}
+
+/// Claims `dir` for a command's results (see [`crate::out_dir::claim`]): created, or an empty
+/// folder, or with `force` a non-empty one whose contents are moved aside; never a run folder
+/// or inside a run's checkpoints; locked, so a second command writing there is refused. The
+/// caller keeps the guard while it writes and calls `keep` when done; a failure in between
+/// removes what it wrote.
+pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<crate::out_dir::OutDir> {
+    crate::out_dir::claim(dir, crate::out_dir::Purpose::Results, force)
+}
+
+/// The default folder for a command's results about `checkpoint`: `name` inside the run
+/// folder, with the checkpoint's name added when `checkpoint` is one checkpoint of a run
+/// (nothing is ever written inside `checkpoints/`, whose folders are pruned).
+pub fn default_out(checkpoint: &Path, name: &str) -> PathBuf {
+    match crate::out_dir::run_of_checkpoints(checkpoint) {
+        Some(run) => {
+            let epoch = checkpoint.file_name().unwrap_or_default().to_string_lossy();
+            run.join(format!("{name}-{epoch}"))
+        }
+        None => checkpoint.join(name),
+    }
 }
 
 /// One CHW image in [-1, 1] as an RGB PNG, written atomically.
@@ -309,8 +317,8 @@ impl ClassArgs {
     /// Checks the options against the run at `checkpoint` (whose generator is `g`), and fixes
     /// `g` to the chosen class for [`ClassChoice::One`].
     pub fn resolve(&self, g: &Generator, checkpoint: &std::path::Path) -> Result<ClassChoice> {
-        let dir = crate::checkpoint::weights_dir(checkpoint)?;
-        let table = crate::checkpoint::load_class_table(&dir)?;
+        // A run folder's config.json holds the same class table as its checkpoints'.
+        let table = crate::checkpoint::load_class_table(checkpoint)?;
         let Some(table) = table.filter(|_| g.classes > 0) else {
             if self.class.is_some() || self.per_class.is_some() {
                 bail!(
@@ -387,7 +395,7 @@ pub trait ClassCommand: Sized {
 /// Checks `a`, loads its generator once, then makes its run or its per-class runs.
 pub fn run_command<C: ClassCommand>(a: &C) -> Result<()> {
     a.check()?;
-    let (g, device) = a.generator().load()?;
+    let (g, device, _) = a.generator().load()?;
     run_on(a, &g, device)
 }
 
@@ -405,9 +413,10 @@ fn run_on<C: ClassCommand>(a: &C, g: &Generator, device: Device) -> Result<()> {
             table.names().join(", ")
         );
     }
-    let base = a
-        .out()
-        .map_or_else(|| checkpoint.join(C::PER_CLASS_DIR), Path::to_path_buf);
+    let base = a.out().map_or_else(
+        || default_out(checkpoint, C::PER_CLASS_DIR),
+        Path::to_path_buf,
+    );
     for c in &table.classes {
         let classes = ClassArgs {
             class: Some(c.name.clone()),

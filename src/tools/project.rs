@@ -277,9 +277,10 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
             .image
             .file_stem()
             .map_or("image".into(), |s| s.to_string_lossy());
-        a.generator.checkpoint.join(format!("project-{stem}"))
+        super::default_out(&a.generator.checkpoint, &format!("project-{stem}"))
     });
-    prepare_out_dir(&out, a.force)?;
+    // Removed again with all it holds if the projection fails (a diverged one, say).
+    let claimed = prepare_out_dir(&out, a.force)?;
     write_png(&target, size, &out.join("original.png"))?;
 
     let opts = ProjectOptions {
@@ -327,6 +328,7 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
     }
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     checkpoint::save_tensors(&out.join("latent.safetensors"), &named)?;
+    claimed.keep();
     println!(
         "projected {}: start loss {:.5} (best of {START_CANDIDATES} random latents), final loss {:.5} after {} steps (pixel MSE {:.5})",
         a.image.display(),

@@ -54,16 +54,14 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     } else {
         Mode::Eval
     };
-    let (g, device) = a.generator.load()?;
+    let (g, device, _) = a.generator.load()?;
     let choice = a.classes.resolve(&g, &a.generator.checkpoint)?;
     let out = a.out.clone().unwrap_or_else(|| {
-        a.generator
-            .checkpoint
-            .join(format!("samples-seed-{}", a.seed))
+        super::default_out(&a.generator.checkpoint, &format!("samples-seed-{}", a.seed))
     });
-    prepare_out_dir(&out, a.force)?;
+    let claimed = prepare_out_dir(&out, a.force)?;
     if let super::ClassChoice::PerClass(n, table) = &choice {
-        return run_per_class(
+        run_per_class(
             a,
             &g,
             device,
@@ -71,7 +69,9 @@ pub fn run(a: &SampleArgs) -> Result<()> {
             &out,
             if *n == 0 { 8 } else { *n },
             table,
-        );
+        )?;
+        claimed.keep();
+        return Ok(());
     }
     let mut rng = Rng::derive(a.seed, LATENT_STREAM);
     let z = draw_latents(&mut rng, a.count, g.config.nz, a.truncation, device)?;
@@ -98,6 +98,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         )?;
     }
     checkpoint::save_tensors(&out.join("latents.safetensors"), &[("z", &z)])?;
+    claimed.keep();
     println!(
         "wrote {} images{} and latents.safetensors to {}",
         a.count,

@@ -80,6 +80,10 @@ pub struct TrainConfig {
     /// from `config.json` when off.
     #[serde(default, skip_serializing_if = "is_off")]
     pub diffaugment: crate::ops::DiffAugment,
+    /// This run's id ([`checkpoint::new_run_id`]), in every checkpoint's copy too: a checkpoint
+    /// of another run is never resumed or sampled as this one's. Empty for runs from before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
 }
 
 /// A BCE loss of 100 means logits of about ±100: the model has diverged (ordinary GAN losses
@@ -147,6 +151,7 @@ impl TrainConfig {
             },
             class_table: None,
             diffaugment: Default::default(),
+            run_id: String::new(),
             model,
         }
     }
@@ -199,6 +204,24 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// [`TrainConfig::validate`] for a configuration read from a file: also the fields no flag
+    /// sets (named as in `config.json`), which a hand-edited or damaged file can put out of range.
+    fn validate_stored(&self) -> Result<()> {
+        for (field, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(beta.is_finite() && (0.0..1.0).contains(&beta)) {
+                bail!("{field} is {beta}: Adam's betas must be in [0, 1)");
+            }
+        }
+        if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
+            bail!("noise_std is {}: it must be 0 or positive", self.noise_std);
+        }
+        let rotate = self.augment.rotate_deg;
+        if !(rotate.is_finite() && (0.0..=180.0).contains(&rotate)) {
+            bail!("augment.rotate_deg is {rotate}: it must be in [0, 180]");
+        }
+        self.validate()
+    }
+
     /// Classes of the conditional models (0: unconditional).
     pub fn classes(&self) -> usize {
         self.class_table.as_ref().map_or(0, |t| t.len())
@@ -224,10 +247,13 @@ pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
             path.display()
         )
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "{}: not an artgan training configuration ({e})",
             path.display()
         )
-    })
+    })?;
+    cfg.validate_stored()
+        .with_context(|| format!("{}: out-of-range value", path.display()))?;
+    Ok(cfg)
 }

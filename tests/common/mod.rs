@@ -41,13 +41,57 @@ pub fn tiny_train<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// The `artgan` binary with `args`, in `cwd`, not started yet (to spawn and kill).
+pub fn artgan_command(args: &[&str], cwd: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_artgan"));
+    c.args(args).current_dir(cwd);
+    c
+}
+
 /// Runs the `artgan` binary in `cwd`.
 pub fn artgan(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_artgan"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run artgan")
+    artgan_command(args, cwd).output().expect("run artgan")
+}
+
+/// A small RGB PNG whose pixels depend on `seed`.
+pub fn write_png(path: &Path, seed: u32) {
+    let img = image::RgbImage::from_fn(40, 36, |x, y| {
+        let v = x.wrapping_mul(31) ^ y.wrapping_mul(17) ^ seed.wrapping_mul(101);
+        image::Rgb([v as u8, (v >> 3) as u8, (v >> 5) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+/// A folder of `n` different PNGs, `img_NN.png`.
+pub fn image_folder(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        write_png(&dir.join(format!("img_{i:02}.png")), i);
+    }
+}
+
+/// Sets the first f32 of tensor `name` in a safetensors file, keeping the file valid.
+pub fn set_first_f32(path: &Path, name: &str, value: f32) {
+    let mut b = std::fs::read(path).unwrap();
+    let hlen = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + hlen]).unwrap();
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + hlen;
+    b[start..start + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(path, b).unwrap();
+}
+
+/// Writes `dir/manifest.json` anew for the files it lists (after a test edited one on
+/// purpose, so that the manifest still passes and what is checked is the edit itself).
+pub fn rewrite_manifest(dir: &Path) {
+    let path = dir.join("manifest.json");
+    let mut entries: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for e in &mut entries {
+        let bytes = std::fs::read(dir.join(e["file"].as_str().unwrap())).unwrap();
+        e["bytes"] = bytes.len().into();
+        e["crc32"] = crc32fast::hash(&bytes).into();
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&entries).unwrap()).unwrap();
 }
 
 pub fn stdout(o: &Output) -> String {

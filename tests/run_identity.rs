@@ -1,0 +1,483 @@
+//! No run is ever mistaken for another: `--force` starts empty (the old run moved aside, put
+//! back when the start fails), a checkpoint folder is never taken for its run, results never go
+//! inside `checkpoints/`, writers never share a temporary file, weights are never used
+//! unverified, and stored configurations are checked. Ends with a property test over random
+//! sequences of train, force, resume, sample, kill and report on one folder.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+mod common;
+use common::{artgan, stderr, stdout, tiny_train};
+
+/// The tiny quiet CPU run + `extra`, on 16 built-in images.
+fn tiny_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = tiny_train(&["--device", "cpu", "--quiet", "--limit", "16"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}", stderr(o));
+    stdout(o)
+}
+
+/// Fails with one `error:` line (no panic) containing every needle.
+fn fails_saying(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    for n in needles {
+        assert!(line.contains(n), "error line lacks {n:?}: {line}");
+    }
+}
+
+/// Every file under `dir` (relative path, bytes), sorted; the lock file's holder line aside.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && e.file_name() != ".artgan-lock")
+        .map(|e| {
+            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+            (rel, std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn run_id(dir: &Path) -> String {
+    artgan::checkpoint::run_id(dir).expect("a run id in config.json")
+}
+
+#[test]
+fn force_starts_empty_and_a_failed_forced_start_puts_the_old_run_back() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(&artgan(
+        &tiny_args(&["--out", "run", "--epochs", "2", "--seed", "1"]),
+        d,
+    ));
+    let old = snapshot(&d.join("run"));
+    let old_id = run_id(&d.join("run"));
+
+    // A forced start that fails after claiming the folder (3 images, batch 8).
+    common::image_folder(&d.join("three"), 3);
+    let o = artgan(
+        &tiny_args(&[
+            "--out", "run", "--force", "--data", "three", "--epochs", "1",
+        ]),
+        d,
+    );
+    fails_saying(&o, &["fewer than one batch"]);
+    assert_eq!(
+        snapshot(&d.join("run")),
+        old,
+        "the old run exactly as it was"
+    );
+    assert!(!d.join("run.replaced-1").exists());
+
+    // A forced start that succeeds: a new run in an empty folder, the old one aside, whole.
+    let o = artgan(
+        &tiny_args(&["--out", "run", "--force", "--epochs", "1", "--seed", "2"]),
+        d,
+    );
+    ok(&o);
+    assert!(
+        stderr(&o).contains("moved what was in run to run.replaced-1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(&d.join("run.replaced-1")), old);
+    let new_id = run_id(&d.join("run"));
+    assert_ne!(new_id, old_id);
+    let checkpoints: Vec<_> = std::fs::read_dir(d.join("run/checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(checkpoints, ["epoch-0001"], "no checkpoint of the old run");
+    // Resume continues the new run, from the new run's weights.
+    let o = artgan(&["train", "--resume", "run", "--epochs", "2", "--quiet"], d);
+    ok(&o);
+    let o = artgan(
+        &[
+            "sample",
+            "--checkpoint",
+            "run",
+            "--count",
+            "2",
+            "--out",
+            "s",
+        ],
+        d,
+    );
+    assert!(
+        ok(&o).contains(&format!("(run {new_id})")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn a_checkpoint_folder_is_never_taken_for_its_run() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(&artgan(&tiny_args(&["--out", "run", "--epochs", "1"]), d));
+    let ckpt = d.join("run/checkpoints/epoch-0001");
+    let before = snapshot(&ckpt);
+
+    let o = artgan(&["train", "--resume", "run/checkpoints/epoch-0001"], d);
+    fails_saying(&o, &["inside the checkpoints of run", "--resume"]);
+    let o = artgan(
+        &[
+            "sample",
+            "--checkpoint",
+            "run/checkpoints/epoch-0001",
+            "--count",
+            "2",
+        ],
+        d,
+    );
+    let out = ok(&o);
+    assert!(
+        out.contains("run/checkpoints/epoch-0001"),
+        "says what it reads: {out}"
+    );
+    assert!(d
+        .join("run/samples-seed-0-epoch-0001/sample-0001.png")
+        .is_file());
+    for out in ["run/checkpoints/mine", "run"] {
+        let o = artgan(
+            &[
+                "sample",
+                "--checkpoint",
+                "run",
+                "--count",
+                "2",
+                "--out",
+                out,
+            ],
+            d,
+        );
+        fails_saying(&o, &["--out"]);
+    }
+    let o = artgan(&["explore", "--out", "run"], d);
+    fails_saying(&o, &["is a training run's folder"]);
+    assert_eq!(snapshot(&ckpt), before, "the checkpoint untouched");
+
+    // Not a run: refused before anything is written (no lock file left in it).
+    common::image_folder(&d.join("pictures"), 2);
+    let o = artgan(&["train", "--resume", "pictures"], d);
+    fails_saying(&o, &["pictures is not a training run folder"]);
+    assert!(!d.join("pictures/.artgan-lock").exists());
+    // A conditioning flag given again is refused, `none` too.
+    let o = artgan(&["train", "--resume", "run", "--condition", "none"], d);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--condition"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn weights_and_configurations_are_never_used_unverified() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(&artgan(
+        &tiny_args(&["--out", "run", "--epochs", "2", "--checkpoint-every", "1"]),
+        d,
+    ));
+    let sample = |extra: &[&str], out: &str| {
+        let args = [
+            &[
+                "sample",
+                "--checkpoint",
+                "run",
+                "--count",
+                "2",
+                "--out",
+                out,
+            ][..],
+            extra,
+        ];
+        artgan(&args.concat(), d)
+    };
+    // Final files without their manifest: the newest verified checkpoint, said so.
+    std::fs::remove_file(d.join("run/manifest.json")).unwrap();
+    let o = sample(&[], "a");
+    assert!(
+        ok(&o).contains("run/checkpoints/epoch-0002"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("have no manifest.json"),
+        "{}",
+        stderr(&o)
+    );
+    // …and with no verified checkpoint either: refused, unless trusted.
+    for c in ["epoch-0001", "epoch-0002"] {
+        std::fs::remove_file(d.join("run/checkpoints").join(c).join("manifest.json")).unwrap();
+    }
+    fails_saying(
+        &sample(&[], "b"),
+        &["cannot be verified", "--trust-unverified"],
+    );
+    assert!(!d.join("b").exists());
+    let o = sample(&["--trust-unverified"], "c");
+    ok(&o);
+    assert!(stderr(&o).contains("unverified weights"), "{}", stderr(&o));
+
+    // A negative batch-norm variance is refused.
+    let t2 = tempfile::tempdir().unwrap();
+    let d2 = t2.path();
+    ok(&artgan(&tiny_args(&["--out", "run", "--epochs", "1"]), d2));
+    let g = d2.join("run/generator_ema.safetensors");
+    common::set_first_f32(&g, "main.1.running_var", -1.0);
+    common::rewrite_manifest(&d2.join("run"));
+    let o = artgan(
+        &[
+            "sample",
+            "--checkpoint",
+            "run",
+            "--count",
+            "2",
+            "--out",
+            "s",
+        ],
+        d2,
+    );
+    fails_saying(&o, &["running_var holds a negative variance"]);
+
+    // Out-of-range stored values are refused by name, before training.
+    let config = d2.join("run/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"beta1\": 0.5", "\"beta1\": 7.5")).unwrap();
+    let o = artgan(&["train", "--resume", "run", "--epochs", "2"], d2);
+    fails_saying(&o, &["config.json", "beta1 is 7.5"]);
+}
+
+#[test]
+fn failed_starts_leave_nothing_and_late_failures_are_checked_first() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::image_folder(&d.join("three"), 3);
+    let o = artgan(&tiny_args(&["--out", "q/r/s", "--data", "three"]), d);
+    fails_saying(&o, &["fewer than one batch"]);
+    assert!(!d.join("q").exists(), "missing parents are removed again");
+
+    std::fs::create_dir(d.join("empty")).unwrap();
+    let o = artgan(&tiny_args(&["--out", "empty", "--data", "three"]), d);
+    fails_saying(&o, &["fewer than one batch"]);
+    assert_eq!(
+        std::fs::read_dir(d.join("empty")).unwrap().count(),
+        0,
+        "no lock left"
+    );
+
+    ok(&artgan(&tiny_args(&["--out", "run", "--epochs", "1"]), d));
+    std::fs::create_dir(d.join("folder")).unwrap();
+    let o = artgan(
+        &[
+            "evaluate",
+            "--checkpoint",
+            "run",
+            "--count",
+            "8",
+            "--json",
+            "folder",
+        ],
+        d,
+    );
+    fails_saying(&o, &["--json folder is a folder"]);
+
+    // A resume on changed data says so.
+    common::image_folder(&d.join("pics"), 10);
+    ok(&artgan(
+        &tiny_args(&["--out", "on-pics", "--data", "pics", "--epochs", "1"]),
+        d,
+    ));
+    common::image_folder(&d.join("pics-more"), 12);
+    for i in 10..12 {
+        let name = format!("img_{i:02}.png");
+        std::fs::copy(d.join("pics-more").join(&name), d.join("pics").join(&name)).unwrap();
+    }
+    let o = artgan(
+        &["train", "--resume", "on-pics", "--epochs", "2", "--quiet"],
+        d,
+    );
+    ok(&o);
+    assert!(stderr(&o).contains("the data differ"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("10 images") && stderr(&o).contains("12 images"));
+}
+
+#[test]
+fn a_results_folder_has_one_writer() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(&artgan(&tiny_args(&["--out", "run", "--epochs", "1"]), d));
+    std::fs::create_dir(d.join("out")).unwrap();
+    // Another process writing there holds its lock (this test process stands in for it).
+    let held = artgan::run_lock::lock_run_dir(&d.join("out")).unwrap();
+    let o = artgan(
+        &[
+            "sample",
+            "--checkpoint",
+            "run",
+            "--count",
+            "2",
+            "--out",
+            "out",
+        ],
+        d,
+    );
+    fails_saying(&o, &["out is in use by process"]);
+    drop(held);
+    ok(&artgan(
+        &[
+            "sample",
+            "--checkpoint",
+            "run",
+            "--count",
+            "2",
+            "--out",
+            "out",
+        ],
+        d,
+    ));
+}
+
+/// A small deterministic generator for the property test's choices.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The invariants after every command: every checkpoint of the run folder (and of every
+/// folder moved aside) verifies and carries its own run's id.
+fn check_invariants(d: &Path, history: &str) {
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let run = e.path();
+        if !run.join("config.json").is_file() {
+            continue;
+        }
+        let id = artgan::checkpoint::run_id(&run);
+        for (_, c) in artgan::checkpoint::list_checkpoints(&run).unwrap() {
+            artgan::checkpoint::verify_checkpoint(&c)
+                .unwrap_or_else(|e| panic!("{} after {history}: {e:#}", c.display()));
+            assert_eq!(
+                artgan::checkpoint::run_id(&c),
+                id,
+                "{} belongs to another run, after {history}",
+                c.display()
+            );
+        }
+    }
+}
+
+/// Random sequences of train, force, resume, sample, kill and report on one folder. Each
+/// sample must read the weights of the run that `run/config.json` names at that moment.
+/// `ARTGAN_PROPERTY_STEPS` makes it longer (default 14 commands, well under a minute).
+#[test]
+fn random_command_sequences_never_mix_runs() {
+    let steps: usize = std::env::var("ARTGAN_PROPERTY_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(14);
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+    let mut history = Vec::new();
+    let mut epochs = 1;
+    for step in 0..steps {
+        let seed = step.to_string();
+        let op = if step == 0 { 0 } else { dice.roll(6) };
+        match op {
+            0 | 1 => {
+                // A new run (forced over whatever is there), possibly killed while it trains.
+                epochs = 1 + dice.roll(2) as usize;
+                let e = epochs.to_string();
+                let args = tiny_args(&["--out", "run", "--force", "--epochs", &e, "--seed", &seed]);
+                if op == 1 {
+                    let mut child = common::artgan_command(&args, d).spawn().unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(100 + dice.roll(900)));
+                    let _ = child.kill();
+                    child.wait().unwrap();
+                    history.push(format!("killed new run (seed {seed})"));
+                } else {
+                    ok(&artgan(&args, d));
+                    history.push(format!("new run (seed {seed})"));
+                }
+            }
+            2 => {
+                epochs += 1;
+                let e = epochs.to_string();
+                let o = artgan(&["train", "--resume", "run", "--epochs", &e, "--quiet"], d);
+                ok(&o);
+                history.push(format!("resume to {e}"));
+            }
+            3 => {
+                let out = format!("samples-{step}");
+                let id = artgan::checkpoint::run_id(&d.join("run"));
+                let o = artgan(
+                    &[
+                        "sample",
+                        "--checkpoint",
+                        "run",
+                        "--count",
+                        "2",
+                        "--out",
+                        &out,
+                    ],
+                    d,
+                );
+                let said = stdout(&o);
+                if o.status.success() {
+                    let id = id.expect("a run that has weights has an id");
+                    assert!(
+                        said.contains(&format!("(run {id})")),
+                        "{said} after {history:?}"
+                    );
+                } else {
+                    // Only a run killed before its first checkpoint has nothing to sample.
+                    assert!(
+                        stderr(&o).contains("holds no trained generator"),
+                        "{}",
+                        stderr(&o)
+                    );
+                    assert!(!d.join(&out).exists());
+                }
+                history.push("sample".to_string());
+            }
+            4 => {
+                let o = artgan(&["report", "run"], d);
+                ok(&o);
+                history.push("report".to_string());
+            }
+            _ => {
+                // Killed resume.
+                epochs += 1;
+                let e = epochs.to_string();
+                let args = ["train", "--resume", "run", "--epochs", &e, "--quiet"];
+                let mut child = common::artgan_command(&args, d).spawn().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(dice.roll(600)));
+                let _ = child.kill();
+                child.wait().unwrap();
+                history.push(format!("killed resume to {e}"));
+            }
+        }
+        check_invariants(d, &format!("{history:?}"));
+    }
+}
