@@ -262,6 +262,7 @@ fn finish(set: &mut ImageSet, scan: &Scan, cache_file: Option<PathBuf>, reused: 
         unmatched: scan.unmatched.clone(),
         artists_without_images: scan.artists_without_images.clone(),
         duplicates: scan.duplicates.clone(),
+        duplicate_artists: scan.duplicate_artists.clone(),
         cache_file,
         cache_reused: reused,
         files_considered: scan.files.len(),

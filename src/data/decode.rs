@@ -4,14 +4,18 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::Fit;
 
-/// Largest width or height accepted; bigger is treated as a broken or hostile file.
-pub const MAX_SIDE: u32 = 30_000;
-/// Largest pixel count accepted (the decoder would need gigabytes beyond this).
-pub const MAX_PIXELS: u64 = 200_000_000;
+/// Largest width or height decoded. Real paintings are far below it (the Kaggle set's largest
+/// are a few thousand px a side); a header claiming more is broken or forged.
+pub const MAX_SIDE: u32 = 16_384;
+/// Most bytes the decoded image may take (width × height × bytes per pixel of its colour type),
+/// checked from the header before anything is decoded: a forged 15 KB JPEG claiming
+/// 14000×14000 would otherwise take 561 MiB per decoding thread and decode to garbage. A
+/// 12000×12000 8-bit RGB scan (412 MiB) still fits.
+pub const MAX_DECODED_BYTES: u64 = 512 << 20;
 /// Smallest width or height accepted: below this there is no painting to learn from.
 pub const MIN_SIDE: u32 = 8;
 
@@ -50,26 +54,37 @@ pub fn decode_bytes(bytes: &[u8], size: u32, fit: Fit) -> Result<Decoded, String
             return Err("truncated JPEG (no end-of-image marker)".into());
         }
     }
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
+    let mut reader = reader;
+    // The header is read without the crate's own limits so that ours below give the reason.
+    reader.no_limits();
+    let mut decoder = reader
+        .into_decoder()
         .map_err(|e| format!("unreadable {format:?} header: {e}"))?;
-    if w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(format!("absurd dimensions {w}x{h}"));
+    let (w, h) = decoder.dimensions();
+    let bytes = decoder.total_bytes();
+    if w > MAX_SIDE || h > MAX_SIDE || bytes > MAX_DECODED_BYTES {
+        return Err(format!(
+            "too large to decode: the header says {w}x{h} px ({} MiB decoded), beyond the limit \
+             of {MAX_SIDE} px a side and {} MiB",
+            bytes.div_ceil(1 << 20),
+            MAX_DECODED_BYTES >> 20
+        ));
     }
     if w < MIN_SIDE || h < MIN_SIDE {
         return Err(format!(
             "too small ({w}x{h}, need at least {MIN_SIDE} px a side)"
         ));
     }
-    let mut reader = reader;
+    // The same limits again for the decoder itself, with room for its working buffers.
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(4 << 30);
-    reader.limits(limits);
-    let img = reader
-        .decode()
+    limits.max_alloc = Some(2 * MAX_DECODED_BYTES);
+    decoder
+        .set_limits(limits)
         .map_err(|e| format!("undecodable {format:?}: {e}"))?;
+    let img =
+        DynamicImage::from_decoder(decoder).map_err(|e| format!("undecodable {format:?}: {e}"))?;
     let rgb = to_rgb8(img);
     Ok(Decoded {
         rgb: preprocess(&rgb, size, fit).into_raw(),

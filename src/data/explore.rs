@@ -149,6 +149,17 @@ pub fn explore(args: &ExploreArgs) -> Result<()> {
     if !r.duplicates.is_empty() {
         println!("duplicate copies dropped: {}", r.duplicates.len());
     }
+    if let Some(csv) = &r.csv {
+        if !r.duplicate_artists.is_empty() {
+            println!(
+                "artists on more than one row: {}",
+                r.duplicate_artists.len()
+            );
+        }
+        for d in &r.duplicate_artists {
+            println!("  {}", d.describe(csv));
+        }
+    }
 
     // Charts.
     let artist_bars: Vec<(String, f64)> = order
@@ -292,6 +303,7 @@ pub fn explore(args: &ExploreArgs) -> Result<()> {
         "unmatched_images": r.unmatched,
         "artists_without_images": r.artists_without_images,
         "duplicates_dropped": r.duplicates,
+        "duplicate_artist_rows": r.duplicate_artists,
         "charts": charts,
         "sample_grids": grids,
         "cache_file": r.cache_file.as_ref().map(|p| p.display().to_string()),

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
+use super::artists_csv::{read_artists_csv, ArtistsCsv, DuplicateArtist};
 use super::{DataArgs, Source};
 
 /// File extensions read as images (compared case-insensitively).
@@ -124,82 +125,6 @@ fn key_variants(s: &str) -> Vec<(Mojibake, String)> {
     out
 }
 
-#[derive(serde::Deserialize)]
-struct CsvRow {
-    name: String,
-    #[serde(default)]
-    years: Option<String>,
-    #[serde(default)]
-    genre: Option<String>,
-    #[serde(default)]
-    nationality: Option<String>,
-    #[serde(default)]
-    paintings: Option<String>,
-}
-
-fn split_list(s: Option<&str>) -> Vec<String> {
-    s.unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// Reads artists.csv (header row with at least `name`; quoted fields may hold commas).
-pub fn read_artists_csv(path: &Path) -> Result<Vec<Artist>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let headers = reader
-        .headers()
-        .with_context(|| format!("{}: cannot read the header row", path.display()))?
-        .clone();
-    if !headers.iter().any(|h| h.trim() == "name") {
-        let seen = headers.iter().collect::<Vec<_>>().join(",");
-        let seen: String = seen.chars().take(80).collect();
-        if headers.len() == 1 {
-            let other = [';', '\t', '|']
-                .into_iter()
-                .find(|c| seen.contains(*c))
-                .map_or(String::new(), |c| format!(" ({c:?} appears in it)"));
-            bail!(
-                "{}: the header has one column ({seen:?}): the file may use another delimiter \
-                 than commas{other}; artists.csv must be comma-separated with a `name` column",
-                path.display()
-            );
-        }
-        bail!(
-            "{}: the header has no `name` column (it has {seen:?})",
-            path.display()
-        );
-    }
-    let mut artists = Vec::new();
-    for (i, row) in reader.deserialize::<CsvRow>().enumerate() {
-        let row = row.with_context(|| format!("{}: bad row {}", path.display(), i + 2))?;
-        let name = row.name.trim().to_string();
-        if name.is_empty() {
-            continue;
-        }
-        artists.push(Artist {
-            key: artist_key(&name),
-            name,
-            years: row.years.unwrap_or_default(),
-            genres: split_list(row.genre.as_deref()),
-            nationalities: split_list(row.nationality.as_deref()),
-            csv_paintings: row.paintings.and_then(|p| p.trim().parse().ok()),
-        });
-    }
-    if artists.is_empty() {
-        bail!(
-            "{}: no artists (expected a header with a `name` column)",
-            path.display()
-        );
-    }
-    Ok(artists)
-}
-
 /// An image file selected for loading.
 #[derive(Clone, Debug)]
 pub struct ScanFile {
@@ -221,6 +146,8 @@ pub struct Scan {
     /// Size and mtime of the CSV: the artist mapping depends on it.
     pub csv_stamp: Option<(u64, u128)>,
     pub artists: Vec<Artist>,
+    /// Artists that artists.csv names on more than one row (merged into the first).
+    pub duplicate_artists: Vec<DuplicateArtist>,
     pub files: Vec<ScanFile>,
     pub unmatched: Vec<String>,
     pub artists_without_images: Vec<String>,
@@ -371,13 +298,19 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
     }
     all.sort_by(|a, b| a.1.cmp(&b.1));
 
-    let (mut artists, csv_stamp) = match &csv {
+    let (
+        ArtistsCsv {
+            mut artists,
+            duplicates: duplicate_artists,
+        },
+        csv_stamp,
+    ) = match &csv {
         Some(c) => {
             let st =
                 std::fs::metadata(c).with_context(|| format!("cannot stat {}", c.display()))?;
             (read_artists_csv(c)?, Some(stamp(&st)))
         }
-        None => (Vec::new(), None),
+        None => (ArtistsCsv::default(), None),
     };
     let have_csv = csv.is_some();
     let mut by_key: HashMap<String, usize> = artists
@@ -558,6 +491,7 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
         csv,
         csv_stamp,
         artists,
+        duplicate_artists,
         files,
         unmatched,
         artists_without_images,

@@ -11,6 +11,7 @@
 //! folder (so every run on the same data shares it), else — when the data folder is read-only —
 //! in `<report_dir>/.artgan-cache`.
 
+mod artists_csv;
 mod builtin;
 mod cache;
 mod decode;
@@ -25,12 +26,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+pub use artists_csv::{read_artists_csv, ArtistsCsv, DuplicateArtist};
 pub use builtin::builtin;
 pub use decode::{decode_bytes, decode_file, preprocess, Decoded};
 pub use explore::{explore, ExploreArgs};
 pub(crate) use explore::{plot_err, register_font, save_rgb};
 pub use grid::{save_grid_png, save_grid_png_u8, write_atomic};
-pub use kaggle::{artist_key, read_artists_csv, Artist};
+pub use kaggle::{artist_key, Artist};
 pub use labels::{
     label_images, ClassEntry, ClassTable, Condition, ConditionArgs, LabelSource, Labelled,
 };
@@ -187,6 +189,8 @@ pub struct LoadReport {
     pub artists_without_images: Vec<String>,
     /// Copies of the same painting (e.g. the second, mojibake-named Dürer folder) dropped.
     pub duplicates: Vec<String>,
+    /// Artists that artists.csv names on more than one row (merged into the first row).
+    pub duplicate_artists: Vec<DuplicateArtist>,
     /// Cache file used, and whether it was reused (false: built now).
     pub cache_file: Option<PathBuf>,
     pub cache_reused: bool,
@@ -337,6 +341,11 @@ pub fn load(args: &DataArgs, size: usize, seed: u64, report_dir: &Path) -> Resul
         return Ok(builtin(count, size, seed));
     };
     let scan = kaggle::scan(data, args)?;
+    if let Some(csv) = &scan.csv {
+        for d in &scan.duplicate_artists {
+            eprintln!("warning: {}", d.describe(csv));
+        }
+    }
     let set = cache::load_or_build(&scan, args, size, report_dir)?;
     write_skipped_csv(&set.report.skipped, report_dir)?;
     let r = &set.report;
