@@ -279,15 +279,42 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
             .map_or("image".into(), |s| s.to_string_lossy());
         a.generator.checkpoint.join(format!("project-{stem}"))
     });
+    let created = outermost_missing(&out);
     prepare_out_dir(&out, a.force)?;
-    write_png(&target, size, &out.join("original.png"))?;
+    let written = project_into(a, g, device, &target, &out);
+    if let (Err(_), Some(created)) = (&written, created) {
+        // Leave nothing a retry would trip over ("output folder is not empty").
+        let _ = std::fs::remove_dir_all(created);
+    }
+    written
+}
 
+/// The outermost folder on the way to `dir` that does not exist yet: all that making `dir`
+/// creates (None when `dir` exists).
+fn outermost_missing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .last()
+        .map(Path::to_path_buf)
+}
+
+/// Projects `target` and writes every output into `out` (all of them after the projection
+/// worked, so a diverged one writes nothing).
+fn project_into(
+    a: &ProjectArgs,
+    g: &Generator,
+    device: Device,
+    target: &[f32],
+    out: &Path,
+) -> Result<()> {
+    let size = g.config.image_size;
     let opts = ProjectOptions {
         steps: a.steps,
         lr: a.lr,
         seed: a.seed,
     };
-    let p = project(g, &target, &opts)?;
+    let p = project(g, target, &opts)?;
+    write_png(target, size, &out.join("original.png"))?;
     write_png(&p.image, size, &out.join("closest.png"))?;
     let mut csv = String::from("step,loss,pixel_mse\n");
     for (step, loss, pixel) in &p.history {
