@@ -500,7 +500,8 @@ fn cli_conditional_train_sample_interpolate_evaluate() {
         p,
     ));
     assert!(
-        p.join("walk/artist-0/grid.png").is_file() && p.join("walk/artist-1/grid.png").is_file()
+        p.join("walk/00-artist-0/grid.png").is_file()
+            && p.join("walk/01-artist-1/grid.png").is_file()
     );
     let e = one_line_error(&artgan(
         &["interpolate", "--checkpoint", "run", "--out", "w2"],

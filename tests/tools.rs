@@ -533,3 +533,31 @@ fn project_names_a_bad_image() {
     assert_one_line_error(&o, "--lr 0 must be a positive number");
     assert!(!p.join("o").exists(), "output made for a bad image");
 }
+
+#[test]
+fn a_diverged_project_leaves_nothing_behind() {
+    let d = work_dir();
+    let p = d.path();
+    write_photo(&p.join("photo.jpg"), 5);
+    let project = |lr: &str| {
+        let rest = [
+            "--image",
+            "photo.jpg",
+            "--steps",
+            "3",
+            "--lr",
+            lr,
+            "--out",
+            "a/b",
+        ];
+        let mut args = vec!["project", "--checkpoint", run_arg()];
+        args.extend(rest);
+        artgan(&args, p)
+    };
+    // A step this large sends |z|² past f32's range at once.
+    assert_one_line_error(&project("1e30"), "projection diverged at step 1");
+    assert!(!p.join("a").exists(), "a failed project left a/");
+    // The retry needs no --force.
+    assert_ok(&project("0.05"));
+    assert!(p.join("a/b/original.png").is_file());
+}

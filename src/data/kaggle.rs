@@ -313,12 +313,13 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
         None => (ArtistsCsv::default(), None),
     };
     let have_csv = csv.is_some();
-    let mut by_key: HashMap<String, usize> = artists
+    let by_key: HashMap<String, usize> = artists
         .iter()
         .enumerate()
         .map(|(i, a)| (a.key.clone(), i))
         .collect();
 
+    let mut by_folder: HashMap<String, usize> = HashMap::new();
     let mut files = Vec::new();
     let mut unmatched = Vec::new();
     let mut duplicates = Vec::new();
@@ -357,13 +358,13 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
                 unmatched.push(rel.clone());
             }
         } else if parts.len() > 1 {
-            // Plain folder: the top-level sub-folder is the class, like torchvision's ImageFolder.
+            // Plain folder: the top-level sub-folder is the class, like torchvision's ImageFolder
+            // (by its exact name: `a b` and `a.b` are two classes).
             let name = parts[0].to_string();
-            let key = artist_key(&name);
-            let idx = *by_key.entry(key.clone()).or_insert_with(|| {
+            let idx = *by_folder.entry(name.clone()).or_insert_with(|| {
                 artists.push(Artist {
-                    name: name.clone(),
-                    key,
+                    key: artist_key(&name),
+                    name,
                     ..Artist::default()
                 });
                 artists.len() - 1
@@ -401,8 +402,9 @@ pub fn scan(data: &Path, args: &DataArgs) -> Result<Scan> {
     let mut keep: Option<HashSet<usize>> = None;
     if let Some(list) = &args.artists {
         let mut set = HashSet::new();
+        let names: Vec<&str> = artists.iter().map(|a| a.name.as_str()).collect();
         for want in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match artists.iter().position(|a| a.key == artist_key(want)) {
+            match super::labels::match_name(&names, want, "--artists", "artist")? {
                 Some(i) => {
                     set.insert(i);
                 }

@@ -95,26 +95,64 @@ impl ClassTable {
         self.classes.iter().map(|c| c.name.as_str()).collect()
     }
 
-    /// The class called `name`, matched like `--artists` (case, accents, spaces/underscores/
-    /// hyphens do not matter); an unknown name is an error listing the known ones.
+    /// The class called `name` (see [`match_name`]); an unknown name is an error listing the
+    /// known ones.
     pub fn find(&self, name: &str) -> Result<usize> {
-        let want = super::artist_key(name);
-        match self
-            .classes
-            .iter()
-            .find(|c| super::artist_key(&c.name) == want)
-        {
-            Some(c) => Ok(c.index),
+        let kind = match self.condition {
+            Condition::Genre => "genre",
+            _ => "artist",
+        };
+        match match_name(&self.names(), name, "--class", kind)? {
+            Some(k) => Ok(self.classes[k].index),
             None => bail!(
-                "--class: unknown {} '{name}' (known: {})",
-                match self.condition {
-                    Condition::Genre => "genre",
-                    _ => "artist",
-                },
+                "--class: unknown {kind} '{}' (known: {})",
+                escape_controls(name),
                 self.names().join(", ")
             ),
         }
     }
+}
+
+/// Which of `names` the user's `want` means: the exact name, else the only one that matches
+/// loosely ([`super::artist_key`]: case, accents and punctuation do not matter), else none.
+/// Several loose matches are an error of `flag` listing them (`kind`: what the names are).
+pub fn match_name(names: &[&str], want: &str, flag: &str, kind: &str) -> Result<Option<usize>> {
+    if let Some(i) = names.iter().position(|n| *n == want) {
+        return Ok(Some(i));
+    }
+    let key = super::artist_key(want);
+    let close: Vec<usize> = (0..names.len())
+        .filter(|&i| !key.is_empty() && super::artist_key(names[i]) == key)
+        .collect();
+    match close.as_slice() {
+        [] => Ok(None),
+        [i] => Ok(Some(*i)),
+        several => bail!(
+            "{flag}: '{}' matches {} {kind}s when case and punctuation are ignored: {}; give one \
+             of them exactly",
+            escape_controls(want),
+            several.len(),
+            several
+                .iter()
+                .map(|&i| format!("'{}'", escape_controls(names[i])))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// `s` with its control characters (newline, tab, ...) written as escapes (`\n`, `\u{1b}`), so
+/// a name shown in a one-line message stays on its line.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Labelled training data: the class table, the images kept (indices into the set) and the
@@ -180,6 +218,7 @@ pub fn label_images(
         *counts.entry(n.clone()).or_default() += 1;
     }
     let unlabelled = names.iter().filter(|n| n.is_none()).count();
+    refuse_control_characters(set, &names, args)?;
     if counts.is_empty() {
         bail!(
             "--condition {}: no image has a class{}",
@@ -243,6 +282,39 @@ pub fn label_images(
     }))
 }
 
+/// Refuses a class name with a control character (a newline, a tab, ...), naming where it
+/// comes from: such a name would break `classes.txt` (one name per line) and every message
+/// that shows it.
+fn refuse_control_characters(
+    set: &ImageSet,
+    names: &[Option<String>],
+    args: &ConditionArgs,
+) -> Result<()> {
+    let Some((i, name)) = names.iter().enumerate().find_map(|(i, n)| {
+        n.as_ref()
+            .filter(|n| n.contains(char::is_control))
+            .map(|n| (i, n))
+    }) else {
+        return Ok(());
+    };
+    let root = set.report.image_root.clone().unwrap_or_default();
+    let path = &set.meta[i].path;
+    let source = match (&set.report.csv, args.labels) {
+        (Some(csv), _) => format!("its row in {}", csv.display()),
+        (None, LabelSource::Prefix) => format!("the file {}", root.join(path).display()),
+        (None, LabelSource::Subfolder) => {
+            let folder = path.split('/').next().unwrap_or(path);
+            format!("the folder {}", root.join(folder).display())
+        }
+    };
+    bail!(
+        "class name '{}' has a control character, which classes.txt and messages cannot show: \
+         rename it ({})",
+        escape_controls(name),
+        escape_controls(&source)
+    )
+}
+
 impl ImageSet {
     /// A new in-memory set of the images `keep` (in that order), same artists and report.
     pub fn subset(&self, keep: &[usize]) -> Result<ImageSet> {
@@ -268,5 +340,44 @@ mod tests {
         assert_eq!(prefix_of("aki-kuroda_night-2011.jpg"), "aki-kuroda");
         assert_eq!(prefix_of("sub/andy-warhol_a_b.png"), "andy-warhol");
         assert_eq!(prefix_of("noprefix.jpg"), "noprefix");
+    }
+
+    fn table(names: &[&str]) -> ClassTable {
+        ClassTable {
+            condition: Condition::Artist,
+            classes: names
+                .iter()
+                .enumerate()
+                .map(|(index, name)| ClassEntry {
+                    index,
+                    name: name.to_string(),
+                    images: 1,
+                })
+                .collect(),
+            dropped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn class_names_match_exactly_then_uniquely_loosely() {
+        let t = table(&["Monet", "a b", "a.b"]);
+        // Exact names win over the loose match that both share.
+        assert_eq!(t.find("a.b").unwrap(), 2);
+        assert_eq!(t.find("a b").unwrap(), 1);
+        // A unique loose match is taken.
+        assert_eq!(t.find("MONET!").unwrap(), 0);
+        let err = t.find("A_B").unwrap_err().to_string();
+        assert!(
+            err.contains("'A_B' matches 2 artists") && err.contains("'a b', 'a.b'"),
+            "{err}"
+        );
+        let err = t.find("renoir\nx").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown artist 'renoir\\nx' (known: Monet, a b, a.b)"),
+            "{err}"
+        );
+        // Punctuation alone matches nothing, not every punctuation-only name.
+        let t = table(&["--", "..."]);
+        assert!(t.find("__").unwrap_err().to_string().contains("unknown"));
     }
 }

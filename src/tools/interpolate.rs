@@ -155,6 +155,12 @@ impl ClassCommand for InterpolateArgs {
         }
         Ok(())
     }
+    fn check_per_class(&self, n: usize) -> Result<()> {
+        if n < 2 {
+            bail!("--per-class {n}: each class's walk needs at least 2 latents to go between");
+        }
+        Ok(())
+    }
     fn for_class(&self, classes: ClassArgs, n: usize, out: PathBuf) -> Self {
         InterpolateArgs {
             classes,

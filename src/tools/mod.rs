@@ -282,6 +282,30 @@ mod tests {
     }
 
     #[test]
+    fn class_folders_are_distinct_ordered_and_safe() {
+        let names = [
+            "Ab",
+            "a b",
+            "a.b",
+            "aB",
+            "../x",
+            "new\nline",
+            &"é".repeat(300),
+        ];
+        let folders: Vec<String> = (0..names.len())
+            .map(|i| class_folder(i, names.len(), names[i]))
+            .collect();
+        assert_eq!(folders[..4], ["00-Ab", "01-a_b", "02-a_b", "03-aB"]);
+        assert_eq!(folders[4], "04-___x");
+        assert_eq!(folders[5], "05-new_line");
+        assert!(folders[6].len() < 255, "{}", folders[6]);
+        let distinct: std::collections::HashSet<String> =
+            folders.iter().map(|f| f.to_lowercase()).collect();
+        assert_eq!(distinct.len(), names.len(), "{folders:?}");
+        assert_eq!(class_folder(7, 120, "x"), "007-x");
+    }
+
+    #[test]
     fn grid_rows_are_square_ish() {
         let rows: Vec<usize> = [1, 2, 4, 5, 9, 10, 64, 65].map(grid_nrow).to_vec();
         assert_eq!(rows, vec![1, 2, 2, 3, 3, 4, 8, 9]);
@@ -291,13 +315,14 @@ mod tests {
 /// `--class` / `--per-class` of `sample`, `interpolate` and `project` (conditional runs).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClassArgs {
-    /// Paint this class of a conditional run: an artist or genre name, matched like
-    /// `--artists` (case, accents and spaces/underscores/hyphens do not matter).
+    /// Paint this class of a conditional run: an artist or genre name, matched exactly, else
+    /// like `--artists` (case, accents and punctuation do not matter) if only one class matches.
     #[arg(long = "class", value_name = "NAME", conflicts_with = "per_class")]
     pub class: Option<String>,
     /// Conditional runs: N images for every class (sample: one grid row per class, the same N
-    /// latents in every row; interpolate/project: one sub-folder per class) [sample's
-    /// default for a conditional run: 8].
+    /// latents in every row; interpolate: N latents per class; project: N variations per
+    /// class; both: one sub-folder NN-name per class) [sample's default for a conditional
+    /// run: 8].
     #[arg(long, value_name = "N")]
     pub per_class: Option<usize>,
 }
@@ -386,6 +411,10 @@ pub trait ClassCommand: Sized {
     fn out(&self) -> Option<&Path>;
     /// Checks the flags, before anything is loaded.
     fn check(&self) -> Result<()>;
+    /// Checks `--per-class N`, which stands for this command's own count in each class.
+    fn check_per_class(&self, _n: usize) -> Result<()> {
+        Ok(())
+    }
     /// This command for one class: `--class` set, N images, its own output folder.
     fn for_class(&self, classes: ClassArgs, n: usize, out: PathBuf) -> Self;
     /// One run on `g` (its class, if any, already fixed by [`ClassArgs::resolve`]).
@@ -413,6 +442,7 @@ fn run_on<C: ClassCommand>(a: &C, g: &Generator, device: Device) -> Result<()> {
             table.names().join(", ")
         );
     }
+    a.check_per_class(n)?;
     let base = a.out().map_or_else(
         || default_out(checkpoint, C::PER_CLASS_DIR),
         Path::to_path_buf,
@@ -422,16 +452,26 @@ fn run_on<C: ClassCommand>(a: &C, g: &Generator, device: Device) -> Result<()> {
             class: Some(c.name.clone()),
             per_class: None,
         };
-        let one = a.for_class(classes, n, base.join(class_folder(&c.name)));
+        let folder = class_folder(c.index, table.len(), &c.name);
+        let one = a.for_class(classes, n, base.join(folder));
         one.check()?;
         run_on(&one, g, device)?;
     }
     Ok(())
 }
 
-/// A file-system-safe folder name for a class.
-pub fn class_folder(name: &str) -> String {
-    name.chars()
+/// Longest class name part of a [`class_folder`], in characters (file names stop at 255 bytes).
+const CLASS_FOLDER_NAME_CHARS: usize = 60;
+
+/// The `--per-class` folder of class `index` of a table of `classes`: the index, zero-padded
+/// so the folders sort in class order, then the name made file-system safe (`01-Claude_Monet`).
+/// The index keeps every folder its own, also where names differ only in punctuation or case
+/// (`a b` and `a.b`, on a case-insensitive disk `Ab` and `aB`).
+pub fn class_folder(index: usize, classes: usize, name: &str) -> String {
+    let width = classes.saturating_sub(1).to_string().len().max(2);
+    let safe: String = name
+        .chars()
+        .take(CLASS_FOLDER_NAME_CHARS)
         .map(|c| {
             if c.is_alphanumeric() || c == '-' {
                 c
@@ -439,5 +479,6 @@ pub fn class_folder(name: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    format!("{index:0width$}-{safe}")
 }

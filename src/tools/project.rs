@@ -281,14 +281,28 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
     });
     // Removed again with all it holds if the projection fails (a diverged one, say).
     let claimed = prepare_out_dir(&out, a.force)?;
-    write_png(&target, size, &out.join("original.png"))?;
+    project_into(a, g, device, &target, &out)?;
+    claimed.keep();
+    Ok(())
+}
 
+/// Projects `target` and writes every output into `out` (all of them after the projection
+/// worked, so a diverged one writes nothing).
+fn project_into(
+    a: &ProjectArgs,
+    g: &Generator,
+    device: Device,
+    target: &[f32],
+    out: &Path,
+) -> Result<()> {
+    let size = g.config.image_size;
     let opts = ProjectOptions {
         steps: a.steps,
         lr: a.lr,
         seed: a.seed,
     };
-    let p = project(g, &target, &opts)?;
+    let p = project(g, target, &opts)?;
+    write_png(target, size, &out.join("original.png"))?;
     write_png(&p.image, size, &out.join("closest.png"))?;
     let mut csv = String::from("step,loss,pixel_mse\n");
     for (step, loss, pixel) in &p.history {
@@ -328,7 +342,6 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
     }
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     checkpoint::save_tensors(&out.join("latent.safetensors"), &named)?;
-    claimed.keep();
     println!(
         "projected {}: start loss {:.5} (best of {START_CANDIDATES} random latents), final loss {:.5} after {} steps (pixel MSE {:.5})",
         a.image.display(),

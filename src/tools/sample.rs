@@ -16,9 +16,10 @@ pub struct SampleArgs {
     pub generator: GeneratorArgs,
     #[command(flatten)]
     pub classes: super::ClassArgs,
-    /// Number of images.
-    #[arg(long, value_parser = crate::flags::parse_whole::<usize>, default_value_t = 16)]
-    pub count: usize,
+    /// Number of images [default: 16]. A conditional run takes it with --class; for every
+    /// class use --per-class.
+    #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
+    pub count: Option<usize>,
     /// Seed of the latents.
     #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0)]
     pub seed: u64,
@@ -42,12 +43,16 @@ pub struct SampleArgs {
     pub force: bool,
 }
 
+/// Images of `sample` without `--count`.
+const DEFAULT_COUNT: usize = 16;
+
 pub fn run(a: &SampleArgs) -> Result<()> {
-    if a.count == 0 {
+    let count = a.count.unwrap_or(DEFAULT_COUNT);
+    if count == 0 {
         bail!("--count must be at least 1");
     }
     let mode = if a.batch_stats {
-        if a.count < 2 {
+        if count < 2 {
             bail!("--batch-stats needs --count of at least 2");
         }
         Mode::BatchStats
@@ -56,6 +61,14 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     };
     let (g, device, _) = a.generator.load()?;
     let choice = a.classes.resolve(&g, &a.generator.checkpoint)?;
+    if let (super::ClassChoice::PerClass(_, table), Some(_)) = (&choice, a.count) {
+        bail!(
+            "{} is a conditional run of {} classes: --count K needs --class NAME (K images of \
+             one class); for N images of every class pass --per-class N",
+            a.generator.checkpoint.display(),
+            table.len()
+        );
+    }
     let out = a.out.clone().unwrap_or_else(|| {
         super::default_out(&a.generator.checkpoint, &format!("samples-seed-{}", a.seed))
     });
@@ -74,7 +87,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         return Ok(());
     }
     let mut rng = Rng::derive(a.seed, LATENT_STREAM);
-    let z = draw_latents(&mut rng, a.count, g.config.nz, a.truncation, device)?;
+    let z = draw_latents(&mut rng, count, g.config.nz, a.truncation, device)?;
     let size = g.config.image_size;
     let per = 3 * size * size;
     // Only the grid needs every image at once.
@@ -89,19 +102,13 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         Ok(())
     })?;
     if a.grid {
-        save_grid_png(
-            &all,
-            a.count,
-            size,
-            grid_nrow(a.count),
-            &out.join("grid.png"),
-        )?;
+        save_grid_png(&all, count, size, grid_nrow(count), &out.join("grid.png"))?;
     }
     checkpoint::save_tensors(&out.join("latents.safetensors"), &[("z", &z)])?;
     claimed.keep();
     println!(
         "wrote {} images{} and latents.safetensors to {}",
-        a.count,
+        count,
         if a.grid { ", grid.png" } else { "" },
         out.display()
     );
@@ -152,9 +159,10 @@ fn run_per_class(
     )?;
     checkpoint::save_tensors(&out.join("latents.safetensors"), &[("z", &z)])?;
     println!(
-        "wrote {n} images for each of {k} classes ({} in all; row r of grid.png and \
-         sample-[r*{n}..] are class r of classes.txt){} and latents.safetensors to {}",
+        "wrote {n} images for each of {k} classes ({} in all; sample-[r*{n}..]{} are class r \
+         of classes.txt){}, classes.txt and latents.safetensors to {}",
         k * n,
+        if a.grid { " and row r of grid.png" } else { "" },
         if a.grid { ", grid.png" } else { "" },
         out.display()
     );
