@@ -74,10 +74,12 @@ fn max_diff(a: &[u8], b: &[u8]) -> u8 {
 }
 
 /// The files directly in `dir`, sorted.
+/// The visible files of `dir` (the hidden lock file of a results folder aside).
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
     names
