@@ -368,6 +368,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             apply_overrides(&mut cfg, a);
             cfg.validate()
                 .with_context(|| format!("resuming {}", run.display()))?;
+            crate::limits::check_training(&cfg, device)?;
             let latest = checkpoint::latest_checkpoint(run)?;
             // The final model files' manifest is written last: without it a run killed after
             // its last checkpoint has not written (all) its model files yet.
@@ -413,6 +414,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.precision = crate::amp::resolve(a.precision, device)?;
             // Data found, images left after the filters (decoding comes later).
             data::check_data(&cfg.data_args)?;
+            crate::limits::check_training(&cfg, device)?;
             if let Some(out) = a.out.as_deref().filter(|o| o.exists() && !o.is_dir()) {
                 bail!("output {} exists and is not a folder", out.display());
             }

@@ -7,6 +7,7 @@ use super::{prepare_out_dir, run_command, write_png, ClassArgs, ClassCommand, Ge
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::{decode_file, save_grid_png, Fit};
+use crate::limits;
 use crate::nn::{Ctx, Generator, Mode, Module};
 use crate::ops;
 use crate::optim::Adam;
@@ -279,6 +280,21 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
             .map_or("image".into(), |s| s.to_string_lossy());
         a.generator.checkpoint.join(format!("project-{stem}"))
     });
+    // The loss history (a few numbers per step, also in loss.csv) and the variations with
+    // their grid are held until written.
+    let history = limits::product(&[a.steps, 64]);
+    limits::check_output(
+        &out,
+        "--steps",
+        a.steps,
+        "the loss history",
+        history,
+        history,
+    )?;
+    let (held, written) =
+        limits::painting_bytes(limits::product(&[a.variations]), size, g.config.nz, 5);
+    let what = "the variations and their latents";
+    limits::check_output(&out, "--variations", a.variations, what, held, written)?;
     prepare_out_dir(&out, a.force)?;
     write_png(&target, size, &out.join("original.png"))?;
 
