@@ -171,3 +171,94 @@ fn sample_draws_its_latents_chunk_by_chunk_as_one_stream() {
     let want = truncated_normal(&mut Rng::derive(0, LATENT_STREAM), 70 * nz, None).unwrap();
     assert_eq!(z, want);
 }
+
+#[test]
+fn absurd_per_class_counts_are_refused_before_the_output_folder_is_made() {
+    // A conditional run of two artists (file-name prefixes), trained for one epoch.
+    let dir = tempfile::tempdir().unwrap();
+    let art = dir.path().join("art");
+    std::fs::create_dir(&art).unwrap();
+    for a in 0..2u8 {
+        for i in 0..6u32 {
+            let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([a * 100, ((x * 7 + y * 3 + i * 11) % 256) as u8, 40])
+            });
+            img.save(art.join(format!("artist-{a}_title-{i}.png")))
+                .unwrap();
+        }
+    }
+    let args = tiny_train(&[
+        "--data",
+        "art",
+        "--condition",
+        "artist",
+        "--labels",
+        "prefix",
+        "--min-images",
+        "2",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        "run",
+    ]);
+    let o = artgan(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = entries(dir.path());
+    // (interpolate --per-class N runs --count N per class: refused the same way, under the name
+    // that the per-class options give it.)
+    let args = [
+        "sample",
+        "--checkpoint",
+        "run",
+        "--per-class",
+        "100000000000",
+        "--out",
+        "d",
+        "--device",
+        "cpu",
+    ];
+    let o = artgan(&args, dir.path());
+    assert_refused(&o, "--per-class");
+    assert_eq!(entries(dir.path()), before, "a folder was made");
+}
+
+#[test]
+fn sample_beyond_the_free_disk_is_refused_with_the_estimate_and_the_free_space() {
+    let work = tempfile::tempdir().unwrap();
+    let free = artgan::limits::free_disk(work.path()).expect("free space of the temp folder");
+    let memory = artgan::limits::host_memory().expect("MemTotal");
+    // Twice what fits on the disk: 32 px PNGs of at most 3 KiB + 1 KiB each (plus latents).
+    let count = free / (3 * 32 * 32 + 1024) * 2;
+    let (held, _) = artgan::limits::painting_bytes(Some(count as u128), 32, 8, 0);
+    if held.unwrap() > u128::from(memory) {
+        println!("skipped: {count} latents do not fit this machine's memory either");
+        return;
+    }
+    let run = run_dir().to_str().unwrap();
+    let count = count.to_string();
+    let args = [
+        "sample",
+        "--checkpoint",
+        run,
+        "--count",
+        &count,
+        "--out",
+        "d",
+        "--device",
+        "cpu",
+    ];
+    let o = artgan(&args, work.path());
+    assert_refused(&o, "--count");
+    assert!(
+        stderr(&o).contains("of disk for the images and latents (d has "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains(" free)"), "{}", stderr(&o));
+    assert!(entries(work.path()).is_empty());
+}
