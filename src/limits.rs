@@ -27,14 +27,14 @@ pub fn sum(parts: &[Bytes]) -> Bytes {
     parts.iter().try_fold(0u128, |acc, &p| acc.checked_add(p?))
 }
 
-/// Bytes of f32 per trained parameter: the weight, its gradient, Adam's two moments and (for
-/// the generator) the EMA copy.
-const TRAIN_BYTES_PER_PARAM: usize = 4 * 5;
-/// Bytes per activation element in a training step: f32 outputs of conv, batch norm and
-/// activation kept for the backward pass, and their gradients.
-const TRAIN_BYTES_PER_ACTIVATION: usize = 4 * 6;
-/// The same for a forward pass without gradients (input and output of a layer alive at once).
-const INFER_BYTES_PER_ACTIVATION: usize = 4 * 2;
+// The estimates count what must be there, not every temporary, so that a size they refuse
+// cannot run at all; near the limit the run-time out-of-memory advice (train/stops.rs) takes
+// over.
+/// Bytes of f32 per trained parameter: the weight, its gradient and Adam's two moments.
+const TRAIN_BYTES_PER_PARAM: usize = 4 * 4;
+/// Bytes per activation element in a training step: the f32 outputs kept for the backward
+/// pass (conv, batch norm and activation fused) and their gradients.
+const TRAIN_BYTES_PER_ACTIVATION: usize = 4 * 3;
 
 /// Parameters and activation elements (per image) of the generator and discriminator.
 fn model_counts(m: &ModelConfig, classes: usize) -> (Bytes, Bytes) {
@@ -46,7 +46,7 @@ fn model_counts(m: &ModelConfig, classes: usize) -> (Bytes, Bytes) {
         .map(|i| product(&[m.ngf, 1 << (n - 1 - i)]))
         .collect();
     let d: Vec<Bytes> = (0..n).map(|i| product(&[m.ndf, 1 << i])).collect();
-    let mut params = vec![product(&[m.nz, k])];
+    let mut params = Vec::new();
     let mut acts = vec![product(&[m.nz]), product(&[3, s, s]), product(&[3, s, s])];
     let mul = |a: Bytes, b: Bytes| a?.checked_mul(b?);
     let cl = Some(classes as u128 + 1);
@@ -73,22 +73,13 @@ fn model_counts(m: &ModelConfig, classes: usize) -> (Bytes, Bytes) {
     (sum(&params), sum(&acts))
 }
 
-/// Memory a training step of `m` at `batch` images needs: parameters with their gradients,
-/// Adam state and EMA copy, and the activations kept for the backward pass.
+/// Memory a training step of `m` at `batch` images needs: parameters with their gradients and
+/// Adam state, and the activations kept for the backward pass.
 pub fn train_bytes(m: &ModelConfig, classes: usize, batch: usize) -> Bytes {
     let (params, acts) = model_counts(m, classes);
     sum(&[
         params?.checked_mul(TRAIN_BYTES_PER_PARAM as u128),
         acts?.checked_mul(product(&[batch, TRAIN_BYTES_PER_ACTIVATION])?),
-    ])
-}
-
-/// Memory a generator forward pass of `batch` images needs (sample, interpolate, evaluate).
-pub fn generate_bytes(m: &ModelConfig, classes: usize, batch: usize) -> Bytes {
-    let (params, acts) = model_counts(m, classes);
-    sum(&[
-        params?.checked_mul(4),
-        acts?.checked_mul(product(&[batch, INFER_BYTES_PER_ACTIVATION])?),
     ])
 }
 
