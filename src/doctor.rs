@@ -40,19 +40,6 @@ pub fn ptx_isa_of(ptx: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// Where the dynamic linker really loaded `soname` from (`/proc/self/maps`).
-fn loaded_path(soname: &str) -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            std::path::Path::new(p)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(soname))
-        })
-        .map(str::to_string)
-}
-
 /// How to get a library without Python: the distribution's packages from NVIDIA's CUDA
 /// repository.
 fn distro_hint(spec: &libs::LibSpec) -> &'static str {
@@ -93,7 +80,7 @@ fn library_version(spec: &libs::LibSpec) -> Option<String> {
             (r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then(|| format!("{a}.{b}"))
         } else if key.starts_with("libcublasLt") {
             // Not bound by our cudarc features: the version in the file name, when it has one.
-            let path = loaded_path(key)?;
+            let path = libs::loaded_path(key)?;
             let name = std::path::Path::new(&path)
                 .file_name()?
                 .to_string_lossy()
@@ -149,7 +136,7 @@ fn report_libraries(out: &mut Vec<String>) -> (bool, Option<(u32, u32)>) {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or(found.clone());
-                let path = loaded_path(&soname).unwrap_or(found);
+                let path = libs::loaded_path(&soname).unwrap_or(found);
                 let version = library_version(&spec);
                 if name == "libcuda" {
                     driver_found = true;
@@ -169,7 +156,12 @@ fn report_libraries(out: &mut Vec<String>) -> (bool, Option<(u32, u32)>) {
                     .next()
                     .unwrap_or_default()
                     .to_string();
-                out.push(format!("  {name:<12} NOT FOUND: {first}"));
+                let state = if libs::is_unusable(&first) {
+                    "UNUSABLE"
+                } else {
+                    "NOT FOUND"
+                };
+                out.push(format!("  {name:<12} {state}: {first}"));
                 out.push(format!("  {:<12}   get it: {}", "", spec.install));
                 out.push(format!("  {:<12}   or: {}", "", distro_hint(&spec)));
             }
@@ -216,9 +208,13 @@ pub fn report() -> Vec<String> {
             ));
         }
         (true, None) => out.push("driver: found, but it did not say its CUDA version".into()),
-        (false, _) => out.push(
-            "driver: none (libcuda.so.1 not found): this machine runs artgan on the CPU".into(),
-        ),
+        (false, _) => out.push(format!(
+            "driver: none (libcuda.so.1 {}): this machine runs artgan on the CPU",
+            match libs::ensure(&libs::LIBCUDA) {
+                Err(e) if libs::is_unusable(&e.to_string()) => "is unusable, see above",
+                _ => "not found",
+            }
+        )),
     }
     let ptx_isa = report_build(&mut out);
     let (device, why) = match select::resolve_with_reason(DeviceSpec::Auto) {

@@ -9,6 +9,7 @@ pub mod data;
 pub mod doctor;
 pub mod durable;
 pub mod flags;
+pub mod limits;
 pub mod nn;
 pub mod ops;
 pub mod optim;

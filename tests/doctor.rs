@@ -98,3 +98,80 @@ fn doctor_on_the_emulated_device() {
         "{out}"
     );
 }
+
+/// A file under a CUDA library's name that is not the library (a shared object without its
+/// functions, or an empty file), found through LD_LIBRARY_PATH, ARTGAN_CUDA_LIBS or
+/// ARTGAN_NVRTC: `doctor` calls it unusable, naming the file and the missing symbol, and
+/// `train --device cuda` fails with that one line; no panic from cudarc.
+#[test]
+fn a_library_without_its_symbols_is_unusable_not_a_panic() {
+    if has_driver() {
+        println!("skipped: this machine has a CUDA driver (libcuda.so.1 loads)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("empty.c");
+    std::fs::write(&src, "int not_cuda(void) { return 0; }\n").unwrap();
+    let libs = dir.path().join("libs");
+    std::fs::create_dir(&libs).unwrap();
+    let so = libs.join("libcuda.so.1");
+    let cc = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("run cc");
+    assert!(cc.success());
+    for name in ["libnvrtc.so.12", "libcublas.so.12"] {
+        std::fs::copy(&so, libs.join(name)).unwrap();
+    }
+    // Not even an ELF file.
+    std::fs::write(libs.join("libcudnn.so.9"), b"").unwrap();
+    let dir_s = libs.to_str().unwrap();
+    let run = |args: &[&str], var: &str, value: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_artgan"))
+            .args(args)
+            .env_remove("ARTGAN_NVRTC")
+            .env_remove("ARTGAN_CUDA_LIBS")
+            .env(var, value)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(!err.contains("panicked"), "{args:?} with {var}: {err}");
+        (o.status.code(), out, err)
+    };
+    for var in ["LD_LIBRARY_PATH", "ARTGAN_CUDA_LIBS"] {
+        let (code, out, err) = run(&["doctor"], var, dir_s);
+        assert_eq!(code, Some(0), "{err}");
+        for want in [
+            format!("libcuda      UNUSABLE: {dir_s}/libcuda.so.1 is not a usable libcuda.so.1"),
+            "it lacks the symbol cuInit".to_string(),
+            format!("libnvrtc     UNUSABLE: {dir_s}/libnvrtc.so.12"),
+            "it lacks the symbol nvrtcVersion".to_string(),
+            format!("libcudnn     UNUSABLE: {dir_s}/libcudnn.so.9"),
+            "driver: none (libcuda.so.1 is unusable, see above)".to_string(),
+        ] {
+            assert!(out.contains(&want), "{var}: doctor lacks {want:?}:\n{out}");
+        }
+        assert!(!out.contains(" found: "), "{var}: called found:\n{out}");
+
+        let (code, _, err) = run(&["train", "--device", "cuda"], var, dir_s);
+        assert_eq!(code, Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: cannot use cuda:0: "), "{err}");
+        assert!(err.contains(&format!("{dir_s}/libcuda.so.1")), "{err}");
+        assert!(err.contains("lacks the symbol cuInit"), "{err}");
+        assert!(!dir.path().join("runs").exists(), "a folder was made");
+    }
+    // ARTGAN_NVRTC names the nvrtc file itself.
+    let nvrtc = libs.join("libnvrtc.so.12");
+    let (_, out, _) = run(&["doctor"], "ARTGAN_NVRTC", nvrtc.to_str().unwrap());
+    assert!(
+        out.contains(&format!("libnvrtc     UNUSABLE: {}", nvrtc.display())),
+        "{out}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use crate::checkpoint;
 use crate::data::{self, DataArgs};
+use crate::limits;
 use crate::quality::{self, SwdParams, SwdReport};
 use crate::tools::GeneratorArgs;
 use anyhow::{bail, Context, Result};
@@ -109,6 +110,32 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
             "the generator makes {size}x{size} px images, smaller than the {} px the SWD needs",
             params.min_resolution
         );
+    }
+    // Memory, from the flags, before anything is made: the generated and real images with their
+    // descriptors, and the built-in paintings made for the real set (--limit, else enough).
+    let builtin = |n| {
+        a.data
+            .data
+            .is_none()
+            .then(|| limits::builtin_bytes(n, size))
+    };
+    let default_real = if a.floor {
+        a.count.saturating_mul(2)
+    } else {
+        a.count
+    };
+    let held = limits::sum(&[
+        limits::eval_bytes(a.count, size),
+        match a.data.limit {
+            None => builtin(default_real.max(data::BUILTIN_DEFAULT_COUNT)).unwrap_or(Some(0)),
+            Some(_) => Some(0),
+        },
+    ]);
+    let what = "the generated and real images";
+    limits::check_output(Path::new("."), "--count", a.count, what, held, Some(0))?;
+    if let (Some(n), Some(held)) = (a.data.limit, builtin(a.data.limit.unwrap_or(0))) {
+        let what = "the built-in paintings";
+        limits::check_output(Path::new("."), "--limit", n, what, held, Some(0))?;
     }
     let (run_dir, json_name) = run_folder_and_json(&a.generator.checkpoint);
     let json = a.json.clone().unwrap_or_else(|| run_dir.join(json_name));

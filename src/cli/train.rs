@@ -396,6 +396,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             apply_overrides(&mut cfg, a);
             cfg.validate()
                 .with_context(|| format!("resuming {}", run.display()))?;
+            crate::limits::check_training(&cfg, device)?;
             let latest = checkpoint::latest_checkpoint_of(run, a.trust_unverified)?;
             // The final model files' manifest is written last: without it a run killed after
             // its last checkpoint has not written (all) its model files yet.
@@ -442,6 +443,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.run_id = checkpoint::new_run_id();
             // Data found, images left after the filters (decoding comes later).
             data::check_data(&cfg.data_args)?;
+            crate::limits::check_training(&cfg, device)?;
             // Locks the folder before looking into it: a second `train` into a running
             // run's folder is told so, not that the folder is not empty.
             let (out, claimed) = claim_run_dir(a.out.as_deref(), a.preset, a.force)?;

@@ -6,6 +6,7 @@ use super::{prepare_out_dir, run_command, write_png, ClassArgs, ClassCommand, Ge
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::save_grid_png_u8;
+use crate::limits;
 use crate::nn::{Generator, Mode};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -45,7 +46,8 @@ pub struct InterpolateArgs {
     /// Output folder [default: RUN_DIR/interpolation-seed-S].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Write into --out even if it already holds files.
+    /// Write into --out even if it already holds files: they are moved aside whole to
+    /// OUT.replaced-N first (put back if the command fails).
     #[arg(long)]
     pub force: bool,
 }
@@ -182,12 +184,28 @@ fn run_one(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
             &format!("interpolation-seed-{}", a.seed),
         )
     });
-    let claimed = prepare_out_dir(&out, a.force)?;
     let nz = g.config.nz;
     let size = g.config.image_size;
+    let segments = if a.looped { a.count } else { a.count - 1 };
+    // grid.png keeps every image (8-bit) and interpolation.gif every frame until written.
+    let (held, written) =
+        limits::painting_bytes(limits::product(&[segments, a.steps]), size, nz, 2);
+    let (flag, value) = if a.steps >= a.count {
+        ("--steps", a.steps)
+    } else {
+        ("--count", a.count)
+    };
+    limits::check_output(
+        &out,
+        flag,
+        value,
+        "the frames, grid and latents",
+        held,
+        written,
+    )?;
+    let claimed = prepare_out_dir(&out, a.force)?;
     let mut rng = Rng::derive(a.seed, LATENT_STREAM);
     let keys = draw_latents(&mut rng, a.count, nz, a.truncation, device)?;
-    let segments = if a.looped { a.count } else { a.count - 1 };
     let n = segments * a.steps;
     let z = Tensor::from_vec(
         path_latents(&keys.to_vec()?, nz, a.steps, a.looped),

@@ -7,6 +7,7 @@ use super::{prepare_out_dir, run_command, write_png, ClassArgs, ClassCommand, Ge
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::{decode_file, save_grid_png, Fit};
+use crate::limits;
 use crate::nn::{Ctx, Generator, Mode, Module};
 use crate::ops;
 use crate::optim::Adam;
@@ -46,7 +47,8 @@ pub struct ProjectArgs {
     /// Output folder [default: RUN_DIR/project-<image name>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Write into --out even if it already holds files.
+    /// Write into --out even if it already holds files: they are moved aside whole to
+    /// OUT.replaced-N first (put back if the command fails).
     #[arg(long)]
     pub force: bool,
 }
@@ -279,6 +281,21 @@ fn run_one(a: &ProjectArgs, g: &Generator, device: Device) -> Result<()> {
             .map_or("image".into(), |s| s.to_string_lossy());
         super::default_out(&a.generator.checkpoint, &format!("project-{stem}"))
     });
+    // The loss history (a few numbers per step, also in loss.csv) and the variations with
+    // their grid are held until written.
+    let history = limits::product(&[a.steps, 64]);
+    limits::check_output(
+        &out,
+        "--steps",
+        a.steps,
+        "the loss history",
+        history,
+        history,
+    )?;
+    let (held, written) =
+        limits::painting_bytes(limits::product(&[a.variations]), size, g.config.nz, 5);
+    let what = "the variations and their latents";
+    limits::check_output(&out, "--variations", a.variations, what, held, written)?;
     // Removed again with all it holds if the projection fails (a diverged one, say).
     let claimed = prepare_out_dir(&out, a.force)?;
     project_into(a, g, device, &target, &out)?;

@@ -1,9 +1,10 @@
 //! `artgan sample`: images from random latents, one PNG each, optionally a grid of them all.
 
-use super::{draw_latents, generate_chunks, grid_nrow, parse_truncation, LATENT_STREAM};
+use super::{draw_latents, generate_chunks, grid_nrow, parse_truncation, GEN_BATCH, LATENT_STREAM};
 use super::{prepare_out_dir, write_png, GeneratorArgs};
 use crate::checkpoint;
 use crate::data::save_grid_png;
+use crate::limits;
 use crate::nn::Mode;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
@@ -38,7 +39,8 @@ pub struct SampleArgs {
     /// grids do); images then depend on which others are in the batch (of at most 64).
     #[arg(long)]
     pub batch_stats: bool,
-    /// Write into --out even if it already holds files.
+    /// Write into --out even if it already holds files: they are moved aside whole to
+    /// OUT.replaced-N first (put back if the command fails).
     #[arg(long)]
     pub force: bool,
 }
@@ -72,6 +74,17 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| {
         super::default_out(&a.generator.checkpoint, &format!("samples-seed-{}", a.seed))
     });
+    let (flag, value, images) = match &choice {
+        super::ClassChoice::PerClass(n, table) => {
+            let n = if *n == 0 { 8 } else { *n };
+            ("--per-class", n, limits::product(&[n, table.len()]))
+        }
+        _ => ("--count", count, limits::product(&[count])),
+    };
+    // The grid keeps every image (f32) until it is written.
+    let (size, nz) = (g.config.image_size, g.config.nz);
+    let (held, written) = limits::painting_bytes(images, size, nz, if a.grid { 4 } else { 0 });
+    limits::check_output(&out, flag, value, "the images and latents", held, written)?;
     let claimed = prepare_out_dir(&out, a.force)?;
     if let super::ClassChoice::PerClass(n, table) = &choice {
         run_per_class(
@@ -87,20 +100,26 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         return Ok(());
     }
     let mut rng = Rng::derive(a.seed, LATENT_STREAM);
-    let z = draw_latents(&mut rng, count, g.config.nz, a.truncation, device)?;
-    let size = g.config.image_size;
     let per = 3 * size * size;
-    // Only the grid needs every image at once.
+    // Only the grid needs every image at once; the latents are drawn chunk by chunk (the same
+    // stream as all at once) and kept for latents.safetensors.
     let mut all = Vec::new();
-    generate_chunks(&g, &z, mode, |start, images| {
-        for (j, img) in images.chunks_exact(per).enumerate() {
-            write_png(img, size, &out.join(format!("sample-{:04}.png", start + j)))?;
-        }
-        if a.grid {
-            all.extend_from_slice(images);
-        }
-        Ok(())
-    })?;
+    let mut latents = Vec::new();
+    for start in (0..count).step_by(GEN_BATCH) {
+        let n = GEN_BATCH.min(count - start);
+        let z = draw_latents(&mut rng, n, nz, a.truncation, device)?;
+        generate_chunks(&g, &z, mode, |_, images| {
+            for (j, img) in images.chunks_exact(per).enumerate() {
+                write_png(img, size, &out.join(format!("sample-{:04}.png", start + j)))?;
+            }
+            if a.grid {
+                all.extend_from_slice(images);
+            }
+            Ok(())
+        })?;
+        latents.extend(z.to_vec()?);
+    }
+    let z = crate::tensor::Tensor::from_vec(latents, &[count, nz, 1, 1], device)?;
     if a.grid {
         save_grid_png(&all, count, size, grid_nrow(count), &out.join("grid.png"))?;
     }

@@ -28,6 +28,9 @@ pub struct LibSpec {
     pub what: &'static str,
     pub sonames: &'static [&'static str],
     pub install: &'static str,
+    /// Functions cudarc calls first: a file under the library's name that lacks one is not
+    /// the library (cudarc would panic at the first call).
+    pub symbols: &'static [&'static str],
 }
 
 pub const LIBCUDA: LibSpec = LibSpec {
@@ -35,30 +38,35 @@ pub const LIBCUDA: LibSpec = LibSpec {
     sonames: &["libcuda.so.1"],
     install: "it comes with the NVIDIA driver: install the driver (535 or newer); in a \
               container, run it with GPU access (e.g. `docker run --gpus all`)",
+    symbols: &["cuInit", "cuDriverGetVersion", "cuDeviceGetCount"],
 };
 pub const NVRTC: LibSpec = LibSpec {
     what: "nvrtc (run-time CUDA compiler)",
     sonames: &["libnvrtc.so.13", "libnvrtc.so.12"],
     install: "`pip install nvidia-cuda-nvrtc-cu12` (or `scripts/install-nvrtc`) and put its lib \
               folder on LD_LIBRARY_PATH",
+    symbols: &["nvrtcVersion", "nvrtcCreateProgram", "nvrtcCompileProgram"],
 };
 pub const CUBLASLT: LibSpec = LibSpec {
     what: "cuBLASLt",
     sonames: &["libcublasLt.so.13", "libcublasLt.so.12"],
     install: "`pip install nvidia-cublas-cu12` (or the CUDA toolkit) and put its lib folder on \
               LD_LIBRARY_PATH",
+    symbols: &["cublasLtCreate"],
 };
 pub const CUBLAS: LibSpec = LibSpec {
     what: "cuBLAS",
     sonames: &["libcublas.so.13", "libcublas.so.12"],
     install: "`pip install nvidia-cublas-cu12` (or the CUDA toolkit) and put its lib folder on \
               LD_LIBRARY_PATH",
+    symbols: &["cublasCreate_v2", "cublasGetProperty"],
 };
 pub const CUDNN: LibSpec = LibSpec {
     what: "cuDNN 9",
     sonames: &["libcudnn.so.9"],
     install: "`pip install nvidia-cudnn-cu12` and put its lib folder on LD_LIBRARY_PATH, or use \
               `--conv-impl own`",
+    symbols: &["cudnnCreate", "cudnnGetVersion"],
 };
 
 /// Result of each library looked up so far: where it was loaded from, or the error text.
@@ -125,31 +133,52 @@ pub fn ensure(spec: &LibSpec) -> Result<String> {
 fn locate_and_load(spec: &LibSpec) -> Result<String, String> {
     // Plain soname first: respects LD_LIBRARY_PATH, the ld cache and an already loaded copy.
     for soname in spec.sonames {
-        if dlopen_global(OsStr::new(soname)).is_ok() {
-            return Ok((*soname).to_string());
+        match dlopen_checked(OsStr::new(soname), spec) {
+            Ok(()) => return Ok((*soname).to_string()),
+            // What the dynamic linker finds by this name is what cudarc would use: say so.
+            Err(Unusable(e)) => return Err(e),
+            Err(_) => {}
         }
     }
     let dirs = search_dirs();
-    let mut errors = Vec::new();
+    // The first file found under a soname that will not do, if none will.
+    let mut unusable = None;
     for soname in spec.sonames {
         for dir in &dirs {
             let path = dir.join(soname);
             if path.is_file() {
-                match dlopen_global(path.as_os_str()) {
+                match dlopen_checked(path.as_os_str(), spec) {
                     Ok(()) => return Ok(path.display().to_string()),
-                    // A file that exists but does not load (wrong arch, missing dependency) is
-                    // worth reporting; otherwise the user sees only "not found".
-                    Err(e) => errors.push(format!("{}: {e}", path.display())),
+                    // A file that exists but does not load (wrong arch, missing dependency,
+                    // empty) is worth naming; otherwise the user sees only "not found".
+                    Err(e) => {
+                        let e = match e {
+                            Unusable(e) => e,
+                            Failed(e) => {
+                                unusable_message(&path.to_string_lossy(), soname, spec, &e)
+                            }
+                        };
+                        unusable.get_or_insert(e);
+                    }
                 }
             }
         }
     }
-    Err(not_found_message(spec, &dirs, &errors))
+    Err(unusable.unwrap_or_else(|| not_found_message(spec, &dirs)))
+}
+
+/// One line: `path` is under the name `soname` of `spec` but cannot be used, and why.
+fn unusable_message(path: &str, soname: &str, spec: &LibSpec, why: &str) -> String {
+    format!(
+        "{path}{UNUSABLE}{soname} ({}): {why}; remove it or point LD_LIBRARY_PATH / \
+         ARTGAN_CUDA_LIBS / ARTGAN_NVRTC at the real library",
+        spec.what
+    )
 }
 
 /// The error text for a missing library. Its first line is short (it is what `--device auto`
 /// prints); the rest says where we looked and how to install it.
-pub fn not_found_message(spec: &LibSpec, dirs: &[PathBuf], errors: &[String]) -> String {
+pub fn not_found_message(spec: &LibSpec, dirs: &[PathBuf]) -> String {
     let mut m = format!(
         "{} not found ({})\n  looked for: by soname via the dynamic linker (LD_LIBRARY_PATH, ld.so cache), then in:",
         spec.sonames.join(" or "),
@@ -158,11 +187,68 @@ pub fn not_found_message(spec: &LibSpec, dirs: &[PathBuf], errors: &[String]) ->
     for d in dirs {
         m.push_str(&format!("\n    {}", d.display()));
     }
-    for e in errors {
-        m.push_str(&format!("\n  found but failed to load: {e}"));
-    }
     m.push_str(&format!("\n  to install: {}", spec.install));
     m
+}
+
+/// Why a library file could not be used.
+enum LoadError {
+    /// The dynamic linker could not load it (missing, wrong arch, missing dependency).
+    Failed(String),
+    /// It loaded but lacks a function of `spec` (an empty or foreign file under its name).
+    Unusable(String),
+}
+use LoadError::{Failed, Unusable};
+
+/// Whether an error of [`ensure`] says a library was found but is not the library.
+pub fn is_unusable(error: &str) -> bool {
+    error.contains(UNUSABLE)
+}
+const UNUSABLE: &str = " is not a usable ";
+
+/// [`dlopen_global`] of `name`, kept only when it has every symbol of `spec`; otherwise it is
+/// closed again (so cudarc's own dlopen by soname does not pick it up) and the error names the
+/// file and the first missing symbol.
+fn dlopen_checked(name: &OsStr, spec: &LibSpec) -> Result<(), LoadError> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: as in `dlopen_global`: NVIDIA's libraries, whose initialisers are safe to run.
+    let lib = unsafe { Library::open(Some(name), RTLD_NOW | RTLD_GLOBAL) }
+        .map_err(|e| Failed(e.to_string()))?;
+    // SAFETY: only the symbol's address is looked up; nothing is called.
+    let missing = spec
+        .symbols
+        .iter()
+        .find(|sym| unsafe { lib.get::<*const ()>(sym.as_bytes()) }.is_err());
+    let Some(sym) = missing else {
+        std::mem::forget(lib);
+        return Ok(());
+    };
+    let file = Path::new(name)
+        .file_name()
+        .unwrap_or(name)
+        .to_string_lossy();
+    let path = loaded_path(&file).unwrap_or_else(|| name.to_string_lossy().into_owned());
+    drop(lib);
+    Err(Unusable(unusable_message(
+        &path,
+        &file,
+        spec,
+        &format!("it lacks the symbol {sym}"),
+    )))
+}
+
+/// Where the dynamic linker really loaded the library whose file name starts with `soname`
+/// (`/proc/self/maps`).
+pub fn loaded_path(soname: &str) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(soname))
+        })
+        .map(str::to_string)
 }
 
 fn dlopen_global(name: &OsStr) -> Result<(), String> {
@@ -346,21 +432,27 @@ pub fn compute_capability(ordinal: usize) -> Result<(i32, i32)> {
     })
 }
 
+/// Total memory of CUDA device `ordinal` in bytes; `None` where it cannot be read.
+pub fn total_memory(ordinal: usize) -> Option<u64> {
+    ensure_libraries(false).ok()?;
+    catch_cudarc_panic("reading the device memory", || {
+        CudaContext::new(ordinal).and_then(|c| c.total_mem())
+    })
+    .ok()?
+    .ok()
+    .map(|b| b as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn message_names_library_places_and_install() {
-        let m = not_found_message(
-            &CUBLAS,
-            &[PathBuf::from("/x/lib")],
-            &["/y/libcublas.so.12: bad ELF".into()],
-        );
+        let m = not_found_message(&CUBLAS, &[PathBuf::from("/x/lib")]);
         let first = m.lines().next().unwrap();
         assert!(first.contains("libcublas.so.13 or libcublas.so.12 not found"));
         assert!(m.contains("/x/lib"));
-        assert!(m.contains("bad ELF"));
         assert!(m.contains("pip install nvidia-cublas-cu12"));
     }
 
