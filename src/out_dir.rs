@@ -110,28 +110,37 @@ pub fn is_run_folder(dir: &Path) -> bool {
 }
 
 /// The run whose `checkpoints/` holds `path` (the folder itself, a checkpoint or anything in
-/// one), if any.
+/// one), if any: spelled as `path` is where its own words show it, else absolute.
 pub fn run_of_checkpoints(path: &Path) -> Option<PathBuf> {
-    absolute(path).ancestors().find_map(|a| {
-        let run = a.parent()?;
-        (a.file_name()? == CHECKPOINTS_DIR && run.join(CONFIG_FILE).is_file())
-            .then(|| run.to_path_buf())
-    })
+    let find = |p: &Path| {
+        p.ancestors().find_map(|a| {
+            let run = a.parent()?;
+            (a.file_name()? == CHECKPOINTS_DIR && run.join(CONFIG_FILE).is_file())
+                .then(|| run.to_path_buf())
+        })
+    };
+    find(path).or_else(|| find(&absolute(path)))
 }
 
-/// Refuses an output folder inside a run's `checkpoints/` (pruning would delete what is
-/// written there, and a checkpoint must stay as it was written), and for `Purpose::Results` a
-/// run folder itself (results never mix with a run's files).
-pub fn check_place(dir: &Path, purpose: Purpose, flag: &str) -> Result<()> {
-    if let Some(run) = run_of_checkpoints(dir) {
+/// Refuses a place inside a run's `checkpoints/` for what `flag` writes: pruning would delete
+/// it, and a checkpoint must stay as it was written.
+pub fn check_not_in_checkpoints(path: &Path, flag: &str) -> Result<()> {
+    if let Some(run) = run_of_checkpoints(path) {
         bail!(
             "{flag} {} is inside the checkpoints of run {}: checkpoints are pruned, so nothing \
-             is written there; choose a folder outside {}/{CHECKPOINTS_DIR}",
-            dir.display(),
+             is written there; choose a place outside {}",
+            path.display(),
             run.display(),
-            run.display()
+            run.join(CHECKPOINTS_DIR).display()
         );
     }
+    Ok(())
+}
+
+/// Refuses an output folder inside a run's `checkpoints/` ([`check_not_in_checkpoints`]), and
+/// for `Purpose::Results` a run folder itself (results never mix with a run's files).
+pub fn check_place(dir: &Path, purpose: Purpose, flag: &str) -> Result<()> {
+    check_not_in_checkpoints(dir, flag)?;
     if purpose == Purpose::Results && is_run_folder(dir) {
         bail!(
             "{flag} {} is a training run's folder: choose another folder (a run folder holds \

@@ -5,7 +5,7 @@
 //! sequences of train, force, resume, sample, kill and report on one folder.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 
 mod common;
 use common::{artgan, stderr, stdout, tiny_train};
@@ -389,44 +389,81 @@ fn check_invariants(d: &Path, history: &str) {
 
 /// Random sequences of train, force, resume, sample, kill and report on one folder. Each
 /// sample must read the weights of the run that `run/config.json` names at that moment.
-/// `ARTGAN_PROPERTY_STEPS` makes it longer (default 14 commands, well under a minute).
+/// `ARTGAN_PROPERTY_STEPS` makes it longer (default 16 commands, a few seconds), and
+/// `ARTGAN_PROPERTY_SEED` draws another sequence.
 #[test]
 fn random_command_sequences_never_mix_runs() {
     let steps: usize = std::env::var("ARTGAN_PROPERTY_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(14);
+        .unwrap_or(16);
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
-    let mut history = Vec::new();
+    let seed: u64 = std::env::var("ARTGAN_PROPERTY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15);
+    let mut dice = Dice(seed | 1);
+    let mut history: Vec<String> = Vec::new();
+    let (mut kills, mut kills_mid_run) = (0, 0);
     let mut epochs = 1;
+    // A run of 8 batches an epoch, checkpointed after each: about 50 ms an epoch here, so the
+    // kills (after up to 150 ms) land before, during and after checkpoints.
+    let new_run = |epochs: &str, seed: &str| {
+        let mut args = tiny_train(&["--device", "cpu", "--quiet", "--limit", "64"]);
+        args.extend(["--checkpoint-every", "1", "--out", "run", "--force"]);
+        args.extend(["--epochs", epochs, "--seed", seed]);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let mut killed = |args: &[String], dice: &mut Dice| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = common::artgan_command(&args, d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(dice.roll(150)));
+        kills += 1;
+        if child.try_wait().unwrap().is_none() {
+            kills_mid_run += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+    };
     for step in 0..steps {
         let seed = step.to_string();
         let op = if step == 0 { 0 } else { dice.roll(6) };
         match op {
             0 | 1 => {
-                // A new run (forced over whatever is there), possibly killed while it trains.
-                epochs = 1 + dice.roll(2) as usize;
-                let e = epochs.to_string();
-                let args = tiny_args(&["--out", "run", "--force", "--epochs", &e, "--seed", &seed]);
+                epochs = 1 + dice.roll(3) as usize;
+                let args = new_run(&epochs.to_string(), &seed);
                 if op == 1 {
-                    let mut child = common::artgan_command(&args, d).spawn().unwrap();
-                    std::thread::sleep(std::time::Duration::from_millis(100 + dice.roll(900)));
-                    let _ = child.kill();
-                    child.wait().unwrap();
+                    killed(&args, &mut dice);
                     history.push(format!("killed new run (seed {seed})"));
                 } else {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
                     ok(&artgan(&args, d));
                     history.push(format!("new run (seed {seed})"));
                 }
             }
-            2 => {
+            2 | 5 => {
                 epochs += 1;
                 let e = epochs.to_string();
-                let o = artgan(&["train", "--resume", "run", "--epochs", &e, "--quiet"], d);
-                ok(&o);
-                history.push(format!("resume to {e}"));
+                let args = ["train", "--resume", "run", "--epochs", &e, "--quiet"];
+                if op == 5 {
+                    killed(&args.map(String::from), &mut dice);
+                    history.push(format!("killed resume to {e}"));
+                } else {
+                    let o = artgan(&args, d);
+                    // A run killed before it wrote its config.json cannot be resumed (it
+                    // started nothing); the next new run replaces it.
+                    if d.join("run/config.json").is_file() {
+                        ok(&o);
+                    } else {
+                        fails_saying(&o, &["not a training run folder"]);
+                    }
+                    history.push(format!("resume to {e}"));
+                }
             }
             3 => {
                 let out = format!("samples-{step}");
@@ -443,9 +480,9 @@ fn random_command_sequences_never_mix_runs() {
                     ],
                     d,
                 );
-                let said = stdout(&o);
                 if o.status.success() {
                     let id = id.expect("a run that has weights has an id");
+                    let said = stdout(&o);
                     assert!(
                         said.contains(&format!("(run {id})")),
                         "{said} after {history:?}"
@@ -453,31 +490,23 @@ fn random_command_sequences_never_mix_runs() {
                 } else {
                     // Only a run killed before its first checkpoint has nothing to sample.
                     assert!(
-                        stderr(&o).contains("holds no trained generator"),
-                        "{}",
+                        stderr(&o).contains("holds no trained generator")
+                            || stderr(&o).contains("is not a training run folder"),
+                        "{} after {history:?}",
                         stderr(&o)
                     );
                     assert!(!d.join(&out).exists());
                 }
                 history.push("sample".to_string());
             }
-            4 => {
-                let o = artgan(&["report", "run"], d);
-                ok(&o);
-                history.push("report".to_string());
-            }
             _ => {
-                // Killed resume.
-                epochs += 1;
-                let e = epochs.to_string();
-                let args = ["train", "--resume", "run", "--epochs", &e, "--quiet"];
-                let mut child = common::artgan_command(&args, d).spawn().unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(dice.roll(600)));
-                let _ = child.kill();
-                child.wait().unwrap();
-                history.push(format!("killed resume to {e}"));
+                if d.join("run").is_dir() {
+                    ok(&artgan(&["report", "run"], d));
+                }
+                history.push("report".to_string());
             }
         }
         check_invariants(d, &format!("{history:?}"));
     }
+    println!("{kills} kills, {kills_mid_run} of a running process: {history:?}");
 }

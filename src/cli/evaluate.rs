@@ -76,23 +76,17 @@ struct Results<'a> {
     seconds: f64,
 }
 
-/// The run folder of `path` and the default JSON file name: a checkpoint folder
-/// `RUN/checkpoints/epoch-NNNN` belongs to `RUN` (its own folder is managed by the trainer,
-/// which prunes it), anything else is a run folder itself.
+/// The run folder of `path` (the run itself, or the run of a checkpoint folder under its
+/// `checkpoints/`) and the default `--json` file name there (nothing is written inside
+/// `checkpoints/`, whose folders are pruned).
 fn run_folder_and_json(path: &Path) -> (PathBuf, String) {
-    let parent = path.parent();
-    if let (Some(name), Some(run)) = (
-        path.file_name().and_then(|n| n.to_str()),
-        parent
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n == checkpoint::CHECKPOINTS_DIR)
-            })
-            .and_then(Path::parent),
-    ) {
-        return (run.to_path_buf(), format!("evaluate-{name}.json"));
+    match crate::out_dir::run_of_checkpoints(path) {
+        Some(run) => {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            (run, format!("evaluate-{name}.json"))
+        }
+        None => (path.to_path_buf(), "evaluate.json".to_string()),
     }
-    (path.to_path_buf(), "evaluate.json".to_string())
 }
 
 pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
@@ -140,6 +134,7 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
     let (run_dir, json_name) = run_folder_and_json(&a.generator.checkpoint);
     let json = a.json.clone().unwrap_or_else(|| run_dir.join(json_name));
     // Fail now rather than after the computation.
+    crate::out_dir::check_not_in_checkpoints(&json, "--json")?;
     if json.is_dir() {
         bail!(
             "--json {} is a folder: give the path of the file to write",

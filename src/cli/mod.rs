@@ -2,9 +2,10 @@
 //! `report` (the commands that use a trained generator live in `crate::tools`).
 //!
 //! Here: the command enum and its dispatch. `train.rs`: `train`'s flags, its recipe and the
-//! run; `run_dir.rs`: claiming a new run folder; `evaluate.rs`: `evaluate`.
+//! run; `resume.rs`: opening a run to resume; `run_dir.rs`: claiming a new run folder; `evaluate.rs`: `evaluate`.
 
 mod evaluate;
+mod resume;
 mod run_dir;
 mod train;
 

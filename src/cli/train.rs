@@ -7,9 +7,9 @@ use crate::data::{self, AugmentArgs, DataArgs};
 use crate::flags::DeviceArgs;
 use crate::nn::{ModelConfig, Preset};
 use crate::train::{self, RunOptions, TrainConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Epochs of a plain `artgan train` (2048 built-in images, 640 steps at batch 64): a few
 /// minutes on a 2-core CPU at the default size, enough for the built-in paintings'
@@ -278,7 +278,7 @@ fn warn_high_lrs(cfg: &TrainConfig) {
 }
 
 /// The options that may change when a run is resumed (and that set a new run's values).
-fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
+pub(super) fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     if let Some(e) = a.epochs {
         cfg.epochs = e;
     }
@@ -339,34 +339,6 @@ fn describe_augment(augment: data::Augment) -> String {
     }
 }
 
-/// Refuses, before anything is locked or written, a `--resume` target that is not a run
-/// folder: a checkpoint folder (naming its run) or a folder without `config.json`.
-fn check_resume_target(run: &Path) -> Result<()> {
-    if let Some(owner) = crate::out_dir::run_of_checkpoints(run) {
-        bail!(
-            "{} is inside the checkpoints of run {}: resume the run itself with --resume {} \
-             (it continues from its newest complete checkpoint)",
-            run.display(),
-            owner.display(),
-            owner.display()
-        );
-    }
-    if !run.is_dir() {
-        bail!(
-            "{} is not a training run folder (no such folder)",
-            run.display()
-        );
-    }
-    if !run.join(checkpoint::CONFIG_FILE).is_file() {
-        bail!(
-            "{} is not a training run folder (it has no {})",
-            run.display(),
-            checkpoint::CONFIG_FILE
-        );
-    }
-    Ok(())
-}
-
 pub fn run_train(a: &TrainArgs) -> Result<()> {
     // Everything that can be checked is checked before any folder is made or touched: a bad
     // flag, device or dataset must leave nothing behind.
@@ -374,68 +346,17 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     let device = a.device.resolve()?;
     let cuda_graphs = resolve_cuda_graphs(a, device)?;
     let (mut cfg, out, resume_from, lock, previous, new_run) = match &a.resume {
-        Some(run) => {
-            if a.condition != data::ConditionArgs::default_for_cli() {
-                bail!(
-                    "--resume reads --condition/--labels/--min-images from {}/config.json; do \
-                     not give them again",
-                    run.display()
-                );
-            }
-            if a.data.data.is_some() || a.data.artists.is_some() || a.data.genre.is_some() {
-                bail!(
-                    "--resume reads the data options from {}/config.json; do not give them again",
-                    run.display()
-                );
-            }
-            check_resume_target(run)?;
-            // Before anything is read for keeps or written: one process per run.
-            let lock = crate::run_lock::lock_run_dir(run)?;
-            let previous = train::load_config(run)?;
-            let mut cfg = previous.clone();
-            apply_overrides(&mut cfg, a);
-            cfg.validate()
-                .with_context(|| format!("resuming {}", run.display()))?;
-            crate::limits::check_training(&cfg, device)?;
-            let latest = checkpoint::latest_checkpoint_of(run, a.trust_unverified)?;
-            // The final model files' manifest is written last: without it a run killed after
-            // its last checkpoint has not written (all) its model files yet.
-            let finished = run.join(checkpoint::MANIFEST_FILE).is_file();
-            match &latest {
-                Some((epoch, _)) if *epoch > cfg.epochs || (*epoch == cfg.epochs && finished) => {
-                    println!(
-                        "{} has already trained {epoch} epochs (of {}): pass --epochs with a larger total to train on",
-                        run.display(),
-                        cfg.epochs
-                    );
-                    return Ok(());
-                }
-                Some((epoch, _)) if *epoch == cfg.epochs && !a.quiet => println!(
-                    "{} stopped after its last checkpoint (epoch {epoch}): writing its model files",
-                    run.display()
-                ),
-                Some((epoch, dir)) if !a.quiet => {
-                    let batch = checkpoint::checkpoint_position(dir).1;
-                    println!(
-                        "resuming {} after epoch {epoch}{} ({})",
-                        run.display(),
-                        if batch > 0 {
-                            format!(" and {batch} batches of the next")
-                        } else {
-                            String::new()
-                        },
-                        dir.display()
-                    )
-                }
-                None if !a.quiet => println!(
-                    "{} has no complete checkpoint yet: starting it again from epoch 0",
-                    run.display()
-                ),
-                _ => {}
-            }
-            let resume = latest.map(|(_, d)| d);
-            (cfg, run.clone(), resume, Some(lock), Some(previous), None)
-        }
+        Some(run) => match super::resume::open(a, run, device)? {
+            Some(r) => (
+                r.cfg,
+                run.clone(),
+                r.from,
+                Some(r.lock),
+                Some(r.previous),
+                None,
+            ),
+            None => return Ok(()), // already trained that far
+        },
         None => {
             let mut cfg = train_config(a)?;
             cfg.device = device.to_string();
