@@ -7,24 +7,7 @@ mod common;
 use std::path::Path;
 
 use artgan::data::{self, DataArgs, Fit};
-use common::{artgan, assert_one_line_error, stderr, stdout};
-use image::{ImageBuffer, Rgb, RgbImage};
-
-fn noise_rgb(w: u32, h: u32, seed: u32) -> RgbImage {
-    ImageBuffer::from_fn(w, h, |x, y| {
-        let v = (x * 37 + y * 91 + seed * 53) ^ (x * y + seed);
-        Rgb([
-            (v % 256) as u8,
-            ((v / 3) % 256) as u8,
-            ((v / 7) % 256) as u8,
-        ])
-    })
-}
-
-fn save(img: &RgbImage, path: &Path) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    img.save(path).unwrap();
-}
+use common::{artgan, assert_one_line_error, noise_rgb, save, stderr, stdout};
 
 fn data_args(data: &Path) -> DataArgs {
     DataArgs {

@@ -3,6 +3,9 @@
 //! cache, the filters, explore, the loader and the built-in set.
 
 use std::path::{Path, PathBuf};
+
+mod common;
+use common::{noise_rgb, save};
 use std::sync::Arc;
 
 use artgan::data::{
@@ -24,22 +27,6 @@ id,name,years,genre,nationality,bio,wikipedia,paintings
 /// "Dürer" with a decomposed ü, read as CP437, and that again as CP850: the archive's names.
 const DURER_MOJIBAKE_1: &str = "Albrecht_Du╠êrer";
 const DURER_MOJIBAKE_2: &str = "Albrecht_DuÔòá├¬rer";
-
-fn noise_rgb(w: u32, h: u32, seed: u32) -> RgbImage {
-    ImageBuffer::from_fn(w, h, |x, y| {
-        let v = (x * 37 + y * 91 + seed * 53) ^ (x * y + seed);
-        Rgb([
-            (v % 256) as u8,
-            ((v / 3) % 256) as u8,
-            ((v / 7) % 256) as u8,
-        ])
-    })
-}
-
-fn save(img: &RgbImage, path: &Path) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    img.save(path).unwrap();
-}
 
 fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());

@@ -8,24 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{artgan, image_folder, stderr, stdout, tiny_train, write_png};
+use common::{artgan, assert_error_line, image_folder, stderr, stdout, tiny_train, write_png};
 
 fn assert_ok(o: &Output) {
     assert!(o.status.success(), "failed: {}", stderr(o));
-}
-
-/// Fails with an `error:` line (and no panic) containing every needle.
-fn assert_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line: {err}"));
-    for n in needles {
-        assert!(line.contains(n), "error line lacks {n:?}: {line}");
-    }
 }
 
 /// The tiny quiet CPU run + `extra`, with `--limit 16` unless `extra` sets it.
@@ -118,7 +104,7 @@ fn corrupted_or_non_finite_weights_are_refused_by_every_command() {
     copy_dir(&d.join("run"), &d.join("flipped"));
     flip_data_byte(&d.join("flipped/generator_ema.safetensors"));
     for (cmd, o) in use_generator(d, "flipped", &[]) {
-        assert_error(&o, &["flipped/generator_ema.safetensors", "CRC-32"]);
+        assert_error_line(&o, &["flipped/generator_ema.safetensors", "CRC-32"]);
         assert!(!stdout(&o).contains("sliced Wasserstein"), "{cmd} computed");
     }
 
@@ -134,7 +120,7 @@ fn corrupted_or_non_finite_weights_are_refused_by_every_command() {
         ],
         d,
     );
-    assert_error(&o, &["epoch-0001/generator_ema.safetensors", "CRC-32"]);
+    assert_error_line(&o, &["epoch-0001/generator_ema.safetensors", "CRC-32"]);
     assert!(!d.join("s1").exists());
 
     // NaN weights without a manifest (and no checkpoint to fall back on): refused as
@@ -144,11 +130,11 @@ fn corrupted_or_non_finite_weights_are_refused_by_every_command() {
     std::fs::remove_dir_all(d.join("nan/checkpoints")).unwrap();
     poison_tensor(&d.join("nan/generator_ema.safetensors"), "main.0.weight");
     for (cmd, o) in use_generator(d, "nan", &[]) {
-        assert_error(&o, &["nan has no manifest.json", "--trust-unverified"]);
+        assert_error_line(&o, &["nan has no manifest.json", "--trust-unverified"]);
         assert!(!stdout(&o).contains("sliced Wasserstein"), "{cmd} computed");
     }
     for (cmd, o) in use_generator(d, "nan", &["--trust-unverified"]) {
-        assert_error(
+        assert_error_line(
             &o,
             &[
                 "nan/generator_ema.safetensors",
@@ -252,11 +238,11 @@ fn a_run_folder_has_one_writer_and_resumes_record_their_settings() {
     let in_use = format!("run folder run is in use by process {pid} (started ");
 
     let o = train(d, &["--epochs", "1", "--out", "run"]);
-    assert_error(&o, &[&in_use]);
+    assert_error_line(&o, &[&in_use]);
     let o = train(d, &["--epochs", "1", "--out", "run", "--force"]);
-    assert_error(&o, &[&in_use]);
+    assert_error_line(&o, &[&in_use]);
     let o = artgan(&["train", "--resume", "run", "--lr", "1e-3", "--quiet"], d);
-    assert_error(&o, &[&in_use]);
+    assert_error_line(&o, &[&in_use]);
     assert_eq!(
         std::fs::read(d.join("run/config.json")).unwrap(),
         config_before,
@@ -321,10 +307,10 @@ fn a_failed_start_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let o = train(d, &["--data", "/no/such/folder", "--out", "o"]);
-    assert_error(&o, &["/no/such/folder"]);
+    assert_error_line(&o, &["/no/such/folder"]);
     assert!(!d.join("o").exists(), "a failed start left o/");
     let o = train(d, &["--data", "/no/such/folder"]);
-    assert_error(&o, &["/no/such/folder"]);
+    assert_error_line(&o, &["/no/such/folder"]);
     assert!(!d.join("runs/dcgan-001").exists());
 
     // Files that all fail to decode: known only after decoding, still nothing left.
@@ -333,7 +319,7 @@ fn a_failed_start_leaves_nothing_behind() {
         std::fs::write(d.join(format!("junk/x{i}.png")), b"not an image").unwrap();
     }
     let o = train(d, &["--data", "junk", "--out", "o"]);
-    assert_error(&o, &["no usable image"]);
+    assert_error_line(&o, &["no usable image"]);
     assert!(!d.join("o").exists(), "a failed start left o/");
 
     // The corrected command then works, into the same folder.
@@ -346,7 +332,7 @@ fn a_failed_start_leaves_nothing_behind() {
     // An existing empty folder stays (it was not ours), empty but for nothing.
     std::fs::create_dir(d.join("empty")).unwrap();
     let o = train(d, &["--data", "junk", "--out", "empty"]);
-    assert_error(&o, &["no usable image"]);
+    assert_error_line(&o, &["no usable image"]);
     assert!(d.join("empty").is_dir());
     assert!(!d.join("empty/config.json").exists());
 
@@ -400,7 +386,7 @@ fn bad_symlinks_are_skipped_and_listed() {
     std::fs::create_dir(&bad).unwrap();
     symlink("nowhere.png", bad.join("dangling.png")).unwrap();
     let o = train(d, &["--data", "bad", "--out", "o2"]);
-    assert_error(&o, &["no image files found", "dangling.png"]);
+    assert_error_line(&o, &["no image files found", "dangling.png"]);
 }
 
 #[test]
@@ -500,7 +486,7 @@ fn an_absurd_learning_rate_is_warned_about_and_stopped() {
             "a",
         ],
     );
-    assert_error(
+    assert_error_line(
         &o,
         &[
             "training diverged at step 3 (epoch 2)",
@@ -521,7 +507,7 @@ fn an_absurd_learning_rate_is_warned_about_and_stopped() {
     assert!(err.contains("warning: learning rate above 1e-2"), "{err}");
     // Which step first exceeds 100 depends on the rounding of the early steps; what matters is
     // that 200 bad steps in a row stop the run before it ends.
-    assert_error(
+    assert_error_line(
         &o,
         &["training diverged at step", "for 200 consecutive steps"],
     );
@@ -543,7 +529,7 @@ fn semicolon_csv_and_unwritable_results_are_clear_errors() {
     image_folder(&k.join("images/images/Foo_Bar"), 4);
     std::fs::write(k.join("artists.csv"), "id;name;years\n0;Foo Bar;1900\n").unwrap();
     let o = train(d, &["--data", "kaggle", "--out", "o"]);
-    assert_error(
+    assert_error_line(
         &o,
         &[
             "artists.csv",
@@ -567,7 +553,7 @@ fn semicolon_csv_and_unwritable_results_are_clear_errors() {
         ],
         d,
     );
-    assert_error(
+    assert_error_line(
         &o,
         &["cannot write the results to /proc/artgan-evaluate.json"],
     );

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 mod common;
-use common::{artgan, stderr, stdout, tiny_train};
+use common::{artgan, assert_error_line, stderr, stdout, tiny_train};
 
 /// The tiny quiet CPU run + `extra`, on 16 built-in images.
 fn tiny_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
@@ -20,20 +20,6 @@ fn tiny_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "failed: {}", stderr(o));
     stdout(o)
-}
-
-/// Fails with one `error:` line (no panic) containing every needle.
-fn fails_saying(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line: {err}"));
-    for n in needles {
-        assert!(line.contains(n), "error line lacks {n:?}: {line}");
-    }
 }
 
 /// Every file under `dir` (relative path, bytes), sorted; the lock file's holder line aside.
@@ -74,7 +60,7 @@ fn force_starts_empty_and_a_failed_forced_start_puts_the_old_run_back() {
         ]),
         d,
     );
-    fails_saying(&o, &["fewer than one batch"]);
+    assert_error_line(&o, &["fewer than one batch"]);
     assert_eq!(
         snapshot(&d.join("run")),
         old,
@@ -133,7 +119,7 @@ fn a_checkpoint_folder_is_never_taken_for_its_run() {
     let before = snapshot(&ckpt);
 
     let o = artgan(&["train", "--resume", "run/checkpoints/epoch-0001"], d);
-    fails_saying(&o, &["inside the checkpoints of run", "--resume"]);
+    assert_error_line(&o, &["inside the checkpoints of run", "--resume"]);
     let o = artgan(
         &[
             "sample",
@@ -165,16 +151,16 @@ fn a_checkpoint_folder_is_never_taken_for_its_run() {
             ],
             d,
         );
-        fails_saying(&o, &["--out"]);
+        assert_error_line(&o, &["--out"]);
     }
     let o = artgan(&["explore", "--out", "run"], d);
-    fails_saying(&o, &["is a training run's folder"]);
+    assert_error_line(&o, &["is a training run's folder"]);
     assert_eq!(snapshot(&ckpt), before, "the checkpoint untouched");
 
     // Not a run: refused before anything is written (no lock file left in it).
     common::image_folder(&d.join("pictures"), 2);
     let o = artgan(&["train", "--resume", "pictures"], d);
-    fails_saying(&o, &["pictures is not a training run folder"]);
+    assert_error_line(&o, &["pictures is not a training run folder"]);
     assert!(!d.join("pictures/.artgan-lock").exists());
     // A conditioning flag given again is refused, `none` too.
     let o = artgan(&["train", "--resume", "run", "--condition", "none"], d);
@@ -225,7 +211,7 @@ fn weights_and_configurations_are_never_used_unverified() {
     for c in ["epoch-0001", "epoch-0002"] {
         std::fs::remove_file(d.join("run/checkpoints").join(c).join("manifest.json")).unwrap();
     }
-    fails_saying(
+    assert_error_line(
         &sample(&[], "b"),
         &["cannot be verified", "--trust-unverified"],
     );
@@ -253,14 +239,14 @@ fn weights_and_configurations_are_never_used_unverified() {
         ],
         d2,
     );
-    fails_saying(&o, &["running_var holds a negative variance"]);
+    assert_error_line(&o, &["running_var holds a negative variance"]);
 
     // Out-of-range stored values are refused by name, before training.
     let config = d2.join("run/config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("\"beta1\": 0.5", "\"beta1\": 7.5")).unwrap();
     let o = artgan(&["train", "--resume", "run", "--epochs", "2"], d2);
-    fails_saying(&o, &["config.json", "beta1 is 7.5"]);
+    assert_error_line(&o, &["config.json", "beta1 is 7.5"]);
 }
 
 #[test]
@@ -269,12 +255,12 @@ fn failed_starts_leave_nothing_and_late_failures_are_checked_first() {
     let d = t.path();
     common::image_folder(&d.join("three"), 3);
     let o = artgan(&tiny_args(&["--out", "q/r/s", "--data", "three"]), d);
-    fails_saying(&o, &["fewer than one batch"]);
+    assert_error_line(&o, &["fewer than one batch"]);
     assert!(!d.join("q").exists(), "missing parents are removed again");
 
     std::fs::create_dir(d.join("empty")).unwrap();
     let o = artgan(&tiny_args(&["--out", "empty", "--data", "three"]), d);
-    fails_saying(&o, &["fewer than one batch"]);
+    assert_error_line(&o, &["fewer than one batch"]);
     assert_eq!(
         std::fs::read_dir(d.join("empty")).unwrap().count(),
         0,
@@ -295,7 +281,7 @@ fn failed_starts_leave_nothing_and_late_failures_are_checked_first() {
         ],
         d,
     );
-    fails_saying(&o, &["--json folder is a folder"]);
+    assert_error_line(&o, &["--json folder is a folder"]);
 
     // A resume on changed data says so.
     common::image_folder(&d.join("pics"), 10);
@@ -337,7 +323,7 @@ fn a_results_folder_has_one_writer() {
         ],
         d,
     );
-    fails_saying(&o, &["out is in use by process"]);
+    assert_error_line(&o, &["out is in use by process"]);
     drop(held);
     ok(&artgan(
         &[
@@ -351,6 +337,34 @@ fn a_results_folder_has_one_writer() {
         ],
         d,
     ));
+}
+
+/// `report RUN` while RUN trains (both write its charts and index.html) never fails.
+#[test]
+fn report_while_the_run_trains_never_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let mut args = tiny_train(&["--device", "cpu", "--quiet", "--limit", "64"]);
+    args.extend([
+        "--epochs",
+        "400",
+        "--checkpoint-every",
+        "50",
+        "--out",
+        "run",
+    ]);
+    let mut child = common::artgan_command(&args, d).spawn().unwrap();
+    let mut reports = 0;
+    while child.try_wait().unwrap().is_none() && reports < 40 {
+        if d.join("run/metrics.csv").is_file() {
+            let o = artgan(&["report", "run"], d);
+            assert!(o.status.success(), "report {reports}: {}", stderr(&o));
+            reports += 1;
+        }
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    assert!(reports >= 10, "only {reports} reports while it trained");
 }
 
 /// A small deterministic generator for the property test's choices.
@@ -460,7 +474,7 @@ fn random_command_sequences_never_mix_runs() {
                     if d.join("run/config.json").is_file() {
                         ok(&o);
                     } else {
-                        fails_saying(&o, &["not a training run folder"]);
+                        assert_error_line(&o, &["not a training run folder"]);
                     }
                     history.push(format!("resume to {e}"));
                 }

@@ -100,7 +100,6 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         return Ok(());
     }
     let mut rng = Rng::derive(a.seed, LATENT_STREAM);
-    let per = 3 * size * size;
     // Only the grid needs every image at once; the latents are drawn chunk by chunk (the same
     // stream as all at once) and kept for latents.safetensors.
     let mut all = Vec::new();
@@ -109,13 +108,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         let n = GEN_BATCH.min(count - start);
         let z = draw_latents(&mut rng, n, nz, a.truncation, device)?;
         generate_chunks(&g, &z, mode, |_, images| {
-            for (j, img) in images.chunks_exact(per).enumerate() {
-                write_png(img, size, &out.join(format!("sample-{:04}.png", start + j)))?;
-            }
-            if a.grid {
-                all.extend_from_slice(images);
-            }
-            Ok(())
+            write_samples(&out, start, images, size, a.grid.then_some(&mut all))
         })?;
         latents.extend(z.to_vec()?);
     }
@@ -157,16 +150,9 @@ fn run_per_class(
     }
     let all_z = crate::tensor::Tensor::from_vec(all_z, &[k * n, g.config.nz, 1, 1], device)?;
     let size = g.config.image_size;
-    let per = 3 * size * size;
     let mut all = Vec::new();
     super::generate_chunks_labeled(g, &all_z, &labels, mode, |start, images| {
-        for (j, img) in images.chunks_exact(per).enumerate() {
-            write_png(img, size, &out.join(format!("sample-{:04}.png", start + j)))?;
-        }
-        if a.grid {
-            all.extend_from_slice(images);
-        }
-        Ok(())
+        write_samples(out, start, images, size, a.grid.then_some(&mut all))
     })?;
     if a.grid {
         save_grid_png(&all, k * n, size, n, &out.join("grid.png"))?;
@@ -185,5 +171,23 @@ fn run_per_class(
         if a.grid { ", grid.png" } else { "" },
         out.display()
     );
+    Ok(())
+}
+
+/// Writes a chunk of images (NCHW in [-1, 1]) as `sample-NNNN.png` from number `start` on,
+/// keeping them in `grid` too when given.
+fn write_samples(
+    out: &std::path::Path,
+    start: usize,
+    images: &[f32],
+    size: usize,
+    grid: Option<&mut Vec<f32>>,
+) -> Result<()> {
+    for (j, img) in images.chunks_exact(3 * size * size).enumerate() {
+        write_png(img, size, &out.join(format!("sample-{:04}.png", start + j)))?;
+    }
+    if let Some(grid) = grid {
+        grid.extend_from_slice(images);
+    }
     Ok(())
 }

@@ -53,6 +53,38 @@ pub fn artgan(args: &[&str], cwd: &Path) -> Output {
     artgan_command(args, cwd).output().expect("run artgan")
 }
 
+/// A `w`×`h` RGB image of noise that depends on `seed`.
+pub fn noise_rgb(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    image::ImageBuffer::from_fn(w, h, |x, y| {
+        let v = (x * 37 + y * 91 + seed * 53) ^ (x * y + seed);
+        image::Rgb([
+            (v % 256) as u8,
+            ((v / 3) % 256) as u8,
+            ((v / 7) % 256) as u8,
+        ])
+    })
+}
+
+/// Saves `img` at `path` (the format from its extension), making its folder.
+pub fn save(img: &image::RgbImage, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    img.save(path).unwrap();
+}
+
+/// Failed with an `error:` line (and no panic) containing every needle.
+pub fn assert_error_line(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    for n in needles {
+        assert!(line.contains(n), "error line lacks {n:?}: {line}");
+    }
+}
+
 /// A small RGB PNG whose pixels depend on `seed`.
 pub fn write_png(path: &Path, seed: u32) {
     let img = image::RgbImage::from_fn(40, 36, |x, y| {
