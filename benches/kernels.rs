@@ -16,7 +16,7 @@
 use artgan::backend::cuda::{set_conv_impl, ConvImpl};
 use artgan::backend::{
     backend, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims, ConvGeom, Device,
-    Storage,
+    HingeTerm, Storage,
 };
 use artgan::rng::Rng;
 use std::rc::Rc;
@@ -334,14 +334,18 @@ impl Bench {
         self.report("adam_update", shape, t, 7.0 * 4.0 * total as f64, None);
     }
 
-    fn bce(&mut self, n: usize, shape: &str) {
-        if !self.wants("bce") {
-            return;
-        }
+    /// The fused GAN losses (`--filter bce`, `--filter hinge`).
+    fn losses(&mut self, n: usize, shape: &str) {
         let b = self.be.clone();
         let x = self.data(n, -3.0, 3.0);
-        let t = self.time(|| drop(b.bce_with_logits(&x, 1.0).unwrap()));
-        self.report("bce_with_logits", shape, t, 8.0 * n as f64, None);
+        if self.wants("bce") {
+            let t = self.time(|| drop(b.bce_with_logits(&x, 1.0).unwrap()));
+            self.report("bce_with_logits", shape, t, 8.0 * n as f64, None);
+        }
+        if self.wants("hinge") {
+            let t = self.time(|| drop(b.hinge_with_logits(&x, HingeTerm::Real).unwrap()));
+            self.report("hinge_with_logits", shape, t, 8.0 * n as f64, None);
+        }
     }
 }
 
@@ -443,7 +447,7 @@ fn main() {
         b.batch_norm(d, BatchNormAct::LeakyRelu(0.2), &format!("D bn {c}x{hw}"));
     }
     b.elementwise(n * 64 * 32 * 32, "D act 64x32x32");
-    b.bce(n, "D logits");
+    b.losses(n, "D logits");
     // DCGAN-64 parameter tensors (G then D), as Adam sees them.
     b.adam(
         &[

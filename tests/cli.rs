@@ -234,3 +234,46 @@ fn precision_amp_is_recorded_logged_and_kept_on_resume() {
         assert_eq!(scale, 65536.0 / 2f32.powi(skipped as i32), "{r:?}");
     }
 }
+
+/// `--loss hinge` trains with the hinge loss (D's loss starts near 2, where BCE's starts near
+/// 2·ln 2), is recorded in config.json, and a resume keeps it (and refuses `--loss` again).
+#[test]
+fn the_hinge_loss_trains_is_recorded_and_kept_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let first_loss_d = |run: &str| -> f32 {
+        let metrics = std::fs::read_to_string(d.join(run).join("metrics.csv")).unwrap();
+        let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+        let col = header.iter().position(|h| *h == "loss_d").unwrap();
+        let row: Vec<&str> = metrics.lines().nth(1).unwrap().split(',').collect();
+        row[col].parse().unwrap()
+    };
+    for (run, loss) in [("hinge", "hinge"), ("bce", "bce")] {
+        let o = artgan(
+            &[&tiny()[..], &["--out", run, "--loss", loss, "--seed", "4"]].concat(),
+            d,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let config = std::fs::read_to_string(d.join(run).join("config.json")).unwrap();
+        assert!(
+            config.contains(&format!("\"loss\": \"{loss}\"")),
+            "{config}"
+        );
+    }
+    let (hinge, bce) = (first_loss_d("hinge"), first_loss_d("bce"));
+    assert!((1.0..3.0).contains(&hinge), "hinge loss_d {hinge}");
+    assert!((0.7..2.0).contains(&bce), "bce loss_d {bce}");
+    assert_ne!(
+        std::fs::read(d.join("hinge/generator.safetensors")).unwrap(),
+        std::fs::read(d.join("bce/generator.safetensors")).unwrap()
+    );
+    let o = artgan(&["train", "--resume", "hinge", "--loss", "bce"], d);
+    assert_error(&o, "--loss");
+    let o = artgan(
+        &["train", "--resume", "hinge", "--epochs", "2", "--quiet"],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(d.join("hinge/config.json")).unwrap();
+    assert!(config.contains("\"loss\": \"hinge\""), "{config}");
+}

@@ -954,6 +954,37 @@ fn bce_with_logits_loss_and_grad() {
     }
 }
 
+#[test]
+fn hinge_loss_and_grad() {
+    use artgan::backend::HingeTerm;
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(13);
+    for len in shapes([1usize, 64, 1000, 5001]) {
+        // Logits on both sides of every term's kink (at ±1).
+        let x = rand(&mut rng, len, 3.0);
+        for term in [HingeTerm::Real, HingeTerm::Fake, HingeTerm::Generator] {
+            let (gl, gg) = g.hinge_with_logits(&up(&g, &x), term).unwrap();
+            let (cl, cg) = c.hinge_with_logits(&up(&c, &x), term).unwrap();
+            let t = format!("len {len} {term:?}");
+            close(
+                &format!("hinge loss {t}"),
+                &down(&g, &gl),
+                &down(&c, &cl),
+                1e-5,
+                1e-7,
+            );
+            close(
+                &format!("hinge grad {t}"),
+                &down(&g, &gg),
+                &down(&c, &cg),
+                1e-6,
+                1e-9,
+            );
+        }
+    }
+}
+
 /// One Adam item per tensor of the parallel lists.
 fn adam_items<'a>(
     params: &'a mut [Storage],

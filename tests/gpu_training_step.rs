@@ -14,6 +14,7 @@ use artgan::amp::Precision;
 use artgan::backend::cuda::ConvImpl;
 use artgan::backend::Device;
 use artgan::nn::{ModelConfig, Module, Preset};
+use artgan::ops::GanLoss;
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
 use artgan::train::{TrainConfig, Trainer};
@@ -65,7 +66,7 @@ fn compare_weights(
 
 fn step_both(preset: Preset, d_steps: usize, steps: usize) {
     let _turn = conv_switch();
-    step_both_in(preset, d_steps, steps, Precision::Fp32);
+    step_both_in(preset, d_steps, steps, Precision::Fp32, GanLoss::Bce);
 }
 
 /// Convolution layers of G and D (their 4-D weights).
@@ -84,7 +85,7 @@ fn conv_switch() -> std::sync::MutexGuard<'static, ()> {
     CONV_SWITCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precision) {
+fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precision, loss: GanLoss) {
     let Some(gpu_device) = gpu() else { return };
     let model = ModelConfig {
         preset,
@@ -98,6 +99,7 @@ fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precisi
     cfg.d_steps = d_steps;
     cfg.seed = 11;
     cfg.precision = precision;
+    cfg.loss = loss;
     let mut on_cpu = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
     let mut on_gpu = Trainer::new(cfg.clone(), gpu_device).unwrap();
     compare_weights("initial G", &on_cpu.g, &on_gpu.g, 0.0, 0);
@@ -166,6 +168,12 @@ fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precisi
 }
 
 #[test]
+fn dcgan_hinge_training_step_gpu_matches_cpu() {
+    let _turn = conv_switch();
+    step_both_in(Preset::Dcgan, 1, 3, Precision::Fp32, GanLoss::Hinge);
+}
+
+#[test]
 fn dcgan_training_step_gpu_matches_cpu() {
     step_both(Preset::Dcgan, 1, 3);
 }
@@ -176,8 +184,8 @@ fn dcgan_training_step_gpu_matches_cpu() {
 fn amp_training_steps_gpu_own_kernels_match_the_cpu_amp_reference() {
     let _turn = conv_switch();
     let _own = SelectConvs::new(ConvImpl::Own);
-    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp);
-    step_both_in(Preset::Classical, 2, 4, Precision::Amp);
+    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp, GanLoss::Bce);
+    step_both_in(Preset::Classical, 2, 4, Precision::Amp, GanLoss::Bce);
 }
 
 /// The same with cuDNN on f16 tensors, whose outputs (y, dx, dw) are f16: against the CPU amp
@@ -191,8 +199,8 @@ fn amp_training_steps_gpu_cudnn_match_the_cpu_amp_reference() {
     let _cudnn = SelectConvs::new(ConvImpl::Cudnn);
     artgan::backend::reference::set_f16_outputs(true);
     let _reset = ResetOnDrop(|| artgan::backend::reference::set_f16_outputs(false));
-    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp);
-    step_both_in(Preset::Classical, 2, 4, Precision::Amp);
+    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp, GanLoss::Bce);
+    step_both_in(Preset::Classical, 2, 4, Precision::Amp, GanLoss::Bce);
 }
 
 /// Runs its closure when dropped (also when the test panics).
@@ -579,7 +587,8 @@ fn cuda_graph_replay_with_host_draws_is_bit_identical_to_eager_steps() {
     cases.push(("classical amp".into(), cfg));
     let mut cfg = base(tiny_model(Preset::Dcgan), 2);
     cfg.diffaugment = artgan::ops::DiffAugment::parse("color,translation,cutout").unwrap();
-    cases.push(("dcgan with DiffAugment".into(), cfg));
+    cfg.loss = GanLoss::Hinge;
+    cases.push(("dcgan with DiffAugment and the hinge loss".into(), cfg));
     for model in [tiny_model(Preset::Dcgan), tiny_model(Preset::Classical)] {
         let preset = model.preset;
         let mut cfg = base(model, 1);

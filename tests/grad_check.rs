@@ -647,6 +647,35 @@ fn bce_with_logits_grad_matches_finite_difference() {
 }
 
 #[test]
+fn hinge_loss_grad_matches_finite_difference() {
+    use artgan::backend::HingeTerm;
+    let mut rng = Rng::new(17);
+    for shape in [vec![5], vec![4, 1, 1, 1], vec![3, 7]] {
+        for term in [HingeTerm::Real, HingeTerm::Fake, HingeTerm::Generator] {
+            // Logits at least 0.1 from the kink at 1 − s·x = 0, where the loss is not
+            // differentiable (the finite-difference step is far smaller).
+            let values: Vec<f32> = rng
+                .normal_vec(shape.iter().product(), 0.0, 2.0)
+                .into_iter()
+                .map(|v| {
+                    if (1.0 - term.sign() * v).abs() < 0.1 {
+                        v + 0.3
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            check_grad(
+                &format!("hinge_loss {shape:?} {term:?}"),
+                vec![input(values, &shape)],
+                1e-2,
+                |t| ops::hinge_loss(&t[0], term).unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
 fn sum_mean_and_mean_rows_grads_match_finite_difference() {
     let mut rng = Rng::new(8);
     for shape in [vec![5], vec![2, 3, 4], vec![3, 1, 5, 5]] {

@@ -268,6 +268,42 @@ fn bce_with_logits_is_stable_at_large_logits() {
 }
 
 #[test]
+fn hinge_loss_terms_match_their_definitions() {
+    use artgan::backend::HingeTerm;
+    let x = [2.0f32, 0.5, -0.25, -3.0];
+    // (term, loss, d loss / d x): D real max(0, 1 − x), D fake max(0, 1 + x), G −x; means.
+    let cases: [(HingeTerm, f64, [f64; 4]); 3] = [
+        (
+            HingeTerm::Real,
+            (0.0 + 0.5 + 1.25 + 4.0) / 4.0,
+            [0.0, -0.25, -0.25, -0.25],
+        ),
+        (
+            HingeTerm::Fake,
+            (3.0 + 1.5 + 0.75 + 0.0) / 4.0,
+            [0.25, 0.25, 0.25, 0.0],
+        ),
+        (
+            HingeTerm::Generator,
+            (-2.0 - 0.5 + 0.25 + 3.0) / 4.0,
+            [-0.25; 4],
+        ),
+    ];
+    for (term, want, grad) in cases {
+        let xt = t(x.to_vec(), &[4]).requiring_grad();
+        let loss = ops::hinge_loss(&xt, term).unwrap();
+        assert_relative_eq!(f64::from(loss.item().unwrap()), want, max_relative = 1e-6);
+        loss.backward().unwrap();
+        assert_close(
+            &xt.grad_to_vec().unwrap().unwrap(),
+            &grad,
+            1e-7,
+            "hinge grad",
+        );
+    }
+}
+
+#[test]
 fn dropout_follows_the_counter_based_mask_and_is_identity_in_eval() {
     let mut rng = Rng::new(12);
     let v = rng.normal_vec(1000, 0.0, 1.0);

@@ -321,6 +321,9 @@ pub trait Backend {
     /// Mean binary cross-entropy with logits against a constant `target`, fused: returns
     /// (loss as one element, d loss / d x).
     fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)>;
+    /// Mean hinge loss of logits for one `term`, fused: returns (loss as one element,
+    /// d loss / d x).
+    fn hinge_with_logits(&self, x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)>;
 
     // ---- optimiser
     /// Bias-corrected Adam (PyTorch's formula) over every item, in one pass where possible.

@@ -306,3 +306,27 @@ pub fn seed_values(seed: u64, std: f32) -> [f32; 3] {
         std,
     ]
 }
+
+/// One term of the hinge loss (Lim & Ye 2017; SAGAN, FastGAN) on D's logits x:
+/// D on real images mean(max(0, 1 − x)), D on fakes mean(max(0, 1 + x)), G −mean(x).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HingeTerm {
+    Real,
+    Fake,
+    Generator,
+}
+
+impl HingeTerm {
+    /// The sign s of the term's form: mean(max(0, 1 − s·x)) when clamped, else mean(−s·x).
+    pub fn sign(self) -> f32 {
+        match self {
+            HingeTerm::Real | HingeTerm::Generator => 1.0,
+            HingeTerm::Fake => -1.0,
+        }
+    }
+
+    /// Whether the term is clamped at 0 (D's terms) or linear (G's).
+    pub fn clamped(self) -> bool {
+        self != HingeTerm::Generator
+    }
+}

@@ -100,6 +100,11 @@ pub struct TrainArgs {
     /// steps: any of color,translation,cutout (comma separated) [default: none].
     #[arg(long, value_name = "LIST", conflicts_with = "resume")]
     pub diffaugment: Option<String>,
+    /// Adversarial loss: bce (binary cross-entropy with logits, non-saturating for G: the
+    /// seeds' and pytorch/examples' loss) or hinge (D: max(0, 1 − D(x)) + max(0, 1 + D(G(z))),
+    /// G: −D(G(z)); SAGAN, FastGAN).
+    #[arg(long, value_enum, default_value_t = crate::ops::GanLoss::Bce, conflicts_with = "resume")]
+    pub loss: crate::ops::GanLoss,
     /// Seed of every random stream (init, latents, dropout/noise, data order).
     #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0, conflicts_with = "resume")]
     pub seed: u64,
@@ -203,6 +208,7 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(p) = &a.diffaugment {
         cfg.diffaugment = crate::ops::DiffAugment::parse(p)?;
     }
+    cfg.loss = a.loss;
     cfg.lr_d = 2e-4;
     cfg.lr_g = 2e-4;
     cfg.lr_g_detail = if a.preset == Preset::Classical {
@@ -488,7 +494,8 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.d_steps, device, cfg.precision, cfg.seed
         );
         println!(
-            "augmentation: {}; DiffAugment: {}; EMA generator: {}; dynamic lr: {}; checkpoint every {} epoch(s), keeping {}",
+            "loss: {}; augmentation: {}; DiffAugment: {}; EMA generator: {}; dynamic lr: {}; checkpoint every {} epoch(s), keeping {}",
+            cfg.loss,
             describe_augment(cfg.augment),
             cfg.diffaugment.describe(),
             if cfg.ema { "on" } else { "off" },

@@ -19,7 +19,7 @@ pub use conditional::{
 };
 pub use conv::{conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act};
 pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
-pub use loss::bce_with_logits;
+pub use loss::{bce_with_logits, hinge_loss, GanLoss};
 pub use random::{dropout, gaussian_noise, Seed};
 pub use spectral_norm::spectral_norm_weight;
 

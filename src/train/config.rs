@@ -80,6 +80,9 @@ pub struct TrainConfig {
     /// from `config.json` when off.
     #[serde(default, skip_serializing_if = "is_off")]
     pub diffaugment: crate::ops::DiffAugment,
+    /// The adversarial loss (`--loss`; runs from before it existed are BCE).
+    #[serde(default)]
+    pub loss: crate::ops::GanLoss,
     /// This run's id ([`checkpoint::new_run_id`]), in every checkpoint's copy too: a checkpoint
     /// of another run is never resumed or sampled as this one's. Empty for runs from before.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -151,6 +154,7 @@ impl TrainConfig {
             },
             class_table: None,
             diffaugment: Default::default(),
+            loss: Default::default(),
             run_id: String::new(),
             model,
         }

@@ -329,7 +329,7 @@ impl Trainer {
                 .labeled_as(labels)
                 .drawing(self.draws.as_mut()),
         )?;
-        let loss_real = ops::bce_with_logits(&out_real, 1.0)?;
+        let loss_real = self.cfg.loss.d_real(&out_real)?;
         let fake = if update_g {
             // Keep G's graph: the G step below back-propagates through this same fake.
             self.g.forward(
@@ -354,7 +354,7 @@ impl Trainer {
                 .labeled_as(labels)
                 .drawing(self.draws.as_mut()),
         )?;
-        let loss_fake = ops::bce_with_logits(&out_fake, 0.0)?;
+        let loss_fake = self.cfg.loss.d_fake(&out_fake)?;
         let loss_d = ops::add(&loss_real, &loss_fake)?;
         self.opt_d.backward(&loss_d)?;
         self.opt_d.apply()?;
@@ -373,7 +373,7 @@ impl Trainer {
                     .labeled_as(labels)
                     .drawing(self.draws.as_mut()),
             )?;
-            let loss_g = ops::bce_with_logits(&out, 1.0)?;
+            let loss_g = self.cfg.loss.generator(&out)?;
             self.opt_g.backward(&loss_g)?;
             drop(frozen);
             self.opt_g.apply()?;

@@ -484,6 +484,9 @@ impl Backend for CpuBackend {
     fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
         ReferenceBackend.bce_with_logits(x, target)
     }
+    fn hinge_with_logits(&self, x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
+        ReferenceBackend.hinge_with_logits(x, term)
+    }
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(items, step)

@@ -1,4 +1,4 @@
-//! Launch of `kernels/loss.cu`: fused BCE-with-logits (loss and gradient in one kernel).
+//! Launches of `kernels/loss.cu`: the fused GAN losses (loss and gradient in one kernel).
 //! Autograd: `src/ops/loss.rs`.
 
 use super::{cb, CudaBackend};
@@ -25,6 +25,33 @@ pub(super) fn bce_with_logits(
         x.slice(),
         &n,
         &target,
+        loss.slice_mut(),
+        grad.slice_mut()
+    )?;
+    Ok((Storage::Cuda(loss), Storage::Cuda(grad)))
+}
+
+pub(super) fn hinge_with_logits(
+    be: &CudaBackend,
+    x: &Storage,
+    term: HingeTerm,
+) -> Result<(Storage, Storage)> {
+    let x = cb(x)?;
+    if x.len == 0 {
+        bail!("hinge_with_logits: empty input");
+    }
+    let mut loss = be.alloc(1)?;
+    let mut grad = be.alloc(x.len)?;
+    let n = x.len as u64;
+    let (sign, clamped) = (term.sign(), i32::from(term.clamped()));
+    launch!(
+        be,
+        "hinge_logits_f32",
+        CudaBackend::single_block(CudaBackend::reduce_threads(n)),
+        x.slice(),
+        &n,
+        &sign,
+        &clamped,
         loss.slice_mut(),
         grad.slice_mut()
     )?;

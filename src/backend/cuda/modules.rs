@@ -63,7 +63,7 @@ pub const MODULES: &[(&str, &[&str])] = &[
             "sn_backward_f32",
         ],
     ),
-    ("loss", &["bce_logits_f32"]),
+    ("loss", &["bce_logits_f32", "hinge_logits_f32"]),
     (
         "adam",
         &[

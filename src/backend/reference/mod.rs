@@ -308,6 +308,9 @@ impl Backend for ReferenceBackend {
     fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
         loss::bce_with_logits(x, target)
     }
+    fn hinge_with_logits(&self, x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
+        loss::hinge_with_logits(x, term)
+    }
 
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(items, step)
