@@ -217,7 +217,7 @@ pub fn check_training(cfg: &crate::train::TrainConfig, device: Device) -> Result
         ),
         Some(_) => None,
     };
-    let eval = (cfg.eval_every > 0).then_some(cfg.eval_count);
+    let eval = (cfg.eval_every > 0 || cfg.eval_every_images > 0).then_some(cfg.eval_count);
     let cpu = device == Device::Cpu;
     let models = |m: &ModelConfig, batch| train_bytes(m, classes, batch);
     let host = |m: &ModelConfig, batch, builtin: Option<usize>, eval: Option<usize>| {

@@ -321,3 +321,56 @@ fn an_untrained_generator_scores_far_above_the_real_floor() {
     assert!(format!("{e:#}").contains("64x64 px but the generator makes 32x32 px"));
     assert!(evaluate_generator(&g, &real, 0, 0, &quick()).is_err());
 }
+
+mod common;
+
+/// `--eval-every-images N`: a `quality.csv` row (raw and EMA SWD) each time a step crosses a
+/// multiple of N images, the same rows after a stop and resume as in one go (timing aside).
+#[test]
+fn quality_is_recorded_every_n_images_and_resumes_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |extra: &[&str]| {
+        let args = common::tiny_train(
+            &[
+                &["--limit", "16", "--quiet", "--eval-every-images", "24"][..],
+                &["--eval-count", "8", "--checkpoint-every", "1"],
+                extra,
+            ]
+            .concat(),
+        );
+        let o = common::artgan(&args, d);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    };
+    let rows = |out: &str| -> Vec<Vec<String>> {
+        let mut r = csv::Reader::from_path(d.join(out).join("quality.csv")).unwrap();
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header, ["images", "step", "epoch", "seconds", "swd", "swd_ema"]);
+        r.records()
+            .map(|rec| {
+                let rec = rec.unwrap();
+                // Everything but the seconds.
+                rec.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != 3)
+                    .map(|(_, v)| v.to_string())
+                    .collect()
+            })
+            .collect()
+    };
+    // Batches of 8: 24 and 48 images are crossed in 4 epochs of 16.
+    run(&["--epochs", "4", "--out", "straight"]);
+    let straight = rows("straight");
+    let images: Vec<&str> = straight.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(images, ["24", "48"]);
+    for r in &straight {
+        let (raw, ema): (f32, f32) = (r[3].parse().unwrap(), r[4].parse().unwrap());
+        assert!(raw.is_finite() && raw > 0.0 && ema.is_finite() && ema > 0.0, "{r:?}");
+    }
+    // Stopped after epoch 2 (one row), resumed to 4: the same rows.
+    run(&["--epochs", "2", "--out", "sliced"]);
+    assert_eq!(rows("sliced").len(), 1);
+    let o = common::artgan(&["train", "--resume", "sliced", "--epochs", "4", "--quiet"], d);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(rows("sliced"), straight);
+}

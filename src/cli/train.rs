@@ -128,6 +128,10 @@ pub struct TrainArgs {
     /// Images per set for that SWD (compare numbers only at equal counts) [default: 1024].
     #[arg(long, value_parser = crate::flags::parse_whole::<usize>)]
     pub eval_count: Option<usize>,
+    /// Record the SWD of the raw and the EMA generator in quality.csv every N training images
+    /// (images seen by D), so that runs compare at equal images seen (0 = never) [default: 0].
+    #[arg(long, value_parser = crate::flags::parse_whole::<u64>, value_name = "N")]
+    pub eval_every_images: Option<u64>,
     /// Do not keep the exponential moving average of the generator's weights (grids and
     /// `sample` then use the raw generator).
     #[arg(long, conflicts_with = "resume")]
@@ -324,6 +328,9 @@ pub(super) fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     if let Some(n) = a.eval_count {
         cfg.eval_count = n;
     }
+    if let Some(n) = a.eval_every_images {
+        cfg.eval_every_images = n;
+    }
     if let Some(x) = a.diverge_loss {
         cfg.diverge_loss = x;
     }
@@ -510,7 +517,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     opts.verbose = !a.quiet;
     opts.resume_from = resume_from;
     opts.interrupt = Some(train::install_interrupt_handler()?);
-    if cfg.eval_every > 0 {
+    if cfg.eval_every > 0 || cfg.eval_every_images > 0 {
         // The same latents and real draw at every evaluation, so the numbers compare.
         let (count, seed) = (cfg.eval_count, cfg.seed);
         let eval_classes = cfg.class_table.clone();

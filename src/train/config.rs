@@ -48,6 +48,10 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Images per set for that SWD.
     pub eval_count: usize,
+    /// Record the SWD of the raw and EMA generators in `quality.csv` every N training images
+    /// (0 = never).
+    #[serde(default)]
+    pub eval_every_images: u64,
     /// Human-readable description of the training data.
     pub data: String,
     /// The data options, so `train --resume` reads the same images.
@@ -140,6 +144,7 @@ impl TrainConfig {
             keep_checkpoints: 3,
             eval_every: 0,
             eval_count: 1024,
+            eval_every_images: 0,
             data: String::new(),
             data_args: Default::default(),
             augment: crate::data::Augment::NONE,
@@ -202,7 +207,7 @@ impl TrainConfig {
         if !(self.ema_rampup.is_finite() && self.ema_rampup >= 0.0) {
             bail!("EMA ramp-up must be 0 or positive");
         }
-        if self.eval_every > 0 && self.eval_count < 2 {
+        if (self.eval_every > 0 || self.eval_every_images > 0) && self.eval_count < 2 {
             bail!("--eval-count must be at least 2");
         }
         Ok(())

@@ -15,6 +15,7 @@ pub mod ema;
 mod graph_step;
 mod grids;
 pub mod lr_control;
+pub mod quality_log;
 mod sessions;
 pub mod state;
 mod stops;
@@ -198,8 +199,8 @@ pub fn train(
             cfg.batch_size
         );
     }
-    if cfg.eval_every > 0 && opts.evaluator.is_none() {
-        bail!("eval_every is set but no evaluator was given");
+    if (cfg.eval_every > 0 || cfg.eval_every_images > 0) && opts.evaluator.is_none() {
+        bail!("eval_every or eval_every_images is set but no evaluator was given");
     }
     let (mut trainer, mut history, seconds_before, mut resume_note, mut partial) =
         match &opts.resume_from {
@@ -258,7 +259,13 @@ pub fn train(
         }
     };
 
+    // A resumed run redoes the evaluations after its checkpoint: their rows go.
+    let mut quality = quality_log::read_until(&opts.out, trainer.step)?;
+    if opts.out.join(quality_log::QUALITY_FILE).is_file() {
+        quality_log::write(&opts.out, &quality)?;
+    }
     let start = Instant::now();
+    let mut eval_seconds = 0.0;
     let mut last_checkpoint = None;
     for epoch in trainer.epoch + 1..=cfg.epochs {
         bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
@@ -298,6 +305,21 @@ pub fn train(
                 absorb_metrics(&mut trainer, &mut acc, epoch, &opts.out, &say, &bar)?;
             }
             bar.inc(1);
+            let batch = cfg.batch_size as u64;
+            if quality_log::due(cfg.eval_every_images, trainer.step as u64 * batch, batch) {
+                let began = Instant::now();
+                let seconds = seconds_before + start.elapsed().as_secs_f64() - eval_seconds;
+                let evaluate = opts.evaluator.as_mut().expect("checked above");
+                quality_log::record(
+                    &trainer,
+                    evaluate,
+                    batches,
+                    seconds,
+                    &mut quality,
+                    &opts.out,
+                )?;
+                eval_seconds += began.elapsed().as_secs_f64();
+            }
             if let Some(on_step) = opts.on_step.as_mut() {
                 on_step(trainer.step);
             }
