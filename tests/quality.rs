@@ -345,7 +345,10 @@ fn quality_is_recorded_every_n_images_and_resumes_alike() {
     let rows = |out: &str| -> Vec<Vec<String>> {
         let mut r = csv::Reader::from_path(d.join(out).join("quality.csv")).unwrap();
         let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(header, ["images", "step", "epoch", "seconds", "swd", "swd_ema"]);
+        assert_eq!(
+            header,
+            ["images", "step", "epoch", "seconds", "swd", "swd_ema"]
+        );
         r.records()
             .map(|rec| {
                 let rec = rec.unwrap();
@@ -365,12 +368,18 @@ fn quality_is_recorded_every_n_images_and_resumes_alike() {
     assert_eq!(images, ["24", "48"]);
     for r in &straight {
         let (raw, ema): (f32, f32) = (r[3].parse().unwrap(), r[4].parse().unwrap());
-        assert!(raw.is_finite() && raw > 0.0 && ema.is_finite() && ema > 0.0, "{r:?}");
+        assert!(
+            raw.is_finite() && raw > 0.0 && ema.is_finite() && ema > 0.0,
+            "{r:?}"
+        );
     }
     // Stopped after epoch 2 (one row), resumed to 4: the same rows.
     run(&["--epochs", "2", "--out", "sliced"]);
     assert_eq!(rows("sliced").len(), 1);
-    let o = common::artgan(&["train", "--resume", "sliced", "--epochs", "4", "--quiet"], d);
+    let o = common::artgan(
+        &["train", "--resume", "sliced", "--epochs", "4", "--quiet"],
+        d,
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert_eq!(rows("sliced"), straight);
 }
