@@ -228,16 +228,18 @@ fn main() -> Result<()> {
                     floor = Some(json_mean(&json, "floor")?);
                 }
             }
-            let last = csv::Reader::from_path(run_dir.join("quality.csv"))?
-                .deserialize::<artgan::train::quality_log::QualityRow>()
+            // The training seconds of the whole run: metrics.csv's last row.
+            let seconds = csv::Reader::from_path(run_dir.join("metrics.csv"))?
+                .deserialize::<artgan::train::EpochStats>()
                 .last()
                 .transpose()?
-                .context("no quality row")?;
+                .context("no metrics row")?
+                .seconds;
             results.push(Result1 {
                 recipe: recipe.clone(),
                 seed,
-                images: last.images,
-                seconds: last.seconds,
+                images: epochs * per_epoch,
+                seconds,
                 swd,
                 curve,
             });
@@ -258,7 +260,7 @@ fn main() -> Result<()> {
         }
     }
     let floor = floor.unwrap_or(f64::NAN);
-    write_table(&o, &results, floor, &device)?;
+    write_table(&o, epochs * per_epoch, &results, floor, &device)?;
     write_curves(&o, &results, floor)?;
     println!("wrote {}", o.out.join("table.md").display());
     Ok(())
@@ -268,7 +270,13 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
-fn write_table(o: &Options, results: &[Result1], floor: f64, device: &str) -> Result<()> {
+fn write_table(
+    o: &Options,
+    images: u64,
+    results: &[Result1],
+    floor: f64,
+    device: &str,
+) -> Result<()> {
     let mut t =
         format!(
         "# Quality ladder\n\nData: {}. Images seen: {} per run. Device: {device}. SWD×10³ of the \
@@ -277,7 +285,7 @@ fn write_table(o: &Options, results: &[Result1], floor: f64, device: &str) -> Re
          | recipe | seed | images | train s | SWD s1 | s2 | s3 | mean | × floor |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         o.data.as_deref().unwrap_or("built-in paintings"),
-        o.images,
+        images,
         o.eval_count,
         std::env::args()
             .skip(1)

@@ -526,6 +526,22 @@ fn cli_conditional_train_sample_interpolate_evaluate() {
         text.contains("class artist-0") && text.contains("real floor"),
         "{text}"
     );
+    // Each class's images are also measured against the other classes' reals.
+    assert!(text.contains("other classes"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.join("run/evaluate.json")).unwrap()).unwrap();
+    let classes = json["per_class"].as_array().unwrap();
+    assert_eq!(classes.len(), 2, "{json}");
+    for c in classes {
+        let (own, other) = (
+            c["swd"]["mean"].as_f64().unwrap(),
+            c["swd_other_classes"].as_f64(),
+        );
+        let other = other.unwrap_or_else(|| panic!("no other-class SWD: {c}"));
+        assert!(other.is_finite() && other > 0.0, "{c}");
+        let below = c["own_below_others_percent"].as_f64().unwrap();
+        assert!((below - 100.0 * (other - own) / other).abs() < 1e-3, "{c}");
+    }
 }
 
 #[test]

@@ -52,6 +52,12 @@ struct ClassSwd {
     real_images: usize,
     swd: SwdReport,
     floor: SwdReport,
+    /// The mean SWD of this class's generated images against each other class's real images
+    /// (the same images as `swd`; none with a single class): a recognisable class is clearly
+    /// closer to its own.
+    swd_other_classes: Option<f32>,
+    /// How much lower `swd` is than `swd_other_classes`, in % of the latter.
+    own_below_others_percent: Option<f32>,
 }
 
 /// What `evaluate` writes to its JSON file.
@@ -265,7 +271,8 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
 /// Per-class SWD of a conditional generator: the real images are labelled as the run labelled
 /// its training data (`config.json`'s conditioning options); every class with at least
 /// `--eval-min-images` of them gets `--count` generated images of its class against `--count`
-/// draws of its reals, and its own real-vs-real floor.
+/// draws of its reals, its own real-vs-real floor, and the mean SWD of the same generated
+/// images against each other such class's reals (is the class recognisable?).
 fn per_class_swd(
     a: &EvaluateArgs,
     g: &crate::nn::Generator,
@@ -278,7 +285,8 @@ fn per_class_swd(
     let Some(labelled) = data::label_images(real, a.data.data.is_some(), &cfg.condition)? else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
+    // The classes with enough real images, with their reals.
+    let mut eligible = Vec::new();
     let mut small = Vec::new();
     for c in &table.classes {
         // The real data's own class of that name (its indices may differ from the run's).
@@ -297,29 +305,42 @@ fn per_class_swd(
             small.push(format!("{} ({})", c.name, keep.len()));
             continue;
         }
-        let subset = real.subset(&keep)?;
+        eligible.push((c, keep.len(), real.subset(&keep)?));
+    }
+    let mut out = Vec::new();
+    for (c, real_images, subset) in &eligible {
         let labels = vec![c.index as u32; a.count];
-        let swd = quality::evaluate_generator_labeled(
-            g,
-            &subset,
-            a.count,
-            a.seed,
-            params,
-            Some(&labels),
-        )?;
-        let floor = quality::real_floor(&subset, a.count, a.seed, params)?;
+        let against = |reals: &data::ImageSet| {
+            quality::evaluate_generator_labeled(g, reals, a.count, a.seed, params, Some(&labels))
+        };
+        let swd = against(subset)?;
+        let floor = quality::real_floor(subset, a.count, a.seed, params)?;
+        let mut others = Vec::new();
+        for (o, _, reals) in &eligible {
+            if o.index != c.index {
+                others.push(against(reals)?.mean);
+            }
+        }
+        let other = (!others.is_empty()).then(|| others.iter().sum::<f32>() / others.len() as f32);
+        let below = other.map(|o| 100.0 * (o - swd.mean) / o);
         println!(
-            "class {:<30} {:>5} real images   SWD mean {:>9.3}   real floor {:>9.3}",
+            "class {:<30} {:>5} real images   SWD mean {:>9.3}   real floor {:>9.3}{}",
             c.name,
-            keep.len(),
+            real_images,
             swd.mean,
-            floor.mean
+            floor.mean,
+            match (other, below) {
+                (Some(o), Some(b)) => format!("   other classes {o:>9.3} (own {b:+.1}% lower)"),
+                _ => String::new(),
+            }
         );
         out.push(ClassSwd {
             class: c.name.clone(),
-            real_images: keep.len(),
+            real_images: *real_images,
             swd,
             floor,
+            swd_other_classes: other,
+            own_below_others_percent: below,
         });
     }
     if !small.is_empty() {
