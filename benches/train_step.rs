@@ -15,7 +15,9 @@
 //! ends in `-graphs`).
 //! `--steps N` fixes the number of timed steps (default: up to 30 within 20 s, at least 5).
 //! Prints one line naming the device (with the convolution implementation on CUDA, and graphs),
-//! the precision and the config, ending in `N images/s` (the median step).
+//! the precision and the config, then `N images/s` (the median step) and, on CUDA, the peak
+//! device memory of the timed steps: the caching allocator's high-water mark of bytes held by
+//! tensors (what PyTorch reports as `max_memory_allocated`).
 //!
 //! A step is timed as training runs it: queued without reading anything back
 //! ([`Trainer::step_deferred`]), the metrics read where training reads them (at the end of each
@@ -72,6 +74,9 @@ fn main() -> anyhow::Result<()> {
     }
     let backend = real.backend();
     backend.synchronize()?;
+    if let Some(cuda) = backend.as_cuda() {
+        cuda.reset_peak_memory();
+    }
     let mut times = Vec::new();
     let budget = Instant::now();
     let done = |n: usize, secs: f64| match args.steps {
@@ -86,8 +91,17 @@ fn main() -> anyhow::Result<()> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
+    // What the steps held at most: weights, Adam state and one step's activations and
+    // gradients (the device allocator's high-water mark; the CPU has none).
+    let peak = match backend.as_cuda() {
+        Some(cuda) => format!(
+            ", peak device memory {:.1} MiB",
+            cuda.pool_stats().peak_in_use_bytes as f64 / (1 << 20) as f64
+        ),
+        None => String::new(),
+    };
     println!(
-        "train_step/{device_label}/{name}: median {:.2} ms over {} runs, {:.1} images/s",
+        "train_step/{device_label}/{name}: median {:.2} ms over {} runs, {:.1} images/s{peak}",
         median * 1e3,
         times.len(),
         batch as f64 / median

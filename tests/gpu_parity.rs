@@ -1188,6 +1188,19 @@ fn allocator_reuses_buffers_in_steady_state() {
     }
     let after = be.pool_stats();
     println!("allocator: after first step {after_first:?}, after six {after:?}");
+    // The high-water mark: a, b, s and t (1000, 4097, 1000, 1000 floats) live at once, and
+    // nothing is held between steps, in both pool modes.
+    assert_eq!(after.in_use_bytes, 0);
+    assert_eq!(after.peak_in_use_bytes, 4 * (3 * 1000 + 4097));
+    let kept = be.full(10, 0.5).unwrap();
+    be.reset_peak_memory();
+    assert_eq!(be.pool_stats().peak_in_use_bytes, 40);
+    step(&be);
+    assert_eq!(
+        be.pool_stats().peak_in_use_bytes,
+        40 + 4 * (3 * 1000 + 4097)
+    );
+    drop(kept);
     if std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off") {
         // The memory-checker mode: nothing cached, every buffer a fresh exact-size allocation.
         assert_eq!(after.reuses, 0);

@@ -37,6 +37,18 @@ pub struct PoolStats {
     pub reuses: u64,
     /// Elements currently cached (free).
     pub cached_elems: u64,
+    /// Bytes held by live tensors now (cached buffers not counted).
+    pub in_use_bytes: u64,
+    /// The most [`PoolStats::in_use_bytes`] has been since the pool began or since
+    /// [`Pool::reset_peak`]: the high-water mark PyTorch reports as `max_memory_allocated`.
+    pub peak_in_use_bytes: u64,
+}
+
+impl PoolStats {
+    fn count_taken(&mut self, elems: usize) {
+        self.in_use_bytes += (elems * 4) as u64;
+        self.peak_in_use_bytes = self.peak_in_use_bytes.max(self.in_use_bytes);
+    }
 }
 
 /// Buffers per length that one step needs beyond those free at its start.
@@ -93,6 +105,7 @@ impl Pool {
             if let Some(s) = g.free.get_mut(&cap).and_then(|v| v.pop()) {
                 g.stats.reuses += 1;
                 g.stats.cached_elems -= cap as u64;
+                g.stats.count_taken(cap);
                 if let Some(id) = g.capturing {
                     let at = self.address(&s);
                     g.owner.insert(at, id);
@@ -118,16 +131,19 @@ impl Pool {
                     .map_err(|e| drv(e, &format!("allocating {} MiB", (cap * 4) >> 20)))?
             }
         };
-        self.inner.lock().unwrap().stats.driver_allocs += 1;
+        let stats = &mut self.inner.lock().unwrap().stats;
+        stats.driver_allocs += 1;
+        stats.count_taken(cap);
         Ok(s)
     }
 
     pub fn give(&self, s: CudaSlice<f32>) {
+        let mut g = self.inner.lock().unwrap();
+        g.stats.in_use_bytes -= (s.len() * 4) as u64;
         if !self.caching {
             return; // dropping `s` frees it (stream-ordered)
         }
         let at = self.address(&s);
-        let mut g = self.inner.lock().unwrap();
         *g.live.entry(s.len()).or_default() -= 1;
         if let Some(id) = g.capturing {
             g.owner.insert(at, id);
@@ -224,6 +240,12 @@ impl Pool {
 
     pub fn stats(&self) -> PoolStats {
         self.inner.lock().unwrap().stats
+    }
+
+    /// Restarts [`PoolStats::peak_in_use_bytes`] from what is in use now.
+    pub fn reset_peak(&self) {
+        let stats = &mut self.inner.lock().unwrap().stats;
+        stats.peak_in_use_bytes = stats.in_use_bytes;
     }
 }
 

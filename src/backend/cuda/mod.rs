@@ -151,6 +151,11 @@ impl CudaBackend {
         self.pool.stats()
     }
 
+    /// Restarts the allocator's high-water mark ([`PoolStats::peak_in_use_bytes`]).
+    pub fn reset_peak_memory(&self) {
+        self.pool.reset_peak()
+    }
+
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_else(|_| "unknown".into())
