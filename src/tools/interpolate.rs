@@ -228,7 +228,7 @@ fn run_one(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
         // Speed 10 of 1-30: NeuQuant palette quality is plenty at these sizes.
         let mut encoder = GifEncoder::new_with_speed(&mut gif, 10);
         encoder.set_repeat(Repeat::Infinite)?;
-        generate_chunks(g, &z, Mode::Eval, |start, images| {
+        generate_chunks(g, &z, Mode::Eval, a.generator.numerics(), |start, images| {
             for (j, img) in images.chunks_exact(per).enumerate() {
                 let rgb = to_rgb_bytes(img, size);
                 if is_frame[start + j] {
