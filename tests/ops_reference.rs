@@ -2,6 +2,7 @@
 //! PyTorch's formulas (design.md, "PyTorch semantics to match").
 
 use approx::assert_relative_eq;
+use artgan::amp::Numerics;
 use artgan::ops;
 use artgan::rng::{self, Rng};
 use artgan::tensor::Tensor;
@@ -87,6 +88,7 @@ fn conv2d_forward_matches_direct_definition() {
             Some(&t(b, &[co])),
             s,
             p,
+            Numerics::FP32,
         )
         .unwrap();
         assert_eq!(y.shape(), [shape[0], co, oh, ow]);
@@ -138,6 +140,7 @@ fn conv_transpose2d_forward_matches_scatter_definition() {
             s,
             p,
             op,
+            Numerics::FP32,
         )
         .unwrap();
         assert_eq!(y.shape(), [n, co, oh, ow]);
@@ -352,10 +355,12 @@ fn gaussian_noise_has_the_requested_std_and_is_identity_in_eval() {
 fn ops_reject_bad_shapes_with_errors() {
     let x = t(vec![1.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
     let w = t(vec![1.0; 5 * 2 * 3 * 3], &[5, 2, 3, 3]);
-    let e = ops::conv2d(&x, &w, None, 1, 1).unwrap_err().to_string();
+    let e = ops::conv2d(&x, &w, None, 1, 1, Numerics::FP32)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not fit"), "{e}");
     let big = t(vec![1.0; 3 * 3 * 9 * 9], &[3, 3, 9, 9]);
-    assert!(ops::conv2d(&x, &big, None, 1, 0).is_err());
+    assert!(ops::conv2d(&x, &big, None, 1, 0, Numerics::FP32).is_err());
     assert!(ops::add(&x, &t(vec![1.0; 4], &[4])).is_err());
     assert!(x.reshape(&[7]).is_err());
 }

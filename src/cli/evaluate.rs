@@ -316,7 +316,15 @@ fn per_class_swd(
         let labels = vec![c.index as u32; a.count];
         let against = |reals: &data::ImageSet| {
             let (count, seed) = (a.count, a.seed);
-            quality::evaluate_generator_labeled(g, reals, count, seed, params, Some(&labels), numerics)
+            quality::evaluate_generator_labeled(
+                g,
+                reals,
+                count,
+                seed,
+                params,
+                Some(&labels),
+                numerics,
+            )
         };
         let swd = against(subset)?;
         let floor = quality::real_floor(subset, a.count, a.seed, params)?;

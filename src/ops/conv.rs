@@ -199,7 +199,15 @@ pub fn conv_transpose2d(
     output_padding: usize,
     numerics: Numerics,
 ) -> Result<Tensor> {
-    conv_transpose2d_then(x, w, After::Bias(bias), stride, pad, output_padding, numerics)
+    conv_transpose2d_then(
+        x,
+        w,
+        After::Bias(bias),
+        stride,
+        pad,
+        output_padding,
+        numerics,
+    )
 }
 
 /// `act(conv_transpose2d(x, w))` as one op (see [`After`]).

@@ -120,7 +120,10 @@ impl CudaBackend {
             Ok(d) => (Some(d), None),
             Err(e) => {
                 let msg = format!("{e:#}");
-                (None, Some(msg.lines().next().unwrap_or_default().to_string()))
+                (
+                    None,
+                    Some(msg.lines().next().unwrap_or_default().to_string()),
+                )
             }
         };
         let funcs = modules::load_all(&ctx)?;

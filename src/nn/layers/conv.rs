@@ -168,7 +168,14 @@ impl SpectralNormConv2d {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode, numerics: Numerics) -> Result<Tensor> {
-        ops::conv2d(x, &self.weight(mode)?, None, self.stride, self.pad, numerics)
+        ops::conv2d(
+            x,
+            &self.weight(mode)?,
+            None,
+            self.stride,
+            self.pad,
+            numerics,
+        )
     }
 
     /// `act(self.forward(x, mode))` as one op (see [`super::Layer::forward_fused`]).
