@@ -55,7 +55,7 @@ pub(super) fn run(
     };
     let mut out = be.alloc(len)?;
     let cudnn = match g.conv_impl {
-        ConvImpl::Cudnn => be.cudnn(),
+        ConvImpl::Cudnn => cudnn(be),
         ConvImpl::Own => None,
     };
     if len > 0 && g.output_len() == 0 {
@@ -78,6 +78,16 @@ pub(super) fn run(
         }
     }
     Ok(Storage::Cuda(out))
+}
+
+/// cuDNN for a convolution that asks for it, if loaded (else says once why not).
+fn cudnn(be: &CudaBackend) -> Option<&super::cudnn::CudnnConv> {
+    if let Some(why) = &be.dnn_missing {
+        be.dnn_note.call_once(|| {
+            eprintln!("note: cuDNN unavailable ({why}); convolutions use our own kernels")
+        });
+    }
+    be.dnn.as_ref()
 }
 
 /// `x` rounded to f16 and back ([`crate::backend::Backend::round_to_f16`]): the two

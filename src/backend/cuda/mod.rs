@@ -162,16 +162,6 @@ impl CudaBackend {
         self.dnn.is_some() && imp == ConvImpl::Cudnn
     }
 
-    /// cuDNN for a convolution that asks for it, if loaded (else says once why not).
-    fn cudnn(&self) -> Option<&cudnn::CudnnConv> {
-        if let Some(why) = &self.dnn_missing {
-            self.dnn_note.call_once(|| {
-                eprintln!("note: cuDNN unavailable ({why}); convolutions use our own kernels")
-            });
-        }
-        self.dnn.as_ref()
-    }
-
     /// A buffer of `len` elements, contents unspecified (NaN under `ARTGAN_POISON=1`).
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {
         let slice = self.pool.take(len.max(1))?;
