@@ -13,10 +13,9 @@
 //! or `--peak-tflops`), its %. On the CPU or the emulated CUDA device it runs as a smoke test
 //! (batch 2, one call per kernel) and says that its figures are not GPU figures.
 
-use artgan::backend::cuda::{set_conv_impl, ConvImpl};
 use artgan::backend::{
-    backend, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims, ConvGeom, Device,
-    HingeTerm, Storage,
+    backend, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims, ConvGeom,
+    ConvImpl, Device, HingeTerm, Storage,
 };
 use artgan::rng::Rng;
 use std::rc::Rc;
@@ -79,6 +78,8 @@ struct Bench {
     copy_gbs: f64,
     peak_tflops: Option<f64>,
     rng: Rng,
+    /// `--conv-impl`, else `ARTGAN_CONV_IMPL`: put into every conv geometry.
+    conv_impl: ConvImpl,
 }
 
 impl Bench {
@@ -256,6 +257,10 @@ impl Bench {
             return;
         }
         let b = self.be.clone();
+        let g = &ConvGeom {
+            conv_impl: self.conv_impl,
+            ..*g
+        };
         let x = self.data(g.input_len(), -1.0, 1.0);
         let w = self.data(g.weight_len(), -0.1, 0.1);
         let dy = self.data(g.output_len(), -1.0, 1.0);
@@ -373,9 +378,6 @@ fn main() {
         "cuda" => Device::Cuda(0),
         _ => artgan::backend::select::resolve(artgan::backend::select::DeviceSpec::Auto).unwrap(),
     };
-    if let Some(i) = o.conv_impl {
-        set_conv_impl(i);
-    }
     let be = backend(device).unwrap_or_else(|e| panic!("{device}: {e:#}"));
     let name = match device {
         Device::Cuda(i) => artgan::backend::cuda::device_name(i),
@@ -395,6 +397,9 @@ fn main() {
         copy_gbs: 1.0,
         peak_tflops: o.peak_tflops.or_else(|| known_peak(&name)),
         rng: Rng::new(1),
+        conv_impl: o
+            .conv_impl
+            .unwrap_or_else(artgan::flags::conv_impl_from_env),
     };
     // Copy bandwidth on a buffer far larger than any L2 (read + write per element).
     let copy_len = if smoke { 1 << 20 } else { 64 << 20 };

@@ -58,10 +58,15 @@ fn main() -> anyhow::Result<()> {
     let device = args.train.device.resolve()?;
     cfg.precision = artgan::amp::resolve(args.train.precision, device)?;
     cfg.cuda_graphs = resolve_cuda_graphs(&args.train, device)?;
+    cfg.conv_impl = args.train.device.conv_impl();
     let graphs = if cfg.cuda_graphs { "-graphs" } else { "" };
     let (batch, size) = (cfg.batch_size, cfg.model.image_size);
     let name = format!("{}-{size}px-w{}-b{batch}", cfg.model.preset, cfg.model.ngf);
-    let device_label = format!("{}{graphs}-{}", device_label(device), cfg.precision);
+    let device_label = format!(
+        "{}{graphs}-{}",
+        device_label(device, cfg.conv_impl),
+        cfg.precision
+    );
     let mut trainer = Trainer::new(cfg, device)?;
     let mut rng = Rng::new(1);
     let real = Tensor::from_vec(
@@ -120,12 +125,12 @@ fn step(trainer: &mut Trainer, real: &Tensor) -> anyhow::Result<()> {
 
 /// `cpu`, or the CUDA device with the convolution implementation in use (`cuda:0-cudnn`,
 /// `cuda:0-own`: without cuDNN the backend uses its own kernels, and says so).
-fn device_label(device: Device) -> String {
-    use artgan::backend::cuda::{conv_impl, libs, ConvImpl};
+fn device_label(device: Device, conv_impl: artgan::backend::ConvImpl) -> String {
+    use artgan::backend::{cuda::libs, ConvImpl};
     match device {
         Device::Cpu => device.to_string(),
         Device::Cuda(_) => {
-            let cudnn = conv_impl() == ConvImpl::Cudnn && libs::ensure_libraries(true).is_ok();
+            let cudnn = conv_impl == ConvImpl::Cudnn && libs::ensure_libraries(true).is_ok();
             format!("{device}-{}", if cudnn { "cudnn" } else { "own" })
         }
     }

@@ -1,5 +1,6 @@
 //! Mixed precision (`--precision`, issue 12 item 1): which precision a run trains in, the
-//! autocast switch the convolutions read, and the dynamic loss scaler of each optimiser.
+//! [`Numerics`] every forward pass is given (precision and convolution implementation, passed
+//! down explicitly to the ops), and the dynamic loss scaler of each optimiser.
 //!
 //! Where f16 rounding happens is documented with the convolutions (`crate::backend::reference::conv`);
 //! everything else (batch norm, the loss, master weights, Adam's moments) stays f32.
@@ -13,11 +14,10 @@
 //! the check, the skip and the update happen on the device
 //! ([`crate::backend::Backend::adam_update_scaled`]): nothing is read back per step.
 
-use crate::backend::{backend, loss_scale, Device};
+use crate::backend::{backend, loss_scale, ConvGeom, ConvImpl, Device};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::cell::Cell;
 use std::fmt;
 
 /// The precision a run trains in (the resolved `--precision`, recorded in `config.json`).
@@ -68,31 +68,52 @@ pub fn resolve(arg: PrecisionArg, device: Device) -> Result<Precision> {
     })
 }
 
-thread_local! {
-    static AUTOCAST: Cell<bool> = const { Cell::new(false) };
+/// How a model's arithmetic is done: chosen once per run or tool from its flags, carried by
+/// [`crate::nn::Ctx`] into every forward and by each convolution's [`ConvGeom`] into its
+/// backend and its backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Numerics {
+    /// Under `Amp` convolutions multiply f16 operands (see `backend/reference/conv.rs`).
+    pub precision: Precision,
+    /// Which implementation runs convolutions on a CUDA device (`--conv-impl`).
+    pub conv_impl: ConvImpl,
+    /// Under `Amp`, the CPU backends also round each convolution's output to f16, as cuDNN's
+    /// amp path does: a CPU reference with cuDNN's rounding points (tests). Off in runs.
+    pub f16_conv_outputs: bool,
 }
 
-/// While alive, convolutions recorded on this thread round their GEMM operands to f16 (the
-/// backward of such a convolution does too, whenever it runs). Restores the previous mode on
-/// drop.
-pub struct AutocastGuard {
-    previous: bool,
-}
+impl Numerics {
+    /// f32 throughout, cuDNN convolutions on CUDA (the default `--conv-impl`).
+    pub const FP32: Numerics = Numerics::new(Precision::Fp32, ConvImpl::Cudnn);
 
-pub fn autocast(on: bool) -> AutocastGuard {
-    AutocastGuard {
-        previous: AUTOCAST.with(|a| a.replace(on)),
+    pub const fn new(precision: Precision, conv_impl: ConvImpl) -> Self {
+        Numerics {
+            precision,
+            conv_impl,
+            f16_conv_outputs: false,
+        }
     }
-}
 
-impl Drop for AutocastGuard {
-    fn drop(&mut self) {
-        AUTOCAST.with(|a| a.set(self.previous));
+    /// The same numerics in f32 (evaluation, sampling: only training steps use amp).
+    pub fn fp32(self) -> Self {
+        Numerics::new(Precision::Fp32, self.conv_impl)
     }
-}
 
-pub fn autocast_enabled() -> bool {
-    AUTOCAST.with(|a| a.get())
+    /// The same numerics with convolutions by `conv_impl` on CUDA.
+    pub fn with_conv_impl(self, conv_impl: ConvImpl) -> Self {
+        Numerics { conv_impl, ..self }
+    }
+
+    /// `g` as a convolution runs under these numerics.
+    pub fn conv(self, g: ConvGeom) -> ConvGeom {
+        let amp = self.precision == Precision::Amp;
+        ConvGeom {
+            f16_operands: amp,
+            f16_outputs: amp && self.f16_conv_outputs,
+            conv_impl: self.conv_impl,
+            ..g
+        }
+    }
 }
 
 /// One optimiser's dynamic loss scale and counters, on its parameters' device (the layout of

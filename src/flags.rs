@@ -1,7 +1,7 @@
 //! Flags and value parsers shared by several commands (`cli`, `data`, `tools`).
 //! A leaf module: the commands share these without importing each other.
 
-use crate::backend::{select, Device};
+use crate::backend::{select, ConvImpl, Device};
 use anyhow::Result;
 use clap::Args;
 
@@ -38,14 +38,29 @@ pub enum ConvImplArg {
 }
 
 impl DeviceArgs {
-    /// Applies `--conv-impl` and resolves `--device` (printing why when auto picks the CPU).
+    /// Resolves `--device` (printing why when auto picks the CPU).
     pub fn resolve(&self) -> Result<Device> {
-        use crate::backend::cuda::{set_conv_impl, ConvImpl};
-        match self.conv_impl {
-            Some(ConvImplArg::Cudnn) => set_conv_impl(ConvImpl::Cudnn),
-            Some(ConvImplArg::Own) => set_conv_impl(ConvImpl::Own),
-            None => {}
-        }
         select::resolve(select::parse_device(&self.device)?)
+    }
+
+    /// `--conv-impl`, else [`conv_impl_from_env`]: resolved once, then carried by the
+    /// command's [`crate::amp::Numerics`].
+    pub fn conv_impl(&self) -> ConvImpl {
+        match self.conv_impl {
+            Some(ConvImplArg::Cudnn) => ConvImpl::Cudnn,
+            Some(ConvImplArg::Own) => ConvImpl::Own,
+            None => conv_impl_from_env(),
+        }
+    }
+}
+
+/// `ARTGAN_CONV_IMPL=cudnn|own`, else cuDNN (an unknown value is warned about).
+pub fn conv_impl_from_env() -> ConvImpl {
+    match std::env::var("ARTGAN_CONV_IMPL") {
+        Ok(v) => v.parse().unwrap_or_else(|e| {
+            eprintln!("warning: ARTGAN_CONV_IMPL: {e}; using cudnn");
+            ConvImpl::Cudnn
+        }),
+        Err(_) => ConvImpl::Cudnn,
     }
 }

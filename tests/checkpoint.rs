@@ -1,5 +1,6 @@
 //! Checkpoint round trip and the errors of bad checkpoint files.
 
+use artgan::amp::Numerics;
 use artgan::backend::Device;
 use artgan::checkpoint::{self, load_state_dict, save_state_dict, write_atomic};
 use artgan::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset, StateRef};
@@ -14,9 +15,11 @@ use common::tiny_model;
 fn eval_outputs(g: &Generator, d: &Discriminator, z: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let _guard = no_grad();
     let mut rng = Rng::new(0);
-    let img = g.forward(z, &mut Ctx::new(Mode::Eval, &mut rng)).unwrap();
+    let img = g
+        .forward(z, &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32))
+        .unwrap();
     let logits = d
-        .forward(&img, &mut Ctx::new(Mode::Eval, &mut rng))
+        .forward(&img, &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32))
         .unwrap();
     (img.to_vec().unwrap(), logits.to_vec().unwrap())
 }
@@ -28,8 +31,10 @@ fn exercise(g: &Generator, d: &Discriminator, seed: u64) {
     let mut rng = Rng::new(seed);
     for _ in 0..2 {
         let z = Tensor::randn(&[4, g.config.nz, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
-        let img = g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
-        d.forward(&img, &mut Ctx::new(Mode::Train, &mut rng))
+        let img = g
+            .forward(&z, &mut Ctx::new(Mode::Train, &mut rng, Numerics::FP32))
+            .unwrap();
+        d.forward(&img, &mut Ctx::new(Mode::Train, &mut rng, Numerics::FP32))
             .unwrap();
     }
 }

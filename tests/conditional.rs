@@ -2,6 +2,7 @@
 //! D for every preset, DiffAugment in the training step, the class table in config.json and
 //! checkpoints, bit-identical resume, and the tools' --class / --per-class (CPU).
 
+use artgan::amp::Numerics;
 use artgan::backend::Device;
 use artgan::checkpoint;
 use artgan::data::{self, Augment, Condition, ConditionArgs, LabelSource, Loader};
@@ -105,14 +106,14 @@ fn conditional_models_depend_on_the_label_and_need_one() {
         let z = Tensor::randn(&[2, 8, 1, 1], 0.0, 1.0, &mut Rng::new(3), Device::Cpu).unwrap();
         let mut rng = Rng::new(0);
         let err = g
-            .forward(&z, &mut Ctx::new(Mode::Eval, &mut rng))
+            .forward(&z, &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32))
             .err()
             .unwrap();
         assert!(format!("{err:#}").contains("class label"), "{err:#}");
         let a = g
             .forward(
                 &z,
-                &mut Ctx::new(Mode::Eval, &mut rng).labeled(Some(&[0, 1])),
+                &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32).labeled(Some(&[0, 1])),
             )
             .unwrap()
             .to_vec()
@@ -120,7 +121,7 @@ fn conditional_models_depend_on_the_label_and_need_one() {
         let b = g
             .forward(
                 &z,
-                &mut Ctx::new(Mode::Eval, &mut rng).labeled(Some(&[2, 1])),
+                &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32).labeled(Some(&[2, 1])),
             )
             .unwrap()
             .to_vec()
@@ -135,7 +136,7 @@ fn conditional_models_depend_on_the_label_and_need_one() {
         // A fixed class stands in for missing labels (the tools' --class).
         g.fixed_class.set(Some(2));
         let c = g
-            .forward(&z, &mut Ctx::new(Mode::Eval, &mut rng))
+            .forward(&z, &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32))
             .unwrap()
             .to_vec()
             .unwrap();
@@ -144,7 +145,7 @@ fn conditional_models_depend_on_the_label_and_need_one() {
         let l0 = d
             .forward(
                 &x,
-                &mut Ctx::new(Mode::Eval, &mut rng).labeled(Some(&[0, 0])),
+                &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32).labeled(Some(&[0, 0])),
             )
             .unwrap()
             .to_vec()
@@ -152,7 +153,7 @@ fn conditional_models_depend_on_the_label_and_need_one() {
         let l1 = d
             .forward(
                 &x,
-                &mut Ctx::new(Mode::Eval, &mut rng).labeled(Some(&[1, 0])),
+                &mut Ctx::new(Mode::Eval, &mut rng, Numerics::FP32).labeled(Some(&[1, 0])),
             )
             .unwrap()
             .to_vec()

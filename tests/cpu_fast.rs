@@ -7,6 +7,7 @@
 //! accumulated in f64, so it is exact to well within that. `Σ|aᵢbᵢ|` per element is the same
 //! op on the absolute values, computed by the reference.
 
+use artgan::amp::Numerics;
 use artgan::backend::cpu::conv_calls;
 use artgan::backend::{
     backend, reference, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims,
@@ -475,7 +476,7 @@ fn conv_backward_skips_input_gradients_nobody_needs() {
         Tensor::from_vec(rand(&mut rng, 2 * 3 * 8 * 8), &[2, 3, 8, 8], Device::Cpu).unwrap();
     let w = Tensor::parameter(rand(&mut rng, 4 * 3 * 4 * 4), &[4, 3, 4, 4], Device::Cpu).unwrap();
     let before = conv_calls();
-    ops::sum(&ops::conv2d(&image, &w, None, 2, 1).unwrap())
+    ops::sum(&ops::conv2d(&image, &w, None, 2, 1, Numerics::FP32).unwrap())
         .unwrap()
         .backward()
         .unwrap();
@@ -491,7 +492,7 @@ fn conv_backward_skips_input_gradients_nobody_needs() {
     // A leaf that requires gradients gets its backward-data.
     let x = image.requiring_grad();
     let before = conv_calls();
-    ops::sum(&ops::conv2d(&x, &w, None, 2, 1).unwrap())
+    ops::sum(&ops::conv2d(&x, &w, None, 2, 1, Numerics::FP32).unwrap())
         .unwrap()
         .backward()
         .unwrap();
@@ -506,7 +507,7 @@ fn conv_backward_skips_input_gradients_nobody_needs() {
         let _frozen = FrozenParams::new([w.clone()]).unwrap();
         assert!(!w.requires_grad());
         let before = conv_calls();
-        ops::sum(&ops::conv2d(&x, &w, None, 2, 1).unwrap())
+        ops::sum(&ops::conv2d(&x, &w, None, 2, 1, Numerics::FP32).unwrap())
             .unwrap()
             .backward()
             .unwrap();
@@ -527,7 +528,7 @@ fn conv_backward_skips_input_gradients_nobody_needs() {
     // A latent into a transposed conv: its gradient (a conv forward) is not computed.
     let z = Tensor::from_vec(rand(&mut rng, 2 * 5), &[2, 5, 1, 1], Device::Cpu).unwrap();
     let wt = Tensor::parameter(rand(&mut rng, 5 * 3 * 4 * 4), &[5, 3, 4, 4], Device::Cpu).unwrap();
-    let y = ops::conv_transpose2d(&z, &wt, None, 1, 0, 0).unwrap();
+    let y = ops::conv_transpose2d(&z, &wt, None, 1, 0, 0, Numerics::FP32).unwrap();
     let before = conv_calls();
     ops::sum(&y).unwrap().backward().unwrap();
     let after = conv_calls();

@@ -9,14 +9,12 @@
 //! Error bound used throughout: |gpu - cpu| <= atol + rtol * |cpu| per element, stated per test.
 //! Run with `--nocapture` to see the worst element of every comparison.
 
-use artgan::backend::cuda::{set_conv_impl, ConvImpl};
 use artgan::backend::{
     backend, loss_scale, Activation, AdamHyper, AdamItem, AdamStep, Backend, BatchNormAct,
-    ChannelDims, ConvGeom, Device, Storage,
+    ChannelDims, ConvGeom, ConvImpl, Device, Storage,
 };
 use artgan::rng::{self, Rng};
 use std::rc::Rc;
-use std::sync::Mutex;
 
 mod common;
 use common::emulated_host_syncs;
@@ -126,13 +124,15 @@ fn rms_tol(c: &[f32], k: f32) -> f32 {
 fn conv2d_empty_batch_gives_zero_gradients() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
-        set_conv_impl(imp);
         for geom in [
             ConvGeom::conv(0, 3, 9, 7, 5, 3, 2, 1).unwrap(),
             ConvGeom::transposed(0, 4, 3, 3, 2, 4, 2, 1, 0).unwrap(),
         ] {
+            let geom = ConvGeom {
+                conv_impl: imp,
+                ..geom
+            };
             let x: Vec<f32> = Vec::new();
             let dy: Vec<f32> = Vec::new();
             let gw = g
@@ -431,9 +431,6 @@ fn reductions_add_channel_bias_and_channel_sum() {
     }
 }
 
-/// The conv switch is process-wide: conv tests take turns.
-static CONV_LOCK: Mutex<()> = Mutex::new(());
-
 /// (n, c_in, h, w, c_out, k, stride, pad): odd sizes, stride 1/2, pad 0/1, 1x1 outputs.
 /// (n, c_in, h, w, c_out, k, stride, pad).
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -494,12 +491,13 @@ fn conv_case(g: &Rc<dyn Backend>, c: &Rc<dyn Backend>, geom: &ConvGeom, rng: &mu
 fn conv2d_forward_backward_data_backward_filter_both_impls() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
-        set_conv_impl(imp);
         let mut rng = Rng::new(7);
         for (n, ci, h, w, co, k, s, p) in shapes(CONV_SHAPES) {
-            let geom = ConvGeom::conv(n, ci, h, w, co, k, s, p).unwrap();
+            let geom = ConvGeom {
+                conv_impl: imp,
+                ..ConvGeom::conv(n, ci, h, w, co, k, s, p).unwrap()
+            };
             conv_case(&g, &c, &geom, &mut rng, &format!("{imp:?}"));
         }
     }
@@ -511,7 +509,6 @@ fn conv_transpose2d_geometries_both_impls() {
     // backward as conv2d_forward / backward_filter): the DCGAN generator's shapes.
     let Some(g) = gpu() else { return };
     let c = cpu();
-    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // (n, c_in, h, w, c_out, k, stride, pad, output_padding)
     let shapes_all = [
         (
@@ -522,10 +519,12 @@ fn conv_transpose2d_geometries_both_impls() {
         (2, 4, 5, 5, 3, 3, 2, 1, 1),
     ];
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
-        set_conv_impl(imp);
         let mut rng = Rng::new(8);
         for (n, ci, h, w, co, k, s, p, op) in shapes(shapes_all) {
-            let geom = ConvGeom::transposed(n, ci, h, w, co, k, s, p, op).unwrap();
+            let geom = ConvGeom {
+                conv_impl: imp,
+                ..ConvGeom::transposed(n, ci, h, w, co, k, s, p, op).unwrap()
+            };
             conv_case(&g, &c, &geom, &mut rng, &format!("{imp:?} transposed"));
         }
     }
@@ -1624,9 +1623,7 @@ fn round_to_f16_is_bit_identical_to_the_half_crate() {
 fn amp_convolutions_match_the_rounding_reference_both_impls() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
-        set_conv_impl(imp);
         amp_convolutions_match_the_rounding_reference(&g, &c, imp);
     }
 }
@@ -1690,6 +1687,7 @@ fn amp_convolutions_match_the_rounding_reference(
     for plain in geoms {
         let geom = ConvGeom {
             f16_operands: true,
+            conv_impl: imp,
             ..plain
         };
         let x = rand(&mut rng, geom.input_len(), 1.0);
@@ -1772,8 +1770,6 @@ fn rand_normal_f16(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
 fn amp_cudnn_convolutions_match_fp32_within_an_f16_derived_bound() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    let _lock = CONV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    set_conv_impl(ConvImpl::Cudnn);
     let mut rng = Rng::new(29);
     let mut geoms: Vec<ConvGeom> = shapes(CONV_SHAPES)
         .into_iter()
@@ -1787,6 +1783,7 @@ fn amp_cudnn_convolutions_match_fp32_within_an_f16_derived_bound() {
     for plain in geoms {
         let amp = ConvGeom {
             f16_operands: true,
+            conv_impl: ConvImpl::Cudnn,
             ..plain
         };
         let x = rand_normal_f16(&mut rng, plain.input_len(), 1.0);

@@ -11,8 +11,8 @@
 //! Without a GPU each test prints `skipped: <reason>`; with ARTGAN_REQUIRE_GPU=1 it fails.
 
 use artgan::amp::Precision;
-use artgan::backend::cuda::ConvImpl;
-use artgan::backend::Device;
+use artgan::backend::{ConvImpl, Device};
+use artgan::flags::conv_impl_from_env;
 use artgan::nn::{ModelConfig, Module, Preset};
 use artgan::ops::GanLoss;
 use artgan::rng::Rng;
@@ -64,9 +64,10 @@ fn compare_weights(
     );
 }
 
+/// fp32 with the convolutions of `ARTGAN_CONV_IMPL` (CI runs this suite with both).
 fn step_both(preset: Preset, d_steps: usize, steps: usize) {
-    let _turn = conv_switch();
-    step_both_in(preset, d_steps, steps, Precision::Fp32, GanLoss::Bce);
+    let imp = conv_impl_from_env();
+    step_both_in(preset, d_steps, steps, Precision::Fp32, GanLoss::Bce, imp);
 }
 
 /// Convolution layers of G and D (their 4-D weights).
@@ -78,14 +79,17 @@ fn conv_layers(t: &Trainer) -> usize {
         .count()
 }
 
-/// The convolution switch is process-wide and one test here flips it: the tests take turns.
-static CONV_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn conv_switch() -> std::sync::MutexGuard<'static, ()> {
-    CONV_SWITCH.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precision, loss: GanLoss) {
+/// Steps a CPU and a GPU trainer of the same config side by side. With `conv_impl` cuDNN the
+/// CPU reference rounds its convolution outputs to f16 as cuDNN's amp path does (its numerics
+/// say so: `f16_conv_outputs`), so both have the same rounding points.
+fn step_both_in(
+    preset: Preset,
+    d_steps: usize,
+    steps: usize,
+    precision: Precision,
+    loss: GanLoss,
+    conv_impl: ConvImpl,
+) {
     let Some(gpu_device) = gpu() else { return };
     let model = ModelConfig {
         preset,
@@ -100,17 +104,19 @@ fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precisi
     cfg.seed = 11;
     cfg.precision = precision;
     cfg.loss = loss;
+    cfg.conv_impl = conv_impl;
+    let f16_outputs = conv_impl == ConvImpl::Cudnn;
     let mut on_cpu = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    on_cpu.numerics.f16_conv_outputs = f16_outputs;
     let mut on_gpu = Trainer::new(cfg.clone(), gpu_device).unwrap();
     compare_weights("initial G", &on_cpu.g, &on_gpu.g, 0.0, 0);
     // Under amp both round the same operands to f16, but an f32 summation-order difference
     // upstream can tip a value across an f16 rounding boundary: that operand then differs by
     // f16's unit roundoff u = 2^-11 on one backend, so each conv layer on the way may add u
     // of relative difference to what follows. cuDNN's amp path also rounds each convolution's
-    // output to f16 (and so does the reference then, `set_f16_outputs`): a second rounding
+    // output to f16 (and so does the reference then, `f16_conv_outputs`): a second rounding
     // point per layer that can tip the same way, one more u. fp32: the bound the fp32 test
     // always used.
-    let f16_outputs = artgan::backend::cuda::conv_impl() == ConvImpl::Cudnn;
     let rel = match precision {
         Precision::Fp32 => 1e-3,
         Precision::Amp => {
@@ -169,8 +175,8 @@ fn step_both_in(preset: Preset, d_steps: usize, steps: usize, precision: Precisi
 
 #[test]
 fn dcgan_hinge_training_step_gpu_matches_cpu() {
-    let _turn = conv_switch();
-    step_both_in(Preset::Dcgan, 1, 3, Precision::Fp32, GanLoss::Hinge);
+    let imp = conv_impl_from_env();
+    step_both_in(Preset::Dcgan, 1, 3, Precision::Fp32, GanLoss::Hinge, imp);
 }
 
 #[test]
@@ -182,10 +188,9 @@ fn dcgan_training_step_gpu_matches_cpu() {
 /// the CPU reference doing the same rounding.
 #[test]
 fn amp_training_steps_gpu_own_kernels_match_the_cpu_amp_reference() {
-    let _turn = conv_switch();
-    let _own = SelectConvs::new(ConvImpl::Own);
-    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp, GanLoss::Bce);
-    step_both_in(Preset::Classical, 2, 4, Precision::Amp, GanLoss::Bce);
+    let own = ConvImpl::Own;
+    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp, GanLoss::Bce, own);
+    step_both_in(Preset::Classical, 2, 4, Precision::Amp, GanLoss::Bce, own);
 }
 
 /// The same with cuDNN on f16 tensors, whose outputs (y, dx, dw) are f16: against the CPU amp
@@ -195,42 +200,9 @@ fn amp_training_steps_gpu_own_kernels_match_the_cpu_amp_reference() {
 /// backward amplifies; our own kernels there: at most 0.01%.)
 #[test]
 fn amp_training_steps_gpu_cudnn_match_the_cpu_amp_reference() {
-    let _turn = conv_switch();
-    let _cudnn = SelectConvs::new(ConvImpl::Cudnn);
-    artgan::backend::reference::set_f16_outputs(true);
-    let _reset = ResetOnDrop(|| artgan::backend::reference::set_f16_outputs(false));
-    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp, GanLoss::Bce);
-    step_both_in(Preset::Classical, 2, 4, Precision::Amp, GanLoss::Bce);
-}
-
-/// Runs its closure when dropped (also when the test panics).
-struct ResetOnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for ResetOnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
-
-/// Selects a convolution implementation for the process while alive (the switch is global;
-/// the other tests here pass with either implementation, CI runs them with both).
-struct SelectConvs;
-
-impl SelectConvs {
-    fn new(imp: ConvImpl) -> Self {
-        artgan::backend::cuda::set_conv_impl(imp);
-        SelectConvs
-    }
-}
-
-impl Drop for SelectConvs {
-    fn drop(&mut self) {
-        let default = std::env::var("ARTGAN_CONV_IMPL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ConvImpl::Cudnn);
-        artgan::backend::cuda::set_conv_impl(default);
-    }
+    let cudnn = ConvImpl::Cudnn;
+    step_both_in(Preset::Dcgan, 1, 3, Precision::Amp, GanLoss::Bce, cudnn);
+    step_both_in(Preset::Classical, 2, 4, Precision::Amp, GanLoss::Bce, cudnn);
 }
 
 #[test]
@@ -247,8 +219,7 @@ fn classical_training_step_gpu_matches_cpu() {
 /// graphs).
 #[test]
 fn a_training_run_waits_for_the_device_only_at_metric_reads() {
-    let _turn = conv_switch();
-    waits_only_at_metric_reads(Precision::Fp32);
+    waits_only_at_metric_reads(Precision::Fp32, conv_impl_from_env());
 }
 
 /// The same with mixed precision, with both convolution implementations (cuDNN's amp path
@@ -257,14 +228,12 @@ fn a_training_run_waits_for_the_device_only_at_metric_reads() {
 #[test]
 fn an_amp_training_run_waits_for_the_device_only_at_metric_reads() {
     for imp in [ConvImpl::Cudnn, ConvImpl::Own] {
-        let _turn = conv_switch();
-        let _convs = SelectConvs::new(imp);
         println!("{imp:?}:");
-        waits_only_at_metric_reads(Precision::Amp);
+        waits_only_at_metric_reads(Precision::Amp, imp);
     }
 }
 
-fn waits_only_at_metric_reads(precision: Precision) {
+fn waits_only_at_metric_reads(precision: Precision, conv_impl: ConvImpl) {
     let Some(dev) = gpu() else { return };
     use artgan::data::{self, Loader};
     use std::cell::RefCell;
@@ -286,6 +255,7 @@ fn waits_only_at_metric_reads(precision: Precision) {
         cfg.checkpoint_every = 100;
         cfg.cuda_graphs = graphs;
         cfg.precision = precision;
+        cfg.conv_impl = conv_impl;
         let loader = || Loader::new(Arc::new(data::builtin(40, 32, 9)), 8, cfg.augment, cfg.seed);
         let batches = 5; // 40 images, batch 8
         let dir = tempfile::tempdir().unwrap();
@@ -412,6 +382,8 @@ fn graphs_match_eager(case: GraphCase, dev: Device) -> usize {
         progress,
         break_first_capture,
     } = case;
+    // Both runs with the convolutions of `ARTGAN_CONV_IMPL` (CI runs this suite with both).
+    cfg.conv_impl = conv_impl_from_env();
     let size = cfg.model.image_size;
     let classes = cfg.classes() as u32;
     let mut eager = Trainer::new(cfg.clone(), dev).unwrap();
@@ -521,7 +493,6 @@ fn batches_with_partial() -> Vec<usize> {
 /// captured.
 #[test]
 fn cuda_graph_replay_is_bit_identical_to_eager_steps() {
-    let _turn = conv_switch();
     let Some(dev) = gpu() else { return };
     for (precision, d_steps) in [
         (Precision::Fp32, 1),
@@ -564,7 +535,6 @@ fn cuda_graph_replay_is_bit_identical_to_eager_steps() {
 /// device buffers before each step, so a replay uses its own. Same bits as eager steps.
 #[test]
 fn cuda_graph_replay_with_host_draws_is_bit_identical_to_eager_steps() {
-    let _turn = conv_switch();
     let Some(dev) = gpu() else { return };
     let base = |model: ModelConfig, d_steps: usize| {
         let mut cfg = TrainConfig::for_model(model);
@@ -635,7 +605,6 @@ fn class_table(classes: u32) -> artgan::data::ClassTable {
 /// The classical preset, so that the undone capture had drawn regularizer seeds.
 #[test]
 fn a_failed_capture_falls_back_to_eager_steps_bit_identically() {
-    let _turn = conv_switch();
     let Some(dev) = gpu() else { return };
     // Without the pool nothing is captured, so there is no capture to break.
     assert!(

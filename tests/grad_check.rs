@@ -9,6 +9,7 @@
 //! step sizes used. The tolerance is `4·ε₃₂·Σ|y·R|/h + 2e-3·|g|` per element. Inputs of kinked
 //! ops (relu, leaky relu) are kept further than h from the kink.
 
+use artgan::amp::Numerics;
 use artgan::backend::Activation;
 use artgan::ops;
 use artgan::rng::Rng;
@@ -163,7 +164,7 @@ fn conv2d_grad_matches_finite_difference() {
             &format!("conv2d {n}x{ci}x{h}x{w} k{k} s{s} p{p}"),
             inputs,
             0.25,
-            |t| ops::conv2d(&t[0], &t[1], t.get(2), s, p).unwrap(),
+            |t| ops::conv2d(&t[0], &t[1], t.get(2), s, p, Numerics::FP32).unwrap(),
         );
     }
 }
@@ -188,7 +189,7 @@ fn conv_transpose2d_grad_matches_finite_difference() {
         }
         let name = format!("conv_transpose2d {n}x{ci}x{h}x{w} k{k} s{s} p{p} op{op}");
         check_grad(&name, inputs, 0.25, |t| {
-            ops::conv_transpose2d(&t[0], &t[1], t.get(2), s, p, op).unwrap()
+            ops::conv_transpose2d(&t[0], &t[1], t.get(2), s, p, op, Numerics::FP32).unwrap()
         });
     }
 }
@@ -210,7 +211,7 @@ fn conv_act_grad_matches_finite_difference() {
                 &format!("conv2d_act {act:?} {n}x{ci}x{h}x{w} k{k} s{s} p{p}"),
                 inputs,
                 0.01,
-                |t| ops::conv2d_act(&t[0], &t[1], act, s, p).unwrap(),
+                |t| ops::conv2d_act(&t[0], &t[1], act, s, p, Numerics::FP32).unwrap(),
             );
         }
         // (n, c_in, h, w, c_out, k, stride, pad): G's last layer, and its first (1x1 input).
@@ -223,7 +224,7 @@ fn conv_act_grad_matches_finite_difference() {
                 &format!("conv_transpose2d_act {act:?} {n}x{ci}x{h}x{w} k{k} s{s} p{p}"),
                 inputs,
                 0.01,
-                |t| ops::conv_transpose2d_act(&t[0], &t[1], act, s, p, 0).unwrap(),
+                |t| ops::conv_transpose2d_act(&t[0], &t[1], act, s, p, 0, Numerics::FP32).unwrap(),
             );
         }
     }
@@ -258,10 +259,10 @@ fn conv_act_run(
     let w = w.detach().requiring_grad();
     let (s, p) = (run.stride, run.pad);
     let y = match (run.transposed, fused) {
-        (false, true) => ops::conv2d_act(&x, &w, act, s, p),
-        (true, true) => ops::conv_transpose2d_act(&x, &w, act, s, p, 0),
-        (false, false) => ops::conv2d(&x, &w, None, s, p),
-        (true, false) => ops::conv_transpose2d(&x, &w, None, s, p, 0),
+        (false, true) => ops::conv2d_act(&x, &w, act, s, p, Numerics::FP32),
+        (true, true) => ops::conv_transpose2d_act(&x, &w, act, s, p, 0, Numerics::FP32),
+        (false, false) => ops::conv2d(&x, &w, None, s, p, Numerics::FP32),
+        (true, false) => ops::conv_transpose2d(&x, &w, None, s, p, 0, Numerics::FP32),
     }
     .unwrap();
     let y = match (fused, act) {
@@ -336,7 +337,8 @@ fn conv_act_equals_conv_then_activation() {
 fn conv_act_refuses_a_negative_leaky_slope() {
     let x = Tensor::from_vec(vec![0.5; 2 * 8 * 8], &[1, 2, 8, 8], CPU).unwrap();
     let w = Tensor::from_vec(vec![0.1; 3 * 2 * 16], &[3, 2, 4, 4], CPU).unwrap();
-    let err = ops::conv2d_act(&x, &w, Activation::LeakyRelu(-0.5), 2, 1).unwrap_err();
+    let err =
+        ops::conv2d_act(&x, &w, Activation::LeakyRelu(-0.5), 2, 1, Numerics::FP32).unwrap_err();
     assert!(err.to_string().contains("slope >= 0"), "{err}");
 }
 

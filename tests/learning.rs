@@ -3,6 +3,7 @@
 //! toy SWD on thumbnails, tracked per epoch, and by Progressive GAN's SWD before and after) and
 //! D's scores must behave as a GAN's do.
 
+use artgan::amp::Numerics;
 use artgan::amp::Precision;
 use artgan::backend::Device;
 use artgan::data;
@@ -83,7 +84,7 @@ fn swd_against(real: &data::ImageSet, other: &[Vec<u8>]) -> SwdReport {
 
 /// The generator's images of latents `z` as 8-bit images.
 fn generated_u8(trainer: &Trainer, z: &artgan::Tensor) -> Vec<Vec<u8>> {
-    generate_for_grid(&trainer.g, z)
+    generate_for_grid(&trainer.g, z, Numerics::FP32)
         .unwrap()
         .chunks(3 * SIZE * SIZE)
         .map(|im| quality::to_u8_hwc(im, SIZE))
@@ -124,7 +125,10 @@ fn learns(precision: Precision) {
     let real = thumbnails(&real_images, 64);
     let z = artgan::train::fixed_noise(5, 32, Device::Cpu).unwrap();
     let distance = |trainer: &Trainer| {
-        let fake = thumbnails(&generate_for_grid(&trainer.g, &z).unwrap(), 64);
+        let fake = thumbnails(
+            &generate_for_grid(&trainer.g, &z, Numerics::FP32).unwrap(),
+            64,
+        );
         sliced_wasserstein(&real, &fake, &mut Rng::new(11))
     };
     let untrained = distance(&trainer);

@@ -1,6 +1,7 @@
 //! Architecture tests: pytorch/examples dcgan state-dict names and shapes, seed 001 parameter
 //! counts, output shapes at every supported size.
 
+use artgan::amp::Numerics;
 use artgan::backend::Device;
 use artgan::nn::{
     Conv2d, Ctx, Discriminator, Generator, Layer, Mode, ModelConfig, Module, Preset, Sequential,
@@ -107,12 +108,14 @@ fn both_presets_give_the_right_shapes_at_32_64_and_128_px() {
             let d = Discriminator::new(&c, &mut rng, Device::Cpu).unwrap();
             let _guard = no_grad();
             let z = Tensor::randn(&[2, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
-            let img = g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
+            let img = g
+                .forward(&z, &mut Ctx::new(Mode::Train, &mut rng, Numerics::FP32))
+                .unwrap();
             assert_eq!(img.shape(), &[2, 3, size, size], "{preset} {size}");
             let v = img.to_vec().unwrap();
             assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "tanh output");
             let logits = d
-                .forward(&img, &mut Ctx::new(Mode::Train, &mut rng))
+                .forward(&img, &mut Ctx::new(Mode::Train, &mut rng, Numerics::FP32))
                 .unwrap();
             assert_eq!(logits.shape(), &[2], "{preset} {size}");
         }
@@ -151,10 +154,14 @@ fn batch_stats_mode_leaves_running_stats_untouched_and_train_mode_moves_them() {
     };
     let before = snapshot(&g);
     let _guard = no_grad();
-    g.forward(&z, &mut Ctx::new(Mode::BatchStats, &mut rng))
-        .unwrap();
+    g.forward(
+        &z,
+        &mut Ctx::new(Mode::BatchStats, &mut rng, Numerics::FP32),
+    )
+    .unwrap();
     assert_eq!(snapshot(&g), before);
-    g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
+    g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng, Numerics::FP32))
+        .unwrap();
     assert_ne!(snapshot(&g), before);
 }
 
@@ -179,7 +186,7 @@ fn step_draws_take_the_same_values_as_direct_draws() {
     for step in 0..3 {
         let a = ops::diff_augment(&x, policy, direct.next_u64()).unwrap();
         let a = d_direct
-            .forward(&a, &mut Ctx::new(Mode::Train, &mut direct))
+            .forward(&a, &mut Ctx::new(Mode::Train, &mut direct, Numerics::FP32))
             .unwrap();
         if step > 0 {
             draws.prefill(&mut drawn, 0.1).unwrap();
@@ -192,7 +199,7 @@ fn step_draws_take_the_same_values_as_direct_draws() {
         let b = d_drawn
             .forward(
                 &b,
-                &mut Ctx::new(Mode::Train, rng).drawing(Some(&mut draws)),
+                &mut Ctx::new(Mode::Train, rng, Numerics::FP32).drawing(Some(&mut draws)),
             )
             .unwrap();
         assert!(draws.all_taken(), "step {step}");
@@ -207,7 +214,7 @@ fn step_draws_take_the_same_values_as_direct_draws() {
     let b = draws.diff_augment(&mut drawn, &x, policy).unwrap();
     let Err(err) = d_drawn.forward(
         &b,
-        &mut Ctx::new(Mode::Train, &mut drawn).drawing(Some(&mut draws)),
+        &mut Ctx::new(Mode::Train, &mut drawn, Numerics::FP32).drawing(Some(&mut draws)),
     ) else {
         panic!("another noise std than the prefilled one was accepted");
     };
@@ -223,7 +230,9 @@ fn convs_and_their_activations_run_as_one_op() {
     let c = tiny_model(Preset::Dcgan);
     let g = Generator::new(&c, &mut rng, Device::Cpu).unwrap();
     let z = Tensor::randn(&[2, 8, 1, 1], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
-    let img = g.forward(&z, &mut Ctx::new(Mode::Train, &mut rng)).unwrap();
+    let img = g
+        .forward(&z, &mut Ctx::new(Mode::Train, &mut rng, Numerics::FP32))
+        .unwrap();
     assert_eq!(img.grad_fn_name(), Some("conv_transpose2d_act"));
 
     let x = Tensor::randn(&[2, 3, 8, 8], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
@@ -237,7 +246,7 @@ fn convs_and_their_activations_run_as_one_op() {
         seq.push(Layer::Conv(conv));
         seq.push(Layer::LeakyRelu(slope));
         let y = seq
-            .forward(&x, &mut Ctx::new(Mode::Train, &mut rng))
+            .forward(&x, &mut Ctx::new(Mode::Train, &mut rng, Numerics::FP32))
             .unwrap();
         assert_eq!(y.grad_fn_name(), Some(want), "bias {bias} slope {slope}");
     }

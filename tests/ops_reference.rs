@@ -2,6 +2,7 @@
 //! PyTorch's formulas (design.md, "PyTorch semantics to match").
 
 use approx::assert_relative_eq;
+use artgan::amp::Numerics;
 use artgan::ops;
 use artgan::rng::{self, Rng};
 use artgan::tensor::Tensor;
@@ -87,6 +88,7 @@ fn conv2d_forward_matches_direct_definition() {
             Some(&t(b, &[co])),
             s,
             p,
+            Numerics::FP32,
         )
         .unwrap();
         assert_eq!(y.shape(), [shape[0], co, oh, ow]);
@@ -138,6 +140,7 @@ fn conv_transpose2d_forward_matches_scatter_definition() {
             s,
             p,
             op,
+            Numerics::FP32,
         )
         .unwrap();
         assert_eq!(y.shape(), [n, co, oh, ow]);
@@ -352,10 +355,55 @@ fn gaussian_noise_has_the_requested_std_and_is_identity_in_eval() {
 fn ops_reject_bad_shapes_with_errors() {
     let x = t(vec![1.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
     let w = t(vec![1.0; 5 * 2 * 3 * 3], &[5, 2, 3, 3]);
-    let e = ops::conv2d(&x, &w, None, 1, 1).unwrap_err().to_string();
+    let e = ops::conv2d(&x, &w, None, 1, 1, Numerics::FP32)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not fit"), "{e}");
     let big = t(vec![1.0; 3 * 3 * 9 * 9], &[3, 3, 9, 9]);
-    assert!(ops::conv2d(&x, &big, None, 1, 0).is_err());
+    assert!(ops::conv2d(&x, &big, None, 1, 0, Numerics::FP32).is_err());
     assert!(ops::add(&x, &t(vec![1.0; 4], &[4])).is_err());
     assert!(x.reshape(&[7]).is_err());
+}
+
+/// The numerics a conv op is given decide its arithmetic, forward and backward: under amp the
+/// operands are rounded to f16 (the result differs from fp32), and only when the numerics ask
+/// for cuDNN's rounding points (`f16_conv_outputs`) are the output and both gradients f16
+/// values too; the backward, run after the op was recorded, uses the numerics of its forward.
+#[test]
+fn conv_numerics_travel_with_the_op_into_its_backward() {
+    use artgan::amp::Precision;
+    use artgan::backend::ConvImpl;
+    let mut rng = Rng::new(31);
+    let xv = rng.uniform_vec(2 * 3 * 6 * 6, -1.0, 1.0);
+    let wv = rng.uniform_vec(4 * 3 * 3 * 3, -0.5, 0.5);
+    let is_f16 = |v: f32| half::f16::from_f32(v).to_f32() == v;
+    let run = |numerics: Numerics| {
+        let x = t(xv.clone(), &[2, 3, 6, 6]).requiring_grad();
+        let w = t(wv.clone(), &[4, 3, 3, 3]).requiring_grad();
+        let y = ops::conv2d(&x, &w, None, 2, 1, numerics).unwrap();
+        ops::sum(&y).unwrap().backward().unwrap();
+        let grads = [&x, &w].map(|p| p.grad_to_vec().unwrap().unwrap());
+        (y.to_vec().unwrap(), grads)
+    };
+    let amp = Numerics::new(Precision::Amp, ConvImpl::Cudnn);
+    let (y32, _) = run(Numerics::FP32);
+    let (y_amp, g_amp) = run(amp);
+    assert_ne!(y32, y_amp, "amp rounds the operands");
+    assert!(y_amp
+        .iter()
+        .chain(g_amp.iter().flatten())
+        .any(|&v| !is_f16(v)));
+    let (y16, g16) = run(Numerics {
+        f16_conv_outputs: true,
+        ..amp
+    });
+    for (what, v) in [("y", &y16), ("dx", &g16[0]), ("dw", &g16[1])] {
+        assert!(v.iter().all(|&x| is_f16(x)), "{what}: not all f16 values");
+    }
+    // The rounding of the outputs is the only difference.
+    let rounded: Vec<f32> = y_amp
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect();
+    assert_eq!(y16, rounded);
 }

@@ -2,6 +2,7 @@
 //! pyramid, the distance's behaviour on real and degraded image sets, determinism, errors, and
 //! the generator evaluation used by `artgan evaluate` and training.
 
+use artgan::amp::Numerics;
 use artgan::backend::Device;
 use artgan::data::{self, ImageSet};
 use artgan::nn::{Generator, ModelConfig, Preset};
@@ -299,9 +300,12 @@ fn an_untrained_generator_scores_far_above_the_real_floor() {
     let g = tiny_generator(1);
     let real = data::builtin(200, 32, 4);
     // 70: not a multiple of the 64-image generation batch.
-    let r = evaluate_generator(&g, &real, 70, 0, &quick()).unwrap();
+    let r = evaluate_generator(&g, &real, 70, 0, &quick(), Numerics::FP32).unwrap();
     assert_eq!((r.count, r.resolutions.clone()), (70, vec![32, 16]));
-    assert_eq!(r, evaluate_generator(&g, &real, 70, 0, &quick()).unwrap());
+    assert_eq!(
+        r,
+        evaluate_generator(&g, &real, 70, 0, &quick(), Numerics::FP32).unwrap()
+    );
     let floor = real_floor(&real, 70, 0, &quick()).unwrap();
     // Measured: 300 against a floor of 78 (70 images make a noisy floor).
     eprintln!("untrained {r:?}\nfloor {floor:?}");
@@ -309,7 +313,7 @@ fn an_untrained_generator_scores_far_above_the_real_floor() {
     // More images than the set has: drawn with replacement.
     let small = data::builtin(10, 32, 4);
     assert_eq!(
-        evaluate_generator(&g, &small, 20, 0, &quick())
+        evaluate_generator(&g, &small, 20, 0, &quick(), Numerics::FP32)
             .unwrap()
             .count,
         20
@@ -317,9 +321,9 @@ fn an_untrained_generator_scores_far_above_the_real_floor() {
     assert_eq!(real_floor(&small, 20, 0, &quick()).unwrap().count, 20);
     // The real images must have the generator's size.
     let other = data::builtin(10, 64, 4);
-    let e = evaluate_generator(&g, &other, 10, 0, &quick()).unwrap_err();
+    let e = evaluate_generator(&g, &other, 10, 0, &quick(), Numerics::FP32).unwrap_err();
     assert!(format!("{e:#}").contains("64x64 px but the generator makes 32x32 px"));
-    assert!(evaluate_generator(&g, &real, 0, 0, &quick()).is_err());
+    assert!(evaluate_generator(&g, &real, 0, 0, &quick(), Numerics::FP32).is_err());
 }
 
 mod common;

@@ -1,6 +1,7 @@
 //! The tools that use a trained generator (`sample`, `interpolate`, `project`), on one tiny run
 //! trained once through the binary (about a second on 2 cores).
 
+use artgan::amp::Numerics;
 use artgan::checkpoint;
 use artgan::nn::{Generator, Module};
 use artgan::rng::Rng;
@@ -319,11 +320,11 @@ fn interpolation_ends_are_exact_in_floats_across_chunks() {
     let g = load_g();
     let mut rng = Rng::new(11);
     let keys = tools::draw_latents(&mut rng, 3, NZ, None, Device::Cpu).unwrap();
-    let key_images = tools::generate(&g, &keys).unwrap();
+    let key_images = tools::generate(&g, &keys, Numerics::FP32).unwrap();
     let steps = 40;
     let path = interpolate::path_latents(&keys.to_vec().unwrap(), NZ, steps, true);
     let z = Tensor::from_vec(path, &[120, NZ, 1, 1], Device::Cpu).unwrap();
-    let images = tools::generate(&g, &z).unwrap();
+    let images = tools::generate(&g, &z, Numerics::FP32).unwrap();
     let per = 3 * SIZE * SIZE;
     let img = |v: &[f32], i: usize| v[i * per..(i + 1) * per].to_vec();
     for s in 0..3 {
@@ -362,13 +363,14 @@ fn projection_finds_a_generated_image_and_leaves_g_alone() {
     let before = checkpoint::state_dict_bytes(&g, Default::default()).unwrap();
     let mut rng = Rng::new(123);
     let z0 = tools::draw_latents(&mut rng, 2, NZ, None, Device::Cpu).unwrap();
-    let both = tools::generate(&g, &z0).unwrap();
+    let both = tools::generate(&g, &z0, Numerics::FP32).unwrap();
     let per = 3 * SIZE * SIZE;
     let (target, other) = (&both[..per], &both[per..]);
     let opts = project::ProjectOptions {
         steps: 300,
         lr: 0.05,
         seed: 5,
+        numerics: Numerics::FP32,
     };
     let own = project::project(&g, target, &opts).unwrap();
     // G's weights and batch-norm buffers are untouched, and no gradient is left on them.
@@ -387,7 +389,10 @@ fn projection_finds_a_generated_image_and_leaves_g_alone() {
         own.final_loss
     );
     assert_eq!(own.z.shape(), &[1, NZ, 1, 1]);
-    assert_eq!(own.image, tools::generate(&g, &own.z).unwrap());
+    assert_eq!(
+        own.image,
+        tools::generate(&g, &own.z, Numerics::FP32).unwrap()
+    );
     // Much closer to its own target than another random sample of G is.
     let random_gap = mse(target, other);
     assert!(

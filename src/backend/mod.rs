@@ -507,21 +507,30 @@ pub trait Backend {
 
 thread_local! {
     static BACKENDS: RefCell<HashMap<Device, Rc<dyn Backend>>> = RefCell::new(HashMap::new());
+}
+
+// A test hook (the `test-hooks` feature, which the integration tests enable): the binary has
+// no switch that changes which code does the arithmetic.
+#[cfg(feature = "test-hooks")]
+thread_local! {
     static REFERENCE_CPU: RefCell<Option<Rc<dyn Backend>>> = const { RefCell::new(None) };
 }
 
 /// While alive, `Device::Cpu` on this thread is served by the reference backend
 /// ([`reference`]) instead of the fast CPU one: tests run the same ops on the oracle this way.
 /// Tensors made before keep working (both hold `Storage::Cpu`). Restores on drop.
+#[cfg(feature = "test-hooks")]
 pub struct ReferenceCpuGuard {
     previous: Option<Rc<dyn Backend>>,
 }
 
+#[cfg(feature = "test-hooks")]
 pub fn use_reference_cpu() -> ReferenceCpuGuard {
     let previous = REFERENCE_CPU.with(|r| r.replace(Some(reference::backend())));
     ReferenceCpuGuard { previous }
 }
 
+#[cfg(feature = "test-hooks")]
 impl Drop for ReferenceCpuGuard {
     fn drop(&mut self) {
         REFERENCE_CPU.with(|r| *r.borrow_mut() = self.previous.take());
@@ -558,6 +567,7 @@ pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
 /// The backend for `device`, created on first use (which is where a missing GPU or library is
 /// reported).
 pub fn backend(device: Device) -> Result<Rc<dyn Backend>> {
+    #[cfg(feature = "test-hooks")]
     if device == Device::Cpu {
         if let Some(r) = REFERENCE_CPU.with(|r| r.borrow().clone()) {
             return Ok(r);

@@ -21,8 +21,36 @@ pub struct ConvGeom {
     pub oh: usize,
     pub ow: usize,
     /// Mixed precision: each primitive rounds both of its operands to f16 before multiplying
-    /// (see `reference/conv.rs`, "Mixed precision"). Set by `crate::ops` under autocast.
+    /// (see `reference/conv.rs`, "Mixed precision"). Set by `crate::ops` from the caller's
+    /// [`crate::amp::Numerics`].
     pub f16_operands: bool,
+    /// With `f16_operands`: the CPU backends also round each primitive's output to f16, as
+    /// cuDNN's amp path does (its outputs are f16 tensors), so that a CPU reference can have
+    /// cuDNN's rounding points. The CUDA backend's outputs follow from `conv_impl` instead.
+    pub f16_outputs: bool,
+    /// Which implementation runs this convolution on a CUDA device (the CPU backends have one).
+    pub conv_impl: ConvImpl,
+}
+
+/// Which implementation runs the convolutions on a CUDA device (`--conv-impl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvImpl {
+    /// cuDNN (default; our own kernels where the library is missing).
+    #[default]
+    Cudnn,
+    /// Our im2col/col2im kernels + cuBLAS.
+    Own,
+}
+
+impl std::str::FromStr for ConvImpl {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cudnn" => Ok(ConvImpl::Cudnn),
+            "own" => Ok(ConvImpl::Own),
+            _ => bail!("unknown conv implementation {s:?} (expected cudnn or own)"),
+        }
+    }
 }
 
 impl ConvGeom {
@@ -57,6 +85,8 @@ impl ConvGeom {
             oh: (h + 2 * pad - k) / stride + 1,
             ow: (w + 2 * pad - k) / stride + 1,
             f16_operands: false,
+            f16_outputs: false,
+            conv_impl: ConvImpl::default(),
         })
     }
 
@@ -98,6 +128,8 @@ impl ConvGeom {
             oh: h,
             ow: w,
             f16_operands: false,
+            f16_outputs: false,
+            conv_impl: ConvImpl::default(),
         })
     }
 

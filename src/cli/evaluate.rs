@@ -1,6 +1,7 @@
 //! `artgan evaluate`: the sliced Wasserstein distance (see [`crate::quality`]) between a trained
 //! generator's images and the real images, optionally with the real-vs-real noise floor.
 
+use crate::amp::Numerics;
 use crate::checkpoint;
 use crate::data::{self, DataArgs};
 use crate::limits;
@@ -103,6 +104,7 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
     let started = Instant::now();
     // Resolved once (a still-training run's newest complete checkpoint), then loaded from there.
     let (g, _device, weights) = a.generator.load()?;
+    let numerics = a.generator.numerics();
     let ema = !a.generator.no_ema && weights.join(checkpoint::GENERATOR_EMA_FILE).is_file();
     let size = g.config.image_size;
     if size < params.min_resolution {
@@ -214,6 +216,7 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
         a.seed,
         &params,
         labels.as_deref(),
+        numerics,
     )?;
     let floor = if a.floor {
         Some(quality::real_floor(&real, a.count, a.seed, &params)?)
@@ -221,7 +224,7 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
         None
     };
     let per_class = match &class_table {
-        Some(t) => Some(per_class_swd(a, &g, t, &real, &weights, &params)?),
+        Some(t) => Some(per_class_swd(a, &g, t, &real, &weights, &params, numerics)?),
         None => None,
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -280,6 +283,7 @@ fn per_class_swd(
     real: &data::ImageSet,
     weights: &Path,
     params: &SwdParams,
+    numerics: Numerics,
 ) -> Result<Vec<ClassSwd>> {
     let cfg = crate::train::load_config(weights)?;
     let Some(labelled) = data::label_images(real, a.data.data.is_some(), &cfg.condition)? else {
@@ -311,7 +315,16 @@ fn per_class_swd(
     for (c, real_images, subset) in &eligible {
         let labels = vec![c.index as u32; a.count];
         let against = |reals: &data::ImageSet| {
-            quality::evaluate_generator_labeled(g, reals, a.count, a.seed, params, Some(&labels))
+            let (count, seed) = (a.count, a.seed);
+            quality::evaluate_generator_labeled(
+                g,
+                reals,
+                count,
+                seed,
+                params,
+                Some(&labels),
+                numerics,
+            )
         };
         let swd = against(subset)?;
         let floor = quality::real_floor(subset, a.count, a.seed, params)?;

@@ -390,6 +390,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     // The device that really runs (what `auto` resolved to), for config.json and the report.
     cfg.device = device.to_string();
     cfg.cuda_graphs = cuda_graphs;
+    cfg.conv_impl = a.device.conv_impl();
     warn_high_lrs(&cfg);
     let size = cfg.model.image_size;
     let set = data::load_shared(&cfg.data_args, size, cfg.seed, &out)?;
@@ -521,6 +522,8 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         // The same latents and real draw at every evaluation, so the numbers compare.
         let (count, seed) = (cfg.eval_count, cfg.seed);
         let eval_classes = cfg.class_table.clone();
+        // Evaluation runs in f32, with the run's convolution implementation.
+        let numerics = crate::amp::Numerics::FP32.with_conv_impl(cfg.conv_impl);
         opts.evaluator = Some(Box::new(move |g: &crate::nn::Generator| {
             let params = crate::quality::SwdParams::default();
             let labels = eval_classes
@@ -533,6 +536,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
                 seed,
                 &params,
                 labels.as_deref(),
+                numerics,
             )?
             .mean)
         }));

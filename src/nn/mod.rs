@@ -16,6 +16,7 @@ pub use layers::{
 };
 pub use models::{Discriminator, Generator, ModelConfig, Preset};
 
+use crate::amp::Numerics;
 use crate::ops::{Labels, Seed};
 use crate::rng::Rng;
 use draws::StepDraws;
@@ -36,12 +37,14 @@ pub enum Mode {
     BatchStats,
 }
 
-/// Per-forward context: the mode and where the seeds of dropout and noise come from. Each
-/// dropout/noise call draws a fresh `u64` seed from `rng`, so masks differ per call but a run
-/// is reproducible from its seed.
+/// Per-forward context: the mode, the numerics, and where the seeds of dropout and noise come
+/// from. Each dropout/noise call draws a fresh `u64` seed from `rng`, so masks differ per call
+/// but a run is reproducible from its seed.
 pub struct Ctx<'a> {
     pub mode: Mode,
     pub rng: &'a mut Rng,
+    /// Precision and convolution implementation of every op of the pass (and of its backward).
+    pub numerics: Numerics,
     /// Class labels of the batch, one per image, for conditional models (issue 13): the
     /// generator's class-conditional batch norm and the projection discriminator read them.
     pub labels: Option<Labels<'a>>,
@@ -50,10 +53,11 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(mode: Mode, rng: &'a mut Rng) -> Self {
+    pub fn new(mode: Mode, rng: &'a mut Rng, numerics: Numerics) -> Self {
         Ctx {
             mode,
             rng,
+            numerics,
             labels: None,
             draws: None,
         }

@@ -1,12 +1,15 @@
 //! conv2d and conv_transpose2d (PyTorch semantics and weight layouts). A transposed conv is
 //! the backward-data of the conv described by `ConvGeom::transposed`, so both share the
-//! backend's three conv primitives. Under `crate::amp::autocast` the geometry asks them to
-//! round their operands to f16 (mixed precision: see `backend/reference/conv.rs`); the backward
-//! closures keep that geometry, so the backward rounds too whenever it runs. `conv2d_act` and
+//! backend's three conv primitives. Each op takes the caller's [`Numerics`], which the
+//! geometry carries to the backend: under amp it asks them to round their operands to f16
+//! (mixed precision: see `backend/reference/conv.rs`), and it names the CUDA implementation;
+//! the backward closures keep that geometry, so the backward runs with the forward's numerics
+//! whenever it runs. `conv2d_act` and
 //! `conv_transpose2d_act` are the same ops with the layer's activation after them, which a
 //! backend may apply as it writes the output (one pass over it fewer).
 
 use super::{nchw, same_device};
+use crate::amp::Numerics;
 use crate::backend::{Activation, Backend, ChannelDims, ConvGeom, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -113,8 +116,9 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     stride: usize,
     pad: usize,
+    numerics: Numerics,
 ) -> Result<Tensor> {
-    conv2d_then(x, w, After::Bias(bias), stride, pad)
+    conv2d_then(x, w, After::Bias(bias), stride, pad, numerics)
 }
 
 /// `act(conv2d(x, w))` as one op (the layers' conv + activation; see [`After`]).
@@ -124,11 +128,19 @@ pub fn conv2d_act(
     act: Activation,
     stride: usize,
     pad: usize,
+    numerics: Numerics,
 ) -> Result<Tensor> {
-    conv2d_then(x, w, After::Act(act), stride, pad)
+    conv2d_then(x, w, After::Act(act), stride, pad, numerics)
 }
 
-fn conv2d_then(x: &Tensor, w: &Tensor, after: After, stride: usize, pad: usize) -> Result<Tensor> {
+fn conv2d_then(
+    x: &Tensor,
+    w: &Tensor,
+    after: After,
+    stride: usize,
+    pad: usize,
+    numerics: Numerics,
+) -> Result<Tensor> {
     same_device("conv2d", &[x, w])?;
     let [n, c_in, h, wd] = nchw("conv2d", x)?;
     let [c_out, wc_in, kh, kw] = nchw("conv2d weight", w)?;
@@ -140,10 +152,7 @@ fn conv2d_then(x: &Tensor, w: &Tensor, after: After, stride: usize, pad: usize) 
         );
     }
     after.check("conv2d", c_out)?;
-    let g = ConvGeom {
-        f16_operands: crate::amp::autocast_enabled(),
-        ..ConvGeom::conv(n, c_in, h, wd, c_out, kh, stride, pad)?
-    };
+    let g = numerics.conv(ConvGeom::conv(n, c_in, h, wd, c_out, kh, stride, pad)?);
     let be = x.backend();
     let (xs, ws) = (&x.storage(), &w.storage());
     let (y, name) = match after {
@@ -188,8 +197,17 @@ pub fn conv_transpose2d(
     stride: usize,
     pad: usize,
     output_padding: usize,
+    numerics: Numerics,
 ) -> Result<Tensor> {
-    conv_transpose2d_then(x, w, After::Bias(bias), stride, pad, output_padding)
+    conv_transpose2d_then(
+        x,
+        w,
+        After::Bias(bias),
+        stride,
+        pad,
+        output_padding,
+        numerics,
+    )
 }
 
 /// `act(conv_transpose2d(x, w))` as one op (see [`After`]).
@@ -200,8 +218,9 @@ pub fn conv_transpose2d_act(
     stride: usize,
     pad: usize,
     output_padding: usize,
+    numerics: Numerics,
 ) -> Result<Tensor> {
-    conv_transpose2d_then(x, w, After::Act(act), stride, pad, output_padding)
+    conv_transpose2d_then(x, w, After::Act(act), stride, pad, output_padding, numerics)
 }
 
 fn conv_transpose2d_then(
@@ -211,6 +230,7 @@ fn conv_transpose2d_then(
     stride: usize,
     pad: usize,
     output_padding: usize,
+    numerics: Numerics,
 ) -> Result<Tensor> {
     same_device("conv_transpose2d", &[x, w])?;
     let [n, c_in, h, wd] = nchw("conv_transpose2d", x)?;
@@ -226,10 +246,17 @@ fn conv_transpose2d_then(
         bail!("conv_transpose2d: empty input {:?}", x.shape());
     }
     after.check("conv_transpose2d", c_out)?;
-    let g = ConvGeom {
-        f16_operands: crate::amp::autocast_enabled(),
-        ..ConvGeom::transposed(n, c_in, h, wd, c_out, kh, stride, pad, output_padding)?
-    };
+    let g = numerics.conv(ConvGeom::transposed(
+        n,
+        c_in,
+        h,
+        wd,
+        c_out,
+        kh,
+        stride,
+        pad,
+        output_padding,
+    )?);
     let be = x.backend();
     let (xs, ws) = (&x.storage(), &w.storage());
     let (y, name) = match after {

@@ -26,6 +26,7 @@
 //! Here: the settings, [`swd`] and the generated and real image sets. `pyramid.rs`: the
 //! Laplacian pyramid; `sliced.rs`: descriptors, projections and the sliced distance.
 
+use crate::amp::Numerics;
 use crate::data::ImageSet;
 use crate::nn::{Ctx, Generator, Mode, Module};
 use crate::rng::Rng;
@@ -201,8 +202,13 @@ const GENERATE_BATCH: usize = 64;
 /// `count` images of `g` from latents of the `"evaluate-latents"` stream of `seed`, as 8-bit
 /// HWC RGB. Eval mode (running batch-norm statistics, as `artgan sample`), under `no_grad`, in
 /// batches of at most 64; the latents do not depend on the batching.
-pub fn generate_u8(g: &Generator, count: usize, seed: u64) -> Result<Vec<Vec<u8>>> {
-    generate_u8_labeled(g, count, seed, None)
+pub fn generate_u8(
+    g: &Generator,
+    count: usize,
+    seed: u64,
+    numerics: Numerics,
+) -> Result<Vec<Vec<u8>>> {
+    generate_u8_labeled(g, count, seed, None, numerics)
 }
 
 /// Labels for `count` images of a conditional generator, drawn in proportion to the classes'
@@ -231,6 +237,7 @@ pub fn generate_u8_labeled(
     count: usize,
     seed: u64,
     labels: Option<&[u32]>,
+    numerics: Numerics,
 ) -> Result<Vec<Vec<u8>>> {
     match labels {
         None if g.classes > 0 => {
@@ -258,7 +265,7 @@ pub fn generate_u8_labeled(
         let images = g
             .forward(
                 &z,
-                &mut Ctx::new(Mode::Eval, &mut Rng::new(0)).labeled(batch_labels),
+                &mut Ctx::new(Mode::Eval, &mut Rng::new(0), numerics).labeled(batch_labels),
             )?
             .to_vec()?;
         out.extend(images.chunks(3 * size * size).map(|im| to_u8_hwc(im, size)));
@@ -292,12 +299,14 @@ pub fn evaluate_generator(
     count: usize,
     seed: u64,
     params: &SwdParams,
+    numerics: Numerics,
 ) -> Result<SwdReport> {
-    evaluate_generator_labeled(g, real, count, seed, params, None)
+    evaluate_generator_labeled(g, real, count, seed, params, None, numerics)
 }
 
 /// [`evaluate_generator`] for a conditional generator: `labels[i]` is the class of generated
 /// image i (e.g. [`proportional_labels`], or one class throughout for a per-class SWD).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_generator_labeled(
     g: &Generator,
     real: &ImageSet,
@@ -305,6 +314,7 @@ pub fn evaluate_generator_labeled(
     seed: u64,
     params: &SwdParams,
     labels: Option<&[u32]>,
+    numerics: Numerics,
 ) -> Result<SwdReport> {
     check_real(real, count, params)?;
     if real.size != g.config.image_size {
@@ -314,7 +324,7 @@ pub fn evaluate_generator_labeled(
             g.config.image_size
         );
     }
-    let fake = generate_u8_labeled(g, count, seed, labels)?;
+    let fake = generate_u8_labeled(g, count, seed, labels, numerics)?;
     let fake: Vec<&[u8]> = fake.iter().map(Vec::as_slice).collect();
     let picks = draw_indices(real.len(), count, &mut Rng::derive(seed, "evaluate-reals"));
     let reals: Vec<&[u8]> = picks.iter().map(|&i| real.image_u8(i)).collect();

@@ -228,24 +228,30 @@ fn run_one(a: &InterpolateArgs, g: &Generator, device: Device) -> Result<()> {
         // Speed 10 of 1-30: NeuQuant palette quality is plenty at these sizes.
         let mut encoder = GifEncoder::new_with_speed(&mut gif, 10);
         encoder.set_repeat(Repeat::Infinite)?;
-        generate_chunks(g, &z, Mode::Eval, |start, images| {
-            for (j, img) in images.chunks_exact(per).enumerate() {
-                let rgb = to_rgb_bytes(img, size);
-                if is_frame[start + j] {
-                    write_png(img, size, &out.join(format!("frame-{frame_no:04}.png")))?;
-                    frame_no += 1;
-                    let rgba = RgbaImage::from_fn(size as u32, size as u32, |x, y| {
-                        let o = (y as usize * size + x as usize) * 3;
-                        image::Rgba([rgb[o], rgb[o + 1], rgb[o + 2], 255])
-                    });
-                    encoder
-                        .encode_frame(Frame::from_parts(rgba, 0, 0, delay))
-                        .context("encoding interpolation.gif")?;
+        generate_chunks(
+            g,
+            &z,
+            Mode::Eval,
+            a.generator.numerics(),
+            |start, images| {
+                for (j, img) in images.chunks_exact(per).enumerate() {
+                    let rgb = to_rgb_bytes(img, size);
+                    if is_frame[start + j] {
+                        write_png(img, size, &out.join(format!("frame-{frame_no:04}.png")))?;
+                        frame_no += 1;
+                        let rgba = RgbaImage::from_fn(size as u32, size as u32, |x, y| {
+                            let o = (y as usize * size + x as usize) * 3;
+                            image::Rgba([rgb[o], rgb[o + 1], rgb[o + 2], 255])
+                        });
+                        encoder
+                            .encode_frame(Frame::from_parts(rgba, 0, 0, delay))
+                            .context("encoding interpolation.gif")?;
+                    }
+                    grid.push(rgb);
                 }
-                grid.push(rgb);
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
     }
     let grid_refs: Vec<&[u8]> = grid.iter().map(Vec::as_slice).collect();
     save_grid_png_u8(&grid_refs, size, a.steps, &out.join("grid.png"))?;

@@ -10,6 +10,7 @@ pub mod interpolate;
 pub mod project;
 pub mod sample;
 
+use crate::amp::Numerics;
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::flags::DeviceArgs;
@@ -96,6 +97,7 @@ pub fn generate_chunks(
     g: &Generator,
     z: &Tensor,
     mode: Mode,
+    numerics: Numerics,
     mut each: impl FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<()> {
     let _guard = no_grad();
@@ -111,7 +113,7 @@ pub fn generate_chunks(
             z.device(),
         )?;
         let images = g
-            .forward(&chunk, &mut Ctx::new(mode, &mut unused))?
+            .forward(&chunk, &mut Ctx::new(mode, &mut unused, numerics))?
             .to_vec()?;
         each(start, &images)?;
     }
@@ -119,9 +121,9 @@ pub fn generate_chunks(
 }
 
 /// All of G's images for `z` in eval mode, as one NCHW vector (see [`generate_chunks`]).
-pub fn generate(g: &Generator, z: &Tensor) -> Result<Vec<f32>> {
+pub fn generate(g: &Generator, z: &Tensor, numerics: Numerics) -> Result<Vec<f32>> {
     let mut out = Vec::new();
-    generate_chunks(g, z, Mode::Eval, |_, images| {
+    generate_chunks(g, z, Mode::Eval, numerics, |_, images| {
         out.extend_from_slice(images);
         Ok(())
     })?;
@@ -188,6 +190,11 @@ impl GeneratorArgs {
             checkpoint::run_id(&dir).map_or(String::new(), |id| format!(" (run {id})"))
         );
         Ok((g, device, dir))
+    }
+
+    /// What the generator runs with: f32, convolutions by `--conv-impl` on CUDA.
+    pub fn numerics(&self) -> Numerics {
+        Numerics::FP32.with_conv_impl(self.device.conv_impl())
     }
 }
 
@@ -373,6 +380,7 @@ pub fn generate_chunks_labeled(
     z: &Tensor,
     labels: &[u32],
     mode: Mode,
+    numerics: Numerics,
     mut each: impl FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<()> {
     let _guard = no_grad();
@@ -393,7 +401,7 @@ pub fn generate_chunks_labeled(
         let images = g
             .forward(
                 &chunk,
-                &mut Ctx::new(mode, &mut unused).labeled(Some(&labels[start..end])),
+                &mut Ctx::new(mode, &mut unused, numerics).labeled(Some(&labels[start..end])),
             )?
             .to_vec()?;
         each(start, &images)?;

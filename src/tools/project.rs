@@ -4,6 +4,7 @@
 
 use super::{generate, grid_nrow};
 use super::{prepare_out_dir, run_command, write_png, ClassArgs, ClassCommand, GeneratorArgs};
+use crate::amp::Numerics;
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::{decode_file, save_grid_png, Fit};
@@ -72,6 +73,8 @@ pub struct ProjectOptions {
     pub steps: usize,
     pub lr: f32,
     pub seed: u64,
+    /// What G (and the pooling convolutions) run with.
+    pub numerics: Numerics,
 }
 
 /// The result of [`project`].
@@ -131,14 +134,15 @@ fn losses(
     z: &Tensor,
     target: &Tensor,
     boxes: &[(usize, Tensor)],
+    numerics: Numerics,
 ) -> Result<(Tensor, Tensor)> {
     let b = z.shape()[0];
-    let image = g.forward(z, &mut Ctx::new(Mode::Eval, &mut Rng::new(0)))?;
+    let image = g.forward(z, &mut Ctx::new(Mode::Eval, &mut Rng::new(0), numerics))?;
     let diff = ops::add(&image, &ops::scale(target, -1.0)?)?;
     let pixel = ops::mean_rows(&ops::mul(&diff, &diff)?)?;
     let mut total = pixel.clone();
     for (k, w) in boxes {
-        let pooled = ops::conv2d(&diff, w, None, *k, 0)?;
+        let pooled = ops::conv2d(&diff, w, None, *k, 0, numerics)?;
         total = ops::add(&total, &ops::mean_rows(&ops::mul(&pooled, &pooled)?)?)?;
     }
     let shell = ops::add(
@@ -179,7 +183,7 @@ pub fn project(g: &Generator, target: &[f32], opts: &ProjectOptions) -> Result<P
             &[START_CANDIDATES, 3, size, size],
             device,
         )?;
-        let l = losses(g, &z, &targets, &boxes)?.0.to_vec()?;
+        let l = losses(g, &z, &targets, &boxes, opts.numerics)?.0.to_vec()?;
         let best = (0..START_CANDIDATES)
             .min_by(|&i, &j| l[i].total_cmp(&l[j]))
             .expect("at least one candidate");
@@ -194,7 +198,7 @@ pub fn project(g: &Generator, target: &[f32], opts: &ProjectOptions) -> Result<P
     let mut best: Option<(f32, Vec<f32>)> = None;
     for step in 0..=opts.steps {
         opt.zero_grad();
-        let (total, pixel) = losses(g, &z, &target_one, &boxes)?;
+        let (total, pixel) = losses(g, &z, &target_one, &boxes, opts.numerics)?;
         let (l, p) = (total.item()?, pixel.item()?);
         history.push((step, l, p));
         if !l.is_finite() {
@@ -212,7 +216,7 @@ pub fn project(g: &Generator, target: &[f32], opts: &ProjectOptions) -> Result<P
     g.zero_grad();
     let (final_loss, z_best) = best.expect("step 0 always runs");
     let z = Tensor::from_vec(z_best, &[1, nz, 1, 1], device)?;
-    let image = generate(g, &z)?;
+    let image = generate(g, &z, opts.numerics)?;
     let pixel_mse = image
         .iter()
         .zip(target)
@@ -317,6 +321,7 @@ fn project_into(
         steps: a.steps,
         lr: a.lr,
         seed: a.seed,
+        numerics: a.generator.numerics(),
     };
     let p = project(g, target, &opts)?;
     write_png(target, size, &out.join("original.png"))?;
@@ -343,7 +348,7 @@ fn project_into(
             })
             .collect();
         let zv = Tensor::from_vec(zs, &[a.variations, nz, 1, 1], device)?;
-        let images = generate(g, &zv)?;
+        let images = generate(g, &zv, opts.numerics)?;
         let per = 3 * size * size;
         for (i, img) in images.chunks_exact(per).enumerate() {
             write_png(img, size, &out.join(format!("variation-{i:02}.png")))?;

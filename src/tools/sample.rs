@@ -62,6 +62,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         Mode::Eval
     };
     let (g, device, _) = a.generator.load()?;
+    let numerics = a.generator.numerics();
     let choice = a.classes.resolve(&g, &a.generator.checkpoint)?;
     if let (super::ClassChoice::PerClass(_, table), Some(_)) = (&choice, a.count) {
         bail!(
@@ -107,7 +108,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     for start in (0..count).step_by(GEN_BATCH) {
         let n = GEN_BATCH.min(count - start);
         let z = draw_latents(&mut rng, n, nz, a.truncation, device)?;
-        generate_chunks(&g, &z, mode, |_, images| {
+        generate_chunks(&g, &z, mode, numerics, |_, images| {
             write_samples(&out, start, images, size, a.grid.then_some(&mut all))
         })?;
         latents.extend(z.to_vec()?);
@@ -151,7 +152,8 @@ fn run_per_class(
     let all_z = crate::tensor::Tensor::from_vec(all_z, &[k * n, g.config.nz, 1, 1], device)?;
     let size = g.config.image_size;
     let mut all = Vec::new();
-    super::generate_chunks_labeled(g, &all_z, &labels, mode, |start, images| {
+    let numerics = a.generator.numerics();
+    super::generate_chunks_labeled(g, &all_z, &labels, mode, numerics, |start, images| {
         write_samples(out, start, images, size, a.grid.then_some(&mut all))
     })?;
     if a.grid {

@@ -67,6 +67,10 @@ pub struct TrainConfig {
     /// only). Results are the same either way.
     #[serde(default)]
     pub cuda_graphs: bool,
+    /// Which implementation runs the convolutions on CUDA (`--conv-impl`): this process's
+    /// choice, not the run's (results agree to f32 rounding either way), so not recorded.
+    #[serde(skip)]
+    pub conv_impl: crate::backend::ConvImpl,
     /// Divergence guard: a loss above this ...
     #[serde(default = "default_diverge_loss")]
     pub diverge_loss: f32,
@@ -151,6 +155,7 @@ impl TrainConfig {
             device: "cpu".to_string(),
             precision: Default::default(),
             cuda_graphs: false,
+            conv_impl: crate::backend::ConvImpl::default(),
             diverge_loss: DEFAULT_DIVERGE_LOSS,
             diverge_steps: DEFAULT_DIVERGE_STEPS,
             condition: crate::data::ConditionArgs {

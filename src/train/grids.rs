@@ -1,6 +1,7 @@
 //! The sample grids of a run: the fixed 8×8 latents rendered with batch statistics, one row
 //! per class for conditional runs, written as `samples/epoch-NNNN.png`.
 
+use crate::amp::Numerics;
 use crate::nn::{Ctx, Generator, Mode};
 use crate::rng::Rng;
 use crate::tensor::{no_grad, Tensor};
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 pub const GRID_SIDE: usize = 8;
 
 /// Images of G for `z` with batch statistics, changing no state (see [`Mode::BatchStats`]).
-pub fn generate_for_grid(g: &Generator, z: &Tensor) -> Result<Vec<f32>> {
-    generate_for_grid_labeled(g, z, None)
+pub fn generate_for_grid(g: &Generator, z: &Tensor, numerics: Numerics) -> Result<Vec<f32>> {
+    generate_for_grid_labeled(g, z, None, numerics)
 }
 
 /// [`generate_for_grid`] with one class label per latent (conditional generators).
@@ -20,12 +21,13 @@ pub fn generate_for_grid_labeled(
     g: &Generator,
     z: &Tensor,
     labels: Option<&[u32]>,
+    numerics: Numerics,
 ) -> Result<Vec<f32>> {
     let _guard = no_grad();
     let mut unused = Rng::new(0);
     g.forward(
         z,
-        &mut Ctx::new(Mode::BatchStats, &mut unused).labeled(labels),
+        &mut Ctx::new(Mode::BatchStats, &mut unused, numerics).labeled(labels),
     )?
     .to_vec()
 }
@@ -41,7 +43,7 @@ pub fn grid_labels(classes: usize) -> Option<Vec<u32>> {
 
 /// The per-class grid of a conditional run: one row per class, the first 8 fixed latents in
 /// every row (so the columns compare classes at equal latents), generated 8 classes at a time.
-pub fn class_grid_images(g: &Generator, fixed: &Tensor) -> Result<Vec<f32>> {
+pub fn class_grid_images(g: &Generator, fixed: &Tensor, numerics: Numerics) -> Result<Vec<f32>> {
     let nz = g.config.nz;
     let z_all = fixed.to_vec()?;
     let row = &z_all[..GRID_SIDE * nz];
@@ -55,14 +57,20 @@ pub fn class_grid_images(g: &Generator, fixed: &Tensor) -> Result<Vec<f32>> {
             labels.extend(std::iter::repeat_n(k, GRID_SIDE));
         }
         let z = Tensor::from_vec(z, &[labels.len(), nz, 1, 1], fixed.device())?;
-        out.extend(generate_for_grid_labeled(g, &z, Some(&labels))?);
+        out.extend(generate_for_grid_labeled(g, &z, Some(&labels), numerics)?);
     }
     Ok(out)
 }
 
-pub(super) fn save_grid(g: &Generator, z: &Tensor, dir: &Path, epoch: usize) -> Result<PathBuf> {
+pub(super) fn save_grid(
+    g: &Generator,
+    z: &Tensor,
+    numerics: Numerics,
+    dir: &Path,
+    epoch: usize,
+) -> Result<PathBuf> {
     if g.classes > 0 {
-        let images = class_grid_images(g, z)?;
+        let images = class_grid_images(g, z, numerics)?;
         crate::data::save_grid_png(
             &images,
             g.classes * GRID_SIDE,
@@ -72,7 +80,7 @@ pub(super) fn save_grid(g: &Generator, z: &Tensor, dir: &Path, epoch: usize) -> 
         )?;
     }
     let labels = grid_labels(g.classes);
-    let images = generate_for_grid_labeled(g, z, labels.as_deref())?;
+    let images = generate_for_grid_labeled(g, z, labels.as_deref(), numerics)?;
     let path = dir.join(format!("epoch-{epoch:04}.png"));
     crate::data::save_grid_png(
         &images,

@@ -221,7 +221,13 @@ pub fn train(
         // A folder trained into again (--force): the old final weights' manifest must not
         // vouch for anything of this run.
         checkpoint::remove_manifest(&opts.out)?;
-        save_grid(trainer.sampling_generator(), &fixed, &samples_dir, 0)?;
+        save_grid(
+            trainer.sampling_generator(),
+            &fixed,
+            trainer.numerics.fp32(),
+            &samples_dir,
+            0,
+        )?;
         crate::report::write_report(&opts.out).context("writing the run's index.html")?;
     } else {
         // Resumed: epochs after the checkpoint are redone, so their rows go.
@@ -382,7 +388,13 @@ pub fn train(
         history.push(stats);
         write_metrics(&opts.out.join("metrics.csv"), &history)?;
         if epoch % cfg.sample_every == 0 || epoch == cfg.epochs {
-            let p = save_grid(trainer.sampling_generator(), &fixed, &samples_dir, epoch)?;
+            let p = save_grid(
+                trainer.sampling_generator(),
+                &fixed,
+                trainer.numerics.fp32(),
+                &samples_dir,
+                epoch,
+            )?;
             say(&format!("  wrote {}", p.display()));
         }
         let stopping = opts.stop_after_epoch == Some(epoch);

@@ -2,7 +2,7 @@
 //! ([`Trainer`]), built from the seed, stepping D `d_steps` times per G step.
 
 use super::{device_metrics, ema, graph_step, lr_control, TrainConfig, GRID_SIDE};
-use crate::amp::{self, LossScaler, Precision, ScalerReading};
+use crate::amp::{LossScaler, Numerics, Precision, ScalerReading};
 use crate::backend::Device;
 use crate::nn::draws::StepDraws;
 use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
@@ -128,6 +128,10 @@ pub struct Trainer {
     /// Where the running step's regularizer draws go when it may be captured (set by
     /// [`graph_step`]; `None`: drawn straight from `streams.regularizers`).
     pub(super) draws: Option<StepDraws>,
+    /// What every forward of a step runs with (and so its backward): `cfg.precision` and
+    /// `cfg.conv_impl`. A test may set `f16_conv_outputs` to make a CPU trainer round its
+    /// convolution outputs as cuDNN's amp path does.
+    pub numerics: Numerics,
 }
 
 impl Trainer {
@@ -164,6 +168,7 @@ impl Trainer {
                 regularizers: Rng::derive(cfg.seed, "regularizers"),
             },
             lr_control: LrControl::new(cfg.lr_window),
+            numerics: Numerics::new(cfg.precision, cfg.conv_impl),
             cfg,
             g,
             d,
@@ -256,8 +261,6 @@ impl Trainer {
     /// device half ([`Trainer::device_step`], eager or one CUDA graph: [`graph_step`]) and
     /// the host bookkeeping after it (counters, the EMA update, the metrics record).
     pub fn step_deferred(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<()> {
-        // Convolutions recorded in this step (and so their backward) round to f16 under amp.
-        let _autocast = amp::autocast(self.cfg.precision == Precision::Amp);
         let b = real.shape()[0];
         let classes = self.cfg.classes();
         match labels {
@@ -325,7 +328,7 @@ impl Trainer {
         let real_in = self.d_input(real)?;
         let out_real = self.d.forward(
             &real_in,
-            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                 .labeled_as(labels)
                 .drawing(self.draws.as_mut()),
         )?;
@@ -334,7 +337,7 @@ impl Trainer {
             // Keep G's graph: the G step below back-propagates through this same fake.
             self.g.forward(
                 z,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .labeled_as(labels)
                     .drawing(self.draws.as_mut()),
             )?
@@ -342,7 +345,7 @@ impl Trainer {
             let _guard = no_grad();
             self.g.forward(
                 z,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .labeled_as(labels)
                     .drawing(self.draws.as_mut()),
             )?
@@ -350,7 +353,7 @@ impl Trainer {
         let fake_in = self.d_input(&fake.detach())?;
         let out_fake = self.d.forward(
             &fake_in,
-            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+            &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                 .labeled_as(labels)
                 .drawing(self.draws.as_mut()),
         )?;
@@ -369,7 +372,7 @@ impl Trainer {
             let fake_in = self.d_input(&fake)?;
             let out = self.d.forward(
                 &fake_in,
-                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
+                &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .labeled_as(labels)
                     .drawing(self.draws.as_mut()),
             )?;

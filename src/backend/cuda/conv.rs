@@ -1,5 +1,5 @@
-//! Convolution as im2col/col2im (kernels/conv.cu) + cuBLAS SGEMM, and the process-wide switch
-//! between this path and cuDNN.
+//! Convolution as im2col/col2im (kernels/conv.cu) + cuBLAS SGEMM, or cuDNN where the geometry
+//! asks for it (`ConvGeom::conv_impl`) and the library is loaded.
 //!
 //! cuBLAS is column-major: a row-major `[r, c]` matrix is, to cuBLAS, a `c x r` matrix with
 //! leading dimension `c`. Every GEMM below is written as the column-major product of those
@@ -21,67 +21,11 @@
 use super::elementwise::fill;
 use super::err::blas;
 use super::{cb, CudaBackend, CudaBuffer};
-use crate::backend::{ConvGeom, Storage};
+use crate::backend::{ConvGeom, ConvImpl, Storage};
 use anyhow::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
-use std::sync::atomic::{AtomicU8, Ordering};
-
-/// Which implementation runs the convolutions on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvImpl {
-    /// cuDNN (default when the library is found).
-    Cudnn,
-    /// Our im2col/col2im kernels + cuBLAS.
-    Own,
-}
-
-impl std::str::FromStr for ConvImpl {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cudnn" => Ok(ConvImpl::Cudnn),
-            "own" => Ok(ConvImpl::Own),
-            _ => anyhow::bail!("unknown conv implementation {s:?} (expected cudnn or own)"),
-        }
-    }
-}
-
-/// 0 = not chosen yet (read ARTGAN_CONV_IMPL on first use), 1 = cuDNN, 2 = own.
-static CONV_IMPL: AtomicU8 = AtomicU8::new(0);
-
-/// Selects the convolution implementation for the whole process (`--conv-impl`). cuDNN falls
-/// back to `Own` when the library is missing (the backend says so once).
-pub fn set_conv_impl(i: ConvImpl) {
-    CONV_IMPL.store(
-        match i {
-            ConvImpl::Cudnn => 1,
-            ConvImpl::Own => 2,
-        },
-        Ordering::Relaxed,
-    );
-}
-
-/// The selected implementation: set by [`set_conv_impl`], else `ARTGAN_CONV_IMPL=cudnn|own`,
-/// else cuDNN.
-pub fn conv_impl() -> ConvImpl {
-    match CONV_IMPL.load(Ordering::Relaxed) {
-        1 => ConvImpl::Cudnn,
-        2 => ConvImpl::Own,
-        _ => {
-            let i = match std::env::var("ARTGAN_CONV_IMPL") {
-                Ok(v) => v.parse().unwrap_or_else(|e| {
-                    eprintln!("warning: ARTGAN_CONV_IMPL: {e}; using cudnn");
-                    ConvImpl::Cudnn
-                }),
-                Err(_) => ConvImpl::Cudnn,
-            };
-            set_conv_impl(i);
-            i
-        }
-    }
-}
 
 /// The three convolution primitives.
 #[derive(Clone, Copy, Debug)]
@@ -91,7 +35,8 @@ pub(super) enum Direction {
     BackwardFilter,
 }
 
-/// One convolution direction, through cuDNN when it is loaded and selected, else our kernels.
+/// One convolution direction, through cuDNN when it is loaded and the geometry selects it,
+/// else our kernels.
 /// `a`, `b` are the trait method's inputs (x and w, dy and w, x and dy); the result is y, dx
 /// or dw. With no output pixel (an empty batch) nothing flows back: dx and dw are zero, as on
 /// the CPU (our chunk loop would leave them unwritten, and cuDNN rejects an empty batch).
@@ -109,7 +54,10 @@ pub(super) fn run(
         Direction::BackwardFilter => g.weight_len(),
     };
     let mut out = be.alloc(len)?;
-    let cudnn = be.dnn.as_ref().filter(|_| conv_impl() == ConvImpl::Cudnn);
+    let cudnn = match g.conv_impl {
+        ConvImpl::Cudnn => cudnn(be),
+        ConvImpl::Own => None,
+    };
     if len > 0 && g.output_len() == 0 {
         fill(be, &mut out, 0.0)?;
     } else if len > 0 {
@@ -130,6 +78,16 @@ pub(super) fn run(
         }
     }
     Ok(Storage::Cuda(out))
+}
+
+/// cuDNN for a convolution that asks for it, if loaded (else says once why not).
+fn cudnn(be: &CudaBackend) -> Option<&super::cudnn::CudnnConv> {
+    if let Some(why) = &be.dnn_missing {
+        be.dnn_note.call_once(|| {
+            eprintln!("note: cuDNN unavailable ({why}); convolutions use our own kernels")
+        });
+    }
+    be.dnn.as_ref()
 }
 
 /// `x` rounded to f16 and back ([`crate::backend::Backend::round_to_f16`]): the two

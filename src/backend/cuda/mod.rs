@@ -45,7 +45,6 @@ mod reduce;
 mod spectral_norm;
 
 use conv::Direction;
-pub use conv::{conv_impl, set_conv_impl, ConvImpl};
 
 use super::*;
 pub use alloc::CudaBuffer;
@@ -66,6 +65,9 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     dnn: Option<cudnn::CudnnConv>,
+    /// Why cuDNN is not loaded (said once, on the first convolution that asks for it).
+    dnn_missing: Option<String>,
+    dnn_note: std::sync::Once,
     pool: Arc<Pool>,
     funcs: HashMap<&'static str, CudaFunction>,
     /// Grid cap for grid-stride kernels (enough blocks to fill every SM several times).
@@ -114,17 +116,14 @@ impl CudaBackend {
             }
             Err(e) => Err(e),
         };
-        let dnn = match dnn {
-            Ok(d) => Some(d),
+        let (dnn, dnn_missing) = match dnn {
+            Ok(d) => (Some(d), None),
             Err(e) => {
-                if conv_impl() == ConvImpl::Cudnn {
-                    let msg = format!("{e:#}");
-                    let first = msg.lines().next().unwrap_or_default();
-                    eprintln!(
-                        "note: cuDNN unavailable ({first}); convolutions use our own kernels"
-                    );
-                }
-                None
+                let msg = format!("{e:#}");
+                (
+                    None,
+                    Some(msg.lines().next().unwrap_or_default().to_string()),
+                )
             }
         };
         let funcs = modules::load_all(&ctx)?;
@@ -138,6 +137,8 @@ impl CudaBackend {
             stream,
             blas,
             dnn,
+            dnn_missing,
+            dnn_note: std::sync::Once::new(),
             pool,
             funcs,
             max_blocks: (sms.max(1) as u32) * 16,
@@ -161,9 +162,9 @@ impl CudaBackend {
         self.ctx.name().unwrap_or_else(|_| "unknown".into())
     }
 
-    /// Whether convolutions currently go through cuDNN.
-    pub fn uses_cudnn(&self) -> bool {
-        self.dnn.is_some() && conv_impl() == ConvImpl::Cudnn
+    /// Whether convolutions asking for `imp` go through cuDNN.
+    pub fn uses_cudnn(&self, imp: ConvImpl) -> bool {
+        self.dnn.is_some() && imp == ConvImpl::Cudnn
     }
 
     /// A buffer of `len` elements, contents unspecified (NaN under `ARTGAN_POISON=1`).

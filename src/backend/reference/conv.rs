@@ -2,7 +2,7 @@
 //! accumulated in f64. Images (and filter rows) are split over rayon in a fixed way, so the
 //! result does not depend on the thread count.
 //!
-//! **Mixed precision** (`ConvGeom::f16_operands`, set under `crate::amp::autocast`): every one
+//! **Mixed precision** (`ConvGeom::f16_operands`, set from `crate::amp::Numerics`): every one
 //! of the three primitives rounds *both of its operands* to f16 (round to nearest, ties to
 //! even, as `half::f16::from_f32` and `f32_to_f16_bits` in `kernels/common.cuh`) and nothing
 //! else: forward rounds x and w, backward-data dy and w, backward-filter x and dy (so a
@@ -14,12 +14,12 @@
 //! products summed, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴` (tests/gpu_parity.rs checks exactly
 //! that). The one exception is cuDNN (`--conv-impl cudnn`), which runs on f16 tensors: its
 //! output is that f32 sum rounded once more, to f16 (`2⁻¹¹` relative), as PyTorch autocast's
-//! convolution outputs are. Batch norm, activations, the loss, weights and Adam stay f32.
+//! convolution outputs are; `ConvGeom::f16_outputs` makes the CPU backends do the same (a
+//! reference with cuDNN's rounding points). Batch norm, activations, the loss, weights and Adam stay f32.
 
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Each value rounded to the nearest f16 (ties to even), held in f32.
 pub fn round_to_f16(v: &[f32]) -> Vec<f32> {
@@ -36,21 +36,10 @@ pub fn operands<'a>(a: &'a [f32], b: &'a [f32], g: &ConvGeom) -> (Cow<'a, [f32]>
     }
 }
 
-/// Whether the CPU convolutions under mixed precision also round their outputs to f16 (see
-/// [`set_f16_outputs`]).
-static F16_OUTPUTS: AtomicBool = AtomicBool::new(false);
-
-/// Makes the CPU convolutions (reference and fast backends) under mixed precision round their
-/// outputs to f16 as well, as cuDNN's amp path does, so that it has a reference with the same
-/// rounding points (tests/gpu_training_step.rs). Process-wide; off by default.
-pub fn set_f16_outputs(on: bool) {
-    F16_OUTPUTS.store(on, Ordering::Relaxed);
-}
-
 /// A primitive's result as it leaves the convolution: rounded to f16 (held in f32) under mixed
-/// precision when [`set_f16_outputs`] asks for it, else as computed.
+/// precision when the geometry asks for it (`f16_outputs`), else as computed.
 pub fn output(v: Vec<f32>, g: &ConvGeom) -> Vec<f32> {
-    if g.f16_operands && F16_OUTPUTS.load(Ordering::Relaxed) {
+    if g.f16_operands && g.f16_outputs {
         round_to_f16(&v)
     } else {
         v

@@ -2,7 +2,8 @@
 //! not fast. It is the oracle: the finite-difference checks (tests/grad_check.rs), the GPU
 //! parity tests (tests/gpu_parity.rs) and the fast CPU backend's tests (tests/cpu_fast.rs)
 //! compare with it. It holds `Storage::Cpu` like the CPU backend; [`backend`] returns it, and
-//! [`crate::backend::use_reference_cpu`] makes it serve `Device::Cpu` on one thread.
+//! `crate::backend::use_reference_cpu` (a test hook: feature `test-hooks`) makes it serve
+//! `Device::Cpu` on one thread.
 //!
 //! Each kernel family `kernels/<family>.cu` has its reference in `<family>.rs` here; this file
 //! holds the storage helpers and the `Backend` trait dispatch.
@@ -12,7 +13,6 @@ pub mod augment;
 pub(crate) mod batchnorm;
 pub(crate) mod conditional;
 pub(crate) mod conv;
-pub use conv::set_f16_outputs;
 mod elementwise;
 mod loss;
 mod random;
