@@ -1,26 +1,35 @@
-//! Differentiable ops: shape checks, the backend call, and the backward wiring. Each op's
-//! numeric kernels live in the backends, under the same family name: `ops/<family>.rs` here,
+//! Differentiable ops, by family: shape checks, the backend call, and the backward wiring.
+//! Each family's file `ops/<family>.rs` also declares its backend trait (`<Family>Backend`,
+//! whose sum is `crate::backend::Backend`), with default methods that run the reference on
+//! host memory. The numeric kernels live in the backends under the same family name:
 //! `kernels/<family>.cu`, `backend/cuda/<family>.rs`, `backend/reference/<family>.rs` (and
-//! `backend/cpu/<family>.rs` where the fast CPU backend has its own code).
+//! `backend/cpu/<family>.rs` where the fast CPU backend has its own code). `memory`, `batch`
+//! (batch assembly) and `adam` have no autograd ops, only their trait.
 
-mod batchnorm;
-mod conditional;
-mod conv;
-mod elementwise;
-mod loss;
-mod random;
-mod spectral_norm;
+pub mod adam;
+pub mod batch;
+pub mod batchnorm;
+pub mod conditional;
+pub mod conv;
+pub mod diffaug;
+pub mod elementwise;
+pub mod loss;
+pub mod memory;
+pub mod random;
+pub mod reduce;
+pub mod spectral_norm;
 
 pub use batchnorm::{batch_norm2d, batch_norm2d_act};
-pub use conditional::{
-    channel_affine, diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
-    diffaug_translate, embedding, label_values, row_dot, sum_rows, DiffAugment, DiffAugmentBuffers,
-    DiffAugmentParams, Labels,
-};
+pub use conditional::{channel_affine, embedding, label_values, row_dot, Labels};
 pub use conv::{conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act};
-pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
+pub use diffaug::{
+    diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
+    diffaug_translate, DiffAugment, DiffAugmentBuffers, DiffAugmentParams,
+};
+pub use elementwise::{add, leaky_relu, mul, relu, scale, sigmoid, tanh};
 pub use loss::{bce_with_logits, hinge_loss, GanLoss};
 pub use random::{dropout, gaussian_noise, Seed};
+pub use reduce::{mean, mean_rows, sum, sum_rows};
 pub use spectral_norm::spectral_norm_weight;
 
 use crate::tensor::Tensor;

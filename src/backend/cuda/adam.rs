@@ -197,6 +197,39 @@ pub(super) fn adam_update_scaled_with(
     )
 }
 
+impl AdamBackend for CudaBackend {
+    fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
+        adam_update(self, items, step)
+    }
+    fn adam_update_scaled(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam_update_scaled(self, items, hyper, scale, counters)
+    }
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        adam_update_with(self, items, step, scalars)
+    }
+    fn adam_update_scaled_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scalars: &Storage,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam_update_scaled_with(self, items, hyper, scalars, scale, counters)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -257,3 +257,83 @@ pub(super) fn batch_norm_act_backward(
         Storage::Cuda(dbeta),
     ))
 }
+
+// Plain batch norm (train, backward) is the fused one with no activation: the trait's
+// defaults.
+impl BatchNormBackend for CudaBackend {
+    fn batch_norm_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+    ) -> Result<Storage> {
+        batch_norm_eval(self, x, gamma, beta, running_mean, running_var, d, eps)
+    }
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batch_norm_act_train(
+            self,
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            momentum,
+            eps,
+            act,
+        )
+    }
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batch_norm_act_eval(self, x, gamma, beta, running_mean, running_var, d, eps, act)
+    }
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
+    ) -> Result<(Storage, Storage, Storage)> {
+        batch_norm_act_backward(
+            self,
+            x,
+            dy,
+            gamma,
+            beta,
+            mean,
+            invstd,
+            d,
+            act,
+            batch_stats,
+        )
+    }
+}

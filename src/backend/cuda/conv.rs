@@ -21,7 +21,7 @@
 use super::elementwise::fill;
 use super::err::blas;
 use super::{cb, CudaBackend, CudaBuffer};
-use crate::backend::{ConvGeom, Storage};
+use crate::backend::{ConvBackend, ConvGeom, Storage};
 use anyhow::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
@@ -486,4 +486,17 @@ fn backward_filter(
         n0 += cur;
     }
     Ok(())
+}
+
+// The `_act` forms are the trait's defaults: the conv, then the activation's kernel.
+impl ConvBackend for CudaBackend {
+    fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
+        run(self, Direction::Forward, x, w, g)
+    }
+    fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
+        run(self, Direction::BackwardData, dy, w, g)
+    }
+    fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
+        run(self, Direction::BackwardFilter, x, dy, g)
+    }
 }

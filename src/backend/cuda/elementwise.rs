@@ -168,3 +168,52 @@ pub(super) fn activation_backward(
     }
     Ok(Storage::Cuda(dx))
 }
+
+impl ElementwiseBackend for CudaBackend {
+    fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
+        add(self, a, b)
+    }
+    fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
+        add_assign(self, acc, x)
+    }
+    fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
+        mul(self, a, b)
+    }
+    fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
+        scale(self, a, alpha)
+    }
+    fn reciprocal(&self, a: &Storage) -> Result<Storage> {
+        reciprocal(self, a)
+    }
+    fn round_to_f16(&self, a: &Storage) -> Result<Storage> {
+        super::conv::round_to_f16(self, a)
+    }
+    fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
+        scale_by_scalar(self, a, s, alpha)
+    }
+    fn activation(&self, act: Activation, x: &Storage) -> Result<Storage> {
+        activation(self, act, x)
+    }
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &Storage,
+        y: &Storage,
+        dy: &Storage,
+    ) -> Result<Storage> {
+        activation_backward(self, act, x, y, dy)
+    }
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        // The default `scale_add_assign`'s arithmetic ((acc·a) + (x·b), each rounded), with
+        // the factors read on the device, written back into acc's own buffer.
+        let mut next = scale_by_scalar(self, acc, a, 1.0)?;
+        add_assign(self, &mut next, &scale_by_scalar(self, x, b, 1.0)?)?;
+        self.copy_into(acc, &next)
+    }
+}

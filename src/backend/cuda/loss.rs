@@ -57,3 +57,12 @@ pub(super) fn hinge_with_logits(
     )?;
     Ok((Storage::Cuda(loss), Storage::Cuda(grad)))
 }
+
+impl LossBackend for CudaBackend {
+    fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
+        bce_with_logits(self, x, target)
+    }
+    fn hinge_with_logits(&self, x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
+        hinge_with_logits(self, x, term)
+    }
+}

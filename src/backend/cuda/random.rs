@@ -82,3 +82,24 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
     }
     Ok(Storage::Cuda(out))
 }
+
+impl RandomBackend for CudaBackend {
+    fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
+        dropout_mask(self, len, p, SeedFrom::Args { seed, std: 0.0 })
+    }
+    fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage> {
+        add_gaussian_noise(self, x, SeedFrom::Args { seed, std })
+    }
+    fn dropout_mask_by(&self, len: usize, p: f32, _seed: u64, values: &Storage) -> Result<Storage> {
+        dropout_mask(self, len, p, SeedFrom::Device(values))
+    }
+    fn add_gaussian_noise_by(
+        &self,
+        x: &Storage,
+        _std: f32,
+        _seed: u64,
+        values: &Storage,
+    ) -> Result<Storage> {
+        add_gaussian_noise(self, x, SeedFrom::Device(values))
+    }
+}

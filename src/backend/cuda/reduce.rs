@@ -132,3 +132,18 @@ pub(super) fn channel_sum(be: &CudaBackend, dy: &Storage, d: ChannelDims) -> Res
     }
     Ok(Storage::Cuda(out))
 }
+
+impl ReduceBackend for CudaBackend {
+    fn sum_rows(&self, x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
+        sum_rows(self, x, rows, cols, alpha)
+    }
+    fn broadcast_rows(&self, g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
+        broadcast_rows(self, g, rows, cols, alpha)
+    }
+    fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
+        add_channel_bias(self, y, b, d)
+    }
+    fn channel_sum(&self, dy: &Storage, d: ChannelDims) -> Result<Storage> {
+        channel_sum(self, dy, d)
+    }
+}

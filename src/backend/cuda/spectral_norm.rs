@@ -124,3 +124,30 @@ pub(super) fn spectral_norm_backward(
     }
     Ok(Storage::Cuda(dw))
 }
+
+impl SpectralNormBackend for CudaBackend {
+    fn spectral_norm_sigma(
+        &self,
+        w: &Storage,
+        u: &mut Storage,
+        v: &mut Storage,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+        update: bool,
+    ) -> Result<Storage> {
+        spectral_norm_sigma(self, w, u, v, rows, cols, eps, update)
+    }
+    fn spectral_norm_backward(
+        &self,
+        w: &Storage,
+        g: &Storage,
+        u: &Storage,
+        v: &Storage,
+        sigma: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Storage> {
+        spectral_norm_backward(self, w, g, u, v, sigma, rows, cols)
+    }
+}
