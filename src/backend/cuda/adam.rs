@@ -113,7 +113,7 @@ pub(super) fn adam_update_with(
     for (t, blocks) in tables {
         launch!(
             be,
-            "adam_multi_f32",
+            adam_multi_f32,
             blocks_of(blocks),
             &t,
             &chunk,
@@ -163,7 +163,7 @@ pub(super) fn adam_update_scaled_with(
     for (t, blocks) in &tables {
         launch!(
             be,
-            "amp_find_inf_multi",
+            amp_find_inf_multi,
             blocks_of(*blocks),
             t,
             &chunk,
@@ -174,7 +174,7 @@ pub(super) fn adam_update_scaled_with(
     for (t, blocks) in &tables {
         launch!(
             be,
-            "adam_multi_scaled_f32",
+            adam_multi_scaled_f32,
             blocks_of(*blocks),
             t,
             &chunk,
@@ -189,7 +189,7 @@ pub(super) fn adam_update_scaled_with(
     let interval = loss_scale::GROWTH_INTERVAL;
     launch!(
         be,
-        "amp_update_scale",
+        amp_update_scale,
         blocks_of(1),
         scale.slice_mut(),
         counters.slice_mut(),

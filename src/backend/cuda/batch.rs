@@ -84,7 +84,7 @@ pub(super) fn assemble_batch(
         let cfg = be.grid(n);
         launch!(
             be,
-            "assemble_batch_u8",
+            assemble_batch_u8,
             cfg,
             imgs.slice(),
             out.slice_mut(),

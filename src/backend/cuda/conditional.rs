@@ -24,7 +24,7 @@ pub(super) fn embedding(
         let cfg = be.grid(batch * d);
         launch!(
             be,
-            "embedding_f32",
+            embedding_f32,
             cfg,
             table.slice(),
             labels.slice(),
@@ -57,7 +57,7 @@ pub(super) fn embedding_backward(
         let cfg = be.grid(k * d);
         launch!(
             be,
-            "embedding_backward_f32",
+            embedding_backward_f32,
             cfg,
             dy.slice(),
             labels.slice(),
@@ -91,7 +91,7 @@ pub(super) fn channel_affine(
         let cfg = be.grid(total);
         launch!(
             be,
-            "channel_affine_f32",
+            channel_affine_f32,
             cfg,
             x.slice(),
             scale.slice(),
@@ -127,7 +127,7 @@ pub(super) fn channel_affine_backward(
         let cfg = be.grid(total);
         launch!(
             be,
-            "channel_affine_dx_f32",
+            channel_affine_dx_f32,
             cfg,
             dy.slice(),
             scale.slice(),
@@ -140,7 +140,7 @@ pub(super) fn channel_affine_backward(
         let cfg = be.per_row(rows, CudaBackend::reduce_threads(hw));
         launch!(
             be,
-            "channel_affine_reduce_f32",
+            channel_affine_reduce_f32,
             cfg,
             x.slice(),
             dy.slice(),
@@ -178,7 +178,7 @@ pub(super) fn row_dot(
         let cfg = be.per_row(r, CudaBackend::reduce_threads(c));
         launch!(
             be,
-            "row_dot_f32",
+            row_dot_f32,
             cfg,
             a.slice(),
             b.slice(),
@@ -209,7 +209,7 @@ pub(super) fn row_dot_backward(
         let cfg = be.grid(total);
         launch!(
             be,
-            "row_dot_backward_f32",
+            row_dot_backward_f32,
             cfg,
             a.slice(),
             b.slice(),

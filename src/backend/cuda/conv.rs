@@ -146,7 +146,7 @@ pub(super) fn round_to_f16(be: &CudaBackend, x: &Storage) -> Result<Storage> {
 fn widen_f16(be: &CudaBackend, h: &CudaBuffer, out: &mut CudaBuffer) -> Result<()> {
     let n = out.len() as u64;
     if n > 0 {
-        launch!(be, "f16_to_f32", be.grid(n), h.slice(), &n, out.slice_mut())?;
+        launch!(be, f16_to_f32, be.grid(n), h.slice(), &n, out.slice_mut())?;
     }
     Ok(())
 }
@@ -157,7 +157,7 @@ fn to_f16(be: &CudaBackend, src: u64, n: usize) -> Result<CudaBuffer> {
     let mut out = be.alloc(n.div_ceil(2))?;
     let n = n as u64;
     if n > 0 {
-        launch!(be, "f32_to_f16", be.grid(n), &src, &n, out.slice_mut())?;
+        launch!(be, f32_to_f16, be.grid(n), &src, &n, out.slice_mut())?;
     }
     Ok(out)
 }
@@ -265,7 +265,7 @@ fn im2col(
     let cfg = be.grid(total);
     launch!(
         be,
-        "im2col_f32",
+        im2col_f32,
         cfg,
         x.slice(),
         &n0,
@@ -395,7 +395,7 @@ fn backward_data(
         let lcfg = be.grid((cur * g.c_in * g.h * g.w) as u64);
         launch!(
             be,
-            "col2im_f32",
+            col2im_f32,
             lcfg,
             col.slice(),
             &n0i,
@@ -436,7 +436,7 @@ fn backward_filter(
         let lcfg = be.grid((g.c_out * cols) as u64);
         launch!(
             be,
-            "gather_dy_f32",
+            gather_dy_f32,
             lcfg,
             dy.slice(),
             &n0i,

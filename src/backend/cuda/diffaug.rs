@@ -1,5 +1,6 @@
 //! CUDA launches of DiffAugment (`kernels/diffaug.cu`). Autograd: `src/ops/diffaug.rs`.
 
+use super::modules::names;
 use super::{cb, CudaBackend};
 use crate::backend::{ChannelDims, DiffAugBackend, Storage};
 use anyhow::{bail, Result};
@@ -27,7 +28,7 @@ pub(super) fn diffaug_color(
         let cfg = be.per_row(n, CudaBackend::reduce_threads(c * hw));
         launch!(
             be,
-            "diffaug_color_f32",
+            diffaug_color_f32,
             cfg,
             x.slice(),
             params.slice(),
@@ -85,7 +86,7 @@ pub(super) fn diffaug_translate(
     shifts: &Storage,
     dims: [usize; 4],
 ) -> Result<Storage> {
-    geometric(be, "diffaug_translate_f32", x, shifts, 2, dims)
+    geometric(be, names::diffaug_translate_f32, x, shifts, 2, dims)
 }
 
 pub(super) fn diffaug_cutout(
@@ -94,7 +95,7 @@ pub(super) fn diffaug_cutout(
     boxes: &Storage,
     dims: [usize; 4],
 ) -> Result<Storage> {
-    geometric(be, "diffaug_cutout_f32", x, boxes, 4, dims)
+    geometric(be, names::diffaug_cutout_f32, x, boxes, 4, dims)
 }
 
 impl DiffAugBackend for CudaBackend {

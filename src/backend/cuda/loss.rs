@@ -20,7 +20,7 @@ pub(super) fn bce_with_logits(
     let n = x.len as u64;
     launch!(
         be,
-        "bce_logits_f32",
+        bce_logits_f32,
         CudaBackend::single_block(CudaBackend::reduce_threads(n)),
         x.slice(),
         &n,
@@ -46,7 +46,7 @@ pub(super) fn hinge_with_logits(
     let (sign, clamped) = (term.sign(), i32::from(term.clamped()));
     launch!(
         be,
-        "hinge_logits_f32",
+        hinge_logits_f32,
         CudaBackend::single_block(CudaBackend::reduce_threads(n)),
         x.slice(),
         &n,

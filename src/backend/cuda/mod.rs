@@ -12,15 +12,19 @@
 
 /// Launches kernel `$name` with the given config and arguments. Arguments must be places
 /// (locals, fields), never temporaries: the builder keeps pointers to them until launch.
+/// `$name` is the kernel's bare name, a constant build.rs generates from the kernel sources
+/// (`modules::names`): a kernel that no source defines does not compile.
 macro_rules! launch {
-    ($self:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let f = $self.func($name)?;
+    ($self:expr, $name:ident, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $self.func($crate::backend::cuda::modules::names::$name)?;
         let mut b = $self.stream.launch_builder(f);
         $( b.arg($arg); )+
         // SAFETY: argument types and counts match the kernel signature in kernels/*.cu.
         unsafe { b.launch($cfg) }
             .map(|_| ())
-            .map_err(|e| $crate::backend::cuda::err::drv(e, concat!("launching ", $name)))
+            .map_err(|e| {
+                $crate::backend::cuda::err::drv(e, concat!("launching ", stringify!($name)))
+            })
     }};
 }
 

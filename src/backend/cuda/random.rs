@@ -29,7 +29,7 @@ pub(super) fn dropout_mask(
         match seed {
             SeedFrom::Args { seed, .. } => launch!(
                 be,
-                "dropout_mask_f32",
+                dropout_mask_f32,
                 cfg,
                 out.slice_mut(),
                 &n,
@@ -39,7 +39,7 @@ pub(super) fn dropout_mask(
             )?,
             SeedFrom::Device(v) => launch!(
                 be,
-                "dropout_mask_by_f32",
+                dropout_mask_by_f32,
                 cfg,
                 out.slice_mut(),
                 &n,
@@ -61,7 +61,7 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
         match seed {
             SeedFrom::Args { seed, std } => launch!(
                 be,
-                "gaussian_noise_f32",
+                gaussian_noise_f32,
                 cfg,
                 x.slice(),
                 out.slice_mut(),
@@ -71,7 +71,7 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
             )?,
             SeedFrom::Device(v) => launch!(
                 be,
-                "gaussian_noise_by_f32",
+                gaussian_noise_by_f32,
                 cfg,
                 x.slice(),
                 out.slice_mut(),
