@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use artgan::ops::batch;
+use artgan::backend::batch;
 use artgan::backend::{backend, Backend, Device};
 use artgan::data::{assemble_batch, builtin, Augment, ImageMeta, ImageSet, Loader};
 use artgan::rng::Rng;

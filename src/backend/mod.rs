@@ -1,10 +1,25 @@
 //! The backend seam. Every numeric kernel the engine needs is a method of [`Backend`], the sum
-//! of one trait per op family (declared in `crate::ops::<family>`). Three backends implement
+//! of one trait per op family, each declared in `<family>.rs` here (the family's autograd ops
+//! are `crate::ops::<family>`). Three backends implement
 //! it: the reference (`reference`, the oracle tests compare with), the fast CPU backend
 //! (`cpu`) and CUDA (`cuda`). Autograd (`crate::ops`) and the models only ever call these
 //! methods, so a backend is added without touching them.
 //!
 //! Layout conventions: f32, NCHW, contiguous. Conv weights `[c_out, c_in, kh, kw]`.
+
+// One file per op family: its backend trait, with host defaults that run the reference.
+mod adam;
+pub mod batch;
+mod batchnorm;
+mod conditional;
+mod conv;
+mod diffaug;
+mod elementwise;
+mod loss;
+mod memory;
+mod random;
+mod reduce;
+mod spectral_norm;
 
 pub mod cpu;
 pub mod cuda;
@@ -12,19 +27,19 @@ mod params;
 pub mod reference;
 pub mod select;
 
-pub use crate::ops::adam::AdamBackend;
-pub use crate::ops::batch::BatchBackend;
-pub use crate::ops::batchnorm::BatchNormBackend;
-pub use crate::ops::conditional::ConditionalBackend;
-pub use crate::ops::conv::ConvBackend;
-pub use crate::ops::diffaug::DiffAugBackend;
-pub use crate::ops::elementwise::ElementwiseBackend;
-pub use crate::ops::loss::LossBackend;
-pub use crate::ops::memory::MemoryBackend;
-pub use crate::ops::random::RandomBackend;
-pub use crate::ops::reduce::ReduceBackend;
-pub use crate::ops::spectral_norm::SpectralNormBackend;
+pub use adam::AdamBackend;
+pub use batch::BatchBackend;
+pub use batchnorm::BatchNormBackend;
+pub use conditional::ConditionalBackend;
+pub use conv::ConvBackend;
+pub use diffaug::DiffAugBackend;
+pub use elementwise::ElementwiseBackend;
+pub use loss::LossBackend;
+pub use memory::MemoryBackend;
 pub use params::*;
+pub use random::RandomBackend;
+pub use reduce::ReduceBackend;
+pub use spectral_norm::SpectralNormBackend;
 
 use anyhow::{bail, Result};
 use std::cell::RefCell;
@@ -74,8 +89,8 @@ impl Storage {
     }
 }
 
-/// The whole op set: the sum of the op families' traits, each declared beside its ops in
-/// `crate::ops::<family>` with its methods documented there. Inputs are validated by the
+/// The whole op set: the sum of the op families' traits, each declared (and its methods
+/// documented) in this module's `<family>.rs`. Inputs are validated by the
 /// caller (`crate::ops`): lengths agree with the dimensions passed. Every method may fail
 /// (device errors, out of memory). Implemented for every type that implements the families.
 pub trait Backend:

@@ -18,8 +18,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::{Augment, ImageSet};
-use crate::backend::{backend, Backend, Device, Storage};
-use crate::ops::batch;
+use crate::backend::{backend, batch, Backend, Device, Storage};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -258,7 +257,7 @@ impl Loader {
 /// (v / 127.5 - 1). Returns NCHW f32. Flip is applied before rotation. A missing flip or angle
 /// (shorter slice) means none.
 ///
-/// The arithmetic is [`crate::ops::batch::assemble`], which the host backends'
+/// The arithmetic is [`crate::backend::batch::assemble`], which the host backends'
 /// `assemble_batch` also run (the CUDA kernel repeats it operation for operation).
 pub fn assemble_batch(
     set: &ImageSet,

@@ -4,8 +4,7 @@
 //! * hinge (Lim & Ye 2017, SAGAN, FastGAN): D minimises mean(max(0, 1 − D(x))) +
 //!   mean(max(0, 1 + D(G(z)))), G minimises −mean(D(G(z))).
 
-use crate::backend::reference::loss as reference;
-use crate::backend::{all_on_host, HingeTerm, Storage};
+use crate::backend::{HingeTerm, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -83,22 +82,5 @@ impl std::fmt::Display for GanLoss {
             GanLoss::Bce => "bce",
             GanLoss::Hinge => "hinge",
         })
-    }
-}
-
-/// The fused losses. The defaults run the reference (`backend/reference/loss.rs`) on host
-/// memory.
-pub trait LossBackend {
-    /// Mean binary cross-entropy with logits against a constant `target`, fused: returns
-    /// (loss as one element, d loss / d x).
-    fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
-        all_on_host("bce_with_logits", &[x])?;
-        reference::bce_with_logits(x, target)
-    }
-    /// Mean hinge loss of logits for one `term`, fused: returns (loss as one element,
-    /// d loss / d x).
-    fn hinge_with_logits(&self, x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
-        all_on_host("hinge_with_logits", &[x])?;
-        reference::hinge_with_logits(x, term)
     }
 }

@@ -1,23 +1,18 @@
-//! Differentiable ops, by family: shape checks, the backend call, and the backward wiring.
-//! Each family's file `ops/<family>.rs` also declares its backend trait (`<Family>Backend`,
-//! whose sum is `crate::backend::Backend`), with default methods that run the reference on
-//! host memory. The numeric kernels live in the backends under the same family name:
-//! `kernels/<family>.cu`, `backend/cuda/<family>.rs`, `backend/reference/<family>.rs` (and
-//! `backend/cpu/<family>.rs` where the fast CPU backend has its own code). `memory`, `batch`
-//! (batch assembly) and `adam` have no autograd ops, only their trait.
+//! Differentiable ops: shape checks, the backend call, and the backward wiring. Each op's
+//! numeric kernels live in the backends, under the same family name: `ops/<family>.rs` here,
+//! the family's backend trait in `backend/<family>.rs`, `kernels/<family>.cu`,
+//! `backend/cuda/<family>.rs`, `backend/reference/<family>.rs` (and `backend/cpu/<family>.rs`
+//! where the fast CPU backend has its own code).
 
-pub mod adam;
-pub mod batch;
-pub mod batchnorm;
-pub mod conditional;
-pub mod conv;
-pub mod diffaug;
-pub mod elementwise;
-pub mod loss;
-pub mod memory;
-pub mod random;
-pub mod reduce;
-pub mod spectral_norm;
+mod batchnorm;
+mod conditional;
+mod conv;
+mod diffaug;
+mod elementwise;
+mod loss;
+mod random;
+mod reduce;
+mod spectral_norm;
 
 pub use batchnorm::{batch_norm2d, batch_norm2d_act};
 pub use conditional::{channel_affine, embedding, label_values, row_dot, Labels};

@@ -4,8 +4,7 @@
 //! v, sigma = uᵀWv with gradient through W, weight used = W/sigma.
 
 use super::same_device;
-use crate::backend::reference::spectral_norm as reference;
-use crate::backend::{all_on_host, Storage};
+use crate::backend::Storage;
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 
@@ -67,42 +66,4 @@ pub fn spectral_norm_weight(
             )?)])
         },
     )
-}
-
-/// Spectral norm of `w` viewed as `[rows, cols]`. The defaults run the reference
-/// (`backend/reference/spectral_norm.rs`) on host memory.
-pub trait SpectralNormBackend {
-    /// One power iteration when `update` (v = normalize(Wᵀu), u = normalize(Wv), written
-    /// back), then sigma = uᵀWv. Returns sigma as a one-element storage.
-    #[allow(clippy::too_many_arguments)]
-    fn spectral_norm_sigma(
-        &self,
-        w: &Storage,
-        u: &mut Storage,
-        v: &mut Storage,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-        update: bool,
-    ) -> Result<Storage> {
-        all_on_host("spectral_norm_sigma", &[w, &*u, &*v])?;
-        reference::spectral_norm_sigma(w, u, v, rows, cols, eps, update)
-    }
-    /// Gradient of W/sigma(W) with respect to W, u and v held fixed:
-    /// `dW = g/sigma - (sum(g*W)/sigma^2) u vᵀ`.
-    #[allow(clippy::too_many_arguments)]
-    fn spectral_norm_backward(
-        &self,
-        w: &Storage,
-        g: &Storage,
-        u: &Storage,
-        v: &Storage,
-        sigma: &Storage,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Storage> {
-        let _ = rows;
-        all_on_host("spectral_norm_backward", &[w, g, u, v, sigma])?;
-        reference::spectral_norm_backward(w, g, u, v, sigma, cols)
-    }
 }

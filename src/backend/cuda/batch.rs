@@ -1,10 +1,10 @@
 //! Launches of `kernels/batch.cu`: the image set uploaded as packed bytes and batch assembly
 //! (gather, flip, rotate, scale to [-1, 1]) on the GPU. No autograd: the caller is the data
-//! loader (`src/data/loader.rs`); the arithmetic is `crate::ops::batch`.
+//! loader (`src/data/loader.rs`); the arithmetic is `crate::backend::batch`.
 
 use super::err::drv;
 use super::{cb, CudaBackend};
-use crate::ops::batch as host;
+use crate::backend::batch as host;
 use crate::backend::*;
 use anyhow::{anyhow, Result};
 use cudarc::driver::{DeviceRepr, PushKernelArg};

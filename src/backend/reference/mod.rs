@@ -5,8 +5,8 @@
 //! [`crate::backend::use_reference_cpu`] makes it serve `Device::Cpu` on one thread.
 //!
 //! Each kernel family `kernels/<family>.cu` has its reference in `<family>.rs` here (batch
-//! assembly's is the shared host code in `crate::ops::batch`). The family traits' default
-//! methods (`crate::ops::<family>`) run it on host memory, so the reference backend is those
+//! assembly's is the shared host code in `crate::backend::batch`). The family traits' default
+//! methods (`crate::backend::<family>`) run it on host memory, so the reference backend is those
 //! defaults and nothing else; this file holds the storage helpers.
 
 pub(crate) mod adam;

@@ -1,7 +1,7 @@
-//! Memory: making, moving and copying storage. Its ops are `Tensor`'s own methods
-//! (`crate::tensor`); this file declares the family's backend trait.
+//! Memory: making, moving and copying storage; the family's backend trait. Its callers are
+//! `Tensor`'s own methods (`crate::tensor`).
 
-use crate::backend::{cuda, on_host, Device, Storage};
+use super::{cuda, on_host, Device, Storage};
 use anyhow::{bail, Result};
 
 /// Storage in and out of a backend. The defaults keep tensors in host memory.

@@ -1,8 +1,8 @@
-//! Adam's backend family. The optimiser itself is `crate::optim`; this file declares what it
-//! asks of a backend.
+//! Adam: the family's backend trait. Its caller is the optimiser, `crate::optim`; its kernels
+//! `kernels/adam.cu`, launched by `cuda/adam.rs`; its reference `reference/adam.rs`.
 
-use crate::backend::reference::adam as reference;
-use crate::backend::{all_on_host, AdamHyper, AdamItem, AdamStep, Storage};
+use super::reference::adam as reference;
+use super::{all_on_host, AdamHyper, AdamItem, AdamStep, Storage};
 use anyhow::Result;
 
 /// `op`'s storage, every item's and `extra`, in host memory (the defaults' guard).

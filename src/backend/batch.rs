@@ -1,4 +1,6 @@
-//! Batch assembly from 8-bit images: the one definition of its arithmetic.
+//! Batch assembly from 8-bit images: the one definition of its arithmetic, and the family's
+//! backend trait. Its caller is the data loader (`crate::data::loader`); its kernel
+//! `kernels/batch.cu`, launched by `cuda/batch.rs`.
 //!
 //! A batch gathers images (HWC RGB bytes, `size`×`size`) by index, mirrors some left-right,
 //! rotates some about the centre (bilinear sampling, mirror-reflected edges) and maps bytes to
@@ -12,7 +14,7 @@
 //! f32 everywhere, and a byte copy (not a value conversion) keeps their order in memory on both
 //! the host and the GPU.
 
-use crate::backend::{on_host, Storage};
+use super::{on_host, Storage};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
