@@ -11,7 +11,10 @@ pub trait ConvBackend: ElementwiseBackend {
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_forward";
         let (x, w) = reference::operands(on_host(op, x)?, on_host(op, w)?, g);
-        Ok(Storage::Cpu(reference::output(reference::forward(&x, &w, g), g)))
+        Ok(Storage::Cpu(reference::output(
+            reference::forward(&x, &w, g),
+            g,
+        )))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_backward_data";

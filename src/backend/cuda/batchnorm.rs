@@ -323,17 +323,6 @@ impl BatchNormBackend for CudaBackend {
         act: BatchNormAct,
         batch_stats: bool,
     ) -> Result<(Storage, Storage, Storage)> {
-        batch_norm_act_backward(
-            self,
-            x,
-            dy,
-            gamma,
-            beta,
-            mean,
-            invstd,
-            d,
-            act,
-            batch_stats,
-        )
+        batch_norm_act_backward(self, x, dy, gamma, beta, mean, invstd, d, act, batch_stats)
     }
 }
