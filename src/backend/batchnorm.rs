@@ -1,5 +1,6 @@
-//! Batch norm: the family's backend trait. Its autograd ops are `crate::ops::batchnorm`; its
-//! kernels `kernels/batchnorm.cu`, launched by `cuda/batchnorm.rs`; its reference `reference/batchnorm.rs`.
+//! Batch norm: the family's backend trait. Its autograd ops are `crate::ops::batchnorm`, its
+//! kernels `kernels/batchnorm.cu` (launched by `cuda/batchnorm.rs`), its reference
+//! `reference/batchnorm.rs`.
 
 use super::reference::batchnorm as reference;
 use super::{all_on_host, BatchNormAct, BatchNormSaved, ChannelDims, Storage};

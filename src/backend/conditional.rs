@@ -1,5 +1,6 @@
-//! The conditional models' ops: the family's backend trait. Its autograd ops are `crate::ops::conditional`; its
-//! kernels `kernels/conditional.cu`, launched by `cuda/conditional.rs`; its reference `reference/conditional.rs`.
+//! The conditional models' ops: the family's backend trait. Its autograd ops are
+//! `crate::ops::conditional`, its kernels `kernels/conditional.cu` (launched by
+//! `cuda/conditional.rs`), its reference `reference/conditional.rs`.
 
 use super::reference::conditional as reference;
 use super::{on_host, ChannelDims, Storage};

@@ -1,5 +1,5 @@
-//! Convolution: the family's backend trait. Its autograd ops are `crate::ops::conv`; its
-//! kernels `kernels/conv.cu`, launched by `cuda/conv.rs`; its reference `reference/conv.rs`.
+//! Convolution: the family's backend trait. Its autograd ops are `crate::ops::conv`, its kernels
+//! `kernels/conv.cu` (launched by `cuda/conv.rs`), its reference `reference/conv.rs`.
 
 use super::reference::conv as reference;
 use super::{on_host, Activation, ConvGeom, ElementwiseBackend, Storage};

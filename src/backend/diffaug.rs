@@ -1,5 +1,5 @@
-//! DiffAugment: the family's backend trait. Its autograd ops are `crate::ops::diffaug`; its
-//! kernels `kernels/diffaug.cu`, launched by `cuda/diffaug.rs`; its reference `reference/diffaug.rs`.
+//! DiffAugment: the family's backend trait. Its autograd ops are `crate::ops::diffaug`, its kernels
+//! `kernels/diffaug.cu` (launched by `cuda/diffaug.rs`), its reference `reference/diffaug.rs`.
 
 use super::reference::diffaug as reference;
 use super::{on_host, ChannelDims, Storage};

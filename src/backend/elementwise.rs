@@ -1,5 +1,6 @@
-//! Elementwise maps and activations: the family's backend trait. Its autograd ops are `crate::ops::elementwise`; its
-//! kernels `kernels/elementwise.cu`, launched by `cuda/elementwise.rs`; its reference `reference/elementwise.rs`.
+//! Elementwise maps and activations: the family's backend trait. Its autograd ops are
+//! `crate::ops::elementwise`, its kernels `kernels/elementwise.cu` (launched by
+//! `cuda/elementwise.rs`), its reference `reference/elementwise.rs`.
 
 use super::reference::{conv::round_to_f16, elementwise as reference};
 use super::{all_on_host, on_host, Activation, Storage};

@@ -1,5 +1,5 @@
-//! The fused GAN losses: the family's backend trait. Its autograd ops are `crate::ops::loss`; its
-//! kernels `kernels/loss.cu`, launched by `cuda/loss.rs`; its reference `reference/loss.rs`.
+//! The fused GAN losses: the family's backend trait. Its autograd ops are `crate::ops::loss`, its
+//! kernels `kernels/loss.cu` (launched by `cuda/loss.rs`), its reference `reference/loss.rs`.
 
 use super::reference::loss as reference;
 use super::{all_on_host, HingeTerm, Storage};

@@ -1,9 +1,9 @@
-//! The backend seam. Every numeric kernel the engine needs is a method of [`Backend`], the sum
-//! of one trait per op family, each declared in `<family>.rs` here (the family's autograd ops
-//! are `crate::ops::<family>`). Three backends implement
-//! it: the reference (`reference`, the oracle tests compare with), the fast CPU backend
-//! (`cpu`) and CUDA (`cuda`). Autograd (`crate::ops`) and the models only ever call these
-//! methods, so a backend is added without touching them.
+//! The backend seam, with three backends: the reference (`reference`, plain loops: the oracle
+//! the tests compare with), the fast CPU backend (`cpu`) and CUDA (`cuda`). Every numeric
+//! kernel the engine needs is a method of [`Backend`], the sum of one trait per op family, each
+//! declared in `<family>.rs` here (the family's autograd ops are `crate::ops::<family>`).
+//! Autograd and the models only ever call these methods, so a backend is added without
+//! touching them.
 //!
 //! Layout conventions: f32, NCHW, contiguous. Conv weights `[c_out, c_in, kh, kw]`.
 

@@ -1,5 +1,6 @@
-//! Dropout masks and Gaussian noise: the family's backend trait. Its autograd ops are `crate::ops::random`; its
-//! kernels `kernels/random.cu`, launched by `cuda/random.rs`; its reference `reference/random.rs`.
+//! Dropout masks and Gaussian noise: the family's backend trait. Its autograd ops are
+//! `crate::ops::random`, its kernels `kernels/random.cu` (launched by `cuda/random.rs`), its
+//! reference `reference/random.rs`.
 
 use super::reference::random as reference;
 use super::{all_on_host, Storage};

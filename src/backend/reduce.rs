@@ -1,5 +1,6 @@
-//! Row and channel reductions: the family's backend trait. Its autograd ops are `crate::ops::reduce`; its
-//! kernels `kernels/reduce.cu`, launched by `cuda/reduce.rs`; its reference `reference/reduce.rs`.
+//! Row and channel reductions: the family's backend trait. Its autograd ops are
+//! `crate::ops::reduce`, its kernels `kernels/reduce.cu` (launched by `cuda/reduce.rs`), its
+//! reference `reference/reduce.rs`.
 
 use super::reference::reduce as reference;
 use super::{all_on_host, ChannelDims, Storage};

@@ -1,5 +1,6 @@
-//! Spectral norm: the family's backend trait. Its autograd ops are `crate::ops::spectral_norm`; its
-//! kernels `kernels/spectral_norm.cu`, launched by `cuda/spectral_norm.rs`; its reference `reference/spectral_norm.rs`.
+//! Spectral norm: the family's backend trait. Its autograd ops are `crate::ops::spectral_norm`, its
+//! kernels `kernels/spectral_norm.cu` (launched by `cuda/spectral_norm.rs`), its reference
+//! `reference/spectral_norm.rs`.
 
 use super::reference::spectral_norm as reference;
 use super::{all_on_host, Storage};

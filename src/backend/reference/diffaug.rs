@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::backend::ChannelDims;
 
-/// DiffAugment colour (see [`crate::backend::Backend::diffaug_color`]), following the paper's
+/// DiffAugment colour (see [`crate::backend::DiffAugBackend::diffaug_color`]), following the paper's
 /// three steps literally.
 pub fn diffaug_color(
     x: &[f32],
