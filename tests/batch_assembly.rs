@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use artgan::backend::reference::augment;
+use artgan::backend::batch;
 use artgan::backend::{backend, Backend, Device};
 use artgan::data::{assemble_batch, builtin, Augment, ImageMeta, ImageSet, Loader};
 use artgan::rng::Rng;
@@ -134,7 +134,7 @@ fn bad_requests_are_errors() {
     // An empty batch is an empty tensor.
     let empty = cpu.assemble_batch(&images, 5, &[], &[], &[]).unwrap();
     assert!(empty.is_empty());
-    assert!(augment::rotation(0.0).is_none() && augment::rotation(-0.0).is_none());
+    assert!(batch::rotation(0.0).is_none() && batch::rotation(-0.0).is_none());
 }
 
 #[test]

@@ -1169,6 +1169,7 @@ fn adam_loss_scaled_update() {
 
 #[test]
 fn allocator_reuses_buffers_in_steady_state() {
+    use artgan::backend::{ElementwiseBackend, MemoryBackend};
     if gpu().is_none() {
         return;
     }
@@ -1824,4 +1825,36 @@ fn amp_cudnn_convolutions_match_fp32_within_an_f16_derived_bound() {
         differs > 0,
         "the amp results equal the f32 ones: f16 did not run"
     );
+}
+
+/// A family method the CUDA backend forgot falls to its trait's host default, which must fail
+/// loudly on device tensors, naming the op and the device, instead of reading them.
+#[test]
+fn host_defaults_refuse_device_tensors() {
+    use artgan::backend::{ConvBackend, ElementwiseBackend, ReduceBackend};
+    let Some(g) = gpu() else { return };
+    struct HostOnly;
+    impl ElementwiseBackend for HostOnly {}
+    impl ReduceBackend for HostOnly {}
+    impl ConvBackend for HostOnly {}
+    let x = up(&g, &[1.0, -2.0, 3.0, 4.0]);
+    let refused = |op: &str| {
+        format!(
+            "{op}: this backend has no implementation for tensors on {} (only the host default)",
+            g.device()
+        )
+    };
+    let err = HostOnly.add(&x, &x).err().expect("add on device memory");
+    assert_eq!(err.to_string(), refused("add"));
+    let err = HostOnly.sum_rows(&x, 2, 2, 1.0).err().expect("sum_rows");
+    assert_eq!(err.to_string(), refused("sum_rows"));
+    let geom = ConvGeom::conv(1, 1, 2, 2, 1, 1, 1, 0).expect("a 1x1 conv");
+    let err = HostOnly.conv2d_forward(&x, &x, &geom).err().expect("conv");
+    assert_eq!(err.to_string(), refused("conv2d_forward"));
+    // The same defaults serve host memory.
+    let host = Storage::Cpu(vec![1.0, -2.0, 3.0, 4.0]);
+    match HostOnly.add(&host, &host).expect("add on the host") {
+        Storage::Cpu(v) => assert_eq!(v, [2.0, -4.0, 6.0, 8.0]),
+        other => panic!("host add gave a tensor on {}", other.device()),
+    }
 }

@@ -18,8 +18,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::{Augment, ImageSet};
-use crate::backend::reference::augment;
-use crate::backend::{backend, Backend, Device, Storage};
+use crate::backend::{backend, batch, Backend, Device, Storage};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -253,12 +252,12 @@ impl Loader {
     }
 }
 
-/// CPU reference of batch assembly: gathers `indices`, mirrors where `flips` says, rotates by
+/// Batch assembly on the host: gathers `indices`, mirrors where `flips` says, rotates by
 /// `angles_deg` about the centre (bilinear, reflected edges), and maps bytes to [-1, 1]
 /// (v / 127.5 - 1). Returns NCHW f32. Flip is applied before rotation. A missing flip or angle
 /// (shorter slice) means none.
 ///
-/// The arithmetic is [`crate::backend::reference::augment::assemble`], which the backends'
+/// The arithmetic is [`crate::backend::batch::assemble`], which the host backends'
 /// `assemble_batch` also run (the CUDA kernel repeats it operation for operation).
 pub fn assemble_batch(
     set: &ImageSet,
@@ -272,5 +271,5 @@ pub fn assemble_batch(
     let angles: Vec<f32> = (0..indices.len())
         .map(|b| angles_deg.get(b).copied().unwrap_or(0.0))
         .collect();
-    augment::assemble(set.pixels(), set.size, indices, &flips, &angles)
+    batch::assemble(set.pixels(), set.size, indices, &flips, &angles)
 }

@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use std::rc::Rc;
 
 /// What the op applies to the convolution's output: an optional bias, or an activation, which
-/// the backend may fuse into the pass that writes the output (`Backend::conv2d_forward_act`).
+/// the backend may fuse into the pass that writes the output (`ConvBackend::conv2d_forward_act`).
 #[derive(Clone, Copy)]
 enum After<'a> {
     Bias(Option<&'a Tensor>),

@@ -1,4 +1,4 @@
-//! Elementwise ops, activations and reductions.
+//! Elementwise ops and activations.
 
 use super::same_device;
 use crate::backend::{Activation, Storage};
@@ -89,46 +89,4 @@ pub fn tanh(x: &Tensor) -> Result<Tensor> {
 
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     activation(x, Activation::Sigmoid, "sigmoid")
-}
-
-/// `[rows, cols]`-view row reduction scaled by `alpha`, with output shape `out_shape`.
-fn reduce_rows(
-    x: &Tensor,
-    rows: usize,
-    alpha: f32,
-    out_shape: &[usize],
-    name: &'static str,
-) -> Result<Tensor> {
-    let cols = x.numel() / rows.max(1);
-    let be = x.backend();
-    let y = be.sum_rows(&x.storage(), rows, cols, alpha)?;
-    Tensor::from_op(y, out_shape, name, &[x], move |g: &Storage, _: &[bool]| {
-        Ok(vec![Some(be.broadcast_rows(g, rows, cols, alpha)?)])
-    })
-}
-
-/// Sum of all elements, shape `[1]`.
-pub fn sum(x: &Tensor) -> Result<Tensor> {
-    reduce_rows(x, 1, 1.0, &[1], "sum")
-}
-
-/// Mean of all elements, shape `[1]`.
-pub fn mean(x: &Tensor) -> Result<Tensor> {
-    if x.numel() == 0 {
-        bail!("mean of an empty tensor");
-    }
-    reduce_rows(x, 1, 1.0 / x.numel() as f32, &[1], "mean")
-}
-
-/// Mean over everything but the first dimension: `[n, ...]` → `[n]` (global average pooling
-/// of a one-channel map).
-pub fn mean_rows(x: &Tensor) -> Result<Tensor> {
-    let Some(&n) = x.shape().first() else {
-        bail!("mean_rows of a scalar");
-    };
-    let cols = x.numel() / n.max(1);
-    if cols == 0 {
-        bail!("mean_rows of an empty tensor");
-    }
-    reduce_rows(x, n, 1.0 / cols as f32, &[n], "mean_rows")
 }

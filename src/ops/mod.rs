@@ -1,26 +1,30 @@
 //! Differentiable ops: shape checks, the backend call, and the backward wiring. Each op's
 //! numeric kernels live in the backends, under the same family name: `ops/<family>.rs` here,
-//! `kernels/<family>.cu`, `backend/cuda/<family>.rs`, `backend/reference/<family>.rs` (and
-//! `backend/cpu/<family>.rs` where the fast CPU backend has its own code).
+//! the family's backend trait in `backend/<family>.rs`, `kernels/<family>.cu`,
+//! `backend/cuda/<family>.rs`, `backend/reference/<family>.rs` (and `backend/cpu/<family>.rs`
+//! where the fast CPU backend has its own code).
 
 mod batchnorm;
 mod conditional;
 mod conv;
+mod diffaug;
 mod elementwise;
 mod loss;
 mod random;
+mod reduce;
 mod spectral_norm;
 
 pub use batchnorm::{batch_norm2d, batch_norm2d_act};
-pub use conditional::{
-    channel_affine, diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
-    diffaug_translate, embedding, label_values, row_dot, sum_rows, DiffAugment, DiffAugmentBuffers,
-    DiffAugmentParams, Labels,
-};
+pub use conditional::{channel_affine, embedding, label_values, row_dot, Labels};
 pub use conv::{conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act};
-pub use elementwise::{add, leaky_relu, mean, mean_rows, mul, relu, scale, sigmoid, sum, tanh};
+pub use diffaug::{
+    diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
+    diffaug_translate, DiffAugment, DiffAugmentBuffers, DiffAugmentParams,
+};
+pub use elementwise::{add, leaky_relu, mul, relu, scale, sigmoid, tanh};
 pub use loss::{bce_with_logits, hinge_loss, GanLoss};
 pub use random::{dropout, gaussian_noise, Seed};
+pub use reduce::{mean, mean_rows, sum, sum_rows};
 pub use spectral_norm::spectral_norm_weight;
 
 use crate::tensor::Tensor;

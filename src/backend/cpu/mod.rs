@@ -5,16 +5,13 @@
 //!
 //! Its own code, by kernel family: `conv.rs` (on the packed AVX-512/AVX2 GEMM of `gemm.rs`),
 //! `batchnorm.rs`, `elementwise.rs` (parallel maps, the EMA's in-place update) and `adam.rs`;
-//! every other family is the reference's code.
+//! every other method is its family trait's default, the reference's code.
 
 mod adam;
 mod batchnorm;
 mod conv;
 mod elementwise;
 mod gemm;
-// What the fast path does not speed up (memory moves, spectral norm, reductions,
-// random masks, the loss) is the reference's code, called as it is.
-use super::reference::ReferenceBackend;
 
 pub use gemm::{crate_gemm, gemm, gemm_gathered, gemm_nt_with, gemm_with, Gathered, Kernel};
 
@@ -186,52 +183,29 @@ pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-impl Backend for CpuBackend {
-    fn device(&self) -> Device {
-        ReferenceBackend.device()
-    }
+// What the fast path does not speed up (memory moves, batch assembly, reductions, random
+// masks, spectral norm, the loss, the conditional models, DiffAugment, and the rest of
+// batch norm and the elementwise maps) is the families' default: the reference's code.
+impl BatchBackend for CpuBackend {}
+impl ReduceBackend for CpuBackend {}
+impl RandomBackend for CpuBackend {}
+impl SpectralNormBackend for CpuBackend {}
+impl LossBackend for CpuBackend {}
+impl ConditionalBackend for CpuBackend {}
+impl DiffAugBackend for CpuBackend {}
 
-    fn upload(&self, host_data: &[f32]) -> Result<Storage> {
-        ReferenceBackend.upload(host_data)
-    }
-    fn download(&self, s: &Storage) -> Result<Vec<f32>> {
-        ReferenceBackend.download(s)
-    }
-    fn zeros(&self, len: usize) -> Result<Storage> {
-        ReferenceBackend.zeros(len)
-    }
-    fn full(&self, len: usize, value: f32) -> Result<Storage> {
-        ReferenceBackend.full(len, value)
-    }
+impl MemoryBackend for CpuBackend {
     fn copy(&self, s: &Storage) -> Result<Storage> {
         elementwise::copy(s)
     }
+}
 
-    fn upload_images(&self, pixels: &[u8]) -> Result<Storage> {
-        ReferenceBackend.upload_images(pixels)
-    }
-    fn assemble_batch(
-        &self,
-        images: &Storage,
-        image_size: usize,
-        indices: &[u32],
-        flips: &[bool],
-        angles_deg: &[f32],
-    ) -> Result<Storage> {
-        ReferenceBackend.assemble_batch(images, image_size, indices, flips, angles_deg)
-    }
-
+impl ElementwiseBackend for CpuBackend {
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         elementwise::add(a, b)
     }
-    fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
-        ReferenceBackend.add_assign(acc, x)
-    }
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         elementwise::mul(a, b)
-    }
-    fn round_to_f16(&self, a: &Storage) -> Result<Storage> {
-        ReferenceBackend.round_to_f16(a)
     }
     fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
         elementwise::scale(a, alpha)
@@ -239,7 +213,6 @@ impl Backend for CpuBackend {
     fn reciprocal(&self, a: &Storage) -> Result<Storage> {
         elementwise::reciprocal(a)
     }
-
     fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
         elementwise::scale_by_scalar(a, s, alpha)
     }
@@ -255,14 +228,12 @@ impl Backend for CpuBackend {
     ) -> Result<Storage> {
         elementwise::activation_backward(act, x, y, dy)
     }
-
-    fn sum_rows(&self, x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
-        ReferenceBackend.sum_rows(x, rows, cols, alpha)
+    fn scale_add_assign(&self, acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {
+        elementwise::scale_add_assign(acc, a, x, b)
     }
-    fn broadcast_rows(&self, g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
-        ReferenceBackend.broadcast_rows(g, rows, cols, alpha)
-    }
+}
 
+impl ConvBackend for CpuBackend {
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.forward += 1);
         conv_then(conv::forward, x, w, g, None)
@@ -324,62 +295,11 @@ impl Backend for CpuBackend {
         };
         Ok(Storage::Cpu(conv::backward_filter(host(x)?, dy, g)))
     }
-    fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
-        ReferenceBackend.add_channel_bias(y, b, d)
-    }
-    fn channel_sum(&self, dy: &Storage, d: ChannelDims) -> Result<Storage> {
-        ReferenceBackend.channel_sum(dy, d)
-    }
+}
 
-    fn batch_norm_train(
-        &self,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &mut Storage,
-        running_var: &mut Storage,
-        d: ChannelDims,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<BatchNormSaved> {
-        let act = BatchNormAct::None;
-        self.batch_norm_act_train(
-            x,
-            gamma,
-            beta,
-            running_mean,
-            running_var,
-            d,
-            momentum,
-            eps,
-            act,
-        )
-    }
-    fn batch_norm_eval(
-        &self,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-        d: ChannelDims,
-        eps: f32,
-    ) -> Result<Storage> {
-        ReferenceBackend.batch_norm_eval(x, gamma, beta, running_mean, running_var, d, eps)
-    }
-    fn batch_norm_backward(
-        &self,
-        x: &Storage,
-        dy: &Storage,
-        gamma: &Storage,
-        mean: &Storage,
-        invstd: &Storage,
-        d: ChannelDims,
-    ) -> Result<(Storage, Storage, Storage)> {
-        let none = Storage::Cpu(Vec::new());
-        let act = BatchNormAct::None;
-        self.batch_norm_act_backward(x, dy, gamma, &none, mean, invstd, d, act, true)
-    }
+// Plain batch norm is the fused one with no activation (the families' default); eval mode is
+// the reference's.
+impl BatchNormBackend for CpuBackend {
     fn batch_norm_act_train(
         &self,
         x: &Storage,
@@ -410,19 +330,6 @@ impl Backend for CpuBackend {
             invstd: Storage::Cpu(invstd),
         })
     }
-    fn batch_norm_act_eval(
-        &self,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-        d: ChannelDims,
-        eps: f32,
-        act: BatchNormAct,
-    ) -> Result<BatchNormSaved> {
-        ReferenceBackend.batch_norm_act_eval(x, gamma, beta, running_mean, running_var, d, eps, act)
-    }
     fn batch_norm_act_backward(
         &self,
         x: &Storage,
@@ -448,50 +355,12 @@ impl Backend for CpuBackend {
         );
         Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
     }
+}
 
-    fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
-        ReferenceBackend.dropout_mask(len, p, seed)
-    }
-    fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage> {
-        ReferenceBackend.add_gaussian_noise(x, std, seed)
-    }
-
-    fn spectral_norm_sigma(
-        &self,
-        w: &Storage,
-        u: &mut Storage,
-        v: &mut Storage,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-        update: bool,
-    ) -> Result<Storage> {
-        ReferenceBackend.spectral_norm_sigma(w, u, v, rows, cols, eps, update)
-    }
-    fn spectral_norm_backward(
-        &self,
-        w: &Storage,
-        g: &Storage,
-        u: &Storage,
-        v: &Storage,
-        sigma: &Storage,
-        _rows: usize,
-        cols: usize,
-    ) -> Result<Storage> {
-        ReferenceBackend.spectral_norm_backward(w, g, u, v, sigma, _rows, cols)
-    }
-
-    fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
-        ReferenceBackend.bce_with_logits(x, target)
-    }
-    fn hinge_with_logits(&self, x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
-        ReferenceBackend.hinge_with_logits(x, term)
-    }
-
+impl AdamBackend for CpuBackend {
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(items, step)
     }
-
     fn adam_update_scaled(
         &self,
         items: &mut [AdamItem<'_>],
@@ -500,81 +369,5 @@ impl Backend for CpuBackend {
         counters: &mut Storage,
     ) -> Result<()> {
         super::reference::adam::adam_update_scaled(items, hyper, scale, counters, adam::adam_update)
-    }
-
-    fn scale_add_assign(&self, acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {
-        elementwise::scale_add_assign(acc, a, x, b)
-    }
-
-    // ---- conditional models and DiffAugment (issue 13): no fast version, the reference's
-    // (`reference/conditional.rs`) serve.
-    fn embedding(
-        &self,
-        table: &Storage,
-        labels: &Storage,
-        classes: usize,
-        dim: usize,
-    ) -> Result<Storage> {
-        ReferenceBackend.embedding(table, labels, classes, dim)
-    }
-    fn embedding_backward(
-        &self,
-        dy: &Storage,
-        labels: &Storage,
-        classes: usize,
-        dim: usize,
-    ) -> Result<Storage> {
-        ReferenceBackend.embedding_backward(dy, labels, classes, dim)
-    }
-    fn channel_affine(
-        &self,
-        x: &Storage,
-        scale: &Storage,
-        shift: &Storage,
-        d: ChannelDims,
-    ) -> Result<Storage> {
-        ReferenceBackend.channel_affine(x, scale, shift, d)
-    }
-    fn channel_affine_backward(
-        &self,
-        x: &Storage,
-        dy: &Storage,
-        scale: &Storage,
-        d: ChannelDims,
-    ) -> Result<(Storage, Storage, Storage)> {
-        ReferenceBackend.channel_affine_backward(x, dy, scale, d)
-    }
-    fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage> {
-        ReferenceBackend.row_dot(a, b, rows, cols)
-    }
-    fn row_dot_backward(
-        &self,
-        a: &Storage,
-        b: &Storage,
-        g: &Storage,
-        rows: usize,
-        cols: usize,
-    ) -> Result<(Storage, Storage)> {
-        ReferenceBackend.row_dot_backward(a, b, g, rows, cols)
-    }
-    fn diffaug_color(
-        &self,
-        x: &Storage,
-        params: &Storage,
-        d: ChannelDims,
-        brightness: bool,
-    ) -> Result<Storage> {
-        ReferenceBackend.diffaug_color(x, params, d, brightness)
-    }
-    fn diffaug_translate(
-        &self,
-        x: &Storage,
-        shifts: &Storage,
-        dims: [usize; 4],
-    ) -> Result<Storage> {
-        ReferenceBackend.diffaug_translate(x, shifts, dims)
-    }
-    fn diffaug_cutout(&self, x: &Storage, boxes: &Storage, dims: [usize; 4]) -> Result<Storage> {
-        ReferenceBackend.diffaug_cutout(x, boxes, dims)
     }
 }

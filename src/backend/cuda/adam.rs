@@ -113,7 +113,7 @@ pub(super) fn adam_update_with(
     for (t, blocks) in tables {
         launch!(
             be,
-            "adam_multi_f32",
+            adam_multi_f32,
             blocks_of(blocks),
             &t,
             &chunk,
@@ -163,7 +163,7 @@ pub(super) fn adam_update_scaled_with(
     for (t, blocks) in &tables {
         launch!(
             be,
-            "amp_find_inf_multi",
+            amp_find_inf_multi,
             blocks_of(*blocks),
             t,
             &chunk,
@@ -174,7 +174,7 @@ pub(super) fn adam_update_scaled_with(
     for (t, blocks) in &tables {
         launch!(
             be,
-            "adam_multi_scaled_f32",
+            adam_multi_scaled_f32,
             blocks_of(*blocks),
             t,
             &chunk,
@@ -189,12 +189,45 @@ pub(super) fn adam_update_scaled_with(
     let interval = loss_scale::GROWTH_INTERVAL;
     launch!(
         be,
-        "amp_update_scale",
+        amp_update_scale,
         blocks_of(1),
         scale.slice_mut(),
         counters.slice_mut(),
         &interval
     )
+}
+
+impl AdamBackend for CudaBackend {
+    fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
+        adam_update(self, items, step)
+    }
+    fn adam_update_scaled(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam_update_scaled(self, items, hyper, scale, counters)
+    }
+    fn adam_update_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        step: AdamStep,
+        scalars: &Storage,
+    ) -> Result<()> {
+        adam_update_with(self, items, step, scalars)
+    }
+    fn adam_update_scaled_with(
+        &self,
+        items: &mut [AdamItem<'_>],
+        hyper: AdamHyper,
+        scalars: &Storage,
+        scale: &mut Storage,
+        counters: &mut Storage,
+    ) -> Result<()> {
+        adam_update_scaled_with(self, items, hyper, scalars, scale, counters)
+    }
 }
 
 #[cfg(test)]

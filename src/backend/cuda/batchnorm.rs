@@ -66,7 +66,7 @@ pub(super) fn batch_norm_act_train(
     let mut invstd = be.alloc(d.c)?;
     {
         let rv = cb_mut(running_var)?;
-        let f = be.func("bn_stats_f32")?;
+        let f = be.func(super::modules::names::bn_stats_f32)?;
         let mut b = be.stream.launch_builder(f);
         b.arg(xs.slice())
             .arg(&n)
@@ -106,7 +106,7 @@ fn apply(
     if total > 0 {
         launch!(
             be,
-            "bn_apply_f32",
+            bn_apply_f32,
             be.grid(u64::from(total)),
             x.slice(),
             mean.slice(),
@@ -142,7 +142,7 @@ pub(super) fn batch_norm_eval(
     if total > 0 {
         launch!(
             be,
-            "bn_eval_f32",
+            bn_eval_f32,
             be.grid(u64::from(total)),
             x.slice(),
             rm.slice(),
@@ -176,7 +176,7 @@ pub(super) fn batch_norm_act_eval(
     if c > 0 {
         launch!(
             be,
-            "bn_invstd_f32",
+            bn_invstd_f32,
             be.grid(u64::from(c)),
             cb(running_var)?.slice(),
             &eps,
@@ -215,7 +215,7 @@ pub(super) fn batch_norm_act_backward(
     }
     launch!(
         be,
-        "bn_backward_reduce_f32",
+        bn_backward_reduce_f32,
         channel_reduce_config(be, d),
         x.slice(),
         dy.slice(),
@@ -233,7 +233,7 @@ pub(super) fn batch_norm_act_backward(
     )?;
     launch!(
         be,
-        "bn_backward_dx_f32",
+        bn_backward_dx_f32,
         be.grid(u64::from(total)),
         x.slice(),
         dy.slice(),
@@ -256,4 +256,73 @@ pub(super) fn batch_norm_act_backward(
         Storage::Cuda(dgamma),
         Storage::Cuda(dbeta),
     ))
+}
+
+// Plain batch norm (train, backward) is the fused one with no activation: the trait's
+// defaults.
+impl BatchNormBackend for CudaBackend {
+    fn batch_norm_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+    ) -> Result<Storage> {
+        batch_norm_eval(self, x, gamma, beta, running_mean, running_var, d, eps)
+    }
+    fn batch_norm_act_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        d: ChannelDims,
+        momentum: f32,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batch_norm_act_train(
+            self,
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            momentum,
+            eps,
+            act,
+        )
+    }
+    fn batch_norm_act_eval(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: ChannelDims,
+        eps: f32,
+        act: BatchNormAct,
+    ) -> Result<BatchNormSaved> {
+        batch_norm_act_eval(self, x, gamma, beta, running_mean, running_var, d, eps, act)
+    }
+    fn batch_norm_act_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: ChannelDims,
+        act: BatchNormAct,
+        batch_stats: bool,
+    ) -> Result<(Storage, Storage, Storage)> {
+        batch_norm_act_backward(self, x, dy, gamma, beta, mean, invstd, d, act, batch_stats)
+    }
 }

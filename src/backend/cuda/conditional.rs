@@ -1,9 +1,9 @@
-//! CUDA launches of the conditional-model and DiffAugment ops (`kernels/conditional.cu`);
-//! the trait methods in `mod.rs` dispatch here.
+//! CUDA launches of the conditional-model ops (`kernels/conditional.cu`); the family traits'
+//! methods in `mod.rs` dispatch here.
 //! Autograd: `src/ops/conditional.rs`.
 
 use super::{cb, CudaBackend};
-use crate::backend::{ChannelDims, Storage};
+use crate::backend::{ChannelDims, ConditionalBackend, Storage};
 use anyhow::{bail, Result};
 use cudarc::driver::PushKernelArg;
 
@@ -24,7 +24,7 @@ pub(super) fn embedding(
         let cfg = be.grid(batch * d);
         launch!(
             be,
-            "embedding_f32",
+            embedding_f32,
             cfg,
             table.slice(),
             labels.slice(),
@@ -57,7 +57,7 @@ pub(super) fn embedding_backward(
         let cfg = be.grid(k * d);
         launch!(
             be,
-            "embedding_backward_f32",
+            embedding_backward_f32,
             cfg,
             dy.slice(),
             labels.slice(),
@@ -91,7 +91,7 @@ pub(super) fn channel_affine(
         let cfg = be.grid(total);
         launch!(
             be,
-            "channel_affine_f32",
+            channel_affine_f32,
             cfg,
             x.slice(),
             scale.slice(),
@@ -127,7 +127,7 @@ pub(super) fn channel_affine_backward(
         let cfg = be.grid(total);
         launch!(
             be,
-            "channel_affine_dx_f32",
+            channel_affine_dx_f32,
             cfg,
             dy.slice(),
             scale.slice(),
@@ -140,7 +140,7 @@ pub(super) fn channel_affine_backward(
         let cfg = be.per_row(rows, CudaBackend::reduce_threads(hw));
         launch!(
             be,
-            "channel_affine_reduce_f32",
+            channel_affine_reduce_f32,
             cfg,
             x.slice(),
             dy.slice(),
@@ -178,7 +178,7 @@ pub(super) fn row_dot(
         let cfg = be.per_row(r, CudaBackend::reduce_threads(c));
         launch!(
             be,
-            "row_dot_f32",
+            row_dot_f32,
             cfg,
             a.slice(),
             b.slice(),
@@ -209,7 +209,7 @@ pub(super) fn row_dot_backward(
         let cfg = be.grid(total);
         launch!(
             be,
-            "row_dot_backward_f32",
+            row_dot_backward_f32,
             cfg,
             a.slice(),
             b.slice(),
@@ -223,94 +223,54 @@ pub(super) fn row_dot_backward(
     Ok((Storage::Cuda(da), Storage::Cuda(db)))
 }
 
-pub(super) fn diffaug_color(
-    be: &CudaBackend,
-    x: &Storage,
-    params: &Storage,
-    d: ChannelDims,
-    brightness: bool,
-) -> Result<Storage> {
-    let (x, params) = (cb(x)?, cb(params)?);
-    if params.len != d.n * 3 || x.len != d.len() {
-        bail!(
-            "diffaug_color: {} parameters for {} images",
-            params.len,
-            d.n
-        );
+impl ConditionalBackend for CudaBackend {
+    fn embedding(
+        &self,
+        table: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage> {
+        embedding(self, table, labels, classes, dim)
     }
-    let (n, c, hw) = (d.n as u64, d.c as u64, d.hw as u64);
-    let flag: i32 = brightness.into();
-    let mut y = be.alloc(d.len())?;
-    if !d.is_empty() {
-        let cfg = be.per_row(n, CudaBackend::reduce_threads(c * hw));
-        launch!(
-            be,
-            "diffaug_color_f32",
-            cfg,
-            x.slice(),
-            params.slice(),
-            &n,
-            &c,
-            &hw,
-            &flag,
-            y.slice_mut()
-        )?;
+    fn embedding_backward(
+        &self,
+        dy: &Storage,
+        labels: &Storage,
+        classes: usize,
+        dim: usize,
+    ) -> Result<Storage> {
+        embedding_backward(self, dy, labels, classes, dim)
     }
-    Ok(Storage::Cuda(y))
-}
-
-/// `kernel` is "diffaug_translate_f32" (4 values per image: 2 used) or the cutout.
-fn geometric(
-    be: &CudaBackend,
-    kernel: &'static str,
-    x: &Storage,
-    per_image: &Storage,
-    width: usize,
-    dims: [usize; 4],
-) -> Result<Storage> {
-    let (x, p) = (cb(x)?, cb(per_image)?);
-    let [n, c, h, w] = dims;
-    if p.len != n * width || x.len != n * c * h * w {
-        bail!(
-            "{kernel}: {} parameters for {n} images of {c}x{h}x{w}",
-            p.len
-        );
+    fn channel_affine(
+        &self,
+        x: &Storage,
+        scale: &Storage,
+        shift: &Storage,
+        d: ChannelDims,
+    ) -> Result<Storage> {
+        channel_affine(self, x, scale, shift, d)
     }
-    let (c, h, w, total) = (c as u64, h as u64, w as u64, x.len as u64);
-    let mut y = be.alloc(x.len)?;
-    if total > 0 {
-        let cfg = be.grid(total);
-        let f = be.func(kernel)?;
-        let mut b = be.stream.launch_builder(f);
-        b.arg(x.slice());
-        b.arg(p.slice());
-        b.arg(&c);
-        b.arg(&h);
-        b.arg(&w);
-        b.arg(&total);
-        b.arg(y.slice_mut());
-        // SAFETY: both kernels take (const float*, const float*, u64, u64, u64, u64, float*).
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| super::err::drv(e, kernel))?;
+    fn channel_affine_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        d: ChannelDims,
+    ) -> Result<(Storage, Storage, Storage)> {
+        channel_affine_backward(self, x, dy, scale, d)
     }
-    Ok(Storage::Cuda(y))
-}
-
-pub(super) fn diffaug_translate(
-    be: &CudaBackend,
-    x: &Storage,
-    shifts: &Storage,
-    dims: [usize; 4],
-) -> Result<Storage> {
-    geometric(be, "diffaug_translate_f32", x, shifts, 2, dims)
-}
-
-pub(super) fn diffaug_cutout(
-    be: &CudaBackend,
-    x: &Storage,
-    boxes: &Storage,
-    dims: [usize; 4],
-) -> Result<Storage> {
-    geometric(be, "diffaug_cutout_f32", x, boxes, 4, dims)
+    fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage> {
+        row_dot(self, a, b, rows, cols)
+    }
+    fn row_dot_backward(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        g: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        row_dot_backward(self, a, b, g, rows, cols)
+    }
 }

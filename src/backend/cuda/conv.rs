@@ -21,7 +21,7 @@
 use super::elementwise::fill;
 use super::err::blas;
 use super::{cb, CudaBackend, CudaBuffer};
-use crate::backend::{ConvGeom, ConvImpl, Storage};
+use crate::backend::{ConvBackend, ConvGeom, ConvImpl, Storage};
 use anyhow::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
@@ -104,7 +104,7 @@ pub(super) fn round_to_f16(be: &CudaBackend, x: &Storage) -> Result<Storage> {
 fn widen_f16(be: &CudaBackend, h: &CudaBuffer, out: &mut CudaBuffer) -> Result<()> {
     let n = out.len() as u64;
     if n > 0 {
-        launch!(be, "f16_to_f32", be.grid(n), h.slice(), &n, out.slice_mut())?;
+        launch!(be, f16_to_f32, be.grid(n), h.slice(), &n, out.slice_mut())?;
     }
     Ok(())
 }
@@ -115,7 +115,7 @@ fn to_f16(be: &CudaBackend, src: u64, n: usize) -> Result<CudaBuffer> {
     let mut out = be.alloc(n.div_ceil(2))?;
     let n = n as u64;
     if n > 0 {
-        launch!(be, "f32_to_f16", be.grid(n), &src, &n, out.slice_mut())?;
+        launch!(be, f32_to_f16, be.grid(n), &src, &n, out.slice_mut())?;
     }
     Ok(out)
 }
@@ -223,7 +223,7 @@ fn im2col(
     let cfg = be.grid(total);
     launch!(
         be,
-        "im2col_f32",
+        im2col_f32,
         cfg,
         x.slice(),
         &n0,
@@ -353,7 +353,7 @@ fn backward_data(
         let lcfg = be.grid((cur * g.c_in * g.h * g.w) as u64);
         launch!(
             be,
-            "col2im_f32",
+            col2im_f32,
             lcfg,
             col.slice(),
             &n0i,
@@ -394,7 +394,7 @@ fn backward_filter(
         let lcfg = be.grid((g.c_out * cols) as u64);
         launch!(
             be,
-            "gather_dy_f32",
+            gather_dy_f32,
             lcfg,
             dy.slice(),
             &n0i,
@@ -444,4 +444,17 @@ fn backward_filter(
         n0 += cur;
     }
     Ok(())
+}
+
+// The `_act` forms are the trait's defaults: the conv, then the activation's kernel.
+impl ConvBackend for CudaBackend {
+    fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
+        run(self, Direction::Forward, x, w, g)
+    }
+    fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
+        run(self, Direction::BackwardData, dy, w, g)
+    }
+    fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
+        run(self, Direction::BackwardFilter, x, dy, g)
+    }
 }

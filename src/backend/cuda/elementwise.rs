@@ -12,7 +12,7 @@ pub(super) fn fill(be: &CudaBackend, b: &mut CudaBuffer, value: f32) -> Result<(
         return Ok(());
     }
     let cfg = be.grid(n);
-    launch!(be, "fill_f32", cfg, b.slice_mut(), &value, &n)
+    launch!(be, fill_f32, cfg, b.slice_mut(), &value, &n)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +31,8 @@ fn binary(be: &CudaBackend, name: BinaryOp, a: &Storage, b: &Storage) -> Result<
     if n > 0 {
         let cfg = be.grid(n);
         match name {
-            BinaryOp::Add => launch!(be, "add_f32", cfg, a.slice(), b.slice(), y.slice_mut(), &n)?,
-            BinaryOp::Mul => launch!(be, "mul_f32", cfg, a.slice(), b.slice(), y.slice_mut(), &n)?,
+            BinaryOp::Add => launch!(be, add_f32, cfg, a.slice(), b.slice(), y.slice_mut(), &n)?,
+            BinaryOp::Mul => launch!(be, mul_f32, cfg, a.slice(), b.slice(), y.slice_mut(), &n)?,
         }
     }
     Ok(Storage::Cuda(y))
@@ -60,7 +60,7 @@ pub(super) fn add_assign(be: &CudaBackend, acc: &mut Storage, x: &Storage) -> Re
     let n = x.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(be, "add_assign_f32", cfg, acc.slice_mut(), x.slice(), &n)?;
+        launch!(be, add_assign_f32, cfg, acc.slice_mut(), x.slice(), &n)?;
     }
     Ok(())
 }
@@ -75,7 +75,7 @@ pub(super) fn scale(be: &CudaBackend, a: &Storage, alpha: f32) -> Result<Storage
     let n = a.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(be, "scale_f32", cfg, a.slice(), &alpha, y.slice_mut(), &n)?;
+        launch!(be, scale_f32, cfg, a.slice(), &alpha, y.slice_mut(), &n)?;
     }
     Ok(Storage::Cuda(y))
 }
@@ -86,7 +86,7 @@ pub(super) fn reciprocal(be: &CudaBackend, a: &Storage) -> Result<Storage> {
     let n = a.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(be, "reciprocal_f32", cfg, a.slice(), y.slice_mut(), &n)?;
+        launch!(be, reciprocal_f32, cfg, a.slice(), y.slice_mut(), &n)?;
     }
     Ok(Storage::Cuda(y))
 }
@@ -107,7 +107,7 @@ pub(super) fn scale_by_scalar(
         let cfg = be.grid(n);
         launch!(
             be,
-            "scale_by_scalar_f32",
+            scale_by_scalar_f32,
             cfg,
             a.slice(),
             s.slice(),
@@ -128,7 +128,7 @@ pub(super) fn activation(be: &CudaBackend, act: Activation, x: &Storage) -> Resu
         let cfg = be.grid(n);
         launch!(
             be,
-            "act_forward_f32",
+            act_forward_f32,
             cfg,
             &kind,
             &slope,
@@ -155,7 +155,7 @@ pub(super) fn activation_backward(
         let cfg = be.grid(n);
         launch!(
             be,
-            "act_backward_f32",
+            act_backward_f32,
             cfg,
             &kind,
             &slope,
@@ -167,4 +167,53 @@ pub(super) fn activation_backward(
         )?;
     }
     Ok(Storage::Cuda(dx))
+}
+
+impl ElementwiseBackend for CudaBackend {
+    fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
+        add(self, a, b)
+    }
+    fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
+        add_assign(self, acc, x)
+    }
+    fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
+        mul(self, a, b)
+    }
+    fn scale(&self, a: &Storage, alpha: f32) -> Result<Storage> {
+        scale(self, a, alpha)
+    }
+    fn reciprocal(&self, a: &Storage) -> Result<Storage> {
+        reciprocal(self, a)
+    }
+    fn round_to_f16(&self, a: &Storage) -> Result<Storage> {
+        super::conv::round_to_f16(self, a)
+    }
+    fn scale_by_scalar(&self, a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
+        scale_by_scalar(self, a, s, alpha)
+    }
+    fn activation(&self, act: Activation, x: &Storage) -> Result<Storage> {
+        activation(self, act, x)
+    }
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &Storage,
+        y: &Storage,
+        dy: &Storage,
+    ) -> Result<Storage> {
+        activation_backward(self, act, x, y, dy)
+    }
+    fn scale_add_assign_by(
+        &self,
+        acc: &mut Storage,
+        a: &Storage,
+        x: &Storage,
+        b: &Storage,
+    ) -> Result<()> {
+        // The default `scale_add_assign`'s arithmetic ((acc·a) + (x·b), each rounded), with
+        // the factors read on the device, written back into acc's own buffer.
+        let mut next = scale_by_scalar(self, acc, a, 1.0)?;
+        add_assign(self, &mut next, &scale_by_scalar(self, x, b, 1.0)?)?;
+        self.copy_into(acc, &next)
+    }
 }

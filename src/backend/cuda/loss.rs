@@ -20,7 +20,7 @@ pub(super) fn bce_with_logits(
     let n = x.len as u64;
     launch!(
         be,
-        "bce_logits_f32",
+        bce_logits_f32,
         CudaBackend::single_block(CudaBackend::reduce_threads(n)),
         x.slice(),
         &n,
@@ -46,7 +46,7 @@ pub(super) fn hinge_with_logits(
     let (sign, clamped) = (term.sign(), i32::from(term.clamped()));
     launch!(
         be,
-        "hinge_logits_f32",
+        hinge_logits_f32,
         CudaBackend::single_block(CudaBackend::reduce_threads(n)),
         x.slice(),
         &n,
@@ -56,4 +56,13 @@ pub(super) fn hinge_with_logits(
         grad.slice_mut()
     )?;
     Ok((Storage::Cuda(loss), Storage::Cuda(grad)))
+}
+
+impl LossBackend for CudaBackend {
+    fn bce_with_logits(&self, x: &Storage, target: f32) -> Result<(Storage, Storage)> {
+        bce_with_logits(self, x, target)
+    }
+    fn hinge_with_logits(&self, x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
+        hinge_with_logits(self, x, term)
+    }
 }

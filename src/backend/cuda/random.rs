@@ -29,7 +29,7 @@ pub(super) fn dropout_mask(
         match seed {
             SeedFrom::Args { seed, .. } => launch!(
                 be,
-                "dropout_mask_f32",
+                dropout_mask_f32,
                 cfg,
                 out.slice_mut(),
                 &n,
@@ -39,7 +39,7 @@ pub(super) fn dropout_mask(
             )?,
             SeedFrom::Device(v) => launch!(
                 be,
-                "dropout_mask_by_f32",
+                dropout_mask_by_f32,
                 cfg,
                 out.slice_mut(),
                 &n,
@@ -61,7 +61,7 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
         match seed {
             SeedFrom::Args { seed, std } => launch!(
                 be,
-                "gaussian_noise_f32",
+                gaussian_noise_f32,
                 cfg,
                 x.slice(),
                 out.slice_mut(),
@@ -71,7 +71,7 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
             )?,
             SeedFrom::Device(v) => launch!(
                 be,
-                "gaussian_noise_by_f32",
+                gaussian_noise_by_f32,
                 cfg,
                 x.slice(),
                 out.slice_mut(),
@@ -81,4 +81,25 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
         }
     }
     Ok(Storage::Cuda(out))
+}
+
+impl RandomBackend for CudaBackend {
+    fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
+        dropout_mask(self, len, p, SeedFrom::Args { seed, std: 0.0 })
+    }
+    fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage> {
+        add_gaussian_noise(self, x, SeedFrom::Args { seed, std })
+    }
+    fn dropout_mask_by(&self, len: usize, p: f32, _seed: u64, values: &Storage) -> Result<Storage> {
+        dropout_mask(self, len, p, SeedFrom::Device(values))
+    }
+    fn add_gaussian_noise_by(
+        &self,
+        x: &Storage,
+        _std: f32,
+        _seed: u64,
+        values: &Storage,
+    ) -> Result<Storage> {
+        add_gaussian_noise(self, x, SeedFrom::Device(values))
+    }
 }

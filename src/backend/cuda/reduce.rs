@@ -17,7 +17,7 @@ pub(super) fn dot(be: &CudaBackend, a: &CudaBuffer, b: &CudaBuffer) -> Result<Cu
     let mut out = be.alloc(1)?;
     launch!(
         be,
-        "dot_partials_f32",
+        dot_partials_f32,
         cfg,
         a.slice(),
         b.slice(),
@@ -26,7 +26,7 @@ pub(super) fn dot(be: &CudaBackend, a: &CudaBuffer, b: &CudaBuffer) -> Result<Cu
     )?;
     launch!(
         be,
-        "sum_partials_f32",
+        sum_partials_f32,
         CudaBackend::single_block(BLOCK),
         partials.slice(),
         &parts,
@@ -49,7 +49,7 @@ pub(super) fn sum_rows(
         let cfg = be.per_row(r, CudaBackend::reduce_threads(c));
         launch!(
             be,
-            "sum_rows_f32",
+            sum_rows_f32,
             cfg,
             x.slice(),
             &r,
@@ -75,7 +75,7 @@ pub(super) fn broadcast_rows(
         let cfg = be.grid(r * c);
         launch!(
             be,
-            "broadcast_rows_f32",
+            broadcast_rows_f32,
             cfg,
             g.slice(),
             &r,
@@ -100,7 +100,7 @@ pub(super) fn add_channel_bias(
         let cfg = be.grid(total);
         launch!(
             be,
-            "add_channel_bias_f32",
+            add_channel_bias_f32,
             cfg,
             y.slice(),
             b.slice(),
@@ -121,7 +121,7 @@ pub(super) fn channel_sum(be: &CudaBackend, dy: &Storage, d: ChannelDims) -> Res
         let cfg = be.per_row(c, CudaBackend::reduce_threads(n * hw));
         launch!(
             be,
-            "channel_sum_f32",
+            channel_sum_f32,
             cfg,
             dy.slice(),
             &n,
@@ -131,4 +131,19 @@ pub(super) fn channel_sum(be: &CudaBackend, dy: &Storage, d: ChannelDims) -> Res
         )?;
     }
     Ok(Storage::Cuda(out))
+}
+
+impl ReduceBackend for CudaBackend {
+    fn sum_rows(&self, x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
+        sum_rows(self, x, rows, cols, alpha)
+    }
+    fn broadcast_rows(&self, g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
+        broadcast_rows(self, g, rows, cols, alpha)
+    }
+    fn add_channel_bias(&self, y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
+        add_channel_bias(self, y, b, d)
+    }
+    fn channel_sum(&self, dy: &Storage, d: ChannelDims) -> Result<Storage> {
+        channel_sum(self, dy, d)
+    }
 }

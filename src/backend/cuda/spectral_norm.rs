@@ -32,7 +32,7 @@ pub(super) fn spectral_norm_sigma(
             let cfg = be.grid(c);
             launch!(
                 be,
-                "sn_wt_u_f32",
+                sn_wt_u_f32,
                 cfg,
                 w.slice(),
                 u.slice(),
@@ -44,7 +44,7 @@ pub(super) fn spectral_norm_sigma(
         let v = cb_mut(v)?;
         launch!(
             be,
-            "sn_normalize_f32",
+            sn_normalize_f32,
             CudaBackend::single_block(1024),
             t.slice(),
             &c,
@@ -57,7 +57,7 @@ pub(super) fn spectral_norm_sigma(
         let cfg = be.per_row(r, CudaBackend::reduce_threads(c));
         launch!(
             be,
-            "sn_w_v_f32",
+            sn_w_v_f32,
             cfg,
             w.slice(),
             v.slice(),
@@ -71,7 +71,7 @@ pub(super) fn spectral_norm_sigma(
         // u = normalize(W v)
         launch!(
             be,
-            "sn_normalize_f32",
+            sn_normalize_f32,
             CudaBackend::single_block(1024),
             wv.slice(),
             &r,
@@ -81,7 +81,7 @@ pub(super) fn spectral_norm_sigma(
     }
     launch!(
         be,
-        "sn_sigma_f32",
+        sn_sigma_f32,
         CudaBackend::single_block(1024),
         u.slice(),
         wv.slice(),
@@ -110,7 +110,7 @@ pub(super) fn spectral_norm_backward(
         let cfg = be.grid(r * c);
         launch!(
             be,
-            "sn_backward_f32",
+            sn_backward_f32,
             cfg,
             g.slice(),
             u.slice(),
@@ -123,4 +123,31 @@ pub(super) fn spectral_norm_backward(
         )?;
     }
     Ok(Storage::Cuda(dw))
+}
+
+impl SpectralNormBackend for CudaBackend {
+    fn spectral_norm_sigma(
+        &self,
+        w: &Storage,
+        u: &mut Storage,
+        v: &mut Storage,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+        update: bool,
+    ) -> Result<Storage> {
+        spectral_norm_sigma(self, w, u, v, rows, cols, eps, update)
+    }
+    fn spectral_norm_backward(
+        &self,
+        w: &Storage,
+        g: &Storage,
+        u: &Storage,
+        v: &Storage,
+        sigma: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Storage> {
+        spectral_norm_backward(self, w, g, u, v, sigma, rows, cols)
+    }
 }

@@ -5,7 +5,7 @@ use super::{host, host_mut};
 use crate::backend::*;
 use anyhow::{bail, Result};
 
-pub(super) fn adam_update(items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
+pub(crate) fn adam_update(items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
     let sqrt_bc2 = step.bias_correction2.sqrt();
     for it in items.iter_mut() {
         let step_size = it.lr / step.bias_correction1;

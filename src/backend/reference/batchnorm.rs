@@ -135,7 +135,7 @@ pub fn backward_act(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn batch_norm_act_train(
+pub(crate) fn batch_norm_act_train(
     x: &Storage,
     gamma: &Storage,
     beta: &Storage,
@@ -172,7 +172,7 @@ pub(super) fn batch_norm_act_train(
     })
 }
 
-pub(super) fn batch_norm_eval(
+pub(crate) fn batch_norm_eval(
     x: &Storage,
     gamma: &Storage,
     beta: &Storage,
@@ -227,7 +227,7 @@ pub fn batch_norm_act_eval(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn batch_norm_act_backward(
+pub(crate) fn batch_norm_act_backward(
     x: &Storage,
     dy: &Storage,
     gamma: &Storage,

@@ -19,11 +19,11 @@ fn map(a: &Storage, f: impl Fn(f32) -> f32) -> Result<Storage> {
     Ok(Storage::Cpu(host(a)?.iter().map(|&x| f(x)).collect()))
 }
 
-pub(super) fn add(a: &Storage, b: &Storage) -> Result<Storage> {
+pub(crate) fn add(a: &Storage, b: &Storage) -> Result<Storage> {
     zip_map(a, b, |x, y| x + y)
 }
 
-pub(super) fn add_assign(acc: &mut Storage, x: &Storage) -> Result<()> {
+pub(crate) fn add_assign(acc: &mut Storage, x: &Storage) -> Result<()> {
     let x = host(x)?;
     let acc = host_mut(acc)?;
     if acc.len() != x.len() {
@@ -33,24 +33,24 @@ pub(super) fn add_assign(acc: &mut Storage, x: &Storage) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn mul(a: &Storage, b: &Storage) -> Result<Storage> {
+pub(crate) fn mul(a: &Storage, b: &Storage) -> Result<Storage> {
     zip_map(a, b, |x, y| x * y)
 }
 
-pub(super) fn scale(a: &Storage, alpha: f32) -> Result<Storage> {
+pub(crate) fn scale(a: &Storage, alpha: f32) -> Result<Storage> {
     map(a, |x| x * alpha)
 }
 
-pub(super) fn reciprocal(a: &Storage) -> Result<Storage> {
+pub(crate) fn reciprocal(a: &Storage) -> Result<Storage> {
     map(a, |x| 1.0 / x)
 }
 
-pub(super) fn scale_by_scalar(a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
+pub(crate) fn scale_by_scalar(a: &Storage, s: &Storage, alpha: f32) -> Result<Storage> {
     let k = scalar(s)? * alpha;
     map(a, |x| x * k)
 }
 
-pub(super) fn activation(act: Activation, x: &Storage) -> Result<Storage> {
+pub(crate) fn activation(act: Activation, x: &Storage) -> Result<Storage> {
     match act {
         Activation::Relu => map(x, |v| v.max(0.0)),
         Activation::LeakyRelu(slope) => map(x, |v| if v > 0.0 { v } else { v * slope }),
@@ -59,7 +59,7 @@ pub(super) fn activation(act: Activation, x: &Storage) -> Result<Storage> {
     }
 }
 
-pub(super) fn activation_backward(
+pub(crate) fn activation_backward(
     act: Activation,
     x: &Storage,
     y: &Storage,

@@ -5,7 +5,7 @@ use super::{host, stable_sigmoid};
 use crate::backend::*;
 use anyhow::Result;
 
-pub(super) fn bce_with_logits(x: &Storage, target: f32) -> Result<(Storage, Storage)> {
+pub(crate) fn bce_with_logits(x: &Storage, target: f32) -> Result<(Storage, Storage)> {
     let x = host(x)?;
     let n = x.len() as f64;
     let mut loss = 0f64;
@@ -20,7 +20,7 @@ pub(super) fn bce_with_logits(x: &Storage, target: f32) -> Result<(Storage, Stor
     Ok((Storage::Cpu(vec![(loss / n) as f32]), Storage::Cpu(grad)))
 }
 
-pub(super) fn hinge_with_logits(x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
+pub(crate) fn hinge_with_logits(x: &Storage, term: HingeTerm) -> Result<(Storage, Storage)> {
     let x = host(x)?;
     let n = x.len() as f64;
     let sign = f64::from(term.sign());

@@ -6,7 +6,7 @@ use crate::backend::*;
 use crate::rng;
 use anyhow::Result;
 
-pub(super) fn dropout_mask(len: usize, p: f32, seed: u64) -> Result<Storage> {
+pub(crate) fn dropout_mask(len: usize, p: f32, seed: u64) -> Result<Storage> {
     Ok(Storage::Cpu(
         (0..len as u64)
             .map(|i| rng::dropout_value_at(seed, i, p))
@@ -14,7 +14,7 @@ pub(super) fn dropout_mask(len: usize, p: f32, seed: u64) -> Result<Storage> {
     ))
 }
 
-pub(super) fn add_gaussian_noise(x: &Storage, std: f32, seed: u64) -> Result<Storage> {
+pub(crate) fn add_gaussian_noise(x: &Storage, std: f32, seed: u64) -> Result<Storage> {
     Ok(Storage::Cpu(
         host(x)?
             .iter()

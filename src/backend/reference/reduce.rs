@@ -5,7 +5,7 @@ use super::host;
 use crate::backend::*;
 use anyhow::{bail, Result};
 
-pub(super) fn sum_rows(x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
+pub(crate) fn sum_rows(x: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
     let x = host(x)?;
     if x.len() != rows * cols {
         bail!("sum_rows: {} elements is not {rows}x{cols}", x.len());
@@ -23,7 +23,7 @@ pub(super) fn sum_rows(x: &Storage, rows: usize, cols: usize, alpha: f32) -> Res
     ))
 }
 
-pub(super) fn broadcast_rows(g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
+pub(crate) fn broadcast_rows(g: &Storage, rows: usize, cols: usize, alpha: f32) -> Result<Storage> {
     let g = host(g)?;
     if g.len() != rows {
         bail!("broadcast_rows: {} values for {rows} rows", g.len());
@@ -35,7 +35,7 @@ pub(super) fn broadcast_rows(g: &Storage, rows: usize, cols: usize, alpha: f32) 
     ))
 }
 
-pub(super) fn add_channel_bias(y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
+pub(crate) fn add_channel_bias(y: &Storage, b: &Storage, d: ChannelDims) -> Result<Storage> {
     let (y, b) = (host(y)?, host(b)?);
     Ok(Storage::Cpu(
         y.iter()
@@ -45,7 +45,7 @@ pub(super) fn add_channel_bias(y: &Storage, b: &Storage, d: ChannelDims) -> Resu
     ))
 }
 
-pub(super) fn channel_sum(dy: &Storage, d: ChannelDims) -> Result<Storage> {
+pub(crate) fn channel_sum(dy: &Storage, d: ChannelDims) -> Result<Storage> {
     let dy = host(dy)?;
     let mut sums = vec![0f64; d.c];
     for (i, &v) in dy.iter().enumerate() {

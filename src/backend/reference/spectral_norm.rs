@@ -94,7 +94,7 @@ pub fn spectral_backward(
         .collect()
 }
 
-pub(super) fn spectral_norm_sigma(
+pub(crate) fn spectral_norm_sigma(
     w: &Storage,
     u: &mut Storage,
     v: &mut Storage,
@@ -115,7 +115,7 @@ pub(super) fn spectral_norm_sigma(
     Ok(Storage::Cpu(vec![sigma]))
 }
 
-pub(super) fn spectral_norm_backward(
+pub(crate) fn spectral_norm_backward(
     w: &Storage,
     g: &Storage,
     u: &Storage,

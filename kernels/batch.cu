@@ -3,7 +3,7 @@
 // centre (bilinear, mirror-reflected edges), bytes to [-1, 1]. One thread per output element
 // of the NCHW batch.
 //
-// The reference is crate::backend::augment::assemble_image. Every float operation below is
+// The reference is crate::backend::batch::assemble_image. Every float operation below is
 // the same IEEE operation in the same order (explicit _rn intrinsics, so that nvrtc's default
 // FMA contraction cannot fuse a multiply into an add; fmodf and floorf are exact), and sine
 // and cosine are computed on the host, so the result is expected to be bit-identical.
@@ -26,7 +26,7 @@ struct AugTable {
     u32 count;
 };
 
-// crate::backend::augment::reflect.
+// crate::backend::batch::reflect.
 __device__ __forceinline__ float aug_reflect(float t, u32 n) {
     if (n <= 1u) return 0.0f;
     const float last = (float)(n - 1u);

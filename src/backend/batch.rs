@@ -1,9 +1,12 @@
-//! Batch assembly from 8-bit images: the one definition of its arithmetic.
+//! Batch assembly from 8-bit images: the one definition of its arithmetic, and the family's
+//! backend trait. Its caller is the data loader (`crate::data::loader`); its kernel
+//! `kernels/batch.cu`, launched by `cuda/batch.rs`.
 //!
 //! A batch gathers images (HWC RGB bytes, `size`×`size`) by index, mirrors some left-right,
 //! rotates some about the centre (bilinear sampling, mirror-reflected edges) and maps bytes to
-//! [-1, 1] as `v / 127.5 - 1`, giving NCHW f32. [`assemble`] is the reference: the CPU backend
-//! and `crate::data::assemble_batch` both call it, and `kernels/augment.cu` repeats the same
+//! [-1, 1] as `v / 127.5 - 1`, giving NCHW f32. [`assemble`] is the host version: the host
+//! backends (reference and fast CPU, through [`BatchBackend`]'s defaults) and
+//! `crate::data::assemble_batch` all call it, and `kernels/batch.cu` repeats the same
 //! f32 operations in the same order (sine and cosine come from [`rotation`] on the host), so
 //! the GPU result is expected to be bit-identical.
 //!
@@ -11,8 +14,7 @@
 //! f32 everywhere, and a byte copy (not a value conversion) keeps their order in memory on both
 //! the host and the GPU.
 
-use super::host;
-use crate::backend::Storage;
+use super::{on_host, Storage};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -118,7 +120,7 @@ pub fn assemble_image(src: &[u8], s: usize, flip: bool, rot: Option<(f32, f32)>,
         }
         return;
     };
-    // kernels/augment.cu performs exactly these f32 operations, in this order.
+    // kernels/batch.cu performs exactly these f32 operations, in this order.
     let centre = (s as f32 - 1.0) / 2.0;
     for y in 0..s {
         for x in 0..s {
@@ -143,7 +145,7 @@ pub fn assemble_image(src: &[u8], s: usize, flip: bool, rot: Option<(f32, f32)>,
     }
 }
 
-/// The reference batch assembly. `images` holds images of `s*s*3` bytes one after another;
+/// Batch assembly on the host. `images` holds images of `s*s*3` bytes one after another;
 /// `indices`, `flips` and `angles_deg` have one entry per batch image (panics on an index out
 /// of range: callers validate with [`check_batch`]). Returns `[B, 3, s, s]` f32.
 pub fn assemble(
@@ -170,27 +172,40 @@ pub fn assemble(
     out
 }
 
-pub(super) fn upload_images(pixels: &[u8]) -> Result<Storage> {
-    Ok(Storage::Cpu(pack_bytes(pixels)))
-}
-
-pub(super) fn assemble_batch(
-    images: &Storage,
-    image_size: usize,
-    indices: &[u32],
-    flips: &[bool],
-    angles_deg: &[f32],
-) -> Result<Storage> {
-    let packed = host(images)?;
-    check_batch(packed.len(), image_size, indices, flips, angles_deg)?;
-    let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
-    Ok(Storage::Cpu(assemble(
-        packed_bytes(packed),
-        image_size,
-        &indices,
-        flips,
-        angles_deg,
-    )))
+/// Batch assembly on a backend. The defaults run [`assemble`] on host memory (the reference
+/// and fast CPU backends both use them).
+pub trait BatchBackend {
+    /// Image bytes (HWC RGB images one after another) kept on the device, packed four to an
+    /// element: `ceil(len / 4)` elements ([`pack_bytes`]; the host holds the same packing).
+    /// Only [`BatchBackend::assemble_batch`] reads it.
+    fn upload_images(&self, pixels: &[u8]) -> Result<Storage> {
+        Ok(Storage::Cpu(pack_bytes(pixels)))
+    }
+    /// A batch `[B, 3, S, S]` in [-1, 1] from images uploaded by
+    /// [`BatchBackend::upload_images`] (`image_size` = S): image `indices[b]`, mirrored
+    /// left-right when `flips[b]`, rotated by `angles_deg[b]` about the centre (bilinear,
+    /// reflected edges). One entry per batch image in each slice; indices past the last whole
+    /// image are an error. Same values as [`assemble`] (the host runs it; the CUDA kernel is
+    /// expected to be bit-identical).
+    fn assemble_batch(
+        &self,
+        images: &Storage,
+        image_size: usize,
+        indices: &[u32],
+        flips: &[bool],
+        angles_deg: &[f32],
+    ) -> Result<Storage> {
+        let packed = on_host("assemble_batch", images)?;
+        check_batch(packed.len(), image_size, indices, flips, angles_deg)?;
+        let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+        Ok(Storage::Cpu(assemble(
+            packed_bytes(packed),
+            image_size,
+            &indices,
+            flips,
+            angles_deg,
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! Launches of `kernels/augment.cu`: the image set uploaded as packed bytes and batch assembly
+//! Launches of `kernels/batch.cu`: the image set uploaded as packed bytes and batch assembly
 //! (gather, flip, rotate, scale to [-1, 1]) on the GPU. No autograd: the caller is the data
-//! loader (`src/data/loader.rs`); the arithmetic is `crate::backend::reference::augment`.
+//! loader (`src/data/loader.rs`); the arithmetic is `crate::backend::batch`.
 
 use super::err::drv;
 use super::{cb, CudaBackend};
-use crate::backend::reference::augment;
+use crate::backend::batch as host;
 use crate::backend::*;
 use anyhow::{anyhow, Result};
 use cudarc::driver::{DeviceRepr, PushKernelArg};
@@ -14,7 +14,7 @@ const AUG_MAX_IMAGES: usize = 128;
 const AUG_FLIP: u32 = 1;
 const AUG_ROTATE: u32 = 2;
 
-/// Kernel parameter of `assemble_batch_u8`; must match `struct AugTable` in kernels/augment.cu.
+/// Kernel parameter of `assemble_batch_u8`; must match `struct AugTable` in kernels/batch.cu.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct AugTable {
@@ -54,7 +54,7 @@ pub(super) fn assemble_batch(
     angles_deg: &[f32],
 ) -> Result<Storage> {
     let imgs = cb(images)?;
-    augment::check_batch(imgs.len, image_size, indices, flips, angles_deg)?;
+    host::check_batch(imgs.len, image_size, indices, flips, angles_deg)?;
     let per_image = 3 * image_size * image_size;
     let mut out = be.alloc(indices.len() * per_image)?;
     let size = image_size as u32;
@@ -72,7 +72,7 @@ pub(super) fn assemble_batch(
             let b = first + k;
             t.index[k] = indices[b];
             let mut flags = if flips[b] { AUG_FLIP } else { 0 };
-            if let Some((sin, cos)) = augment::rotation(angles_deg[b]) {
+            if let Some((sin, cos)) = host::rotation(angles_deg[b]) {
                 flags |= AUG_ROTATE;
                 t.sin[k] = sin;
                 t.cos[k] = cos;
@@ -84,7 +84,7 @@ pub(super) fn assemble_batch(
         let cfg = be.grid(n);
         launch!(
             be,
-            "assemble_batch_u8",
+            assemble_batch_u8,
             cfg,
             imgs.slice(),
             out.slice_mut(),
@@ -98,13 +98,29 @@ pub(super) fn assemble_batch(
     Ok(Storage::Cuda(out))
 }
 
+impl BatchBackend for CudaBackend {
+    fn upload_images(&self, pixels: &[u8]) -> Result<Storage> {
+        upload_images(self, pixels)
+    }
+    fn assemble_batch(
+        &self,
+        images: &Storage,
+        image_size: usize,
+        indices: &[u32],
+        flips: &[bool],
+        angles_deg: &[f32],
+    ) -> Result<Storage> {
+        assemble_batch(self, images, image_size, indices, flips, angles_deg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn aug_table_matches_the_kernel_struct_size() {
-        // index, flags, sin, cos (4 bytes each per image), count: see kernels/augment.cu.
+        // index, flags, sin, cos (4 bytes each per image), count: see kernels/batch.cu.
         let expect = 4 * 4 * AUG_MAX_IMAGES + 4;
         assert_eq!(std::mem::size_of::<AugTable>(), expect);
         // + images and out pointers, size, first, n.

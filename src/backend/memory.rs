@@ -1,0 +1,65 @@
+//! Memory: making, moving and copying storage; the family's backend trait. Its callers are
+//! `Tensor`'s own methods (`crate::tensor`).
+
+use super::{cuda, on_host, Device, Storage};
+use anyhow::{bail, Result};
+
+/// Storage in and out of a backend. The defaults keep tensors in host memory.
+pub trait MemoryBackend {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn upload(&self, host: &[f32]) -> Result<Storage> {
+        Ok(Storage::Cpu(host.to_vec()))
+    }
+    fn download(&self, s: &Storage) -> Result<Vec<f32>> {
+        Ok(on_host("download", s)?.clone())
+    }
+    fn zeros(&self, len: usize) -> Result<Storage> {
+        Ok(Storage::Cpu(vec![0.0; len]))
+    }
+    fn full(&self, len: usize, value: f32) -> Result<Storage> {
+        Ok(Storage::Cpu(vec![value; len]))
+    }
+    fn copy(&self, s: &Storage) -> Result<Storage> {
+        Ok(Storage::Cpu(on_host("copy", s)?.clone()))
+    }
+    /// Overwrites `dst` with `host` (same length), keeping its device buffer: what a CUDA graph
+    /// reads must stay at its address.
+    fn write(&self, dst: &mut Storage, host: &[f32]) -> Result<()> {
+        if dst.len() != host.len() {
+            bail!("write: {} values into {}", host.len(), dst.len());
+        }
+        *dst = self.upload(host)?;
+        Ok(())
+    }
+    /// Overwrites `dst` with `src` (same length); the CUDA backend keeps `dst`'s buffer.
+    fn copy_into(&self, dst: &mut Storage, src: &Storage) -> Result<()> {
+        if dst.len() != src.len() {
+            bail!("copy_into: {} elements into {}", src.len(), dst.len());
+        }
+        *dst = self.copy(src)?;
+        Ok(())
+    }
+    /// The parts one after another in one new buffer (no host round trip): the training loop
+    /// gathers a window's per-step metrics this way, so reading them is one download.
+    fn concat(&self, parts: &[&Storage]) -> Result<Storage> {
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            out.extend_from_slice(on_host("concat", p)?);
+        }
+        Ok(Storage::Cpu(out))
+    }
+    /// The CUDA backend behind this one (graph capture), if it is one.
+    fn as_cuda(&self) -> Option<&cuda::CudaBackend> {
+        None
+    }
+    /// Gives cached device memory back to the driver (after an out-of-memory error).
+    fn release_cached_memory(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Waits for queued work (timing, error surfacing). A no-op on the host.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
