@@ -4,6 +4,7 @@
 //!
 //! Layout conventions: f32, NCHW, contiguous. Conv weights `[c_out, c_in, kh, kw]`.
 
+pub mod capture;
 pub mod cpu;
 pub mod cuda;
 mod params;
@@ -80,8 +81,8 @@ pub trait Backend {
         *dst = self.upload(host)?;
         Ok(())
     }
-    /// The CUDA backend behind this one (graph capture), if it is one.
-    fn as_cuda(&self) -> Option<&cuda::CudaBackend> {
+    /// Step capture and replay (`--cuda-graphs`); `None`: no graphs on this device.
+    fn step_capture(&self) -> Option<&dyn capture::StepCapture> {
         None
     }
 

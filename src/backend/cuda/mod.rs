@@ -72,7 +72,7 @@ pub struct CudaBackend {
     max_blocks: u32,
     poison: bool,
     /// Test hook: the next capture makes a call CUDA forbids while capturing
-    /// ([`CudaBackend::break_next_capture`]).
+    /// (`StepCapture::break_next_capture`).
     break_capture: std::sync::atomic::AtomicBool,
 }
 
@@ -232,7 +232,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn as_cuda(&self) -> Option<&CudaBackend> {
+    fn step_capture(&self) -> Option<&dyn crate::backend::capture::StepCapture> {
         Some(self)
     }
 
