@@ -10,6 +10,7 @@ use artgan::checkpoint;
 use artgan::data::{self, DataArgs, Fit};
 use artgan::nn::{Generator, ModelConfig, Preset};
 use artgan::rng::Rng;
+use artgan::run_folder;
 use artgan::Device;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -203,7 +204,7 @@ fn weights_and_checkpoints_corrupted_are_refused_never_used() {
         let what = format!("case {case}: manifest.json {what}");
         std::fs::write(ck.join(checkpoint::MANIFEST_FILE), &bad).unwrap();
         let _ = no_panic(&what, || checkpoint::verify_checkpoint(&ck));
-        let _ = no_panic(&what, || checkpoint::latest_checkpoint(&run));
+        let _ = no_panic(&what, || run_folder::latest_checkpoint(&run));
     }
 }
 

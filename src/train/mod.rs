@@ -33,6 +33,7 @@ use stops::{interrupt, last_good, out_of_memory_advice, suggested_lr};
 use crate::backend::{self, Device};
 use crate::checkpoint;
 use crate::nn::{Discriminator, Generator};
+use crate::run_folder;
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -143,7 +144,7 @@ pub struct RunOptions<'a> {
     pub progress: bool,
     /// Print the per-epoch lines.
     pub verbose: bool,
-    /// Continue from this checkpoint folder (see [`checkpoint::latest_checkpoint`]).
+    /// Continue from this checkpoint folder (see [`run_folder::latest_checkpoint`]).
     pub resume_from: Option<PathBuf>,
     /// Stop after this epoch's checkpoint as if the process had been stopped (tests, and
     /// training in slices); `cfg.epochs` still sets the schedule.
@@ -389,7 +390,7 @@ pub fn train(
         if epoch % cfg.checkpoint_every == 0 || epoch == cfg.epochs || stopping {
             let files = state::checkpoint_files(&trainer, &history)?;
             let dir = checkpoint::write_checkpoint(&opts.out, epoch, &files)?;
-            checkpoint::prune_checkpoints(&opts.out, cfg.keep_checkpoints)?;
+            run_folder::prune_checkpoints(&opts.out, cfg.keep_checkpoints)?;
             say(&format!("  checkpoint {}", dir.display()));
             last_checkpoint = Some(dir);
         }

@@ -1,11 +1,11 @@
-//! What a run folder holds: its `config.json` (model configuration and class table), which
-//! weights to use (the final ones or the newest complete checkpoint), and the models rebuilt
-//! from them.
+//! What a run folder holds: its `config.json` (model configuration and class table) and the
+//! models rebuilt from its weights (which weights: `crate::run_folder::weights_dir`).
 
 use super::*;
 use crate::backend::Device;
 use crate::nn::{Discriminator, Generator, ModelConfig};
 use crate::rng::Rng;
+use crate::run_folder::weights_dir;
 use anyhow::{Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -64,49 +64,6 @@ pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
     let g = Generator::conditional(&c, class_count(run_dir)?, &mut Rng::new(0), device)?;
     load_state_dict(&g, &run_dir.join(GENERATOR_FILE), &describe(&c))?;
     Ok(g)
-}
-
-/// The folder holding the weights to use for `path`, verified (see [`verify_weights`] for
-/// `trust`): one checkpoint folder as given; a run's final files; else (a run that is still
-/// training or was stopped, or whose final files lack their manifest, saying so) its newest
-/// verified checkpoint.
-pub fn weights_dir(path: &Path, trust: bool) -> Result<PathBuf> {
-    if !path.is_dir() {
-        bail!(
-            "{} is not a training run folder (no such folder)",
-            path.display()
-        );
-    }
-    let is_checkpoint = crate::out_dir::run_of_checkpoints(path).is_some();
-    let finals = path.join(GENERATOR_FILE).is_file();
-    if is_checkpoint || (finals && path.join(MANIFEST_FILE).is_file()) {
-        verify_weights(path, trust)?;
-        return Ok(path.to_path_buf());
-    }
-    if let Some((_, latest)) = latest_checkpoint(path)? {
-        if finals {
-            eprintln!(
-                "note: the final model files in {} have no {MANIFEST_FILE} (the run stopped \
-                 while writing them?): using its newest verified checkpoint {}",
-                path.display(),
-                latest.display()
-            );
-        }
-        return Ok(latest);
-    }
-    if finals {
-        verify_weights(path, trust)?;
-        return Ok(path.to_path_buf());
-    }
-    if let Some((_, latest)) = latest_checkpoint_of(path, trust)? {
-        return Ok(latest);
-    }
-    bail!(
-        "{} holds no trained generator: expected {} or a checkpoint under {}/checkpoints/",
-        path.display(),
-        GENERATOR_FILE,
-        path.display()
-    )
 }
 
 /// Rebuilds the generator to sample with from a run or checkpoint folder (see

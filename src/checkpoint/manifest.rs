@@ -1,8 +1,9 @@
-//! Checkpoint folders and manifests: `RUN/checkpoints/epoch-NNNN/` written whole or not at all,
-//! checked against the size and CRC-32 of every file, listed, pruned; and the final model
-//! files of a run with their manifest.
+//! Manifests: checkpoint folders (`RUN/checkpoints/epoch-NNNN/`, named and listed in
+//! `crate::run_folder::checkpoints`) written whole or not at all and checked against the size
+//! and CRC-32 of every file; and the final model files of a run with their manifest.
 
 use crate::durable::{sync_dir, write_atomic, write_synced};
+use crate::run_folder::{mid_epoch_checkpoint_name, CHECKPOINTS_DIR};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -79,8 +80,6 @@ pub fn verify_weights_dir(dir: &Path) -> Result<()> {
 // manifest also catches a later corruption (a truncated copy, a bad disk): such a checkpoint is
 // skipped with a warning and the next older one is used.
 
-/// Folder of a run's checkpoints.
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -88,39 +87,6 @@ struct ManifestEntry {
     file: String,
     bytes: u64,
     crc32: u32,
-}
-
-/// The folder name of the checkpoint after `epoch`.
-pub fn checkpoint_name(epoch: usize) -> String {
-    format!("epoch-{epoch:04}")
-}
-
-/// The folder name of a mid-epoch checkpoint (an interrupted run): `epoch` epochs complete and
-/// `batch` batches of the next one done, `epoch-NNNN+BBBBBB`.
-pub fn mid_epoch_checkpoint_name(epoch: usize, batch: usize) -> String {
-    if batch == 0 {
-        checkpoint_name(epoch)
-    } else {
-        format!("epoch-{epoch:04}+{batch:06}")
-    }
-}
-
-/// (epochs complete, batches of the next one done) of a checkpoint folder name.
-fn parse_checkpoint_name(name: &str) -> Option<(usize, usize)> {
-    let rest = name.strip_prefix("epoch-")?;
-    match rest.split_once('+') {
-        Some((e, b)) => Some((e.parse().ok()?, b.parse().ok()?)),
-        None => Some((rest.parse().ok()?, 0)),
-    }
-}
-
-/// (epochs complete, batches of the next one done) of checkpoint folder `dir` (0, 0 when the
-/// name is not a checkpoint's).
-pub fn checkpoint_position(dir: &Path) -> (usize, usize) {
-    dir.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(parse_checkpoint_name)
-        .unwrap_or((0, 0))
 }
 
 /// Writes a checkpoint folder `RUN/checkpoints/epoch-NNNN` holding `files` (name, bytes)
@@ -205,83 +171,4 @@ pub fn verify_checkpoint(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The complete checkpoint folders of a run, newest first (by position: epoch, then batch
-/// within the next epoch for a mid-epoch one), as (epochs complete, folder).
-pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
-    let root = run_dir.join(CHECKPOINTS_DIR);
-    if !root.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for entry in fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))? {
-        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
-        let name = entry.file_name();
-        if let Some(pos) = name.to_str().and_then(parse_checkpoint_name) {
-            if entry.path().is_dir() {
-                out.push((pos, entry.path()));
-            }
-        }
-    }
-    out.sort_by_key(|e| std::cmp::Reverse(e.0));
-    Ok(out.into_iter().map(|((e, _), p)| (e, p)).collect())
-}
-
-/// The newest checkpoint of a run that passes [`verify_checkpoint`] and belongs to this run,
-/// as (epoch, folder); newer ones that fail are reported on stderr and skipped.
-pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
-    latest_checkpoint_of(run_dir, false)
-}
-
-/// [`latest_checkpoint`]; with `trust` (`--trust-unverified`) a checkpoint without a manifest
-/// counts too (one whose manifest does not match never does).
-pub fn latest_checkpoint_of(run_dir: &Path, trust: bool) -> Result<Option<(usize, PathBuf)>> {
-    let run_id = super::run_id(run_dir);
-    for (epoch, dir) in list_checkpoints(run_dir)? {
-        let usable = verify_weights(&dir, trust).and_then(|()| {
-            let own = super::run_id(&dir);
-            match (&run_id, &own) {
-                (Some(run), Some(own)) if run != own => bail!(
-                    "it belongs to another run (run id {own}; {} says {run})",
-                    run_dir.join(super::CONFIG_FILE).display()
-                ),
-                _ => Ok(()),
-            }
-        });
-        match usable {
-            Ok(()) => return Ok(Some((epoch, dir))),
-            Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
-        }
-    }
-    Ok(None)
-}
-
-/// Deletes all but the newest `keep` checkpoints (by epoch) and any leftover `.partial-*`
-/// folder; returns how many checkpoints were removed.
-pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<usize> {
-    let root = run_dir.join(CHECKPOINTS_DIR);
-    let mut removed = 0;
-    let all = list_checkpoints(run_dir)?;
-    // A mid-epoch checkpoint is only a way back into an interrupted epoch: once a newer
-    // checkpoint exists it has served, and it does not take one of the `keep` places.
-    let newest = all.first().map(|(_, d)| checkpoint_position(d));
-    let (mid, whole): (Vec<_>, Vec<_>) = all
-        .into_iter()
-        .partition(|(_, d)| checkpoint_position(d).1 > 0);
-    let stale_mid = mid
-        .into_iter()
-        .filter(|(_, d)| Some(checkpoint_position(d)) != newest);
-    for (_, dir) in whole.into_iter().skip(keep).chain(stale_mid) {
-        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
-        removed += 1;
-    }
-    if root.is_dir() {
-        for entry in fs::read_dir(&root)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(".partial-") {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    Ok(removed)
 }
