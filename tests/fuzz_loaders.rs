@@ -144,7 +144,7 @@ fn run_folder(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         checkpoint::CONFIG_FILE,
         std::fs::read(dir.join(checkpoint::CONFIG_FILE)).unwrap(),
     ));
-    checkpoint::write_checkpoint(dir, 1, &ck).unwrap();
+    run_folder::write_checkpoint(dir, 1, &ck).unwrap();
     files
 }
 
@@ -171,7 +171,7 @@ fn weights_and_checkpoints_corrupted_are_refused_never_used() {
             std::fs::write(&target, &bad).unwrap();
             let folder = target.parent().unwrap();
             let r = no_panic(&what, || {
-                checkpoint::load_sampling_generator(folder, true, false, Device::Cpu)
+                run_folder::load_sampling_generator(folder, true, false, Device::Cpu)
             });
             if changed {
                 let e = match r {

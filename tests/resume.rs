@@ -320,7 +320,7 @@ fn a_crash_mid_checkpoint_leaves_the_previous_one_loadable() {
         !ckpts.join(".partial-epoch-0004").exists(),
         "leftover partial folder not cleaned"
     );
-    let g = checkpoint::load_sampling_generator(&out, true, false, Device::Cpu).unwrap();
+    let g = run_folder::load_sampling_generator(&out, true, false, Device::Cpu).unwrap();
     assert!(g.2, "EMA weights expected");
 }
 
@@ -380,7 +380,7 @@ fn the_divergence_guard_stops_at_the_bad_step_and_keeps_the_good_checkpoint() {
     assert_eq!(epoch, 2);
     // The good checkpoint holds finite weights and resumes (with clean data) to the end.
     let (g, _, _) =
-        checkpoint::load_sampling_generator(&latest, false, false, Device::Cpu).unwrap();
+        run_folder::load_sampling_generator(&latest, false, false, Device::Cpu).unwrap();
     for (name, p) in g.parameters() {
         assert!(p.to_vec().unwrap().iter().all(|v| v.is_finite()), "{name}");
     }

@@ -1,14 +1,14 @@
 //! What a run folder holds: its `config.json` (model configuration and class table) and the
-//! models rebuilt from its weights (which weights: `crate::run_folder::weights_dir`).
+//! models rebuilt from its weights (which folder's weights a command uses:
+//! `crate::run_folder::weights_dir`).
 
 use super::*;
 use crate::backend::Device;
 use crate::nn::{Discriminator, Generator, ModelConfig};
 use crate::rng::Rng;
-use crate::run_folder::weights_dir;
 use anyhow::{Context, Result};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Writes `value` as pretty JSON to `dir/config.json`, atomically.
 pub fn save_config<T: serde::Serialize>(dir: &Path, value: &T) -> Result<()> {
@@ -66,18 +66,16 @@ pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
     Ok(g)
 }
 
-/// Rebuilds the generator to sample with from a run or checkpoint folder (see
-/// [`weights_dir`]): its EMA weights when `ema` and the run has them, else the raw ones.
-/// Returns the generator, the folder it was read from and whether it is the EMA one.
-pub fn load_sampling_generator(
-    path: &Path,
+/// Rebuilds the generator to sample with from the (verified) weights in `dir`: its EMA
+/// weights when `ema` and the run has them, else the raw ones. Returns the generator and
+/// whether it is the EMA one.
+pub fn load_generator_for_sampling(
+    dir: &Path,
     ema: bool,
-    trust: bool,
     device: Device,
-) -> Result<(Generator, PathBuf, bool)> {
-    let dir = weights_dir(path, trust)?;
-    let c = load_model_config(&dir)?;
-    let g = Generator::conditional(&c, class_count(&dir)?, &mut Rng::new(0), device)?;
+) -> Result<(Generator, bool)> {
+    let c = load_model_config(dir)?;
+    let g = Generator::conditional(&c, class_count(dir)?, &mut Rng::new(0), device)?;
     let ema_path = dir.join(GENERATOR_EMA_FILE);
     let use_ema = ema && ema_path.is_file();
     let file = if use_ema {
@@ -86,7 +84,7 @@ pub fn load_sampling_generator(
         dir.join(GENERATOR_FILE)
     };
     load_state_dict(&g, &file, &describe(&c))?;
-    Ok((g, dir, use_ema))
+    Ok((g, use_ema))
 }
 
 /// Rebuilds the discriminator of a run folder and loads its (verified) weights.

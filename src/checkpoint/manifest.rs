@@ -1,12 +1,11 @@
-//! Manifests: checkpoint folders (`RUN/checkpoints/epoch-NNNN/`, named and listed in
-//! `crate::run_folder::checkpoints`) written whole or not at all and checked against the size
-//! and CRC-32 of every file; and the final model files of a run with their manifest.
+//! Manifests: the size and CRC-32 of every weight file in a folder, written last and checked
+//! before weights are used: for a checkpoint folder (made whole or not at all by
+//! `crate::run_folder::write_checkpoint_at`) and for the final model files of a run.
 
 use crate::durable::{sync_dir, write_atomic, write_synced};
-use crate::run_folder::{mid_epoch_checkpoint_name, CHECKPOINTS_DIR};
 use anyhow::{bail, Context, Result};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Writes a run's final model files (`files`: name and bytes) with a `manifest.json` (size and
 /// CRC-32 of each) into `dir`. The old manifest goes first and the new one is written last,
@@ -70,16 +69,6 @@ pub fn verify_weights_dir(dir: &Path) -> Result<()> {
     verify_weights(dir, false)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Checkpoint folders: `RUN/checkpoints/epoch-NNNN/`, each complete in itself.
-//
-// A checkpoint is written into `RUN/checkpoints/.partial-epoch-NNNN/`, every file fsynced, then a
-// `manifest.json` (size and CRC-32 of every file) last, and only then is the folder renamed to
-// its final name. A crash or `kill -9` at any moment leaves either no folder of that name or a
-// complete one; a leftover `.partial-*` folder is ignored and removed by the next write. The
-// manifest also catches a later corruption (a truncated copy, a bad disk): such a checkpoint is
-// skipped with a warning and the next older one is used.
-
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -89,36 +78,12 @@ struct ManifestEntry {
     crc32: u32,
 }
 
-/// Writes a checkpoint folder `RUN/checkpoints/epoch-NNNN` holding `files` (name, bytes)
-/// atomically (see above) and returns its path. An existing checkpoint of that epoch is replaced.
-pub fn write_checkpoint(
-    run_dir: &Path,
-    epoch: usize,
-    files: &[(&str, Vec<u8>)],
-) -> Result<PathBuf> {
-    write_checkpoint_at(run_dir, epoch, 0, files)
-}
-
-/// [`write_checkpoint`] at a position inside an epoch: `batch` batches after epoch `epoch`
-/// (see [`mid_epoch_checkpoint_name`]).
-pub fn write_checkpoint_at(
-    run_dir: &Path,
-    epoch: usize,
-    batch: usize,
-    files: &[(&str, Vec<u8>)],
-) -> Result<PathBuf> {
-    let root = run_dir.join(CHECKPOINTS_DIR);
-    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let name = mid_epoch_checkpoint_name(epoch, batch);
-    let partial = root.join(format!(".partial-{name}"));
-    if partial.exists() {
-        fs::remove_dir_all(&partial)
-            .with_context(|| format!("cannot remove leftover {}", partial.display()))?;
-    }
-    fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+/// Writes `files` (name, bytes) into `dir`, each fsynced, and their `manifest.json` last (the
+/// checkpoint write: see `crate::run_folder::write_checkpoint_at`).
+pub fn write_synced_with_manifest(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     let mut manifest = Vec::with_capacity(files.len());
     for (file, bytes) in files {
-        write_synced(&partial.join(file), bytes)?;
+        write_synced(&dir.join(file), bytes)?;
         manifest.push(ManifestEntry {
             file: file.to_string(),
             bytes: bytes.len() as u64,
@@ -126,19 +91,9 @@ pub fn write_checkpoint_at(
         });
     }
     write_synced(
-        &partial.join(MANIFEST_FILE),
+        &dir.join(MANIFEST_FILE),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )?;
-    sync_dir(&partial);
-    let done = root.join(&name);
-    if done.exists() {
-        // Re-checkpointing an epoch (a resumed run that redoes it): the new one replaces it.
-        fs::remove_dir_all(&done).with_context(|| format!("cannot replace {}", done.display()))?;
-    }
-    fs::rename(&partial, &done)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), done.display()))?;
-    sync_dir(&root);
-    Ok(done)
+    )
 }
 
 /// Checks a checkpoint folder against its manifest: every file present with its size and CRC.

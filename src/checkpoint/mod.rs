@@ -4,8 +4,9 @@
 //! one, never half of one (`crate::durable`).
 //!
 //! Here: state dicts and tensor files. `load.rs`: a run's `config.json` and the models
-//! rebuilt from its weights. `manifest.rs`: checkpoint folders written whole, and manifests.
-//! Where the folders are and which one to use: `crate::run_folder`.
+//! rebuilt from its weights. `manifest.rs`: manifests (writing and checking them). Where
+//! the folders are, which one to use and writing a checkpoint folder whole: `crate::run_folder`
+//! (which uses this module; this one uses none of it).
 
 use crate::nn::{Discriminator, Generator, ModelConfig, Module, StateRef};
 use crate::tensor::Tensor;

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use serde_json::json;
 
-use super::grid::{save_grid_png_u8, write_atomic};
+use super::grid_png::{save_grid_png_u8, write_atomic};
 use super::{load, DataArgs, ImageSet};
 
 /// Options of `artgan explore`.

@@ -1,15 +1,32 @@
 //! The checkpoint folders of a run, `RUN/checkpoints/epoch-NNNN[+BBBBBB]/`: their names, the
 //! listing (newest first), the newest usable one, pruning, and which folder's weights a
-//! command uses. Writing and verifying one is `crate::checkpoint`'s (manifests).
+//! command uses; writing one whole (into `.partial-NAME/`, renamed when complete). What its
+//! files hold, and their manifest, is `crate::checkpoint`'s.
 
 use super::run_of_checkpoints;
-use crate::checkpoint::{self, verify_weights, CONFIG_FILE, GENERATOR_FILE, MANIFEST_FILE};
+use crate::backend::Device;
+use crate::checkpoint::{
+    self, load_generator_for_sampling, verify_weights, write_synced_with_manifest, CONFIG_FILE,
+    GENERATOR_FILE, MANIFEST_FILE,
+};
+use crate::durable::sync_dir;
+use crate::nn::Generator;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+// Checkpoint folders: `RUN/checkpoints/epoch-NNNN/`, each complete in itself.
+//
+// A checkpoint is written into `RUN/checkpoints/.partial-epoch-NNNN/`, every file fsynced, then a
+// `manifest.json` (size and CRC-32 of every file) last, and only then is the folder renamed to
+// its final name. A crash or `kill -9` at any moment leaves either no folder of that name or a
+// complete one; a leftover `.partial-*` folder is ignored and removed by the next write. The
+// manifest also catches a later corruption (a truncated copy, a bad disk): such a checkpoint is
+// skipped with a warning and the next older one is used.
+
 /// Folder of a run's checkpoints.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
 /// The folder name of the checkpoint after `epoch`.
 pub fn checkpoint_name(epoch: usize) -> String {
     format!("epoch-{epoch:04}")
@@ -41,6 +58,46 @@ pub fn checkpoint_position(dir: &Path) -> (usize, usize) {
         .and_then(|n| n.to_str())
         .and_then(parse_checkpoint_name)
         .unwrap_or((0, 0))
+}
+
+/// Writes a checkpoint folder `RUN/checkpoints/epoch-NNNN` holding `files` (name, bytes)
+/// atomically (see above) and returns its path. An existing checkpoint of that epoch is replaced.
+pub fn write_checkpoint(
+    run_dir: &Path,
+    epoch: usize,
+    files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf> {
+    write_checkpoint_at(run_dir, epoch, 0, files)
+}
+
+/// [`write_checkpoint`] at a position inside an epoch: `batch` batches after epoch `epoch`
+/// (see [`mid_epoch_checkpoint_name`]).
+pub fn write_checkpoint_at(
+    run_dir: &Path,
+    epoch: usize,
+    batch: usize,
+    files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let name = mid_epoch_checkpoint_name(epoch, batch);
+    let partial = root.join(format!(".partial-{name}"));
+    if partial.exists() {
+        fs::remove_dir_all(&partial)
+            .with_context(|| format!("cannot remove leftover {}", partial.display()))?;
+    }
+    fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    write_synced_with_manifest(&partial, files)?;
+    sync_dir(&partial);
+    let done = root.join(&name);
+    if done.exists() {
+        // Re-checkpointing an epoch (a resumed run that redoes it): the new one replaces it.
+        fs::remove_dir_all(&done).with_context(|| format!("cannot replace {}", done.display()))?;
+    }
+    fs::rename(&partial, &done)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), done.display()))?;
+    sync_dir(&root);
+    Ok(done)
 }
 
 /// The complete checkpoint folders of a run, newest first (by position: epoch, then batch
@@ -163,4 +220,18 @@ pub fn weights_dir(path: &Path, trust: bool) -> Result<PathBuf> {
         GENERATOR_FILE,
         path.display()
     )
+}
+
+/// Rebuilds the generator to sample with from a run or checkpoint folder (see
+/// [`weights_dir`]): its EMA weights when `ema` and the run has them, else the raw ones.
+/// Returns the generator, the folder it was read from and whether it is the EMA one.
+pub fn load_sampling_generator(
+    path: &Path,
+    ema: bool,
+    trust: bool,
+    device: Device,
+) -> Result<(Generator, PathBuf, bool)> {
+    let dir = weights_dir(path, trust)?;
+    let (g, use_ema) = load_generator_for_sampling(&dir, ema, device)?;
+    Ok((g, dir, use_ema))
 }

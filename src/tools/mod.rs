@@ -15,6 +15,7 @@ use crate::checkpoint;
 use crate::flags::DeviceArgs;
 use crate::nn::{Ctx, Generator, Mode};
 use crate::rng::Rng;
+use crate::run_folder;
 use crate::tensor::{no_grad, Tensor};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -169,7 +170,7 @@ impl GeneratorArgs {
     /// EMA or raw, the run id). Also returns that folder.
     pub fn load(&self) -> Result<(crate::nn::Generator, Device, PathBuf)> {
         let device = self.device.resolve()?;
-        let (g, dir, ema) = checkpoint::load_sampling_generator(
+        let (g, dir, ema) = run_folder::load_sampling_generator(
             &self.checkpoint,
             !self.no_ema,
             self.trust_unverified,

@@ -6,28 +6,30 @@
 //! - [`ema`]: the moving average of G's weights.
 //! - [`lr_control`]: the dynamic learning-rate rule.
 //! - [`state`]: what a checkpoint holds and how a [`Trainer`] is restored from one.
-//! - `config`: the recipe; `trainer`: one step; `graph_step`: that step as a CUDA graph; `grids`: the sample grids; `sessions`: the
-//!   run's history of starts and resumes; `stops`: interrupts, divergence, out of memory.
+//! - `config`: the recipe; `trainer`: one step; `graph_step`: that step as a CUDA graph (the
+//!   trainer hands it the step); `sample_grids`: what the sample grids show (written as PNG by
+//!   `data::save_grid_png`); `sessions`: the run's history of starts and resumes; `stops`:
+//!   interrupts, divergence, out of memory.
 
 mod config;
 pub mod device_metrics;
 pub mod ema;
 mod graph_step;
-mod grids;
 pub mod lr_control;
 pub mod quality_log;
+mod sample_grids;
 mod sessions;
 pub mod state;
 mod stops;
 mod trainer;
 
 pub use config::*;
-pub use grids::*;
+pub use sample_grids::*;
 pub use sessions::*;
 pub use stops::*;
 pub use trainer::*;
 
-use grids::save_grid;
+use sample_grids::save_grid;
 use stops::{interrupt, last_good, out_of_memory_advice, suggested_lr};
 
 use crate::backend::{self, Device};
@@ -389,7 +391,7 @@ pub fn train(
         let stopping = opts.stop_after_epoch == Some(epoch);
         if epoch % cfg.checkpoint_every == 0 || epoch == cfg.epochs || stopping {
             let files = state::checkpoint_files(&trainer, &history)?;
-            let dir = checkpoint::write_checkpoint(&opts.out, epoch, &files)?;
+            let dir = run_folder::write_checkpoint(&opts.out, epoch, &files)?;
             run_folder::prune_checkpoints(&opts.out, cfg.keep_checkpoints)?;
             say(&format!("  checkpoint {}", dir.display()));
             last_checkpoint = Some(dir);

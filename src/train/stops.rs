@@ -4,7 +4,6 @@
 
 use super::{state, EpochStats, TrainConfig, Trainer};
 use crate::backend::{self, Device};
-use crate::checkpoint;
 use crate::run_folder;
 use crate::tensor::Tensor;
 use anyhow::{Context, Result};
@@ -65,7 +64,7 @@ pub(super) fn interrupt(
 ) -> anyhow::Error {
     let written =
         state::checkpoint_files_mid_epoch(trainer, history, Some(acc)).and_then(|files| {
-            let dir = checkpoint::write_checkpoint_at(out, trainer.epoch, acc.batch, &files)?;
+            let dir = run_folder::write_checkpoint_at(out, trainer.epoch, acc.batch, &files)?;
             run_folder::prune_checkpoints(out, trainer.cfg.keep_checkpoints)?;
             Ok(dir)
         });
