@@ -121,7 +121,7 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out.into_iter().map(|((e, _), p)| (e, p)).collect())
 }
 
-/// The newest checkpoint of a run that passes [`verify_checkpoint`] and belongs to this run,
+/// The newest checkpoint of a run that passes [`checkpoint::verify_checkpoint`] and belongs to this run,
 /// as (epoch, folder); newer ones that fail are reported on stderr and skipped.
 pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
     latest_checkpoint_of(run_dir, false)

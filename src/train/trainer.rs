@@ -372,7 +372,7 @@ impl Trainer {
                 &fake_in,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers)
                     .labeled_as(labels)
-                    .drawing(draws.as_deref_mut()),
+                    .drawing(draws),
             )?;
             let loss_g = self.cfg.loss.generator(&out)?;
             self.opt_g.backward(&loss_g)?;
