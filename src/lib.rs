@@ -1,5 +1,5 @@
-//! artgan: GANs that paint artworks, on a small hand-written tensor engine with a CPU reference
-//! backend and a CUDA backend.
+//! artgan: GANs that paint artworks, on a small hand-written tensor engine with three backends:
+//! the plain CPU reference, a fast CPU one and CUDA.
 
 pub mod amp;
 pub mod backend;
