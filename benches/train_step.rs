@@ -79,9 +79,7 @@ fn main() -> anyhow::Result<()> {
     }
     let backend = real.backend();
     backend.synchronize()?;
-    if let Some(cuda) = backend.as_cuda() {
-        cuda.reset_peak_memory();
-    }
+    backend.reset_peak_memory();
     let mut times = Vec::new();
     let budget = Instant::now();
     let done = |n: usize, secs: f64| match args.steps {
@@ -98,10 +96,10 @@ fn main() -> anyhow::Result<()> {
     let median = times[times.len() / 2];
     // What the steps held at most: weights, Adam state and one step's activations and
     // gradients (the device allocator's high-water mark; the CPU has none).
-    let peak = match backend.as_cuda() {
-        Some(cuda) => format!(
+    let peak = match backend.peak_memory_bytes() {
+        Some(bytes) => format!(
             ", peak device memory {:.1} MiB",
-            cuda.pool_stats().peak_in_use_bytes as f64 / (1 << 20) as f64
+            bytes as f64 / (1 << 20) as f64
         ),
         None => String::new(),
     };

@@ -1,5 +1,5 @@
-//! artgan: GANs that paint artworks, on a small hand-written tensor engine with a CPU reference
-//! backend and a CUDA backend.
+//! artgan: GANs that paint artworks, on a small hand-written tensor engine with three backends:
+//! the plain CPU reference, a fast CPU one and CUDA.
 
 pub mod amp;
 pub mod backend;
@@ -13,11 +13,10 @@ pub mod limits;
 pub mod nn;
 pub mod ops;
 pub mod optim;
-pub mod out_dir;
 pub mod quality;
 pub mod report;
 pub mod rng;
-pub mod run_lock;
+pub mod run_folder;
 pub mod tensor;
 pub mod tools;
 pub mod train;

@@ -9,6 +9,7 @@ use artgan::data::{self, Augment, Condition, ConditionArgs, LabelSource, Loader}
 use artgan::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
 use artgan::ops::DiffAugment;
 use artgan::rng::Rng;
+use artgan::run_folder;
 use artgan::tensor::Tensor;
 use artgan::train::{self, RunOptions, TrainConfig};
 use std::path::{Path, PathBuf};
@@ -316,7 +317,7 @@ fn conditional_diffaugment_runs_resume_bit_identically() {
         run(&cfg, &straight, None, None);
         let split = dir.path().join("split");
         run(&cfg, &split, None, Some(1));
-        let (_, latest) = checkpoint::latest_checkpoint(&split).unwrap().unwrap();
+        let (_, latest) = run_folder::latest_checkpoint(&split).unwrap().unwrap();
         run(&cfg, &split, Some(latest), None);
         for f in [
             checkpoint::GENERATOR_FILE,

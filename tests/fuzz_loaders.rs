@@ -10,6 +10,7 @@ use artgan::checkpoint;
 use artgan::data::{self, DataArgs, Fit};
 use artgan::nn::{Generator, ModelConfig, Preset};
 use artgan::rng::Rng;
+use artgan::run_folder;
 use artgan::Device;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -143,7 +144,7 @@ fn run_folder(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         checkpoint::CONFIG_FILE,
         std::fs::read(dir.join(checkpoint::CONFIG_FILE)).unwrap(),
     ));
-    checkpoint::write_checkpoint(dir, 1, &ck).unwrap();
+    run_folder::write_checkpoint(dir, 1, &ck).unwrap();
     files
 }
 
@@ -170,7 +171,7 @@ fn weights_and_checkpoints_corrupted_are_refused_never_used() {
             std::fs::write(&target, &bad).unwrap();
             let folder = target.parent().unwrap();
             let r = no_panic(&what, || {
-                checkpoint::load_sampling_generator(folder, true, false, Device::Cpu)
+                run_folder::load_sampling_generator(folder, true, false, Device::Cpu)
             });
             if changed {
                 let e = match r {
@@ -203,7 +204,7 @@ fn weights_and_checkpoints_corrupted_are_refused_never_used() {
         let what = format!("case {case}: manifest.json {what}");
         std::fs::write(ck.join(checkpoint::MANIFEST_FILE), &bad).unwrap();
         let _ = no_panic(&what, || checkpoint::verify_checkpoint(&ck));
-        let _ = no_panic(&what, || checkpoint::latest_checkpoint(&run));
+        let _ = no_panic(&what, || run_folder::latest_checkpoint(&run));
     }
 }
 

@@ -364,7 +364,7 @@ struct GraphCase {
     /// Calls `set_progress` before each step, as the training loop does (the classical input
     /// noise's std changes every step).
     progress: bool,
-    /// Makes the first capture fail (see `CudaBackend::break_next_capture`).
+    /// Makes the first capture fail (see `StepCapture::break_next_capture`).
     break_first_capture: bool,
 }
 
@@ -394,7 +394,7 @@ fn graphs_match_eager(case: GraphCase, dev: Device) -> usize {
     }
     if break_first_capture {
         let be = artgan::backend::backend(dev).unwrap();
-        be.as_cuda().unwrap().break_next_capture();
+        be.step_capture().unwrap().break_next_capture();
     }
     let mut rng = Rng::new(4);
     let mut records = 0;

@@ -252,7 +252,7 @@ fn a_run_folder_has_one_writer_and_resumes_record_their_settings() {
     // Killed: the kernel drops the lock, so the run resumes at once.
     child.kill().unwrap();
     child.wait().unwrap();
-    let (done, _) = artgan::checkpoint::latest_checkpoint(&d.join("run"))
+    let (done, _) = artgan::run_folder::latest_checkpoint(&d.join("run"))
         .unwrap()
         .expect("a checkpoint");
     let epochs = (done + 1).to_string();

@@ -6,6 +6,7 @@ use artgan::backend::Device;
 use artgan::checkpoint;
 use artgan::data::{self, Augment, Loader};
 use artgan::nn::{ModelConfig, Module, Preset};
+use artgan::run_folder;
 use artgan::tensor::Tensor;
 use artgan::train::{self, BatchSource, RunOptions, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
@@ -161,12 +162,12 @@ fn resume_is_bit_identical_in(preset: Preset, precision: Precision) {
     let split = dir.path().join("split");
     let first = run(&cfg, &split, None, Some(1)).unwrap();
     assert_eq!(first.history.len(), 1);
-    let (epoch, latest) = checkpoint::latest_checkpoint(&split).unwrap().unwrap();
+    let (epoch, latest) = run_folder::latest_checkpoint(&split).unwrap().unwrap();
     assert_eq!(epoch, 1);
     // A stopped run has no top-level model files yet.
     assert!(!split.join(checkpoint::GENERATOR_FILE).exists());
     run(&cfg, &split, Some(latest), Some(3)).unwrap();
-    let (epoch, latest) = checkpoint::latest_checkpoint(&split).unwrap().unwrap();
+    let (epoch, latest) = run_folder::latest_checkpoint(&split).unwrap().unwrap();
     assert_eq!(epoch, 3);
     let resumed = run(&cfg, &split, Some(latest), None).unwrap();
     assert_eq!(resumed.history.len(), 4);
@@ -197,7 +198,7 @@ fn resume_is_bit_identical_in(preset: Preset, precision: Precision) {
     .unwrap();
     assert_ne!(raw, ema);
     // Only the newest `keep_checkpoints` remain.
-    let kept: Vec<usize> = checkpoint::list_checkpoints(&split)
+    let kept: Vec<usize> = run_folder::list_checkpoints(&split)
         .unwrap()
         .into_iter()
         .map(|(e, _)| e)
@@ -234,7 +235,7 @@ fn resume_with_cuda_graphs_is_bit_identical(preset: Preset) {
     let split = dir.path().join("split");
     run_on(gpu, &cfg, &mut loader(&cfg), &split, None, Some(1)).unwrap();
     for stop in [Some(3), None] {
-        let (_, latest) = checkpoint::latest_checkpoint(&split).unwrap().unwrap();
+        let (_, latest) = run_folder::latest_checkpoint(&split).unwrap().unwrap();
         run_on(gpu, &cfg, &mut loader(&cfg), &split, Some(latest), stop).unwrap();
     }
     assert_same_run(&straight, &split, "epoch-0004", "resumed with graphs");
@@ -310,7 +311,7 @@ fn a_crash_mid_checkpoint_leaves_the_previous_one_loadable() {
         "{err:#}"
     );
 
-    let (epoch, latest) = checkpoint::latest_checkpoint(&out).unwrap().unwrap();
+    let (epoch, latest) = run_folder::latest_checkpoint(&out).unwrap().unwrap();
     assert_eq!(epoch, 2, "the damaged epoch-0003 must be skipped");
     // It loads and training goes on from it to the end.
     let resumed = run(&cfg, &out, Some(latest), None).unwrap();
@@ -319,7 +320,7 @@ fn a_crash_mid_checkpoint_leaves_the_previous_one_loadable() {
         !ckpts.join(".partial-epoch-0004").exists(),
         "leftover partial folder not cleaned"
     );
-    let g = checkpoint::load_sampling_generator(&out, true, false, Device::Cpu).unwrap();
+    let g = run_folder::load_sampling_generator(&out, true, false, Device::Cpu).unwrap();
     assert!(g.2, "EMA weights expected");
 }
 
@@ -375,11 +376,11 @@ fn the_divergence_guard_stops_at_the_bad_step_and_keeps_the_good_checkpoint() {
         "message must name the last good checkpoint: {msg}"
     );
     assert!(msg.contains("--resume"), "{msg}");
-    let (epoch, latest) = checkpoint::latest_checkpoint(&out).unwrap().unwrap();
+    let (epoch, latest) = run_folder::latest_checkpoint(&out).unwrap().unwrap();
     assert_eq!(epoch, 2);
     // The good checkpoint holds finite weights and resumes (with clean data) to the end.
     let (g, _, _) =
-        checkpoint::load_sampling_generator(&latest, false, false, Device::Cpu).unwrap();
+        run_folder::load_sampling_generator(&latest, false, false, Device::Cpu).unwrap();
     for (name, p) in g.parameters() {
         assert!(p.to_vec().unwrap().iter().all(|v| v.is_finite()), "{name}");
     }
@@ -571,7 +572,7 @@ fn kill_9_at_any_moment_leaves_a_resumable_run_that_ends_bit_identical() {
             killed_while_running += 1;
         }
         child.wait().unwrap();
-        if let Some((epoch, _)) = checkpoint::latest_checkpoint(&d.join("killed")).unwrap() {
+        if let Some((epoch, _)) = run_folder::latest_checkpoint(&d.join("killed")).unwrap() {
             resume_points.insert(epoch);
         }
     }

@@ -310,7 +310,7 @@ fn a_results_folder_has_one_writer() {
     ok(&artgan(&tiny_args(&["--out", "run", "--epochs", "1"]), d));
     std::fs::create_dir(d.join("out")).unwrap();
     // Another process writing there holds its lock (this test process stands in for it).
-    let held = artgan::run_lock::lock_run_dir(&d.join("out")).unwrap();
+    let held = artgan::run_folder::lock_run_dir(&d.join("out")).unwrap();
     let o = artgan(
         &[
             "sample",
@@ -388,7 +388,7 @@ fn check_invariants(d: &Path, history: &str) {
             continue;
         }
         let id = artgan::checkpoint::run_id(&run);
-        for (_, c) in artgan::checkpoint::list_checkpoints(&run).unwrap() {
+        for (_, c) in artgan::run_folder::list_checkpoints(&run).unwrap() {
             artgan::checkpoint::verify_checkpoint(&c)
                 .unwrap_or_else(|e| panic!("{} after {history}: {e:#}", c.display()));
             assert_eq!(

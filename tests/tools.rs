@@ -5,6 +5,7 @@ use artgan::amp::Numerics;
 use artgan::checkpoint;
 use artgan::nn::{Generator, Module};
 use artgan::rng::Rng;
+use artgan::run_folder;
 use artgan::tools::{self, interpolate, project};
 use artgan::{Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -63,7 +64,7 @@ fn run_arg() -> &'static str {
 }
 
 fn load_g() -> Generator {
-    checkpoint::load_sampling_generator(run_dir(), true, false, Device::Cpu)
+    run_folder::load_sampling_generator(run_dir(), true, false, Device::Cpu)
         .unwrap()
         .0
 }

@@ -1,7 +1,7 @@
 //! Memory: making, moving and copying storage; the family's backend trait. Its callers are
 //! `Tensor`'s own methods (`crate::tensor`).
 
-use super::{cuda, on_host, Device, Storage};
+use super::{on_host, Device, Storage};
 use anyhow::{bail, Result};
 
 /// Storage in and out of a backend. The defaults keep tensors in host memory.
@@ -50,10 +50,18 @@ pub trait MemoryBackend {
         }
         Ok(Storage::Cpu(out))
     }
-    /// The CUDA backend behind this one (graph capture), if it is one.
-    fn as_cuda(&self) -> Option<&cuda::CudaBackend> {
+    /// Step capture and replay (`--cuda-graphs`); `None`: no graphs on this device.
+    fn step_capture(&self) -> Option<&dyn super::capture::StepCapture> {
         None
     }
+    /// The most bytes tensors have held at once since the backend began or since
+    /// [`MemoryBackend::reset_peak_memory`] (the device allocator's high-water mark, PyTorch's
+    /// `max_memory_allocated`); `None` where memory is the host's.
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Restarts [`MemoryBackend::peak_memory_bytes`] from what is in use now.
+    fn reset_peak_memory(&self) {}
     /// Gives cached device memory back to the driver (after an out-of-memory error).
     fn release_cached_memory(&self) -> Result<()> {
         Ok(())

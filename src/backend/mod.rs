@@ -21,6 +21,7 @@ mod random;
 mod reduce;
 mod spectral_norm;
 
+pub mod capture;
 pub mod cpu;
 pub mod cuda;
 mod params;

@@ -3,8 +3,10 @@
 //! (temp file in the same folder, fsync, rename), so a crash leaves the previous file or the new
 //! one, never half of one (`crate::durable`).
 //!
-//! Here: state dicts and tensor files. `run_folder.rs`: a run's `config.json` and the models
-//! rebuilt from its weights. `folders.rs`: checkpoint folders and manifests.
+//! Here: state dicts and tensor files. `load.rs`: a run's `config.json` and the models
+//! rebuilt from its weights. `manifest.rs`: manifests (writing and checking them). Where
+//! the folders are, which one to use and writing a checkpoint folder whole: `crate::run_folder`
+//! (which uses this module; this one uses none of it).
 
 use crate::nn::{Discriminator, Generator, ModelConfig, Module, StateRef};
 use crate::tensor::Tensor;
@@ -15,12 +17,12 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-mod folders;
-mod run_folder;
+mod load;
+mod manifest;
 
 pub use crate::durable::write_atomic;
-pub use folders::*;
-pub use run_folder::*;
+pub use load::*;
+pub use manifest::*;
 
 pub const GENERATOR_FILE: &str = "generator.safetensors";
 /// The exponential moving average of the generator's weights (used for sampling by default).

@@ -87,7 +87,7 @@ struct Results<'a> {
 /// `checkpoints/`) and the default `--json` file name there (nothing is written inside
 /// `checkpoints/`, whose folders are pruned).
 fn run_folder_and_json(path: &Path) -> (PathBuf, String) {
-    match crate::out_dir::run_of_checkpoints(path) {
+    match crate::run_folder::run_of_checkpoints(path) {
         Some(run) => {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             (run, format!("evaluate-{name}.json"))
@@ -142,7 +142,7 @@ pub fn run_evaluate(a: &EvaluateArgs) -> Result<()> {
     let (run_dir, json_name) = run_folder_and_json(&a.generator.checkpoint);
     let json = a.json.clone().unwrap_or_else(|| run_dir.join(json_name));
     // Fail now rather than after the computation.
-    crate::out_dir::check_not_in_checkpoints(&json, "--json")?;
+    crate::run_folder::check_not_in_checkpoints(&json, "--json")?;
     if json.is_dir() {
         bail!(
             "--json {} is a folder: give the path of the file to write",

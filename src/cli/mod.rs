@@ -6,7 +6,6 @@
 
 mod evaluate;
 mod resume;
-mod run_dir;
 mod train;
 
 pub use evaluate::{run_evaluate, EvaluateArgs};

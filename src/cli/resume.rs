@@ -4,6 +4,7 @@
 use super::train::{apply_overrides, TrainArgs};
 use crate::backend::Device;
 use crate::checkpoint;
+use crate::run_folder;
 use crate::train::{self, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// and the checkpoint to continue from (`None`: no complete one yet, start again).
 pub(super) struct Resumed {
     pub cfg: TrainConfig,
-    pub lock: crate::run_lock::RunLock,
+    pub lock: run_folder::RunLock,
     pub previous: TrainConfig,
     pub from: Option<PathBuf>,
 }
@@ -27,16 +28,16 @@ pub(super) fn open(a: &TrainArgs, run: &Path, device: Device) -> Result<Option<R
             run.display()
         );
     }
-    check_resume_target(run)?;
+    run_folder::check_resume_target(run)?;
     // Before anything is read for keeps or written: one process per run.
-    let lock = crate::run_lock::lock_run_dir(run)?;
+    let lock = run_folder::lock_run_dir(run)?;
     let previous = train::load_config(run)?;
     let mut cfg = previous.clone();
     apply_overrides(&mut cfg, a);
     cfg.validate()
         .with_context(|| format!("resuming {}", run.display()))?;
     crate::limits::check_training(&cfg, device)?;
-    let latest = checkpoint::latest_checkpoint_of(run, a.trust_unverified)?;
+    let latest = run_folder::latest_checkpoint_of(run, a.trust_unverified)?;
     // The final model files' manifest is written last: without it a run killed after
     // its last checkpoint has not written (all) its model files yet.
     let finished = run.join(checkpoint::MANIFEST_FILE).is_file();
@@ -54,7 +55,7 @@ pub(super) fn open(a: &TrainArgs, run: &Path, device: Device) -> Result<Option<R
             run.display()
         ),
         Some((epoch, dir)) if !a.quiet => {
-            let batch = checkpoint::checkpoint_position(dir).1;
+            let batch = run_folder::checkpoint_position(dir).1;
             println!(
                 "resuming {} after epoch {epoch}{} ({})",
                 run.display(),
@@ -78,32 +79,4 @@ pub(super) fn open(a: &TrainArgs, run: &Path, device: Device) -> Result<Option<R
         previous,
         from: latest.map(|(_, d)| d),
     }))
-}
-
-/// Refuses, before anything is locked or written, a `--resume` target that is not a run
-/// folder: a checkpoint folder (naming its run) or a folder without `config.json`.
-fn check_resume_target(run: &Path) -> Result<()> {
-    if let Some(owner) = crate::out_dir::run_of_checkpoints(run) {
-        bail!(
-            "{} is inside the checkpoints of run {}: resume the run itself with --resume {} \
-             (it continues from its newest complete checkpoint)",
-            run.display(),
-            owner.display(),
-            owner.display()
-        );
-    }
-    if !run.is_dir() {
-        bail!(
-            "{} is not a training run folder (no such folder)",
-            run.display()
-        );
-    }
-    if !run.join(checkpoint::CONFIG_FILE).is_file() {
-        bail!(
-            "{} is not a training run folder (it has no {})",
-            run.display(),
-            checkpoint::CONFIG_FILE
-        );
-    }
-    Ok(())
 }

@@ -1,11 +1,11 @@
 //! `artgan train`: its flags, the recipe they ask for (new run or resume) and the run itself.
 
-use super::run_dir::claim_run_dir;
 use crate::backend::Device;
 use crate::checkpoint;
 use crate::data::{self, AugmentArgs, DataArgs};
 use crate::flags::DeviceArgs;
 use crate::nn::{ModelConfig, Preset};
+use crate::run_folder::claim_run_dir;
 use crate::train::{self, RunOptions, TrainConfig};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -483,7 +483,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         (None, None) => unreachable!("a run folder is always locked"),
     };
     let from_epoch = match &resume_from {
-        Some(dir) => checkpoint::checkpoint_position(dir).0,
+        Some(dir) => crate::run_folder::checkpoint_position(dir).0,
         None => 0,
     };
     train::record_session(&out, &cfg, previous.as_ref(), from_epoch)?;

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use serde_json::json;
 
-use super::grid::{save_grid_png_u8, write_atomic};
+use super::grid_png::{save_grid_png_u8, write_atomic};
 use super::{load, DataArgs, ImageSet};
 
 /// Options of `artgan explore`.
@@ -43,7 +43,7 @@ struct Counts {
 
 /// Runs the exploration and writes its files into `args.out`.
 pub fn explore(args: &ExploreArgs) -> Result<()> {
-    crate::out_dir::check_place(&args.out, crate::out_dir::Purpose::Results, "--out")?;
+    crate::run_folder::check_place(&args.out, crate::run_folder::Purpose::Results, "--out")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
     let set = load(&args.data, args.image_size, args.seed, &args.out)?;

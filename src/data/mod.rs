@@ -16,7 +16,7 @@ mod builtin;
 mod cache;
 mod decode;
 mod explore;
-mod grid;
+mod grid_png;
 mod kaggle;
 mod labels;
 mod loader;
@@ -31,7 +31,7 @@ pub use builtin::builtin;
 pub use decode::{decode_bytes, decode_file, preprocess, Decoded};
 pub use explore::{explore, ExploreArgs};
 pub(crate) use explore::{plot_err, register_font, save_rgb};
-pub use grid::{save_grid_png, save_grid_png_u8, write_atomic};
+pub use grid_png::{save_grid_png, save_grid_png_u8, write_atomic};
 pub use kaggle::{artist_key, Artist};
 pub use labels::{
     label_images, ClassEntry, ClassTable, Condition, ConditionArgs, LabelSource, Labelled,

@@ -16,6 +16,7 @@ use crate::checkpoint;
 use crate::flags::DeviceArgs;
 use crate::nn::{Ctx, Generator, Mode};
 use crate::rng::Rng;
+use crate::run_folder;
 use crate::tensor::{no_grad, Tensor};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -171,7 +172,7 @@ impl GeneratorArgs {
     /// EMA or raw, the run id). Also returns that folder.
     pub fn load(&self) -> Result<(crate::nn::Generator, Device, PathBuf)> {
         let device = self.device.resolve()?;
-        let (g, dir, ema) = checkpoint::load_sampling_generator(
+        let (g, dir, ema) = run_folder::load_sampling_generator(
             &self.checkpoint,
             !self.no_ema,
             self.trust_unverified,
@@ -198,20 +199,20 @@ impl GeneratorArgs {
     }
 }
 
-/// Claims `dir` for a command's results (see [`crate::out_dir::claim`]): created, or an empty
+/// Claims `dir` for a command's results (see [`crate::run_folder::claim`]): created, or an empty
 /// folder, or with `force` a non-empty one whose contents are moved aside; never a run folder
 /// or inside a run's checkpoints; locked, so a second command writing there is refused. The
 /// caller keeps the guard while it writes and calls `keep` when done; a failure in between
 /// removes what it wrote.
-pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<crate::out_dir::OutDir> {
-    crate::out_dir::claim(dir, crate::out_dir::Purpose::Results, force)
+pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<crate::run_folder::OutDir> {
+    crate::run_folder::claim(dir, crate::run_folder::Purpose::Results, force)
 }
 
 /// The default folder for a command's results about `checkpoint`: `name` inside the run
 /// folder, with the checkpoint's name added when `checkpoint` is one checkpoint of a run
 /// (nothing is ever written inside `checkpoints/`, whose folders are pruned).
 pub fn default_out(checkpoint: &Path, name: &str) -> PathBuf {
-    match crate::out_dir::run_of_checkpoints(checkpoint) {
+    match crate::run_folder::run_of_checkpoints(checkpoint) {
         Some(run) => {
             let epoch = checkpoint.file_name().unwrap_or_default().to_string_lossy();
             run.join(format!("{name}-{epoch}"))

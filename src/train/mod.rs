@@ -6,33 +6,36 @@
 //! - [`ema`]: the moving average of G's weights.
 //! - [`lr_control`]: the dynamic learning-rate rule.
 //! - [`state`]: what a checkpoint holds and how a [`Trainer`] is restored from one.
-//! - `config`: the recipe; `trainer`: one step; `graph_step`: that step as a CUDA graph; `grids`: the sample grids; `sessions`: the
-//!   run's history of starts and resumes; `stops`: interrupts, divergence, out of memory.
+//! - `config`: the recipe; `trainer`: one step; `graph_step`: that step as a CUDA graph (the
+//!   trainer hands it the step); `sample_grids`: what the sample grids show (written as PNG by
+//!   `data::save_grid_png`); `sessions`: the run's history of starts and resumes; `stops`:
+//!   interrupts, divergence, out of memory.
 
 mod config;
 pub mod device_metrics;
 pub mod ema;
 mod graph_step;
-mod grids;
 pub mod lr_control;
 pub mod quality_log;
+mod sample_grids;
 mod sessions;
 pub mod state;
 mod stops;
 mod trainer;
 
 pub use config::*;
-pub use grids::*;
+pub use sample_grids::*;
 pub use sessions::*;
 pub use stops::*;
 pub use trainer::*;
 
-use grids::save_grid;
+use sample_grids::save_grid;
 use stops::{interrupt, last_good, out_of_memory_advice, suggested_lr};
 
 use crate::backend::{self, Device};
 use crate::checkpoint;
 use crate::nn::{Discriminator, Generator};
+use crate::run_folder;
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -143,7 +146,7 @@ pub struct RunOptions<'a> {
     pub progress: bool,
     /// Print the per-epoch lines.
     pub verbose: bool,
-    /// Continue from this checkpoint folder (see [`checkpoint::latest_checkpoint`]).
+    /// Continue from this checkpoint folder (see [`run_folder::latest_checkpoint`]).
     pub resume_from: Option<PathBuf>,
     /// Stop after this epoch's checkpoint as if the process had been stopped (tests, and
     /// training in slices); `cfg.epochs` still sets the schedule.
@@ -400,8 +403,8 @@ pub fn train(
         let stopping = opts.stop_after_epoch == Some(epoch);
         if epoch % cfg.checkpoint_every == 0 || epoch == cfg.epochs || stopping {
             let files = state::checkpoint_files(&trainer, &history)?;
-            let dir = checkpoint::write_checkpoint(&opts.out, epoch, &files)?;
-            checkpoint::prune_checkpoints(&opts.out, cfg.keep_checkpoints)?;
+            let dir = run_folder::write_checkpoint(&opts.out, epoch, &files)?;
+            run_folder::prune_checkpoints(&opts.out, cfg.keep_checkpoints)?;
             say(&format!("  checkpoint {}", dir.display()));
             last_checkpoint = Some(dir);
         }

@@ -52,7 +52,7 @@ pub fn record_session(
         .map(|(k, v)| (k.to_string(), v.into()))
         .collect();
     let line = serde_json::json!({
-        "started": crate::run_lock::utc_now(),
+        "started": crate::run_folder::utc_now(),
         "pid": std::process::id(),
         "resume": previous.is_some(),
         "from_epoch": from_epoch,

@@ -1,6 +1,6 @@
 //! What a checkpoint holds, and restoring a [`Trainer`] from one.
 //!
-//! A checkpoint folder (written atomically by [`checkpoint::write_checkpoint`]) holds:
+//! A checkpoint folder (written atomically by [`run_folder::write_checkpoint`]) holds:
 //! - `config.json`: the run's [`TrainConfig`] (so the folder is usable on its own);
 //! - `generator.safetensors`, `generator_ema.safetensors` (when kept), `discriminator.safetensors`:
 //!   state dicts with PyTorch names (parameters, batch-norm statistics, spectral-norm vectors);

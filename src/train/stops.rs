@@ -4,7 +4,7 @@
 
 use super::{state, EpochStats, TrainConfig, Trainer};
 use crate::backend::{self, Device};
-use crate::checkpoint;
+use crate::run_folder;
 use crate::tensor::Tensor;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -64,8 +64,8 @@ pub(super) fn interrupt(
 ) -> anyhow::Error {
     let written =
         state::checkpoint_files_mid_epoch(trainer, history, Some(acc)).and_then(|files| {
-            let dir = checkpoint::write_checkpoint_at(out, trainer.epoch, acc.batch, &files)?;
-            checkpoint::prune_checkpoints(out, trainer.cfg.keep_checkpoints)?;
+            let dir = run_folder::write_checkpoint_at(out, trainer.epoch, acc.batch, &files)?;
+            run_folder::prune_checkpoints(out, trainer.cfg.keep_checkpoints)?;
             Ok(dir)
         });
     match written {
@@ -91,7 +91,7 @@ pub(super) fn interrupt(
 
 /// The newest complete checkpoint of a run, for messages.
 pub(super) fn last_good(run_dir: &Path) -> String {
-    match checkpoint::latest_checkpoint(run_dir) {
+    match run_folder::latest_checkpoint(run_dir) {
         Ok(Some((_, p))) => p.display().to_string(),
         _ => "there is none yet".to_string(),
     }

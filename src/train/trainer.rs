@@ -1,11 +1,12 @@
 //! One training step: the models, optimisers, random streams and controllers of a run
 //! ([`Trainer`]), built from the seed, stepping D `d_steps` times per G step.
 
-use super::{device_metrics, ema, graph_step, lr_control, TrainConfig, GRID_SIDE};
+use super::graph_step::{DeviceStep, StepGraphs, StepInputs, StepOutputs};
+use super::{device_metrics, ema, lr_control, TrainConfig, GRID_SIDE};
 use crate::amp::{LossScaler, Numerics, Precision, ScalerReading};
 use crate::backend::Device;
 use crate::nn::draws::StepDraws;
-use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
+use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset, StateRef};
 use crate::ops::{self, Labels};
 use crate::optim::Adam;
 use crate::rng::Rng;
@@ -77,15 +78,6 @@ pub fn discriminator_optimizer(d: &Discriminator, cfg: &TrainConfig) -> Result<A
     Ok(opt)
 }
 
-/// What the device half of a step leaves for the metrics: device tensors, cut from the graph.
-pub struct StepOutputs {
-    pub loss_d: Tensor,
-    /// Present when the step also updated G.
-    pub loss_g: Option<Tensor>,
-    pub out_real: Tensor,
-    pub out_fake: Tensor,
-}
-
 /// What one training step did (for metrics).
 pub struct StepStats {
     pub loss_d: f32,
@@ -123,11 +115,8 @@ pub struct Trainer {
     pub high_loss_steps: usize,
     /// Metrics of the steps not read yet (kept on the device; see [`device_metrics`]).
     pub metrics: device_metrics::DeviceMetrics,
-    /// The captured steps when `cfg.cuda_graphs` (see [`graph_step`]).
-    pub(super) graphs: graph_step::StepGraphs,
-    /// Where the running step's regularizer draws go when it may be captured (set by
-    /// [`graph_step`]; `None`: drawn straight from `streams.regularizers`).
-    pub(super) draws: Option<StepDraws>,
+    /// The captured steps when `cfg.cuda_graphs` (see `graph_step`).
+    graphs: StepGraphs,
     /// What every forward of a step runs with (and so its backward): `cfg.precision` and
     /// `cfg.conv_impl`. A test may set `f16_conv_outputs` to make a CPU trainer round its
     /// convolution outputs as cuDNN's amp path does.
@@ -153,7 +142,7 @@ impl Trainer {
             opt_d.scaler = Some(LossScaler::new(device)?);
         }
         d.set_noise_std(cfg.noise_std);
-        if cfg.cuda_graphs && !matches!(device, Device::Cuda(_)) {
+        if cfg.cuda_graphs && crate::backend::backend(device)?.step_capture().is_none() {
             bail!("--cuda-graphs on needs a CUDA device (this run is on {device})");
         }
         let cfg_graphs = cfg.cuda_graphs;
@@ -181,8 +170,7 @@ impl Trainer {
             epoch: 0,
             high_loss_steps: 0,
             metrics: Default::default(),
-            graphs: graph_step::StepGraphs::new(cfg_graphs),
-            draws: None,
+            graphs: StepGraphs::new(cfg_graphs),
         })
     }
 
@@ -233,12 +221,12 @@ impl Trainer {
 
     /// The D input: `x` through DiffAugment when the run uses it (fresh per-sample parameters
     /// from the regularizer stream on every call, so a resumed run draws the same ones).
-    fn d_input(&mut self, x: &Tensor) -> Result<Tensor> {
+    fn d_input(&mut self, x: &Tensor, draws: Option<&mut StepDraws>) -> Result<Tensor> {
         if !self.cfg.diffaugment.is_on() {
             return Ok(x.clone());
         }
         let rng = &mut self.streams.regularizers;
-        match &mut self.draws {
+        match draws {
             Some(d) => d.diff_augment(rng, x, self.cfg.diffaugment),
             None => ops::diff_augment(x, self.cfg.diffaugment, rng.next_u64()),
         }
@@ -258,7 +246,7 @@ impl Trainer {
     /// dynamic-lr rule runs there. Makes the host wait for the device nowhere.
     ///
     /// A step is a host half (the latents drawn, Adam's scalars written to the device), the
-    /// device half ([`Trainer::device_step`], eager or one CUDA graph: [`graph_step`]) and
+    /// device half ([`Trainer::device_step`], eager or one CUDA graph: `graph_step`) and
     /// the host bookkeeping after it (counters, the EMA update, the metrics record).
     pub fn step_deferred(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<()> {
         let b = real.shape()[0];
@@ -291,7 +279,19 @@ impl Trainer {
             }
         }
 
-        let out = graph_step::run(self, real, labels, &z, update_g)?;
+        let inputs = StepInputs {
+            real,
+            labels,
+            z_host: &z,
+            nz,
+            update_g,
+            noise_std: self.d.noise_std().unwrap_or(0.0),
+        };
+        // Taken out while it runs the step (which borrows the whole trainer).
+        let mut graphs = std::mem::take(&mut self.graphs);
+        let out = graphs.run(self, inputs);
+        self.graphs = graphs;
+        let out = out?;
 
         if update_g {
             self.pending_d_steps = 0;
@@ -314,23 +314,24 @@ impl Trainer {
     /// → 0) and, when `update_g`, one non-saturating G update (D(G(z)) → 1) reusing that
     /// fake, as pytorch/examples does, then the EMA update. Adam's scalars and the EMA decay
     /// must have been written. Its host-side effects are the batch-norm batch counters (and
-    /// the EMA's copies of them) and the regularizer draws (kept in [`Trainer::draws`] when
-    /// set; see [`graph_step`]).
-    pub(super) fn device_step(
+    /// the EMA's copies of them) and the regularizer draws (taken from `draws` when given; see
+    /// `graph_step`).
+    fn device_step(
         &mut self,
         real: &Tensor,
         z: &Tensor,
         labels: Option<Labels>,
         update_g: bool,
+        mut draws: Option<&mut StepDraws>,
     ) -> Result<StepOutputs> {
         // ---- D step
         self.opt_d.zero_grad();
-        let real_in = self.d_input(real)?;
+        let real_in = self.d_input(real, draws.as_deref_mut())?;
         let out_real = self.d.forward(
             &real_in,
             &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                 .labeled_as(labels)
-                .drawing(self.draws.as_mut()),
+                .drawing(draws.as_deref_mut()),
         )?;
         let loss_real = self.cfg.loss.d_real(&out_real)?;
         let fake = if update_g {
@@ -339,7 +340,7 @@ impl Trainer {
                 z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .labeled_as(labels)
-                    .drawing(self.draws.as_mut()),
+                    .drawing(draws.as_deref_mut()),
             )?
         } else {
             let _guard = no_grad();
@@ -347,15 +348,15 @@ impl Trainer {
                 z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .labeled_as(labels)
-                    .drawing(self.draws.as_mut()),
+                    .drawing(draws.as_deref_mut()),
             )?
         };
-        let fake_in = self.d_input(&fake.detach())?;
+        let fake_in = self.d_input(&fake.detach(), draws.as_deref_mut())?;
         let out_fake = self.d.forward(
             &fake_in,
             &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                 .labeled_as(labels)
-                .drawing(self.draws.as_mut()),
+                .drawing(draws.as_deref_mut()),
         )?;
         let loss_fake = self.cfg.loss.d_fake(&out_fake)?;
         let loss_d = ops::add(&loss_real, &loss_fake)?;
@@ -369,12 +370,12 @@ impl Trainer {
             // D's own gradients are not used by the G step: freezing D's parameters skips their
             // backward-filter and batch-norm parameter gradients (only the input gradients flow).
             let frozen = FrozenParams::new(self.d.parameters().into_iter().map(|(_, t)| t))?;
-            let fake_in = self.d_input(&fake)?;
+            let fake_in = self.d_input(&fake, draws.as_deref_mut())?;
             let out = self.d.forward(
                 &fake_in,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .labeled_as(labels)
-                    .drawing(self.draws.as_mut()),
+                    .drawing(draws),
             )?;
             let loss_g = self.cfg.loss.generator(&out)?;
             self.opt_g.backward(&loss_g)?;
@@ -452,5 +453,54 @@ impl Trainer {
     pub fn set_progress(&self, progress: f32) {
         self.d
             .set_noise_std(self.cfg.noise_std * (1.0 - progress.clamp(0.0, 1.0)));
+    }
+}
+
+/// The trainer's step as the graph step runs it (see `graph_step`).
+impl DeviceStep for Trainer {
+    fn run(
+        &mut self,
+        real: &Tensor,
+        z: &Tensor,
+        labels: Option<Labels>,
+        update_g: bool,
+        draws: Option<&mut StepDraws>,
+    ) -> Result<StepOutputs> {
+        self.device_step(real, z, labels, update_g, draws)
+    }
+
+    fn regularizers(&mut self) -> &mut Rng {
+        &mut self.streams.regularizers
+    }
+
+    fn batch_counters(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        self.visit_models(&mut |_, s| {
+            if let StateRef::Count(c) = s {
+                out.push(c.get());
+            }
+        });
+        out
+    }
+
+    fn set_batch_counters(&mut self, values: &[i64]) {
+        let mut at = 0;
+        self.visit_models(&mut |_, s| {
+            if let StateRef::Count(c) = s {
+                c.set(values[at]);
+                at += 1;
+            }
+        });
+    }
+}
+
+impl Trainer {
+    /// The state of G, D and the EMA generator, in that order.
+    fn visit_models<'a>(&'a self, visit: &mut dyn FnMut(String, StateRef<'a>)) {
+        self.g.visit_state("", visit);
+        self.d.visit_state("", visit);
+        if let Some(e) = &self.ema {
+            e.visit_state("", visit);
+        }
     }
 }

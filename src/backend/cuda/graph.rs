@@ -1,4 +1,4 @@
-//! One CUDA graph per training step (issue 12, item 3): the step's launches, cuBLAS and cuDNN
+//! One CUDA graph per training step: the step's launches, cuBLAS and cuDNN
 //! calls are captured once per batch shape and replayed, so the host issues one graph launch
 //! instead of hundreds of kernel launches.
 //!
@@ -33,9 +33,13 @@
 //!
 //! Capture is refused without the caching allocator (`ARTGAN_CUDA_POOL=off`: every buffer is
 //! a driver allocation, which a capture cannot make).
+//!
+//! The trainer reaches all this through [`crate::backend::capture::StepCapture`].
 
+use super::alloc::PoolNeed as CudaPoolNeed;
 use super::err::drv;
 use super::{cb, cb_mut, CudaBackend};
+use crate::backend::capture::{PoolNeed, StepCapture, StepGraph};
 use crate::backend::Storage;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -43,67 +47,58 @@ use cudarc::driver::CudaGraph;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub use super::alloc::PoolNeed;
-
 /// A captured step: replay with [`StepGraph::launch`]. Dropping it makes its buffers ordinary
 /// pool buffers again.
-pub struct StepGraph {
+pub struct CudaStepGraph {
     graph: CudaGraph,
     id: u64,
     pool: Arc<super::alloc::Pool>,
 }
 
-impl StepGraph {
-    /// Queues one replay of the captured work.
-    pub fn launch(&self) -> Result<()> {
+impl StepGraph for CudaStepGraph {
+    fn launch(&self) -> Result<()> {
         self.graph
             .launch()
             .map_err(|e| drv(e, "launching a CUDA graph"))
     }
 }
 
-impl Drop for StepGraph {
+impl Drop for CudaStepGraph {
     fn drop(&mut self) {
         self.pool.release_graph(self.id);
     }
 }
 
-impl CudaBackend {
-    /// Whether steps can be captured: not without the caching allocator
-    /// (`ARTGAN_CUDA_POOL=off`, the memory-checking mode), since a capture cannot allocate.
-    pub fn can_capture(&self) -> bool {
+impl StepCapture for CudaBackend {
+    /// Not without the caching allocator (`ARTGAN_CUDA_POOL=off`, the memory-checking mode).
+    fn can_capture(&self) -> bool {
         self.pool.caching()
     }
 
-    /// Test hook: makes the next [`CudaBackend::capture`] fail the way a capture of code that
-    /// calls something CUDA forbids while capturing fails (it synchronizes the stream after
-    /// the captured work).
-    #[doc(hidden)]
-    pub fn break_next_capture(&self) {
+    /// (The next capture synchronizes the stream after the captured work.)
+    fn break_next_capture(&self) {
         self.break_capture.store(true, Ordering::Relaxed);
     }
 
-    /// Starts counting the buffers an eager step takes (see [`CudaBackend::pool_need`]).
-    pub fn start_pool_recording(&self) {
+    fn start_pool_recording(&self) {
         self.pool.start_recording();
     }
 
-    /// The buffers the step since [`CudaBackend::start_pool_recording`] needed.
-    pub fn pool_need(&self) -> PoolNeed {
-        self.pool.recorded()
+    fn pool_need(&self) -> PoolNeed {
+        PoolNeed::new(self.pool.recorded())
     }
 
-    /// Runs `work` under stream capture and returns the graph of what it queued (nothing runs
-    /// yet: launch it). `need` (from an eager step of the same shape) is reserved first, so
-    /// the capture allocates nothing. On error the capture is ended and dropped.
-    pub fn capture<T>(
+    fn capture(
         &self,
         need: &PoolNeed,
-        work: impl FnOnce() -> Result<T>,
-    ) -> Result<(StepGraph, T)> {
+        work: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Box<dyn StepGraph>> {
         if !self.pool.caching() {
             bail!("CUDA graphs need the caching allocator (ARTGAN_CUDA_POOL=off disables it)");
         }
+        let need = need
+            .get::<CudaPoolNeed>()
+            .ok_or_else(|| anyhow!("a pool record from another backend"))?;
         self.pool.reserve(need)?;
         let id = self.pool.begin_capture()?;
         let begun = self
@@ -123,7 +118,7 @@ impl CudaBackend {
         }
         let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
         self.pool.end_capture();
-        let graph = StepGraph {
+        let graph = CudaStepGraph {
             graph: match ended {
                 Ok(Some(g)) => g,
                 Ok(None) => {
@@ -135,15 +130,15 @@ impl CudaBackend {
                     let e = drv(e, "ending the stream capture");
                     return Err(match out {
                         Err(first) => first.context(e),
-                        Ok(_) => e,
+                        Ok(()) => e,
                     });
                 }
             },
             id,
             pool: self.pool.clone(),
         };
-        let out = out.context("capturing the training step")?;
-        Ok((graph, out))
+        out.context("capturing the training step")?;
+        Ok(Box::new(graph))
     }
 }
 
@@ -161,10 +156,4 @@ pub(super) fn copy_into(be: &CudaBackend, dst: &mut Storage, src: &Storage) -> R
     be.stream
         .memcpy_dtod(&s.slice().slice(0..n), &mut d.slice_mut().slice_mut(0..n))
         .map_err(|e| drv(e, "device copy"))
-}
-
-/// The CUDA backend behind `storage`'s device, for the graph path.
-pub fn cuda_backend(be: &dyn crate::backend::Backend) -> Result<&CudaBackend> {
-    be.as_cuda()
-        .ok_or_else(|| anyhow!("CUDA graphs need the CUDA backend, not {}", be.device()))
 }

@@ -77,7 +77,7 @@ pub struct CudaBackend {
     max_blocks: u32,
     poison: bool,
     /// Test hook: the next capture makes a call CUDA forbids while capturing
-    /// ([`CudaBackend::break_next_capture`]).
+    /// (`StepCapture::break_next_capture`).
     break_capture: std::sync::atomic::AtomicBool,
 }
 
@@ -153,11 +153,6 @@ impl CudaBackend {
     /// Allocator counters (driver allocations vs reuses), for tests and benches.
     pub fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
-    }
-
-    /// Restarts the allocator's high-water mark ([`PoolStats::peak_in_use_bytes`]).
-    pub fn reset_peak_memory(&self) {
-        self.pool.reset_peak()
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -261,8 +256,16 @@ impl MemoryBackend for CudaBackend {
         concat::concat(self, parts)
     }
 
-    fn as_cuda(&self) -> Option<&CudaBackend> {
+    fn step_capture(&self) -> Option<&dyn crate::backend::capture::StepCapture> {
         Some(self)
+    }
+
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        Some(self.pool.stats().peak_in_use_bytes)
+    }
+
+    fn reset_peak_memory(&self) {
+        self.pool.reset_peak()
     }
 
     fn release_cached_memory(&self) -> Result<()> {

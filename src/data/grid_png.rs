@@ -1,4 +1,5 @@
-//! Image grids like torchvision's `make_grid(padding=2)` + `save_image`, written atomically.
+//! Writing images as one grid PNG, like torchvision's `make_grid(padding=2)` + `save_image`,
+//! atomically. (Which images a run's sample grids show: `train::sample_grids`.)
 
 use std::path::Path;
 

@@ -1,75 +1,20 @@
-//! Checkpoint folders and manifests: `RUN/checkpoints/epoch-NNNN/` written whole or not at all,
-//! checked against the size and CRC-32 of every file, listed, pruned; and the final model
-//! files of a run with their manifest.
+//! The checkpoint folders of a run, `RUN/checkpoints/epoch-NNNN[+BBBBBB]/`: their names, the
+//! listing (newest first), the newest usable one, pruning, and which folder's weights a
+//! command uses; writing one whole (into `.partial-NAME/`, renamed when complete). What its
+//! files hold, and their manifest, is `crate::checkpoint`'s.
 
-use crate::durable::{sync_dir, write_atomic, write_synced};
+use super::run_of_checkpoints;
+use crate::backend::Device;
+use crate::checkpoint::{
+    self, load_generator_for_sampling, verify_weights, write_synced_with_manifest, CONFIG_FILE,
+    GENERATOR_FILE, MANIFEST_FILE,
+};
+use crate::durable::sync_dir;
+use crate::nn::Generator;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Writes a run's final model files (`files`: name and bytes) with a `manifest.json` (size and
-/// CRC-32 of each) into `dir`. The old manifest goes first and the new one is written last,
-/// each file atomically, so at every moment the folder holds either no manifest or one that
-/// matches the files it lists: a crash in between leaves unverified files, never wrong ones
-/// passed as checked.
-pub fn save_final_models(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    remove_manifest(dir)?;
-    let mut manifest = Vec::with_capacity(files.len());
-    for (file, bytes) in files {
-        write_atomic(&dir.join(file), bytes)?;
-        manifest.push(ManifestEntry {
-            file: file.to_string(),
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(bytes),
-        });
-    }
-    write_atomic(
-        &dir.join(MANIFEST_FILE),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )
-}
-
-/// Removes `dir/manifest.json` (before the files it lists are removed or replaced).
-pub fn remove_manifest(dir: &Path) -> Result<()> {
-    let path = dir.join(MANIFEST_FILE);
-    match fs::remove_file(&path) {
-        Ok(()) => {
-            sync_dir(dir);
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
-}
-
-/// Checks the weights in `dir` (a run folder or a checkpoint folder) against its
-/// `manifest.json`. Weights without one are refused unless `trust` (`--trust-unverified`:
-/// hand-made files, PyTorch weights copied in), which says on stderr that they are unverified.
-pub fn verify_weights(dir: &Path, trust: bool) -> Result<()> {
-    if dir.join(MANIFEST_FILE).is_file() {
-        return verify_checkpoint(dir);
-    }
-    if !trust {
-        bail!(
-            "{} has no {MANIFEST_FILE}, so its weights cannot be verified (a run writes one \
-             with every checkpoint and its final files): pass --trust-unverified to use these \
-             files anyway, e.g. weights copied in from PyTorch",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "note: using unverified weights in {} (no {MANIFEST_FILE}; --trust-unverified)",
-        dir.display()
-    );
-    Ok(())
-}
-
-/// [`verify_weights`] without trust: every weight file checked against its manifest.
-pub fn verify_weights_dir(dir: &Path) -> Result<()> {
-    verify_weights(dir, false)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Checkpoint folders: `RUN/checkpoints/epoch-NNNN/`, each complete in itself.
 //
 // A checkpoint is written into `RUN/checkpoints/.partial-epoch-NNNN/`, every file fsynced, then a
@@ -81,14 +26,6 @@ pub fn verify_weights_dir(dir: &Path) -> Result<()> {
 
 /// Folder of a run's checkpoints.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
-pub const MANIFEST_FILE: &str = "manifest.json";
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ManifestEntry {
-    file: String,
-    bytes: u64,
-    crc32: u32,
-}
 
 /// The folder name of the checkpoint after `epoch`.
 pub fn checkpoint_name(epoch: usize) -> String {
@@ -150,19 +87,7 @@ pub fn write_checkpoint_at(
             .with_context(|| format!("cannot remove leftover {}", partial.display()))?;
     }
     fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    let mut manifest = Vec::with_capacity(files.len());
-    for (file, bytes) in files {
-        write_synced(&partial.join(file), bytes)?;
-        manifest.push(ManifestEntry {
-            file: file.to_string(),
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(bytes),
-        });
-    }
-    write_synced(
-        &partial.join(MANIFEST_FILE),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )?;
+    write_synced_with_manifest(&partial, files)?;
     sync_dir(&partial);
     let done = root.join(&name);
     if done.exists() {
@@ -173,38 +98,6 @@ pub fn write_checkpoint_at(
         .with_context(|| format!("cannot rename {} to {}", partial.display(), done.display()))?;
     sync_dir(&root);
     Ok(done)
-}
-
-/// Checks a checkpoint folder against its manifest: every file present with its size and CRC.
-pub fn verify_checkpoint(dir: &Path) -> Result<()> {
-    let mpath = dir.join(MANIFEST_FILE);
-    let text = fs::read_to_string(&mpath).with_context(|| {
-        format!(
-            "checkpoint {} has no readable {MANIFEST_FILE}",
-            dir.display()
-        )
-    })?;
-    let manifest: Vec<ManifestEntry> = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not a checkpoint manifest ({e})", mpath.display()))?;
-    for m in &manifest {
-        let p = dir.join(&m.file);
-        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        if bytes.len() as u64 != m.bytes {
-            bail!(
-                "{} has {} bytes, its manifest says {}",
-                p.display(),
-                bytes.len(),
-                m.bytes
-            );
-        }
-        if crc32fast::hash(&bytes) != m.crc32 {
-            bail!(
-                "{} does not match the CRC-32 in its manifest (corrupted)",
-                p.display()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The complete checkpoint folders of a run, newest first (by position: epoch, then batch
@@ -228,7 +121,7 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out.into_iter().map(|((e, _), p)| (e, p)).collect())
 }
 
-/// The newest checkpoint of a run that passes [`verify_checkpoint`] and belongs to this run,
+/// The newest checkpoint of a run that passes [`checkpoint::verify_checkpoint`] and belongs to this run,
 /// as (epoch, folder); newer ones that fail are reported on stderr and skipped.
 pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
     latest_checkpoint_of(run_dir, false)
@@ -237,14 +130,14 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
 /// [`latest_checkpoint`]; with `trust` (`--trust-unverified`) a checkpoint without a manifest
 /// counts too (one whose manifest does not match never does).
 pub fn latest_checkpoint_of(run_dir: &Path, trust: bool) -> Result<Option<(usize, PathBuf)>> {
-    let run_id = super::run_id(run_dir);
+    let run_id = checkpoint::run_id(run_dir);
     for (epoch, dir) in list_checkpoints(run_dir)? {
         let usable = verify_weights(&dir, trust).and_then(|()| {
-            let own = super::run_id(&dir);
+            let own = checkpoint::run_id(&dir);
             match (&run_id, &own) {
                 (Some(run), Some(own)) if run != own => bail!(
                     "it belongs to another run (run id {own}; {} says {run})",
-                    run_dir.join(super::CONFIG_FILE).display()
+                    run_dir.join(CONFIG_FILE).display()
                 ),
                 _ => Ok(()),
             }
@@ -284,4 +177,61 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// The folder holding the weights to use for `path`, verified (see [`verify_weights`] for
+/// `trust`): one checkpoint folder as given; a run's final files; else (a run that is still
+/// training or was stopped, or whose final files lack their manifest, saying so) its newest
+/// verified checkpoint.
+pub fn weights_dir(path: &Path, trust: bool) -> Result<PathBuf> {
+    if !path.is_dir() {
+        bail!(
+            "{} is not a training run folder (no such folder)",
+            path.display()
+        );
+    }
+    let is_checkpoint = run_of_checkpoints(path).is_some();
+    let finals = path.join(GENERATOR_FILE).is_file();
+    if is_checkpoint || (finals && path.join(MANIFEST_FILE).is_file()) {
+        verify_weights(path, trust)?;
+        return Ok(path.to_path_buf());
+    }
+    if let Some((_, latest)) = latest_checkpoint(path)? {
+        if finals {
+            eprintln!(
+                "note: the final model files in {} have no {MANIFEST_FILE} (the run stopped \
+                 while writing them?): using its newest verified checkpoint {}",
+                path.display(),
+                latest.display()
+            );
+        }
+        return Ok(latest);
+    }
+    if finals {
+        verify_weights(path, trust)?;
+        return Ok(path.to_path_buf());
+    }
+    if let Some((_, latest)) = latest_checkpoint_of(path, trust)? {
+        return Ok(latest);
+    }
+    bail!(
+        "{} holds no trained generator: expected {} or a checkpoint under {}/checkpoints/",
+        path.display(),
+        GENERATOR_FILE,
+        path.display()
+    )
+}
+
+/// Rebuilds the generator to sample with from a run or checkpoint folder (see
+/// [`weights_dir`]): its EMA weights when `ema` and the run has them, else the raw ones.
+/// Returns the generator, the folder it was read from and whether it is the EMA one.
+pub fn load_sampling_generator(
+    path: &Path,
+    ema: bool,
+    trust: bool,
+    device: Device,
+) -> Result<(Generator, PathBuf, bool)> {
+    let dir = weights_dir(path, trust)?;
+    let (g, use_ema) = load_generator_for_sampling(&dir, ema, device)?;
+    Ok((g, dir, use_ema))
 }

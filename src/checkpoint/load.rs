@@ -1,6 +1,6 @@
-//! What a run folder holds: its `config.json` (model configuration and class table), which
-//! weights to use (the final ones or the newest complete checkpoint), and the models rebuilt
-//! from them.
+//! What a run folder holds: its `config.json` (model configuration and class table) and the
+//! models rebuilt from its weights (which folder's weights a command uses:
+//! `crate::run_folder::weights_dir`).
 
 use super::*;
 use crate::backend::Device;
@@ -8,7 +8,7 @@ use crate::nn::{Discriminator, Generator, ModelConfig};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Writes `value` as pretty JSON to `dir/config.json`, atomically.
 pub fn save_config<T: serde::Serialize>(dir: &Path, value: &T) -> Result<()> {
@@ -66,61 +66,16 @@ pub fn load_generator(run_dir: &Path, device: Device) -> Result<Generator> {
     Ok(g)
 }
 
-/// The folder holding the weights to use for `path`, verified (see [`verify_weights`] for
-/// `trust`): one checkpoint folder as given; a run's final files; else (a run that is still
-/// training or was stopped, or whose final files lack their manifest, saying so) its newest
-/// verified checkpoint.
-pub fn weights_dir(path: &Path, trust: bool) -> Result<PathBuf> {
-    if !path.is_dir() {
-        bail!(
-            "{} is not a training run folder (no such folder)",
-            path.display()
-        );
-    }
-    let is_checkpoint = crate::out_dir::run_of_checkpoints(path).is_some();
-    let finals = path.join(GENERATOR_FILE).is_file();
-    if is_checkpoint || (finals && path.join(MANIFEST_FILE).is_file()) {
-        verify_weights(path, trust)?;
-        return Ok(path.to_path_buf());
-    }
-    if let Some((_, latest)) = latest_checkpoint(path)? {
-        if finals {
-            eprintln!(
-                "note: the final model files in {} have no {MANIFEST_FILE} (the run stopped \
-                 while writing them?): using its newest verified checkpoint {}",
-                path.display(),
-                latest.display()
-            );
-        }
-        return Ok(latest);
-    }
-    if finals {
-        verify_weights(path, trust)?;
-        return Ok(path.to_path_buf());
-    }
-    if let Some((_, latest)) = latest_checkpoint_of(path, trust)? {
-        return Ok(latest);
-    }
-    bail!(
-        "{} holds no trained generator: expected {} or a checkpoint under {}/checkpoints/",
-        path.display(),
-        GENERATOR_FILE,
-        path.display()
-    )
-}
-
-/// Rebuilds the generator to sample with from a run or checkpoint folder (see
-/// [`weights_dir`]): its EMA weights when `ema` and the run has them, else the raw ones.
-/// Returns the generator, the folder it was read from and whether it is the EMA one.
-pub fn load_sampling_generator(
-    path: &Path,
+/// Rebuilds the generator to sample with from the (verified) weights in `dir`: its EMA
+/// weights when `ema` and the run has them, else the raw ones. Returns the generator and
+/// whether it is the EMA one.
+pub fn load_generator_for_sampling(
+    dir: &Path,
     ema: bool,
-    trust: bool,
     device: Device,
-) -> Result<(Generator, PathBuf, bool)> {
-    let dir = weights_dir(path, trust)?;
-    let c = load_model_config(&dir)?;
-    let g = Generator::conditional(&c, class_count(&dir)?, &mut Rng::new(0), device)?;
+) -> Result<(Generator, bool)> {
+    let c = load_model_config(dir)?;
+    let g = Generator::conditional(&c, class_count(dir)?, &mut Rng::new(0), device)?;
     let ema_path = dir.join(GENERATOR_EMA_FILE);
     let use_ema = ema && ema_path.is_file();
     let file = if use_ema {
@@ -129,7 +84,7 @@ pub fn load_sampling_generator(
         dir.join(GENERATOR_FILE)
     };
     load_state_dict(&g, &file, &describe(&c))?;
-    Ok((g, dir, use_ema))
+    Ok((g, use_ema))
 }
 
 /// Rebuilds the discriminator of a run folder and loads its (verified) weights.

@@ -4,8 +4,8 @@
 //! folders made here go, and what was moved aside comes back, so a failed start leaves the
 //! place exactly as it found it.
 
-use crate::checkpoint::{CHECKPOINTS_DIR, CONFIG_FILE};
-use crate::run_lock::{lock_run_dir, RunLock, LOCK_FILE};
+use super::{lock_run_dir, RunLock, CHECKPOINTS_DIR, LOCK_FILE};
+use crate::checkpoint::CONFIG_FILE;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
