@@ -1,4 +1,4 @@
-//! Mixed precision (`--precision`, issue 12 item 1): which precision a run trains in, the
+//! Mixed precision (`--precision`): which precision a run trains in, the
 //! [`Numerics`] every forward pass is given (precision and convolution implementation, passed
 //! down explicitly to the ops), and the dynamic loss scaler of each optimiser.
 //!

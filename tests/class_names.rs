@@ -1,4 +1,4 @@
-//! Class names of a conditional run in the tools (issue 30): `--class` matched exactly, then
+//! Class names of a conditional run in the tools: `--class` matched exactly, then
 //! uniquely case- and punctuation-insensitively; one `--per-class` folder per class, also where
 //! names differ only in punctuation; `sample --count` on a conditional run; names with control
 //! characters refused when labels are built.

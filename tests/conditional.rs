@@ -1,4 +1,4 @@
-//! Conditional training (issue 13): labels from the data, class-conditional G and projection
+//! Conditional training: labels from the data, class-conditional G and projection
 //! D for every preset, DiffAugment in the training step, the class table in config.json and
 //! checkpoints, bit-identical resume, and the tools' --class / --per-class (CPU).
 

@@ -1349,7 +1349,7 @@ fn loader_on_gpu_matches_cpu() {
     }
 }
 
-// ---- issue 13: conditional-model ops and DiffAugment
+// ---- conditional-model ops and DiffAugment
 
 /// Labels as the ops upload them: class indices held as f32.
 fn labels(rng: &mut Rng, batch: usize, classes: usize) -> Vec<f32> {

@@ -754,7 +754,7 @@ fn no_grad_and_detach_record_nothing() {
     assert_eq!(z.grad_fn_name(), Some("tanh"));
 }
 
-// ---- issue 13: conditional-model ops and DiffAugment
+// ---- conditional-model ops and DiffAugment
 
 #[test]
 fn embedding_grad_matches_finite_difference() {

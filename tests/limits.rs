@@ -1,5 +1,5 @@
-//! Absurd sizes are refused from the flags, before anything is allocated or made (issue 30,
-//! group 9): one `error: …` line naming the flag and the estimate, exit 1 or 2 (never an
+//! Absurd sizes are refused from the flags, before anything is allocated or made:
+//! one `error: …` line naming the flag and the estimate, exit 1 or 2 (never an
 //! allocation abort, 134, or a panic, 101), and no folder left behind.
 
 use artgan::checkpoint;

@@ -1,4 +1,4 @@
-//! Issue 15: nothing read is trusted, nothing written is shared. Each test here failed before
+//! Nothing read is trusted, nothing written is shared. Each test here failed before
 //! its fix: corrupted or non-finite weights used, a corrupted cache reused, two processes in
 //! one run folder, half-made folders after a failed start, one bad symlink refusing a dataset,
 //! negative numbers not naming their flag, an absurd lr training on, unclear CSV and

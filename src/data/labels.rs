@@ -1,4 +1,4 @@
-//! Class labels for conditional training (issue 13): `--condition artist|genre|none`,
+//! Class labels for conditional training: `--condition artist|genre|none`,
 //! `--labels subfolder|prefix` for plain folders, `--min-images`.
 //!
 //! The artist of an image is what the scan already derives (Kaggle layout: the folder under

@@ -45,7 +45,7 @@ pub struct Ctx<'a> {
     pub rng: &'a mut Rng,
     /// Precision and convolution implementation of every op of the pass (and of its backward).
     pub numerics: Numerics,
-    /// Class labels of the batch, one per image, for conditional models (issue 13): the
+    /// Class labels of the batch, one per image, for conditional models: the
     /// generator's class-conditional batch norm and the projection discriminator read them.
     pub labels: Option<Labels<'a>>,
     /// In a training step that a CUDA graph replays: where the draws go (see [`draws`]).

@@ -325,7 +325,7 @@ pub(super) fn page(
     h
 }
 
-/// Conditional runs (issue 13): `samples/classes-epoch-NNNN.png`, newest first, one row per
+/// Conditional runs: `samples/classes-epoch-NNNN.png`, newest first, one row per
 /// class (in the order of `config.json`'s `class_table`).
 fn class_grid_section(h: &mut String, run_dir: &Path) {
     let grids = super::sample_grids(&run_dir.join("samples"), "classes-epoch-");

@@ -77,7 +77,7 @@ pub struct TrainConfig {
     /// ... for this many consecutive steps stops the run (as a non-finite loss does at once).
     #[serde(default = "default_diverge_steps")]
     pub diverge_steps: usize,
-    /// Conditioning options (issue 13); absent from `config.json` when unconditional.
+    /// Conditioning options; absent from `config.json` when unconditional.
     #[serde(default, skip_serializing_if = "is_unconditional")]
     pub condition: crate::data::ConditionArgs,
     /// The classes of a conditional run (index → name, image count), filled in once the data

@@ -44,7 +44,7 @@ pub enum Layer {
     ConvT(ConvTranspose2d),
     SnConv(SpectralNormConv2d),
     Bn(BatchNorm2d),
-    /// Class-conditional batch norm (conditional generators, issue 13).
+    /// Class-conditional batch norm (conditional generators).
     CondBn(CondBatchNorm2d),
     Relu,
     LeakyRelu(f32),
