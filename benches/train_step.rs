@@ -13,7 +13,8 @@
 //! it (auto: amp on CUDA devices of compute capability 7.0 or more); `--cuda-graphs on|off` as
 //! in training (default on for CUDA: the step replayed as one CUDA graph; the device label then
 //! ends in `-graphs`).
-//! `--steps N` fixes the number of timed steps (default: up to 30 within 20 s, at least 5).
+//! `--steps N` fixes the number of timed steps (default: up to 30 within 20 s, at least 5),
+//! `--warmup N` the untimed ones before them (default 3).
 //! Prints one line naming the device (with the convolution implementation on CUDA, and graphs),
 //! the precision and the config, then `N images/s` (the median step) and, on CUDA, the peak
 //! device memory of the timed steps: the caching allocator's high-water mark of bytes held by
@@ -39,6 +40,10 @@ struct BenchArgs {
     /// Timed steps (default: up to 30 within 20 s, at least 5).
     #[arg(long)]
     steps: Option<usize>,
+    /// Untimed steps first (a CUDA graph is captured at the second step of a shape; the slow
+    /// emulated device measures memory with `--warmup 0 --steps 1 --cuda-graphs off`).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -74,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         &[batch, 3, size, size],
         device,
     )?;
-    for _ in 0..3 {
+    for _ in 0..args.warmup {
         step(&mut trainer, &real)?;
     }
     let backend = real.backend();
