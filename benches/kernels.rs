@@ -175,6 +175,21 @@ impl Bench {
         }
     }
 
+    /// GLU over channels (`--filter glu`): `d` is the output, the input twice its size.
+    fn glu(&mut self, d: ChannelDims, shape: &str) {
+        if !self.wants("glu") {
+            return;
+        }
+        let b = self.be.clone();
+        let x = self.data(2 * d.len(), -3.0, 3.0);
+        let dy = self.data(d.len(), -1.0, 1.0);
+        let f = (d.len() * 4) as f64;
+        let t = self.time(|| drop(b.glu(&x, d).unwrap()));
+        self.report("glu fwd", shape, t, 3.0 * f, None); // reads x (2), writes y (1)
+        let t = self.time(|| drop(b.glu_backward(&x, &dy, d).unwrap()));
+        self.report("glu bwd", shape, t, 5.0 * f, None); // reads x (2) and dy (1), writes dx (2)
+    }
+
     /// Plain batch norm, then fused with `act` (the activation that follows it in the model).
     fn batch_norm(&mut self, d: ChannelDims, act: BatchNormAct, shape: &str) {
         if !self.wants("batch_norm") {
@@ -452,6 +467,13 @@ fn main() {
         b.batch_norm(d, BatchNormAct::LeakyRelu(0.2), &format!("D bn {c}x{hw}"));
     }
     b.elementwise(n * 64 * 32 * 32, "D act 64x32x32");
+    // GLU at a FastGAN-256 generator block's shape (512 channels gated to 256 at 16x16).
+    let d = ChannelDims {
+        n,
+        c: 256,
+        hw: 16 * 16,
+    };
+    b.glu(d, "G glu 512->256 @16");
     b.losses(n, "D logits");
     // DCGAN-64 parameter tensors (G then D), as Adam sees them.
     b.adam(

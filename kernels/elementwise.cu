@@ -85,3 +85,27 @@ extern "C" __global__ void act_backward_f32(int kind, float slope, const float* 
         dx[i] = r;
     }
 }
+
+// GLU over channels (host twin: reference/elementwise.rs `glu`): x [n, 2c, hw], y [n, c, hw]
+// = a * sigmoid(b), a the first c channels of each image, b the last c; chw = c * hw. Output
+// element i of image k = i / chw reads a at i + k * chw and b one chw further.
+extern "C" __global__ void glu_forward_f32(const float* __restrict__ x, u64 chw, u64 total,
+                                           float* __restrict__ y) {
+    GRID_STRIDE(i, total) {
+        const u64 ia = i + (i / chw) * chw;
+        y[i] = __fmul_rn(x[ia], sigmoidf_(x[ia + chw]));
+    }
+}
+
+// dx [n, 2c, hw] from x and dy [n, c, hw]: da = dy * s, db = dy * a * s * (1 - s), s = sigmoid(b),
+// multiplied in the host's order. Each thread writes its a and its b element: every dx is set.
+extern "C" __global__ void glu_backward_f32(const float* __restrict__ x,
+                                            const float* __restrict__ dy, u64 chw, u64 total,
+                                            float* __restrict__ dx) {
+    GRID_STRIDE(i, total) {
+        const u64 ia = i + (i / chw) * chw, ib = ia + chw;
+        const float a = x[ia], s = sigmoidf_(x[ib]), g = dy[i];
+        dx[ia] = __fmul_rn(g, s);
+        dx[ib] = __fmul_rn(__fmul_rn(__fmul_rn(g, a), s), 1.0f - s);
+    }
+}

@@ -359,6 +359,55 @@ fn activations_forward_and_backward() {
     }
 }
 
+/// GLU over channels: odd channel counts and sizes, the `[N, 2C]` case (hw 1) and a larger one.
+/// Both sides compute σ(b) (expf against libm's exp, a few ulp) then multiply in the same order
+/// with one rounding each; the backward's `1 − σ(b)` loses up to 6 bits at |b| ≤ 4 (σ ≤ 0.982),
+/// so it gets 2e-5 where the forward gets 1e-5.
+#[test]
+fn glu_forward_and_backward() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(1601);
+    for (n, ch, hw) in shapes([(1usize, 1usize, 1usize), (3, 5, 7), (4, 3, 1), (2, 9, 1025)]) {
+        let d = ChannelDims { n, c: ch, hw };
+        let x = rand(&mut rng, 2 * d.len(), 4.0);
+        let dy = rand(&mut rng, d.len(), 1.0);
+        let gy = g.glu(&up(&g, &x), d).unwrap();
+        let cy = c.glu(&up(&c, &x), d).unwrap();
+        close(
+            &format!("glu {d:?}"),
+            &down(&g, &gy),
+            &down(&c, &cy),
+            1e-5,
+            1e-7,
+        );
+        let gdx = g.glu_backward(&up(&g, &x), &up(&g, &dy), d).unwrap();
+        let cdx = c.glu_backward(&up(&c, &x), &up(&c, &dy), d).unwrap();
+        close(
+            &format!("glu dx {d:?}"),
+            &down(&g, &gdx),
+            &down(&c, &cdx),
+            2e-5,
+            1e-7,
+        );
+    }
+    // A gradient of the wrong length is an error on both, not a read past its end.
+    let d = ChannelDims { n: 2, c: 3, hw: 5 };
+    let x = rand(&mut rng, 2 * d.len(), 1.0);
+    let short = rand(&mut rng, d.len() - 1, 1.0);
+    for be in [&g, &c] {
+        let e = be
+            .glu_backward(&up(be, &x), &up(be, &short), d)
+            .err()
+            .expect("a short dy");
+        assert!(
+            e.to_string()
+                .starts_with("glu_backward: 60 input values and 29 gradient"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn reductions_sum_rows_and_broadcast_rows() {
     let Some(g) = gpu() else { return };

@@ -585,6 +585,21 @@ fn sigmoid_grad_matches_finite_difference() {
     check_unary("sigmoid", false, 1e-2, |x| ops::sigmoid(x).unwrap());
 }
 
+/// GLU over channels, on NCHW, `[N, 2C]` and one-channel-pair shapes (odd C and odd sizes).
+#[test]
+fn glu_grad_matches_finite_difference() {
+    let mut rng = Rng::new(36);
+    for shape in [vec![2, 6, 3, 5], vec![3, 4], vec![1, 2, 1, 7]] {
+        let values = rng.normal_vec(shape.iter().product(), 0.0, 2.0);
+        check_grad(
+            &format!("glu {shape:?}"),
+            vec![input(values, &shape)],
+            1e-2,
+            |t| ops::glu(&t[0]).unwrap(),
+        );
+    }
+}
+
 #[test]
 fn dropout_grad_matches_finite_difference() {
     check_unary("dropout", false, 0.25, |x| {

@@ -365,6 +365,66 @@ fn ops_reject_bad_shapes_with_errors() {
     assert!(x.reshape(&[7]).is_err());
 }
 
+/// GLU (PyTorch's `F.glu(x, dim=1)`): `a·σ(b)` from the first and last halves of the channels,
+/// its gradient that of the sum, `σ(b)` for `a` and `a·σ(b)·(1 − σ(b))` for `b`, in f64; large
+/// gates stay finite; an odd channel count or a tensor without channels is refused.
+#[test]
+fn glu_matches_its_definition_and_refuses_an_odd_channel_count() {
+    let mut rng = Rng::new(14);
+    for (shape, out) in [
+        (vec![2, 6, 3, 5], vec![2, 3, 3, 5]),
+        (vec![3, 4], vec![3, 2]),
+        (vec![1, 2, 1, 1], vec![1, 1, 1, 1]),
+    ] {
+        let v = rng.normal_vec(shape.iter().product(), 0.0, 2.0);
+        let x = t(v.clone(), &shape).requiring_grad();
+        let y = ops::glu(&x).unwrap();
+        assert_eq!(y.shape(), out, "glu of {shape:?}");
+        let (c, hw) = (out[1], out[2..].iter().product::<usize>());
+        let (mut want, mut grad) = (Vec::new(), vec![0.0; v.len()]);
+        for n in 0..shape[0] {
+            for ch in 0..c {
+                for p in 0..hw {
+                    let ia = (n * 2 * c + ch) * hw + p;
+                    let ib = ia + c * hw;
+                    let (a, b) = (f64::from(v[ia]), f64::from(v[ib]));
+                    let s = 1.0 / (1.0 + (-b).exp());
+                    want.push(a * s);
+                    grad[ia] = s;
+                    grad[ib] = a * s * (1.0 - s);
+                }
+            }
+        }
+        assert_close(&y.to_vec().unwrap(), &want, 1e-6, "glu forward");
+        ops::sum(&y).unwrap().backward().unwrap();
+        assert_close(&x.grad_to_vec().unwrap().unwrap(), &grad, 1e-6, "glu grad");
+    }
+    // Gates of ±100: σ saturates to 1 and to (nearly) 0 without an inf or a NaN.
+    let x = t(vec![3.0, -2.0, 100.0, -100.0], &[1, 4]).requiring_grad();
+    let y = ops::glu(&x).unwrap();
+    let yv = y.to_vec().unwrap();
+    assert_eq!(yv[0], 3.0);
+    assert!(yv[1].abs() < 1e-40, "{}", yv[1]);
+    ops::sum(&y).unwrap().backward().unwrap();
+    let g = x.grad_to_vec().unwrap().unwrap();
+    assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    assert_eq!(g[0], 1.0);
+
+    let e = ops::glu(&t(vec![1.0; 2 * 5 * 4 * 4], &[2, 5, 4, 4]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "glu: the channel dimension (dim 1) must be even to split into value and gate halves, \
+         got 5 channels in shape [2, 5, 4, 4]"
+    );
+    let e = ops::glu(&t(vec![1.0; 6], &[6])).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "glu: expected a tensor [N, 2C, ...] of at least 2 dimensions, got shape [6]"
+    );
+}
+
 /// The numerics a conv op is given decide its arithmetic, forward and backward: under amp the
 /// operands are rounded to f16 (the result differs from fp32), and only when the numerics ask
 /// for cuDNN's rounding points (`f16_conv_outputs`) are the output and both gradients f16

@@ -3,7 +3,7 @@
 //! `cuda/elementwise.rs`), its reference `reference/elementwise.rs`.
 
 use super::reference::{conv::round_to_f16, elementwise as reference};
-use super::{all_on_host, on_host, Activation, Storage};
+use super::{all_on_host, on_host, Activation, ChannelDims, Storage};
 use anyhow::{bail, Result};
 
 /// Elementwise maps. The defaults run the reference (`backend/reference/elementwise.rs`) on
@@ -56,6 +56,19 @@ pub trait ElementwiseBackend {
     ) -> Result<Storage> {
         all_on_host("activation_backward", &[x, y, dy])?;
         reference::activation_backward(act, x, y, dy)
+    }
+    /// Gated linear unit over channels (PyTorch's `F.glu(x, dim=1)`): `x` is `[n, 2c, hw]` and
+    /// `d` the output's dims `[n, c, hw]`; `y = a·σ(b)` with `a` the first `c` channels of each
+    /// image and `b` the last `c`.
+    fn glu(&self, x: &Storage, d: ChannelDims) -> Result<Storage> {
+        all_on_host("glu", &[x])?;
+        reference::glu(x, d)
+    }
+    /// dx (`[n, 2c, hw]`) of [`ElementwiseBackend::glu`] from its input `x` and `dy`
+    /// (`[n, c, hw]`): `da = dy·σ(b)`, `db = dy·a·σ(b)·(1 − σ(b))`.
+    fn glu_backward(&self, x: &Storage, dy: &Storage, d: ChannelDims) -> Result<Storage> {
+        all_on_host("glu_backward", &[x, dy])?;
+        reference::glu_backward(x, dy, d)
     }
     /// `acc = a·acc + b·x` in place (the EMA of weights), computed as `(acc·a) + (x·b)` in f32
     /// like `scale`, `scale` and `add_assign` would.

@@ -1,7 +1,7 @@
 //! Elementwise ops and activations.
 
 use super::same_device;
-use crate::backend::{Activation, Storage};
+use crate::backend::{Activation, ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 
@@ -89,4 +89,36 @@ pub fn tanh(x: &Tensor) -> Result<Tensor> {
 
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     activation(x, Activation::Sigmoid, "sigmoid")
+}
+
+/// Gated linear unit over the channels, as PyTorch's `F.glu(x, dim=1)` / `nn.GLU(dim=1)`: x
+/// `[N, 2C, ...]` (or `[N, 2C]`) gives `[N, C, ...]` = `a·σ(b)`, `a` the first C channels and
+/// `b` the last C.
+pub fn glu(x: &Tensor) -> Result<Tensor> {
+    let shape = x.shape();
+    let (n, c2) = match *shape {
+        [n, c2, ..] => (n, c2),
+        ref s => {
+            bail!("glu: expected a tensor [N, 2C, ...] of at least 2 dimensions, got shape {s:?}")
+        }
+    };
+    if c2 % 2 != 0 {
+        bail!(
+            "glu: the channel dimension (dim 1) must be even to split into value and gate \
+             halves, got {c2} channels in shape {shape:?}"
+        );
+    }
+    let d = ChannelDims {
+        n,
+        c: c2 / 2,
+        hw: shape[2..].iter().product(),
+    };
+    let mut out = shape.to_vec();
+    out[1] = d.c;
+    let be = x.backend();
+    let y = be.glu(&x.storage(), d)?;
+    let sx = x.storage_rc();
+    Tensor::from_op(y, &out, "glu", &[x], move |g: &Storage, _: &[bool]| {
+        Ok(vec![Some(be.glu_backward(&sx.borrow(), g, d)?)])
+    })
 }

@@ -21,7 +21,7 @@ pub use diffaug::{
     diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
     diffaug_translate, DiffAugment, DiffAugmentBuffers, DiffAugmentParams,
 };
-pub use elementwise::{add, leaky_relu, mul, relu, scale, sigmoid, tanh};
+pub use elementwise::{add, glu, leaky_relu, mul, relu, scale, sigmoid, tanh};
 pub use loss::{bce_with_logits, hinge_loss, GanLoss};
 pub use random::{dropout, gaussian_noise, Seed};
 pub use reduce::{mean, mean_rows, sum, sum_rows};

@@ -2,6 +2,7 @@
 //! Autograd: `src/ops/elementwise.rs`.
 
 use super::{cb, cb_mut, CudaBackend, CudaBuffer};
+use crate::backend::reference::elementwise as reference;
 use crate::backend::*;
 use anyhow::{bail, Result};
 use cudarc::driver::PushKernelArg;
@@ -169,6 +170,52 @@ pub(super) fn activation_backward(
     Ok(Storage::Cuda(dx))
 }
 
+pub(super) fn glu(be: &CudaBackend, x: &Storage, d: ChannelDims) -> Result<Storage> {
+    let x = cb(x)?;
+    reference::check_glu("glu", x.len, None, d)?;
+    let mut y = be.alloc(d.len())?;
+    let (chw, total) = ((d.c * d.hw) as u64, d.len() as u64);
+    if total > 0 {
+        let cfg = be.grid(total);
+        launch!(
+            be,
+            glu_forward_f32,
+            cfg,
+            x.slice(),
+            &chw,
+            &total,
+            y.slice_mut()
+        )?;
+    }
+    Ok(Storage::Cuda(y))
+}
+
+pub(super) fn glu_backward(
+    be: &CudaBackend,
+    x: &Storage,
+    dy: &Storage,
+    d: ChannelDims,
+) -> Result<Storage> {
+    let (x, dy) = (cb(x)?, cb(dy)?);
+    reference::check_glu("glu_backward", x.len, Some(dy.len), d)?;
+    let mut dx = be.alloc(x.len)?;
+    let (chw, total) = ((d.c * d.hw) as u64, d.len() as u64);
+    if total > 0 {
+        let cfg = be.grid(total);
+        launch!(
+            be,
+            glu_backward_f32,
+            cfg,
+            x.slice(),
+            dy.slice(),
+            &chw,
+            &total,
+            dx.slice_mut()
+        )?;
+    }
+    Ok(Storage::Cuda(dx))
+}
+
 impl ElementwiseBackend for CudaBackend {
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         add(self, a, b)
@@ -202,6 +249,12 @@ impl ElementwiseBackend for CudaBackend {
         dy: &Storage,
     ) -> Result<Storage> {
         activation_backward(self, act, x, y, dy)
+    }
+    fn glu(&self, x: &Storage, d: ChannelDims) -> Result<Storage> {
+        glu(self, x, d)
+    }
+    fn glu_backward(&self, x: &Storage, dy: &Storage, d: ChannelDims) -> Result<Storage> {
+        glu_backward(self, x, dy, d)
     }
     fn scale_add_assign_by(
         &self,

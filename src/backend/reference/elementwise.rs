@@ -72,3 +72,53 @@ pub(crate) fn activation_backward(
         Activation::Sigmoid => zip_map(y, dy, |v, g| g * v * (1.0 - v)),
     }
 }
+
+/// Checks GLU's lengths: `x` holds `[n, 2c, hw]`, `dy` (if given) `[n, c, hw]`.
+pub(crate) fn check_glu(op: &str, x: usize, dy: Option<usize>, d: ChannelDims) -> Result<()> {
+    if x != 2 * d.len() || dy.is_some_and(|dy| dy != d.len()) {
+        bail!(
+            "{op}: {x} input values{} for an output of {d:?} (the input holds twice the output)",
+            dy.map_or(String::new(), |dy| format!(" and {dy} gradient values"))
+        );
+    }
+    Ok(())
+}
+
+/// Where image `n`'s value channel `c` and its gate channel `c + d.c` start in `[n, 2c, hw]`.
+fn glu_halves(d: ChannelDims, n: usize, c: usize) -> (usize, usize) {
+    let a = (n * 2 * d.c + c) * d.hw;
+    (a, a + d.c * d.hw)
+}
+
+pub(crate) fn glu(x: &Storage, d: ChannelDims) -> Result<Storage> {
+    let x = host(x)?;
+    check_glu("glu", x.len(), None, d)?;
+    let mut y = Vec::with_capacity(d.len());
+    for n in 0..d.n {
+        for c in 0..d.c {
+            let (a, b) = glu_halves(d, n, c);
+            for p in 0..d.hw {
+                y.push(x[a + p] * stable_sigmoid(x[b + p]));
+            }
+        }
+    }
+    Ok(Storage::Cpu(y))
+}
+
+pub(crate) fn glu_backward(x: &Storage, dy: &Storage, d: ChannelDims) -> Result<Storage> {
+    let (x, dy) = (host(x)?, host(dy)?);
+    check_glu("glu_backward", x.len(), Some(dy.len()), d)?;
+    let mut dx = vec![0.0; x.len()];
+    for n in 0..d.n {
+        for c in 0..d.c {
+            let (a, b) = glu_halves(d, n, c);
+            let g = &dy[(n * d.c + c) * d.hw..][..d.hw];
+            for (p, &g) in g.iter().enumerate() {
+                let s = stable_sigmoid(x[b + p]);
+                dx[a + p] = g * s;
+                dx[b + p] = g * x[a + p] * s * (1.0 - s);
+            }
+        }
+    }
+    Ok(Storage::Cpu(dx))
+}
