@@ -336,9 +336,15 @@ impl Tensor {
                 self.shape()
             );
         }
-        let s = match self.device() {
-            Device::Cpu => Storage::Cpu(values.to_vec()),
-            d => backend(d)?.upload(values)?,
+        let s = match (self.device(), self.dtype()) {
+            (Device::Cpu, DType::F32) => Storage::Cpu(values.to_vec()),
+            (d, DType::F32) => backend(d)?.upload(values)?,
+            // An f16 tensor stays f16 (rounded as `to_dtype` rounds).
+            (d, DType::F16) => {
+                let halves: Vec<half::f16> =
+                    values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                backend(d)?.upload_f16(&halves)?
+            }
         };
         *self.storage_mut() = s;
         Ok(())
@@ -380,7 +386,11 @@ impl Tensor {
 
     /// Back-propagates from this tensor with seed gradient 1 (any shape: as `sum().backward()`).
     pub fn backward(&self) -> Result<()> {
-        let seed = self.backend().full(self.numel(), 1.0)?;
+        let be = self.backend();
+        let mut seed = be.full(self.numel(), 1.0)?;
+        if self.dtype() != DType::F32 {
+            seed = be.cast(&seed, self.dtype())?;
+        }
         self.backward_with(seed)
     }
 
@@ -388,6 +398,13 @@ impl Tensor {
     pub fn backward_with(&self, grad: Storage) -> Result<()> {
         if !self.requires_grad() {
             bail!("backward() on a tensor that does not require gradients");
+        }
+        if grad.dtype() != self.dtype() {
+            bail!(
+                "backward seed is {}, the tensor {} (a gradient has its tensor's dtype)",
+                grad.dtype(),
+                self.dtype()
+            );
         }
         if grad.len() != self.numel() {
             bail!(

@@ -255,3 +255,25 @@ fn cuda_casts_match_the_host_bit_for_bit() {
     );
     assert_eq!(e, "a CUDA f32 kernel was given an f16 tensor");
 }
+
+/// A tensor keeps its dtype: `backward()` seeds an f16 output with f16 ones (an f32 seed is
+/// refused by name), and `set_values` (checkpoint loading) rounds into an f16 tensor instead of
+/// turning it into f32.
+#[test]
+fn backward_seeds_and_set_values_keep_the_dtype() {
+    let x = Tensor::parameter(vec![0.1, 0.2, 0.3], &[3], Device::Cpu).unwrap();
+    let h = ops::to_dtype(&x, DType::F16).unwrap();
+    h.backward().unwrap();
+    assert_eq!(x.grad_to_vec().unwrap().unwrap(), vec![1.0; 3]);
+    let seed = Storage::Cpu(vec![1.0; 3]);
+    let e = format!("{:#}", h.backward_with(seed).unwrap_err());
+    assert_eq!(
+        e,
+        "backward seed is f32, the tensor f16 (a gradient has its tensor's dtype)"
+    );
+
+    let t = Tensor::from_f16(halves(&[0.0; 2]), &[2], Device::Cpu).unwrap();
+    t.set_values(&[1.0 + 2f32.powi(-11), 65520.0]).unwrap();
+    assert_eq!(t.dtype(), DType::F16);
+    assert_eq!(t.to_vec().unwrap(), vec![1.0, f32::INFINITY]);
+}
