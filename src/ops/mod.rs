@@ -86,3 +86,24 @@ fn nchw(op: &str, x: &Tensor) -> Result<[usize; 4]> {
         ref s => bail!("{op}: expected an NCHW tensor, got shape {s:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Device;
+
+    /// The form an op with several accepted combinations gives (amp's ops will have them).
+    #[test]
+    fn check_dtypes_lists_every_accepted_combination() {
+        let h = Tensor::from_f16(vec![half::f16::ONE], &[1], Device::Cpu).unwrap();
+        let f = Tensor::from_vec(vec![1.0], &[1], Device::Cpu).unwrap();
+        let takes: &[&[DType]] = &[&[DType::F32], &[DType::F16, DType::F32]];
+        check_dtypes("bn", &[("input", &h), ("weight", &f)], takes).unwrap();
+        check_dtypes("bn", &[("input", &f), ("weight", &f)], takes).unwrap();
+        let e = check_dtypes("bn", &[("input", &f), ("weight", &h)], takes).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bn: input is f32, weight is f16; this op takes f32 (or input f16, weight f32)"
+        );
+    }
+}
