@@ -1,11 +1,12 @@
 //! Tensors and reverse-mode autograd.
 //!
-//! A [`Tensor`] is a shape, a device and a shared [`Storage`]. Ops (in `crate::ops`) that see an
+//! A [`Tensor`] is a shape, a device and a shared [`Storage`], whose variant is its element
+//! type ([`Tensor::dtype`]). Ops (in `crate::ops`) that see an
 //! input requiring gradients record a [`GradFn`] on their output: the inputs and a closure that
 //! maps the output's gradient to the inputs' gradients. [`Tensor::backward`] walks that graph
 //! in reverse topological order and accumulates into the leaves' `grad`.
 
-use crate::backend::{backend, Backend, Device, Storage};
+use crate::backend::{backend, Backend, DType, Device, Storage};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use std::cell::{Cell, Ref, RefCell, RefMut};
@@ -143,6 +144,15 @@ impl Tensor {
         Tensor::from_storage(storage, shape)
     }
 
+    /// An f16 tensor (two bytes an element on every device).
+    pub fn from_f16(data: Vec<half::f16>, shape: &[usize], device: Device) -> Result<Tensor> {
+        let storage = match device {
+            Device::Cpu => Storage::CpuF16(data),
+            _ => backend(device)?.upload_f16(&data)?,
+        };
+        Tensor::from_storage(storage, shape)
+    }
+
     pub fn zeros(shape: &[usize], device: Device) -> Result<Tensor> {
         Tensor::from_storage(backend(device)?.zeros(numel(shape))?, shape)
     }
@@ -253,6 +263,9 @@ impl Tensor {
     pub fn device(&self) -> Device {
         self.0.device
     }
+    pub fn dtype(&self) -> DType {
+        self.storage().dtype()
+    }
     pub fn requires_grad(&self) -> bool {
         self.0.requires_grad.get()
     }
@@ -277,10 +290,22 @@ impl Tensor {
         self.0.data.clone()
     }
 
+    /// The values as f32 (an f16 tensor's widened, exactly).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &*self.storage() {
             Storage::Cpu(v) => Ok(v.clone()),
+            s if s.dtype() == DType::F16 => {
+                Ok(self.to_vec_f16()?.iter().map(|h| h.to_f32()).collect())
+            }
             s => self.backend().download(s),
+        }
+    }
+
+    /// The values of an f16 tensor.
+    pub fn to_vec_f16(&self) -> Result<Vec<half::f16>> {
+        match &*self.storage() {
+            Storage::CpuF16(v) => Ok(v.clone()),
+            s => self.backend().download_f16(s),
         }
     }
 
@@ -296,7 +321,10 @@ impl Tensor {
         if device == self.device() {
             return Ok(self.clone());
         }
-        Tensor::from_vec(self.to_vec()?, self.shape(), device)
+        match self.dtype() {
+            DType::F32 => Tensor::from_vec(self.to_vec()?, self.shape(), device),
+            DType::F16 => Tensor::from_f16(self.to_vec_f16()?, self.shape(), device),
+        }
     }
 
     /// Overwrites the values (shape must match), keeping identity: used to load checkpoints.
@@ -308,9 +336,15 @@ impl Tensor {
                 self.shape()
             );
         }
-        let s = match self.device() {
-            Device::Cpu => Storage::Cpu(values.to_vec()),
-            d => backend(d)?.upload(values)?,
+        let s = match (self.device(), self.dtype()) {
+            (Device::Cpu, DType::F32) => Storage::Cpu(values.to_vec()),
+            (d, DType::F32) => backend(d)?.upload(values)?,
+            // An f16 tensor stays f16 (rounded as `to_dtype` rounds).
+            (d, DType::F16) => {
+                let halves: Vec<half::f16> =
+                    values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                backend(d)?.upload_f16(&halves)?
+            }
         };
         *self.storage_mut() = s;
         Ok(())
@@ -329,6 +363,10 @@ impl Tensor {
         match &*self.0.grad.borrow() {
             None => Ok(None),
             Some(Storage::Cpu(v)) => Ok(Some(v.clone())),
+            Some(s) if s.dtype() == DType::F16 => {
+                let h = self.backend().download_f16(s)?;
+                Ok(Some(h.iter().map(|h| h.to_f32()).collect()))
+            }
             Some(s) => Ok(Some(self.backend().download(s)?)),
         }
     }
@@ -348,7 +386,11 @@ impl Tensor {
 
     /// Back-propagates from this tensor with seed gradient 1 (any shape: as `sum().backward()`).
     pub fn backward(&self) -> Result<()> {
-        let seed = self.backend().full(self.numel(), 1.0)?;
+        let be = self.backend();
+        let mut seed = be.full(self.numel(), 1.0)?;
+        if self.dtype() != DType::F32 {
+            seed = be.cast(&seed, self.dtype())?;
+        }
         self.backward_with(seed)
     }
 
@@ -356,6 +398,13 @@ impl Tensor {
     pub fn backward_with(&self, grad: Storage) -> Result<()> {
         if !self.requires_grad() {
             bail!("backward() on a tensor that does not require gradients");
+        }
+        if grad.dtype() != self.dtype() {
+            bail!(
+                "backward seed is {}, the tensor {} (a gradient has its tensor's dtype)",
+                grad.dtype(),
+                self.dtype()
+            );
         }
         if grad.len() != self.numel() {
             bail!(
@@ -420,8 +469,9 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Tensor(shape={:?}, device={}, requires_grad={})",
+            "Tensor(shape={:?}, dtype={}, device={}, requires_grad={})",
             self.shape(),
+            self.dtype(),
             self.device(),
             self.requires_grad()
         )

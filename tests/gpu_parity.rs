@@ -1250,6 +1250,19 @@ fn allocator_reuses_buffers_in_steady_state() {
         40 + 4 * (3 * 1000 + 4097)
     );
     drop(kept);
+    // f16 buffers take two bytes an element, in the pool's 4-byte units (an odd count leaves
+    // half a unit): 1001 halves hold 2004 bytes, their f32 cast 4004.
+    be.reset_peak_memory();
+    let halves = vec![half::f16::from_f32(0.75); 1001];
+    let h = be.upload_f16(&halves).unwrap();
+    assert_eq!(h.bytes(), 2002);
+    assert_eq!(be.pool_stats().in_use_bytes, 2004);
+    let w = be.cast(&h, artgan::backend::DType::F32).unwrap();
+    assert_eq!(be.pool_stats().in_use_bytes, 2004 + 4004);
+    assert_eq!(be.download(&w).unwrap(), vec![0.75; 1001]);
+    drop((h, w));
+    assert_eq!(be.pool_stats().in_use_bytes, 0);
+    assert_eq!(be.pool_stats().peak_in_use_bytes, 2004 + 4004);
     if std::env::var("ARTGAN_CUDA_POOL").is_ok_and(|v| v == "off") {
         // The memory-checker mode: nothing cached, every buffer a fresh exact-size allocation.
         assert_eq!(after.reuses, 0);

@@ -1,8 +1,9 @@
 //! Memory: making, moving and copying storage; the family's backend trait. Its callers are
 //! `Tensor`'s own methods (`crate::tensor`).
 
-use super::{on_host, Device, Storage};
+use super::{on_host, reference, DType, Device, Storage};
 use anyhow::{bail, Result};
+use half::f16;
 
 /// Storage in and out of a backend. The defaults keep tensors in host memory.
 pub trait MemoryBackend {
@@ -15,6 +16,24 @@ pub trait MemoryBackend {
     fn download(&self, s: &Storage) -> Result<Vec<f32>> {
         Ok(on_host("download", s)?.clone())
     }
+    fn upload_f16(&self, host: &[f16]) -> Result<Storage> {
+        Ok(Storage::CpuF16(host.to_vec()))
+    }
+    fn download_f16(&self, s: &Storage) -> Result<Vec<f16>> {
+        match s {
+            Storage::CpuF16(v) => Ok(v.clone()),
+            other => bail!(
+                "download_f16: given a {} tensor on {}",
+                other.dtype(),
+                other.device()
+            ),
+        }
+    }
+    /// `s` as `to` (a copy, also when it already is): f32 -> f16 rounds to nearest even,
+    /// f16 -> f32 is exact (`reference::dtype`).
+    fn cast(&self, s: &Storage, to: DType) -> Result<Storage> {
+        reference::dtype::cast(s, to)
+    }
     fn zeros(&self, len: usize) -> Result<Storage> {
         Ok(Storage::Cpu(vec![0.0; len]))
     }
@@ -22,6 +41,9 @@ pub trait MemoryBackend {
         Ok(Storage::Cpu(vec![value; len]))
     }
     fn copy(&self, s: &Storage) -> Result<Storage> {
+        if let Storage::CpuF16(v) = s {
+            return Ok(Storage::CpuF16(v.clone()));
+        }
         Ok(Storage::Cpu(on_host("copy", s)?.clone()))
     }
     /// Overwrites `dst` with `host` (same length), keeping its device buffer: what a CUDA graph

@@ -5,7 +5,7 @@
 //! Autograd and the models only ever call these methods, so a backend is added without
 //! touching them.
 //!
-//! Layout conventions: f32, NCHW, contiguous. Conv weights `[c_out, c_in, kh, kw]`.
+//! Layout conventions: NCHW, contiguous; elements f32 unless a tensor's [`DType`] says f16. Conv weights `[c_out, c_in, kh, kw]`.
 
 // One file per op family: its backend trait, with host defaults that run the reference.
 mod adam;
@@ -14,6 +14,7 @@ mod batchnorm;
 mod conditional;
 mod conv;
 mod diffaug;
+mod dtype;
 mod elementwise;
 mod loss;
 mod memory;
@@ -34,6 +35,7 @@ pub use batchnorm::BatchNormBackend;
 pub use conditional::ConditionalBackend;
 pub use conv::ConvBackend;
 pub use diffaug::DiffAugBackend;
+pub use dtype::DType;
 pub use elementwise::ElementwiseBackend;
 pub use loss::LossBackend;
 pub use memory::MemoryBackend;
@@ -64,17 +66,24 @@ impl fmt::Display for Device {
     }
 }
 
-/// Element storage. One variant per backend; a backend only ever sees its own variant.
+/// Element storage: one variant per backend memory and element type (a backend only ever sees
+/// its own memory). f16 is two bytes an element in both memories.
 pub enum Storage {
     Cpu(Vec<f32>),
+    CpuF16(Vec<half::f16>),
+    /// f32 on a CUDA device.
     Cuda(cuda::CudaBuffer),
+    /// f16 on a CUDA device (`CudaBuffer::units` for its allocation).
+    CudaF16(cuda::CudaBuffer),
 }
 
 impl Storage {
+    /// Elements (of [`Storage::dtype`]).
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(v) => v.len(),
-            Storage::Cuda(b) => b.len(),
+            Storage::CpuF16(v) => v.len(),
+            Storage::Cuda(b) | Storage::CudaF16(b) => b.len(),
         }
     }
 
@@ -84,9 +93,21 @@ impl Storage {
 
     pub fn device(&self) -> Device {
         match self {
-            Storage::Cpu(_) => Device::Cpu,
-            Storage::Cuda(b) => Device::Cuda(b.ordinal()),
+            Storage::Cpu(_) | Storage::CpuF16(_) => Device::Cpu,
+            Storage::Cuda(b) | Storage::CudaF16(b) => Device::Cuda(b.ordinal()),
         }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(_) | Storage::Cuda(_) => DType::F32,
+            Storage::CpuF16(_) | Storage::CudaF16(_) => DType::F16,
+        }
+    }
+
+    /// Bytes the elements take (`len * dtype.size()`).
+    pub fn bytes(&self) -> usize {
+        self.len() * self.dtype().size()
     }
 }
 
@@ -132,11 +153,18 @@ impl<T> Backend for T where
 pub(crate) fn on_host<'a>(op: &str, s: &'a Storage) -> Result<&'a Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
+        Storage::CpuF16(_) => Err(f16_given(op)),
         other => bail!(
             "{op}: this backend has no implementation for tensors on {} (only the host default)",
             other.device()
         ),
     }
+}
+
+/// A host kernel that takes f32 was given f16 storage (the ops layer checks dtypes first, so
+/// this is a backend-level guard).
+pub(crate) fn f16_given(who: &str) -> anyhow::Error {
+    anyhow::anyhow!("{who}: given an f16 tensor; this kernel takes f32")
 }
 
 /// [`on_host`] for every part (the defaults that pass `Storage` on to the reference).

@@ -3,7 +3,7 @@
 //! `batch_norm2d_act` is the same followed by ReLU or LeakyReLU as one node: one pass forward,
 //! one backward, and no pre-activation tensor kept (the backward recomputes its sign from x).
 
-use super::{nchw, same_device};
+use super::{check_dtypes, nchw, same_device, F32};
 use crate::backend::{Activation, BatchNormAct, ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -19,6 +19,9 @@ fn batch_norm_dims(
     training: bool,
 ) -> Result<ChannelDims> {
     same_device(what, &[x, gamma, beta, running_mean, running_var])?;
+    let named = [("input", x), ("weight", gamma), ("bias", beta)];
+    let running = [("running_mean", running_mean), ("running_var", running_var)];
+    check_dtypes(what, &[named.as_slice(), running.as_slice()].concat(), F32)?;
     let [n, c, h, w] = nchw(what, x)?;
     for (name, t) in [
         ("weight", gamma),

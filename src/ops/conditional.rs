@@ -2,7 +2,7 @@
 //! channel affine of class-conditional batch norm, and the row-wise inner product of the
 //! projection discriminator.
 
-use super::{nchw, same_device};
+use super::{check_dtypes, nchw, same_device, F32};
 use crate::backend::{ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -39,6 +39,7 @@ pub fn label_values(labels: &[u32]) -> Vec<f32> {
 /// `table[labels[b], :]` for each label: `[classes, dim]` → `[B, dim]`. The gradient reaches
 /// the table by a scatter-add (rows of classes absent from the batch get 0).
 pub fn embedding<'a>(table: &Tensor, labels: impl Into<Labels<'a>>) -> Result<Tensor> {
+    check_dtypes("embedding", &[("table", table)], F32)?;
     let labels = labels.into();
     let [classes, dim] = match *table.shape() {
         [k, d] => [k, d],
@@ -82,6 +83,11 @@ pub fn embedding<'a>(table: &Tensor, labels: impl Into<Labels<'a>>) -> Result<Te
 /// `y[n, c, :, :] = x[n, c, :, :] * scale[n, c] + shift[n, c]` (`scale`/`shift`: `[N, C]`).
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     same_device("channel_affine", &[x, scale, shift])?;
+    check_dtypes(
+        "channel_affine",
+        &[("input", x), ("scale", scale), ("shift", shift)],
+        F32,
+    )?;
     let [n, c, h, w] = nchw("channel_affine", x)?;
     for (name, t) in [("scale", scale), ("shift", shift)] {
         if t.shape() != [n, c] {
@@ -110,6 +116,7 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
 /// Row-wise inner product of two `[rows, cols]` tensors → `[rows]`.
 pub fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_device("row_dot", &[a, b])?;
+    check_dtypes("row_dot", &[("a", a), ("b", b)], F32)?;
     let (rows, cols) = match *a.shape() {
         [r, c] => (r, c),
         ref s => bail!("row_dot: expected [rows, cols], got {s:?}"),

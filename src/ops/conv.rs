@@ -8,7 +8,7 @@
 //! `conv_transpose2d_act` are the same ops with the layer's activation after them, which a
 //! backend may apply as it writes the output (one pass over it fewer).
 
-use super::{nchw, same_device};
+use super::{check_dtypes, nchw, same_device, F32};
 use crate::amp::Numerics;
 use crate::backend::{Activation, Backend, ChannelDims, ConvGeom, Storage};
 use crate::tensor::Tensor;
@@ -142,6 +142,7 @@ fn conv2d_then(
     numerics: Numerics,
 ) -> Result<Tensor> {
     same_device("conv2d", &[x, w])?;
+    check_dtypes("conv2d", &[("input", x), ("weight", w)], F32)?;
     let [n, c_in, h, wd] = nchw("conv2d", x)?;
     let [c_out, wc_in, kh, kw] = nchw("conv2d weight", w)?;
     if wc_in != c_in || kh != kw {
@@ -233,6 +234,7 @@ fn conv_transpose2d_then(
     numerics: Numerics,
 ) -> Result<Tensor> {
     same_device("conv_transpose2d", &[x, w])?;
+    check_dtypes("conv_transpose2d", &[("input", x), ("weight", w)], F32)?;
     let [n, c_in, h, wd] = nchw("conv_transpose2d", x)?;
     let [wc_in, c_out, kh, kw] = nchw("conv_transpose2d weight", w)?;
     if wc_in != c_in || kh != kw {

@@ -1,7 +1,7 @@
 //! DiffAugment (Zhao et al. 2020): colour, translation and cutout of a batch with per-sample
 //! parameters from the Philox stream, differentiable.
 
-use super::nchw;
+use super::{check_dtypes, nchw, F32};
 use crate::backend::{ChannelDims, Device, Storage};
 use crate::rng::{philox_at, uniform_from_bits};
 use crate::tensor::Tensor;
@@ -19,6 +19,7 @@ pub fn diffaug_color(x: &Tensor, params: &[f32]) -> Result<Tensor> {
 
 /// [`diffaug_color`] with the parameters on the device.
 fn diffaug_color_by(x: &Tensor, params: &Tensor) -> Result<Tensor> {
+    check_dtypes("diffaug_color", &[("input", x), ("params", params)], F32)?;
     let [n, c, h, w] = nchw("diffaug_color", x)?;
     if params.numel() != n * 3 {
         bail!(
@@ -55,6 +56,7 @@ pub fn diffaug_translate(x: &Tensor, shifts: &[i32]) -> Result<Tensor> {
 
 /// [`diffaug_translate`] with the shifts (`back`: negated) on the device.
 fn diffaug_translate_by(x: &Tensor, shifts: &Tensor, back: &Tensor) -> Result<Tensor> {
+    check_dtypes("diffaug_translate", &[("input", x)], F32)?;
     let dims = nchw("diffaug_translate", x)?;
     if shifts.numel() != dims[0] * 2 || back.numel() != shifts.numel() {
         bail!(
@@ -85,6 +87,7 @@ pub fn diffaug_cutout(x: &Tensor, boxes: &[i32]) -> Result<Tensor> {
 
 /// [`diffaug_cutout`] with the boxes on the device.
 fn diffaug_cutout_by(x: &Tensor, boxes: &Tensor) -> Result<Tensor> {
+    check_dtypes("diffaug_cutout", &[("input", x)], F32)?;
     let dims = nchw("diffaug_cutout", x)?;
     if boxes.numel() != dims[0] * 4 {
         bail!(

@@ -1,12 +1,13 @@
 //! Elementwise ops and activations.
 
-use super::same_device;
+use super::{check_dtypes, same_device, F32};
 use crate::backend::{Activation, ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_device("add", &[a, b])?;
+    check_dtypes("add", &[("a", a), ("b", b)], F32)?;
     if a.shape() != b.shape() {
         bail!("add: shapes {:?} and {:?} differ", a.shape(), b.shape());
     }
@@ -28,6 +29,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_device("mul", &[a, b])?;
+    check_dtypes("mul", &[("a", a), ("b", b)], F32)?;
     if a.shape() != b.shape() {
         bail!("mul: shapes {:?} and {:?} differ", a.shape(), b.shape());
     }
@@ -49,6 +51,7 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
+    check_dtypes("scale", &[("input", x)], F32)?;
     let be = x.backend();
     let y = be.scale(&x.storage(), alpha)?;
     Tensor::from_op(
@@ -61,6 +64,7 @@ pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
 }
 
 fn activation(x: &Tensor, act: Activation, name: &'static str) -> Result<Tensor> {
+    check_dtypes(name, &[("input", x)], F32)?;
     let be = x.backend();
     let y = be.activation(act, &x.storage())?;
     let y_for_backward = be.copy(&y)?;
@@ -95,6 +99,7 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
 /// `[N, 2C, ...]` (or `[N, 2C]`) gives `[N, C, ...]` = `a·σ(b)`, `a` the first C channels and
 /// `b` the last C.
 pub fn glu(x: &Tensor) -> Result<Tensor> {
+    check_dtypes("glu", &[("input", x)], F32)?;
     let shape = x.shape();
     let (n, c2) = match *shape {
         [n, c2, ..] => (n, c2),

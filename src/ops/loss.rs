@@ -4,6 +4,7 @@
 //! * hinge (Lim & Ye 2017, SAGAN, FastGAN): D minimises mean(max(0, 1 − D(x))) +
 //!   mean(max(0, 1 + D(G(z)))), G minimises −mean(D(G(z))).
 
+use super::{check_dtypes, F32};
 use crate::backend::{HingeTerm, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// Mean BCE of logits `x` against the constant label `target` (1 = real, 0 = fake); `[1]`.
 pub fn bce_with_logits(x: &Tensor, target: f32) -> Result<Tensor> {
+    check_dtypes("bce_with_logits", &[("logits", x)], F32)?;
     if x.numel() == 0 {
         bail!("bce_with_logits of an empty tensor");
     }
@@ -24,6 +26,7 @@ pub fn bce_with_logits(x: &Tensor, target: f32) -> Result<Tensor> {
 
 /// Mean hinge loss of logits `x` for one `term` (see [`HingeTerm`]); `[1]`.
 pub fn hinge_loss(x: &Tensor, term: HingeTerm) -> Result<Tensor> {
+    check_dtypes("hinge_loss", &[("logits", x)], F32)?;
     if x.numel() == 0 {
         bail!("hinge_loss of an empty tensor");
     }

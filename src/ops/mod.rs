@@ -8,6 +8,7 @@ mod batchnorm;
 mod conditional;
 mod conv;
 mod diffaug;
+mod dtype;
 mod elementwise;
 mod loss;
 mod random;
@@ -21,12 +22,14 @@ pub use diffaug::{
     diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
     diffaug_translate, DiffAugment, DiffAugmentBuffers, DiffAugmentParams,
 };
+pub use dtype::to_dtype;
 pub use elementwise::{add, glu, leaky_relu, mul, relu, scale, sigmoid, tanh};
 pub use loss::{bce_with_logits, hinge_loss, GanLoss};
 pub use random::{dropout, gaussian_noise, Seed};
 pub use reduce::{mean, mean_rows, sum, sum_rows};
 pub use spectral_norm::spectral_norm_weight;
 
+use crate::backend::DType;
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 
@@ -41,9 +44,66 @@ fn same_device(op: &str, tensors: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// What every op takes today: f32 throughout. (amp's f16 activations widen this op by op.)
+const F32: &[&[DType]] = &[&[DType::F32]];
+
+/// Checks an op's named tensor inputs against the dtype combinations it accepts: each
+/// combination gives one dtype per input, or a single dtype for all of them. The error names the
+/// op, the inputs' dtypes and what it takes, e.g. "conv2d: input is f16, weight is f32; this op
+/// takes f32".
+fn check_dtypes(op: &str, inputs: &[(&str, &Tensor)], accepts: &[&[DType]]) -> Result<()> {
+    let got: Vec<DType> = inputs.iter().map(|(_, t)| t.dtype()).collect();
+    let fits = |combo: &[DType]| match combo {
+        [one] => got.iter().all(|d| d == one),
+        all => all == got.as_slice(),
+    };
+    if accepts.iter().any(|c| fits(c)) {
+        return Ok(());
+    }
+    let describe = |combo: &[DType]| match combo {
+        [one] => one.to_string(),
+        all => inputs
+            .iter()
+            .zip(all)
+            .map(|((name, _), d)| format!("{name} {d}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let given: Vec<String> = inputs
+        .iter()
+        .map(|(name, t)| format!("{name} is {}", t.dtype()))
+        .collect();
+    let mut takes = describe(accepts[0]);
+    for c in &accepts[1..] {
+        takes += &format!(" (or {})", describe(c));
+    }
+    bail!("{op}: {}; this op takes {takes}", given.join(", "))
+}
+
 fn nchw(op: &str, x: &Tensor) -> Result<[usize; 4]> {
     match *x.shape() {
         [n, c, h, w] => Ok([n, c, h, w]),
         ref s => bail!("{op}: expected an NCHW tensor, got shape {s:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Device;
+
+    /// The form an op with several accepted combinations gives (amp's ops will have them).
+    #[test]
+    fn check_dtypes_lists_every_accepted_combination() {
+        let h = Tensor::from_f16(vec![half::f16::ONE], &[1], Device::Cpu).unwrap();
+        let f = Tensor::from_vec(vec![1.0], &[1], Device::Cpu).unwrap();
+        let takes: &[&[DType]] = &[&[DType::F32], &[DType::F16, DType::F32]];
+        check_dtypes("bn", &[("input", &h), ("weight", &f)], takes).unwrap();
+        check_dtypes("bn", &[("input", &f), ("weight", &f)], takes).unwrap();
+        let e = check_dtypes("bn", &[("input", &f), ("weight", &h)], takes).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bn: input is f32, weight is f16; this op takes f32 (or input f16, weight f32)"
+        );
     }
 }

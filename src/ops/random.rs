@@ -3,6 +3,7 @@
 //! Kernels: `kernels/random.cu` (launches in `backend/cuda/random.rs`, reference in
 //! `backend/reference/random.rs`).
 
+use super::{check_dtypes, F32};
 use crate::backend::Storage;
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -28,6 +29,7 @@ impl From<u64> for Seed {
 
 /// Inverted dropout with drop probability `p`; the identity when not training.
 pub fn dropout(x: &Tensor, p: f32, seed: impl Into<Seed>, training: bool) -> Result<Tensor> {
+    check_dtypes("dropout", &[("input", x)], F32)?;
     if !(0.0..1.0).contains(&p) {
         bail!("dropout: probability {p} outside [0, 1)");
     }
@@ -59,6 +61,7 @@ pub fn gaussian_noise(
     seed: impl Into<Seed>,
     training: bool,
 ) -> Result<Tensor> {
+    check_dtypes("gaussian_noise", &[("input", x)], F32)?;
     if !(std >= 0.0 && std.is_finite()) {
         bail!("gaussian_noise: std {std} must be finite and non-negative");
     }

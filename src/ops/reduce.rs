@@ -1,5 +1,6 @@
 //! Reductions on a `[rows, cols]` view: the sum or mean of a tensor, of each row.
 
+use super::{check_dtypes, F32};
 use crate::backend::Storage;
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -12,6 +13,7 @@ fn reduce_rows(
     out_shape: &[usize],
     name: &'static str,
 ) -> Result<Tensor> {
+    check_dtypes(name, &[("input", x)], F32)?;
     let cols = x.numel() / rows.max(1);
     let be = x.backend();
     let y = be.sum_rows(&x.storage(), rows, cols, alpha)?;

@@ -3,7 +3,7 @@
 //! transposed convs), one power iteration per training forward with no gradient through u and
 //! v, sigma = uᵀWv with gradient through W, weight used = W/sigma.
 
-use super::same_device;
+use super::{check_dtypes, same_device, F32};
 use crate::backend::Storage;
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -19,6 +19,7 @@ pub fn spectral_norm_weight(
     eps: f32,
 ) -> Result<Tensor> {
     same_device("spectral_norm", &[w, u, v])?;
+    check_dtypes("spectral_norm", &[("weight", w), ("u", u), ("v", v)], F32)?;
     if rows == 0 || !w.numel().is_multiple_of(rows) {
         bail!(
             "spectral_norm: {rows} rows do not divide weight {:?}",

@@ -81,6 +81,7 @@ fn count_conv(f: impl FnOnce(&mut ConvCalls)) {
 pub(super) fn host(s: &Storage) -> Result<&Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
+        Storage::CpuF16(_) => Err(crate::backend::f16_given("cpu backend")),
         other => bail!("cpu backend got storage on {}", other.device()),
     }
 }
@@ -88,6 +89,7 @@ pub(super) fn host(s: &Storage) -> Result<&Vec<f32>> {
 pub(super) fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
+        Storage::CpuF16(_) => Err(crate::backend::f16_given("cpu backend")),
         other => bail!("cpu backend got storage on {}", other.device()),
     }
 }

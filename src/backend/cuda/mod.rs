@@ -37,6 +37,7 @@ mod conditional;
 mod conv;
 mod cudnn;
 mod diffaug;
+mod dtype;
 mod elementwise;
 pub mod embedded;
 mod err;
@@ -81,17 +82,25 @@ pub struct CudaBackend {
     break_capture: std::sync::atomic::AtomicBool,
 }
 
+/// The f32 buffer of `s` (every kernel but the casts takes f32).
 fn cb(s: &Storage) -> Result<&CudaBuffer> {
     match s {
         Storage::Cuda(b) => Ok(b),
-        other => bail!("the CUDA backend was given a tensor on {}", other.device()),
+        other => Err(not_f32_on_cuda(other)),
     }
 }
 
 fn cb_mut(s: &mut Storage) -> Result<&mut CudaBuffer> {
     match s {
         Storage::Cuda(b) => Ok(b),
-        other => bail!("the CUDA backend was given a tensor on {}", other.device()),
+        other => Err(not_f32_on_cuda(other)),
+    }
+}
+
+fn not_f32_on_cuda(s: &Storage) -> anyhow::Error {
+    match s {
+        Storage::CudaF16(_) => anyhow::anyhow!("a CUDA f32 kernel was given an f16 tensor"),
+        other => anyhow::anyhow!("the CUDA backend was given a tensor on {}", other.device()),
     }
 }
 
@@ -187,6 +196,18 @@ impl MemoryBackend for CudaBackend {
         Device::Cuda(self.ordinal)
     }
 
+    fn upload_f16(&self, host: &[half::f16]) -> Result<Storage> {
+        dtype::upload_f16(self, host)
+    }
+
+    fn download_f16(&self, s: &Storage) -> Result<Vec<half::f16>> {
+        dtype::download_f16(self, s)
+    }
+
+    fn cast(&self, s: &Storage, to: DType) -> Result<Storage> {
+        dtype::cast(self, s, to)
+    }
+
     fn upload(&self, host: &[f32]) -> Result<Storage> {
         let mut b = self.alloc(host.len())?;
         if !host.is_empty() {
@@ -225,6 +246,9 @@ impl MemoryBackend for CudaBackend {
     }
 
     fn copy(&self, s: &Storage) -> Result<Storage> {
+        if let Storage::CudaF16(_) = s {
+            return dtype::copy_f16(self, s);
+        }
         let src = cb(s)?;
         let mut b = self.alloc(src.len)?;
         if src.len > 0 {

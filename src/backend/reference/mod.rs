@@ -15,6 +15,7 @@ pub(crate) mod batchnorm;
 pub(crate) mod conditional;
 pub(crate) mod conv;
 pub(crate) mod diffaug;
+pub(crate) mod dtype;
 pub(crate) mod elementwise;
 pub(crate) mod loss;
 pub(crate) mod random;
@@ -33,6 +34,7 @@ pub struct ReferenceBackend;
 pub(crate) fn host(s: &Storage) -> Result<&Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
+        Storage::CpuF16(_) => Err(crate::backend::f16_given("reference backend")),
         other => bail!("reference backend got storage on {}", other.device()),
     }
 }
@@ -40,6 +42,7 @@ pub(crate) fn host(s: &Storage) -> Result<&Vec<f32>> {
 pub(crate) fn host_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
     match s {
         Storage::Cpu(v) => Ok(v),
+        Storage::CpuF16(_) => Err(crate::backend::f16_given("reference backend")),
         other => bail!("reference backend got storage on {}", other.device()),
     }
 }
