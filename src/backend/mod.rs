@@ -5,7 +5,8 @@
 //! Autograd and the models only ever call these methods, so a backend is added without
 //! touching them.
 //!
-//! Layout conventions: NCHW, contiguous; elements f32 unless a tensor's [`DType`] says f16. Conv weights `[c_out, c_in, kh, kw]`.
+//! Layout conventions: NCHW, contiguous; elements f32 unless a tensor's [`DType`] says f16.
+//! Conv weights `[c_out, c_in, kh, kw]`.
 
 // One file per op family: its backend trait, with host defaults that run the reference.
 mod adam;
