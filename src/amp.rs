@@ -2,7 +2,7 @@
 //! [`Numerics`] every forward pass is given (precision and convolution implementation, passed
 //! down explicitly to the ops), and the dynamic loss scaler of each optimiser.
 //!
-//! Where f16 rounding happens is documented with the convolutions (`crate::backend::reference::conv`);
+//! Where f16 rounding happens is documented with the convolutions (`crate::backend::conv`);
 //! everything else (batch norm, the loss, master weights, Adam's moments) stays f32.
 //!
 //! **Loss scaling** follows PyTorch's `GradScaler` defaults (initial scale 2^16, ×0.5 and the

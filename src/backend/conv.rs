@@ -1,33 +1,46 @@
 //! Convolution: the family's backend trait. Its autograd ops are `crate::ops::conv`, its kernels
 //! `kernels/conv.cu` (launched by `cuda/conv.rs`), its reference `reference/conv.rs`.
+//!
+//! **Mixed precision** (`ConvGeom::f16_operands`, set from `crate::amp::Numerics`): every one
+//! of the three primitives rounds *both of its operands* to f16 (round to nearest, ties to
+//! even, as `half::f16::from_f32` and `f32_to_f16_bits` in `kernels/common.cuh`) and nothing
+//! else: forward rounds x and w, backward-data dy and w, backward-filter x and dy (so a
+//! transposed convolution, built from the same primitives, rounds the same way). The product
+//! of two f16 values is exact in f32, so what remains is the sum, accumulated in f32 or wider
+//! (f64 here, f32 in any order in the fast CPU GEMM, cuBLAS `GemmEx` with fp16 A/B and
+//! `CUBLAS_COMPUTE_32F`, col2im's f32 sums on CUDA), and the output is f32. Implementations
+//! therefore differ only by f32 summation order: at most `γ_K · Σ|a·b|` per output with K the
+//! products summed, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴` (tests/gpu_parity.rs checks exactly
+//! that). The one exception is cuDNN (`--conv-impl cudnn`), which runs on f16 tensors: its
+//! output is that f32 sum rounded once more, to f16 (`2⁻¹¹` relative), as PyTorch autocast's
+//! convolution outputs are; `ConvGeom::f16_outputs` makes the CPU backends do the same (a
+//! reference with cuDNN's rounding points). Batch norm, activations, the loss, weights and Adam stay f32.
 
 use super::reference::conv as reference;
 use super::{on_host, Activation, ConvGeom, ElementwiseBackend, Storage};
 use anyhow::Result;
+use std::borrow::Cow;
 
 /// Convolution (cross-correlation, no bias). The defaults run the reference
 /// (`backend/reference/conv.rs`) on host memory; the `_act` forms default to the two ops.
 pub trait ConvBackend: ElementwiseBackend {
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_forward";
-        let (x, w) = reference::operands(on_host(op, x)?, on_host(op, w)?, g);
-        Ok(Storage::Cpu(reference::output(
-            reference::forward(&x, &w, g),
-            g,
-        )))
+        let (x, w) = operands(on_host(op, x)?, on_host(op, w)?, g);
+        Ok(Storage::Cpu(output(reference::forward(&x, &w, g), g)))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_backward_data";
-        let (dy, w) = reference::operands(on_host(op, dy)?, on_host(op, w)?, g);
-        Ok(Storage::Cpu(reference::output(
+        let (dy, w) = operands(on_host(op, dy)?, on_host(op, w)?, g);
+        Ok(Storage::Cpu(output(
             reference::backward_data(&dy, &w, g),
             g,
         )))
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_backward_filter";
-        let (x, dy) = reference::operands(on_host(op, x)?, on_host(op, dy)?, g);
-        Ok(Storage::Cpu(reference::output(
+        let (x, dy) = operands(on_host(op, x)?, on_host(op, dy)?, g);
+        Ok(Storage::Cpu(output(
             reference::backward_filter(&x, &dy, g),
             g,
         )))
@@ -68,5 +81,30 @@ pub trait ConvBackend: ElementwiseBackend {
         act: Activation,
     ) -> Result<Storage> {
         self.activation(act, &self.conv2d_backward_data(dy, w, g)?)
+    }
+}
+
+/// Each value rounded to the nearest f16 (ties to even), held in f32.
+pub fn round_to_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// The two operands of a primitive as it multiplies them: rounded to f16 under mixed precision,
+/// else as they are.
+pub fn operands<'a>(a: &'a [f32], b: &'a [f32], g: &ConvGeom) -> (Cow<'a, [f32]>, Cow<'a, [f32]>) {
+    if g.f16_operands {
+        (Cow::Owned(round_to_f16(a)), Cow::Owned(round_to_f16(b)))
+    } else {
+        (Cow::Borrowed(a), Cow::Borrowed(b))
+    }
+}
+
+/// A primitive's result as it leaves the convolution: rounded to f16 (held in f32) under mixed
+/// precision when the geometry asks for it (`f16_outputs`), else as computed.
+pub fn output(v: Vec<f32>, g: &ConvGeom) -> Vec<f32> {
+    if g.f16_operands && g.f16_outputs {
+        round_to_f16(&v)
+    } else {
+        v
     }
 }

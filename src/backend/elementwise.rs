@@ -2,7 +2,8 @@
 //! `crate::ops::elementwise`, its kernels `kernels/elementwise.cu` (launched by
 //! `cuda/elementwise.rs`), its reference `reference/elementwise.rs`.
 
-use super::reference::{conv::round_to_f16, elementwise as reference};
+use super::conv::round_to_f16;
+use super::reference::elementwise as reference;
 use super::{all_on_host, on_host, Activation, ChannelDims, Storage};
 use anyhow::{bail, Result};
 

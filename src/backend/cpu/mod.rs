@@ -101,7 +101,7 @@ pub(super) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 type ConvFn = fn(&[f32], &[f32], &ConvGeom, Option<Activation>) -> Vec<f32>;
 
 /// `conv(a, b, g, act)` (conv::forward or conv::backward_data) with the operands and output
-/// of mixed precision (`reference::conv::operands`/`output`). The activation is fused except
+/// of mixed precision (`backend::conv::operands`/`output`). The activation is fused except
 /// where the output is rounded to f16: it then follows the rounding, as the two ops do.
 fn conv_then(
     conv: ConvFn,
@@ -110,9 +110,9 @@ fn conv_then(
     g: &ConvGeom,
     act: Option<Activation>,
 ) -> Result<Storage> {
-    let (a, b) = super::reference::conv::operands(host(a)?, host(b)?, g);
+    let (a, b) = super::conv::operands(host(a)?, host(b)?, g);
     let fused = if g.f16_operands { None } else { act };
-    let y = Storage::Cpu(super::reference::conv::output(conv(&a, &b, g, fused), g));
+    let y = Storage::Cpu(super::conv::output(conv(&a, &b, g, fused), g));
     match act {
         Some(act) if fused.is_none() => elementwise::activation(act, &y),
         _ => Ok(y),
@@ -266,12 +266,12 @@ impl ConvBackend for CpuBackend {
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_filter += 1);
-        let (x, dy) = super::reference::conv::operands(host(x)?, host(dy)?, g);
+        let (x, dy) = super::conv::operands(host(x)?, host(dy)?, g);
         let dy = conv::Grad {
             dy: &dy,
             through: None,
         };
-        Ok(Storage::Cpu(super::reference::conv::output(
+        Ok(Storage::Cpu(super::conv::output(
             conv::backward_filter(&x, dy, g),
             g,
         )))

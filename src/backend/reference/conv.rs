@@ -2,49 +2,11 @@
 //! accumulated in f64. Images (and filter rows) are split over rayon in a fixed way, so the
 //! result does not depend on the thread count.
 //!
-//! **Mixed precision** (`ConvGeom::f16_operands`, set from `crate::amp::Numerics`): every one
-//! of the three primitives rounds *both of its operands* to f16 (round to nearest, ties to
-//! even, as `half::f16::from_f32` and `f32_to_f16_bits` in `kernels/common.cuh`) and nothing
-//! else: forward rounds x and w, backward-data dy and w, backward-filter x and dy (so a
-//! transposed convolution, built from the same primitives, rounds the same way). The product
-//! of two f16 values is exact in f32, so what remains is the sum, accumulated in f32 or wider
-//! (f64 here, f32 in any order in the fast CPU GEMM, cuBLAS `GemmEx` with fp16 A/B and
-//! `CUBLAS_COMPUTE_32F`, col2im's f32 sums on CUDA), and the output is f32. Implementations
-//! therefore differ only by f32 summation order: at most `γ_K · Σ|a·b|` per output with K the
-//! products summed, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴` (tests/gpu_parity.rs checks exactly
-//! that). The one exception is cuDNN (`--conv-impl cudnn`), which runs on f16 tensors: its
-//! output is that f32 sum rounded once more, to f16 (`2⁻¹¹` relative), as PyTorch autocast's
-//! convolution outputs are; `ConvGeom::f16_outputs` makes the CPU backends do the same (a
-//! reference with cuDNN's rounding points). Batch norm, activations, the loss, weights and Adam stay f32.
+//! Mixed precision rounds the operands (and, where asked, the output) around these
+//! primitives: `crate::backend::conv` holds those rounding points and says where they fall.
 
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
-use std::borrow::Cow;
-
-/// Each value rounded to the nearest f16 (ties to even), held in f32.
-pub fn round_to_f16(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
-}
-
-/// The two operands of a primitive as it multiplies them: rounded to f16 under mixed precision,
-/// else as they are.
-pub fn operands<'a>(a: &'a [f32], b: &'a [f32], g: &ConvGeom) -> (Cow<'a, [f32]>, Cow<'a, [f32]>) {
-    if g.f16_operands {
-        (Cow::Owned(round_to_f16(a)), Cow::Owned(round_to_f16(b)))
-    } else {
-        (Cow::Borrowed(a), Cow::Borrowed(b))
-    }
-}
-
-/// A primitive's result as it leaves the convolution: rounded to f16 (held in f32) under mixed
-/// precision when the geometry asks for it (`f16_outputs`), else as computed.
-pub fn output(v: Vec<f32>, g: &ConvGeom) -> Vec<f32> {
-    if g.f16_operands && g.f16_outputs {
-        round_to_f16(&v)
-    } else {
-        v
-    }
-}
 
 /// Input position `(iy, ix)` read by output `(oy, ox)` at tap `(ky, kx)`, if inside the image.
 fn tap(g: &ConvGeom, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
