@@ -1,5 +1,5 @@
 //! `artgan doctor`: what this machine can run. The driver and its CUDA version, each CUDA
-//! library (found with its path and version, or how to get it), which kernel image the device
+//! library (found with its path and version, or how to get it; NCCL for several GPUs too), which kernel image the device
 //! will load, free GPU memory, and what `--device auto` chooses and why.
 //!
 //! It goes through the same library discovery ([`libs::ensure`]) and device selection
@@ -56,6 +56,10 @@ fn distro_hint(spec: &libs::LibSpec) -> &'static str {
             "without Python: NVIDIA's CUDA repository, `apt install libcublas-12-8` \
              (or `dnf install libcublas-12-8`)"
         }
+        s if s.starts_with("libnccl") => {
+            "without Python: NVIDIA's CUDA repository, `apt install libnccl2` \
+             (or `dnf install libnccl`)"
+        }
         _ => {
             "without Python: NVIDIA's CUDA repository, `apt install libcudnn9-cuda-12` \
              (or `dnf install libcudnn9-cuda-12`)"
@@ -103,6 +107,8 @@ fn library_version(spec: &libs::LibSpec) -> Option<String> {
                 }
             }
             Some(format!("{}.{}.{}", parts[0], parts[1], parts[2]))
+        } else if key.starts_with("libnccl") {
+            libs::nccl_version()
         } else {
             // SAFETY: no arguments; cuDNN is loaded.
             let v = unsafe { cudarc::cudnn::sys::cudnnGetVersion() };
@@ -128,6 +134,7 @@ fn report_libraries(out: &mut Vec<String>) -> (bool, Option<(u32, u32)>) {
         libs::CUBLASLT,
         libs::CUBLAS,
         libs::CUDNN,
+        libs::NCCL,
     ] {
         let name = spec.sonames[0].split(".so").next().unwrap_or_default();
         match libs::ensure(&spec) {

@@ -175,3 +175,80 @@ fn a_library_without_its_symbols_is_unusable_not_a_panic() {
         "{out}"
     );
 }
+
+/// NCCL (several GPUs only) in its three states: missing (how to get it, and why it would be
+/// wanted), found in a pip wheel's folder (path and the version `ncclGetVersion` gives, decoded),
+/// and a file under its name without its functions (unusable). One GPU and the CPU never load
+/// it, so none of this changes `--device auto`.
+#[test]
+fn doctor_reports_nccl_missing_found_in_a_wheel_or_unusable() {
+    use artgan::backend::cuda::libs;
+    if libs::ensure(&libs::NCCL).is_ok() {
+        println!("skipped: this machine has libnccl.so.2 where the dynamic linker finds it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Builds `libnccl.so.2` in the folder `lib_dir` from the C source `code`.
+    let cc = |lib_dir: &str, code: &str| -> std::path::PathBuf {
+        let so = dir.path().join(lib_dir).join("libnccl.so.2");
+        std::fs::create_dir_all(so.parent().unwrap()).unwrap();
+        let src = so.with_file_name("nccl.c");
+        std::fs::write(&src, code).unwrap();
+        let ok = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .status()
+            .expect("run cc");
+        assert!(ok.success());
+        so
+    };
+    // What NCCL 2.23.4 answers: major*10000 + minor*100 + patch.
+    let real = cc(
+        "venv/lib/python3.11/site-packages/nvidia/nccl/lib",
+        "int ncclGetVersion(int *v) { *v = 22304; return 0; }\n\
+         int ncclCommInitRank(void) { return 0; }\n\
+         int ncclAllReduce(void) { return 0; }\n",
+    );
+    let fake = cc("fake", "int not_nccl(void) { return 0; }\n");
+    let nccl_lines = |env: &[(&str, &str)]| -> String {
+        let (ok, out, err) = doctor(env);
+        assert!(ok && !err.contains("panicked"), "{err}");
+        let at = out
+            .lines()
+            .position(|l| l.trim_start().starts_with("libnccl "))
+            .unwrap_or_else(|| panic!("no libnccl line:\n{out}"));
+        out.lines().skip(at).take(3).collect::<Vec<_>>().join("\n")
+    };
+
+    let missing = nccl_lines(&[("VIRTUAL_ENV", "/nonexistent")]);
+    for want in [
+        "libnccl      NOT FOUND: libnccl.so.2 not found (NCCL, only needed for training on \
+         several GPUs)",
+        "get it: `pip install nvidia-nccl-cu12` (`nvidia-nccl-cu13` with CUDA 13)",
+        "`apt install libnccl2`",
+    ] {
+        assert!(missing.contains(want), "lacks {want:?}:\n{missing}");
+    }
+
+    let venv = dir.path().join("venv");
+    let found = nccl_lines(&[("VIRTUAL_ENV", venv.to_str().unwrap())]);
+    let want = format!("libnccl      found: {} (version 2.23.4)", real.display());
+    assert_eq!(
+        found.lines().next().unwrap().trim_end(),
+        format!("  {want}")
+    );
+
+    let libs_dir = fake.parent().unwrap().to_str().unwrap();
+    let unusable = nccl_lines(&[("ARTGAN_CUDA_LIBS", libs_dir)]);
+    let want = format!(
+        "libnccl      UNUSABLE: {} is not a usable libnccl.so.2 (NCCL, only needed for \
+         training on several GPUs): it lacks the symbol ncclGetVersion",
+        fake.display()
+    );
+    assert!(unusable.contains(&want), "lacks {want:?}:\n{unusable}");
+    assert!(
+        unusable.contains("pip install nvidia-nccl-cu12"),
+        "{unusable}"
+    );
+}

@@ -69,6 +69,16 @@ pub const CUDNN: LibSpec = LibSpec {
     symbols: &["cudnnCreate", "cudnnGetVersion"],
 };
 
+/// NCCL, for training on several GPUs only: one GPU and the CPU never load it, so it is not
+/// part of [`ensure_libraries`]; the multi-GPU path calls [`ensure_nccl`].
+pub const NCCL: LibSpec = LibSpec {
+    what: "NCCL, only needed for training on several GPUs",
+    sonames: &["libnccl.so.2"],
+    install: "`pip install nvidia-nccl-cu12` (`nvidia-nccl-cu13` with CUDA 13) and put its lib \
+              folder on LD_LIBRARY_PATH",
+    symbols: &["ncclGetVersion", "ncclCommInitRank", "ncclAllReduce"],
+};
+
 /// Result of each library looked up so far: where it was loaded from, or the error text.
 /// Cached so a failing lookup (which may run python3) happens once per process.
 fn cache() -> &'static Mutex<HashMap<&'static str, Result<String, String>>> {
@@ -104,6 +114,45 @@ pub fn ensure_cudnn() -> Result<()> {
         n.starts_with("libcudnn_") && n.ends_with(".so.9")
     });
     Ok(())
+}
+
+/// Loads NCCL for a multi-GPU device list. Its error is the one to show: what is missing, where
+/// we looked, how to install it, and that one GPU works without it.
+pub fn ensure_nccl() -> Result<String> {
+    ensure(&NCCL).map_err(|e| anyhow!(nccl_advice(&e.to_string())))
+}
+
+/// `error` (from [`ensure`] of [`NCCL`]) with its first line saying that one GPU needs no NCCL.
+fn nccl_advice(error: &str) -> String {
+    let (first, rest) = error.split_once('\n').unwrap_or((error, ""));
+    let sep = if rest.is_empty() { "" } else { "\n" };
+    format!("{first}; one GPU (`--device cuda:N`) works without it{sep}{rest}")
+}
+
+/// The version of the loaded NCCL ("2.23.4"), asked from the library (`ncclGetVersion`).
+pub fn nccl_version() -> Option<String> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    let path = ensure(&NCCL).ok()?;
+    // SAFETY: NCCL is already loaded (checked for its symbols), so this only takes another
+    // reference to it; the handle is dropped at the end.
+    let lib = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_GLOBAL) }.ok()?;
+    // SAFETY: `ncclResult_t ncclGetVersion(int *version)`, a plain out-parameter.
+    let get: libloading::os::unix::Symbol<unsafe extern "C" fn(*mut i32) -> i32> =
+        unsafe { lib.get(b"ncclGetVersion") }.ok()?;
+    let mut code = 0;
+    // ncclSuccess is 0.
+    (unsafe { get(&mut code) } == 0).then(|| nccl_version_text(code))
+}
+
+/// NCCL's version code as "major.minor.patch": major*10000 + minor*100 + patch since 2.9,
+/// major*1000 + minor*100 + patch before (so a code below 10000 is the old encoding).
+pub fn nccl_version_text(code: i32) -> String {
+    let (major, rest) = if code >= 10000 {
+        (code / 10000, code % 10000)
+    } else {
+        (code / 1000, code % 1000)
+    };
+    format!("{major}.{}.{}", rest / 100, rest % 100)
 }
 
 /// Whether the run time cannot work without nvrtc: a module was built with no PTX (nvrtc was
@@ -454,6 +503,40 @@ mod tests {
         assert!(first.contains("libcublas.so.13 or libcublas.so.12 not found"));
         assert!(m.contains("/x/lib"));
         assert!(m.contains("pip install nvidia-cublas-cu12"));
+    }
+
+    #[test]
+    fn nccl_version_codes_decode_both_encodings() {
+        assert_eq!(nccl_version_text(22304), "2.23.4");
+        assert_eq!(nccl_version_text(20900), "2.9.0");
+        assert_eq!(nccl_version_text(21813), "2.18.13");
+        // Before 2.9: major*1000 + minor*100 + patch.
+        assert_eq!(nccl_version_text(2804), "2.8.4");
+    }
+
+    #[test]
+    fn nccl_error_says_why_it_is_needed_and_how_to_get_it() {
+        let missing = not_found_message(&NCCL, &[PathBuf::from("/x/lib")]);
+        let m = nccl_advice(&missing);
+        let first = m.lines().next().unwrap();
+        assert!(
+            first.starts_with(
+                "libnccl.so.2 not found (NCCL, only needed for training on several GPUs); "
+            ),
+            "{m}"
+        );
+        assert!(
+            first.contains("one GPU (`--device cuda:N`) works without it"),
+            "{m}"
+        );
+        assert!(m.contains("/x/lib"), "{m}");
+        assert!(m.contains("pip install nvidia-nccl-cu12"), "{m}");
+        assert!(m.contains("nvidia-nccl-cu13"), "{m}");
+        // What ensure_nccl gives on this machine: NCCL, or that advice.
+        match ensure_nccl() {
+            Ok(path) => assert!(path.contains("libnccl.so.2"), "{path}"),
+            Err(e) => assert!(e.to_string().contains("works without it"), "{e}"),
+        }
     }
 
     #[test]
