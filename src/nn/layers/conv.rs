@@ -16,6 +16,12 @@ fn conv_weight(shape: [usize; 4], rng: &mut Rng, device: Device) -> Result<Tenso
     Ok(Tensor::randn(&shape, 0.0, CONV_INIT_STD, rng, device)?.requiring_grad())
 }
 
+/// A conv's bias parameter (zeros, `[c_out]`) when it has one.
+fn conv_bias(bias: bool, c_out: usize, device: Device) -> Result<Option<Tensor>> {
+    bias.then(|| Ok(Tensor::zeros(&[c_out], device)?.requiring_grad()))
+        .transpose()
+}
+
 /// `nn.Conv2d(c_in, c_out, k, stride, pad, bias=...)`.
 pub struct Conv2d {
     pub weight: Tensor,
@@ -38,11 +44,7 @@ impl Conv2d {
     ) -> Result<Self> {
         Ok(Conv2d {
             weight: conv_weight([c_out, c_in, k, k], rng, device)?,
-            bias: if bias {
-                Some(Tensor::zeros(&[c_out], device)?.requiring_grad())
-            } else {
-                None
-            },
+            bias: conv_bias(bias, c_out, device)?,
             stride,
             pad,
         })
@@ -88,11 +90,7 @@ impl ConvTranspose2d {
     ) -> Result<Self> {
         Ok(ConvTranspose2d {
             weight: conv_weight([c_in, c_out, k, k], rng, device)?,
-            bias: if bias {
-                Some(Tensor::zeros(&[c_out], device)?.requiring_grad())
-            } else {
-                None
-            },
+            bias: conv_bias(bias, c_out, device)?,
             stride,
             pad,
             output_padding: 0,
