@@ -2,8 +2,13 @@
 //! [`Numerics`] every forward pass is given (precision and convolution implementation, passed
 //! down explicitly to the ops), and the dynamic loss scaler of each optimiser.
 //!
-//! Where f16 rounding happens is documented with the convolutions (`crate::backend::conv`);
-//! everything else (batch norm, the loss, master weights, Adam's moments) stays f32.
+//! Under amp, as under PyTorch autocast, the activations between layers are f16 tensors: each
+//! convolution gives an f16 output (`crate::backend::conv` says where it rounds), batch norm
+//! and the activations take f16 and give f16 (f32 statistics and arithmetic inside, rounded on
+//! store), and so do their gradients. Master weights, Adam's moments, batch norm's running
+//! statistics, the loss and the loss scale stay f32; so do the images a generator gives and the
+//! logits a discriminator gives (`crate::nn::models`), and the ops that have no f16 form
+//! (dropout, input noise, the conditional layers) get f32 (`crate::nn::layers`).
 //!
 //! **Loss scaling** follows PyTorch's `GradScaler` defaults (initial scale 2^16, ×0.5 and the
 //! step skipped when a gradient holds inf/NaN, ×2 after 2000 clean steps) with **one scaler
@@ -73,13 +78,11 @@ pub fn resolve(arg: PrecisionArg, device: Device) -> Result<Precision> {
 /// backend and its backward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Numerics {
-    /// Under `Amp` convolutions multiply f16 operands (see `backend/reference/conv.rs`).
+    /// Under `Amp` convolutions multiply f16 operands and give f16 activations (see
+    /// `backend/conv.rs`).
     pub precision: Precision,
     /// Which implementation runs convolutions on a CUDA device (`--conv-impl`).
     pub conv_impl: ConvImpl,
-    /// Under `Amp`, the CPU backends also round each convolution's output to f16, as cuDNN's
-    /// amp path does: a CPU reference with cuDNN's rounding points (tests). Off in runs.
-    pub f16_conv_outputs: bool,
 }
 
 impl Numerics {
@@ -90,7 +93,6 @@ impl Numerics {
         Numerics {
             precision,
             conv_impl,
-            f16_conv_outputs: false,
         }
     }
 
@@ -106,10 +108,8 @@ impl Numerics {
 
     /// `g` as a convolution runs under these numerics.
     pub fn conv(self, g: ConvGeom) -> ConvGeom {
-        let amp = self.precision == Precision::Amp;
         ConvGeom {
-            f16_operands: amp,
-            f16_outputs: amp && self.f16_conv_outputs,
+            f16_operands: self.precision == Precision::Amp,
             conv_impl: self.conv_impl,
             ..g
         }

@@ -5,12 +5,15 @@
 //! The GPU test skips without a device; `ARTGAN_REQUIRE_GPU=1` (e.g. under `scripts/cuda-emu`)
 //! makes a missing one fail it.
 
-use artgan::amp::Numerics;
-use artgan::backend::{DType, Device, Storage};
+use artgan::amp::{Numerics, Precision};
+use artgan::backend::{
+    Activation, Backend, BatchNormAct, ChannelDims, ConvImpl, DType, Device, Storage,
+};
 use artgan::ops;
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
 use half::f16;
+use std::rc::Rc;
 
 mod common;
 
@@ -25,7 +28,10 @@ fn err(r: anyhow::Result<Tensor>) -> String {
 #[test]
 fn a_one_input_op_names_itself_and_the_dtype() {
     let x = Tensor::from_f16(halves(&[1.0, -2.0]), &[2], Device::Cpu).unwrap();
-    assert_eq!(err(ops::relu(&x)), "relu: input is f16; this op takes f32");
+    assert_eq!(
+        err(ops::scale(&x, 2.0)),
+        "scale: input is f16; this op takes f32"
+    );
     assert_eq!(err(ops::sum(&x)), "sum: input is f16; this op takes f32");
     assert_eq!(
         err(ops::bce_with_logits(&x, 1.0)),
@@ -41,12 +47,23 @@ fn a_mixed_op_names_every_input_and_its_dtype() {
         err(ops::conv2d(&x, &w, None, 1, 1, Numerics::FP32)),
         "conv2d: input is f16, weight is f32; this op takes f32"
     );
+    // Under amp a convolution takes an f16 activation, never an f16 weight.
+    let amp = Numerics::new(Precision::Amp, ConvImpl::Cudnn);
+    let w16 = ops::to_dtype(&w, DType::F16).unwrap();
+    assert_eq!(
+        err(ops::conv2d(&x, &w16, None, 1, 1, amp)),
+        "conv2d: input is f16, weight is f16; this op takes f32 (or input f16, weight f32)"
+    );
+    assert_eq!(
+        ops::conv2d(&x, &w, None, 1, 1, amp).unwrap().dtype(),
+        DType::F16
+    );
     let a = Tensor::from_vec(vec![1.0; 16], &[1, 1, 4, 4], Device::Cpu).unwrap();
     assert_eq!(
         err(ops::mul(&a, &x)),
         "mul: a is f32, b is f16; this op takes f32"
     );
-    // Both f16 is no better: the op takes f32 today.
+    // Both f16 is no better: `add` takes f32 (amp's activations never reach it).
     let x2 = Tensor::from_f16(halves(&[0.5; 16]), &[1, 1, 4, 4], Device::Cpu).unwrap();
     assert_eq!(
         err(ops::add(&x, &x2)),
@@ -276,4 +293,184 @@ fn backward_seeds_and_set_values_keep_the_dtype() {
     t.set_values(&[1.0 + 2f32.powi(-11), 65520.0]).unwrap();
     assert_eq!(t.dtype(), DType::F16);
     assert_eq!(t.to_vec().unwrap(), vec![1.0, f32::INFINITY]);
+}
+
+/// f16 host storage of `v` rounded.
+fn f16_storage(v: &[f32]) -> Storage {
+    Storage::CpuF16(halves(v))
+}
+
+/// The bits of storage of either dtype, as f32 values (an f16's widened, exactly).
+fn bits(s: &Storage) -> Vec<u32> {
+    match s {
+        Storage::Cpu(v) => v.iter().map(|x| x.to_bits()).collect(),
+        Storage::CpuF16(v) => v.iter().map(|x| x.to_f32().to_bits()).collect(),
+        other => panic!("host storage expected, got {}", other.device()),
+    }
+}
+
+/// `s` (f32) rounded to f16, as the f16 path stores it.
+fn rounded(s: &Storage) -> Vec<u32> {
+    match s {
+        Storage::Cpu(v) => v
+            .iter()
+            .map(|&x| f16::from_f32(x).to_f32().to_bits())
+            .collect(),
+        other => panic!("f32 host storage expected, got {}", other.dtype()),
+    }
+}
+
+/// The CPU amp reference is f16 because its tensors are: both CPU backends (the reference and
+/// the fast one) take f16 activations into batch norm (fused or not), the activations, their
+/// backwards and gradient accumulation, compute exactly what they compute on the same values in
+/// f32, and round the result once on store to f16 (statistics and parameter gradients stay
+/// f32). Odd sizes (an f16 buffer of odd length), every activation.
+#[test]
+fn f16_activation_ops_on_both_cpu_backends_compute_in_f32_and_round_on_store() {
+    let backends: [Rc<dyn Backend>; 2] = [
+        artgan::backend::reference::backend(),
+        artgan::backend::backend(Device::Cpu).unwrap(),
+    ];
+    let mut rng = Rng::new(41);
+    for (i, be) in backends.iter().enumerate() {
+        for d in [
+            ChannelDims { n: 3, c: 5, hw: 7 },
+            ChannelDims { n: 4, c: 2, hw: 9 },
+        ] {
+            let as_f16 = |v: Vec<f32>| -> Vec<f32> {
+                v.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
+            };
+            let x = as_f16(rng.uniform_vec(d.len(), -2.0, 3.0));
+            let dy = as_f16(rng.uniform_vec(d.len(), -1.0, 1.0));
+            let gamma = Storage::Cpu(rng.uniform_vec(d.c, 0.5, 1.5));
+            let beta = Storage::Cpu(rng.uniform_vec(d.c, -0.5, 0.5));
+            let t = format!("backend {i} {d:?}");
+            for act in [
+                BatchNormAct::None,
+                BatchNormAct::Relu,
+                BatchNormAct::LeakyRelu(0.2),
+            ] {
+                let mut stats = || (Storage::Cpu(vec![0.1; d.c]), Storage::Cpu(vec![0.9; d.c]));
+                let (mut rm16, mut rv16) = stats();
+                let (mut rm32, mut rv32) = stats();
+                let s16 = be
+                    .batch_norm_act_train(
+                        &f16_storage(&x),
+                        &gamma,
+                        &beta,
+                        &mut rm16,
+                        &mut rv16,
+                        d,
+                        0.1,
+                        1e-5,
+                        act,
+                    )
+                    .unwrap();
+                let s32 = be
+                    .batch_norm_act_train(
+                        &Storage::Cpu(x.clone()),
+                        &gamma,
+                        &beta,
+                        &mut rm32,
+                        &mut rv32,
+                        d,
+                        0.1,
+                        1e-5,
+                        act,
+                    )
+                    .unwrap();
+                assert_eq!(s16.y.dtype(), DType::F16, "{t} {act:?}");
+                assert_eq!(bits(&s16.y), rounded(&s32.y), "bn y {t} {act:?}");
+                for (a, b) in [(&s16.mean, &s32.mean), (&s16.invstd, &s32.invstd)] {
+                    assert_eq!(bits(a), bits(b), "bn statistics {t} {act:?}");
+                }
+                assert_eq!(bits(&rv16), bits(&rv32), "running_var {t} {act:?}");
+                let back = |x: &Storage, dy: &Storage, s: &artgan::backend::BatchNormSaved| {
+                    be.batch_norm_act_backward(
+                        x, dy, &gamma, &beta, &s.mean, &s.invstd, d, act, true,
+                    )
+                    .unwrap()
+                };
+                let (dx16, dg16, db16) = back(&f16_storage(&x), &f16_storage(&dy), &s16);
+                let (dx32, dg32, db32) =
+                    back(&Storage::Cpu(x.clone()), &Storage::Cpu(dy.clone()), &s32);
+                assert_eq!(dx16.dtype(), DType::F16);
+                assert_eq!(bits(&dx16), rounded(&dx32), "bn dx {t} {act:?}");
+                assert_eq!(bits(&dg16), bits(&dg32), "bn dgamma {t} {act:?}");
+                assert_eq!(bits(&db16), bits(&db32), "bn dbeta {t} {act:?}");
+            }
+            for act in [
+                Activation::Relu,
+                Activation::LeakyRelu(0.2),
+                Activation::Tanh,
+                Activation::Sigmoid,
+            ] {
+                let y16 = be.activation(act, &f16_storage(&x)).unwrap();
+                let y32 = be.activation(act, &Storage::Cpu(x.clone())).unwrap();
+                assert_eq!(bits(&y16), rounded(&y32), "{act:?} {t}");
+                // The backward reads the f16 output, as it is stored.
+                let y = Storage::Cpu(bits(&y16).into_iter().map(f32::from_bits).collect());
+                let (xs, dys) = (Storage::Cpu(x.clone()), Storage::Cpu(dy.clone()));
+                let dx32 = be.activation_backward(act, &xs, &y, &dys).unwrap();
+                let dx16 = be
+                    .activation_backward(act, &f16_storage(&x), &y16, &f16_storage(&dy))
+                    .unwrap();
+                assert_eq!(bits(&dx16), rounded(&dx32), "{act:?} backward {t}");
+            }
+            let mut acc16 = f16_storage(&x);
+            be.add_assign(&mut acc16, &f16_storage(&dy)).unwrap();
+            let mut acc32 = Storage::Cpu(x.clone());
+            be.add_assign(&mut acc32, &Storage::Cpu(dy.clone()))
+                .unwrap();
+            assert_eq!(bits(&acc16), rounded(&acc32), "add_assign {t}");
+            let e = be
+                .add_assign(&mut acc16, &Storage::Cpu(dy.clone()))
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "add_assign: given f16 and f32 tensors; they must share one dtype"
+            );
+        }
+    }
+}
+
+/// Layer to layer under amp the activations are f16 tensors: a generator's hidden layers
+/// (ConvT, batch norm + ReLU) hand f16 to the next conv, their gradients are f16 too, and what
+/// leaves the models is f32 (G's images, D's logits). The same layers under fp32 are f32.
+#[test]
+fn amp_models_pass_f16_activations_between_layers_and_give_f32_images_and_logits() {
+    use artgan::nn::layers::forward_layers;
+    use artgan::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
+    let model = ModelConfig {
+        preset: Preset::Dcgan,
+        image_size: 32,
+        nz: 8,
+        ngf: 4,
+        ndf: 4,
+    };
+    let mut rng = Rng::new(3);
+    let g = Generator::new(&model, &mut rng, Device::Cpu).unwrap();
+    let d = Discriminator::new(&model, &mut rng, Device::Cpu).unwrap();
+    let z = Tensor::from_vec(rng.normal_vec(4 * 8, 0.0, 1.0), &[4, 8, 1, 1], Device::Cpu).unwrap();
+    for (numerics, hidden) in [
+        (Numerics::new(Precision::Amp, ConvImpl::Cudnn), DType::F16),
+        (Numerics::FP32, DType::F32),
+    ] {
+        let mut ctx = Ctx::new(Mode::Train, &mut rng, numerics);
+        let layers = &g.stages[0].1.layers;
+        // ConvT, BN + ReLU (fused), ConvT, BN + ReLU: the second block's output.
+        let h = forward_layers(&layers[..6], &z, &mut ctx).unwrap();
+        assert_eq!(h.dtype(), hidden, "{:?}", numerics.precision);
+        let images = g.forward(&z, &mut ctx).unwrap();
+        assert_eq!(images.dtype(), DType::F32);
+        let logits = d.forward(&images, &mut ctx).unwrap();
+        assert_eq!((logits.dtype(), logits.shape()), (DType::F32, &[4][..]));
+        ops::sum(&images).unwrap().backward().unwrap();
+        for (name, p) in g.parameters() {
+            let grad = p.grad_to_vec().unwrap();
+            let grad = grad.unwrap_or_else(|| panic!("{name} has a gradient"));
+            assert!(grad.iter().all(|v| v.is_finite()), "{name}");
+            assert_eq!(p.dtype(), DType::F32, "{name}: weights stay f32");
+        }
+    }
 }

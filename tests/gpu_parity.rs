@@ -65,8 +65,15 @@ fn up(b: &Rc<dyn Backend>, v: &[f32]) -> Storage {
     b.upload(v).expect("upload")
 }
 
+/// The values of `s` (an f16 tensor's widened, exactly).
 fn down(b: &Rc<dyn Backend>, s: &Storage) -> Vec<f32> {
-    b.download(s).expect("download")
+    match s.dtype() {
+        artgan::backend::DType::F32 => b.download(s).expect("download"),
+        artgan::backend::DType::F16 => {
+            let h = b.download_f16(s).expect("download f16");
+            h.iter().map(|v| v.to_f32()).collect()
+        }
+    }
 }
 
 /// Asserts |g - c| <= atol + rtol * |c| everywhere and prints the worst element.
@@ -1678,9 +1685,10 @@ fn round_to_f16_is_bit_identical_to_the_half_crate() {
 /// and the reference differ only by summation order: per element at most `(γ_K + u) · Σ|a·b|`
 /// with K the products summed, `u = 2⁻²⁴`, `γ_K = K·u / (1 − K·u)` (f32 accumulation in any
 /// order) plus the reference's own final rounding to f32; `Σ|a·b|` is the reference
-/// convolution of the absolute values. cuDNN's f16 output adds one rounding of that sum to f16:
-/// `2⁻¹¹` relative, or `2⁻²⁵` absolute in f16's subnormal range, and every value it returns
-/// must be an f16. The same bound must fail for the unrounded f32 convolution somewhere, so
+/// convolution of the absolute values. Both sides then round that sum to f16 (y and dx are f16
+/// tensors, dw f32 ones of f16 values, with either implementation): `2⁻¹¹` relative each, or
+/// `2⁻²⁵` absolute in f16's subnormal range, so sums on either side of a rounding boundary
+/// end one f16 unit apart; and every value returned must be an f16. The same bound must fail for the unrounded f32 convolution somewhere, so
 /// the test sees whether rounding happens at all.
 #[test]
 fn amp_convolutions_match_the_rounding_reference_both_impls() {
@@ -1688,6 +1696,57 @@ fn amp_convolutions_match_the_rounding_reference_both_impls() {
     let c = cpu();
     for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
         amp_convolutions_match_the_rounding_reference(&g, &c, imp);
+    }
+}
+
+/// Layer to layer under amp, a convolution's activation input (x, or dy going back) is the
+/// f16 tensor the previous layer gave: the result must be exactly that of the same values
+/// given as f32 (which the convolution rounds to f16 itself), with both implementations; and
+/// y and dx come out as f16 tensors, dw as f32.
+#[test]
+fn f16_activation_inputs_to_amp_convolutions_equal_their_f32_values_both_impls() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(37);
+    let geoms = [
+        ConvGeom::conv(3, 5, 9, 9, 4, 4, 2, 1).unwrap(),
+        ConvGeom::conv(2, 3, 7, 5, 3, 3, 1, 1).unwrap(),
+        ConvGeom::transposed(3, 7, 4, 4, 3, 4, 2, 1, 0).unwrap(),
+    ];
+    let as_f16 =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    let up_f16 = |v: &[f32]| {
+        let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        g.upload_f16(&h).unwrap()
+    };
+    for imp in [ConvImpl::Own, ConvImpl::Cudnn] {
+        for plain in geoms {
+            let geom = ConvGeom {
+                f16_operands: true,
+                conv_impl: imp,
+                ..plain
+            };
+            let x = as_f16(&rand(&mut rng, geom.input_len(), 1.0));
+            let w = rand(&mut rng, geom.weight_len(), 0.5);
+            let dy = as_f16(&rand(&mut rng, geom.output_len(), 1.0));
+            let y_f32_in = g.conv2d_forward(&up(&g, &x), &up(&g, &w), &geom).unwrap();
+            let y_f16_in = g.conv2d_forward(&up_f16(&x), &up(&g, &w), &geom).unwrap();
+            let dx_f32_in = g.conv2d_backward_data(&up(&g, &dy), &up(&g, &w), &geom);
+            let dx_f16_in = g.conv2d_backward_data(&up_f16(&dy), &up(&g, &w), &geom);
+            let dw_f32_in = g.conv2d_backward_filter(&up(&g, &x), &up(&g, &dy), &geom);
+            let dw_f16_in = g.conv2d_backward_filter(&up_f16(&x), &up_f16(&dy), &geom);
+            let (dx_f32_in, dx_f16_in) = (dx_f32_in.unwrap(), dx_f16_in.unwrap());
+            let (dw_f32_in, dw_f16_in) = (dw_f32_in.unwrap(), dw_f16_in.unwrap());
+            let t = format!("{imp:?} {plain:?}");
+            use artgan::backend::DType;
+            for (what, a, b, dtype) in [
+                ("y", &y_f32_in, &y_f16_in, DType::F16),
+                ("dx", &dx_f32_in, &dx_f16_in, DType::F16),
+                ("dw", &dw_f32_in, &dw_f16_in, DType::F32),
+            ] {
+                assert_eq!((a.dtype(), b.dtype()), (dtype, dtype), "{what} {t}: dtypes");
+                assert_eq!(bits(&down(&g, a)), bits(&down(&g, b)), "{what} {t}");
+            }
+        }
     }
 }
 
@@ -1737,7 +1796,6 @@ fn amp_convolutions_match_the_rounding_reference(
     c: &Rc<dyn Backend>,
     imp: ConvImpl,
 ) {
-    let f16_output = imp == ConvImpl::Cudnn;
     let (g, c) = (g.clone(), c.clone());
     let mut rng = Rng::new(23);
     let mut geoms: Vec<ConvGeom> = shapes(CONV_SHAPES)
@@ -1765,17 +1823,15 @@ fn amp_convolutions_match_the_rounding_reference(
             let gamma = k as f64 * u / (1.0 - k as f64 * u);
             let bound = |i: usize| {
                 let sum_err = (gamma + u) * f64::from(magnitude[i]);
-                let out_err = if f16_output {
-                    2f64.powi(-11) * (f64::from(want[i].abs()) + sum_err) + 2f64.powi(-25)
-                } else {
-                    0.0
-                };
+                // Both sides round their sum to f16: half an f16 unit each.
+                let out_err =
+                    2.0 * (2f64.powi(-11) * (f64::from(want[i].abs()) + sum_err) + 2f64.powi(-25));
                 (sum_err + out_err) as f32
             };
             let mut worst = 0.0f32;
             for i in 0..want.len() {
                 assert!(
-                    !f16_output || is_f16(got[i]),
+                    is_f16(got[i]),
                     "amp {imp:?} {what} {geom:?}[{i}]: {} is not an f16 value",
                     got[i]
                 );

@@ -426,13 +426,14 @@ fn glu_matches_its_definition_and_refuses_an_odd_channel_count() {
 }
 
 /// The numerics a conv op is given decide its arithmetic, forward and backward: under amp the
-/// operands are rounded to f16 (the result differs from fp32), and only when the numerics ask
-/// for cuDNN's rounding points (`f16_conv_outputs`) are the output and both gradients f16
-/// values too; the backward, run after the op was recorded, uses the numerics of its forward.
+/// operands are rounded to f16 and the output is an f16 tensor (an activation: exactly the f32
+/// result rounded to f16), the input's gradient has the input's dtype and the weight's is f32
+/// of f16 values; the backward, run after the op was recorded, uses the numerics of its
+/// forward.
 #[test]
 fn conv_numerics_travel_with_the_op_into_its_backward() {
     use artgan::amp::Precision;
-    use artgan::backend::ConvImpl;
+    use artgan::backend::{ConvImpl, DType};
     let mut rng = Rng::new(31);
     let xv = rng.uniform_vec(2 * 3 * 6 * 6, -1.0, 1.0);
     let wv = rng.uniform_vec(4 * 3 * 3 * 3, -0.5, 0.5);
@@ -441,29 +442,28 @@ fn conv_numerics_travel_with_the_op_into_its_backward() {
         let x = t(xv.clone(), &[2, 3, 6, 6]).requiring_grad();
         let w = t(wv.clone(), &[4, 3, 3, 3]).requiring_grad();
         let y = ops::conv2d(&x, &w, None, 2, 1, numerics).unwrap();
-        ops::sum(&y).unwrap().backward().unwrap();
+        let dtype = y.dtype();
+        ops::sum(&ops::to_f32(&y).unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
         let grads = [&x, &w].map(|p| p.grad_to_vec().unwrap().unwrap());
-        (y.to_vec().unwrap(), grads)
+        (y.to_vec().unwrap(), grads, dtype)
     };
     let amp = Numerics::new(Precision::Amp, ConvImpl::Cudnn);
-    let (y32, _) = run(Numerics::FP32);
-    let (y_amp, g_amp) = run(amp);
-    assert_ne!(y32, y_amp, "amp rounds the operands");
-    assert!(y_amp
-        .iter()
-        .chain(g_amp.iter().flatten())
-        .any(|&v| !is_f16(v)));
-    let (y16, g16) = run(Numerics {
-        f16_conv_outputs: true,
-        ..amp
-    });
+    let (y32, g32, dtype32) = run(Numerics::FP32);
+    let (y16, g16, dtype16) = run(amp);
+    assert_eq!((dtype32, dtype16), (DType::F32, DType::F16));
+    assert_ne!(y32, y16, "amp rounds the operands");
+    assert!(y32.iter().chain(g32.iter().flatten()).any(|&v| !is_f16(v)));
     for (what, v) in [("y", &y16), ("dx", &g16[0]), ("dw", &g16[1])] {
         assert!(v.iter().all(|&x| is_f16(x)), "{what}: not all f16 values");
     }
-    // The rounding of the outputs is the only difference.
-    let rounded: Vec<f32> = y_amp
-        .iter()
-        .map(|&v| half::f16::from_f32(v).to_f32())
-        .collect();
-    assert_eq!(y16, rounded);
+    // y is the product of the rounded operands in f32, rounded once to f16.
+    let round =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    let x = t(round(&xv), &[2, 3, 6, 6]);
+    let w = t(round(&wv), &[4, 3, 3, 3]);
+    let y_rounded_operands = ops::conv2d(&x, &w, None, 2, 1, Numerics::FP32).unwrap();
+    assert_eq!(y16, round(&y_rounded_operands.to_vec().unwrap()));
 }

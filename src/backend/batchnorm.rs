@@ -3,12 +3,16 @@
 //! `reference/batchnorm.rs`.
 
 use super::reference::batchnorm as reference;
-use super::{all_on_host, BatchNormAct, BatchNormSaved, ChannelDims, Storage};
+use super::{
+    all_on_host, one_dtype, stored_as, widened, BatchNormAct, BatchNormSaved, ChannelDims, Storage,
+};
 use anyhow::Result;
 
 /// Batch norm (PyTorch semantics: biased var to normalise, unbiased into running_var), alone or
 /// followed by an activation in one pass. The defaults run the reference
-/// (`backend/reference/batchnorm.rs`) on host memory.
+/// (`backend/reference/batchnorm.rs`) on host memory. x and dy may be f16 (amp's activations,
+/// both the same dtype): y and dx then are f16 too, computed in f32 and rounded on store; the
+/// parameters, running statistics, mean, invstd, dgamma and dbeta are always f32.
 pub trait BatchNormBackend {
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_train(
@@ -46,9 +50,12 @@ pub trait BatchNormBackend {
         d: ChannelDims,
         eps: f32,
     ) -> Result<Storage> {
-        let parts = [x, gamma, beta, running_mean, running_var];
+        let dtype = x.dtype();
+        let x = widened(x);
+        let parts = [&*x, gamma, beta, running_mean, running_var];
         all_on_host("batch_norm_eval", &parts)?;
-        reference::batch_norm_eval(x, gamma, beta, running_mean, running_var, d, eps)
+        let y = reference::batch_norm_eval(&x, gamma, beta, running_mean, running_var, d, eps)?;
+        Ok(stored_as(y, dtype))
     }
     /// Returns (dx, dgamma, dbeta) for a training-mode forward.
     fn batch_norm_backward(
@@ -80,10 +87,12 @@ pub trait BatchNormBackend {
         eps: f32,
         act: BatchNormAct,
     ) -> Result<BatchNormSaved> {
-        let parts = [x, gamma, beta, &*running_mean, &*running_var];
+        let dtype = x.dtype();
+        let x = widened(x);
+        let parts = [&*x, gamma, beta, &*running_mean, &*running_var];
         all_on_host("batch_norm_act_train", &parts)?;
-        reference::batch_norm_act_train(
-            x,
+        let mut saved = reference::batch_norm_act_train(
+            &x,
             gamma,
             beta,
             running_mean,
@@ -92,7 +101,9 @@ pub trait BatchNormBackend {
             momentum,
             eps,
             act,
-        )
+        )?;
+        saved.y = stored_as(saved.y, dtype);
+        Ok(saved)
     }
     /// Eval-mode batch norm followed by `act`: `mean` and `invstd` of the result are
     /// `running_mean` and `1 / sqrt(running_var + eps)`, what the backward needs.
@@ -108,9 +119,22 @@ pub trait BatchNormBackend {
         eps: f32,
         act: BatchNormAct,
     ) -> Result<BatchNormSaved> {
-        let parts = [x, gamma, beta, running_mean, running_var];
+        let dtype = x.dtype();
+        let x = widened(x);
+        let parts = [&*x, gamma, beta, running_mean, running_var];
         all_on_host("batch_norm_act_eval", &parts)?;
-        reference::batch_norm_act_eval(x, gamma, beta, running_mean, running_var, d, eps, act)
+        let mut saved = reference::batch_norm_act_eval(
+            &x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            d,
+            eps,
+            act,
+        )?;
+        saved.y = stored_as(saved.y, dtype);
+        Ok(saved)
     }
     /// (dx, dgamma, dbeta) of the fused forward from its input `x` (the activation's mask comes
     /// from the pre-activation recomputed with [`super::batch_norm_affine`]).
@@ -129,8 +153,21 @@ pub trait BatchNormBackend {
         act: BatchNormAct,
         batch_stats: bool,
     ) -> Result<(Storage, Storage, Storage)> {
-        let parts = [x, dy, gamma, beta, mean, invstd];
+        let dtype = one_dtype("batch_norm_act_backward", &[x, dy])?;
+        let (x, dy) = (widened(x), widened(dy));
+        let parts = [&*x, &*dy, gamma, beta, mean, invstd];
         all_on_host("batch_norm_act_backward", &parts)?;
-        reference::batch_norm_act_backward(x, dy, gamma, beta, mean, invstd, d, act, batch_stats)
+        let (dx, dgamma, dbeta) = reference::batch_norm_act_backward(
+            &x,
+            &dy,
+            gamma,
+            beta,
+            mean,
+            invstd,
+            d,
+            act,
+            batch_stats,
+        )?;
+        Ok((stored_as(dx, dtype), dgamma, dbeta))
     }
 }

@@ -2,48 +2,52 @@
 //! `kernels/conv.cu` (launched by `cuda/conv.rs`), its reference `reference/conv.rs`.
 //!
 //! **Mixed precision** (`ConvGeom::f16_operands`, set from `crate::amp::Numerics`): every one
-//! of the three primitives rounds *both of its operands* to f16 (round to nearest, ties to
-//! even, as `half::f16::from_f32` and `f32_to_f16_bits` in `kernels/common.cuh`) and nothing
-//! else: forward rounds x and w, backward-data dy and w, backward-filter x and dy (so a
-//! transposed convolution, built from the same primitives, rounds the same way). The product
-//! of two f16 values is exact in f32, so what remains is the sum, accumulated in f32 or wider
-//! (f64 here, f32 in any order in the fast CPU GEMM, cuBLAS `GemmEx` with fp16 A/B and
-//! `CUBLAS_COMPUTE_32F`, col2im's f32 sums on CUDA), and the output is f32. Implementations
-//! therefore differ only by f32 summation order: at most `γ_K · Σ|a·b|` per output with K the
-//! products summed, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴` (tests/gpu_parity.rs checks exactly
-//! that). The one exception is cuDNN (`--conv-impl cudnn`), which runs on f16 tensors: its
-//! output is that f32 sum rounded once more, to f16 (`2⁻¹¹` relative), as PyTorch autocast's
-//! convolution outputs are; `ConvGeom::f16_outputs` makes the CPU backends do the same (a
-//! reference with cuDNN's rounding points). Batch norm, activations, the loss, weights and Adam stay f32.
+//! of the three primitives multiplies *f16 operands*: an f16 tensor as it is, an f32 one (the
+//! weights, a first layer's images or latents) rounded to f16 (round to nearest, ties to even,
+//! as `half::f16::from_f32` and `f32_to_f16_bits` in `kernels/common.cuh`). Forward multiplies
+//! x and w, backward-data dy and w, backward-filter x and dy (so a transposed convolution,
+//! built from the same primitives, does the same). The product of two f16 values is exact in
+//! f32, so what remains is the sum, accumulated in f32 or wider (f64 here, f32 in any order in
+//! the fast CPU GEMM, cuBLAS `GemmEx` with fp16 A/B and `CUBLAS_COMPUTE_32F`, cuDNN's f16
+//! convolutions with f32 accumulation), then **rounded once to f16**, as PyTorch autocast's
+//! convolution outputs are: forward and backward-data give f16 tensors (the activations and
+//! their gradients), backward-filter an f32 tensor holding f16 values (the weights are f32).
+//! Implementations therefore differ only by f32 summation order before that rounding: at most
+//! `γ_K · Σ|a·b|` per output with K the products summed, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴`,
+//! which the final rounding can turn into one f16 unit (tests/gpu_parity.rs checks that).
 
 use super::reference::conv as reference;
-use super::{on_host, Activation, ConvGeom, ElementwiseBackend, Storage};
+use super::{on_host, widened, Activation, ConvGeom, DType, ElementwiseBackend, Storage};
 use anyhow::Result;
 use std::borrow::Cow;
 
 /// Convolution (cross-correlation, no bias). The defaults run the reference
 /// (`backend/reference/conv.rs`) on host memory; the `_act` forms default to the two ops.
 pub trait ConvBackend: ElementwiseBackend {
+    /// `y` from `x` and `w`; under mixed precision `y` is f16.
     fn conv2d_forward(&self, x: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_forward";
-        let (x, w) = operands(on_host(op, x)?, on_host(op, w)?, g);
-        Ok(Storage::Cpu(output(reference::forward(&x, &w, g), g)))
+        let (x, w) = (widened(x), widened(w));
+        let (x, w) = operands(on_host(op, &x)?, on_host(op, &w)?, g);
+        Ok(output(reference::forward(&x, &w, g), g, DType::F16))
     }
+    /// `dx` from `dy` and `w` (a transposed conv's forward); under mixed precision f16.
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_backward_data";
-        let (dy, w) = operands(on_host(op, dy)?, on_host(op, w)?, g);
-        Ok(Storage::Cpu(output(
-            reference::backward_data(&dy, &w, g),
-            g,
-        )))
+        let (dy, w) = (widened(dy), widened(w));
+        let (dy, w) = operands(on_host(op, &dy)?, on_host(op, &w)?, g);
+        Ok(output(reference::backward_data(&dy, &w, g), g, DType::F16))
     }
+    /// `dw` from `x` and `dy`: always f32 (of f16 values under mixed precision).
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         let op = "conv2d_backward_filter";
-        let (x, dy) = operands(on_host(op, x)?, on_host(op, dy)?, g);
-        Ok(Storage::Cpu(output(
+        let (x, dy) = (widened(x), widened(dy));
+        let (x, dy) = operands(on_host(op, &x)?, on_host(op, &dy)?, g);
+        Ok(output(
             reference::backward_filter(&x, &dy, g),
             g,
-        )))
+            DType::F32,
+        ))
     }
     /// `act(conv2d_forward(x, w))`: a layer's conv and the activation after it. A backend may
     /// apply `act` in the pass that writes the output (the fast CPU backend does); the default
@@ -99,12 +103,12 @@ pub fn operands<'a>(a: &'a [f32], b: &'a [f32], g: &ConvGeom) -> (Cow<'a, [f32]>
     }
 }
 
-/// A primitive's result as it leaves the convolution: rounded to f16 (held in f32) under mixed
-/// precision when the geometry asks for it (`f16_outputs`), else as computed.
-pub fn output(v: Vec<f32>, g: &ConvGeom) -> Vec<f32> {
-    if g.f16_operands && g.f16_outputs {
-        round_to_f16(&v)
-    } else {
-        v
+/// A primitive's result as it leaves the convolution: as computed, or under mixed precision
+/// rounded to f16 and stored as `amp_dtype` (f16 for y and dx, f32 for dw).
+pub fn output(v: Vec<f32>, g: &ConvGeom, amp_dtype: DType) -> Storage {
+    match (g.f16_operands, amp_dtype) {
+        (false, _) => Storage::Cpu(v),
+        (true, DType::F16) => Storage::CpuF16(v.into_iter().map(half::f16::from_f32).collect()),
+        (true, DType::F32) => Storage::Cpu(round_to_f16(&v)),
     }
 }

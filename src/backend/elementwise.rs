@@ -4,18 +4,27 @@
 
 use super::conv::round_to_f16;
 use super::reference::elementwise as reference;
-use super::{all_on_host, on_host, Activation, ChannelDims, Storage};
+use super::{
+    all_on_host, on_host, one_dtype, stored_as, widened, Activation, ChannelDims, Storage,
+};
 use anyhow::{bail, Result};
 
 /// Elementwise maps. The defaults run the reference (`backend/reference/elementwise.rs`) on
-/// host memory.
+/// host memory. `add`, `add_assign` and the activations also take f16 tensors (all operands
+/// f16, amp's activations and their gradients): computed in f32, rounded on store.
 pub trait ElementwiseBackend {
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
-        all_on_host("add", &[a, b])?;
-        reference::add(a, b)
+        let dtype = one_dtype("add", &[a, b])?;
+        let (a, b) = (widened(a), widened(b));
+        all_on_host("add", &[&a, &b])?;
+        Ok(stored_as(reference::add(&a, &b)?, dtype))
     }
     /// `acc += x` (gradient accumulation).
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
+        if one_dtype("add_assign", &[acc, x])? == super::DType::F16 {
+            *acc = self.add(acc, x)?;
+            return Ok(());
+        }
         all_on_host("add_assign", &[acc, x])?;
         reference::add_assign(acc, x)
     }
@@ -44,8 +53,10 @@ pub trait ElementwiseBackend {
         reference::scale_by_scalar(a, s, alpha)
     }
     fn activation(&self, act: Activation, x: &Storage) -> Result<Storage> {
-        all_on_host("activation", &[x])?;
-        reference::activation(act, x)
+        let dtype = x.dtype();
+        let x = widened(x);
+        all_on_host("activation", &[&x])?;
+        Ok(stored_as(reference::activation(act, &x)?, dtype))
     }
     /// dx from the forward input `x`, its output `y` and `dy`.
     fn activation_backward(
@@ -55,8 +66,13 @@ pub trait ElementwiseBackend {
         y: &Storage,
         dy: &Storage,
     ) -> Result<Storage> {
-        all_on_host("activation_backward", &[x, y, dy])?;
-        reference::activation_backward(act, x, y, dy)
+        let dtype = one_dtype("activation_backward", &[x, y, dy])?;
+        let (x, y, dy) = (widened(x), widened(y), widened(dy));
+        all_on_host("activation_backward", &[&x, &y, &dy])?;
+        Ok(stored_as(
+            reference::activation_backward(act, &x, &y, &dy)?,
+            dtype,
+        ))
     }
     /// Gated linear unit over channels (PyTorch's `F.glu(x, dim=1)`): `x` is `[n, 2c, hw]` and
     /// `d` the output's dims `[n, c, hw]`; `y = a·σ(b)` with `a` the first `c` channels of each

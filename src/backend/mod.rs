@@ -168,6 +168,55 @@ pub(crate) fn f16_given(who: &str) -> anyhow::Error {
     anyhow::anyhow!("{who}: given an f16 tensor; this kernel takes f32")
 }
 
+/// Host storage as the f32 the host kernels compute in: f16 widened (exact), f32 as it is.
+/// With [`stored_as`], how the host defaults and the fast CPU backend take f16 tensors: they
+/// compute in f32 and round on store, as the CUDA f16 kernels do (f16 in, f32 inside, f16 out).
+pub(crate) fn widened(s: &Storage) -> Widened<'_> {
+    match s {
+        Storage::CpuF16(v) => Widened::Wide(Storage::Cpu(v.iter().map(|h| h.to_f32()).collect())),
+        other => Widened::Same(other),
+    }
+}
+
+/// What [`widened`] gives: the storage itself, or its f32 copy.
+pub(crate) enum Widened<'a> {
+    Same(&'a Storage),
+    Wide(Storage),
+}
+
+impl std::ops::Deref for Widened<'_> {
+    type Target = Storage;
+    fn deref(&self) -> &Storage {
+        match self {
+            Widened::Same(s) => s,
+            Widened::Wide(s) => s,
+        }
+    }
+}
+
+/// A host result stored as `dtype`: each value rounded to the nearest f16 (ties to even) when
+/// that is f16, else as it is.
+pub(crate) fn stored_as(s: Storage, dtype: DType) -> Storage {
+    match (s, dtype) {
+        (Storage::Cpu(v), DType::F16) => {
+            Storage::CpuF16(v.into_iter().map(half::f16::from_f32).collect())
+        }
+        (s, _) => s,
+    }
+}
+
+/// The one dtype of an op's tensor operands (x, dy, y...): a mix is an error naming the op.
+pub(crate) fn one_dtype(op: &str, parts: &[&Storage]) -> Result<DType> {
+    let d = parts[0].dtype();
+    if let Some(other) = parts.iter().find(|p| p.dtype() != d) {
+        bail!(
+            "{op}: given {d} and {} tensors; they must share one dtype",
+            other.dtype()
+        );
+    }
+    Ok(d)
+}
+
 /// [`on_host`] for every part (the defaults that pass `Storage` on to the reference).
 pub(crate) fn all_on_host(op: &str, parts: &[&Storage]) -> Result<()> {
     parts.iter().try_for_each(|s| on_host(op, s).map(|_| ()))

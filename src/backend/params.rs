@@ -20,14 +20,11 @@ pub struct ConvGeom {
     pub pad: usize,
     pub oh: usize,
     pub ow: usize,
-    /// Mixed precision: each primitive rounds both of its operands to f16 before multiplying
-    /// (see `reference/conv.rs`, "Mixed precision"). Set by `crate::ops` from the caller's
-    /// [`crate::amp::Numerics`].
+    /// Mixed precision: each primitive multiplies f16 operands (f32 ones are rounded to f16
+    /// first) and rounds its output to f16: forward and backward-data give f16 tensors,
+    /// backward-filter an f32 tensor of f16 values (see `backend/conv.rs`, "Mixed
+    /// precision"). Set by `crate::ops` from the caller's [`crate::amp::Numerics`].
     pub f16_operands: bool,
-    /// With `f16_operands`: the CPU backends also round each primitive's output to f16, as
-    /// cuDNN's amp path does (its outputs are f16 tensors), so that a CPU reference can have
-    /// cuDNN's rounding points. The CUDA backend's outputs follow from `conv_impl` instead.
-    pub f16_outputs: bool,
     /// Which implementation runs this convolution on a CUDA device (the CPU backends have one).
     pub conv_impl: ConvImpl,
 }
@@ -85,7 +82,6 @@ impl ConvGeom {
             oh: (h + 2 * pad - k) / stride + 1,
             ow: (w + 2 * pad - k) / stride + 1,
             f16_operands: false,
-            f16_outputs: false,
             conv_impl: ConvImpl::default(),
         })
     }
@@ -128,7 +124,6 @@ impl ConvGeom {
             oh: h,
             ow: w,
             f16_operands: false,
-            f16_outputs: false,
             conv_impl: ConvImpl::default(),
         })
     }

@@ -239,12 +239,14 @@ impl Generator {
         self.forward_stages(z, ctx)
     }
 
+    /// The images, f32 also under amp (whose last activation is f16): what D, DiffAugment,
+    /// the grids and the samples read.
     fn forward_stages(&self, z: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let mut h = z;
         for (_, seq) in &self.stages {
             h = seq.forward(&h, ctx)?;
         }
-        Ok(h)
+        ops::to_f32(&h)
     }
 
     /// Parameters by Adam group: `(stage name, [(full name, tensor)])`.
@@ -366,8 +368,9 @@ impl Discriminator {
                 bail!("discriminator: images of shape {shape:?}, expected [B, 3, {s}, {s}]")
             }
         }
+        // The logits are f32 also under amp (the loss is f32), as PyTorch autocast's losses.
         let Some(embed) = &self.embed else {
-            let y = self.main.forward(x, ctx)?;
+            let y = ops::to_f32(&self.main.forward(x, ctx)?)?;
             // dcgan: [B, 1, 1, 1]; classical: [B, 1, 5, 5] averaged to one logit per image.
             return ops::mean_rows(&y);
         };
@@ -379,11 +382,12 @@ impl Discriminator {
             .split_last()
             .expect("a discriminator has layers");
         let h = forward_layers(hidden, x, ctx)?;
-        let logit = ops::mean_rows(&last.forward(&h, ctx)?)?;
+        let logit = ops::mean_rows(&ops::to_f32(&last.forward(&h, ctx)?)?)?;
         let [_, c, hh, ww] = *h.shape() else {
             bail!("discriminator: hidden features of shape {:?}", h.shape());
         };
-        // phi(x): the features summed over their pixels, [B, C].
+        // phi(x): the features summed over their pixels, [B, C] (in f32).
+        let h = ops::to_f32(&h)?;
         let phi = ops::sum_rows(&h.reshape(&[b * c, hh * ww])?)?.reshape(&[b, c])?;
         let e = embed.lookup(labels, ctx.mode)?;
         ops::add(&logit, &ops::row_dot(&e, &phi)?)

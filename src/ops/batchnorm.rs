@@ -2,13 +2,17 @@
 //! and moves the running stats (unbiased variance) by `momentum`; eval uses the running stats.
 //! `batch_norm2d_act` is the same followed by ReLU or LeakyReLU as one node: one pass forward,
 //! one backward, and no pre-activation tensor kept (the backward recomputes its sign from x).
+//! In training mode and fused with an activation, x may be f16 (amp's activations): y and the
+//! gradient of x are then f16, the statistics and parameters f32.
 
 use super::{check_dtypes, nchw, same_device, F32};
+use crate::backend::DType;
 use crate::backend::{Activation, BatchNormAct, ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 
-/// Validates the inputs; returns the `[n, c, hw]` view of x.
+/// Validates the inputs; returns the `[n, c, hw]` view of x. `f16_input`: x may be f16.
+#[allow(clippy::too_many_arguments)]
 fn batch_norm_dims(
     what: &str,
     x: &Tensor,
@@ -17,11 +21,19 @@ fn batch_norm_dims(
     running_mean: &Tensor,
     running_var: &Tensor,
     training: bool,
+    f16_input: bool,
 ) -> Result<ChannelDims> {
     same_device(what, &[x, gamma, beta, running_mean, running_var])?;
     let named = [("input", x), ("weight", gamma), ("bias", beta)];
     let running = [("running_mean", running_mean), ("running_var", running_var)];
-    check_dtypes(what, &[named.as_slice(), running.as_slice()].concat(), F32)?;
+    let all = [named.as_slice(), running.as_slice()].concat();
+    const F16_INPUT: &[DType] = &[DType::F16, DType::F32, DType::F32, DType::F32, DType::F32];
+    let accepts: &[&[DType]] = if f16_input {
+        &[&[DType::F32], F16_INPUT]
+    } else {
+        F32
+    };
+    check_dtypes(what, &all, accepts)?;
     let [n, c, h, w] = nchw(what, x)?;
     for (name, t) in [
         ("weight", gamma),
@@ -54,7 +66,18 @@ pub fn batch_norm2d(
     eps: f32,
 ) -> Result<Tensor> {
     let what = "batch_norm2d";
-    let d = batch_norm_dims(what, x, gamma, beta, running_mean, running_var, training)?;
+    // Eval mode's own backward below is f32; training mode's node takes f16 too.
+    let f16_input = training;
+    let d = batch_norm_dims(
+        what,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        training,
+        f16_input,
+    )?;
     let c = d.c;
     let be = x.backend();
     if !training {
@@ -127,7 +150,16 @@ pub fn batch_norm2d_act(
     act: Activation,
 ) -> Result<Tensor> {
     let what = "batch_norm2d_act";
-    let d = batch_norm_dims(what, x, gamma, beta, running_mean, running_var, training)?;
+    let d = batch_norm_dims(
+        what,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        training,
+        true,
+    )?;
     let act = BatchNormAct::fused(act)?;
     batch_norm_node(
         what,

@@ -8,9 +8,9 @@
 //! `conv_transpose2d_act` are the same ops with the layer's activation after them, which a
 //! backend may apply as it writes the output (one pass over it fewer).
 
-use super::{check_dtypes, nchw, same_device, F32};
+use super::{check_dtypes, nchw, same_device};
 use crate::amp::Numerics;
-use crate::backend::{Activation, Backend, ChannelDims, ConvGeom, Storage};
+use crate::backend::{Activation, Backend, ChannelDims, ConvGeom, DType, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use std::rc::Rc;
@@ -36,6 +36,26 @@ impl After<'_> {
             _ => Ok(()),
         }
     }
+}
+
+/// The dtypes a conv takes: f32 input and weight; under amp also an f16 input (the activation
+/// a previous layer gave), which only amp's convolutions take.
+fn check_conv_dtypes(op: &str, x: &Tensor, w: &Tensor, numerics: Numerics) -> Result<()> {
+    let amp = numerics.precision == crate::amp::Precision::Amp;
+    let accepts: &[&[DType]] = if amp {
+        &[&[DType::F32], &[DType::F16, DType::F32]]
+    } else {
+        &[&[DType::F32]]
+    };
+    check_dtypes(op, &[("input", x), ("weight", w)], accepts)
+}
+
+/// `s` as `dtype` (a gradient takes its tensor's dtype): itself when it already is.
+fn as_dtype(be: &dyn Backend, s: Storage, dtype: DType) -> Result<Storage> {
+    if s.dtype() == dtype {
+        return Ok(s);
+    }
+    be.cast(&s, dtype)
 }
 
 /// The gradient reaching a conv op: `dy`, and the fused activation it first goes back through,
@@ -76,7 +96,14 @@ fn finish(
         hw: shape[2] * shape[3],
     };
     let (y, bias, act) = match after {
-        After::Bias(Some(b)) => (be.add_channel_bias(&y, &b.storage(), dims)?, Some(b), None),
+        // The bias is added in f32 (an amp output is rounded once more after it, as PyTorch
+        // autocast's f16 convolution with bias is).
+        After::Bias(Some(b)) => {
+            let dtype = y.dtype();
+            let y = as_dtype(&*be, y, DType::F32)?;
+            let y = be.add_channel_bias(&y, &b.storage(), dims)?;
+            (as_dtype(&*be, y, dtype)?, Some(b), None)
+        }
         After::Bias(None) => (y, None, None),
         // The output for the backward, as `ops::activation` keeps it (the tensor's own storage
         // may change later).
@@ -102,7 +129,13 @@ fn finish(
             let mut out = vec![dx, dw];
             // A bias never comes with an activation (see `After`): dy is its gradient.
             if has_bias {
-                out.push(needs[2].then(|| be.channel_sum(g, dims)).transpose()?);
+                let db = needs[2]
+                    .then(|| match g.dtype() {
+                        DType::F32 => be.channel_sum(g, dims),
+                        DType::F16 => be.channel_sum(&be.cast(g, DType::F32)?, dims),
+                    })
+                    .transpose()?;
+                out.push(db);
             }
             Ok(out)
         },
@@ -142,7 +175,7 @@ fn conv2d_then(
     numerics: Numerics,
 ) -> Result<Tensor> {
     same_device("conv2d", &[x, w])?;
-    check_dtypes("conv2d", &[("input", x), ("weight", w)], F32)?;
+    check_conv_dtypes("conv2d", x, w, numerics)?;
     let [n, c_in, h, wd] = nchw("conv2d", x)?;
     let [c_out, wc_in, kh, kw] = nchw("conv2d weight", w)?;
     if wc_in != c_in || kh != kw {
@@ -161,6 +194,7 @@ fn conv2d_then(
         After::Bias(_) => (be.conv2d_forward(xs, ws, &g)?, "conv2d"),
     };
     let (sx, sw, be2) = (x.storage_rc(), w.storage_rc(), be.clone());
+    let x_dtype = x.dtype();
     finish(
         be,
         y,
@@ -179,7 +213,13 @@ fn conv2d_then(
             let dz = up.through_activation(&*be2)?;
             let dy = dz.as_ref().unwrap_or(up.dy);
             let dx = need_dx
-                .then(|| be2.conv2d_backward_data(dy, &sw.borrow(), &g))
+                .then(|| {
+                    as_dtype(
+                        &*be2,
+                        be2.conv2d_backward_data(dy, &sw.borrow(), &g)?,
+                        x_dtype,
+                    )
+                })
                 .transpose()?;
             let dw = need_dw
                 .then(|| be2.conv2d_backward_filter(&sx.borrow(), dy, &g))
@@ -234,7 +274,7 @@ fn conv_transpose2d_then(
     numerics: Numerics,
 ) -> Result<Tensor> {
     same_device("conv_transpose2d", &[x, w])?;
-    check_dtypes("conv_transpose2d", &[("input", x), ("weight", w)], F32)?;
+    check_conv_dtypes("conv_transpose2d", x, w, numerics)?;
     let [n, c_in, h, wd] = nchw("conv_transpose2d", x)?;
     let [wc_in, c_out, kh, kw] = nchw("conv_transpose2d weight", w)?;
     if wc_in != c_in || kh != kw {
@@ -269,6 +309,7 @@ fn conv_transpose2d_then(
         After::Bias(_) => (be.conv2d_backward_data(xs, ws, &g)?, "conv_transpose2d"),
     };
     let (sx, sw, be2) = (x.storage_rc(), w.storage_rc(), be.clone());
+    let x_dtype = x.dtype();
     let shape = [n, c_out, g.h, g.w];
     finish(
         be,
@@ -282,7 +323,7 @@ fn conv_transpose2d_then(
             let dz = up.through_activation(&*be2)?;
             let dy = dz.as_ref().unwrap_or(up.dy);
             let dx = need_dx
-                .then(|| be2.conv2d_forward(dy, &sw.borrow(), &g))
+                .then(|| as_dtype(&*be2, be2.conv2d_forward(dy, &sw.borrow(), &g)?, x_dtype))
                 .transpose()?;
             let dw = need_dw
                 .then(|| be2.conv2d_backward_filter(dy, &sx.borrow(), &g))

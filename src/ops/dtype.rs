@@ -15,3 +15,12 @@ pub fn to_dtype(x: &Tensor, to: DType) -> Result<Tensor> {
         Ok(vec![Some(be.cast(g, from)?)])
     })
 }
+
+/// `x` as f32, `x` itself when it already is: where amp's f16 activations meet an op or a
+/// model output that is f32 only.
+pub fn to_f32(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => Ok(x.clone()),
+        DType::F16 => to_dtype(x, DType::F32),
+    }
+}

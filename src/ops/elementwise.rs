@@ -1,6 +1,6 @@
 //! Elementwise ops and activations.
 
-use super::{check_dtypes, same_device, F32};
+use super::{check_dtypes, same_device, F32, F32_OR_F16};
 use crate::backend::{Activation, ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
@@ -63,8 +63,9 @@ pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     )
 }
 
+/// f32 or f16 in (amp's activations), the same dtype out.
 fn activation(x: &Tensor, act: Activation, name: &'static str) -> Result<Tensor> {
-    check_dtypes(name, &[("input", x)], F32)?;
+    check_dtypes(name, &[("input", x)], F32_OR_F16)?;
     let be = x.backend();
     let y = be.activation(act, &x.storage())?;
     let y_for_backward = be.copy(&y)?;

@@ -22,7 +22,7 @@ pub use diffaug::{
     diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
     diffaug_translate, DiffAugment, DiffAugmentBuffers, DiffAugmentParams,
 };
-pub use dtype::to_dtype;
+pub use dtype::{to_dtype, to_f32};
 pub use elementwise::{add, glu, leaky_relu, mul, relu, scale, sigmoid, tanh};
 pub use loss::{bce_with_logits, hinge_loss, GanLoss};
 pub use random::{dropout, gaussian_noise, Seed};
@@ -44,8 +44,12 @@ fn same_device(op: &str, tensors: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
-/// What every op takes today: f32 throughout. (amp's f16 activations widen this op by op.)
+/// What most ops take: f32 throughout.
 const F32: &[&[DType]] = &[&[DType::F32]];
+
+/// What the ops amp's activations pass through take: all f32, or all f16 (an activation, its
+/// gradient).
+const F32_OR_F16: &[&[DType]] = &[&[DType::F32], &[DType::F16]];
 
 /// Checks an op's named tensor inputs against the dtype combinations it accepts: each
 /// combination gives one dtype per input, or a single dtype for all of them. The error names the

@@ -118,8 +118,7 @@ pub struct Trainer {
     /// The captured steps when `cfg.cuda_graphs` (see `graph_step`).
     graphs: StepGraphs,
     /// What every forward of a step runs with (and so its backward): `cfg.precision` and
-    /// `cfg.conv_impl`. A test may set `f16_conv_outputs` to make a CPU trainer round its
-    /// convolution outputs as cuDNN's amp path does.
+    /// `cfg.conv_impl`.
     pub numerics: Numerics,
 }
 

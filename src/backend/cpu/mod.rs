@@ -101,8 +101,8 @@ pub(super) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 type ConvFn = fn(&[f32], &[f32], &ConvGeom, Option<Activation>) -> Vec<f32>;
 
 /// `conv(a, b, g, act)` (conv::forward or conv::backward_data) with the operands and output
-/// of mixed precision (`backend::conv::operands`/`output`). The activation is fused except
-/// where the output is rounded to f16: it then follows the rounding, as the two ops do.
+/// of mixed precision (`backend::conv::operands`/`output`: f16 under amp). The activation is
+/// fused except under amp, where it follows the output's rounding, as the two ops do.
 fn conv_then(
     conv: ConvFn,
     a: &Storage,
@@ -110,11 +110,12 @@ fn conv_then(
     g: &ConvGeom,
     act: Option<Activation>,
 ) -> Result<Storage> {
-    let (a, b) = super::conv::operands(host(a)?, host(b)?, g);
+    let (a, b) = (widened(a), widened(b));
+    let (a, b) = super::conv::operands(host(&a)?, host(&b)?, g);
     let fused = if g.f16_operands { None } else { act };
-    let y = Storage::Cpu(super::conv::output(conv(&a, &b, g, fused), g));
+    let y = super::conv::output(conv(&a, &b, g, fused), g, DType::F16);
     match act {
-        Some(act) if fused.is_none() => elementwise::activation(act, &y),
+        Some(act) if fused.is_none() => CpuBackend.activation(act, &y),
         _ => Ok(y),
     }
 }
@@ -198,13 +199,20 @@ impl DiffAugBackend for CpuBackend {}
 
 impl MemoryBackend for CpuBackend {
     fn copy(&self, s: &Storage) -> Result<Storage> {
-        elementwise::copy(s)
+        match s {
+            Storage::CpuF16(v) => Ok(Storage::CpuF16(v.clone())),
+            _ => elementwise::copy(s),
+        }
     }
 }
 
 impl ElementwiseBackend for CpuBackend {
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
-        elementwise::add(a, b)
+        let dtype = one_dtype("add", &[a, b])?;
+        Ok(stored_as(
+            elementwise::add(&widened(a), &widened(b))?,
+            dtype,
+        ))
     }
     fn mul(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         elementwise::mul(a, b)
@@ -219,7 +227,10 @@ impl ElementwiseBackend for CpuBackend {
         elementwise::scale_by_scalar(a, s, alpha)
     }
     fn activation(&self, act: Activation, x: &Storage) -> Result<Storage> {
-        elementwise::activation(act, x)
+        Ok(stored_as(
+            elementwise::activation(act, &widened(x))?,
+            x.dtype(),
+        ))
     }
     fn activation_backward(
         &self,
@@ -228,7 +239,12 @@ impl ElementwiseBackend for CpuBackend {
         y: &Storage,
         dy: &Storage,
     ) -> Result<Storage> {
-        elementwise::activation_backward(act, x, y, dy)
+        let dtype = one_dtype("activation_backward", &[x, y, dy])?;
+        let (x, y, dy) = (widened(x), widened(y), widened(dy));
+        Ok(stored_as(
+            elementwise::activation_backward(act, &x, &y, &dy)?,
+            dtype,
+        ))
     }
     fn scale_add_assign(&self, acc: &mut Storage, a: f32, x: &Storage, b: f32) -> Result<()> {
         elementwise::scale_add_assign(acc, a, x, b)
@@ -266,15 +282,14 @@ impl ConvBackend for CpuBackend {
     }
     fn conv2d_backward_filter(&self, x: &Storage, dy: &Storage, g: &ConvGeom) -> Result<Storage> {
         count_conv(|c| c.backward_filter += 1);
-        let (x, dy) = super::conv::operands(host(x)?, host(dy)?, g);
+        let (x, dy) = (widened(x), widened(dy));
+        let (x, dy) = super::conv::operands(host(&x)?, host(&dy)?, g);
         let dy = conv::Grad {
             dy: &dy,
             through: None,
         };
-        Ok(Storage::Cpu(super::conv::output(
-            conv::backward_filter(&x, dy, g),
-            g,
-        )))
+        let dw = conv::backward_filter(&x, dy, g);
+        Ok(super::conv::output(dw, g, DType::F32))
     }
     fn conv2d_backward_filter_act(
         &self,
@@ -287,7 +302,7 @@ impl ConvBackend for CpuBackend {
         if g.f16_operands {
             // Mixed precision rounds the operands, so the gradient after the activation's
             // derivative, as the two ops do.
-            let dz = elementwise::activation_backward(act, y, y, dy)?;
+            let dz = self.activation_backward(act, y, y, dy)?;
             return self.conv2d_backward_filter(x, &dz, g);
         }
         count_conv(|c| c.backward_filter += 1);
@@ -315,8 +330,10 @@ impl BatchNormBackend for CpuBackend {
         act: BatchNormAct,
     ) -> Result<BatchNormSaved> {
         d.check_batch_norm_train()?;
+        let dtype = x.dtype();
+        let x = widened(x);
         let (y, mean, invstd) = batchnorm::train_act(
-            host(x)?,
+            host(&x)?,
             host(gamma)?,
             host(beta)?,
             host_mut(running_mean)?,
@@ -327,7 +344,7 @@ impl BatchNormBackend for CpuBackend {
             act,
         );
         Ok(BatchNormSaved {
-            y: Storage::Cpu(y),
+            y: stored_as(Storage::Cpu(y), dtype),
             mean: Storage::Cpu(mean),
             invstd: Storage::Cpu(invstd),
         })
@@ -344,9 +361,11 @@ impl BatchNormBackend for CpuBackend {
         act: BatchNormAct,
         batch_stats: bool,
     ) -> Result<(Storage, Storage, Storage)> {
+        let dtype = one_dtype("batch_norm_act_backward", &[x, dy])?;
+        let (x, dy) = (widened(x), widened(dy));
         let (dx, dg, db) = batchnorm::backward_act(
-            host(x)?,
-            host(dy)?,
+            host(&x)?,
+            host(&dy)?,
             host(gamma)?,
             host(beta)?,
             host(mean)?,
@@ -355,7 +374,8 @@ impl BatchNormBackend for CpuBackend {
             act,
             batch_stats,
         );
-        Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
+        let dx = stored_as(Storage::Cpu(dx), dtype);
+        Ok((dx, Storage::Cpu(dg), Storage::Cpu(db)))
     }
 }
 

@@ -21,7 +21,7 @@
 use super::elementwise::fill;
 use super::err::blas;
 use super::{cb, CudaBackend, CudaBuffer};
-use crate::backend::{ConvBackend, ConvGeom, ConvImpl, Storage};
+use crate::backend::{ConvBackend, ConvGeom, ConvImpl, DType, MemoryBackend, Storage};
 use anyhow::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
@@ -40,6 +40,8 @@ pub(super) enum Direction {
 /// `a`, `b` are the trait method's inputs (x and w, dy and w, x and dy); the result is y, dx
 /// or dw. With no output pixel (an empty batch) nothing flows back: dx and dw are zero, as on
 /// the CPU (our chunk loop would leave them unwritten, and cuDNN rejects an empty batch).
+/// Under mixed precision the inputs may be f16 and the result is rounded to f16: y and dx are
+/// f16 tensors, dw an f32 tensor of f16 values (`backend/conv.rs`).
 pub(super) fn run(
     be: &CudaBackend,
     dir: Direction,
@@ -47,37 +49,92 @@ pub(super) fn run(
     b: &Storage,
     g: &ConvGeom,
 ) -> Result<Storage> {
-    let (a, b) = (cb(a)?, cb(b)?);
     let len = match dir {
         Direction::Forward => g.output_len(),
         Direction::BackwardData => g.input_len(),
         Direction::BackwardFilter => g.weight_len(),
     };
-    let mut out = be.alloc(len)?;
     let cudnn = match g.conv_impl {
         ConvImpl::Cudnn => cudnn(be),
         ConvImpl::Own => None,
     };
-    if len > 0 && g.output_len() == 0 {
-        fill(be, &mut out, 0.0)?;
-    } else if len > 0 {
-        match cudnn {
-            Some(d) if g.f16_operands => {
-                let ah = to_f16(be, a.slice().device_ptr(&be.stream).0, a.len())?;
-                let bh = to_f16(be, b.slice().device_ptr(&be.stream).0, b.len())?;
-                let mut out_h = be.alloc(len.div_ceil(2))?;
-                d.run(dir, &ah, &bh, &mut out_h, g)?;
-                widen_f16(be, &out_h, &mut out)?;
+    if !g.f16_operands {
+        let (a, b) = (cb(a)?, cb(b)?);
+        let mut out = be.alloc(len)?;
+        if len > 0 && g.output_len() == 0 {
+            fill(be, &mut out, 0.0)?;
+        } else if len > 0 {
+            match cudnn {
+                Some(d) => d.run(dir, a, b, &mut out, g)?,
+                None => own(be, dir, a, b, &mut out, g)?,
             }
-            Some(d) => d.run(dir, a, b, &mut out, g)?,
-            None => match dir {
-                Direction::Forward => forward(be, a, b, &mut out, g)?,
-                Direction::BackwardData => backward_data(be, a, b, &mut out, g)?,
-                Direction::BackwardFilter => backward_filter(be, a, b, &mut out, g)?,
-            },
+        }
+        return Ok(Storage::Cuda(out));
+    }
+    match cudnn {
+        Some(d) if len > 0 && g.output_len() > 0 => {
+            // cuDNN on f16 tensors: an f16 input as it is, an f32 one rounded first.
+            let (ah, bh) = (as_dtype(be, a, DType::F16)?, as_dtype(be, b, DType::F16)?);
+            let ah = buffer(ah.as_ref().unwrap_or(a))?;
+            let bh = buffer(bh.as_ref().unwrap_or(b))?;
+            let mut out = super::dtype::alloc_f16(be, len)?;
+            d.run(dir, ah, bh, &mut out, g)?;
+            amp_result(be, dir, Storage::CudaF16(out))
+        }
+        _ => {
+            // Our kernels move f32 (im2col, col2im) and round the GEMM operands themselves.
+            let (aw, bw) = (as_dtype(be, a, DType::F32)?, as_dtype(be, b, DType::F32)?);
+            let (a, b) = (cb(aw.as_ref().unwrap_or(a))?, cb(bw.as_ref().unwrap_or(b))?);
+            let mut out = be.alloc(len)?;
+            if len > 0 && g.output_len() == 0 {
+                fill(be, &mut out, 0.0)?;
+            } else if len > 0 {
+                own(be, dir, a, b, &mut out, g)?;
+            }
+            let out = be.cast(&Storage::Cuda(out), DType::F16)?;
+            amp_result(be, dir, out)
         }
     }
-    Ok(Storage::Cuda(out))
+}
+
+/// Our kernels' direction `dir` (f32 in and out; f16 GEMM operands under mixed precision).
+fn own(
+    be: &CudaBackend,
+    dir: Direction,
+    a: &CudaBuffer,
+    b: &CudaBuffer,
+    out: &mut CudaBuffer,
+    g: &ConvGeom,
+) -> Result<()> {
+    match dir {
+        Direction::Forward => forward(be, a, b, out, g),
+        Direction::BackwardData => backward_data(be, a, b, out, g),
+        Direction::BackwardFilter => backward_filter(be, a, b, out, g),
+    }
+}
+
+/// A mixed-precision result (f16) as the direction gives it: y and dx f16, dw widened to f32.
+fn amp_result(be: &CudaBackend, dir: Direction, out: Storage) -> Result<Storage> {
+    match dir {
+        Direction::BackwardFilter => be.cast(&out, DType::F32),
+        Direction::Forward | Direction::BackwardData => Ok(out),
+    }
+}
+
+/// `s` converted to `dtype` when it is not that already (`None`: use `s`).
+fn as_dtype(be: &CudaBackend, s: &Storage, dtype: DType) -> Result<Option<Storage>> {
+    if s.dtype() == dtype {
+        return Ok(None);
+    }
+    Ok(Some(be.cast(s, dtype)?))
+}
+
+/// The device buffer of CUDA storage of either dtype.
+fn buffer(s: &Storage) -> Result<&CudaBuffer> {
+    match s {
+        Storage::Cuda(b) | Storage::CudaF16(b) => Ok(b),
+        other => anyhow::bail!("the CUDA backend was given a tensor on {}", other.device()),
+    }
 }
 
 /// cuDNN for a convolution that asks for it, if loaded (else says once why not).

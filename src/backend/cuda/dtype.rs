@@ -27,7 +27,7 @@ fn f16_buffer(s: &Storage) -> Result<&CudaBuffer> {
 }
 
 /// An f16 buffer of `len` elements, contents unspecified (NaN under `ARTGAN_POISON=1`).
-fn alloc_f16(be: &CudaBackend, len: usize) -> Result<CudaBuffer> {
+pub(super) fn alloc_f16(be: &CudaBackend, len: usize) -> Result<CudaBuffer> {
     let mut b = be.alloc(units(len))?; // poisoned as f32 NaNs: each half is NaN too
     b.len = len;
     Ok(b)

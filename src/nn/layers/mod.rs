@@ -101,17 +101,19 @@ impl Layer {
             Layer::Relu => ops::relu(x),
             Layer::LeakyRelu(s) => ops::leaky_relu(x, *s),
             Layer::Tanh => ops::tanh(x),
+            // Dropout and the noise have no f16 form: amp's activations reach them as f32.
             Layer::Dropout(p) => {
                 if !train {
                     return Ok(x.clone());
                 }
-                ops::dropout(x, *p, ctx.seed(None)?, true)
+                ops::dropout(&ops::to_f32(x)?, *p, ctx.seed(None)?, true)
             }
             Layer::GaussianNoise(std) => {
                 if !train || std.get() == 0.0 {
                     return Ok(x.clone());
                 }
-                ops::gaussian_noise(x, std.get(), ctx.seed(Some(std.get()))?, true)
+                let seed = ctx.seed(Some(std.get()))?;
+                ops::gaussian_noise(&ops::to_f32(x)?, std.get(), seed, true)
             }
         }
     }

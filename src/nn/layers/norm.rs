@@ -170,7 +170,8 @@ impl CondBatchNorm2d {
         };
         let gain = ops::embedding(&self.gain, labels)?;
         let bias = ops::embedding(&self.bias, labels)?;
-        ops::channel_affine(&xhat, &gain, &bias)
+        // The class affine is f32 only: amp's f16 activation leaves batch norm as f32 here.
+        ops::channel_affine(&ops::to_f32(&xhat)?, &gain, &bias)
     }
 }
 
