@@ -126,7 +126,10 @@ fn close16(what: &str, g: &[f16], c: &[f16], rtol: f32, atol: f32) {
 fn close(what: &str, g: &[f32], c: &[f32], rtol: f32, atol: f32) {
     assert_eq!(g.len(), c.len(), "{what}: length");
     let bad: Vec<usize> = (0..g.len())
-        .filter(|&i| !((g[i] - c[i]).abs() <= atol + rtol * c[i].abs()))
+        .filter(|&i| {
+            let err = (g[i] - c[i]).abs();
+            err.is_nan() || err > atol + rtol * c[i].abs()
+        })
         .collect();
     println!("{what}: n={} {} out of bound", g.len(), bad.len());
     if let Some(&i) = bad.first() {
