@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Per kernel and shape: the time of one call (median of 5 batches of back-to-back calls, the
-//! device synchronised around each batch), the bytes it must move at least and the resulting
+//! device synchronised around each batch), the bytes it must move at least (MB; rows ending in
+//! `f16` take amp's f16 activations, 2 bytes an element, `--filter f16`) and the resulting
 //! GB/s as a % of the device's measured device-to-device copy bandwidth (a 256 MiB copy: DRAM,
 //! not L2); for convolutions GFLOP/s and, when the device's fp32 peak is known (a table by name,
 //! or `--peak-tflops`), its %. On the CPU or the emulated CUDA device it runs as a smoke test
@@ -15,11 +16,14 @@
 
 use artgan::backend::{
     backend, Activation, AdamItem, AdamStep, Backend, BatchNormAct, ChannelDims, ConvGeom,
-    ConvImpl, Device, HingeTerm, Storage,
+    ConvImpl, DType, Device, HingeTerm, Storage,
 };
 use artgan::rng::Rng;
 use std::rc::Rc;
 use std::time::Instant;
+
+#[path = "kernels/batch_norm.rs"]
+mod batch_norm;
 
 struct Opts {
     device: String,
@@ -87,6 +91,11 @@ impl Bench {
         self.be.upload(&self.rng.uniform_vec(len, lo, hi)).unwrap()
     }
 
+    /// `s` as an f16 tensor (amp's activations).
+    fn f16(&self, s: &Storage) -> Storage {
+        self.be.cast(s, DType::F16).unwrap()
+    }
+
     /// Seconds per call of `f`.
     fn time(&self, mut f: impl FnMut()) -> f64 {
         f(); // warm-up: allocations, cuDNN algorithm choice
@@ -120,8 +129,9 @@ impl Bench {
     fn report(&self, kernel: &str, shape: &str, secs: f64, bytes: f64, flops: Option<f64>) {
         let gbs = bytes / secs / 1e9;
         let mut line = format!(
-            "{kernel:<22} {shape:<28} {:>10.1} us {:>8.1} GB/s {:>5.0}% copy",
+            "{kernel:<27} {shape:<22} {:>10.1} us {:>9.3} MB {:>8.1} GB/s {:>5.0}% copy",
             secs * 1e6,
+            bytes / 1e6,
             gbs,
             100.0 * gbs / self.copy_gbs
         );
@@ -144,9 +154,27 @@ impl Bench {
         let (x, y) = (self.data(n, -1.0, 1.0), self.data(n, -1.0, 1.0));
         let s = self.data(1, 0.5, 1.5);
         let f = (n * 4) as f64;
+        // The f16 rows (amp's activations and gradients): 2 bytes an element.
+        let (x16, y16) = (self.f16(&x), self.f16(&y));
+        let h = (n * 2) as f64;
         if self.wants("add") {
             let t = self.time(|| drop(b.add(&x, &y).unwrap()));
             self.report("add", shape, t, 3.0 * f, None);
+        }
+        if self.wants("add f16") {
+            let t = self.time(|| drop(b.add(&x16, &y16).unwrap()));
+            self.report("add f16", shape, t, 3.0 * h, None);
+        }
+        // Gradient accumulation: reads acc and x, writes acc.
+        if self.wants("add_assign") {
+            let mut acc = b.copy(&x).unwrap();
+            let t = self.time(|| b.add_assign(&mut acc, &y).unwrap());
+            self.report("add_assign", shape, t, 3.0 * f, None);
+        }
+        if self.wants("add_assign f16") {
+            let mut acc = b.copy(&x16).unwrap();
+            let t = self.time(|| b.add_assign(&mut acc, &y16).unwrap());
+            self.report("add_assign f16", shape, t, 3.0 * h, None);
         }
         if self.wants("scale_by_scalar") {
             let t = self.time(|| drop(b.scale_by_scalar(&x, &s, 0.5).unwrap()));
@@ -163,6 +191,13 @@ impl Bench {
                 let out = b.activation(act, &x).unwrap();
                 let t = self.time(|| drop(b.activation_backward(act, &x, &out, &y).unwrap()));
                 self.report(&format!("{name} bwd"), shape, t, 4.0 * f, None);
+            }
+            if self.wants(&format!("{name} f16")) {
+                let t = self.time(|| drop(b.activation(act, &x16).unwrap()));
+                self.report(&format!("{name} fwd f16"), shape, t, 2.0 * h, None);
+                let out = b.activation(act, &x16).unwrap();
+                let t = self.time(|| drop(b.activation_backward(act, &x16, &out, &y16).unwrap()));
+                self.report(&format!("{name} bwd f16"), shape, t, 4.0 * h, None);
             }
         }
         if self.wants("dropout") {
@@ -188,83 +223,6 @@ impl Bench {
         self.report("glu fwd", shape, t, 3.0 * f, None); // reads x (2), writes y (1)
         let t = self.time(|| drop(b.glu_backward(&x, &dy, d).unwrap()));
         self.report("glu bwd", shape, t, 5.0 * f, None); // reads x (2) and dy (1), writes dx (2)
-    }
-
-    /// Plain batch norm, then fused with `act` (the activation that follows it in the model).
-    fn batch_norm(&mut self, d: ChannelDims, act: BatchNormAct, shape: &str) {
-        if !self.wants("batch_norm") {
-            return;
-        }
-        let b = self.be.clone();
-        let x = self.data(d.len(), -1.0, 3.0);
-        let dy = self.data(d.len(), -1.0, 1.0);
-        let (gamma, beta) = (self.data(d.c, 0.5, 1.5), self.data(d.c, -0.5, 0.5));
-        let (mut rm, mut rv) = (self.data(d.c, -0.1, 0.1), self.data(d.c, 0.5, 1.5));
-        let f = (d.len() * 4) as f64;
-        // Statistics read x twice (mean, then centred squares), the apply pass once more.
-        let t = self.time(|| {
-            drop(
-                b.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, d, 0.1, 1e-5)
-                    .unwrap(),
-            )
-        });
-        self.report("batch_norm_train", shape, t, 4.0 * f, None);
-        let saved = b
-            .batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, d, 0.1, 1e-5)
-            .unwrap();
-        let t = self.time(|| {
-            drop(
-                b.batch_norm_backward(&x, &dy, &gamma, &saved.mean, &saved.invstd, d)
-                    .unwrap(),
-            )
-        });
-        // Reduce pass reads x and dy, dx pass reads both again and writes dx.
-        self.report("batch_norm_backward", shape, t, 5.0 * f, None);
-        let t = self.time(|| {
-            drop(
-                b.batch_norm_eval(&x, &gamma, &beta, &rm, &rv, d, 1e-5)
-                    .unwrap(),
-            )
-        });
-        self.report("batch_norm_eval", shape, t, 2.0 * f, None);
-        // Fused with the activation: the same passes and bytes as the plain op, and no separate
-        // activation pass (2f forward, 3f backward) nor stored pre-activation.
-        let name = match act {
-            BatchNormAct::None => "bn",
-            BatchNormAct::Relu => "bn+relu",
-            BatchNormAct::LeakyRelu(_) => "bn+leaky_relu",
-        };
-        let t = self.time(|| {
-            drop(
-                b.batch_norm_act_train(&x, &gamma, &beta, &mut rm, &mut rv, d, 0.1, 1e-5, act)
-                    .unwrap(),
-            )
-        });
-        self.report(&format!("{name} train"), shape, t, 4.0 * f, None);
-        let t = self.time(|| {
-            drop(
-                b.batch_norm_act_backward(
-                    &x,
-                    &dy,
-                    &gamma,
-                    &beta,
-                    &saved.mean,
-                    &saved.invstd,
-                    d,
-                    act,
-                    true,
-                )
-                .unwrap(),
-            )
-        });
-        self.report(&format!("{name} backward"), shape, t, 5.0 * f, None);
-        let t = self.time(|| {
-            drop(
-                b.batch_norm_act_eval(&x, &gamma, &beta, &rm, &rv, d, 1e-5, act)
-                    .unwrap(),
-            )
-        });
-        self.report(&format!("{name} eval"), shape, t, 2.0 * f, None);
     }
 
     fn conv(&mut self, g: &ConvGeom, shape: &str) {

@@ -6,6 +6,10 @@
 //
 // Index arithmetic is 32-bit (the host refuses tensors of 2^31 elements or more) and the
 // per-channel reductions walk their elements with additions only.
+//
+// Each kernel body is written once, over the storage type T of the activations (x, y, dy, dx):
+// the `_f32` kernels take float, the `_f16` ones f16 bits (amp's activations: loaded to f32,
+// the same f32 arithmetic, rounded once on store). Statistics and parameters are f32 in both.
 #include "common.cuh"
 
 // Activation codes shared with src/backend/cuda/batchnorm.rs (`act_code`).
@@ -89,11 +93,12 @@ __device__ __forceinline__ float row_sum(float v) {
 }
 
 // Two passes per channel (mean, then centred squares) for accuracy.
-extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, u32 n, u32 c, u32 hw,
-                                        float momentum, float eps, float* __restrict__ mean_out,
-                                        float* __restrict__ invstd_out,
-                                        float* __restrict__ running_mean,
-                                        float* __restrict__ running_var) {
+template <typename T>
+__device__ __forceinline__ void bn_stats(const T* __restrict__ x, u32 n, u32 c, u32 hw,
+                                         float momentum, float eps, float* __restrict__ mean_out,
+                                         float* __restrict__ invstd_out,
+                                         float* __restrict__ running_mean,
+                                         float* __restrict__ running_var) {
     const u32 count = n * hw, tx = blockDim.x, t = threadIdx.x;
     for (u32 first = blockIdx.x * blockDim.y; first < c; first += gridDim.x * blockDim.y) {
         const u32 ch = first + threadIdx.y;
@@ -101,14 +106,14 @@ extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, u32 n, u32 
         float s = 0.0f;
         if (live) {
             ChannelWalk w = walk_start(ch, t, tx, c, hw);
-            for (u32 k = t; k < count; k += tx, walk_next(w)) s += x[w.off];
+            for (u32 k = t; k < count; k += tx, walk_next(w)) s += ld(x, w.off);
         }
         const float mean = row_sum(s) / (float)count;
         float q = 0.0f;
         if (live) {
             ChannelWalk w = walk_start(ch, t, tx, c, hw);
             for (u32 k = t; k < count; k += tx, walk_next(w)) {
-                const float d = x[w.off] - mean;
+                const float d = ld(x, w.off) - mean;
                 q += d * d;
             }
         }
@@ -123,10 +128,28 @@ extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, u32 n, u32 
     }
 }
 
+extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, u32 n, u32 c, u32 hw,
+                                        float momentum, float eps, float* __restrict__ mean_out,
+                                        float* __restrict__ invstd_out,
+                                        float* __restrict__ running_mean,
+                                        float* __restrict__ running_var) {
+    bn_stats(x, n, c, hw, momentum, eps, mean_out, invstd_out, running_mean, running_var);
+}
+
+extern "C" __global__ void bn_stats_f16(const unsigned short* __restrict__ x, u32 n, u32 c,
+                                        u32 hw, float momentum, float eps,
+                                        float* __restrict__ mean_out,
+                                        float* __restrict__ invstd_out,
+                                        float* __restrict__ running_mean,
+                                        float* __restrict__ running_var) {
+    bn_stats(x, n, c, hw, momentum, eps, mean_out, invstd_out, running_mean, running_var);
+}
+
 // dbeta[c] = sum dz, dgamma[c] = sum dz * xhat, where dz = dy through the activation (whose
 // mask comes from z recomputed from x).
-extern "C" __global__ void bn_backward_reduce_f32(
-    const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ gamma,
+template <typename T>
+__device__ __forceinline__ void bn_backward_reduce(
+    const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
     const float* __restrict__ beta, const float* __restrict__ mean,
     const float* __restrict__ invstd, int act, float slope, u32 n, u32 c, u32 hw,
     float* __restrict__ dgamma, float* __restrict__ dbeta) {
@@ -140,8 +163,9 @@ extern "C" __global__ void bn_backward_reduce_f32(
             const float scale = __fmul_rn(is, gamma[ch]);
             ChannelWalk w = walk_start(ch, t, tx, c, hw);
             for (u32 k = t; k < count; k += tx, walk_next(w)) {
-                const float v = x[w.off];
-                const float g = bn_act_grad(act, slope, bn_affine(v, m, scale, sh), dy[w.off]);
+                const float v = ld(x, w.off);
+                const float g =
+                    bn_act_grad(act, slope, bn_affine(v, m, scale, sh), ld(dy, w.off));
                 sdz += g;
                 sdzx += g * ((v - m) * is);
             }
@@ -155,21 +179,56 @@ extern "C" __global__ void bn_backward_reduce_f32(
     }
 }
 
+extern "C" __global__ void bn_backward_reduce_f32(
+    const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ gamma,
+    const float* __restrict__ beta, const float* __restrict__ mean,
+    const float* __restrict__ invstd, int act, float slope, u32 n, u32 c, u32 hw,
+    float* __restrict__ dgamma, float* __restrict__ dbeta) {
+    bn_backward_reduce(x, dy, gamma, beta, mean, invstd, act, slope, n, c, hw, dgamma, dbeta);
+}
+
+extern "C" __global__ void bn_backward_reduce_f16(
+    const unsigned short* __restrict__ x, const unsigned short* __restrict__ dy,
+    const float* __restrict__ gamma, const float* __restrict__ beta,
+    const float* __restrict__ mean, const float* __restrict__ invstd, int act, float slope,
+    u32 n, u32 c, u32 hw, float* __restrict__ dgamma, float* __restrict__ dbeta) {
+    bn_backward_reduce(x, dy, gamma, beta, mean, invstd, act, slope, n, c, hw, dgamma, dbeta);
+}
+
 // ---- Elementwise passes.
 
 // y = act((x - mean) * invstd * gamma + beta); training (batch statistics) and eval (running
 // mean and 1 / sqrt(running_var + eps), see bn_invstd_f32) alike.
+template <typename T>
+__device__ __forceinline__ void bn_apply(const T* __restrict__ x, const float* __restrict__ mean,
+                                         const float* __restrict__ invstd,
+                                         const float* __restrict__ gamma,
+                                         const float* __restrict__ beta, int act, float slope,
+                                         u32 c, u32 hw, T* __restrict__ y, u32 total) {
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const u32 ch = bn_channel(i, c, hw);
+        const float z = bn_affine(ld(x, i), mean[ch], __fmul_rn(invstd[ch], gamma[ch]), beta[ch]);
+        st(y, i, bn_act(act, slope, z));
+    }
+}
+
 extern "C" __global__ void bn_apply_f32(const float* __restrict__ x,
                                         const float* __restrict__ mean,
                                         const float* __restrict__ invstd,
                                         const float* __restrict__ gamma,
                                         const float* __restrict__ beta, int act, float slope,
                                         u32 c, u32 hw, float* __restrict__ y, u32 total) {
-    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const u32 ch = bn_channel(i, c, hw);
-        const float z = bn_affine(x[i], mean[ch], __fmul_rn(invstd[ch], gamma[ch]), beta[ch]);
-        y[i] = bn_act(act, slope, z);
-    }
+    bn_apply(x, mean, invstd, gamma, beta, act, slope, c, hw, y, total);
+}
+
+extern "C" __global__ void bn_apply_f16(const unsigned short* __restrict__ x,
+                                        const float* __restrict__ mean,
+                                        const float* __restrict__ invstd,
+                                        const float* __restrict__ gamma,
+                                        const float* __restrict__ beta, int act, float slope,
+                                        u32 c, u32 hw, unsigned short* __restrict__ y,
+                                        u32 total) {
+    bn_apply(x, mean, invstd, gamma, beta, act, slope, c, hw, y, total);
 }
 
 // invstd = 1 / sqrt(var + eps): eval mode's normalisation from the running variance.
@@ -180,39 +239,79 @@ extern "C" __global__ void bn_invstd_f32(const float* __restrict__ var, float ep
 }
 
 // Eval mode: normalise with the running statistics.
+template <typename T>
+__device__ __forceinline__ void bn_eval(const T* __restrict__ x,
+                                        const float* __restrict__ running_mean,
+                                        const float* __restrict__ running_var,
+                                        const float* __restrict__ gamma,
+                                        const float* __restrict__ beta, float eps, u32 c, u32 hw,
+                                        T* __restrict__ y, u32 total) {
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const u32 ch = bn_channel(i, c, hw);
+        const float invstd = 1.0f / sqrtf(running_var[ch] + eps);
+        st(y, i, (ld(x, i) - running_mean[ch]) * invstd * gamma[ch] + beta[ch]);
+    }
+}
+
 extern "C" __global__ void bn_eval_f32(const float* __restrict__ x,
                                        const float* __restrict__ running_mean,
                                        const float* __restrict__ running_var,
                                        const float* __restrict__ gamma,
                                        const float* __restrict__ beta, float eps, u32 c, u32 hw,
                                        float* __restrict__ y, u32 total) {
-    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const u32 ch = bn_channel(i, c, hw);
-        const float invstd = 1.0f / sqrtf(running_var[ch] + eps);
-        y[i] = (x[i] - running_mean[ch]) * invstd * gamma[ch] + beta[ch];
-    }
+    bn_eval(x, running_mean, running_var, gamma, beta, eps, c, hw, y, total);
+}
+
+extern "C" __global__ void bn_eval_f16(const unsigned short* __restrict__ x,
+                                       const float* __restrict__ running_mean,
+                                       const float* __restrict__ running_var,
+                                       const float* __restrict__ gamma,
+                                       const float* __restrict__ beta, float eps, u32 c, u32 hw,
+                                       unsigned short* __restrict__ y, u32 total) {
+    bn_eval(x, running_mean, running_var, gamma, beta, eps, c, hw, y, total);
 }
 
 // With batch statistics (training): dx = gamma * invstd / M * (M * dz - dbeta - xhat * dgamma),
 // M = n * hw. Without (eval, the statistics are constants): dx = dz * gamma * invstd.
+template <typename T>
+__device__ __forceinline__ void bn_backward_dx(
+    const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
+    const float* __restrict__ beta, const float* __restrict__ mean,
+    const float* __restrict__ invstd, const float* __restrict__ dgamma,
+    const float* __restrict__ dbeta, int act, float slope, int batch_stats, u32 n, u32 c,
+    u32 hw, T* __restrict__ dx) {
+    const u32 total = n * c * hw;
+    const float m_count = (float)(n * hw);
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const u32 ch = bn_channel(i, c, hw);
+        const float is = invstd[ch], ga = gamma[ch], v = ld(x, i);
+        const float z = bn_affine(v, mean[ch], __fmul_rn(is, ga), beta[ch]);
+        const float g = bn_act_grad(act, slope, z, ld(dy, i));
+        if (batch_stats) {
+            const float xhat = (v - mean[ch]) * is;
+            st(dx, i, ga * is / m_count * (m_count * g - dbeta[ch] - xhat * dgamma[ch]));
+        } else {
+            st(dx, i, g * ga * is);
+        }
+    }
+}
+
 extern "C" __global__ void bn_backward_dx_f32(
     const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ gamma,
     const float* __restrict__ beta, const float* __restrict__ mean,
     const float* __restrict__ invstd, const float* __restrict__ dgamma,
     const float* __restrict__ dbeta, int act, float slope, int batch_stats, u32 n, u32 c,
     u32 hw, float* __restrict__ dx) {
-    const u32 total = n * c * hw;
-    const float m_count = (float)(n * hw);
-    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const u32 ch = bn_channel(i, c, hw);
-        const float is = invstd[ch], ga = gamma[ch], v = x[i];
-        const float z = bn_affine(v, mean[ch], __fmul_rn(is, ga), beta[ch]);
-        const float g = bn_act_grad(act, slope, z, dy[i]);
-        if (batch_stats) {
-            const float xhat = (v - mean[ch]) * is;
-            dx[i] = ga * is / m_count * (m_count * g - dbeta[ch] - xhat * dgamma[ch]);
-        } else {
-            dx[i] = g * ga * is;
-        }
-    }
+    bn_backward_dx(x, dy, gamma, beta, mean, invstd, dgamma, dbeta, act, slope, batch_stats, n,
+                   c, hw, dx);
+}
+
+extern "C" __global__ void bn_backward_dx_f16(
+    const unsigned short* __restrict__ x, const unsigned short* __restrict__ dy,
+    const float* __restrict__ gamma, const float* __restrict__ beta,
+    const float* __restrict__ mean, const float* __restrict__ invstd,
+    const float* __restrict__ dgamma, const float* __restrict__ dbeta, int act, float slope,
+    int batch_stats, u32 n, u32 c, u32 hw, unsigned short* __restrict__ dx) {
+    bn_backward_dx(x, dy, gamma, beta, mean, invstd, dgamma, dbeta, act, slope, batch_stats, n,
+                   c, hw, dx);
 }

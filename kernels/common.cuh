@@ -120,3 +120,11 @@ __device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
     if (e == 0u) return __uint_as_float(sign | __float_as_uint((float)m * 5.9604644775390625e-8f));
     return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
 }
+
+// ---- Element access for kernels written once over their storage type: `float` (f32) or
+// `unsigned short` (f16 bits, two to a 4-byte unit, element 2i in the low half). An f16 kernel
+// loads to f32, computes what the f32 kernel computes, and rounds once on store.
+__device__ __forceinline__ float ld(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float ld(const unsigned short* p, u64 i) { return f16_bits_to_f32(p[i]); }
+__device__ __forceinline__ void st(float* p, u64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(unsigned short* p, u64 i, float v) { p[i] = f32_to_f16_bits(v); }

@@ -1,8 +1,11 @@
 //! Launches of `kernels/batchnorm.cu`: training-mode statistics and normalisation, eval mode
 //! and the backward pass, each optionally fused with the ReLU / LeakyReLU that follows.
 //! Autograd: `src/ops/batchnorm.rs`.
+//!
+//! The activations (x, y, dy, dx) are f32 or f16 (amp: f16 in and out, f32 inside), all of one
+//! dtype per call; the statistics and parameters are always f32.
 
-use super::err::drv;
+use super::dtype::{alloc_dtype, any_buffer, same_dtype, storage};
 use super::{cb, cb_mut, CudaBackend};
 use crate::backend::*;
 use anyhow::{bail, Result};
@@ -61,33 +64,32 @@ pub(super) fn batch_norm_act_train(
 ) -> Result<BatchNormSaved> {
     d.check_batch_norm_train()?;
     let (n, c, hw, _) = dims32(d)?;
-    let (xs, rm) = (cb(x)?, cb_mut(running_mean)?);
+    let dtype = x.dtype();
+    let (xs, rm, rv) = (any_buffer(x)?, cb_mut(running_mean)?, cb_mut(running_var)?);
     let mut mean = be.alloc(d.c)?;
     let mut invstd = be.alloc(d.c)?;
-    {
-        let rv = cb_mut(running_var)?;
-        let f = be.func(super::modules::names::bn_stats_f32)?;
-        let mut b = be.stream.launch_builder(f);
-        b.arg(xs.slice())
-            .arg(&n)
-            .arg(&c)
-            .arg(&hw)
-            .arg(&momentum)
-            .arg(&eps)
-            .arg(mean.slice_mut())
-            .arg(invstd.slice_mut())
-            .arg(rm.slice_mut())
-            .arg(rv.slice_mut());
-        // SAFETY: matches bn_stats_f32's signature.
-        unsafe { b.launch(channel_reduce_config(be, d)) }
-            .map_err(|e| drv(e, "launching bn_stats_f32"))?;
-    }
+    launch_typed!(
+        be,
+        dtype,
+        bn_stats_f32 | bn_stats_f16,
+        channel_reduce_config(be, d),
+        xs.slice(),
+        &n,
+        &c,
+        &hw,
+        &momentum,
+        &eps,
+        mean.slice_mut(),
+        invstd.slice_mut(),
+        rm.slice_mut(),
+        rv.slice_mut()
+    )?;
     let (mean, invstd) = (Storage::Cuda(mean), Storage::Cuda(invstd));
     let y = apply(be, x, &mean, &invstd, gamma, beta, d, act)?;
     Ok(BatchNormSaved { y, mean, invstd })
 }
 
-/// `act((x - mean) * invstd * gamma + beta)`.
+/// `act((x - mean) * invstd * gamma + beta)`, of x's dtype.
 #[allow(clippy::too_many_arguments)]
 fn apply(
     be: &CudaBackend,
@@ -100,13 +102,16 @@ fn apply(
     act: BatchNormAct,
 ) -> Result<Storage> {
     let (_, c, hw, total) = dims32(d)?;
-    let (x, mean, invstd, gamma, beta) = (cb(x)?, cb(mean)?, cb(invstd)?, cb(gamma)?, cb(beta)?);
+    let dtype = x.dtype();
+    let x = any_buffer(x)?;
+    let (mean, invstd, gamma, beta) = (cb(mean)?, cb(invstd)?, cb(gamma)?, cb(beta)?);
     let (code, slope) = act_code(act);
-    let mut y = be.alloc(d.len())?;
+    let mut y = alloc_dtype(be, dtype, d.len())?;
     if total > 0 {
-        launch!(
+        launch_typed!(
             be,
-            bn_apply_f32,
+            dtype,
+            bn_apply_f32 | bn_apply_f16,
             be.grid(u64::from(total)),
             x.slice(),
             mean.slice(),
@@ -121,7 +126,7 @@ fn apply(
             &total
         )?;
     }
-    Ok(Storage::Cuda(y))
+    Ok(storage(dtype, y))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -136,13 +141,15 @@ pub(super) fn batch_norm_eval(
     eps: f32,
 ) -> Result<Storage> {
     let (_, c, hw, total) = dims32(d)?;
-    let (x, gamma, beta) = (cb(x)?, cb(gamma)?, cb(beta)?);
+    let dtype = x.dtype();
+    let (x, gamma, beta) = (any_buffer(x)?, cb(gamma)?, cb(beta)?);
     let (rm, rv) = (cb(running_mean)?, cb(running_var)?);
-    let mut y = be.alloc(d.len())?;
+    let mut y = alloc_dtype(be, dtype, d.len())?;
     if total > 0 {
-        launch!(
+        launch_typed!(
             be,
-            bn_eval_f32,
+            dtype,
+            bn_eval_f32 | bn_eval_f16,
             be.grid(u64::from(total)),
             x.slice(),
             rm.slice(),
@@ -156,7 +163,7 @@ pub(super) fn batch_norm_eval(
             &total
         )?;
     }
-    Ok(Storage::Cuda(y))
+    Ok(storage(dtype, y))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -203,19 +210,21 @@ pub(super) fn batch_norm_act_backward(
     batch_stats: bool,
 ) -> Result<(Storage, Storage, Storage)> {
     let (n, c, hw, total) = dims32(d)?;
-    let (x, dy, gamma, beta) = (cb(x)?, cb(dy)?, cb(gamma)?, cb(beta)?);
-    let (mean, invstd) = (cb(mean)?, cb(invstd)?);
+    let dtype = same_dtype("batch_norm backward", &[("x", x), ("dy", dy)])?;
+    let (x, dy) = (any_buffer(x)?, any_buffer(dy)?);
+    let (gamma, beta, mean, invstd) = (cb(gamma)?, cb(beta)?, cb(mean)?, cb(invstd)?);
     let (code, slope) = act_code(act);
     let batch_stats = i32::from(batch_stats);
-    let mut dx = be.alloc(d.len())?;
+    let mut dx = alloc_dtype(be, dtype, d.len())?;
     let mut dgamma = be.alloc(d.c)?;
     let mut dbeta = be.alloc(d.c)?;
     if total == 0 {
         bail!("batch_norm backward: empty input");
     }
-    launch!(
+    launch_typed!(
         be,
-        bn_backward_reduce_f32,
+        dtype,
+        bn_backward_reduce_f32 | bn_backward_reduce_f16,
         channel_reduce_config(be, d),
         x.slice(),
         dy.slice(),
@@ -231,9 +240,10 @@ pub(super) fn batch_norm_act_backward(
         dgamma.slice_mut(),
         dbeta.slice_mut()
     )?;
-    launch!(
+    launch_typed!(
         be,
-        bn_backward_dx_f32,
+        dtype,
+        bn_backward_dx_f32 | bn_backward_dx_f16,
         be.grid(u64::from(total)),
         x.slice(),
         dy.slice(),
@@ -252,7 +262,7 @@ pub(super) fn batch_norm_act_backward(
         dx.slice_mut()
     )?;
     Ok((
-        Storage::Cuda(dx),
+        storage(dtype, dx),
         Storage::Cuda(dgamma),
         Storage::Cuda(dbeta),
     ))

@@ -107,3 +107,53 @@ pub(super) fn cast(be: &CudaBackend, s: &Storage, to: DType) -> Result<Storage> 
         (other, _) => bail!("the CUDA backend was given a tensor on {}", other.device()),
     }
 }
+
+/// The buffer of a CUDA tensor of either dtype, for the kernels that come as `<name>_f32` and
+/// `<name>_f16` (`launch_typed!`).
+pub(super) fn any_buffer(s: &Storage) -> Result<&CudaBuffer> {
+    match s {
+        Storage::Cuda(b) | Storage::CudaF16(b) => Ok(b),
+        other => bail!("the CUDA backend was given a tensor on {}", other.device()),
+    }
+}
+
+pub(super) fn any_buffer_mut(s: &mut Storage) -> Result<&mut CudaBuffer> {
+    match s {
+        Storage::Cuda(b) | Storage::CudaF16(b) => Ok(b),
+        other => bail!("the CUDA backend was given a tensor on {}", other.device()),
+    }
+}
+
+/// The one dtype of `op`'s activation-precision tensors (`(name, tensor)`, at least one): all
+/// f32 or all f16; a mix is an error naming the op and each tensor's dtype.
+pub(super) fn same_dtype(op: &str, tensors: &[(&str, &Storage)]) -> Result<DType> {
+    let first = tensors[0].1.dtype();
+    if tensors.iter().all(|(_, t)| t.dtype() == first) {
+        return Ok(first);
+    }
+    let given: Vec<String> = tensors
+        .iter()
+        .map(|(name, t)| format!("{name} is {}", t.dtype()))
+        .collect();
+    let names: Vec<&str> = tensors.iter().map(|(name, _)| *name).collect();
+    bail!(
+        "{op}: {}; the CUDA kernels take {} all f32 or all f16",
+        given.join(", "),
+        names.join(", ")
+    )
+}
+
+/// A fresh buffer of `len` elements of `dtype`, and its wrapping into a tensor.
+pub(super) fn alloc_dtype(be: &CudaBackend, dtype: DType, len: usize) -> Result<CudaBuffer> {
+    match dtype {
+        DType::F32 => be.alloc(len),
+        DType::F16 => alloc_f16(be, len),
+    }
+}
+
+pub(super) fn storage(dtype: DType, b: CudaBuffer) -> Storage {
+    match dtype {
+        DType::F32 => Storage::Cuda(b),
+        DType::F16 => Storage::CudaF16(b),
+    }
+}

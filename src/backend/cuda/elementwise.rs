@@ -1,7 +1,11 @@
 //! Launches of `kernels/elementwise.cu`: fill, binary ops, scaling and the activations.
 //! Autograd: `src/ops/elementwise.rs`.
+//!
+//! `add`, `add_assign` and the activations take f32 or f16 tensors (amp's activations and their
+//! gradients: f16 in and out, f32 inside), all of one dtype per call; the rest take f32.
 
-use super::{cb, cb_mut, CudaBackend, CudaBuffer};
+use super::dtype::{alloc_dtype, any_buffer, any_buffer_mut, same_dtype, storage};
+use super::{cb, CudaBackend, CudaBuffer};
 use crate::backend::reference::elementwise as reference;
 use crate::backend::*;
 use anyhow::{bail, Result};
@@ -22,21 +26,30 @@ enum BinaryOp {
     Mul,
 }
 
+/// `a op b` elementwise: add in either dtype (`a` and `b` alike), mul in f32.
 fn binary(be: &CudaBackend, name: BinaryOp, a: &Storage, b: &Storage) -> Result<Storage> {
-    let (a, b) = (cb(a)?, cb(b)?);
+    let dtype = match name {
+        BinaryOp::Add => same_dtype("add", &[("a", a), ("b", b)])?,
+        BinaryOp::Mul => DType::F32,
+    };
+    let (a, b) = match name {
+        BinaryOp::Add => (any_buffer(a)?, any_buffer(b)?),
+        BinaryOp::Mul => (cb(a)?, cb(b)?),
+    };
     if a.len != b.len {
         bail!("{name:?}: lengths differ ({} vs {})", a.len, b.len);
     }
-    let mut y = be.alloc(a.len)?;
+    let mut y = alloc_dtype(be, dtype, a.len)?;
     let n = a.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
+        let (a, b, y) = (a.slice(), b.slice(), y.slice_mut());
         match name {
-            BinaryOp::Add => launch!(be, add_f32, cfg, a.slice(), b.slice(), y.slice_mut(), &n)?,
-            BinaryOp::Mul => launch!(be, mul_f32, cfg, a.slice(), b.slice(), y.slice_mut(), &n)?,
+            BinaryOp::Add => launch_typed!(be, dtype, add_f32 | add_f16, cfg, a, b, y, &n)?,
+            BinaryOp::Mul => launch!(be, mul_f32, cfg, a, b, y, &n)?,
         }
     }
-    Ok(Storage::Cuda(y))
+    Ok(storage(dtype, y))
 }
 
 fn act_code(act: Activation) -> (i32, f32) {
@@ -52,16 +65,19 @@ pub(super) fn add(be: &CudaBackend, a: &Storage, b: &Storage) -> Result<Storage>
     binary(be, BinaryOp::Add, a, b)
 }
 
+/// `acc += x` (gradient accumulation), both f32 or both f16.
 pub(super) fn add_assign(be: &CudaBackend, acc: &mut Storage, x: &Storage) -> Result<()> {
-    let x = cb(x)?;
-    let acc = cb_mut(acc)?;
+    let dtype = same_dtype("add_assign", &[("acc", acc), ("x", x)])?;
+    let x = any_buffer(x)?;
+    let acc = any_buffer_mut(acc)?;
     if acc.len != x.len {
         bail!("add_assign: lengths differ ({} vs {})", acc.len, x.len);
     }
     let n = x.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(be, add_assign_f32, cfg, acc.slice_mut(), x.slice(), &n)?;
+        let (acc, x) = (acc.slice_mut(), x.slice());
+        launch_typed!(be, dtype, add_assign_f32 | add_assign_f16, cfg, acc, x, &n)?;
     }
     Ok(())
 }
@@ -120,16 +136,19 @@ pub(super) fn scale_by_scalar(
     Ok(Storage::Cuda(y))
 }
 
+/// `act(x)`, of x's dtype.
 pub(super) fn activation(be: &CudaBackend, act: Activation, x: &Storage) -> Result<Storage> {
-    let x = cb(x)?;
+    let dtype = x.dtype();
+    let x = any_buffer(x)?;
     let (kind, slope) = act_code(act);
-    let mut y = be.alloc(x.len)?;
+    let mut y = alloc_dtype(be, dtype, x.len)?;
     let n = x.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(
+        launch_typed!(
             be,
-            act_forward_f32,
+            dtype,
+            act_forward_f32 | act_forward_f16,
             cfg,
             &kind,
             &slope,
@@ -138,7 +157,7 @@ pub(super) fn activation(be: &CudaBackend, act: Activation, x: &Storage) -> Resu
             &n
         )?;
     }
-    Ok(Storage::Cuda(y))
+    Ok(storage(dtype, y))
 }
 
 pub(super) fn activation_backward(
@@ -148,15 +167,17 @@ pub(super) fn activation_backward(
     y: &Storage,
     dy: &Storage,
 ) -> Result<Storage> {
-    let (x, y, dy) = (cb(x)?, cb(y)?, cb(dy)?);
+    let dtype = same_dtype("activation backward", &[("x", x), ("y", y), ("dy", dy)])?;
+    let (x, y, dy) = (any_buffer(x)?, any_buffer(y)?, any_buffer(dy)?);
     let (kind, slope) = act_code(act);
-    let mut dx = be.alloc(x.len)?;
+    let mut dx = alloc_dtype(be, dtype, x.len)?;
     let n = x.len as u64;
     if n > 0 {
         let cfg = be.grid(n);
-        launch!(
+        launch_typed!(
             be,
-            act_backward_f32,
+            dtype,
+            act_backward_f32 | act_backward_f16,
             cfg,
             &kind,
             &slope,
@@ -167,7 +188,7 @@ pub(super) fn activation_backward(
             &n
         )?;
     }
-    Ok(Storage::Cuda(dx))
+    Ok(storage(dtype, dx))
 }
 
 pub(super) fn glu(be: &CudaBackend, x: &Storage, d: ChannelDims) -> Result<Storage> {

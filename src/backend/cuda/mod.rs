@@ -28,6 +28,17 @@ macro_rules! launch {
     }};
 }
 
+/// `launch!` for a kernel that comes in two storage types, `$f32` and `$f16` (one template
+/// body in kernels/*.cu): the one for `$dtype` (a `DType`), with the same arguments.
+macro_rules! launch_typed {
+    ($self:expr, $dtype:expr, $f32:ident | $f16:ident, $cfg:expr, $($arg:expr),+ $(,)?) => {
+        match $dtype {
+            $crate::backend::DType::F32 => launch!($self, $f32, $cfg, $($arg),+),
+            $crate::backend::DType::F16 => launch!($self, $f16, $cfg, $($arg),+),
+        }
+    };
+}
+
 mod adam;
 pub mod alloc;
 mod batch;
