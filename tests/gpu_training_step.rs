@@ -40,6 +40,7 @@ fn compare_weights(
     assert_eq!(pc.len(), pg.len());
     let (mut total, mut loose) = (0usize, 0usize);
     for ((name, a), (_, b)) in pc.iter().zip(&pg) {
+        let before = loose;
         let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
         for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
             assert!(y.is_finite(), "{what} {name}[{i}] is {y} on the GPU");
@@ -52,6 +53,9 @@ fn compare_weights(
                 loose += 1;
             }
             total += 1;
+        }
+        if loose > before {
+            println!("  {what} {name}: {} of {} loose", loose - before, a.len());
         }
     }
     println!(
@@ -160,10 +164,15 @@ fn step_both_in(
     let bound = 2.0 * cfg.lr_d.max(cfg.lr_g) * steps as f32 + 1e-6;
     // The loose ones are weights whose gradient is within rounding noise of 0, whose first
     // Adam updates (about lr·sign(g)) can go either way. Under amp that noise is f16's, not
-    // f32's, so more weights are such: up to 1% (measured: 0.26% of G on dcgan).
+    // f32's, and with f16 gradients between layers it grows on the way back to G's first
+    // layers, so more weights are such: up to 5%. Measured with f16 activations: dcgan 0.01%
+    // of G and 0% of D with either implementation; classical 0.01% of G with our kernels,
+    // 2.86% with cuDNN (all in G's first stage: `initial.0.weight` 3%, `initial.3.weight` 3.4%
+    // and 11 of the 32 batch-norm biases of `initial.1`, whose gradients sum terms that
+    // cancel), D 0.07%.
     let loose_per_mille = match precision {
         Precision::Fp32 => 1,
-        Precision::Amp => 10,
+        Precision::Amp => 50,
     };
     compare_weights("G", &on_cpu.g, &on_gpu.g, bound, loose_per_mille);
     compare_weights("D", &on_cpu.d, &on_gpu.d, bound, loose_per_mille);
