@@ -265,7 +265,10 @@ fn cuda_casts_match_the_host_bit_for_bit() {
     }
     // An f32 kernel given a device f16 tensor is refused at the op, and below it.
     let up = Tensor::from_f16(halves(&[1.0, 2.0, 3.0]), &[3], gpu).unwrap();
-    assert_eq!(err(ops::scale(&up, 2.0)), "scale: input is f16; this op takes f32");
+    assert_eq!(
+        err(ops::scale(&up, 2.0)),
+        "scale: input is f16; this op takes f32"
+    );
     let e = format!(
         "{:#}",
         up.backend().scale(&up.storage(), 2.0).err().unwrap()

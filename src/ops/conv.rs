@@ -2,7 +2,7 @@
 //! the backward-data of the conv described by `ConvGeom::transposed`, so both share the
 //! backend's three conv primitives. Each op takes the caller's [`Numerics`], which the
 //! geometry carries to the backend: under amp it asks them to round their operands to f16
-//! (mixed precision: see `backend/reference/conv.rs`), and it names the CUDA implementation;
+//! (mixed precision: see `backend/conv.rs`), and it names the CUDA implementation;
 //! the backward closures keep that geometry, so the backward runs with the forward's numerics
 //! whenever it runs. `conv2d_act` and
 //! `conv_transpose2d_act` are the same ops with the layer's activation after them, which a

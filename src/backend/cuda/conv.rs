@@ -9,14 +9,14 @@
 //! - bwd data: col_n[K, L]  = W^T[K, c_out] . dy_n[c_out, L], then col2im (a gather)
 //! - bwd filt: dW[c_out, K] += dyt[c_out, nb*L] . col^T[nb*L, K]   (one GEMM per chunk)
 //!
-//! Mixed precision (`ConvGeom::f16_operands`): the same GEMMs with both operands first
-//! converted to f16 buffers (`f32_to_f16`, round to nearest even: exactly where the CPU
-//! reference rounds, see `reference/conv.rs`) and `cublasGemmStridedBatchedEx` with fp16 A/B,
-//! fp32 C and `CUBLAS_COMPUTE_32F` (tensor cores, f32 accumulation); im2col, col2im and the
-//! dy gather stay f32 (they only move values, and rounding a column equals rounding x). With
-//! cuDNN selected, both operands are converted the same way and cuDNN runs on f16 tensors with
-//! f32 accumulation (`cudnn.rs`); its output is f16 too (one more rounding than here, as with
-//! PyTorch autocast, whose convolution outputs are f16) and `f16_to_f32` widens it.
+//! Mixed precision (`ConvGeom::f16_operands`, `backend/conv.rs`): with cuDNN selected, both
+//! operands as f16 tensors (an f16 activation as it is, an f32 one converted by `f32_to_f16`,
+//! round to nearest even) and cuDNN on f16 tensors with f32 accumulation (`cudnn.rs`), whose
+//! f16 output is the result (widened to f32 for a weight gradient). Our kernels keep im2col,
+//! col2im and the dy gather in f32 (they only move values: an f16 input is widened first,
+//! exactly) and run the same GEMMs with both operands converted to f16 buffers and
+//! `cublasGemmStridedBatchedEx` (fp16 A/B, fp32 C, `CUBLAS_COMPUTE_32F`: tensor cores, f32
+//! accumulation); the f32 result is then rounded to f16 like cuDNN's.
 
 use super::elementwise::fill;
 use super::err::blas;
