@@ -37,7 +37,9 @@ pub trait AdamBackend {
         counters: &mut Storage,
     ) -> Result<()> {
         items_on_host("adam_update_scaled", items, &[scale, counters])?;
-        reference::adam_update_scaled(items, hyper, scale, counters, reference::adam_update)
+        // The unscaled step is this backend's own `adam_update` (the fast CPU one's on it).
+        let adam = |items: &mut [AdamItem<'_>], step: AdamStep| self.adam_update(items, step);
+        reference::adam_update_scaled(items, hyper, scale, counters, adam)
     }
     /// [`AdamBackend::adam_update`] with the step's scalars already in `scalars` (written by
     /// `write` before the step; layout: [`crate::backend::adam_scalars`]) instead of taken from

@@ -383,13 +383,4 @@ impl AdamBackend for CpuBackend {
     fn adam_update(&self, items: &mut [AdamItem<'_>], step: AdamStep) -> Result<()> {
         adam::adam_update(items, step)
     }
-    fn adam_update_scaled(
-        &self,
-        items: &mut [AdamItem<'_>],
-        hyper: AdamHyper,
-        scale: &mut Storage,
-        counters: &mut Storage,
-    ) -> Result<()> {
-        super::reference::adam::adam_update_scaled(items, hyper, scale, counters, adam::adam_update)
-    }
 }

@@ -34,7 +34,7 @@ pub(crate) fn adam_update_scaled(
     hyper: AdamHyper,
     scale: &mut Storage,
     counters: &mut Storage,
-    adam: fn(&mut [AdamItem<'_>], AdamStep) -> Result<()>,
+    adam: impl FnOnce(&mut [AdamItem<'_>], AdamStep) -> Result<()>,
 ) -> Result<()> {
     use loss_scale::*;
     let s = host_mut(scale)?;
