@@ -113,9 +113,13 @@ fn upsample_nearest_forward_and_backward() {
         });
         // Each dx sums s² values of magnitude <= 1.
         let tol = (0.0, (s * s) as f32 * EPS);
-        compare(&format!("upsample dx {d:?} x{s}"), &g, &[&dy], tol, |b, a| {
-            b.upsample_nearest_backward(&a[0], d, s).unwrap()
-        });
+        compare(
+            &format!("upsample dx {d:?} x{s}"),
+            &g,
+            &[&dy],
+            tol,
+            |b, a| b.upsample_nearest_backward(&a[0], d, s).unwrap(),
+        );
     }
 }
 
@@ -173,9 +177,13 @@ fn crop_forward_and_backward() {
         compare(&format!("crop {d:?} {win:?}"), &g, &[&x], EXACT, |b, a| {
             b.crop(&a[0], d, win).unwrap()
         });
-        compare(&format!("crop dx {d:?} {win:?}"), &g, &[&dy], EXACT, |b, a| {
-            b.crop_backward(&a[0], d, win).unwrap()
-        });
+        compare(
+            &format!("crop dx {d:?} {win:?}"),
+            &g,
+            &[&dy],
+            EXACT,
+            |b, a| b.crop_backward(&a[0], d, win).unwrap(),
+        );
     }
     // A window past the edge is an error on both, not a read past the buffer.
     let d = ImageDims {
@@ -191,7 +199,10 @@ fn crop_forward_and_backward() {
         w: 1,
     };
     for be in [&g, &cpu()] {
-        let e = be.crop(&up(be, &[1.0; 16]), d, win).err().expect("an error");
+        let e = be
+            .crop(&up(be, &[1.0; 16]), d, win)
+            .err()
+            .expect("an error");
         assert_eq!(
             e.to_string(),
             "crop: the window rows 2..5, columns 0..1 does not fit in 4x4 planes"
@@ -255,10 +266,22 @@ fn l1_and_mse_loss_and_gradient() {
             };
             // The mean of len terms (each <= 4) summed in f32: within about 2ε of the f64 sum's
             // magnitude, relative to a mean that is not small for random inputs.
-            compare(&format!("{kind:?} loss n={len}"), &g, &[&a, &b], (1e-5, 0.0), part(0));
+            compare(
+                &format!("{kind:?} loss n={len}"),
+                &g,
+                &[&a, &b],
+                (1e-5, 0.0),
+                part(0),
+            );
             // L1: ±1/N either way; MSE: 2(a − b)/N with (a − b) rounded once more in f32.
             let tol = (4.0 * EPS, 0.0);
-            compare(&format!("{kind:?} grad n={len}"), &g, &[&a, &b], tol, part(1));
+            compare(
+                &format!("{kind:?} grad n={len}"),
+                &g,
+                &[&a, &b],
+                tol,
+                part(1),
+            );
         }
     }
 }

@@ -539,7 +539,11 @@ fn adaptive_avg_pool2d_matches_pytorch_bins() {
     assert_close(&y.to_vec().unwrap(), &want, 1e-7, "pool 2x2 to 3x3");
 
     let mut rng = Rng::new(2702);
-    for ([n, c, h, w], oh, ow) in [([2, 3, 7, 5], 3, 2), ([1, 2, 3, 4], 5, 6), ([2, 1, 6, 6], 1, 1)] {
+    for ([n, c, h, w], oh, ow) in [
+        ([2, 3, 7, 5], 3, 2),
+        ([1, 2, 3, 4], 5, 6),
+        ([2, 1, 6, 6], 1, 1),
+    ] {
         let x = t(rng.normal_vec(n * c * h * w, 0.0, 1.0), &[n, c, h, w]).requiring_grad();
         let y = ops::adaptive_avg_pool2d(&x, oh, ow).unwrap();
         assert_eq!(y.shape(), [n, c, oh, ow]);
@@ -605,7 +609,11 @@ fn channel_gate_matches_its_definition() {
         assert_close(&y.to_vec().unwrap(), &want, 0.0, "gate forward");
         let dy = rng.normal_vec(30, 0.0, 1.0);
         let dg: Vec<f64> = (0..6)
-            .map(|nc| (0..5).map(|p| f64::from(dy[nc * 5 + p] * xv[nc * 5 + p])).sum())
+            .map(|nc| {
+                (0..5)
+                    .map(|p| f64::from(dy[nc * 5 + p] * xv[nc * 5 + p]))
+                    .sum()
+            })
             .collect();
         assert_close(&grad_through(&g, &y, &dy), &dg, 1e-6, "gate grad");
     }
