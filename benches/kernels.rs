@@ -24,6 +24,8 @@ use std::time::Instant;
 
 #[path = "kernels/batch_norm.rs"]
 mod batch_norm;
+#[path = "kernels/fastgan.rs"]
+mod fastgan;
 
 struct Opts {
     device: String,
@@ -432,6 +434,7 @@ fn main() {
         hw: 16 * 16,
     };
     b.glu(d, "G glu 512->256 @16");
+    b.fastgan_ops(n);
     b.losses(n, "D logits");
     // DCGAN-64 parameter tensors (G then D), as Adam sees them.
     b.adam(

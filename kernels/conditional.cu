@@ -68,6 +68,25 @@ extern "C" __global__ void channel_affine_reduce_f32(const float* __restrict__ x
     }
 }
 
+// Channel gate: y[n, c, p] = x[n, c, p] * g[n, c] (its dx is channel_affine_dx_f32's).
+extern "C" __global__ void channel_gate_f32(const float* __restrict__ x,
+                                            const float* __restrict__ g, u64 hw, u64 total,
+                                            float* __restrict__ y) {
+    GRID_STRIDE(i, total) y[i] = __fmul_rn(x[i], g[i / hw]);
+}
+
+// dg[nc] = sum_p dy * x; one block per (n, c).
+extern "C" __global__ void channel_gate_dg_f32(const float* __restrict__ x,
+                                               const float* __restrict__ dy, u64 rows, u64 hw,
+                                               float* __restrict__ dg) {
+    for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        float s = 0.0f;
+        for (u64 p = threadIdx.x; p < hw; p += blockDim.x) s += dy[r * hw + p] * x[r * hw + p];
+        s = block_sum(s);
+        if (threadIdx.x == 0) dg[r] = s;
+    }
+}
+
 // out[r] = sum_c a[r, c] * b[r, c]; one block per row.
 extern "C" __global__ void row_dot_f32(const float* __restrict__ a, const float* __restrict__ b,
                                        u64 rows, u64 cols, float* __restrict__ out) {

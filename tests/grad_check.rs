@@ -911,3 +911,103 @@ fn diffaugment_parameters_follow_the_paper_ranges() {
         .unwrap();
     assert_eq!(y.iter().filter(|&&v| v == 0.0).count(), 2 * 3 * 4);
 }
+
+/// Nearest upsampling: scales 1, 2 and 3 on odd sizes (each pixel's gradient sums its block).
+#[test]
+fn upsample_nearest2d_grad_matches_finite_difference() {
+    let mut rng = Rng::new(271);
+    for (shape, scale) in [([2, 3, 3, 5], 2), ([1, 2, 1, 1], 3), ([2, 1, 4, 3], 1)] {
+        check_grad(
+            &format!("upsample_nearest2d {shape:?} x{scale}"),
+            vec![input(randn(&mut rng, &shape), &shape)],
+            0.25,
+            |t| ops::upsample_nearest2d(&t[0], scale).unwrap(),
+        );
+    }
+}
+
+/// Adaptive average pooling: divisible, odd (overlapping bins: 5 to 3, 7 to 2), growing
+/// (2 to 3, bins repeating rows) and global (to 1x1) cases.
+#[test]
+fn adaptive_avg_pool2d_grad_matches_finite_difference() {
+    let mut rng = Rng::new(272);
+    for (shape, oh, ow) in [
+        ([2, 3, 4, 4], 2, 2),
+        ([1, 2, 5, 7], 3, 2),
+        ([2, 1, 2, 3], 3, 4),
+        ([3, 2, 3, 5], 1, 1),
+    ] {
+        check_grad(
+            &format!("adaptive_avg_pool2d {shape:?} to {oh}x{ow}"),
+            vec![input(randn(&mut rng, &shape), &shape)],
+            0.25,
+            |t| ops::adaptive_avg_pool2d(&t[0], oh, ow).unwrap(),
+        );
+    }
+}
+
+/// Crop: an inner window, one touching the corner, the whole image and a 1x1 window.
+#[test]
+fn crop2d_grad_matches_finite_difference() {
+    let mut rng = Rng::new(273);
+    for (shape, [top, left, h, w]) in [
+        ([2, 3, 5, 7], [1, 2, 3, 4]),
+        ([1, 2, 4, 4], [2, 2, 2, 2]),
+        ([2, 1, 3, 3], [0, 0, 3, 3]),
+        ([3, 1, 5, 5], [4, 0, 1, 1]),
+    ] {
+        check_grad(
+            &format!("crop2d {shape:?} at {top},{left} {h}x{w}"),
+            vec![input(randn(&mut rng, &shape), &shape)],
+            0.25,
+            |t| ops::crop2d(&t[0], top, left, h, w).unwrap(),
+        );
+    }
+}
+
+/// Channel gate: both inputs, the gate as `[N, C, 1, 1]` and as `[N, C]`, odd sizes.
+#[test]
+fn channel_gate_grad_matches_finite_difference() {
+    let mut rng = Rng::new(274);
+    for (x, g) in [
+        (vec![2, 3, 3, 5], vec![2, 3, 1, 1]),
+        (vec![3, 5, 1, 1], vec![3, 5]),
+        (vec![1, 1, 4, 7], vec![1, 1, 1, 1]),
+    ] {
+        check_grad(
+            &format!("channel_gate {x:?} by {g:?}"),
+            vec![
+                input(randn(&mut rng, &x), &x),
+                input(randn(&mut rng, &g), &g),
+            ],
+            1e-2,
+            |t| ops::channel_gate(&t[0], &t[1]).unwrap(),
+        );
+    }
+}
+
+/// L1 and MSE, gradients of both operands; `a − b` kept at least 0.1 from L1's kink at 0.
+#[test]
+fn l1_and_mse_loss_grads_match_finite_difference() {
+    let mut rng = Rng::new(275);
+    for shape in [vec![7], vec![2, 3, 3, 5], vec![1, 1, 1, 1]] {
+        let a = randn(&mut rng, &shape);
+        let b: Vec<f32> = a
+            .iter()
+            .zip(away_from_zero(&mut rng, &shape))
+            .map(|(&a, d)| a - d)
+            .collect();
+        check_grad(
+            &format!("l1_loss {shape:?}"),
+            vec![input(a.clone(), &shape), input(b.clone(), &shape)],
+            1e-2,
+            |t| ops::l1_loss(&t[0], &t[1]).unwrap(),
+        );
+        check_grad(
+            &format!("mse_loss {shape:?}"),
+            vec![input(a, &shape), input(b, &shape)],
+            1e-2,
+            |t| ops::mse_loss(&t[0], &t[1]).unwrap(),
+        );
+    }
+}

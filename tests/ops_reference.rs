@@ -467,3 +467,226 @@ fn conv_numerics_travel_with_the_op_into_its_backward() {
     let y_rounded_operands = ops::conv2d(&x, &w, None, 2, 1, Numerics::FP32).unwrap();
     assert_eq!(y16, round(&y_rounded_operands.to_vec().unwrap()));
 }
+
+/// `x`'s gradient after back-propagating `sum(y * dy)` (so `dy` is y's gradient).
+fn grad_through(x: &Tensor, y: &Tensor, dy: &[f32]) -> Vec<f32> {
+    let r = t(dy.to_vec(), y.shape());
+    ops::sum(&ops::mul(y, &r).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    x.grad_to_vec().unwrap().unwrap()
+}
+
+fn ramp(n: usize) -> Vec<f32> {
+    (0..n).map(|i| i as f32).collect()
+}
+
+/// Nearest upsampling (`F.interpolate(mode="nearest")`): `y[i][j] = x[i / s][j / s]`, and each
+/// pixel's gradient is the sum of its `s x s` block, on odd sizes.
+#[test]
+fn upsample_nearest2d_matches_its_definition() {
+    let mut rng = Rng::new(2701);
+    for ([n, c, h, w], s) in [([2, 3, 3, 5], 2), ([1, 2, 1, 1], 3), ([1, 1, 2, 3], 1)] {
+        let x = t(rng.normal_vec(n * c * h * w, 0.0, 1.0), &[n, c, h, w]).requiring_grad();
+        let y = ops::upsample_nearest2d(&x, s).unwrap();
+        assert_eq!(y.shape(), [n, c, h * s, w * s]);
+        let (xv, yv) = (x.to_vec().unwrap(), y.to_vec().unwrap());
+        let (oh, ow) = (h * s, w * s);
+        let mut want = Vec::new();
+        for p in 0..n * c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    want.push(f64::from(xv[(p * h + i / s) * w + j / s]));
+                }
+            }
+        }
+        assert_close(&yv, &want, 0.0, "upsample forward");
+        let dy = rng.normal_vec(yv.len(), 0.0, 1.0);
+        let mut dx = vec![0f64; xv.len()];
+        for p in 0..n * c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    dx[(p * h + i / s) * w + j / s] += f64::from(dy[(p * oh + i) * ow + j]);
+                }
+            }
+        }
+        assert_close(&grad_through(&x, &y, &dy), &dx, 1e-6, "upsample grad");
+    }
+}
+
+/// Adaptive average pooling, worked by hand with PyTorch's bins floor(i·H/oh) ..
+/// ceil((i+1)·H/oh): 5x5 to 3x3 (overlapping bins rows 0..2, 1..4, 3..5) and 2x2 to 3x3 (the
+/// middle bin spans both rows), then random odd shapes against the direct definition.
+#[test]
+fn adaptive_avg_pool2d_matches_pytorch_bins() {
+    // x[r][c] = 5r + c: each bin's mean is 5·mean(rows) + mean(cols), row means 0.5, 2, 3.5.
+    let x = t(ramp(25), &[1, 1, 5, 5]).requiring_grad();
+    let y = ops::adaptive_avg_pool2d(&x, 3, 3).unwrap();
+    assert_eq!(y.shape(), [1, 1, 3, 3]);
+    let want = [3.0, 4.5, 6.0, 10.5, 12.0, 13.5, 18.0, 19.5, 21.0];
+    assert_close(&y.to_vec().unwrap(), &want, 1e-7, "pool 5x5 to 3x3");
+    // dy = 1: pixel (r, c) gets (Σ 1/|rows of its bins|)·(Σ 1/|cols of its bins|), bins of
+    // sizes 2, 3, 2: 1/2, 1/2 + 1/3, 1/3, 1/3 + 1/2, 1/2.
+    let a = [0.5, 5.0 / 6.0, 1.0 / 3.0, 5.0 / 6.0, 0.5];
+    let dx: Vec<f64> = (0..25).map(|i| a[i / 5] * a[i % 5]).collect();
+    assert_close(&grad_through(&x, &y, &[1.0; 9]), &dx, 1e-7, "pool grad");
+
+    // Growing 2x2 to 3x3: x[r][c] = 2r + c + 1, bins rows 0..1, 0..2, 1..2.
+    let x = t(vec![1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2]);
+    let y = ops::adaptive_avg_pool2d(&x, 3, 3).unwrap();
+    let want = [1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0];
+    assert_close(&y.to_vec().unwrap(), &want, 1e-7, "pool 2x2 to 3x3");
+
+    let mut rng = Rng::new(2702);
+    for ([n, c, h, w], oh, ow) in [
+        ([2, 3, 7, 5], 3, 2),
+        ([1, 2, 3, 4], 5, 6),
+        ([2, 1, 6, 6], 1, 1),
+    ] {
+        let x = t(rng.normal_vec(n * c * h * w, 0.0, 1.0), &[n, c, h, w]).requiring_grad();
+        let y = ops::adaptive_avg_pool2d(&x, oh, ow).unwrap();
+        assert_eq!(y.shape(), [n, c, oh, ow]);
+        let xv = x.to_vec().unwrap();
+        let bin = |i: usize, out: usize, len: usize| (i * len / out)..((i + 1) * len).div_ceil(out);
+        let dy = rng.normal_vec(n * c * oh * ow, 0.0, 1.0);
+        let (mut want, mut dx) = (Vec::new(), vec![0f64; xv.len()]);
+        for p in 0..n * c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let (rows, cols) = (bin(i, oh, h), bin(j, ow, w));
+                    let size = (rows.len() * cols.len()) as f64;
+                    let mut sum = 0f64;
+                    for r in rows {
+                        for q in cols.clone() {
+                            sum += f64::from(xv[(p * h + r) * w + q]);
+                            dx[(p * h + r) * w + q] += f64::from(dy[(p * oh + i) * ow + j]) / size;
+                        }
+                    }
+                    want.push(sum / size);
+                }
+            }
+        }
+        assert_close(&y.to_vec().unwrap(), &want, 1e-6, "pool forward");
+        assert_close(&grad_through(&x, &y, &dy), &dx, 1e-6, "pool grad");
+    }
+}
+
+/// Crop: `x[:, :, top:top+h, left:left+w]`; its gradient is dy inside the window, 0 outside.
+#[test]
+fn crop2d_matches_slicing() {
+    let x = t(ramp(2 * 5 * 7), &[2, 1, 5, 7]).requiring_grad();
+    let y = ops::crop2d(&x, 1, 2, 3, 4).unwrap();
+    assert_eq!(y.shape(), [2, 1, 3, 4]);
+    let mut want = Vec::new();
+    let mut dx = vec![0f64; 70];
+    let dy: Vec<f32> = (0..24).map(|i| 100.0 + i as f32).collect();
+    for p in 0..2 {
+        for r in 1..4 {
+            for c in 2..6 {
+                let i = (p * 5 + r) * 7 + c;
+                dx[i] = f64::from(dy[want.len()]);
+                want.push(i as f64);
+            }
+        }
+    }
+    assert_close(&y.to_vec().unwrap(), &want, 0.0, "crop forward");
+    assert_close(&grad_through(&x, &y, &dy), &dx, 0.0, "crop grad");
+}
+
+/// Channel gate: `x[n, c, :, :] · g[n, c]` for a gate of shape `[N, C, 1, 1]` or `[N, C]`;
+/// the gate's gradient sums `dy · x` over the pixels.
+#[test]
+fn channel_gate_matches_its_definition() {
+    let mut rng = Rng::new(2703);
+    for g_shape in [vec![2, 3, 1, 1], vec![2, 3]] {
+        let x = t(rng.normal_vec(2 * 3 * 5, 0.0, 1.0), &[2, 3, 1, 5]);
+        let g = t(rng.normal_vec(6, 0.0, 1.0), &g_shape).requiring_grad();
+        let y = ops::channel_gate(&x, &g).unwrap();
+        assert_eq!(y.shape(), x.shape());
+        let (xv, gv) = (x.to_vec().unwrap(), g.to_vec().unwrap());
+        let want: Vec<f64> = (0..30).map(|i| f64::from(xv[i] * gv[i / 5])).collect();
+        assert_close(&y.to_vec().unwrap(), &want, 0.0, "gate forward");
+        let dy = rng.normal_vec(30, 0.0, 1.0);
+        let dg: Vec<f64> = (0..6)
+            .map(|nc| {
+                (0..5)
+                    .map(|p| f64::from(dy[nc * 5 + p] * xv[nc * 5 + p]))
+                    .sum()
+            })
+            .collect();
+        assert_close(&grad_through(&g, &y, &dy), &dg, 1e-6, "gate grad");
+    }
+}
+
+/// L1 and MSE by hand (PyTorch's mean reduction), with an element where a = b: L1's gradient
+/// there is sign(0)/N = 0, as PyTorch's.
+#[test]
+fn l1_and_mse_loss_match_pytorch_by_hand() {
+    // a − b = −1, 0, 2, −1.
+    let (av, bv) = (vec![1.0, 2.0, 3.0, 4.0], vec![2.0, 2.0, 1.0, 5.0]);
+    type LossFn = fn(&Tensor, &Tensor) -> anyhow::Result<Tensor>;
+    let cases: [(LossFn, f64, [f64; 4]); 2] = [
+        (ops::l1_loss, 1.0, [-0.25, 0.0, 0.25, -0.25]),
+        (ops::mse_loss, 1.5, [-0.5, 0.0, 1.0, -0.5]),
+    ];
+    for (loss_fn, want, grad) in cases {
+        let a = t(av.clone(), &[1, 1, 2, 2]).requiring_grad();
+        let b = t(bv.clone(), &[1, 1, 2, 2]).requiring_grad();
+        let loss = loss_fn(&a, &b).unwrap();
+        assert_eq!(loss.shape(), [1]);
+        assert_relative_eq!(f64::from(loss.item().unwrap()), want, max_relative = 1e-7);
+        loss.backward().unwrap();
+        assert_close(&a.grad_to_vec().unwrap().unwrap(), &grad, 1e-7, "grad a");
+        let neg: Vec<f64> = grad.iter().map(|g| -g).collect();
+        assert_close(&b.grad_to_vec().unwrap().unwrap(), &neg, 1e-7, "grad b");
+    }
+}
+
+/// Each new op refuses bad shapes with one line naming the op and the shapes.
+#[test]
+fn resample_gate_and_pair_loss_refuse_bad_shapes() {
+    let x = t(vec![1.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
+    let flat = t(vec![1.0; 6], &[6]);
+    let err = |r: anyhow::Result<Tensor>| match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    };
+    let cases = [
+        (
+            err(ops::upsample_nearest2d(&x, 0)),
+            "upsample_nearest2d: the scale factor must be at least 1, got 0",
+        ),
+        (
+            err(ops::upsample_nearest2d(&flat, 2)),
+            "upsample_nearest2d: expected an NCHW tensor, got shape [6]",
+        ),
+        (
+            err(ops::adaptive_avg_pool2d(&x, 0, 2)),
+            "adaptive_avg_pool2d: cannot pool input [2, 3, 4, 4] to 0x2 (every size must be at \
+             least 1)",
+        ),
+        (
+            err(ops::crop2d(&x, 2, 1, 3, 2)),
+            "crop2d: the window rows 2..5, columns 1..3 does not fit in input [2, 3, 4, 4] (4x4 \
+             images)",
+        ),
+        (
+            err(ops::channel_gate(&x, &t(vec![1.0; 3], &[1, 3, 1, 1]))),
+            "channel_gate: gate of shape [1, 3, 1, 1] for input [2, 3, 4, 4], expected \
+             [2, 3, 1, 1] or [2, 3]",
+        ),
+        (
+            err(ops::l1_loss(&x, &flat)),
+            "l1_loss: shapes [2, 3, 4, 4] and [6] differ",
+        ),
+        (
+            err(ops::mse_loss(&t(vec![], &[0]), &t(vec![], &[0]))),
+            "mse_loss of empty tensors (shape [0])",
+        ),
+    ];
+    for (got, want) in cases {
+        assert_eq!(got, want);
+        assert_eq!(got.lines().count(), 1);
+    }
+}

@@ -6,8 +6,8 @@ use super::reference::conditional as reference;
 use super::{on_host, ChannelDims, Storage};
 use anyhow::Result;
 
-/// The conditional models' ops: class embeddings, the class-conditional batch-norm affine and
-/// the projection discriminator's inner product. Class labels travel as f32 holding small
+/// The conditional models' ops: class embeddings, the class-conditional batch-norm affine (and
+/// its scale-only form, the channel gate) and the projection discriminator's inner product. Class labels travel as f32 holding small
 /// non-negative integers (exact below 2^24), validated by `crate::ops`. The defaults run the
 /// reference (`backend/reference/conditional.rs`) on host memory.
 pub trait ConditionalBackend {
@@ -63,6 +63,26 @@ pub trait ConditionalBackend {
         let (x, dy, scale) = (on_host(op, x)?, on_host(op, dy)?, on_host(op, scale)?);
         let (dx, ds, db) = reference::channel_affine_backward(x, dy, scale, d)?;
         Ok((Storage::Cpu(dx), Storage::Cpu(ds), Storage::Cpu(db)))
+    }
+    /// Per-sample channel gate (FastGAN's skip-layer excitation, after its sigmoid):
+    /// `y[n, c, hw] = x[n, c, hw] * g[n, c]`.
+    fn channel_gate(&self, x: &Storage, g: &Storage, d: ChannelDims) -> Result<Storage> {
+        let op = "channel_gate";
+        reference::channel_gate(on_host(op, x)?, on_host(op, g)?, d).map(Storage::Cpu)
+    }
+    /// Returns (dx, dg) of [`ConditionalBackend::channel_gate`]: `dx = dy * g[n, c]`,
+    /// `dg[n, c] = sum_hw dy * x`.
+    fn channel_gate_backward(
+        &self,
+        x: &Storage,
+        g: &Storage,
+        dy: &Storage,
+        d: ChannelDims,
+    ) -> Result<(Storage, Storage)> {
+        let op = "channel_gate_backward";
+        let (x, g, dy) = (on_host(op, x)?, on_host(op, g)?, on_host(op, dy)?);
+        let (dx, dg) = reference::channel_gate_backward(x, g, dy, d)?;
+        Ok((Storage::Cpu(dx), Storage::Cpu(dg)))
     }
     /// Row-wise inner product of two `[rows, cols]` views: `out[r] = sum_c a[r, c] * b[r, c]`
     /// (the projection term `<embed(y), phi(x)>`).

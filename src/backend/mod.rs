@@ -21,6 +21,7 @@ mod loss;
 mod memory;
 mod random;
 mod reduce;
+mod resample;
 mod spectral_norm;
 
 pub mod capture;
@@ -43,6 +44,7 @@ pub use memory::MemoryBackend;
 pub use params::*;
 pub use random::RandomBackend;
 pub use reduce::ReduceBackend;
+pub use resample::ResampleBackend;
 pub use spectral_norm::SpectralNormBackend;
 
 use anyhow::{bail, Result};
@@ -129,6 +131,7 @@ pub trait Backend:
     + AdamBackend
     + ConditionalBackend
     + DiffAugBackend
+    + ResampleBackend
 {
 }
 
@@ -145,6 +148,7 @@ impl<T> Backend for T where
         + AdamBackend
         + ConditionalBackend
         + DiffAugBackend
+        + ResampleBackend
 {
 }
 

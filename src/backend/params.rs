@@ -244,6 +244,37 @@ impl ChannelDims {
     }
 }
 
+/// An NCHW tensor's dims (the resample family's input).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageDims {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl ImageDims {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Image planes (`n * c`), each `h x w`.
+    pub fn planes(&self) -> usize {
+        self.n * self.c
+    }
+}
+
+/// A window of every image plane: rows `top..top + h`, columns `left..left + w` (`crop2d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub top: usize,
+    pub left: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
 /// What a training-mode batch norm forward saves for its backward.
 pub struct BatchNormSaved {
     pub y: Storage,
@@ -355,5 +386,23 @@ impl HingeTerm {
     /// Whether the term is clamped at 0 (D's terms) or linear (G's).
     pub fn clamped(self) -> bool {
         self != HingeTerm::Generator
+    }
+}
+
+/// A mean loss between two tensors of one shape (FastGAN's reconstruction loss): `L1` is
+/// mean |a − b| (PyTorch's `F.l1_loss`), `Mse` mean (a − b)² (`F.mse_loss`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairLoss {
+    L1,
+    Mse,
+}
+
+impl PairLoss {
+    /// The kernel's code for it.
+    pub fn code(self) -> i32 {
+        match self {
+            PairLoss::L1 => 0,
+            PairLoss::Mse => 1,
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Ops of the conditional models: embedding lookup (backward: a scatter-add), the per-sample
-//! channel affine of class-conditional batch norm, and the row-wise inner product of the
+//! channel affine of class-conditional batch norm (and its scale-only form, FastGAN's channel
+//! gate), and the row-wise inner product of the
 //! projection discriminator.
 
 use super::{check_dtypes, nchw, same_device, F32};
@@ -109,6 +110,37 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
         move |g: &Storage, _needs: &[bool]| {
             let (dx, ds, db) = be.channel_affine_backward(&sx.borrow(), g, &ss.borrow(), d)?;
             Ok(vec![Some(dx), Some(ds), Some(db)])
+        },
+    )
+}
+
+/// `y[n, c, :, :] = x[n, c, :, :] * g[n, c]`, `g` of shape `[N, C, 1, 1]` or `[N, C]`: FastGAN's
+/// skip-layer excitation gate (applied after `ops::sigmoid`). `dg[n, c]` sums `dy * x` over
+/// the pixels.
+pub fn channel_gate(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    same_device("channel_gate", &[x, g])?;
+    check_dtypes("channel_gate", &[("input", x), ("gate", g)], F32)?;
+    let [n, c, h, w] = nchw("channel_gate", x)?;
+    if g.shape() != [n, c, 1, 1] && g.shape() != [n, c] {
+        bail!(
+            "channel_gate: gate of shape {:?} for input {:?}, expected [{n}, {c}, 1, 1] or \
+             [{n}, {c}]",
+            g.shape(),
+            x.shape()
+        );
+    }
+    let d = ChannelDims { n, c, hw: h * w };
+    let be = x.backend();
+    let y = be.channel_gate(&x.storage(), &g.storage(), d)?;
+    let (sx, sg) = (x.storage_rc(), g.storage_rc());
+    Tensor::from_op(
+        y,
+        x.shape(),
+        "channel_gate",
+        &[x, g],
+        move |dy: &Storage, _needs: &[bool]| {
+            let (dx, dg) = be.channel_gate_backward(&sx.borrow(), &sg.borrow(), dy, d)?;
+            Ok(vec![Some(dx), Some(dg)])
         },
     )
 }

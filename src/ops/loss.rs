@@ -3,9 +3,11 @@
 //!   d loss/dx = (σ(x) − y)/N; G's loss is the non-saturating BCE(D(G(z)), 1).
 //! * hinge (Lim & Ye 2017, SAGAN, FastGAN): D minimises mean(max(0, 1 − D(x))) +
 //!   mean(max(0, 1 + D(G(z)))), G minimises −mean(D(G(z))).
+//! * L1 and MSE between two tensors (FastGAN's reconstruction loss), PyTorch's `F.l1_loss`
+//!   and `F.mse_loss` with mean reduction.
 
-use super::{check_dtypes, F32};
-use crate::backend::{HingeTerm, Storage};
+use super::{check_dtypes, same_device, F32};
+use crate::backend::{HingeTerm, PairLoss, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,47 @@ pub fn hinge_loss(x: &Tensor, term: HingeTerm) -> Result<Tensor> {
     }
     let (loss, grad) = x.backend().hinge_with_logits(&x.storage(), term)?;
     fused_loss(x, loss, grad, "hinge_loss")
+}
+
+/// `F.l1_loss(a, b)`: mean |a − b| over one shape, `[1]`. Gradients sign(a − b)/N for `a`
+/// (sign(0) = 0, as PyTorch) and its negative for `b`.
+pub fn l1_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    pair_loss(a, b, PairLoss::L1, "l1_loss")
+}
+
+/// `F.mse_loss(a, b)`: mean (a − b)² over one shape, `[1]`. Gradients 2(a − b)/N for `a` and
+/// its negative for `b`.
+pub fn mse_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    pair_loss(a, b, PairLoss::Mse, "mse_loss")
+}
+
+fn pair_loss(a: &Tensor, b: &Tensor, kind: PairLoss, name: &'static str) -> Result<Tensor> {
+    same_device(name, &[a, b])?;
+    check_dtypes(name, &[("a", a), ("b", b)], F32)?;
+    if a.shape() != b.shape() {
+        bail!("{name}: shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    if a.numel() == 0 {
+        bail!("{name} of empty tensors (shape {:?})", a.shape());
+    }
+    let be = a.backend();
+    let (loss, grad) = be.pair_loss(&a.storage(), &b.storage(), kind)?;
+    Tensor::from_op(
+        loss,
+        &[1],
+        name,
+        &[a, b],
+        move |g: &Storage, needs: &[bool]| {
+            Ok(vec![
+                needs[0]
+                    .then(|| be.scale_by_scalar(&grad, g, 1.0))
+                    .transpose()?,
+                needs[1]
+                    .then(|| be.scale_by_scalar(&grad, g, -1.0))
+                    .transpose()?,
+            ])
+        },
+    )
 }
 
 /// The loss tensor of a fused loss: its backward scales the gradient computed with it.

@@ -13,10 +13,11 @@ mod elementwise;
 mod loss;
 mod random;
 mod reduce;
+mod resample;
 mod spectral_norm;
 
 pub use batchnorm::{batch_norm2d, batch_norm2d_act};
-pub use conditional::{channel_affine, embedding, label_values, row_dot, Labels};
+pub use conditional::{channel_affine, channel_gate, embedding, label_values, row_dot, Labels};
 pub use conv::{conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act};
 pub use diffaug::{
     diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
@@ -24,9 +25,10 @@ pub use diffaug::{
 };
 pub use dtype::{to_dtype, to_f32};
 pub use elementwise::{add, glu, leaky_relu, mul, relu, scale, sigmoid, tanh};
-pub use loss::{bce_with_logits, hinge_loss, GanLoss};
+pub use loss::{bce_with_logits, hinge_loss, l1_loss, mse_loss, GanLoss};
 pub use random::{dropout, gaussian_noise, Seed};
 pub use reduce::{mean, mean_rows, sum, sum_rows};
+pub use resample::{adaptive_avg_pool2d, crop2d, upsample_nearest2d};
 pub use spectral_norm::spectral_norm_weight;
 
 use crate::backend::DType;

@@ -187,8 +187,8 @@ pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
 }
 
 // What the fast path does not speed up (memory moves, batch assembly, reductions, random
-// masks, spectral norm, the loss, the conditional models, DiffAugment, and the rest of
-// batch norm and the elementwise maps) is the families' default: the reference's code.
+// masks, spectral norm, the loss, the conditional models, DiffAugment, resampling, and the rest
+// of batch norm and the elementwise maps) is the families' default: the reference's code.
 impl BatchBackend for CpuBackend {}
 impl ReduceBackend for CpuBackend {}
 impl RandomBackend for CpuBackend {}
@@ -196,6 +196,7 @@ impl SpectralNormBackend for CpuBackend {}
 impl LossBackend for CpuBackend {}
 impl ConditionalBackend for CpuBackend {}
 impl DiffAugBackend for CpuBackend {}
+impl ResampleBackend for CpuBackend {}
 
 impl MemoryBackend for CpuBackend {
     fn copy(&self, s: &Storage) -> Result<Storage> {

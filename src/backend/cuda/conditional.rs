@@ -3,6 +3,7 @@
 //! Autograd: `src/ops/conditional.rs`.
 
 use super::{cb, CudaBackend};
+use crate::backend::reference::conditional::check_gate;
 use crate::backend::{ChannelDims, ConditionalBackend, Storage};
 use anyhow::{bail, Result};
 use cudarc::driver::PushKernelArg;
@@ -157,6 +158,50 @@ pub(super) fn channel_affine_backward(
     ))
 }
 
+pub(super) fn channel_gate(
+    be: &CudaBackend,
+    x: &Storage,
+    g: &Storage,
+    d: ChannelDims,
+) -> Result<Storage> {
+    let (x, g) = (cb(x)?, cb(g)?);
+    check_gate("channel_gate", x.len, g.len, None, d)?;
+    let (hw, total) = (d.hw as u64, d.len() as u64);
+    let mut y = be.alloc(d.len())?;
+    if total > 0 {
+        let cfg = be.grid(total);
+        let (x, g, y) = (x.slice(), g.slice(), y.slice_mut());
+        launch!(be, channel_gate_f32, cfg, x, g, &hw, &total, y)?;
+    }
+    Ok(Storage::Cuda(y))
+}
+
+/// dx by channel_affine's dx kernel (the gate is its scale), dg by one block per (n, c).
+pub(super) fn channel_gate_backward(
+    be: &CudaBackend,
+    x: &Storage,
+    g: &Storage,
+    dy: &Storage,
+    d: ChannelDims,
+) -> Result<(Storage, Storage)> {
+    let (x, g, dy) = (cb(x)?, cb(g)?, cb(dy)?);
+    check_gate("channel_gate_backward", x.len, g.len, Some(dy.len), d)?;
+    let (hw, total, rows) = (d.hw as u64, d.len() as u64, (d.n * d.c) as u64);
+    let mut dx = be.alloc(d.len())?;
+    let mut dg = be.alloc(d.n * d.c)?;
+    if total > 0 {
+        let cfg = be.grid(total);
+        let (dy, g, dx) = (dy.slice(), g.slice(), dx.slice_mut());
+        launch!(be, channel_affine_dx_f32, cfg, dy, g, &hw, &total, dx)?;
+    }
+    if rows > 0 {
+        let cfg = be.per_row(rows, CudaBackend::reduce_threads(hw));
+        let (x, dy, dg) = (x.slice(), dy.slice(), dg.slice_mut());
+        launch!(be, channel_gate_dg_f32, cfg, x, dy, &rows, &hw, dg)?;
+    }
+    Ok((Storage::Cuda(dx), Storage::Cuda(dg)))
+}
+
 pub(super) fn row_dot(
     be: &CudaBackend,
     a: &Storage,
@@ -259,6 +304,18 @@ impl ConditionalBackend for CudaBackend {
         d: ChannelDims,
     ) -> Result<(Storage, Storage, Storage)> {
         channel_affine_backward(self, x, dy, scale, d)
+    }
+    fn channel_gate(&self, x: &Storage, g: &Storage, d: ChannelDims) -> Result<Storage> {
+        channel_gate(self, x, g, d)
+    }
+    fn channel_gate_backward(
+        &self,
+        x: &Storage,
+        g: &Storage,
+        dy: &Storage,
+        d: ChannelDims,
+    ) -> Result<(Storage, Storage)> {
+        channel_gate_backward(self, x, g, dy, d)
     }
     fn row_dot(&self, a: &Storage, b: &Storage, rows: usize, cols: usize) -> Result<Storage> {
         row_dot(self, a, b, rows, cols)

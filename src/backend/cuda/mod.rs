@@ -4,7 +4,7 @@
 //! This file holds the backend struct, its launch macro and the memory family. The launches
 //! of each kernel family `kernels/<family>.cu` live in `<family>.rs` beside it, with the
 //! family trait's impl (`adam`, `batch`, `batchnorm`, `conditional`, `conv` (+ `cudnn`),
-//! `diffaug`, `elementwise`, `loss`, `random`, `reduce`, `spectral_norm`); `modules.rs` loads
+//! `diffaug`, `elementwise`, `loss`, `random`, `reduce`, `resample`, `spectral_norm`); `modules.rs` loads
 //! the kernels build.rs found in each module.
 //!
 //! Every op is queued on the stream and returns at once; only `download` (and `synchronize`)
@@ -60,6 +60,7 @@ mod loss;
 mod modules;
 mod random;
 mod reduce;
+mod resample;
 mod spectral_norm;
 
 use super::*;

@@ -1,5 +1,5 @@
-//! CPU reference of the conditional-model ops (class embeddings, the per-sample channel affine,
-//! the projection's row-wise inner product): plain loops, f64 accumulation in the reductions.
+//! CPU reference of the conditional-model ops (class embeddings, the per-sample channel affine
+//! and channel gate, the projection's row-wise inner product): plain loops, f64 accumulation in the reductions.
 
 use anyhow::{bail, Result};
 
@@ -93,6 +93,38 @@ pub fn channel_affine_backward(
         dshift.push(t as f32);
     }
     Ok((dx, dscale, dshift))
+}
+
+/// Checks the channel gate's lengths (both backends): `x` and `dy` (if given) hold `d`, `g` one
+/// value per (n, c).
+pub fn check_gate(op: &str, x: usize, g: usize, dy: Option<usize>, d: ChannelDims) -> Result<()> {
+    if x != d.len() || g != d.n * d.c || dy.is_some_and(|dy| dy != d.len()) {
+        bail!(
+            "{op}: {x} input values, {g} gate values{} for {d:?}",
+            dy.map_or(String::new(), |dy| format!(" and {dy} gradient values"))
+        );
+    }
+    Ok(())
+}
+
+pub fn channel_gate(x: &[f32], g: &[f32], d: ChannelDims) -> Result<Vec<f32>> {
+    check_gate("channel_gate", x.len(), g.len(), None, d)?;
+    Ok(x.iter()
+        .enumerate()
+        .map(|(i, &v)| v * g[i / d.hw])
+        .collect())
+}
+
+/// (dx, dg): channel_affine's (dx, dscale), the gate being its scale.
+pub fn channel_gate_backward(
+    x: &[f32],
+    g: &[f32],
+    dy: &[f32],
+    d: ChannelDims,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    check_gate("channel_gate_backward", x.len(), g.len(), Some(dy.len()), d)?;
+    let (dx, dg, _) = channel_affine_backward(x, dy, g, d)?;
+    Ok((dx, dg))
 }
 
 pub fn row_dot(a: &[f32], b: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {

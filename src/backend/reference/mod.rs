@@ -20,6 +20,7 @@ pub(crate) mod elementwise;
 pub(crate) mod loss;
 pub(crate) mod random;
 pub(crate) mod reduce;
+pub(crate) mod resample;
 pub(crate) mod spectral_norm;
 
 /// The reference backend as a trait object.
@@ -80,3 +81,4 @@ impl LossBackend for ReferenceBackend {}
 impl AdamBackend for ReferenceBackend {}
 impl ConditionalBackend for ReferenceBackend {}
 impl DiffAugBackend for ReferenceBackend {}
+impl ResampleBackend for ReferenceBackend {}
