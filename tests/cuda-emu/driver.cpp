@@ -7,8 +7,11 @@
 // device) fails and invalidates the capture, so cuStreamEndCapture returns
 // CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, as on a GPU; a note on stderr names the call.
 //
-// Environment: ARTGAN_EMU_MEMORY_MIB (device capacity, default 4096), ARTGAN_EMU_SMS
-// (multiprocessor count, default 2: small grids, so the kernels' grid-stride loops iterate).
+// Environment: ARTGAN_EMU_DEVICES (how many devices, default 1, at most 16),
+// ARTGAN_EMU_MEMORY_MIB (capacity of each device, default 4096), ARTGAN_EMU_SMS (multiprocessor
+// count, default 2: small grids, so the kernels' grid-stride loops iterate). Each device has its
+// own primary context and memory accounting; an allocation belongs to the device of the calling
+// thread's current context. Kernels of all devices share the one block scheduler (block.cpp).
 #include <dlfcn.h>
 
 #include <chrono>
@@ -71,12 +74,19 @@ static size_t env_size(const char* name, size_t dflt) {
     return (size_t)x;
 }
 
+constexpr int kMaxDevices = 16;
+
+struct Alloc {
+    size_t bytes;
+    int device;
+};
 struct State {
     std::mutex mu;
     bool initialised = false;
-    size_t capacity = 0;
-    size_t used = 0;
-    std::map<uintptr_t, size_t> allocs;  // start -> bytes
+    int devices = 1;
+    size_t capacity = 0;             // of each device
+    size_t used[kMaxDevices] = {};   // per device
+    std::map<uintptr_t, Alloc> allocs;  // start -> size and device
     int sms = 2;
     unsigned long long launches = 0;
 };
@@ -95,17 +105,26 @@ bool device_range(const void* p, size_t bytes, std::string* why) {
         return false;
     }
     --it;
-    if (a + bytes > it->first + it->second) {
+    if (a + bytes > it->first + it->second.bytes) {
         if (why) {
             char buf[160];
             snprintf(buf, sizeof buf,
                      "%zu bytes at offset %zu run past the end of a %zu-byte allocation", bytes,
-                     (size_t)(a - it->first), it->second);
-            *why = a >= it->first + it->second ? "address is not device memory" : buf;
+                     (size_t)(a - it->first), it->second.bytes);
+            *why = a >= it->first + it->second.bytes ? "address is not device memory" : buf;
         }
         return false;
     }
     return true;
+}
+
+int device_of(const void* p) {
+    State& s = st();
+    std::lock_guard<std::mutex> lock(s.mu);
+    auto it = s.allocs.upper_bound((uintptr_t)p);
+    if (it == s.allocs.begin()) return -1;
+    --it;
+    return (uintptr_t)p < it->first + it->second.bytes ? it->second.device : -1;
 }
 
 // ---- streams, capture and graphs
@@ -198,6 +217,12 @@ EMU_EXPORT CUresult cuInit(unsigned flags) {
     std::lock_guard<std::mutex> lock(s.mu);
     if (!s.initialised) {
         s.capacity = env_size("ARTGAN_EMU_MEMORY_MIB", 4096) << 20;
+        s.devices = (int)env_size("ARTGAN_EMU_DEVICES", 1);
+        if (s.devices > kMaxDevices) {
+            note("ARTGAN_EMU_DEVICES=" + std::to_string(s.devices) + " is more than " +
+                 std::to_string(kMaxDevices) + "; using " + std::to_string(kMaxDevices));
+            s.devices = kMaxDevices;
+        }
         s.sms = (int)env_size("ARTGAN_EMU_SMS", 2);
         s.initialised = true;
     }
@@ -213,15 +238,19 @@ EMU_EXPORT CUresult cuDriverGetVersion(int* v) {
 EMU_EXPORT CUresult cuDeviceGetCount(int* n) {
     CHECK_INIT();
     if (!n) return CUDA_ERROR_INVALID_VALUE;
-    *n = 1;
+    *n = st().devices;
     return CUDA_SUCCESS;
 }
+
+namespace emu {
+bool valid_device(int dev) { return dev >= 0 && dev < st().devices; }
+}  // namespace emu
 
 EMU_EXPORT CUresult cuDeviceGet(int* dev, int ordinal) {
     CHECK_INIT();
     if (!dev) return CUDA_ERROR_INVALID_VALUE;
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *dev = 0;
+    if (!valid_device(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
+    *dev = ordinal;
     return CUDA_SUCCESS;
 }
 
@@ -230,7 +259,7 @@ static const char kDeviceName[] = "artgan emulated CUDA device (CPU, not a GPU)"
 EMU_EXPORT CUresult cuDeviceGetName(char* name, int len, int dev) {
     CHECK_INIT();
     if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
     snprintf(name, (size_t)len, "%s", kDeviceName);
     return CUDA_SUCCESS;
 }
@@ -238,7 +267,7 @@ EMU_EXPORT CUresult cuDeviceGetName(char* name, int len, int dev) {
 EMU_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, int dev) {
     CHECK_INIT();
     if (!bytes) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
     *bytes = st().capacity;
     return CUDA_SUCCESS;
 }
@@ -247,7 +276,7 @@ EMU_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, int dev) {
 EMU_EXPORT CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
     CHECK_INIT();
     if (!v) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
     switch (attr) {
         case 1: *v = 1024; break;          // MAX_THREADS_PER_BLOCK
         case 2: case 3: *v = 1024; break;  // MAX_BLOCK_DIM_X / Y
@@ -271,22 +300,30 @@ EMU_EXPORT CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
     return CUDA_SUCCESS;
 }
 
-// ---- contexts: one primary context; "current" is per host thread, as in CUDA.
-static int g_primary_ctx;
+// ---- contexts: one primary context per device; "current" is per host thread, as in CUDA.
+static int g_primary_ctx[kMaxDevices];
 static thread_local void* t_current = nullptr;
+
+namespace emu {
+int current_device() {
+    return t_current ? (int)(static_cast<int*>(t_current) - g_primary_ctx) : 0;
+}
+}  // namespace emu
 
 EMU_EXPORT CUresult cuDevicePrimaryCtxRetain(void** ctx, int dev) {
     CHECK_INIT();
     if (!ctx) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *ctx = &g_primary_ctx;
+    if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    *ctx = &g_primary_ctx[dev];
     return CUDA_SUCCESS;
 }
 EMU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(int dev) {
-    return dev == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+    return valid_device(dev) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
 }
 EMU_EXPORT CUresult cuCtxSetCurrent(void* ctx) {
-    if (ctx && ctx != &g_primary_ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    auto* c = static_cast<int*>(ctx);
+    if (c && (c < g_primary_ctx || c >= g_primary_ctx + st().devices))
+        return CUDA_ERROR_INVALID_CONTEXT;
     t_current = ctx;
     return CUDA_SUCCESS;
 }
@@ -308,7 +345,7 @@ EMU_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     if (!free_bytes || !total) return CUDA_ERROR_INVALID_VALUE;
     State& s = st();
     std::lock_guard<std::mutex> lock(s.mu);
-    *free_bytes = s.capacity - s.used;
+    *free_bytes = s.capacity - s.used[current_device()];
     *total = s.capacity;
     return CUDA_SUCCESS;
 }
@@ -317,19 +354,20 @@ static CUresult mem_alloc(uintptr_t* dptr, size_t bytes) {
     CHECK_INIT();
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     State& s = st();
+    const int dev = current_device();
     {
         std::lock_guard<std::mutex> lock(s.mu);
-        if (bytes > s.capacity - s.used) return CUDA_ERROR_OUT_OF_MEMORY;
-        s.used += bytes;
+        if (bytes > s.capacity - s.used[dev]) return CUDA_ERROR_OUT_OF_MEMORY;
+        s.used[dev] += bytes;
     }
     // Exactly `bytes` (no rounding up), so that AddressSanitizer flags the first byte past it.
     void* p = malloc(bytes);
     std::lock_guard<std::mutex> lock(s.mu);
     if (!p) {
-        s.used -= bytes;
+        s.used[dev] -= bytes;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    s.allocs[(uintptr_t)p] = bytes;
+    s.allocs[(uintptr_t)p] = Alloc{bytes, dev};
     *dptr = (uintptr_t)p;
     return CUDA_SUCCESS;
 }
@@ -341,7 +379,7 @@ static CUresult mem_free(uintptr_t dptr) {
         std::lock_guard<std::mutex> lock(s.mu);
         auto it = s.allocs.find(dptr);
         if (it == s.allocs.end()) return CUDA_ERROR_INVALID_VALUE;
-        s.used -= it->second;
+        s.used[it->second.device] -= it->second.bytes;
         s.allocs.erase(it);
     }
     free((void*)dptr);
