@@ -12,6 +12,7 @@
 mod adam;
 pub mod batch;
 mod batchnorm;
+mod collective;
 mod conditional;
 mod conv;
 mod diffaug;
@@ -33,6 +34,7 @@ pub mod select;
 pub use adam::AdamBackend;
 pub use batch::BatchBackend;
 pub use batchnorm::BatchNormBackend;
+pub use collective::{CollectiveBackend, NcclId};
 pub use conditional::ConditionalBackend;
 pub use conv::ConvBackend;
 pub use diffaug::DiffAugBackend;
@@ -129,6 +131,7 @@ pub trait Backend:
     + AdamBackend
     + ConditionalBackend
     + DiffAugBackend
+    + CollectiveBackend
 {
 }
 
@@ -145,6 +148,7 @@ impl<T> Backend for T where
         + AdamBackend
         + ConditionalBackend
         + DiffAugBackend
+        + CollectiveBackend
 {
 }
 

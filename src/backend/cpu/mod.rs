@@ -196,6 +196,7 @@ impl SpectralNormBackend for CpuBackend {}
 impl LossBackend for CpuBackend {}
 impl ConditionalBackend for CpuBackend {}
 impl DiffAugBackend for CpuBackend {}
+impl CollectiveBackend for CpuBackend {}
 
 impl MemoryBackend for CpuBackend {
     fn copy(&self, s: &Storage) -> Result<Storage> {

@@ -80,3 +80,4 @@ impl LossBackend for ReferenceBackend {}
 impl AdamBackend for ReferenceBackend {}
 impl ConditionalBackend for ReferenceBackend {}
 impl DiffAugBackend for ReferenceBackend {}
+impl CollectiveBackend for ReferenceBackend {}
