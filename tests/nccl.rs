@@ -101,8 +101,11 @@ fn halves(v: &[f32]) -> Vec<f16> {
 const F32_LENS: [usize; 3] = [1, 7, 1001];
 const F16_LENS: [usize; 2] = [3, 513];
 
-/// Rank `rank`'s buffers for the tests: f32 of [`F32_LENS`], then f16 of [`F16_LENS`].
-fn rank_data(rank: usize) -> (Vec<Vec<f32>>, Vec<Vec<f16>>) {
+/// One rank's buffers: f32 of [`F32_LENS`], then f16 of [`F16_LENS`].
+type Buffers = (Vec<Vec<f32>>, Vec<Vec<f16>>);
+
+/// Rank `rank`'s buffers for the tests.
+fn rank_data(rank: usize) -> Buffers {
     let seed = |i: usize| (rank * 100 + i) as u64;
     let f32s = F32_LENS
         .iter()
@@ -122,7 +125,7 @@ fn run_on_rank(
     rank: usize,
     be: &dyn Backend,
     collective: impl Fn(&dyn Backend, &mut [&mut Storage]) -> Result<()>,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f16>>)> {
+) -> Result<Buffers> {
     let (f32s, f16s) = rank_data(rank);
     let mut bufs = Vec::new();
     for v in &f32s {
