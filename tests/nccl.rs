@@ -209,13 +209,45 @@ fn nccl_ranks_that_disagree_on_the_count_both_fail_naming_the_ranks() {
         let e = format!("{:#}", r.unwrap_err());
         println!("rank {rank}: {e}");
         for needle in [
-            &format!("cuda:{rank} rank {rank} of 2: all_reduce_mean of 1 buffers") as &str,
+            &format!("cuda:{rank} rank {rank} of 2: all_reduce_mean (1 buffer)") as &str,
             "ranks [0, 1] disagree at collective #1",
             "rank 0 asked ncclAllReduce(count 5, float32, avg)",
             "rank 1 asked ncclAllReduce(count 7, float32, avg)",
         ] {
             assert!(e.contains(needle), "rank {rank}: {e:?} lacks {needle:?}");
         }
+    }
+}
+
+#[test]
+fn nccl_ranks_that_disagree_on_the_operation_or_dtype_both_fail_naming_the_ranks() {
+    if !devices(2) || !emulated() {
+        return;
+    }
+    let got = on_ranks(2, |rank, be| {
+        let v = values(5, 3);
+        let mut buf = be.upload(&v)?;
+        // #1: rank 1 broadcasts where rank 0 all-reduces.
+        let first = if rank == 0 {
+            be.all_reduce_mean(&mut [&mut buf])
+        } else {
+            be.broadcast(&mut [&mut buf], 0)
+        };
+        // #2: rank 1 all-reduces f16 where rank 0 all-reduces f32.
+        let mut half = be.upload_f16(&halves(&v))?;
+        let second = be.all_reduce_mean(&mut [if rank == 0 { &mut buf } else { &mut half }]);
+        Ok((first.unwrap_err(), second.unwrap_err()))
+    });
+    for (rank, r) in got.into_iter().enumerate() {
+        let (first, second) = r.unwrap_or_else(|e| panic!("rank {rank}: {e:#}"));
+        let (first, second) = (format!("{first:#}"), format!("{second:#}"));
+        println!("rank {rank}: {first}\nrank {rank}: {second}");
+        let want = "ranks [0, 1] disagree at collective #1: rank 0 asked ncclAllReduce(count 5, \
+                    float32, avg); rank 1 asked ncclBroadcast(count 5, float32, root 0)";
+        assert!(first.ends_with(want), "rank {rank}: {first}");
+        let want = "ranks [0, 1] disagree at collective #2: rank 0 asked ncclAllReduce(count 5, \
+                    float32, avg); rank 1 asked ncclAllReduce(count 5, float16, avg)";
+        assert!(second.ends_with(want), "rank {rank}: {second}");
     }
 }
 
@@ -380,4 +412,33 @@ fn nccl_emulated_devices_count_their_memory_apart() {
         CudaContext::new(count).is_err(),
         "device {count} of {count}"
     );
+}
+
+#[test]
+fn nccl_calls_before_joining_a_group_are_an_error() {
+    if common::gpu_device().is_none() {
+        return;
+    }
+    let be = backend(Device::Cuda(0)).unwrap();
+    assert_eq!(be.group_size(), 1);
+    let mut buf = be.upload(&[1.0, 2.0]).unwrap();
+    let e = be.all_reduce_mean(&mut [&mut buf]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cuda:0: all_reduce_mean: this backend joined no group (join_group)"
+    );
+}
+
+#[test]
+fn nccl_missing_library_gives_the_doctor_advice() {
+    // Without the emulator (plain `cargo test`) this machine usually has no NCCL.
+    match artgan::backend::cuda::libs::ensure_nccl() {
+        Ok(path) => println!("skipped: NCCL is here ({path})"),
+        Err(advice) => {
+            let e = nccl_unique_id().err().expect("an id without NCCL");
+            assert_eq!(format!("{e:#}"), format!("{advice:#}"));
+            assert!(e.to_string().contains("libnccl.so.2 not found"), "{e:#}");
+            assert!(e.to_string().contains("works without it"), "{e:#}");
+        }
+    }
 }

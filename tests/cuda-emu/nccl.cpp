@@ -344,10 +344,10 @@ EMU_EXPORT const char* ncclGetErrorString(ncclResult_t r) {
     switch (r) {
         case ncclSuccess: return "no error";
         case ncclUnhandledCudaError: return "unhandled cuda error";
-        case ncclSystemError: return "unhandled system error (emulated: see ncclGetLastError)";
+        case ncclSystemError: return "unhandled system error";
         case ncclInternalError: return "internal error";
-        case ncclInvalidArgument: return "invalid argument (emulated: see ncclGetLastError)";
-        case ncclInvalidUsage: return "invalid usage (emulated: see ncclGetLastError)";
+        case ncclInvalidArgument: return "invalid argument";
+        case ncclInvalidUsage: return "invalid usage";
         case ncclRemoteError: return "remote process exited or there was a network error";
         case ncclInProgress: return "NCCL operation in progress";
         default: return "unknown result code";

@@ -166,8 +166,9 @@ impl CudaBackend {
             })
             .ok_or_else(|| anyhow!("{me}: {what}: this backend joined no group (join_group)"))?;
         let who = format!(
-            "{me} rank {rank} of {world}: {what} of {} buffers",
-            bufs.len()
+            "{me} rank {rank} of {world}: {what} ({} buffer{})",
+            bufs.len(),
+            if bufs.len() == 1 { "" } else { "s" }
         );
         let api = api()?;
         let stream = self.stream.cu_stream() as Stream;
