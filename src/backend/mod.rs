@@ -12,6 +12,7 @@
 mod adam;
 pub mod batch;
 mod batchnorm;
+mod collective;
 mod conditional;
 mod conv;
 mod diffaug;
@@ -34,6 +35,7 @@ pub mod select;
 pub use adam::AdamBackend;
 pub use batch::BatchBackend;
 pub use batchnorm::BatchNormBackend;
+pub use collective::{CollectiveBackend, NcclId};
 pub use conditional::ConditionalBackend;
 pub use conv::ConvBackend;
 pub use diffaug::DiffAugBackend;
@@ -132,6 +134,7 @@ pub trait Backend:
     + ConditionalBackend
     + DiffAugBackend
     + ResampleBackend
+    + CollectiveBackend
 {
 }
 
@@ -149,6 +152,7 @@ impl<T> Backend for T where
         + ConditionalBackend
         + DiffAugBackend
         + ResampleBackend
+        + CollectiveBackend
 {
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the emulated CUDA device: kernels/*.cu compiled unchanged as host C++ (through
-# shim.h) together with the driver, cuBLAS and cuDNN stand-ins, into one shared library that
-# answers to the sonames cudarc opens (libcuda.so.1, libcublas.so.13, libcublasLt.so.13,
-# libcudnn.so.9). Usage: build.sh OUT_DIR plain|asan. Rebuilds only when an input changed.
+# shim.h) together with the driver, cuBLAS, cuDNN and NCCL stand-ins, into one shared library
+# that answers to the sonames cudarc opens (libcuda.so.1, libcublas.so.13, libcublasLt.so.13,
+# libcudnn.so.9) and to libnccl.so.2 (which artgan loads itself). Usage: build.sh OUT_DIR plain|asan. Rebuilds only when an input changed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -63,7 +63,7 @@ link=(-shared -Wl,-soname,libartgan_cuda_emu.so -Wl,--no-undefined)
 [ "$mode" = asan ] && link+=(-fsanitize=address,undefined)
 "$cxx" "${link[@]}" -o "$lib.tmp" "$out"/obj/*.o -lpthread -ldl
 mv "$lib.tmp" "$lib"
-for name in libcuda.so libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9; do
+for name in libcuda.so libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9 libnccl.so.2; do
     ln -sf libartgan_cuda_emu.so "$out/$name"
 done
 echo "$inputs" > "$stamp"

@@ -7,8 +7,9 @@
 // device) fails and invalidates the capture, so cuStreamEndCapture returns
 // CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, as on a GPU; a note on stderr names the call.
 //
-// Environment: ARTGAN_EMU_MEMORY_MIB (device capacity, default 4096), ARTGAN_EMU_SMS
-// (multiprocessor count, default 2: small grids, so the kernels' grid-stride loops iterate).
+// Each device (device.cpp) has its own memory accounting: an allocation belongs to the device
+// of the calling thread's current context. Kernels of all devices share the one block scheduler
+// (block.cpp). Modules and error strings: module.cpp.
 #include <dlfcn.h>
 
 #include <chrono>
@@ -20,70 +21,16 @@
 #include <memory>
 #include <mutex>
 
-#include "emu.h"
-
-using CUresult = int;
-enum : int {
-    CUDA_SUCCESS = 0,
-    CUDA_ERROR_INVALID_VALUE = 1,
-    CUDA_ERROR_OUT_OF_MEMORY = 2,
-    CUDA_ERROR_NOT_INITIALIZED = 3,
-    CUDA_ERROR_INVALID_DEVICE = 101,
-    CUDA_ERROR_INVALID_IMAGE = 200,
-    CUDA_ERROR_INVALID_CONTEXT = 201,
-    CUDA_ERROR_INVALID_HANDLE = 400,
-    CUDA_ERROR_ILLEGAL_STATE = 401,
-    CUDA_ERROR_NOT_FOUND = 500,
-    CUDA_ERROR_NOT_READY = 600,
-    CUDA_ERROR_ILLEGAL_ADDRESS = 700,
-    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
-    CUDA_ERROR_LAUNCH_FAILED = 719,
-    CUDA_ERROR_NOT_SUPPORTED = 801,
-    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
-    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
-    CUDA_ERROR_UNKNOWN = 999,
-};
+#include "driver.h"
 
 namespace emu {
 
-static std::vector<Kernel>& registry() {
-    static std::vector<Kernel> r;
-    return r;
-}
-void register_kernel(Kernel k) { registry().push_back(std::move(k)); }
-const Kernel* find_kernel(const char* name) {
-    for (const Kernel& k : registry())
-        if (strcmp(k.name, name) == 0) return &k;
-    return nullptr;
-}
-
-void note(const std::string& msg) { fprintf(stderr, "artgan cuda-emu: %s\n", msg.c_str()); }
-
-static size_t env_size(const char* name, size_t dflt) {
-    const char* v = getenv(name);
-    if (!v || !*v) return dflt;
-    char* end = nullptr;
-    unsigned long long x = strtoull(v, &end, 10);
-    if (*end || x == 0) {
-        note(std::string(name) + "=" + v + " is not a positive integer; using the default");
-        return dflt;
-    }
-    return (size_t)x;
-}
-
-struct State {
-    std::mutex mu;
-    bool initialised = false;
-    size_t capacity = 0;
-    size_t used = 0;
-    std::map<uintptr_t, size_t> allocs;  // start -> bytes
-    int sms = 2;
-    unsigned long long launches = 0;
-};
-static State& st() {
+State& st() {
     static State s;
     return s;
 }
+
+void note(const std::string& msg) { fprintf(stderr, "artgan cuda-emu: %s\n", msg.c_str()); }
 
 bool device_range(const void* p, size_t bytes, std::string* why) {
     State& s = st();
@@ -95,17 +42,26 @@ bool device_range(const void* p, size_t bytes, std::string* why) {
         return false;
     }
     --it;
-    if (a + bytes > it->first + it->second) {
+    if (a + bytes > it->first + it->second.bytes) {
         if (why) {
             char buf[160];
             snprintf(buf, sizeof buf,
                      "%zu bytes at offset %zu run past the end of a %zu-byte allocation", bytes,
-                     (size_t)(a - it->first), it->second);
-            *why = a >= it->first + it->second ? "address is not device memory" : buf;
+                     (size_t)(a - it->first), it->second.bytes);
+            *why = a >= it->first + it->second.bytes ? "address is not device memory" : buf;
         }
         return false;
     }
     return true;
+}
+
+int device_of(const void* p) {
+    State& s = st();
+    std::lock_guard<std::mutex> lock(s.mu);
+    auto it = s.allocs.upper_bound((uintptr_t)p);
+    if (it == s.allocs.begin()) return -1;
+    --it;
+    return (uintptr_t)p < it->first + it->second.bytes ? it->second.device : -1;
 }
 
 // ---- streams, capture and graphs
@@ -147,9 +103,6 @@ struct Graph {
 struct Event {
     std::chrono::steady_clock::time_point at;
 };
-struct Module {
-    std::string image;
-};
 
 // Runs `work` now, or records it when the stream is capturing.
 static CUresult submit(void* stream, std::function<CUresult()> work) {
@@ -162,7 +115,7 @@ static CUresult submit(void* stream, std::function<CUresult()> work) {
     return work();
 }
 
-static CUresult sticky = CUDA_SUCCESS;  // a failed launch poisons the context, as on a GPU
+CUresult sticky = CUDA_SUCCESS;  // see driver.h
 
 Captured capture_library_call(void* stream, const char* what, std::function<int()> work) {
     auto* s = static_cast<Stream*>(stream);
@@ -186,115 +139,6 @@ static thread_local unsigned long long t_host_syncs = 0;
 
 using namespace emu;
 
-#define CHECK_INIT()                                              \
-    do {                                                          \
-        if (!st().initialised) return CUDA_ERROR_NOT_INITIALIZED; \
-        if (sticky) return sticky;                                \
-    } while (0)
-
-EMU_EXPORT CUresult cuInit(unsigned flags) {
-    if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
-    State& s = st();
-    std::lock_guard<std::mutex> lock(s.mu);
-    if (!s.initialised) {
-        s.capacity = env_size("ARTGAN_EMU_MEMORY_MIB", 4096) << 20;
-        s.sms = (int)env_size("ARTGAN_EMU_SMS", 2);
-        s.initialised = true;
-    }
-    return CUDA_SUCCESS;
-}
-
-EMU_EXPORT CUresult cuDriverGetVersion(int* v) {
-    if (!v) return CUDA_ERROR_INVALID_VALUE;
-    *v = 13000;
-    return CUDA_SUCCESS;
-}
-
-EMU_EXPORT CUresult cuDeviceGetCount(int* n) {
-    CHECK_INIT();
-    if (!n) return CUDA_ERROR_INVALID_VALUE;
-    *n = 1;
-    return CUDA_SUCCESS;
-}
-
-EMU_EXPORT CUresult cuDeviceGet(int* dev, int ordinal) {
-    CHECK_INIT();
-    if (!dev) return CUDA_ERROR_INVALID_VALUE;
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *dev = 0;
-    return CUDA_SUCCESS;
-}
-
-static const char kDeviceName[] = "artgan emulated CUDA device (CPU, not a GPU)";
-
-EMU_EXPORT CUresult cuDeviceGetName(char* name, int len, int dev) {
-    CHECK_INIT();
-    if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
-    snprintf(name, (size_t)len, "%s", kDeviceName);
-    return CUDA_SUCCESS;
-}
-
-EMU_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, int dev) {
-    CHECK_INIT();
-    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *bytes = st().capacity;
-    return CUDA_SUCCESS;
-}
-
-// Like a T4 (compute capability 7.5): the cubin sm_75 is what the loader picks.
-EMU_EXPORT CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
-    CHECK_INIT();
-    if (!v) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
-    switch (attr) {
-        case 1: *v = 1024; break;          // MAX_THREADS_PER_BLOCK
-        case 2: case 3: *v = 1024; break;  // MAX_BLOCK_DIM_X / Y
-        case 4: *v = 64; break;            // MAX_BLOCK_DIM_Z
-        case 5: *v = 2147483647; break;    // MAX_GRID_DIM_X
-        case 6: case 7: *v = 65535; break;
-        case 8: *v = 49152; break;         // MAX_SHARED_MEMORY_PER_BLOCK
-        case 9: *v = 65536; break;         // TOTAL_CONSTANT_MEMORY
-        case 10: *v = 32; break;           // WARP_SIZE
-        case 12: *v = 65536; break;        // MAX_REGISTERS_PER_BLOCK
-        case 13: *v = 1590000; break;      // CLOCK_RATE (kHz)
-        case 16: *v = st().sms; break;     // MULTIPROCESSOR_COUNT
-        case 39: *v = 1024; break;         // MAX_THREADS_PER_MULTIPROCESSOR
-        case 41: *v = 1; break;            // UNIFIED_ADDRESSING
-        case 75: *v = 7; break;            // COMPUTE_CAPABILITY_MAJOR
-        case 76: *v = 5; break;            // COMPUTE_CAPABILITY_MINOR
-        case 97: *v = 65536; break;        // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-        case 115: *v = 1; break;           // MEMORY_POOLS_SUPPORTED: stream-ordered alloc/free
-        default: *v = 0; break;            // no managed memory, ...
-    }
-    return CUDA_SUCCESS;
-}
-
-// ---- contexts: one primary context; "current" is per host thread, as in CUDA.
-static int g_primary_ctx;
-static thread_local void* t_current = nullptr;
-
-EMU_EXPORT CUresult cuDevicePrimaryCtxRetain(void** ctx, int dev) {
-    CHECK_INIT();
-    if (!ctx) return CUDA_ERROR_INVALID_VALUE;
-    if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *ctx = &g_primary_ctx;
-    return CUDA_SUCCESS;
-}
-EMU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(int dev) {
-    return dev == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
-}
-EMU_EXPORT CUresult cuCtxSetCurrent(void* ctx) {
-    if (ctx && ctx != &g_primary_ctx) return CUDA_ERROR_INVALID_CONTEXT;
-    t_current = ctx;
-    return CUDA_SUCCESS;
-}
-EMU_EXPORT CUresult cuCtxGetCurrent(void** ctx) {
-    if (!ctx) return CUDA_ERROR_INVALID_VALUE;
-    *ctx = t_current;
-    return CUDA_SUCCESS;
-}
 EMU_EXPORT CUresult cuCtxSynchronize() {
     CHECK_INIT();
     if (CUresult r = forbidden_while_capturing("cuCtxSynchronize")) return r;
@@ -308,7 +152,7 @@ EMU_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     if (!free_bytes || !total) return CUDA_ERROR_INVALID_VALUE;
     State& s = st();
     std::lock_guard<std::mutex> lock(s.mu);
-    *free_bytes = s.capacity - s.used;
+    *free_bytes = s.capacity - s.used[current_device()];
     *total = s.capacity;
     return CUDA_SUCCESS;
 }
@@ -317,19 +161,20 @@ static CUresult mem_alloc(uintptr_t* dptr, size_t bytes) {
     CHECK_INIT();
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     State& s = st();
+    const int dev = current_device();
     {
         std::lock_guard<std::mutex> lock(s.mu);
-        if (bytes > s.capacity - s.used) return CUDA_ERROR_OUT_OF_MEMORY;
-        s.used += bytes;
+        if (bytes > s.capacity - s.used[dev]) return CUDA_ERROR_OUT_OF_MEMORY;
+        s.used[dev] += bytes;
     }
     // Exactly `bytes` (no rounding up), so that AddressSanitizer flags the first byte past it.
     void* p = malloc(bytes);
     std::lock_guard<std::mutex> lock(s.mu);
     if (!p) {
-        s.used -= bytes;
+        s.used[dev] -= bytes;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    s.allocs[(uintptr_t)p] = bytes;
+    s.allocs[(uintptr_t)p] = Alloc{bytes, dev};
     *dptr = (uintptr_t)p;
     return CUDA_SUCCESS;
 }
@@ -341,7 +186,7 @@ static CUresult mem_free(uintptr_t dptr) {
         std::lock_guard<std::mutex> lock(s.mu);
         auto it = s.allocs.find(dptr);
         if (it == s.allocs.end()) return CUDA_ERROR_INVALID_VALUE;
-        s.used -= it->second;
+        s.used[it->second.device] -= it->second.bytes;
         s.allocs.erase(it);
     }
     free((void*)dptr);
@@ -584,80 +429,6 @@ EMU_EXPORT CUresult cuGraphExecDestroy(void* g) {
     return CUDA_SUCCESS;
 }
 
-// ---- modules. Any image is accepted (PTX text, a cubin, or the source when the backend
-// compiled it itself); a kernel name resolves when the image names it and the emulator
-// compiled that kernel from kernels/*.cu, and fails with NOT_FOUND otherwise, like the driver.
-static size_t image_size(const void* image) {
-    const auto* b = static_cast<const unsigned char*>(image);
-    if (memcmp(b, "\x7f"
-                  "ELF",
-               4) == 0 && b[4] == 2) {
-        uint64_t shoff;
-        uint16_t shentsize, shnum;
-        memcpy(&shoff, b + 0x28, 8);
-        memcpy(&shentsize, b + 0x3A, 2);
-        memcpy(&shnum, b + 0x3C, 2);
-        return shoff + (size_t)shentsize * shnum;
-    }
-    return strlen(static_cast<const char*>(image));
-}
-
-EMU_EXPORT CUresult cuModuleLoadData(void** module, const void* image) {
-    CHECK_INIT();
-    if (!module || !image) return CUDA_ERROR_INVALID_VALUE;
-    size_t n = image_size(image);
-    if (n == 0) return CUDA_ERROR_INVALID_IMAGE;
-    *module = new Module{std::string(static_cast<const char*>(image), n)};
-    return CUDA_SUCCESS;
-}
-EMU_EXPORT CUresult cuModuleLoadDataEx(void** module, const void* image, unsigned, void*, void*) {
-    return cuModuleLoadData(module, image);
-}
-EMU_EXPORT CUresult cuModuleUnload(void* module) {
-    delete static_cast<Module*>(module);
-    return CUDA_SUCCESS;
-}
-
-static bool names_kernel(const std::string& image, const char* name) {
-    // A whole identifier: `.entry name(` in PTX, `name\0` in a cubin's string table,
-    // `void name(` in source.
-    const size_t len = strlen(name);
-    for (size_t at = image.find(name); at != std::string::npos; at = image.find(name, at + 1)) {
-        auto ident = [](char c) { return isalnum((unsigned char)c) || c == '_'; };
-        bool before = at == 0 || !ident(image[at - 1]);
-        bool after = at + len >= image.size() || !ident(image[at + len]);
-        if (before && after) return true;
-    }
-    return false;
-}
-
-EMU_EXPORT CUresult cuModuleGetFunction(void** func, void* module, const char* name) {
-    CHECK_INIT();
-    if (!func || !module || !name) return CUDA_ERROR_INVALID_VALUE;
-    const Kernel* k = find_kernel(name);
-    if (!k || !names_kernel(static_cast<Module*>(module)->image, name)) return CUDA_ERROR_NOT_FOUND;
-    *func = const_cast<Kernel*>(k);
-    return CUDA_SUCCESS;
-}
-
-EMU_EXPORT CUresult cuFuncGetAttribute(int* v, int attr, void* func) {
-    CHECK_INIT();
-    if (!v || !func) return CUDA_ERROR_INVALID_VALUE;
-    switch (attr) {
-        case 0: *v = 1024; break;                         // MAX_THREADS_PER_BLOCK
-        case 1: *v = (int)static_shared_bytes(); break;  // SHARED_SIZE_BYTES
-        case 4: *v = 32; break;                           // NUM_REGS
-        case 5: *v = 75; break;                           // PTX_VERSION
-        case 6: *v = 75; break;                           // BINARY_VERSION
-        default: *v = 0;
-    }
-    return CUDA_SUCCESS;
-}
-EMU_EXPORT CUresult cuFuncSetAttribute(void*, int, int) {
-    CHECK_INIT();
-    return CUDA_SUCCESS;
-}
-
 // Checks a launch like the hardware does, copies the arguments (a graph replays them later, as
 // CUDA copies them at capture), and runs or records it.
 EMU_EXPORT CUresult cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigned gz,
@@ -702,52 +473,6 @@ EMU_EXPORT CUresult cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigne
         sticky = CUDA_ERROR_LAUNCH_FAILED;
         return sticky;
     });
-}
-
-// ---- errors
-static const char* error_name(int e) {
-    switch (e) {
-        case CUDA_SUCCESS: return "CUDA_SUCCESS";
-        case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE";
-        case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY";
-        case CUDA_ERROR_NOT_INITIALIZED: return "CUDA_ERROR_NOT_INITIALIZED";
-        case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE";
-        case CUDA_ERROR_INVALID_IMAGE: return "CUDA_ERROR_INVALID_IMAGE";
-        case CUDA_ERROR_INVALID_CONTEXT: return "CUDA_ERROR_INVALID_CONTEXT";
-        case CUDA_ERROR_INVALID_HANDLE: return "CUDA_ERROR_INVALID_HANDLE";
-        case CUDA_ERROR_ILLEGAL_STATE: return "CUDA_ERROR_ILLEGAL_STATE";
-        case CUDA_ERROR_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
-        case CUDA_ERROR_NOT_READY: return "CUDA_ERROR_NOT_READY";
-        case CUDA_ERROR_ILLEGAL_ADDRESS: return "CUDA_ERROR_ILLEGAL_ADDRESS";
-        case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES";
-        case CUDA_ERROR_LAUNCH_FAILED: return "CUDA_ERROR_LAUNCH_FAILED";
-        case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED";
-        case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: return "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED";
-        case CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: return "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED";
-        case CUDA_ERROR_UNKNOWN: return "CUDA_ERROR_UNKNOWN";
-        default: return nullptr;
-    }
-}
-static const char* error_text(int e) {
-    switch (e) {
-        case CUDA_SUCCESS: return "no error";
-        case CUDA_ERROR_INVALID_VALUE: return "invalid argument";
-        case CUDA_ERROR_OUT_OF_MEMORY: return "out of memory (emulated device capacity)";
-        case CUDA_ERROR_NOT_INITIALIZED: return "initialization error";
-        case CUDA_ERROR_NOT_FOUND: return "named symbol not found";
-        case CUDA_ERROR_LAUNCH_FAILED: return "unspecified launch failure (emulated: see stderr)";
-        default: return error_name(e);
-    }
-}
-EMU_EXPORT CUresult cuGetErrorName(int e, const char** s) {
-    if (!s) return CUDA_ERROR_INVALID_VALUE;
-    *s = error_name(e);
-    return *s ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
-}
-EMU_EXPORT CUresult cuGetErrorString(int e, const char** s) {
-    if (!s) return CUDA_ERROR_INVALID_VALUE;
-    *s = error_text(e);
-    return *s ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 // ---- for tests: counters of the emulated device (not part of the CUDA API); host waits are

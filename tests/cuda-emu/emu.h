@@ -43,6 +43,13 @@ size_t static_shared_bytes();
 // [p, p + bytes) lies inside one live allocation; `why` says otherwise.
 bool device_range(const void* p, size_t bytes, std::string* why);
 
+// The device of the allocation holding `p` (-1: not device memory).
+int device_of(const void* p);
+
+// Devices: whether `dev` is one, and the device of the calling thread's current context.
+bool valid_device(int dev);
+int current_device();
+
 // Prints one line to stderr, prefixed so that an emulated result is never mistaken for a GPU's.
 void note(const std::string& msg);
 

@@ -197,6 +197,7 @@ impl LossBackend for CpuBackend {}
 impl ConditionalBackend for CpuBackend {}
 impl DiffAugBackend for CpuBackend {}
 impl ResampleBackend for CpuBackend {}
+impl CollectiveBackend for CpuBackend {}
 
 impl MemoryBackend for CpuBackend {
     fn copy(&self, s: &Storage) -> Result<Storage> {

@@ -4,8 +4,8 @@
 //! This file holds the backend struct, its launch macro and the memory family. The launches
 //! of each kernel family `kernels/<family>.cu` live in `<family>.rs` beside it, with the
 //! family trait's impl (`adam`, `batch`, `batchnorm`, `conditional`, `conv` (+ `cudnn`),
-//! `diffaug`, `elementwise`, `loss`, `random`, `reduce`, `resample`, `spectral_norm`); `modules.rs` loads
-//! the kernels build.rs found in each module.
+//! `diffaug`, `elementwise`, `loss`, `random`, `reduce`, `resample`, `spectral_norm`,
+//! `collective` (NCCL)); `modules.rs` loads the kernels build.rs found in each module.
 //!
 //! Every op is queued on the stream and returns at once; only `download` (and `synchronize`)
 //! wait. Scalars the trait returns (loss, sigma) stay on the device as one-element buffers.
@@ -43,6 +43,7 @@ mod adam;
 pub mod alloc;
 mod batch;
 mod batchnorm;
+mod collective;
 mod concat;
 mod conditional;
 mod conv;
@@ -67,6 +68,7 @@ use super::*;
 pub use alloc::CudaBuffer;
 use alloc::{Pool, PoolStats};
 use anyhow::{bail, Result};
+pub use collective::nccl_unique_id;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaFunction, CudaStream};
 use err::drv;

@@ -82,3 +82,4 @@ impl AdamBackend for ReferenceBackend {}
 impl ConditionalBackend for ReferenceBackend {}
 impl DiffAugBackend for ReferenceBackend {}
 impl ResampleBackend for ReferenceBackend {}
+impl CollectiveBackend for ReferenceBackend {}

@@ -1,0 +1,444 @@
+//! Collectives among the GPUs of one process (`backend/collective.rs`; NCCL through
+//! `backend/cuda/collective.rs`), with one thread and backend per GPU, as training runs them.
+//!
+//! Runs on two emulated devices: `ARTGAN_EMU_DEVICES=2 scripts/cuda-emu cargo test --release
+//! --test nccl` (CI does). With fewer than two devices the two-rank tests print `skipped: …`;
+//! they fail instead on a real GPU with `ARTGAN_REQUIRE_GPU=1`, and on the emulator when
+//! ARTGAN_EMU_DEVICES asked for two. The tests of what a GPU's NCCL would hang on or corrupt
+//! (disagreeing ranks, a rank that never arrives) run on the emulator only.
+
+mod common;
+
+use anyhow::Result;
+use artgan::backend::cuda::{device_name, nccl_unique_id};
+use artgan::backend::{backend, Backend, Device, NcclId, Storage};
+use half::f16;
+use std::time::{Duration, Instant};
+
+/// Whether `n` CUDA devices are there; else prints `skipped: …` (or fails, see the top).
+fn devices(n: usize) -> bool {
+    if common::gpu_device().is_none() {
+        return false;
+    }
+    let count = cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize;
+    if count >= n {
+        return true;
+    }
+    let emulated = device_name(0).contains("emulated");
+    let asked: usize = std::env::var("ARTGAN_EMU_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    if emulated && asked >= n {
+        panic!("ARTGAN_EMU_DEVICES={asked} but the emulated device has {count}");
+    }
+    if !emulated && std::env::var("ARTGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("ARTGAN_REQUIRE_GPU=1 but there are {count} CUDA devices; this test needs {n}");
+    }
+    let hint = if emulated {
+        " (ARTGAN_EMU_DEVICES=2 gives two)"
+    } else {
+        ""
+    };
+    println!("skipped: {count} CUDA device(s), this test needs {n}{hint}");
+    false
+}
+
+/// Whether the devices are the emulated ones (which report what a GPU would hang on).
+fn emulated() -> bool {
+    let yes = device_name(0).contains("emulated");
+    if !yes {
+        println!("skipped: on a GPU, NCCL hangs or corrupts here instead of failing");
+    }
+    yes
+}
+
+/// Runs `work(rank, backend)` on `world` threads, each with its own backend of `cuda:rank`,
+/// after every rank joined one group; returns each rank's result.
+fn on_ranks<T: Send>(
+    world: usize,
+    work: impl Fn(usize, &dyn Backend) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let id = nccl_unique_id().unwrap();
+    let work = &work;
+    std::thread::scope(|s| {
+        let ranks: Vec<_> = (0..world)
+            .map(|rank| {
+                s.spawn(move || {
+                    let be = backend(Device::Cuda(rank))?;
+                    be.join_group(rank, world, &id)?;
+                    assert_eq!(be.group_size(), world);
+                    work(rank, &*be)
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// `n` values in ±[0.5, 4), from `seed` (xorshift).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let m = 0.5 + 3.5 * ((x >> 40) as f32 / (1u64 << 24) as f32);
+            if x & 1 == 0 {
+                m
+            } else {
+                -m
+            }
+        })
+        .collect()
+}
+
+fn halves(v: &[f32]) -> Vec<f16> {
+    v.iter().map(|&x| f16::from_f32(x)).collect()
+}
+
+const F32_LENS: [usize; 3] = [1, 7, 1001];
+const F16_LENS: [usize; 2] = [3, 513];
+
+/// One rank's buffers: f32 of [`F32_LENS`], then f16 of [`F16_LENS`].
+type Buffers = (Vec<Vec<f32>>, Vec<Vec<f16>>);
+
+/// Rank `rank`'s buffers for the tests.
+fn rank_data(rank: usize) -> Buffers {
+    let seed = |i: usize| (rank * 100 + i) as u64;
+    let f32s = F32_LENS
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| values(n, seed(i)))
+        .collect();
+    let f16s = F16_LENS
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| halves(&values(n, seed(10 + i))))
+        .collect();
+    (f32s, f16s)
+}
+
+/// Uploads rank `rank`'s buffers, runs `collective` over all of them in one call, downloads.
+fn run_on_rank(
+    rank: usize,
+    be: &dyn Backend,
+    collective: impl Fn(&dyn Backend, &mut [&mut Storage]) -> Result<()>,
+) -> Result<Buffers> {
+    let (f32s, f16s) = rank_data(rank);
+    let mut bufs = Vec::new();
+    for v in &f32s {
+        bufs.push(be.upload(v)?);
+    }
+    for v in &f16s {
+        bufs.push(be.upload_f16(v)?);
+    }
+    let mut refs: Vec<&mut Storage> = bufs.iter_mut().collect();
+    collective(be, &mut refs)?;
+    let got32 = bufs[..f32s.len()]
+        .iter()
+        .map(|b| be.download(b))
+        .collect::<Result<_>>()?;
+    let got16 = bufs[f32s.len()..]
+        .iter()
+        .map(|b| be.download_f16(b))
+        .collect::<Result<_>>()?;
+    Ok((got32, got16))
+}
+
+#[test]
+fn nccl_all_reduce_mean_of_two_ranks_is_the_host_mean() {
+    if !devices(2) {
+        return;
+    }
+    let got = on_ranks(2, |rank, be| {
+        run_on_rank(rank, be, |be, b| be.all_reduce_mean(b))
+    });
+    let ((a32, a16), (b32, b16)) = (rank_data(0), rank_data(1));
+    // The bound: with every value in ±[0.5, 4), the sum of two is exact in f32 for f16 inputs
+    // and rounded once for f32 inputs, and halving it is exact (the mean is 0 or at least one
+    // input ulp / 2, far from subnormal). So NCCL's mean (sum then / 2, or each * 0.5 then sum)
+    // is the correctly rounded mean, bit for bit: no tolerance.
+    for (rank, r) in got.into_iter().enumerate() {
+        let (g32, g16) = r.unwrap_or_else(|e| panic!("rank {rank}: {e:#}"));
+        for (i, g) in g32.iter().enumerate() {
+            let want: Vec<f32> = a32[i]
+                .iter()
+                .zip(&b32[i])
+                .map(|(x, y)| (x + y) / 2.0)
+                .collect();
+            assert_eq!(g, &want, "rank {rank}, f32 buffer {i}");
+        }
+        for (i, g) in g16.iter().enumerate() {
+            let want: Vec<f16> = a16[i]
+                .iter()
+                .zip(&b16[i])
+                .map(|(x, y)| f16::from_f32((x.to_f32() + y.to_f32()) / 2.0))
+                .collect();
+            assert_eq!(g, &want, "rank {rank}, f16 buffer {i}");
+        }
+    }
+}
+
+#[test]
+fn nccl_broadcast_from_rank_1_gives_every_rank_its_buffers() {
+    if !devices(2) {
+        return;
+    }
+    let got = on_ranks(2, |rank, be| {
+        run_on_rank(rank, be, |be, b| be.broadcast(b, 1))
+    });
+    let root = rank_data(1);
+    for (rank, r) in got.into_iter().enumerate() {
+        let g = r.unwrap_or_else(|e| panic!("rank {rank}: {e:#}"));
+        assert_eq!(g, root, "rank {rank}");
+    }
+}
+
+#[test]
+fn nccl_ranks_that_disagree_on_the_count_both_fail_naming_the_ranks() {
+    if !devices(2) || !emulated() {
+        return;
+    }
+    let got = on_ranks(2, |rank, be| {
+        let mut buf = be.upload(&values(5 + 2 * rank, 1))?;
+        be.all_reduce_mean(&mut [&mut buf])
+    });
+    for (rank, r) in got.into_iter().enumerate() {
+        let e = format!("{:#}", r.unwrap_err());
+        println!("rank {rank}: {e}");
+        for needle in [
+            &format!("cuda:{rank} rank {rank} of 2: all_reduce_mean (1 buffer)") as &str,
+            "ranks [0, 1] disagree at collective #1",
+            "rank 0 asked ncclAllReduce(count 5, float32, avg)",
+            "rank 1 asked ncclAllReduce(count 7, float32, avg)",
+        ] {
+            assert!(e.contains(needle), "rank {rank}: {e:?} lacks {needle:?}");
+        }
+    }
+}
+
+#[test]
+fn nccl_ranks_that_disagree_on_the_operation_or_dtype_both_fail_naming_the_ranks() {
+    if !devices(2) || !emulated() {
+        return;
+    }
+    let got = on_ranks(2, |rank, be| {
+        let v = values(5, 3);
+        let mut buf = be.upload(&v)?;
+        // #1: rank 1 broadcasts where rank 0 all-reduces.
+        let first = if rank == 0 {
+            be.all_reduce_mean(&mut [&mut buf])
+        } else {
+            be.broadcast(&mut [&mut buf], 0)
+        };
+        // #2: rank 1 all-reduces f16 where rank 0 all-reduces f32.
+        let mut half = be.upload_f16(&halves(&v))?;
+        let second = be.all_reduce_mean(&mut [if rank == 0 { &mut buf } else { &mut half }]);
+        Ok((first.unwrap_err(), second.unwrap_err()))
+    });
+    for (rank, r) in got.into_iter().enumerate() {
+        let (first, second) = r.unwrap_or_else(|e| panic!("rank {rank}: {e:#}"));
+        let (first, second) = (format!("{first:#}"), format!("{second:#}"));
+        println!("rank {rank}: {first}\nrank {rank}: {second}");
+        let want = "ranks [0, 1] disagree at collective #1: rank 0 asked ncclAllReduce(count 5, \
+                    float32, avg); rank 1 asked ncclBroadcast(count 5, float32, root 0)";
+        assert!(first.ends_with(want), "rank {rank}: {first}");
+        let want = "ranks [0, 1] disagree at collective #2: rank 0 asked ncclAllReduce(count 5, \
+                    float32, avg); rank 1 asked ncclAllReduce(count 5, float16, avg)";
+        assert!(second.ends_with(want), "rank {rank}: {second}");
+    }
+}
+
+/// In the parent: runs `test` alone in a child process with the emulator's NCCL timeout at
+/// `timeout_ms` and returns what it printed. In that child: `None`, and the test does the work.
+fn in_child(test: &str, timeout_ms: u64) -> Option<String> {
+    if std::env::var_os("ARTGAN_NCCL_TEST_CHILD").is_some() {
+        return None;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("ARTGAN_NCCL_TEST_CHILD", "1")
+        .env("ARTGAN_EMU_NCCL_TIMEOUT_MS", timeout_ms.to_string())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child {test} failed:\n{text}");
+    Some(text)
+}
+
+#[test]
+fn nccl_a_rank_that_never_arrives_is_a_deadlock_error_not_a_hang() {
+    if !devices(2) || !emulated() {
+        return;
+    }
+    if let Some(out) = in_child(
+        "nccl_a_rank_that_never_arrives_is_a_deadlock_error_not_a_hang",
+        300,
+    ) {
+        println!("{out}");
+        return;
+    }
+    // Rank 1 joins but never all-reduces.
+    let started = Instant::now();
+    let got = on_ranks(2, |rank, be| {
+        let mut buf = be.upload(&values(9, 2))?;
+        if rank == 0 {
+            be.all_reduce_mean(&mut [&mut buf])?;
+        }
+        Ok(())
+    });
+    let e = format!("{:#}", got[0].as_ref().unwrap_err());
+    println!("rank 0: {e}");
+    assert!(got[1].is_ok());
+    assert!(e.contains("deadlock: ranks [0] waited "), "{e}");
+    assert!(e.contains(" ms at ncclAllReduce #1 for ranks [1]"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A rank that never joins: the one that did fails at the join.
+    let id = nccl_unique_id().unwrap();
+    let e = format!(
+        "{:#}",
+        backend(Device::Cuda(0))
+            .unwrap()
+            .join_group(0, 2, &id)
+            .unwrap_err()
+    );
+    println!("join: {e}");
+    assert!(e.contains("cuda:0 rank 0 of 2: joining the group"), "{e}");
+    assert!(e.contains("deadlock: ranks [0] waited "), "{e}");
+    assert!(e.contains(" ms at ncclCommInitRank for ranks [1]"), "{e}");
+}
+
+#[test]
+fn nccl_captured_all_reduce_replays_with_new_values() {
+    if !devices(2) {
+        return;
+    }
+    let data = |rank: usize, replay: usize| values(11, (10 * rank + replay) as u64);
+    let got = on_ranks(2, |rank, be| {
+        let Some(cap) = be.step_capture().filter(|c| c.can_capture()) else {
+            println!("skipped: no CUDA graphs here (ARTGAN_CUDA_POOL=off?)");
+            return Ok(None);
+        };
+        let mut buf = be.upload(&data(rank, 0))?;
+        cap.start_pool_recording();
+        let need = cap.pool_need();
+        let graph = cap.capture(&need, &mut || be.all_reduce_mean(&mut [&mut buf]))?;
+        let mut out = Vec::new();
+        for replay in 1..3 {
+            be.write(&mut buf, &data(rank, replay))?;
+            graph.launch()?;
+            out.push(be.download(&buf)?);
+        }
+        Ok(Some(out))
+    });
+    for (rank, r) in got.into_iter().enumerate() {
+        let Some(out) = r.unwrap_or_else(|e| panic!("rank {rank}: {e:#}")) else {
+            continue;
+        };
+        for (i, g) in out.iter().enumerate() {
+            let (a, b) = (data(0, i + 1), data(1, i + 1));
+            let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect();
+            assert_eq!(g, &want, "rank {rank}, replay {}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn nccl_a_group_of_one_device_keeps_its_values() {
+    if common::gpu_device().is_none() {
+        return;
+    }
+    let got = on_ranks(1, |rank, be| {
+        let mean = run_on_rank(rank, be, |be, b| be.all_reduce_mean(b))?;
+        let bcast = run_on_rank(rank, be, |be, b| be.broadcast(b, 0))?;
+        Ok((mean, bcast))
+    });
+    let (mean, bcast) = got.into_iter().next().unwrap().unwrap();
+    assert_eq!(mean, rank_data(0));
+    assert_eq!(bcast, rank_data(0));
+}
+
+#[test]
+fn nccl_collectives_on_the_cpu_are_an_error_naming_the_device() {
+    let cpu = backend(Device::Cpu).unwrap();
+    assert_eq!(cpu.group_size(), 1);
+    let e = cpu.join_group(0, 2, &NcclId([0; 128])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "join_group: collectives need CUDA devices (given cpu)"
+    );
+    let mut buf = cpu.upload(&[1.0]).unwrap();
+    let e = cpu.all_reduce_mean(&mut [&mut buf]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "all_reduce_mean: collectives need CUDA devices (given cpu)"
+    );
+}
+
+#[test]
+fn nccl_emulated_devices_count_their_memory_apart() {
+    if !devices(2) || !emulated() {
+        return;
+    }
+    // Alone in a child process: the other tests allocate meanwhile.
+    if let Some(out) = in_child("nccl_emulated_devices_count_their_memory_apart", 20000) {
+        println!("{out}");
+        return;
+    }
+    use cudarc::driver::CudaContext;
+    let free = |ordinal| {
+        CudaContext::new(ordinal).unwrap().bind_to_thread().unwrap();
+        cudarc::driver::result::mem_get_info().unwrap().0
+    };
+    let before = (free(0), free(1));
+    let stream = CudaContext::new(1).unwrap().default_stream();
+    let buf = stream.alloc_zeros::<u8>(64 << 20).unwrap();
+    assert_eq!((free(0), free(1)), (before.0, before.1 - (64 << 20)));
+    drop(buf);
+    assert_eq!((free(0), free(1)), before);
+    let count = CudaContext::device_count().unwrap() as usize;
+    assert!(
+        CudaContext::new(count).is_err(),
+        "device {count} of {count}"
+    );
+}
+
+#[test]
+fn nccl_calls_before_joining_a_group_are_an_error() {
+    if common::gpu_device().is_none() {
+        return;
+    }
+    let be = backend(Device::Cuda(0)).unwrap();
+    assert_eq!(be.group_size(), 1);
+    let mut buf = be.upload(&[1.0, 2.0]).unwrap();
+    let e = be.all_reduce_mean(&mut [&mut buf]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cuda:0: all_reduce_mean: this backend joined no group (join_group)"
+    );
+}
+
+#[test]
+fn nccl_missing_library_gives_the_doctor_advice() {
+    // Without the emulator (plain `cargo test`) this machine usually has no NCCL.
+    match artgan::backend::cuda::libs::ensure_nccl() {
+        Ok(path) => println!("skipped: NCCL is here ({path})"),
+        Err(advice) => {
+            let e = nccl_unique_id().err().expect("an id without NCCL");
+            assert_eq!(format!("{e:#}"), format!("{advice:#}"));
+            assert!(e.to_string().contains("libnccl.so.2 not found"), "{e:#}");
+            assert!(e.to_string().contains("works without it"), "{e:#}");
+        }
+    }
+}
