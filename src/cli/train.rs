@@ -216,20 +216,13 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     cfg.epochs = DEFAULT_EPOCHS;
     cfg.batch_size = batch_size;
     cfg.condition = a.condition.clone();
-    // FastGAN's recipe: hinge loss, DiffAugment on every D input.
-    let default_diffaugment = if light {
-        "color,translation,cutout"
-    } else {
-        ""
-    };
-    let diffaugment = a.diffaugment.as_deref().unwrap_or(default_diffaugment);
-    cfg.diffaugment = crate::ops::DiffAugment::parse(diffaugment)?;
-    let default_loss = if light {
-        crate::ops::GanLoss::Hinge
-    } else {
-        crate::ops::GanLoss::Bce
-    };
-    cfg.loss = a.loss.unwrap_or(default_loss);
+    // Unset: the preset's (lightweight: DiffAugment color,translation,cutout, hinge loss).
+    if let Some(p) = &a.diffaugment {
+        cfg.diffaugment = crate::ops::DiffAugment::parse(p)?;
+    }
+    if let Some(loss) = a.loss {
+        cfg.loss = loss;
+    }
     cfg.lr_d = 2e-4;
     cfg.lr_g = 2e-4;
     cfg.lr_g_detail = if a.preset == Preset::Classical {
