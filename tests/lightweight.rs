@@ -247,7 +247,8 @@ fn cli_lightweight_at_256_px_writes_256_px_grids_and_samples() {
         p,
     ));
     assert_eq!(png_size(&p.join("s/sample-0000.png")), (256, 256));
-    assert!(p.join("run/index.html").is_file());
+    let report = std::fs::read_to_string(p.join("run/index.html")).unwrap();
+    assert!(report.contains("256×256 px"), "the report names the size");
 }
 
 #[test]

@@ -187,6 +187,13 @@ pub fn resolve_cuda_graphs(a: &TrainArgs, device: Device) -> Result<bool> {
     }
 }
 
+/// [`resolve_cuda_graphs`]'s answer for a run of `preset`: lightweight's default is off, as its
+/// step graphs cannot replay the per-step reconstruction crop yet (asked for: the trainer's
+/// error).
+pub fn cuda_graphs_for_preset(a: &TrainArgs, resolved: bool, preset: Preset) -> bool {
+    resolved && (a.cuda_graphs.is_some() || preset != Preset::Lightweight)
+}
+
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let full = ModelConfig::full(a.preset);
     let light = a.preset == Preset::Lightweight;
@@ -399,9 +406,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     };
     // The device that really runs (what `auto` resolved to), for config.json and the report.
     cfg.device = device.to_string();
-    // Off by default for lightweight, whose step graphs cannot replay yet (asked for: an error).
-    let light = cfg.model.preset == Preset::Lightweight;
-    cfg.cuda_graphs = cuda_graphs && (a.cuda_graphs.is_some() || !light);
+    cfg.cuda_graphs = cuda_graphs_for_preset(a, cuda_graphs, cfg.model.preset);
     cfg.conv_impl = a.device.conv_impl();
     warn_high_lrs(&cfg);
     let size = cfg.model.image_size;
