@@ -25,7 +25,7 @@
 //! `--lr-window`), then a device synchronisation so the step's time is all its work.
 
 use artgan::backend::Device;
-use artgan::cli::{resolve_cuda_graphs, train_config, TrainArgs};
+use artgan::cli::{cuda_graphs_for_preset, resolve_cuda_graphs, train_config, TrainArgs};
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
 use artgan::train::Trainer;
@@ -62,7 +62,8 @@ fn main() -> anyhow::Result<()> {
     let mut cfg = train_config(&args.train)?;
     let device = args.train.device.resolve()?;
     cfg.precision = artgan::amp::resolve(args.train.precision, device)?;
-    cfg.cuda_graphs = resolve_cuda_graphs(&args.train, device)?;
+    let graphs = resolve_cuda_graphs(&args.train, device)?;
+    cfg.cuda_graphs = cuda_graphs_for_preset(&args.train, graphs, cfg.model.preset);
     cfg.conv_impl = args.train.device.conv_impl();
     let graphs = if cfg.cuda_graphs { "-graphs" } else { "" };
     let (batch, size) = (cfg.batch_size, cfg.model.image_size);

@@ -443,7 +443,9 @@ fn f16_activation_ops_on_both_cpu_backends_compute_in_f32_and_round_on_store() {
 #[test]
 fn amp_models_pass_f16_activations_between_layers_and_give_f32_images_and_logits() {
     use artgan::nn::layers::forward_layers;
-    use artgan::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset};
+    use artgan::nn::{
+        Ctx, Discriminator, Generator, GeneratorBody, Mode, ModelConfig, Module, Preset,
+    };
     let model = ModelConfig {
         preset: Preset::Dcgan,
         image_size: 32,
@@ -460,7 +462,10 @@ fn amp_models_pass_f16_activations_between_layers_and_give_f32_images_and_logits
         (Numerics::FP32, DType::F32),
     ] {
         let mut ctx = Ctx::new(Mode::Train, &mut rng, numerics);
-        let layers = &g.stages[0].1.layers;
+        let GeneratorBody::Stages(stages) = &g.body else {
+            panic!("dcgan has stages")
+        };
+        let layers = &stages[0].1.layers;
         // ConvT, BN + ReLU (fused), ConvT, BN + ReLU: the second block's output.
         let h = forward_layers(&layers[..6], &z, &mut ctx).unwrap();
         assert_eq!(h.dtype(), hidden, "{:?}", numerics.precision);

@@ -27,7 +27,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "ConditionArgs")]
     pub resume: Option<PathBuf>,
     /// Model recipe: dcgan (pytorch/examples), classical (seed 001) or dcgan-kaggle (seed 000:
-    /// dcgan with batch norm on D's first layer, nz 128; --full: 64 px, batch 128).
+    /// dcgan with batch norm on D's first layer, nz 128; --full: 64 px, batch 128) or
+    /// lightweight (FastGAN-class, for small collections: 64 px, nz 256, hinge loss,
+    /// DiffAugment color,translation,cutout; --full: 256 px, ngf = ndf = 64).
     #[arg(long, value_enum, default_value_t = Preset::Dcgan, conflicts_with = "resume")]
     pub preset: Preset,
     /// Use the preset's published sizes (dcgan: 64 px, ngf = ndf = 64; classical: 128 px,
@@ -73,7 +75,8 @@ pub struct TrainArgs {
     /// Discriminator width (channels of its first layer) [default: 32, --full 64].
     #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub ndf: Option<usize>,
-    /// Image side: 32, 64 or 128 [default: 32; --full: 64 dcgan, 128 classical].
+    /// Image side: 32, 64 or 128; lightweight: 64, 128 or 256 [default: 32, lightweight 64;
+    /// --full: 64 dcgan, 128 classical, 256 lightweight].
     #[arg(long, value_parser = crate::flags::parse_whole::<usize>, conflicts_with = "resume")]
     pub image_size: Option<usize>,
     #[command(flatten)]
@@ -97,14 +100,15 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub condition: data::ConditionArgs,
     /// DiffAugment (Zhao et al. 2020) on every discriminator input, real and fake, in both
-    /// steps: any of color,translation,cutout (comma separated) [default: none].
+    /// steps: any of color,translation,cutout (comma separated), or none [default: none;
+    /// lightweight: color,translation,cutout].
     #[arg(long, value_name = "LIST", conflicts_with = "resume")]
     pub diffaugment: Option<String>,
     /// Adversarial loss: bce (binary cross-entropy with logits, non-saturating for G: the
     /// seeds' and pytorch/examples' loss) or hinge (D: max(0, 1 − D(x)) + max(0, 1 + D(G(z))),
-    /// G: −D(G(z)); SAGAN, FastGAN).
-    #[arg(long, value_enum, default_value_t = crate::ops::GanLoss::Bce, conflicts_with = "resume")]
-    pub loss: crate::ops::GanLoss,
+    /// G: −D(G(z)); SAGAN, FastGAN) [default: bce; lightweight: hinge].
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    pub loss: Option<crate::ops::GanLoss>,
     /// Seed of every random stream (init, latents, dropout/noise, data order).
     #[arg(long, value_parser = crate::flags::parse_whole::<u64>, default_value_t = 0, conflicts_with = "resume")]
     pub seed: u64,
@@ -183,13 +187,23 @@ pub fn resolve_cuda_graphs(a: &TrainArgs, device: Device) -> Result<bool> {
     }
 }
 
+/// [`resolve_cuda_graphs`]'s answer for a run of `preset`: lightweight's default is off, as its
+/// step graphs cannot replay the per-step reconstruction crop yet (asked for: the trainer's
+/// error).
+pub fn cuda_graphs_for_preset(a: &TrainArgs, resolved: bool, preset: Preset) -> bool {
+    resolved && (a.cuda_graphs.is_some() || preset != Preset::Lightweight)
+}
+
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let full = ModelConfig::full(a.preset);
+    let light = a.preset == Preset::Lightweight;
     let model = ModelConfig {
         preset: a.preset,
-        image_size: a
-            .image_size
-            .unwrap_or(if a.full { full.image_size } else { 32 }),
+        image_size: a.image_size.unwrap_or(match (a.full, light) {
+            (true, _) => full.image_size,
+            (false, true) => 64,
+            (false, false) => 32,
+        }),
         nz: a.nz.unwrap_or(full.nz),
         ngf: a.ngf.unwrap_or(if a.full { full.ngf } else { 32 }),
         ndf: a.ndf.unwrap_or(if a.full { full.ndf } else { 32 }),
@@ -209,10 +223,13 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     cfg.epochs = DEFAULT_EPOCHS;
     cfg.batch_size = batch_size;
     cfg.condition = a.condition.clone();
+    // Unset: the preset's (lightweight: DiffAugment color,translation,cutout, hinge loss).
     if let Some(p) = &a.diffaugment {
         cfg.diffaugment = crate::ops::DiffAugment::parse(p)?;
     }
-    cfg.loss = a.loss;
+    if let Some(loss) = a.loss {
+        cfg.loss = loss;
+    }
     cfg.lr_d = 2e-4;
     cfg.lr_g = 2e-4;
     cfg.lr_g_detail = if a.preset == Preset::Classical {
@@ -389,7 +406,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     };
     // The device that really runs (what `auto` resolved to), for config.json and the report.
     cfg.device = device.to_string();
-    cfg.cuda_graphs = cuda_graphs;
+    cfg.cuda_graphs = cuda_graphs_for_preset(a, cuda_graphs, cfg.model.preset);
     cfg.conv_impl = a.device.conv_impl();
     warn_high_lrs(&cfg);
     let size = cfg.model.image_size;

@@ -8,13 +8,14 @@
 
 pub mod draws;
 pub mod layers;
+pub mod lightweight;
 pub mod models;
 
 pub use layers::{
     BatchNorm2d, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential, SpectralNormConv2d,
     StateRef,
 };
-pub use models::{Discriminator, Generator, ModelConfig, Preset};
+pub use models::{Discriminator, DiscriminatorBody, Generator, GeneratorBody, ModelConfig, Preset};
 
 use crate::amp::Numerics;
 use crate::ops::{Labels, Seed};

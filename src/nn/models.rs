@@ -1,4 +1,4 @@
-//! The two model presets.
+//! The model presets (the lightweight one's networks: [`super::lightweight`]).
 //!
 //! * `dcgan`: pytorch/examples `dcgan/main.py`, names and shapes included, so its weights load
 //!   there. At 64 px it is that network exactly; 32 px drops one stride-2 stage and 128 px
@@ -6,11 +6,13 @@
 //! * `classical`: seed 001 (see README): a two-stage generator (`initial.*` and `detail.*`,
 //!   separate Adam groups) and a spectral-normalised discriminator with input noise and
 //!   dropout, a 5×5 logit map and global average pooling.
+//! * `lightweight`: a FastGAN-class pair for small collections (see [`super::lightweight`]).
 
 use super::layers::{
     forward_layers, BatchNorm2d, ClassEmbedding, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer,
     Sequential, SpectralNormConv2d, StateRef,
 };
+use super::lightweight::{self, LightDiscriminator, LightGenerator};
 use super::{Ctx, Module};
 use crate::backend::Device;
 use crate::ops;
@@ -32,6 +34,9 @@ pub enum Preset {
     #[serde(rename = "dcgan-kaggle")]
     #[value(name = "dcgan-kaggle")]
     DcganKaggle,
+    /// FastGAN-class (skip-layer excitation, self-supervised D; nz 256, 64 px; --full 256 px
+    /// and ngf = ndf = 64).
+    Lightweight,
 }
 
 impl fmt::Display for Preset {
@@ -40,6 +45,7 @@ impl fmt::Display for Preset {
             Preset::Dcgan => "dcgan",
             Preset::Classical => "classical",
             Preset::DcganKaggle => "dcgan-kaggle",
+            Preset::Lightweight => "lightweight",
         })
     }
 }
@@ -89,13 +95,27 @@ impl ModelConfig {
                 ngf: 64,
                 ndf: 64,
             },
+            Preset::Lightweight => ModelConfig {
+                preset,
+                image_size: 256,
+                nz: 256,
+                ngf: 64,
+                ndf: 64,
+            },
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        if ![32, 64, 128].contains(&self.image_size) {
+        if self.preset == Preset::Lightweight {
+            if !lightweight::SIZES.contains(&self.image_size) {
+                bail!(
+                    "image size {} is not supported by the lightweight preset: use 64, 128 or 256",
+                    self.image_size
+                );
+            }
+        } else if ![32, 64, 128].contains(&self.image_size) {
             bail!(
-                "image size {} is not supported: use 32, 64 or 128",
+                "image size {} is not supported: use 32, 64 or 128 (256: --preset lightweight)",
                 self.image_size
             );
         }
@@ -125,7 +145,7 @@ impl ModelConfig {
     pub fn d_widths(&self) -> Vec<usize> {
         let n = match self.preset {
             Preset::Dcgan | Preset::DcganKaggle => log2(self.image_size) - 2,
-            Preset::Classical => log2(self.image_size) - 3,
+            Preset::Classical | Preset::Lightweight => log2(self.image_size) - 3,
         };
         (0..n).map(|i| self.ndf << i).collect()
     }
@@ -144,9 +164,16 @@ pub struct Generator {
     /// The class a conditional generator paints when a forward pass brings no labels (set by
     /// `sample`/`interpolate`/`project --class`).
     pub fixed_class: Cell<Option<u32>>,
+    pub body: GeneratorBody,
+}
+
+/// The layers of a generator, by architecture.
+pub enum GeneratorBody {
     /// Named stages: `main` for dcgan; `initial` and `detail` for classical (each its own Adam
     /// group).
-    pub stages: Vec<(String, Sequential)>,
+    Stages(Vec<(String, Sequential)>),
+    /// The lightweight preset's network (one Adam group, `main`; names without a prefix).
+    Lightweight(LightGenerator),
 }
 
 fn g_block(
@@ -181,6 +208,16 @@ impl Generator {
         device: Device,
     ) -> Result<Self> {
         config.validate()?;
+        if config.preset == Preset::Lightweight {
+            let c = config;
+            let net = LightGenerator::new(c.image_size, c.nz, c.ngf, classes, rng, device)?;
+            return Ok(Generator {
+                config: config.clone(),
+                classes,
+                fixed_class: Cell::new(None),
+                body: GeneratorBody::Lightweight(net),
+            });
+        }
         let widths = config.g_widths();
         // Hidden layers: ConvT-BN-ReLU, the first from the 1×1 latent to 4×4.
         let mut hidden = Vec::new();
@@ -195,7 +232,7 @@ impl Generator {
         let last = ConvTranspose2d::new(widths[widths.len() - 1], 3, 4, 2, 1, false, rng, device)?;
         let split = match config.preset {
             Preset::Dcgan | Preset::DcganKaggle => hidden.len(),
-            Preset::Classical => CLASSICAL_INITIAL_LAYERS.min(hidden.len()),
+            _ => CLASSICAL_INITIAL_LAYERS.min(hidden.len()),
         };
         let mut first = Sequential::new();
         let mut second = Sequential::new();
@@ -205,13 +242,13 @@ impl Generator {
         }
         let out_seq = match config.preset {
             Preset::Dcgan | Preset::DcganKaggle => &mut first,
-            Preset::Classical => &mut second,
+            _ => &mut second,
         };
         out_seq.push(Layer::ConvT(last));
         out_seq.push(Layer::Tanh);
         let stages = match config.preset {
             Preset::Dcgan | Preset::DcganKaggle => vec![("main".to_string(), first)],
-            Preset::Classical => vec![
+            _ => vec![
                 ("initial".to_string(), first),
                 ("detail".to_string(), second),
             ],
@@ -220,7 +257,7 @@ impl Generator {
             config: config.clone(),
             classes,
             fixed_class: Cell::new(None),
-            stages,
+            body: GeneratorBody::Stages(stages),
         })
     }
 
@@ -242,16 +279,26 @@ impl Generator {
     /// The images, f32 also under amp (whose last activation is f16): what D, DiffAugment,
     /// the grids and the samples read.
     fn forward_stages(&self, z: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let mut h = z;
-        for (_, seq) in &self.stages {
-            h = seq.forward(&h, ctx)?;
-        }
+        let h = match &self.body {
+            GeneratorBody::Stages(stages) => {
+                let mut h = z;
+                for (_, seq) in stages {
+                    h = seq.forward(&h, ctx)?;
+                }
+                h
+            }
+            GeneratorBody::Lightweight(net) => net.forward(&z, ctx)?,
+        };
         ops::to_f32(&h)
     }
 
     /// Parameters by Adam group: `(stage name, [(full name, tensor)])`.
     pub fn param_groups(&self) -> Vec<(String, Vec<(String, Tensor)>)> {
-        self.stages
+        let stages = match &self.body {
+            GeneratorBody::Stages(stages) => stages,
+            GeneratorBody::Lightweight(net) => return vec![("main".into(), net.parameters())],
+        };
+        stages
             .iter()
             .map(|(name, seq)| {
                 let params = seq
@@ -267,8 +314,13 @@ impl Generator {
 
 impl Module for Generator {
     fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
-        for (name, seq) in &self.stages {
-            seq.visit_state(&format!("{prefix}{name}."), f);
+        match &self.body {
+            GeneratorBody::Stages(stages) => {
+                for (name, seq) in stages {
+                    seq.visit_state(&format!("{prefix}{name}."), f);
+                }
+            }
+            GeneratorBody::Lightweight(net) => net.visit_state(prefix, f),
         }
     }
 }
@@ -277,12 +329,20 @@ impl Module for Generator {
 /// fused loss; pytorch/examples' final `Sigmoid` has no state, so names still match).
 pub struct Discriminator {
     pub config: ModelConfig,
-    pub main: Sequential,
+    pub body: DiscriminatorBody,
     /// Projection discriminator (Miyato & Koyama 2018), conditional runs only:
     /// `logit = psi(phi(x)) + <embed(y), phi(x)>` with phi(x) = the last hidden feature map
     /// summed over its pixels (`[B, C]`) and psi = the unconditional head (`main`'s last conv,
     /// averaged). State-dict name `embed.*`.
     pub embed: Option<ClassEmbedding>,
+}
+
+/// The layers of a discriminator, by architecture.
+pub enum DiscriminatorBody {
+    /// dcgan and classical: one `nn.Sequential`, state-dict prefix `main.`.
+    Plain(Sequential),
+    /// The lightweight preset's network, with its reconstruction decoders (no prefix).
+    Lightweight(LightDiscriminator),
 }
 
 impl Discriminator {
@@ -300,6 +360,20 @@ impl Discriminator {
         device: Device,
     ) -> Result<Self> {
         config.validate()?;
+        if config.preset == Preset::Lightweight {
+            let net = LightDiscriminator::new(config.image_size, config.ndf, rng, device)?;
+            let embed = (classes > 0)
+                .then(|| {
+                    let c = net.feature_channels(config.ndf);
+                    ClassEmbedding::new(classes, c, true, rng, device)
+                })
+                .transpose()?;
+            return Ok(Discriminator {
+                config: config.clone(),
+                body: DiscriminatorBody::Lightweight(net),
+                embed,
+            });
+        }
         let widths = config.d_widths();
         let mut main = Sequential::new();
         let mut c_in = 3;
@@ -320,7 +394,7 @@ impl Discriminator {
                     c_in, 1, 4, 1, 0, false, rng, device,
                 )?));
             }
-            Preset::Classical => {
+            _ => {
                 main.push(Layer::GaussianNoise(Cell::new(CLASSICAL_NOISE_STD)));
                 for &w in &widths {
                     main.push(Layer::SnConv(SpectralNormConv2d::new(
@@ -346,7 +420,7 @@ impl Discriminator {
         };
         Ok(Discriminator {
             config: config.clone(),
-            main,
+            body: DiscriminatorBody::Plain(main),
             embed,
         })
     }
@@ -360,42 +434,87 @@ impl Discriminator {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         let s = self.config.image_size;
         match *x.shape() {
-            [_, 3, h, w] if h == s && w == s => {}
+            [_, 3, h, w] if h == s && w == s => Ok(()),
             ref shape => {
                 bail!("discriminator: images of shape {shape:?}, expected [B, 3, {s}, {s}]")
             }
         }
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.check_input(x)?;
+        let main = match &self.body {
+            DiscriminatorBody::Plain(main) => main,
+            DiscriminatorBody::Lightweight(net) => {
+                let (_, feat_8) = net.features(x, ctx)?;
+                return self.project(&net.logits(&feat_8, ctx)?, &feat_8, ctx);
+            }
+        };
         // The logits are f32 also under amp (the loss is f32), as PyTorch autocast's losses.
-        let Some(embed) = &self.embed else {
-            let y = ops::to_f32(&self.main.forward(x, ctx)?)?;
+        if self.embed.is_none() {
+            let y = ops::to_f32(&main.forward(x, ctx)?)?;
             // dcgan: [B, 1, 1, 1]; classical: [B, 1, 5, 5] averaged to one logit per image.
             return ops::mean_rows(&y);
-        };
-        let b = x.shape()[0];
-        let labels = ctx.need_labels("the projection discriminator", b)?;
-        let (last, hidden) = self
-            .main
+        }
+        let (last, hidden) = main
             .layers
             .split_last()
             .expect("a discriminator has layers");
         let h = forward_layers(hidden, x, ctx)?;
         let logit = ops::mean_rows(&ops::to_f32(&last.forward(&h, ctx)?)?)?;
-        let [_, c, hh, ww] = *h.shape() else {
+        self.project(&logit, &h, ctx)
+    }
+
+    /// `logit` plus, in a projection discriminator, `<embed(y), phi(x)>` with phi(x) the last
+    /// hidden features `h` summed over their pixels.
+    fn project(&self, logit: &Tensor, h: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let Some(embed) = &self.embed else {
+            return Ok(logit.clone());
+        };
+        let [b, c, hh, ww] = *h.shape() else {
             bail!("discriminator: hidden features of shape {:?}", h.shape());
         };
+        let labels = ctx.need_labels("the projection discriminator", b)?;
         // phi(x): the features summed over their pixels, [B, C] (in f32).
-        let h = ops::to_f32(&h)?;
+        let h = ops::to_f32(h)?;
         let phi = ops::sum_rows(&h.reshape(&[b * c, hh * ww])?)?.reshape(&[b, c])?;
         let e = embed.lookup(labels, ctx.mode)?;
-        ops::add(&logit, &ops::row_dot(&e, &phi)?)
+        ops::add(logit, &ops::row_dot(&e, &phi)?)
+    }
+
+    /// Whether D has the self-supervised decoders (then [`Discriminator::forward_real`] needs a
+    /// quarter).
+    pub fn reconstructs(&self) -> bool {
+        matches!(self.body, DiscriminatorBody::Lightweight(_))
+    }
+
+    /// D on a real batch: the logits and, for a D with decoders, the reconstruction loss of
+    /// `x` (with the features' quarter `quarter`, 0..=3, for the part decoder).
+    pub fn forward_real(
+        &self,
+        x: &Tensor,
+        quarter: Option<usize>,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (DiscriminatorBody::Lightweight(net), Some(q)) = (&self.body, quarter) else {
+            return Ok((self.forward(x, ctx)?, None));
+        };
+        self.check_input(x)?;
+        let (feat_16, feat_8) = net.features(x, ctx)?;
+        let logits = self.project(&net.logits(&feat_8, ctx)?, &feat_8, ctx)?;
+        let rec = net.reconstruction_loss(x, &feat_16, &feat_8, q, ctx)?;
+        Ok((logits, Some(rec)))
     }
 
     /// Sets the std of the input noise (classical only; a no-op for dcgan).
     pub fn set_noise_std(&self, std: f32) {
-        for layer in &self.main.layers {
+        let DiscriminatorBody::Plain(main) = &self.body else {
+            return;
+        };
+        for layer in &main.layers {
             if let Layer::GaussianNoise(s) = layer {
                 s.set(std);
             }
@@ -403,7 +522,10 @@ impl Discriminator {
     }
 
     pub fn noise_std(&self) -> Option<f32> {
-        self.main.layers.iter().find_map(|l| match l {
+        let DiscriminatorBody::Plain(main) = &self.body else {
+            return None;
+        };
+        main.layers.iter().find_map(|l| match l {
             Layer::GaussianNoise(s) => Some(s.get()),
             _ => None,
         })
@@ -412,7 +534,10 @@ impl Discriminator {
 
 impl Module for Discriminator {
     fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
-        self.main.visit_state(&format!("{prefix}main."), f);
+        match &self.body {
+            DiscriminatorBody::Plain(main) => main.visit_state(&format!("{prefix}main."), f),
+            DiscriminatorBody::Lightweight(net) => net.visit_state(prefix, f),
+        }
         if let Some(e) = &self.embed {
             e.visit_state(&format!("{prefix}embed."), f);
         }

@@ -123,6 +123,8 @@ impl TrainConfig {
     /// The preset's recipe with the given architecture.
     pub fn for_model(model: ModelConfig) -> Self {
         let classical = model.preset == Preset::Classical;
+        // FastGAN's recipe: hinge loss and DiffAugment color,translation,cutout.
+        let light = model.preset == Preset::Lightweight;
         TrainConfig {
             epochs: 5,
             batch_size: 64,
@@ -163,8 +165,20 @@ impl TrainConfig {
                 ..Default::default()
             },
             class_table: None,
-            diffaugment: Default::default(),
-            loss: Default::default(),
+            diffaugment: if light {
+                crate::ops::DiffAugment {
+                    color: true,
+                    translation: true,
+                    cutout: true,
+                }
+            } else {
+                Default::default()
+            },
+            loss: if light {
+                crate::ops::GanLoss::Hinge
+            } else {
+                Default::default()
+            },
             run_id: String::new(),
             model,
         }

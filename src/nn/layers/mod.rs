@@ -1,4 +1,4 @@
-//! The layers the two presets need, each owning its tensors and knowing their PyTorch names.
+//! The layers the presets need, each owning its tensors and knowing their PyTorch names.
 //!
 //! By what they do: [`conv`] (the convolutions and their init), [`norm`] (batch norms),
 //! [`class_embedding`]; here the state-dict entries, [`Layer`] and [`Sequential`].
@@ -53,6 +53,14 @@ pub enum Layer {
     Dropout(f32),
     /// Additive Gaussian noise whose std is changed during training (decay schedule).
     GaussianNoise(Cell<f32>),
+    /// `nn.Upsample(scale_factor, mode="nearest")`.
+    Upsample(usize),
+    /// `nn.GLU(dim=1)`: halves the channels.
+    Glu,
+    /// `nn.AdaptiveAvgPool2d(side)`.
+    AdaptivePool(usize),
+    /// Kept apart from the fusable activations: nothing fuses a sigmoid yet.
+    Sigmoid,
 }
 
 impl Layer {
@@ -115,6 +123,11 @@ impl Layer {
                 let seed = ctx.seed(Some(std.get()))?;
                 ops::gaussian_noise(&ops::to_f32(x)?, std.get(), seed, true)
             }
+            // The resampling ops and GLU are f32 only: amp's f16 activations are cast first.
+            Layer::Upsample(scale) => ops::upsample_nearest2d(&ops::to_f32(x)?, *scale),
+            Layer::Glu => ops::glu(&ops::to_f32(x)?),
+            Layer::AdaptivePool(side) => ops::adaptive_avg_pool2d(&ops::to_f32(x)?, *side, *side),
+            Layer::Sigmoid => ops::sigmoid(&ops::to_f32(x)?),
         }
     }
 }
@@ -163,7 +176,11 @@ impl Module for Layer {
             | Layer::LeakyRelu(_)
             | Layer::Tanh
             | Layer::Dropout(_)
-            | Layer::GaussianNoise(_) => {}
+            | Layer::GaussianNoise(_)
+            | Layer::Upsample(_)
+            | Layer::Glu
+            | Layer::AdaptivePool(_)
+            | Layer::Sigmoid => {}
         }
     }
 }
