@@ -22,7 +22,8 @@ pub fn parse_whole<T: std::str::FromStr>(s: &str) -> std::result::Result<T, Stri
 /// `--device` and `--conv-impl`, shared by every command that computes.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// Compute device: auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N.
+    /// Compute device: auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N; `train`
+    /// also takes several GPUs, cuda:0,1 or cuda:all (data-parallel).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Convolution implementation on CUDA: cudnn, or own (im2col kernels + cuBLAS)
@@ -41,6 +42,11 @@ impl DeviceArgs {
     /// Resolves `--device` (printing why when auto picks the CPU).
     pub fn resolve(&self) -> Result<Device> {
         select::resolve(select::parse_device(&self.device)?)
+    }
+
+    /// `train`'s `--device`, which may list several GPUs (see [`select::resolve_list`]).
+    pub fn resolve_list(&self) -> Result<Vec<Device>> {
+        select::resolve_list(&self.device)
     }
 
     /// `--conv-impl`, else [`conv_impl_from_env`]: resolved once, then carried by the

@@ -66,6 +66,28 @@ impl Adam {
         }
     }
 
+    /// Data-parallel training: replaces every gradient with its mean over the GPUs of the
+    /// backend's group (one grouped NCCL all-reduce), so that each replica's Adam step is the
+    /// step of the whole batch. Nothing to do on one device. Every replica has the same
+    /// parameters with gradients (the same model and step), so the calls match rank by rank.
+    pub fn average_grads(&self) -> Result<()> {
+        let Some(first) = self.groups.iter().flat_map(|g| &g.params).next() else {
+            return Ok(());
+        };
+        let be = first.param.backend();
+        if be.group_size() < 2 {
+            return Ok(());
+        }
+        let mut slots: Vec<_> = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.params)
+            .map(|p| p.param.grad_mut())
+            .collect();
+        let mut grads: Vec<&mut Storage> = slots.iter_mut().filter_map(|g| g.as_mut()).collect();
+        be.all_reduce_mean(&mut grads)
+    }
+
     /// Adds a group; its moments start at zero on the parameters' device.
     pub fn add_group(&mut self, name: &str, lr: f32, params: Vec<(String, Tensor)>) -> Result<()> {
         if !(lr.is_finite() && lr > 0.0) {

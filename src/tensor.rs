@@ -359,6 +359,11 @@ impl Tensor {
         }
     }
 
+    /// The gradient slot, writable (the data-parallel all-reduce averages it in place).
+    pub fn grad_mut(&self) -> RefMut<'_, Option<Storage>> {
+        self.0.grad.borrow_mut()
+    }
+
     pub fn grad_to_vec(&self) -> Result<Option<Vec<f32>>> {
         match &*self.0.grad.borrow() {
             None => Ok(None),

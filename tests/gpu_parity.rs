@@ -1583,7 +1583,7 @@ fn diffaugment_color_translation_cutout() {
         };
         let dims = [n, ch, h, w];
         let x = rand(&mut rng, d.len(), 1.0);
-        let p = artgan::ops::diffaug_params(rng.next_u64(), n, h, w);
+        let p = artgan::ops::diffaug_params(rng.next_u64(), 0, n, h, w);
         for brightness in [true, false] {
             let gy = g
                 .diffaug_color(&up(&g, &x), &up(&g, &p.color), d, brightness)

@@ -843,7 +843,7 @@ fn diffaugment_grads_match_finite_difference() {
         vec![input(randn(&mut rng, &shape), &shape)],
         1e-2,
         |t| {
-            let p = ops::diffaug_params(11, 3, 8, 7);
+            let p = ops::diffaug_params(11, 0, 3, 8, 7);
             ops::diffaug_color(&t[0], &p.color).unwrap()
         },
     );
@@ -873,7 +873,7 @@ fn diffaugment_grads_match_finite_difference() {
 #[test]
 fn diffaugment_parameters_follow_the_paper_ranges() {
     let (h, w) = (64, 64);
-    let p = ops::diffaug_params(7, 2000, h, w);
+    let p = ops::diffaug_params(7, 0, 2000, h, w);
     for c in p.color.chunks(3) {
         assert!((-0.5..0.5).contains(&c[0]), "brightness {}", c[0]);
         assert!((0.0..2.0).contains(&c[1]), "saturation {}", c[1]);
@@ -901,8 +901,8 @@ fn diffaugment_parameters_follow_the_paper_ranges() {
         .chunks(4)
         .any(|b| b[1] - b[0] == 32 && b[3] - b[2] == 32));
     // Same seed, same parameters; another seed, others.
-    assert_eq!(p, ops::diffaug_params(7, 2000, h, w));
-    assert_ne!(p.color, ops::diffaug_params(8, 2000, h, w).color);
+    assert_eq!(p, ops::diffaug_params(7, 0, 2000, h, w));
+    assert_ne!(p.color, ops::diffaug_params(8, 0, 2000, h, w).color);
     let x = Tensor::from_vec(vec![0.25; 2 * 3 * 4 * 4], &[2, 3, 4, 4], CPU).unwrap();
     // Cutout of half the side on a constant image zeroes exactly a quarter at most.
     let y = ops::diffaug_cutout(&x, &[0, 2, 0, 2, 1, 3, 2, 4])

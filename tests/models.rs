@@ -195,7 +195,7 @@ fn step_draws_take_the_same_values_as_direct_draws() {
         // must not be touched.
         let mut unused = Rng::new(0);
         let rng = if step == 0 { &mut drawn } else { &mut unused };
-        let b = draws.diff_augment(rng, &x, policy).unwrap();
+        let b = draws.diff_augment(rng, &x, policy, 0).unwrap();
         let b = d_drawn
             .forward(
                 &b,
@@ -211,7 +211,7 @@ fn step_draws_take_the_same_values_as_direct_draws() {
     }
     draws.prefill(&mut drawn, 0.1).unwrap();
     d_drawn.set_noise_std(0.05);
-    let b = draws.diff_augment(&mut drawn, &x, policy).unwrap();
+    let b = draws.diff_augment(&mut drawn, &x, policy, 0).unwrap();
     let Err(err) = d_drawn.forward(
         &b,
         &mut Ctx::new(Mode::Train, &mut drawn, Numerics::FP32).drawing(Some(&mut draws)),

@@ -442,3 +442,222 @@ fn nccl_missing_library_gives_the_doctor_advice() {
         }
     }
 }
+
+// ---- Data-parallel training (`train --device cuda:0,1`, `src/train/parallel.rs`).
+
+use artgan::data::{self, Loader};
+use artgan::nn::{Module, Preset};
+use artgan::train::{RunOptions, TrainConfig, TrainOutcome};
+use std::sync::Arc;
+
+/// A tiny dcgan run's config: 32 px, batch 8 (4 per GPU), DiffAugment on (its draws are split
+/// by GPU too).
+fn tiny_run_config(epochs: usize) -> TrainConfig {
+    let mut cfg = TrainConfig::for_model(common::tiny_model(Preset::Dcgan));
+    cfg.epochs = epochs;
+    cfg.batch_size = 8;
+    cfg.seed = 5;
+    cfg.ema = true;
+    cfg.sample_every = 100;
+    cfg.checkpoint_every = 1;
+    cfg.diffaugment = artgan::ops::DiffAugment::parse("color,translation,cutout").unwrap();
+    cfg
+}
+
+fn tiny_loader(cfg: &TrainConfig) -> Loader {
+    Loader::new(Arc::new(data::builtin(24, 32, 9)), 8, cfg.augment, cfg.seed)
+}
+
+/// Trains `cfg` on cuda:0 and the GPUs `more` into `dir`.
+fn train_on(
+    cfg: &TrainConfig,
+    more: &[usize],
+    dir: &std::path::Path,
+    resume: Option<std::path::PathBuf>,
+    graphs: bool,
+) -> Result<TrainOutcome> {
+    let cfg = TrainConfig {
+        cuda_graphs: graphs,
+        ..cfg.clone()
+    };
+    let mut opts = RunOptions::new(dir.to_path_buf(), Device::Cuda(0));
+    opts.more_devices = more.iter().map(|&i| Device::Cuda(i)).collect();
+    opts.resume_from = resume;
+    let mut loader = tiny_loader(&cfg);
+    artgan::train::train(cfg, &mut loader, &mut opts)
+}
+
+fn weight_bits(m: &dyn Module) -> Vec<u32> {
+    m.parameters()
+        .iter()
+        .flat_map(|(_, t)| t.to_vec().unwrap())
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// Two GPUs train one model: the run ends only if every replica holds GPU 0's weights byte for
+/// byte (`Followers::finish` compares them), so the all-reduce averaged the same gradients on
+/// both and both took the same Adam steps. Each GPU trained on half of each batch: the result
+/// is not the one-GPU run's (batch norm sees per-GPU statistics, as DDP's default), but close
+/// to it. With the averaging dropped (`Adam::average_grads` a no-op), the run fails here with
+/// "the replica on cuda:1 (rank 1) ended with weights that differ from GPU 0's".
+#[test]
+fn nccl_data_parallel_training_keeps_the_replicas_identical() {
+    if !devices(2) {
+        return;
+    }
+    let cfg = tiny_run_config(2);
+    let (two, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = train_on(&cfg, &[1], two.path(), None, true).unwrap();
+    let b = train_on(&cfg, &[], one.path(), None, true).unwrap();
+    assert_eq!(a.history.len(), 2);
+    let (wa, wb) = (weight_bits(&a.generator), weight_bits(&b.generator));
+    assert_ne!(
+        wa, wb,
+        "two GPUs trained exactly as one: the batch was not split"
+    );
+    let moved = |x: u32, y: u32| (f32::from_bits(x) - f32::from_bits(y)).abs();
+    let worst = wa
+        .iter()
+        .zip(&wb)
+        .map(|(&x, &y)| moved(x, y))
+        .fold(0f32, f32::max);
+    // 6 steps of Adam move a weight by at most about lr per step either way.
+    let bound = 2.0 * cfg.lr_g * 6.0;
+    assert!(
+        worst <= bound,
+        "G differs from one GPU's by {worst} > {bound}"
+    );
+    assert!(two.path().join("checkpoints").is_dir());
+}
+
+/// CUDA graphs stay on with several GPUs (the all-reduce is captured in the step's graph):
+/// the weights equal those of eager steps bit for bit.
+#[test]
+fn nccl_data_parallel_with_graphs_equals_eager_steps_bit_for_bit() {
+    if !devices(2) {
+        return;
+    }
+    let cfg = tiny_run_config(2);
+    let (g, e) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let graphs = train_on(&cfg, &[1], g.path(), None, true).unwrap();
+    let eager = train_on(&cfg, &[1], e.path(), None, false).unwrap();
+    assert_eq!(
+        weight_bits(&graphs.generator),
+        weight_bits(&eager.generator)
+    );
+    assert_eq!(
+        weight_bits(&graphs.discriminator),
+        weight_bits(&eager.discriminator)
+    );
+}
+
+/// A run trained on two GPUs resumes on one (and the reverse): the checkpoint is GPU 0's, in
+/// the one-GPU format, and the data order depends only on the seed and the global batch.
+#[test]
+fn nccl_data_parallel_checkpoints_resume_on_another_gpu_count() {
+    if !devices(2) {
+        return;
+    }
+    let mut cfg = tiny_run_config(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(dir.path().to_path_buf(), Device::Cuda(0));
+    opts.more_devices = vec![Device::Cuda(1)];
+    opts.stop_after_epoch = Some(1);
+    let first = artgan::train::train(cfg.clone(), &mut tiny_loader(&cfg), &mut opts).unwrap();
+    let ckpt = first.last_checkpoint.expect("epoch 1's checkpoint");
+    let on_one = train_on(&cfg, &[], dir.path(), Some(ckpt.clone()), true).unwrap();
+    assert_eq!(on_one.history.len(), 2);
+    // And from one GPU's checkpoint onto two.
+    cfg.epochs = 3;
+    let last = on_one.last_checkpoint.expect("epoch 2's checkpoint");
+    let on_two = train_on(&cfg, &[1], dir.path(), Some(last), true).unwrap();
+    assert_eq!(on_two.history.len(), 3);
+}
+
+/// A batch that does not split evenly is refused before anything runs, naming sizes that do.
+#[test]
+fn nccl_data_parallel_refuses_a_batch_that_does_not_split() {
+    let mut cfg = tiny_run_config(1);
+    cfg.batch_size = 10;
+    let gpus = [
+        Device::Cuda(0),
+        Device::Cuda(1),
+        Device::Cuda(2),
+        Device::Cuda(3),
+    ];
+    let e = artgan::train::parallel::check(&cfg, &gpus).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--batch-size 10 does not split evenly over 4 GPUs: use a multiple of 4 (e.g. 8 or 12)"
+    );
+    cfg.batch_size = 8;
+    artgan::train::parallel::check(&cfg, &gpus).unwrap();
+    let e = artgan::train::parallel::check(&cfg, &[Device::Cuda(0), Device::Cpu]).unwrap_err();
+    assert!(e.to_string().contains("needs CUDA devices"), "{e}");
+}
+
+/// A data source that fails on GPU 1 at its second batch (what a broken disk or an out-of-memory
+/// GPU does to one rank).
+struct FailingOnRank1 {
+    inner: Loader,
+    rank: usize,
+    batches: usize,
+}
+
+impl artgan::train::BatchSource for FailingOnRank1 {
+    fn image_count(&self) -> usize {
+        self.inner.set().len()
+    }
+    fn batches_per_epoch(&self) -> usize {
+        self.inner.batches_per_epoch()
+    }
+    fn start_epoch(&mut self, epoch: usize) {
+        self.inner.start_epoch(epoch)
+    }
+    fn next_batch(&mut self, device: Device) -> anyhow::Result<Option<artgan::tensor::Tensor>> {
+        self.batches += 1;
+        if self.rank == 1 && self.batches == 2 {
+            anyhow::bail!("the test's data source failed on purpose");
+        }
+        self.inner.next_batch(device)
+    }
+    fn part(
+        &self,
+        rank: usize,
+        ranks: usize,
+    ) -> anyhow::Result<Box<dyn artgan::train::BatchSource + Send>> {
+        Ok(Box::new(FailingOnRank1 {
+            inner: self.inner.part(rank, ranks)?,
+            rank,
+            batches: 0,
+        }))
+    }
+}
+
+/// A GPU that fails ends the run with an error naming it (GPU 0's collective fails too: the
+/// emulator reports the rank that never came), and no checkpoint is written.
+#[test]
+fn nccl_data_parallel_a_failing_gpu_ends_the_run_naming_it() {
+    if !devices(2) || !emulated() {
+        return;
+    }
+    let cfg = tiny_run_config(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(dir.path().to_path_buf(), Device::Cuda(0));
+    opts.more_devices = vec![Device::Cuda(1)];
+    let mut data = FailingOnRank1 {
+        inner: tiny_loader(&cfg),
+        rank: 0,
+        batches: 0,
+    };
+    let e = match artgan::train::train(cfg, &mut data, &mut opts) {
+        Ok(_) => panic!("the run went on without GPU 1"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("cuda:1 (rank 1) failed"), "{e}");
+    assert!(e.contains("failed on purpose"), "{e}");
+    let checkpoints = dir.path().join("checkpoints");
+    let written = std::fs::read_dir(&checkpoints).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "a checkpoint was written");
+}

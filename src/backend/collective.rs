@@ -35,6 +35,9 @@ pub trait CollectiveBackend {
         let _ = (bufs, root);
         Err(host_only("broadcast"))
     }
+    /// Leaves this backend's group (its communicator is destroyed); nothing without one. After
+    /// a data-parallel run, so that the next run on this thread is on one device again.
+    fn leave_group(&self) {}
     /// Ranks in this backend's group (1 before it joined one).
     fn group_size(&self) -> usize {
         1

@@ -38,6 +38,10 @@ pub fn parse_device(spec: &str) -> Result<DeviceSpec> {
         "auto" => Ok(DeviceSpec::Auto),
         "cpu" => Ok(DeviceSpec::Cpu),
         "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+        _ if s.contains(',') || s == "cuda:all" => bail!(
+            "device {spec:?} is several GPUs: only `train` trains on several (data-parallel); \
+             give one device here, e.g. cuda:0"
+        ),
         _ => match s.strip_prefix("cuda:") {
             Some(n) => n.parse::<usize>().map(DeviceSpec::Cuda).with_context(|| {
                 format!("bad device {spec:?}: the ordinal after `cuda:` must be a number")
@@ -45,6 +49,44 @@ pub fn parse_device(spec: &str) -> Result<DeviceSpec> {
             None => bail!("bad device {spec:?}: expected auto, cpu, cuda or cuda:N"),
         },
     }
+}
+
+/// `train`'s `--device`: one device as [`parse_device`], or several GPUs for data-parallel
+/// training: `cuda:0,1` (a list of ordinals, `cuda:` once or before each) or `cuda:all` (every
+/// GPU the driver sees). Each is opened (the first error names its device); a list names each
+/// GPU once.
+pub fn resolve_list(spec: &str) -> Result<Vec<Device>> {
+    let s = spec.trim().to_ascii_lowercase();
+    let ordinals: Vec<usize> = if s == "cuda:all" {
+        let n = super::cuda::device_count()?;
+        if n == 0 {
+            bail!("--device cuda:all: the driver sees no CUDA device");
+        }
+        (0..n).collect()
+    } else if s.contains(',') {
+        let body = s.strip_prefix("cuda:").unwrap_or(&s);
+        body.split(',')
+            .map(|p| {
+                let p = p.trim();
+                p.strip_prefix("cuda:").unwrap_or(p).parse::<usize>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "bad device list {spec:?}: expected GPU ordinals such as cuda:0,1, got {p:?}"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    } else {
+        return Ok(vec![resolve(parse_device(spec)?)?]);
+    };
+    for (i, o) in ordinals.iter().enumerate() {
+        if ordinals[..i].contains(o) {
+            bail!("bad device list {spec:?}: cuda:{o} is named twice");
+        }
+    }
+    ordinals
+        .into_iter()
+        .map(|o| resolve(DeviceSpec::Cuda(o)))
+        .collect()
 }
 
 /// Resolves `spec` to a device whose backend works. `auto` falls back to the CPU and prints one
@@ -142,5 +184,26 @@ mod tests {
         for s in [DeviceSpec::Auto, DeviceSpec::Cpu, DeviceSpec::Cuda(2)] {
             assert_eq!(parse_device(&s.to_string()).unwrap(), s);
         }
+    }
+
+    /// Several GPUs are `train`'s alone, and a list is checked before any device is opened.
+    #[test]
+    fn device_lists_are_for_train_and_checked_before_opening() {
+        let e = parse_device("cuda:0,1").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "device \"cuda:0,1\" is several GPUs: only `train` trains on several \
+             (data-parallel); give one device here, e.g. cuda:0"
+        );
+        assert!(parse_device("cuda:all").is_err());
+        let e = resolve_list("cuda:0,0").unwrap_err().to_string();
+        assert_eq!(e, "bad device list \"cuda:0,0\": cuda:0 is named twice");
+        let e = resolve_list("cuda:0,x").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "bad device list \"cuda:0,x\": expected GPU ordinals such as cuda:0,1, got \"x\""
+        );
+        let e = resolve_list("cuda:1,cuda:1").unwrap_err().to_string();
+        assert!(e.ends_with("cuda:1 is named twice"), "{e}");
     }
 }

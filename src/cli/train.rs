@@ -373,7 +373,8 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     // Everything that can be checked is checked before any folder is made or touched: a bad
     // flag, device or dataset must leave nothing behind.
     check_lr_flags(a)?;
-    let device = a.device.resolve()?;
+    let devices = a.device.resolve_list()?;
+    let device = devices[0];
     let cuda_graphs = resolve_cuda_graphs(a, device)?;
     let (mut cfg, out, resume_from, lock, previous, new_run) = match &a.resume {
         Some(run) => match super::resume::open(a, run, device)? {
@@ -395,6 +396,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             // Data found, images left after the filters (decoding comes later).
             data::check_data(&cfg.data_args)?;
             crate::limits::check_training(&cfg, device)?;
+            crate::train::parallel::check(&cfg, &devices)?;
             // Locks the folder before looking into it: a second `train` into a running
             // run's folder is told so, not that the folder is not empty.
             let (out, claimed) = claim_run_dir(a.out.as_deref(), a.preset, a.force)?;
@@ -404,8 +406,13 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             (cfg, out, None, None, None, Some(claimed))
         }
     };
-    // The device that really runs (what `auto` resolved to), for config.json and the report.
-    cfg.device = device.to_string();
+    // The device that really runs (what `auto` resolved to), for config.json and the report;
+    // several GPUs as a list.
+    cfg.device = devices
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     cfg.cuda_graphs = cuda_graphs_for_preset(a, cuda_graphs, cfg.model.preset);
     cfg.conv_impl = a.device.conv_impl();
     warn_high_lrs(&cfg);
@@ -516,7 +523,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             m.preset, m.image_size, m.image_size, m.nz, m.ngf, m.ndf, cfg.batch_size, cfg.epochs,
             cfg.lr_d, cfg.lr_g,
             if m.preset == Preset::Classical { format!(" (detail {})", cfg.lr_g_detail) } else { String::new() },
-            cfg.d_steps, device, cfg.precision, cfg.seed
+            cfg.d_steps, cfg.device, cfg.precision, cfg.seed
         );
         println!(
             "loss: {}; augmentation: {}; DiffAugment: {}; EMA generator: {}; dynamic lr: {}; checkpoint every {} epoch(s), keeping {}",
@@ -531,6 +538,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         println!("writing to {}", out.display());
     }
     let mut opts = RunOptions::new(out.clone(), device);
+    opts.more_devices = devices[1..].to_vec();
     opts.progress = !a.quiet;
     opts.verbose = !a.quiet;
     opts.resume_from = resume_from;

@@ -35,6 +35,23 @@ pub struct BatchPlan {
     pub angles_deg: Vec<f32>,
 }
 
+impl BatchPlan {
+    /// Part `rank` of `ranks` equal parts (the images `rank·b/ranks ..` of the batch).
+    pub fn part(self, rank: usize, ranks: usize) -> BatchPlan {
+        if ranks == 1 {
+            return self;
+        }
+        let b = self.indices.len() / ranks;
+        let range = rank * b..(rank + 1) * b;
+        BatchPlan {
+            indices: self.indices[range.clone()].to_vec(),
+            flips: self.flips[range.clone()].to_vec(),
+            angles_deg: self.angles_deg[range].to_vec(),
+            ..self
+        }
+    }
+}
+
 /// Deterministic batch iterator over an [`ImageSet`] (drop_last, like PyTorch's DataLoader in
 /// the seeds).
 pub struct Loader {
@@ -51,6 +68,9 @@ pub struct Loader {
     labels: Option<Arc<Vec<u32>>>,
     /// Image indices of the last batch handed out.
     last_indices: Vec<usize>,
+    /// Data-parallel training: (rank, ranks). Batches are planned whole (the same plan on
+    /// every GPU) and rank r assembles only its r-th equal part.
+    part: (usize, usize),
 }
 
 /// The image set on one device.
@@ -77,9 +97,35 @@ impl Loader {
             resident: None,
             labels: None,
             last_indices: Vec::new(),
+            part: (0, 1),
         };
         l.start_epoch(0);
         l
+    }
+
+    /// The same loader (same set, seed, position and plans) handing out part `rank` of
+    /// `ranks` equal parts of each batch: what one GPU of a data-parallel run trains on. The
+    /// batch size must split evenly (checked by the caller, which names the sizes that do).
+    pub fn part(&self, rank: usize, ranks: usize) -> Result<Loader> {
+        if ranks == 0 || rank >= ranks || !self.batch_size.is_multiple_of(ranks) {
+            bail!(
+                "cannot split batches of {} into part {rank} of {ranks}",
+                self.batch_size
+            );
+        }
+        Ok(Loader {
+            set: self.set.clone(),
+            batch_size: self.batch_size,
+            augment: self.augment,
+            seed: self.seed,
+            epoch: self.epoch,
+            batch: self.batch,
+            order: self.order.clone(),
+            resident: None,
+            labels: self.labels.clone(),
+            last_indices: Vec::new(),
+            part: (rank, ranks),
+        })
     }
 
     /// Gives every image of the set a class label (one per image, in set order); batches
@@ -186,6 +232,7 @@ impl Loader {
         let Some(plan) = self.next_plan()? else {
             return Ok(None);
         };
+        let plan = plan.part(self.part.0, self.part.1);
         self.last_indices.clone_from(&plan.indices);
         let b = backend(device)?;
         self.make_resident(device, &*b)?;

@@ -33,8 +33,10 @@ enum Kind {
     Dropout,
     /// Input noise of this std.
     Noise(f32),
-    /// DiffAugment of a batch of `n` images of `h`×`w`.
+    /// DiffAugment of a batch of `n` images of `h`×`w`, images `first..first + n` of the
+    /// whole batch (a part on one GPU of several).
     DiffAugment {
+        first: usize,
         n: usize,
         h: usize,
         w: usize,
@@ -77,8 +79,8 @@ impl StepDraws {
                     *std = noise_std;
                     write(t, &seed_values(slot.seed, noise_std))?
                 }
-                (Kind::DiffAugment { n, h, w }, Values::DiffAugment(b)) => {
-                    b.write(&ops::diffaug_params(slot.seed, *n, *h, *w))?
+                (Kind::DiffAugment { first, n, h, w }, Values::DiffAugment(b)) => {
+                    b.write(&ops::diffaug_params(slot.seed, *first, *n, *h, *w))?
                 }
                 _ => unreachable!("a slot's values match its kind"),
             }
@@ -117,21 +119,23 @@ impl StepDraws {
         }
     }
 
-    /// DiffAugment of `x` under `policy`, its parameters drawn from `rng`.
+    /// DiffAugment of `x` under `policy`, its parameters drawn from `rng` (those of images
+    /// `first..` of the whole batch: see [`ops::diff_augment_part`]).
     pub fn diff_augment(
         &mut self,
         rng: &mut Rng,
         x: &Tensor,
         policy: ops::DiffAugment,
+        first: usize,
     ) -> Result<Tensor> {
         let (n, h, w) = match *x.shape() {
             [n, _, h, w] => (n, h, w),
             ref s => bail!("diff_augment: expected [N, C, H, W], got {s:?}"),
         };
-        let kind = Kind::DiffAugment { n, h, w };
+        let kind = Kind::DiffAugment { first, n, h, w };
         if self.recording {
             let seed = rng.next_u64();
-            let p = ops::diffaug_params(seed, n, h, w);
+            let p = ops::diffaug_params(seed, first, n, h, w);
             self.slots.push(Slot {
                 kind,
                 seed,

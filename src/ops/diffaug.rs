@@ -214,7 +214,7 @@ fn below(bits: u32, m: usize) -> i32 {
     ((uniform_from_bits(bits) * m as f32) as usize).min(m - 1) as i32
 }
 
-pub fn diffaug_params(seed: u64, n: usize, h: usize, w: usize) -> DiffAugmentParams {
+pub fn diffaug_params(seed: u64, first: usize, n: usize, h: usize, w: usize) -> DiffAugmentParams {
     let mut p = DiffAugmentParams {
         color: Vec::with_capacity(3 * n),
         shifts: Vec::with_capacity(2 * n),
@@ -226,7 +226,7 @@ pub fn diffaug_params(seed: u64, n: usize, h: usize, w: usize) -> DiffAugmentPar
         (w as f32 * 0.125 + 0.5) as i32,
     );
     let (ch, cw) = ((h as f32 * 0.5 + 0.5) as i32, (w as f32 * 0.5 + 0.5) as i32);
-    for b in 0..n as u64 {
+    for b in first as u64..(first + n) as u64 {
         let a = philox_at(seed, 2 * b);
         let c = philox_at(seed, 2 * b + 1);
         p.color.push(uniform_from_bits(a[0]) - 0.5);
@@ -249,8 +249,19 @@ pub fn diffaug_params(seed: u64, n: usize, h: usize, w: usize) -> DiffAugmentPar
 /// DiffAugment of a batch: the enabled transforms in the paper's order (colour, translation,
 /// cutout), differentiable, with parameters from [`diffaug_params`]`(seed, …)`.
 pub fn diff_augment(x: &Tensor, policy: DiffAugment, seed: u64) -> Result<Tensor> {
+    diff_augment_part(x, policy, seed, 0)
+}
+
+/// [`diff_augment`] of images `first..first + n` of a larger batch drawn with `seed`: the
+/// part one GPU of several holds gets the parameters the whole batch's images would.
+pub fn diff_augment_part(
+    x: &Tensor,
+    policy: DiffAugment,
+    seed: u64,
+    first: usize,
+) -> Result<Tensor> {
     let [n, _, h, w] = nchw("diff_augment", x)?;
-    let p = diffaug_params(seed, n, h, w);
+    let p = diffaug_params(seed, first, n, h, w);
     diff_augment_by(x, policy, &DiffAugmentBuffers::new(&p, x.device())?)
 }
 

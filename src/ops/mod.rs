@@ -20,8 +20,8 @@ pub use batchnorm::{batch_norm2d, batch_norm2d_act};
 pub use conditional::{channel_affine, channel_gate, embedding, label_values, row_dot, Labels};
 pub use conv::{conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act};
 pub use diffaug::{
-    diff_augment, diff_augment_by, diffaug_color, diffaug_cutout, diffaug_params,
-    diffaug_translate, DiffAugment, DiffAugmentBuffers, DiffAugmentParams,
+    diff_augment, diff_augment_by, diff_augment_part, diffaug_color, diffaug_cutout,
+    diffaug_params, diffaug_translate, DiffAugment, DiffAugmentBuffers, DiffAugmentParams,
 };
 pub use dtype::{to_dtype, to_f32};
 pub use elementwise::{add, glu, leaky_relu, mul, relu, scale, sigmoid, tanh};

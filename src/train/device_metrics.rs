@@ -69,6 +69,11 @@ impl DeviceMetrics {
         self.pending.is_empty()
     }
 
+    /// Drops the pending records unread (a data-parallel follower: GPU 0 reports the metrics).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+    }
+
     /// Every pending record, oldest first, in one download (the records are gathered on the
     /// device first); clears them.
     pub fn read(&mut self) -> Result<Vec<StepRecord>> {

@@ -16,6 +16,7 @@ pub mod device_metrics;
 pub mod ema;
 mod graph_step;
 pub mod lr_control;
+pub mod parallel;
 pub mod quality_log;
 mod sample_grids;
 mod sessions;
@@ -67,6 +68,12 @@ pub trait BatchSource {
     fn batch_labels(&self) -> Option<Vec<u32>> {
         None
     }
+    /// The same source handing out part `rank` of `ranks` equal parts of each batch (one GPU's
+    /// share in data-parallel training), at the same position.
+    fn part(&self, rank: usize, ranks: usize) -> Result<Box<dyn BatchSource + Send>> {
+        let _ = (rank, ranks);
+        bail!("this data source cannot be split across GPUs")
+    }
 }
 
 impl BatchSource for crate::data::Loader {
@@ -88,6 +95,9 @@ impl BatchSource for crate::data::Loader {
     }
     fn batch_labels(&self) -> Option<Vec<u32>> {
         self.last_labels()
+    }
+    fn part(&self, rank: usize, ranks: usize) -> Result<Box<dyn BatchSource + Send>> {
+        Ok(Box::new(crate::data::Loader::part(self, rank, ranks)?))
     }
 }
 
@@ -142,6 +152,8 @@ pub type Evaluator<'a> = dyn FnMut(&Generator) -> Result<f32> + 'a;
 pub struct RunOptions<'a> {
     pub out: PathBuf,
     pub device: Device,
+    /// More GPUs to train on data-parallel with `device` (see [`parallel`]); empty: one device.
+    pub more_devices: Vec<Device>,
     /// Show the progress bar (it is hidden anyway when stderr is not a terminal).
     pub progress: bool,
     /// Print the per-epoch lines.
@@ -164,6 +176,7 @@ impl RunOptions<'_> {
         RunOptions {
             out,
             device,
+            more_devices: Vec::new(),
             progress: false,
             verbose: false,
             resume_from: None,
@@ -205,6 +218,10 @@ pub fn train(
     if (cfg.eval_every > 0 || cfg.eval_every_images > 0) && opts.evaluator.is_none() {
         bail!("eval_every or eval_every_images is set but no evaluator was given");
     }
+    let devices: Vec<Device> = std::iter::once(opts.device)
+        .chain(opts.more_devices.iter().copied())
+        .collect();
+    parallel::check(&cfg, &devices)?;
     let (mut trainer, mut history, seconds_before, mut resume_note, mut partial) =
         match &opts.resume_from {
             Some(dir) => {
@@ -213,6 +230,24 @@ pub fn train(
             }
             None => (Trainer::new(cfg, opts.device)?, Vec::new(), 0.0, None, None),
         };
+    // Data-parallel: the followers (GPUs 1..) start from the same weights, and this thread
+    // (GPU 0) trains on part 0 of each batch.
+    let mut own_part = None;
+    let followers = if devices.len() > 1 {
+        let f = parallel::start(&trainer.cfg, &devices, data, opts.resume_from.clone())?;
+        own_part = Some(data.part(0, devices.len())?);
+        trainer.part = parallel::Part {
+            rank: 0,
+            ranks: devices.len(),
+        };
+        Some(f)
+    } else {
+        None
+    };
+    let data: &mut dyn BatchSource = match own_part.as_mut() {
+        Some(part) => part.as_mut(),
+        None => data,
+    };
     let resumed = opts.resume_from.is_some();
     let cfg = trainer.cfg.clone();
     checkpoint::save_config(&opts.out, &cfg)?;
@@ -282,16 +317,26 @@ pub fn train(
             // Resuming inside this epoch: the loader where it was, the sums so far.
             Some(p) => {
                 data.seek(epoch - 1, p.batch)?;
+                if let Some(f) = &followers {
+                    f.seek(epoch - 1, p.batch)?;
+                }
                 p
             }
             None => {
                 data.start_epoch(epoch - 1);
+                if let Some(f) = &followers {
+                    f.start_epoch(epoch - 1)?;
+                }
                 state::PartialEpoch::default()
             }
         };
         acc.lr_changes.extend(resume_note.take());
         while let Some(real) = data.next_batch(opts.device)? {
-            trainer.set_progress(trainer.step as f32 / total as f32);
+            let progress = trainer.step as f32 / total as f32;
+            trainer.set_progress(progress);
+            if let Some(f) = &followers {
+                f.step(&trainer, progress)?;
+            }
             let labels = data.batch_labels();
             match trainer.step_deferred(&real, labels.as_deref()) {
                 Ok(()) => {}
@@ -301,7 +346,11 @@ pub fn train(
                     return Err(out_of_memory_advice(e, &cfg, device));
                 }
                 Err(e) => {
-                    return Err(e).with_context(|| format!("training step {}", trainer.step + 1))
+                    let e = match &followers {
+                        Some(f) => f.explain(e),
+                        None => e,
+                    };
+                    return Err(e).with_context(|| format!("training step {}", trainer.step + 1));
                 }
             };
             let interrupted = opts
@@ -414,6 +463,9 @@ pub fn train(
         }
     }
     bar.finish_and_clear();
+    if let Some(f) = followers {
+        f.finish(&trainer)?;
+    }
     if trainer.epoch == cfg.epochs {
         let meta = checkpoint::model_metadata;
         let mut files = vec![

@@ -2,6 +2,7 @@
 //! ([`Trainer`]), built from the seed, stepping D `d_steps` times per G step.
 
 use super::graph_step::{DeviceStep, StepGraphs, StepInputs, StepOutputs};
+use super::parallel::Part;
 use super::{device_metrics, ema, lr_control, TrainConfig, GRID_SIDE};
 use crate::amp::{LossScaler, Numerics, Precision, ScalerReading};
 use crate::backend::Device;
@@ -120,6 +121,10 @@ pub struct Trainer {
     /// What every forward of a step runs with (and so its backward): `cfg.precision` and
     /// `cfg.conv_impl`.
     pub numerics: Numerics,
+    /// This replica's share of each batch in a data-parallel run (the whole batch on one
+    /// device): it draws the whole batch's latents and DiffAugment parameters and uses its
+    /// part, and averages its gradients with the other GPUs' before each Adam step.
+    pub part: Part,
 }
 
 impl Trainer {
@@ -177,6 +182,7 @@ impl Trainer {
             high_loss_steps: 0,
             metrics: Default::default(),
             graphs: StepGraphs::new(cfg_graphs),
+            part: Part::WHOLE,
         })
     }
 
@@ -208,6 +214,20 @@ impl Trainer {
         }
     }
 
+    /// Every Adam group's lr, D's groups first: what a data-parallel follower copies from
+    /// GPU 0 before each step ([`Trainer::set_group_lrs`]; GPU 0 alone runs the dynamic-lr rule).
+    pub fn group_lrs(&self) -> Vec<f32> {
+        let groups = self.opt_d.groups.iter().chain(&self.opt_g.groups);
+        groups.map(|g| g.lr).collect()
+    }
+
+    pub fn set_group_lrs(&mut self, lrs: &[f32]) {
+        let groups = self.opt_d.groups.iter_mut().chain(&mut self.opt_g.groups);
+        for (g, &lr) in groups.zip(lrs) {
+            g.lr = lr;
+        }
+    }
+
     /// Current lrs as (D, G main/initial, G detail).
     pub fn lrs(&self) -> (f32, f32, f32) {
         let g = |name: &str| self.opt_g.groups.iter().find(|g| g.name == name);
@@ -232,9 +252,12 @@ impl Trainer {
             return Ok(x.clone());
         }
         let rng = &mut self.streams.regularizers;
+        // This part's images are `first..` of the whole batch.
+        let first = self.part.rank * x.shape()[0];
+        let policy = self.cfg.diffaugment;
         match draws {
-            Some(d) => d.diff_augment(rng, x, self.cfg.diffaugment),
-            None => ops::diff_augment(x, self.cfg.diffaugment, rng.next_u64()),
+            Some(d) => d.diff_augment(rng, x, policy, first),
+            None => ops::diff_augment_part(x, policy, rng.next_u64(), first),
         }
     }
 
@@ -281,16 +304,26 @@ impl Trainer {
             None => {}
         }
         let nz = self.cfg.model.nz;
-        // The same draws as `Tensor::randn(&[b, nz, 1, 1], 0.0, 1.0, ..)`.
-        let z = self.streams.latents.normal_vec(b * nz, 0.0, 1.0);
+        // The same draws as `Tensor::randn(&[b, nz, 1, 1], 0.0, 1.0, ..)` for the whole batch
+        // (of every GPU), of which this part takes its rows.
+        let whole = b * self.part.ranks;
+        let mut z = self.streams.latents.normal_vec(whole * nz, 0.0, 1.0);
+        if self.part.ranks > 1 {
+            z = z[self.part.rank * b * nz..(self.part.rank + 1) * b * nz].to_vec();
+        }
         let update_g = self.pending_d_steps + 1 >= self.cfg.d_steps;
         self.opt_d.prepare()?;
         if update_g {
             self.opt_g.prepare()?;
             if let Some(decay) = &self.ema_decay {
                 let rampup = (self.cfg.ema_rampup > 0.0).then_some(self.cfg.ema_rampup);
-                let images = (self.g_steps + 1) * b as u64;
-                decay.set(ema::decay(b, images, self.cfg.ema_half_life_images, rampup))?;
+                let images = (self.g_steps + 1) * whole as u64;
+                decay.set(ema::decay(
+                    whole,
+                    images,
+                    self.cfg.ema_half_life_images,
+                    rampup,
+                ))?;
             }
         }
 
@@ -382,6 +415,7 @@ impl Trainer {
         let loss_fake = self.cfg.loss.d_fake(&out_fake)?;
         let loss_d = ops::add(&loss_real, &loss_fake)?;
         self.opt_d.backward(&loss_d)?;
+        self.opt_d.average_grads()?;
         self.opt_d.apply()?;
         let mut loss_g_on_device = None;
 
@@ -401,6 +435,7 @@ impl Trainer {
             let loss_g = self.cfg.loss.generator(&out)?;
             self.opt_g.backward(&loss_g)?;
             drop(frozen);
+            self.opt_g.average_grads()?;
             self.opt_g.apply()?;
             // D's gradients from this backward are not used: the next D step zeroes them.
             self.d.zero_grad();

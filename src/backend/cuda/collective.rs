@@ -249,4 +249,8 @@ impl CollectiveBackend for CudaBackend {
     fn group_size(&self) -> usize {
         MEMBERS.with(|m| m.borrow().get(&self.ordinal).map_or(1, |m| m.world))
     }
+
+    fn leave_group(&self) {
+        MEMBERS.with(|m| m.borrow_mut().remove(&self.ordinal));
+    }
 }

@@ -467,6 +467,14 @@ pub fn device_name(ordinal: usize) -> String {
     .unwrap_or_else(|| "unknown".into())
 }
 
+/// CUDA devices the driver sees.
+pub fn device_count() -> Result<usize> {
+    ensure_libraries(false)?;
+    catch_cudarc_panic("counting the CUDA devices", CudaContext::device_count)?
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| drv(e, "counting the CUDA devices"))
+}
+
 /// The compute capability of CUDA device `ordinal` as (major, minor).
 pub fn compute_capability(ordinal: usize) -> Result<(i32, i32)> {
     ensure_libraries(false)?;

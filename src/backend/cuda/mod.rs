@@ -73,7 +73,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaFunction, CudaStream};
 use err::drv;
 use launch::BLOCK;
-pub use libs::{compute_capability, device_name};
+pub use libs::{compute_capability, device_count, device_name};
 use std::collections::HashMap;
 use std::sync::Arc;
 
