@@ -203,11 +203,11 @@ impl Bench {
             }
         }
         if self.wants("dropout") {
-            let t = self.time(|| drop(b.dropout_mask(n, 0.3, 7).unwrap()));
+            let t = self.time(|| drop(b.dropout_mask(n, 0.3, 7, 0).unwrap()));
             self.report("dropout_mask", shape, t, f, None);
         }
         if self.wants("noise") {
-            let t = self.time(|| drop(b.add_gaussian_noise(&x, 0.1, 7).unwrap()));
+            let t = self.time(|| drop(b.add_gaussian_noise(&x, 0.1, 7, 0).unwrap()));
             self.report("gaussian_noise", shape, t, 2.0 * f, None);
         }
     }

@@ -1,12 +1,13 @@
-// Counter-based randomness: element i depends only on (seed, i), exactly as crate::rng's
-// dropout_value_at and normal_at, so the CPU and the GPU draw the same masks and noise.
+// Counter-based randomness: element i depends only on (seed, first + i), exactly as crate::rng's
+// dropout_value_at and normal_at, so the CPU and the GPU draw the same masks and noise. `first`:
+// the index of the tensor's first element in the whole batch's (a part on one GPU of several).
 #include "common.cuh"
 
 // keep = 1 - p and scale = 1 / (1 - p) are computed in f32 on the host, as the CPU does.
-extern "C" __global__ void dropout_mask_f32(float* __restrict__ out, u64 n, u64 seed, float keep,
-                                            float scale) {
+extern "C" __global__ void dropout_mask_f32(float* __restrict__ out, u64 n, u64 seed, u64 first,
+                                            float keep, float scale) {
     GRID_STRIDE(i, n) {
-        const float u = uniform_from_bits(philox_at(seed, i).w[0]);
+        const float u = uniform_from_bits(philox_at(seed, first + i).w[0]);
         out[i] = u < keep ? scale : 0.0f;
     }
 }
@@ -14,9 +15,9 @@ extern "C" __global__ void dropout_mask_f32(float* __restrict__ out, u64 n, u64 
 // out = x + std * N(0, 1).
 extern "C" __global__ void gaussian_noise_f32(const float* __restrict__ x,
                                               float* __restrict__ out, u64 n, u64 seed,
-                                              float stddev) {
+                                              u64 first, float stddev) {
     GRID_STRIDE(i, n) {
-        const Philox4 w = philox_at(seed, i);
+        const Philox4 w = philox_at(seed, first + i);
         out[i] = __fadd_rn(x[i], __fmul_rn(stddev, normal_from_bits(w.w[0], w.w[1])));
     }
 }
@@ -29,22 +30,22 @@ __device__ __forceinline__ u64 seed_from(const float* __restrict__ v) {
 }
 
 extern "C" __global__ void dropout_mask_by_f32(float* __restrict__ out, u64 n,
-                                               const float* __restrict__ v, float keep,
+                                               const float* __restrict__ v, u64 first, float keep,
                                                float scale) {
     const u64 seed = seed_from(v);
     GRID_STRIDE(i, n) {
-        const float u = uniform_from_bits(philox_at(seed, i).w[0]);
+        const float u = uniform_from_bits(philox_at(seed, first + i).w[0]);
         out[i] = u < keep ? scale : 0.0f;
     }
 }
 
 extern "C" __global__ void gaussian_noise_by_f32(const float* __restrict__ x,
                                                  float* __restrict__ out, u64 n,
-                                                 const float* __restrict__ v) {
+                                                 const float* __restrict__ v, u64 first) {
     const u64 seed = seed_from(v);
     const float stddev = v[2];
     GRID_STRIDE(i, n) {
-        const Philox4 w = philox_at(seed, i);
+        const Philox4 w = philox_at(seed, first + i);
         out[i] = __fadd_rn(x[i], __fmul_rn(stddev, normal_from_bits(w.w[0], w.w[1])));
     }
 }

@@ -806,17 +806,19 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// Also at an offset `first` into the whole batch's draw (a part on one GPU of several): the
+/// mask is then exactly elements `first..` of the whole's.
 #[test]
 fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    for (len, p, seed) in shapes([
-        (1usize, 0.3f32, 1u64),
-        (1001, 0.5, 42),
-        (100_000, 0.3, u64::MAX - 3),
+    for (len, p, seed, first) in shapes([
+        (1usize, 0.3f32, 1u64, 0u64),
+        (1001, 0.5, 42, 3003),
+        (100_000, 0.3, u64::MAX - 3, 7),
     ]) {
-        let gm = down(&g, &g.dropout_mask(len, p, seed).unwrap());
-        let want: Vec<f32> = (0..len as u64)
+        let gm = down(&g, &g.dropout_mask(len, p, seed, first).unwrap());
+        let want: Vec<f32> = (first..first + len as u64)
             .map(|i| rng::dropout_value_at(seed, i, p))
             .collect();
         let first_diff = gm
@@ -825,11 +827,11 @@ fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
             .position(|(a, b)| a.to_bits() != b.to_bits());
         assert!(
             first_diff.is_none(),
-            "dropout_mask len {len} p {p} seed {seed}: first difference at {first_diff:?}"
+            "dropout_mask len {len} p {p} seed {seed} first {first}: first difference at {first_diff:?}"
         );
         assert_eq!(
             gm,
-            down(&c, &c.dropout_mask(len, p, seed).unwrap()),
+            down(&c, &c.dropout_mask(len, p, seed, first).unwrap()),
             "vs CPU backend"
         );
         // The graph form reads the seed from the device (the argument is another seed here,
@@ -837,7 +839,7 @@ fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
         let values = up(&g, &artgan::backend::seed_values(seed, 0.0));
         let by = down(
             &g,
-            &g.dropout_mask_by(len, p, seed.wrapping_add(1), &values)
+            &g.dropout_mask_by(len, p, seed.wrapping_add(1), first, &values)
                 .unwrap(),
         );
         assert!(
@@ -845,7 +847,7 @@ fn dropout_mask_exactly_matches_rng_formula_and_cpu() {
             "dropout_mask_by len {len} p {p} seed {seed}"
         );
         let kept = gm.iter().filter(|&&v| v > 0.0).count();
-        println!("dropout_mask len {len} p {p}: exact; kept {kept}");
+        println!("dropout_mask len {len} p {p} first {first}: exact; kept {kept}");
     }
 }
 
@@ -854,19 +856,22 @@ fn gaussian_noise_matches_rng_formula_and_cpu() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(10);
-    for (len, std, seed) in shapes([
-        (1usize, 0.1f32, 3u64),
-        (777, 1.0, 9),
-        (200_000, 0.05, 1 << 40),
+    for (len, std, seed, first) in shapes([
+        (1usize, 0.1f32, 3u64, 0u64),
+        (777, 1.0, 9, 1554),
+        (200_000, 0.05, 1 << 40, 11),
     ]) {
         let x = rand(&mut rng, len, 1.0);
-        let gy = down(&g, &g.add_gaussian_noise(&up(&g, &x), std, seed).unwrap());
+        let gy = down(
+            &g,
+            &g.add_gaussian_noise(&up(&g, &x), std, seed, first).unwrap(),
+        );
         let want: Vec<f32> = (0..len)
-            .map(|i| x[i] + std * rng::normal_at(seed, i as u64))
+            .map(|i| x[i] + std * rng::normal_at(seed, first + i as u64))
             .collect();
         // logf/cosf on the GPU vs the CPU's libm: a few ulp of the noise term.
         close(
-            &format!("gaussian_noise vs rng len {len}"),
+            &format!("gaussian_noise vs rng len {len} first {first}"),
             &gy,
             &want,
             1e-6,
@@ -875,13 +880,17 @@ fn gaussian_noise_matches_rng_formula_and_cpu() {
         // The graph form reads seed and std from the device (other arguments here, to show
         // they are not the ones used): the same bits.
         let values = up(&g, &artgan::backend::seed_values(seed, std));
+        let x_dev = up(&g, &x);
         let by = down(
             &g,
-            &g.add_gaussian_noise_by(&up(&g, &x), std * 2.0, seed.wrapping_add(1), &values)
+            &g.add_gaussian_noise_by(&x_dev, std * 2.0, seed.wrapping_add(1), first, &values)
                 .unwrap(),
         );
         assert!(bits(&by) == bits(&gy), "gaussian_noise_by len {len}");
-        let cy = down(&c, &c.add_gaussian_noise(&up(&c, &x), std, seed).unwrap());
+        let cy = down(
+            &c,
+            &c.add_gaussian_noise(&up(&c, &x), std, seed, first).unwrap(),
+        );
         close(
             &format!("gaussian_noise vs cpu len {len}"),
             &gy,

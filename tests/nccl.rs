@@ -501,34 +501,37 @@ fn weight_bits(m: &dyn Module) -> Vec<u32> {
 /// is not the one-GPU run's (batch norm sees per-GPU statistics, as DDP's default), but close
 /// to it. With the averaging dropped (`Adam::average_grads` a no-op), the run fails here with
 /// "the replica on cuda:1 (rank 1) ended with weights that differ from GPU 0's".
+/// dcgan, and classical (whose dropout masks and input noise each GPU draws for its rows).
 #[test]
 fn nccl_data_parallel_training_keeps_the_replicas_identical() {
     if !devices(2) {
         return;
     }
-    let cfg = tiny_run_config(2);
-    let (two, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = train_on(&cfg, &[1], two.path(), None, true).unwrap();
-    let b = train_on(&cfg, &[], one.path(), None, true).unwrap();
-    assert_eq!(a.history.len(), 2);
-    let (wa, wb) = (weight_bits(&a.generator), weight_bits(&b.generator));
-    assert_ne!(
-        wa, wb,
-        "two GPUs trained exactly as one: the batch was not split"
-    );
-    let moved = |x: u32, y: u32| (f32::from_bits(x) - f32::from_bits(y)).abs();
-    let worst = wa
-        .iter()
-        .zip(&wb)
-        .map(|(&x, &y)| moved(x, y))
-        .fold(0f32, f32::max);
-    // 6 steps of Adam move a weight by at most about lr per step either way.
-    let bound = 2.0 * cfg.lr_g * 6.0;
-    assert!(
-        worst <= bound,
-        "G differs from one GPU's by {worst} > {bound}"
-    );
-    assert!(two.path().join("checkpoints").is_dir());
+    for preset in [Preset::Dcgan, Preset::Classical] {
+        let cfg = TrainConfig {
+            model: common::tiny_model(preset),
+            ..tiny_run_config(2)
+        };
+        let (two, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = train_on(&cfg, &[1], two.path(), None, true).unwrap();
+        let b = train_on(&cfg, &[], one.path(), None, true).unwrap();
+        assert_eq!(a.history.len(), 2);
+        let (wa, wb) = (weight_bits(&a.generator), weight_bits(&b.generator));
+        assert_ne!(wa, wb, "{preset}: two GPUs trained exactly as one");
+        let moved = |x: u32, y: u32| (f32::from_bits(x) - f32::from_bits(y)).abs();
+        let worst = wa
+            .iter()
+            .zip(&wb)
+            .map(|(&x, &y)| moved(x, y))
+            .fold(0f32, f32::max);
+        // Adam moves a weight by at most about lr per step either way (6 steps).
+        let bound = 2.0 * cfg.lr_g.max(cfg.lr_g_detail) * 6.0;
+        assert!(
+            worst <= bound,
+            "{preset}: G differs from one GPU's by {worst} > {bound}"
+        );
+        assert!(two.path().join("checkpoints").is_dir());
+    }
 }
 
 /// CUDA graphs stay on with several GPUs (the all-reduce is captured in the step's graph):

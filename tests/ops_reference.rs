@@ -690,3 +690,48 @@ fn resample_gate_and_pair_loss_refuse_bad_shapes() {
         assert_eq!(got.lines().count(), 1);
     }
 }
+
+/// Data-parallel training splits each batch by rows: a part's dropout mask and input noise must
+/// be exactly its rows of the whole batch's draw with the same seed (`ops::Seed::part`).
+#[test]
+fn dropout_and_noise_of_a_part_are_those_rows_of_the_whole_batch_draw() {
+    let mut rng = Rng::new(17);
+    let whole_x = rng.uniform_vec(4 * 3 * 5 * 5, -1.0, 1.0);
+    let whole = t(whole_x.clone(), &[4, 3, 5, 5]);
+    let seed = |part| ops::Seed {
+        value: 99,
+        on_device: None,
+        part,
+    };
+    let whole_drop = ops::dropout(&whole, 0.4, seed(0), true)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let whole_noise = ops::gaussian_noise(&whole, 0.3, seed(0), true)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let per_part = whole_x.len() / 2;
+    for part in 0..2 {
+        let rows = &whole_x[part * per_part..(part + 1) * per_part];
+        let x = t(rows.to_vec(), &[2, 3, 5, 5]);
+        let d = ops::dropout(&x, 0.4, seed(part), true)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let n = ops::gaussian_noise(&x, 0.3, seed(part), true)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert_eq!(
+            d,
+            whole_drop[part * per_part..(part + 1) * per_part],
+            "dropout part {part}"
+        );
+        assert_eq!(
+            n,
+            whole_noise[part * per_part..(part + 1) * per_part],
+            "noise part {part}"
+        );
+    }
+}

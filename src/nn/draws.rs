@@ -114,6 +114,7 @@ impl StepDraws {
             } => Ok(Seed {
                 value: *seed,
                 on_device: Some(t.clone()),
+                part: 0,
             }),
             _ => unreachable!("a slot's values match its kind"),
         }

@@ -51,6 +51,8 @@ pub struct Ctx<'a> {
     pub labels: Option<Labels<'a>>,
     /// In a training step that a CUDA graph replays: where the draws go (see [`draws`]).
     pub draws: Option<&'a mut StepDraws>,
+    /// The rank of this pass's part of the batch (data-parallel training; 0 otherwise).
+    pub part: usize,
 }
 
 impl<'a> Ctx<'a> {
@@ -61,6 +63,7 @@ impl<'a> Ctx<'a> {
             numerics,
             labels: None,
             draws: None,
+            part: 0,
         }
     }
 
@@ -81,12 +84,24 @@ impl<'a> Ctx<'a> {
         self
     }
 
-    /// The seed of the next dropout mask (`noise_std: None`) or input noise.
+    /// The seed of the next dropout mask (`noise_std: None`) or input noise, for this pass's
+    /// part of the batch ([`Ctx::in_part`]).
     pub fn seed(&mut self, noise_std: Option<f32>) -> anyhow::Result<Seed> {
-        match self.draws.as_deref_mut() {
-            Some(d) => d.seed(self.rng, noise_std),
-            None => Ok(self.rng.next_u64().into()),
-        }
+        let seed = match self.draws.as_deref_mut() {
+            Some(d) => d.seed(self.rng, noise_std)?,
+            None => self.rng.next_u64().into(),
+        };
+        Ok(Seed {
+            part: self.part,
+            ..seed
+        })
+    }
+
+    /// The same context for part `rank` of the whole batch (data-parallel training: its masks
+    /// and noise are that part's elements of the whole batch's draw).
+    pub fn in_part(mut self, rank: usize) -> Self {
+        self.part = rank;
+        self
     }
 
     /// The labels a conditional layer needs, or an error naming `who`.

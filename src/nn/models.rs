@@ -270,7 +270,9 @@ impl Generator {
         };
         if let (true, None, Some(k)) = (self.classes > 0, ctx.labels, self.fixed_class.get()) {
             let labels = vec![k; z.shape()[0]];
-            let mut inner = Ctx::new(ctx.mode, &mut *ctx.rng, ctx.numerics).labeled(Some(&labels));
+            let mut inner = Ctx::new(ctx.mode, &mut *ctx.rng, ctx.numerics)
+                .labeled(Some(&labels))
+                .in_part(ctx.part);
             return self.forward_stages(z, &mut inner);
         }
         self.forward_stages(z, ctx)

@@ -12,10 +12,13 @@ use anyhow::{bail, Result};
 /// `on_device` holds it too (with the noise std; layout [`crate::backend::seed_values`],
 /// written before the step), and the kernels read it from there: a replay then uses each
 /// step's own seed instead of the one seen at capture.
+/// `part`: the rank of this tensor's part of the whole batch's tensor (0 on one device; see
+/// `crate::train::parallel`): the draw then starts at element `part · numel` of the whole.
 #[derive(Clone)]
 pub struct Seed {
     pub value: u64,
     pub on_device: Option<Tensor>,
+    pub part: usize,
 }
 
 impl From<u64> for Seed {
@@ -23,7 +26,15 @@ impl From<u64> for Seed {
         Seed {
             value,
             on_device: None,
+            part: 0,
         }
+    }
+}
+
+impl Seed {
+    /// The index of `x`'s first element in the whole batch's tensor.
+    fn first(&self, x: &Tensor) -> u64 {
+        (self.part * x.numel()) as u64
     }
 }
 
@@ -37,12 +48,15 @@ pub fn dropout(x: &Tensor, p: f32, seed: impl Into<Seed>, training: bool) -> Res
         return Ok(x.clone());
     }
     let be = x.backend();
-    let mask = match seed.into() {
+    let seed = seed.into();
+    let first = seed.first(x);
+    let mask = match seed {
         Seed {
             value,
             on_device: Some(v),
-        } => be.dropout_mask_by(x.numel(), p, value, &v.storage())?,
-        Seed { value, .. } => be.dropout_mask(x.numel(), p, value)?,
+            ..
+        } => be.dropout_mask_by(x.numel(), p, value, first, &v.storage())?,
+        Seed { value, .. } => be.dropout_mask(x.numel(), p, value, first)?,
     };
     let y = be.mul(&x.storage(), &mask)?;
     Tensor::from_op(
@@ -69,12 +83,15 @@ pub fn gaussian_noise(
         return Ok(x.clone());
     }
     let be = x.backend();
-    let y = match seed.into() {
+    let seed = seed.into();
+    let first = seed.first(x);
+    let y = match seed {
         Seed {
             value,
             on_device: Some(v),
-        } => be.add_gaussian_noise_by(&x.storage(), std, value, &v.storage())?,
-        Seed { value, .. } => be.add_gaussian_noise(&x.storage(), std, value)?,
+            ..
+        } => be.add_gaussian_noise_by(&x.storage(), std, value, first, &v.storage())?,
+        Seed { value, .. } => be.add_gaussian_noise(&x.storage(), std, value, first)?,
     };
     Tensor::from_op(
         y,

@@ -9,12 +9,13 @@
 //! the same checkpoint), plans the same global batch and draws the same latents and
 //! DiffAugment parameters, and trains on its equal part of them ([`Part`]); after each
 //! backward the gradients are averaged over the GPUs (NCCL all-reduce, `Adam::average_grads`),
-//! so every replica takes the same Adam step and the weights stay identical. Batch norm uses
+//! so every replica takes the same Adam step and the weights stay identical. Dropout masks and
+//! input noise are counter-based: a part draws the whole batch's elements of its rows
+//! (`ops::Seed::part`). Batch norm uses
 //! each GPU's own batch statistics, as PyTorch's DDP does by default.
 
 use super::{state, BatchSource, TrainConfig, Trainer};
 use crate::backend::{backend, Device, NcclId};
-use crate::nn::Preset;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -55,12 +56,6 @@ pub fn check(cfg: &TrainConfig, devices: &[Device]) -> Result<()> {
             "--batch-size {} does not split evenly over {ranks} GPUs: use a multiple of {ranks} \
              (e.g. {sizes})",
             cfg.batch_size
-        );
-    }
-    if cfg.model.preset == Preset::Classical {
-        bail!(
-            "data-parallel training of the classical preset is not built yet (its dropout and \
-             input-noise draws are not split by GPU): train it on one GPU"
         );
     }
     Ok(())

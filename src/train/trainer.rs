@@ -372,6 +372,8 @@ impl Trainer {
         update_g: bool,
         mut draws: Option<&mut StepDraws>,
     ) -> Result<StepOutputs> {
+        // This GPU's part of the batch (its dropout masks and noise are that part's).
+        let rank = self.part.rank;
         // ---- D step
         self.opt_d.zero_grad();
         let real_in = self.d_input(real, draws.as_deref_mut())?;
@@ -380,6 +382,7 @@ impl Trainer {
             &real_in,
             quarter,
             &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
+                .in_part(rank)
                 .labeled_as(labels)
                 .drawing(draws.as_deref_mut()),
         )?;
@@ -393,6 +396,7 @@ impl Trainer {
             self.g.forward(
                 z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
+                    .in_part(rank)
                     .labeled_as(labels)
                     .drawing(draws.as_deref_mut()),
             )?
@@ -401,6 +405,7 @@ impl Trainer {
             self.g.forward(
                 z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
+                    .in_part(rank)
                     .labeled_as(labels)
                     .drawing(draws.as_deref_mut()),
             )?
@@ -409,6 +414,7 @@ impl Trainer {
         let out_fake = self.d.forward(
             &fake_in,
             &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
+                .in_part(rank)
                 .labeled_as(labels)
                 .drawing(draws.as_deref_mut()),
         )?;
@@ -429,6 +435,7 @@ impl Trainer {
             let out = self.d.forward(
                 &fake_in,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
+                    .in_part(rank)
                     .labeled_as(labels)
                     .drawing(draws),
             )?;

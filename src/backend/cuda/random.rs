@@ -18,6 +18,7 @@ pub(super) fn dropout_mask(
     len: usize,
     p: f32,
     seed: SeedFrom,
+    first: u64,
 ) -> Result<Storage> {
     let mut out = be.alloc(len)?;
     // The same f32 expressions as crate::rng::dropout_value_at.
@@ -34,6 +35,7 @@ pub(super) fn dropout_mask(
                 out.slice_mut(),
                 &n,
                 &seed,
+                &first,
                 &keep,
                 &scale
             )?,
@@ -44,6 +46,7 @@ pub(super) fn dropout_mask(
                 out.slice_mut(),
                 &n,
                 cb(v)?.slice(),
+                &first,
                 &keep,
                 &scale
             )?,
@@ -52,7 +55,12 @@ pub(super) fn dropout_mask(
     Ok(Storage::Cuda(out))
 }
 
-pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) -> Result<Storage> {
+pub(super) fn add_gaussian_noise(
+    be: &CudaBackend,
+    x: &Storage,
+    seed: SeedFrom,
+    first: u64,
+) -> Result<Storage> {
     let x = cb(x)?;
     let mut out = be.alloc(x.len)?;
     let n = x.len as u64;
@@ -67,6 +75,7 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
                 out.slice_mut(),
                 &n,
                 &seed,
+                &first,
                 &std
             )?,
             SeedFrom::Device(v) => launch!(
@@ -76,7 +85,8 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
                 x.slice(),
                 out.slice_mut(),
                 &n,
-                cb(v)?.slice()
+                cb(v)?.slice(),
+                &first
             )?,
         }
     }
@@ -84,22 +94,30 @@ pub(super) fn add_gaussian_noise(be: &CudaBackend, x: &Storage, seed: SeedFrom) 
 }
 
 impl RandomBackend for CudaBackend {
-    fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
-        dropout_mask(self, len, p, SeedFrom::Args { seed, std: 0.0 })
+    fn dropout_mask(&self, len: usize, p: f32, seed: u64, first: u64) -> Result<Storage> {
+        dropout_mask(self, len, p, SeedFrom::Args { seed, std: 0.0 }, first)
     }
-    fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64) -> Result<Storage> {
-        add_gaussian_noise(self, x, SeedFrom::Args { seed, std })
+    fn add_gaussian_noise(&self, x: &Storage, std: f32, seed: u64, first: u64) -> Result<Storage> {
+        add_gaussian_noise(self, x, SeedFrom::Args { seed, std }, first)
     }
-    fn dropout_mask_by(&self, len: usize, p: f32, _seed: u64, values: &Storage) -> Result<Storage> {
-        dropout_mask(self, len, p, SeedFrom::Device(values))
+    fn dropout_mask_by(
+        &self,
+        len: usize,
+        p: f32,
+        _seed: u64,
+        first: u64,
+        values: &Storage,
+    ) -> Result<Storage> {
+        dropout_mask(self, len, p, SeedFrom::Device(values), first)
     }
     fn add_gaussian_noise_by(
         &self,
         x: &Storage,
         _std: f32,
         _seed: u64,
+        first: u64,
         values: &Storage,
     ) -> Result<Storage> {
-        add_gaussian_noise(self, x, SeedFrom::Device(values))
+        add_gaussian_noise(self, x, SeedFrom::Device(values), first)
     }
 }

@@ -6,20 +6,20 @@ use crate::backend::*;
 use crate::rng;
 use anyhow::Result;
 
-pub(crate) fn dropout_mask(len: usize, p: f32, seed: u64) -> Result<Storage> {
+pub(crate) fn dropout_mask(len: usize, p: f32, seed: u64, first: u64) -> Result<Storage> {
     Ok(Storage::Cpu(
-        (0..len as u64)
+        (first..first + len as u64)
             .map(|i| rng::dropout_value_at(seed, i, p))
             .collect(),
     ))
 }
 
-pub(crate) fn add_gaussian_noise(x: &Storage, std: f32, seed: u64) -> Result<Storage> {
+pub(crate) fn add_gaussian_noise(x: &Storage, std: f32, seed: u64, first: u64) -> Result<Storage> {
     Ok(Storage::Cpu(
         host(x)?
             .iter()
-            .enumerate()
-            .map(|(i, &v)| v + std * rng::normal_at(seed, i as u64))
+            .zip(first..)
+            .map(|(&v, i)| v + std * rng::normal_at(seed, i))
             .collect(),
     ))
 }
