@@ -23,12 +23,19 @@
 //! A step is timed as training runs it: queued without reading anything back
 //! ([`Trainer::step_deferred`]), the metrics read where training reads them (at the end of each
 //! `--lr-window`), then a device synchronisation so the step's time is all its work.
+//!
+//! `--device cuda:0,1` (or `cuda:all`): data-parallel steps as `train` runs them on those GPUs
+//! (`artgan::train::parallel`: one thread and replica per GPU, the batch split evenly, the
+//! gradients averaged by NCCL). The bench first times one GPU on one GPU's share of the batch,
+//! then all of them on the whole batch, and prints both lines and the scaling efficiency:
+//! images/s on N GPUs over N × images/s on one. On the emulated device (where the GPUs share
+//! the CPU) the line says `emulated`: such a figure measures nothing about GPUs.
 
 use artgan::backend::Device;
 use artgan::cli::{cuda_graphs_for_preset, resolve_cuda_graphs, train_config, TrainArgs};
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
-use artgan::train::Trainer;
+use artgan::train::{TrainConfig, Trainer};
 use clap::Parser;
 use std::time::Instant;
 
@@ -59,6 +66,10 @@ fn main() -> anyhow::Result<()> {
         argv.extend(["--device".to_string(), "cpu".to_string()]);
     }
     let args = BenchArgs::parse_from(argv);
+    let devices = args.train.device.resolve_list()?;
+    if devices.len() > 1 {
+        return data_parallel(&args, &devices);
+    }
     let mut cfg = train_config(&args.train)?;
     let device = args.train.device.resolve()?;
     cfg.precision = artgan::amp::resolve(args.train.precision, device)?;
@@ -114,6 +125,116 @@ fn main() -> anyhow::Result<()> {
         median * 1e3,
         times.len(),
         batch as f64 / median
+    );
+    Ok(())
+}
+
+/// The config as `train` resolves it for a run on `device` with batch `batch`.
+fn resolved_config(args: &BenchArgs, device: Device, batch: usize) -> anyhow::Result<TrainConfig> {
+    let mut cfg = train_config(&args.train)?;
+    cfg.precision = artgan::amp::resolve(args.train.precision, device)?;
+    let graphs = resolve_cuda_graphs(&args.train, device)?;
+    cfg.cuda_graphs = cuda_graphs_for_preset(&args.train, graphs, cfg.model.preset);
+    cfg.conv_impl = args.train.device.conv_impl();
+    cfg.batch_size = batch;
+    Ok(cfg)
+}
+
+/// Median step seconds of `devices` training `cfg` data-parallel (one device: alone), each
+/// GPU on its thread with its replica, as `train` runs them.
+fn parallel_step_seconds(
+    args: &BenchArgs,
+    cfg: &TrainConfig,
+    devices: &[Device],
+) -> anyhow::Result<f64> {
+    use artgan::train::parallel::Part;
+    let ranks = devices.len();
+    artgan::train::parallel::check(cfg, devices)?;
+    let id = artgan::backend::cuda::nccl_unique_id()?;
+    let steps = args.steps.unwrap_or(10);
+    let per_gpu = cfg.batch_size / ranks;
+    let size = cfg.model.image_size;
+    let threads: Vec<_> = devices
+        .iter()
+        .enumerate()
+        .map(|(rank, &device)| {
+            let (cfg, warmup) = (cfg.clone(), args.warmup);
+            std::thread::spawn(move || -> anyhow::Result<f64> {
+                let backend = artgan::backend::backend(device)?;
+                if ranks > 1 {
+                    backend.join_group(rank, ranks, &id)?;
+                }
+                let mut trainer = Trainer::new(cfg, device)?;
+                trainer.part = Part { rank, ranks };
+                let mut rng = Rng::new(1 + rank as u64);
+                let real = Tensor::from_vec(
+                    rng.uniform_vec(per_gpu * 3 * size * size, -1.0, 1.0),
+                    &[per_gpu, 3, size, size],
+                    device,
+                )?;
+                for _ in 0..warmup {
+                    step(&mut trainer, &real)?;
+                }
+                backend.synchronize()?;
+                let mut times = Vec::new();
+                for _ in 0..steps {
+                    let t = Instant::now();
+                    step(&mut trainer, &real)?;
+                    backend.synchronize()?;
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                backend.leave_group();
+                times.sort_by(|a, b| a.total_cmp(b));
+                Ok(times[times.len() / 2])
+            })
+        })
+        .collect();
+    let mut slowest = 0f64;
+    for t in threads {
+        let secs = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??;
+        slowest = slowest.max(secs);
+    }
+    Ok(slowest)
+}
+
+/// `--device cuda:0,1`: one GPU on its share of the batch, then every GPU on the whole batch,
+/// and the scaling efficiency.
+fn data_parallel(args: &BenchArgs, devices: &[Device]) -> anyhow::Result<()> {
+    let ranks = devices.len();
+    let whole = train_config(&args.train)?.batch_size;
+    let emulated = artgan::backend::cuda::device_name(0).contains("emulated");
+    let one = resolved_config(args, devices[0], whole / ranks.max(1))?;
+    let all = resolved_config(args, devices[0], whole)?;
+    let name = format!(
+        "{}-{}px-w{}-b{whole}",
+        all.model.preset, all.model.image_size, all.model.ngf
+    );
+    let label = format!(
+        "{}{}-{}",
+        device_label(devices[0], all.conv_impl),
+        if all.cuda_graphs { "-graphs" } else { "" },
+        all.precision
+    );
+    let t1 = parallel_step_seconds(args, &one, &devices[..1])?;
+    let tn = parallel_step_seconds(args, &all, devices)?;
+    let (ips1, ipsn) = (one.batch_size as f64 / t1, whole as f64 / tn);
+    let tag = if emulated {
+        " (emulated: GPUs share the CPU)"
+    } else {
+        ""
+    };
+    println!(
+        "train_step/{label}-x1/{name}: median {:.2} ms, {ips1:.1} images/s (batch {}){tag}",
+        t1 * 1e3,
+        one.batch_size
+    );
+    println!(
+        "train_step/{label}-x{ranks}/{name}: median {:.2} ms, {ipsn:.1} images/s, scaling \
+         efficiency {:.2}{tag}",
+        tn * 1e3,
+        ipsn / (ranks as f64 * ips1)
     );
     Ok(())
 }
