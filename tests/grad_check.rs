@@ -10,7 +10,7 @@
 //! ops (relu, leaky relu) are kept further than h from the kink.
 
 use artgan::amp::Numerics;
-use artgan::backend::Activation;
+use artgan::backend::{Activation, BatchNormAct};
 use artgan::ops;
 use artgan::rng::Rng;
 use artgan::tensor::{no_grad, Tensor};
@@ -440,6 +440,34 @@ fn batch_norm2d_act_training_grad_matches_finite_difference() {
                     let rv = Tensor::full(&[c], 1.0, CPU).unwrap();
                     ops::batch_norm2d_act(&t[0], &t[1], &t[2], &rm, &rv, true, 0.1, 1e-5, act)
                         .unwrap()
+                },
+            );
+        }
+    }
+}
+
+/// The synchronised batch norm (`--sync-bn`) has its own backward (the whole batch's sums
+/// all-reduced, then the per-channel correction through the eval-mode normalisation): on one
+/// device it is plain batch norm, and its gradient must match finite differences.
+#[test]
+fn batch_norm2d_synced_grad_matches_finite_difference() {
+    let mut rng = Rng::new(37);
+    for act in [
+        BatchNormAct::None,
+        BatchNormAct::Relu,
+        BatchNormAct::LeakyRelu(0.2),
+    ] {
+        for shape in [[4, 3, 2, 2], [2, 2, 3, 5], [3, 2, 3, 1]] {
+            let c = shape[1];
+            let inputs = bn_act_inputs(&mut rng, shape, None);
+            check_grad(
+                &format!("batch_norm2d_synced {act:?} {shape:?}"),
+                inputs,
+                1e-2,
+                |t| {
+                    let rm = Tensor::zeros(&[c], CPU).unwrap();
+                    let rv = Tensor::full(&[c], 1.0, CPU).unwrap();
+                    ops::batch_norm2d_synced(&t[0], &t[1], &t[2], &rm, &rv, 0.1, 1e-5, act).unwrap()
                 },
             );
         }

@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// on|off [default: on for a CUDA device, off on the CPU].
     #[arg(long, value_enum, value_name = "on|off")]
     pub cuda_graphs: Option<Switch>,
+    /// With several GPUs (--device cuda:0,1): normalise batch norm with the whole batch's
+    /// statistics, all GPUs' (as one GPU with the whole batch would), instead of each GPU's own.
+    #[arg(long)]
+    pub sync_bn: bool,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -375,6 +379,11 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     check_lr_flags(a)?;
     let devices = a.device.resolve_list()?;
     let device = devices[0];
+    if a.sync_bn && devices.len() < 2 {
+        bail!(
+            "--sync-bn synchronises batch norm across GPUs: give several, e.g. --device cuda:0,1"
+        );
+    }
     let cuda_graphs = resolve_cuda_graphs(a, device)?;
     let (mut cfg, out, resume_from, lock, previous, new_run) = match &a.resume {
         Some(run) => match super::resume::open(a, run, device)? {
@@ -414,6 +423,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     cfg.cuda_graphs = cuda_graphs_for_preset(a, cuda_graphs, cfg.model.preset);
+    cfg.sync_bn = a.sync_bn;
     cfg.conv_impl = a.device.conv_impl();
     warn_high_lrs(&cfg);
     let size = cfg.model.image_size;

@@ -53,6 +53,8 @@ pub struct Ctx<'a> {
     pub draws: Option<&'a mut StepDraws>,
     /// The rank of this pass's part of the batch (data-parallel training; 0 otherwise).
     pub part: usize,
+    /// Training-mode batch norm uses the statistics of every GPU's part (`--sync-bn`).
+    pub sync_bn: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -64,6 +66,7 @@ impl<'a> Ctx<'a> {
             labels: None,
             draws: None,
             part: 0,
+            sync_bn: false,
         }
     }
 
@@ -101,6 +104,12 @@ impl<'a> Ctx<'a> {
     /// and noise are that part's elements of the whole batch's draw).
     pub fn in_part(mut self, rank: usize) -> Self {
         self.part = rank;
+        self
+    }
+
+    /// The same context with batch norm synchronised over the GPUs (`--sync-bn`) or not.
+    pub fn syncing_bn(mut self, sync: bool) -> Self {
+        self.sync_bn = sync;
         self
     }
 

@@ -272,7 +272,8 @@ impl Generator {
             let labels = vec![k; z.shape()[0]];
             let mut inner = Ctx::new(ctx.mode, &mut *ctx.rng, ctx.numerics)
                 .labeled(Some(&labels))
-                .in_part(ctx.part);
+                .in_part(ctx.part)
+                .syncing_bn(ctx.sync_bn);
             return self.forward_stages(z, &mut inner);
         }
         self.forward_stages(z, ctx)

@@ -10,6 +10,8 @@ use crate::backend::DType;
 use crate::backend::{Activation, BatchNormAct, ChannelDims, Storage};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// Validates the inputs; returns the `[n, c, hw]` view of x. `f16_input`: x may be f16.
 #[allow(clippy::too_many_arguments)]
@@ -224,4 +226,83 @@ fn batch_norm_node(
             Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
         },
     )
+}
+
+/// Training-mode `act(batch_norm2d(x, ...))` with the batch statistics of every GPU of the
+/// backend's group (`--sync-bn`; PyTorch's `SyncBatchNorm`): the mean and the biased variance
+/// are those of the whole batch (two passes, each an all-reduce of the per-GPU means: the parts
+/// are equal), and so are the backward's sums. So GPUs that each hold a part of the batch
+/// compute what one GPU would with the whole batch, up to float rounding. `act`: None, ReLU or
+/// LeakyReLU. Computed in f32 (an f16 x is widened, y and its gradient rounded back).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_synced(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    momentum: f32,
+    eps: f32,
+    act: BatchNormAct,
+) -> Result<Tensor> {
+    let what = "batch_norm2d (synchronised)";
+    let d = batch_norm_dims(what, x, gamma, beta, running_mean, running_var, true, true)?;
+    let be = x.backend();
+    let dtype = x.dtype();
+    // x itself when f32 (shared with the tensor, as the other nodes keep it), else widened.
+    let x32 = match dtype {
+        DType::F32 => x.storage_rc(),
+        DType::F16 => Rc::new(RefCell::new(be.cast(&x.storage(), DType::F32)?)),
+    };
+    let count = (d.n * d.hw) as f32;
+    let whole = count * be.group_size() as f32;
+    // The mean over the GPUs of per-GPU values (nothing to do alone: then this is plain batch
+    // norm, which lets the CPU check its backward against finite differences).
+    let over_gpus = move |parts: &mut [&mut Storage]| match be.group_size() {
+        1 => Ok(()),
+        _ => be.all_reduce_mean(parts),
+    };
+    let be = x.backend();
+    let xs = x32.borrow();
+    let mut mean = be.scale(&be.channel_sum(&xs, d)?, 1.0 / count)?;
+    over_gpus(&mut [&mut mean])?;
+    let centred = be.add_channel_bias(&xs, &be.scale(&mean, -1.0)?, d)?;
+    let mut var = be.scale(
+        &be.channel_sum(&be.mul(&centred, &centred)?, d)?,
+        1.0 / count,
+    )?;
+    drop(centred);
+    over_gpus(&mut [&mut var])?;
+    let (gs, bs) = (gamma.storage(), beta.storage());
+    // Normalising with given statistics is what eval mode does with the running ones.
+    let saved = be.batch_norm_act_eval(&xs, &gs, &bs, &mean, &var, d, eps, act)?;
+    drop((gs, bs, xs));
+    {
+        let unbiased = be.scale(&var, whole / (whole - 1.0).max(1.0))?;
+        let (mut rm, mut rv) = (running_mean.storage_mut(), running_var.storage_mut());
+        be.scale_add_assign(&mut rm, 1.0 - momentum, &mean, momentum)?;
+        be.scale_add_assign(&mut rv, 1.0 - momentum, &unbiased, momentum)?;
+    }
+    let y = be.cast(&saved.y, dtype)?;
+    let invstd = saved.invstd;
+    let (sg, sb) = (gamma.storage_rc(), beta.storage_rc());
+    Tensor::from_op(y, x.shape(), what, &[x, gamma, beta], move |g, _| {
+        let g32 = be.cast(g, DType::F32)?;
+        let (gamma, beta, x32) = (sg.borrow(), sb.borrow(), x32.borrow());
+        // dz·gamma·invstd, and this part's sums of dz·xhat and dz (the parameters' gradients).
+        let (dx_part, dgamma, dbeta) =
+            be.batch_norm_act_backward(&x32, &g32, &gamma, &beta, &mean, &invstd, d, act, false)?;
+        // The whole batch's means of dz and dz·xhat.
+        let mut mean_dz = be.scale(&dbeta, 1.0 / count)?;
+        let mut mean_dzx = be.scale(&dgamma, 1.0 / count)?;
+        over_gpus(&mut [&mut mean_dz, &mut mean_dzx])?;
+        // dx = gamma·invstd·(dz − mean(dz) − xhat·mean(dz·xhat)): the last two terms are
+        // xhat·a + b per channel, which the eval-mode normalisation computes.
+        let gi = be.mul(&gamma, &invstd)?;
+        let a = be.scale(&be.mul(&gi, &mean_dzx)?, -1.0)?;
+        let b = be.scale(&be.mul(&gi, &mean_dz)?, -1.0)?;
+        let terms = be.batch_norm_eval(&x32, &a, &b, &mean, &var, d, eps)?;
+        let dx = be.cast(&be.add(&dx_part, &terms)?, dtype)?;
+        Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
+    })
 }

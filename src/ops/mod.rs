@@ -16,7 +16,7 @@ mod reduce;
 mod resample;
 mod spectral_norm;
 
-pub use batchnorm::{batch_norm2d, batch_norm2d_act};
+pub use batchnorm::{batch_norm2d, batch_norm2d_act, batch_norm2d_synced};
 pub use conditional::{channel_affine, channel_gate, embedding, label_values, row_dot, Labels};
 pub use conv::{conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act};
 pub use diffaug::{

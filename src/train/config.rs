@@ -67,6 +67,10 @@ pub struct TrainConfig {
     /// only). Results are the same either way.
     #[serde(default)]
     pub cuda_graphs: bool,
+    /// Data-parallel training normalises batch norm with the whole batch's statistics, all
+    /// GPUs' (`--sync-bn`); off: each GPU's own, as PyTorch's DDP by default.
+    #[serde(default)]
+    pub sync_bn: bool,
     /// Which implementation runs the convolutions on CUDA (`--conv-impl`): this process's
     /// choice, not the run's (results agree to f32 rounding either way), so not recorded.
     #[serde(skip)]
@@ -157,6 +161,7 @@ impl TrainConfig {
             device: "cpu".to_string(),
             precision: Default::default(),
             cuda_graphs: false,
+            sync_bn: false,
             conv_impl: crate::backend::ConvImpl::default(),
             diverge_loss: DEFAULT_DIVERGE_LOSS,
             diverge_steps: DEFAULT_DIVERGE_STEPS,

@@ -374,6 +374,7 @@ impl Trainer {
     ) -> Result<StepOutputs> {
         // This GPU's part of the batch (its dropout masks and noise are that part's).
         let rank = self.part.rank;
+        let sync_bn = self.cfg.sync_bn && self.part.ranks > 1;
         // ---- D step
         self.opt_d.zero_grad();
         let real_in = self.d_input(real, draws.as_deref_mut())?;
@@ -383,6 +384,7 @@ impl Trainer {
             quarter,
             &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                 .in_part(rank)
+                .syncing_bn(sync_bn)
                 .labeled_as(labels)
                 .drawing(draws.as_deref_mut()),
         )?;
@@ -397,6 +399,7 @@ impl Trainer {
                 z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .in_part(rank)
+                    .syncing_bn(sync_bn)
                     .labeled_as(labels)
                     .drawing(draws.as_deref_mut()),
             )?
@@ -406,6 +409,7 @@ impl Trainer {
                 z,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .in_part(rank)
+                    .syncing_bn(sync_bn)
                     .labeled_as(labels)
                     .drawing(draws.as_deref_mut()),
             )?
@@ -415,6 +419,7 @@ impl Trainer {
             &fake_in,
             &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                 .in_part(rank)
+                .syncing_bn(sync_bn)
                 .labeled_as(labels)
                 .drawing(draws.as_deref_mut()),
         )?;
@@ -436,6 +441,7 @@ impl Trainer {
                 &fake_in,
                 &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                     .in_part(rank)
+                    .syncing_bn(sync_bn)
                     .labeled_as(labels)
                     .drawing(draws),
             )?;

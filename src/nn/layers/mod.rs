@@ -83,7 +83,9 @@ impl Layer {
         let conv_fuses = act.derivative_from_output();
         let (mode, numerics) = (ctx.mode, ctx.numerics);
         match self {
-            Layer::Bn(bn) if BatchNormAct::fused(act).is_ok() => Some(bn.forward_act(x, mode, act)),
+            Layer::Bn(bn) if BatchNormAct::fused(act).is_ok() => {
+                Some(bn.forward_act(x, mode, act, ctx.sync_bn))
+            }
             Layer::Conv(c) if c.bias.is_none() && conv_fuses => {
                 Some(c.forward_act(x, act, numerics))
             }
@@ -101,10 +103,10 @@ impl Layer {
             Layer::Conv(c) => c.forward(x, ctx.numerics),
             Layer::ConvT(c) => c.forward(x, ctx.numerics),
             Layer::SnConv(c) => c.forward(x, ctx.mode, ctx.numerics),
-            Layer::Bn(b) => b.forward(x, ctx.mode),
+            Layer::Bn(b) => b.forward(x, ctx.mode, ctx.sync_bn),
             Layer::CondBn(b) => {
                 let labels = ctx.need_labels("class-conditional batch norm", x.shape()[0])?;
-                b.forward(x, ctx.mode, labels)
+                b.forward(x, ctx.mode, labels, ctx.sync_bn)
             }
             Layer::Relu => ops::relu(x),
             Layer::LeakyRelu(s) => ops::leaky_relu(x, *s),

@@ -2,7 +2,7 @@
 
 use super::super::{Mode, Module};
 use super::{StateRef, CONV_INIT_STD};
-use crate::backend::{Activation, Device};
+use crate::backend::{Activation, BatchNormAct, Device};
 use crate::ops;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -33,7 +33,12 @@ impl BatchNorm2d {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// `sync`: training mode normalises with the statistics of every GPU of a data-parallel
+    /// run (`--sync-bn`, [`ops::batch_norm2d_synced`]).
+    pub fn forward(&self, x: &Tensor, mode: Mode, sync: bool) -> Result<Tensor> {
+        if let Some(y) = self.synced(x, mode, sync, BatchNormAct::None) {
+            return y;
+        }
         self.run(mode, |rm, rv, training| {
             ops::batch_norm2d(
                 x,
@@ -49,7 +54,16 @@ impl BatchNorm2d {
     }
 
     /// `act(self.forward(x, mode))` for ReLU or LeakyReLU, as one fused op.
-    pub fn forward_act(&self, x: &Tensor, mode: Mode, act: Activation) -> Result<Tensor> {
+    pub fn forward_act(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        act: Activation,
+        sync: bool,
+    ) -> Result<Tensor> {
+        if let Some(y) = self.synced(x, mode, sync, BatchNormAct::fused(act)?) {
+            return y;
+        }
         self.run(mode, |rm, rv, training| {
             ops::batch_norm2d_act(
                 x,
@@ -63,6 +77,31 @@ impl BatchNorm2d {
                 act,
             )
         })
+    }
+
+    /// The synchronised training-mode forward, when `sync` asks for it in training mode.
+    fn synced(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        sync: bool,
+        act: BatchNormAct,
+    ) -> Option<Result<Tensor>> {
+        if !(sync && mode == Mode::Train) {
+            return None;
+        }
+        self.num_batches_tracked
+            .set(self.num_batches_tracked.get() + 1);
+        Some(ops::batch_norm2d_synced(
+            x,
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+            self.momentum,
+            self.eps,
+            act,
+        ))
     }
 
     /// Calls `op(running_mean, running_var, training)` as `mode` needs.
@@ -127,8 +166,29 @@ impl CondBatchNorm2d {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mode: Mode, labels: ops::Labels) -> Result<Tensor> {
+    /// `sync`: as [`BatchNorm2d::forward`]'s.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        labels: ops::Labels,
+        sync: bool,
+    ) -> Result<Tensor> {
         let xhat = match mode {
+            Mode::Train if sync => {
+                self.num_batches_tracked
+                    .set(self.num_batches_tracked.get() + 1);
+                ops::batch_norm2d_synced(
+                    x,
+                    &self.ones,
+                    &self.zeros,
+                    &self.running_mean,
+                    &self.running_var,
+                    self.momentum,
+                    self.eps,
+                    BatchNormAct::None,
+                )?
+            }
             Mode::Train => {
                 self.num_batches_tracked
                     .set(self.num_batches_tracked.get() + 1);
