@@ -258,11 +258,11 @@ pub fn batch_norm2d_synced(
     let whole = count * be.group_size() as f32;
     // The mean over the GPUs of per-GPU values (nothing to do alone: then this is plain batch
     // norm, which lets the CPU check its backward against finite differences).
-    let over_gpus = move |parts: &mut [&mut Storage]| match be.group_size() {
+    let group = be.clone();
+    let over_gpus = move |parts: &mut [&mut Storage]| match group.group_size() {
         1 => Ok(()),
-        _ => be.all_reduce_mean(parts),
+        _ => group.all_reduce_mean(parts),
     };
-    let be = x.backend();
     let xs = x32.borrow();
     let mut mean = be.scale(&be.channel_sum(&xs, d)?, 1.0 / count)?;
     over_gpus(&mut [&mut mean])?;
