@@ -11,6 +11,7 @@ mod common;
 
 use anyhow::Result;
 use artgan::backend::cuda::{device_name, nccl_unique_id};
+use artgan::backend::CollectiveBackend;
 use artgan::backend::{backend, Backend, Device, NcclId, Storage};
 use half::f16;
 use std::time::{Duration, Instant};
@@ -59,13 +60,22 @@ fn on_ranks<T: Send>(
     world: usize,
     work: impl Fn(usize, &dyn Backend) -> Result<T> + Sync,
 ) -> Vec<Result<T>> {
-    let id = nccl_unique_id().unwrap();
+    on_ranks_of(world, Device::Cuda, work)
+}
+
+/// [`on_ranks`] with rank `r` on `device(r)` (the CPU's collectives: every rank on the CPU).
+fn on_ranks_of<T: Send>(
+    world: usize,
+    device: fn(usize) -> Device,
+    work: impl Fn(usize, &dyn Backend) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let id = backend(device(0)).unwrap().new_group_id().unwrap();
     let work = &work;
     std::thread::scope(|s| {
         let ranks: Vec<_> = (0..world)
             .map(|rank| {
                 s.spawn(move || {
-                    let be = backend(Device::Cuda(rank))?;
+                    let be = backend(device(rank))?;
                     be.join_group(rank, world, &id)?;
                     assert_eq!(be.group_size(), world);
                     work(rank, &*be)
@@ -155,6 +165,68 @@ fn nccl_all_reduce_mean_of_two_ranks_is_the_host_mean() {
     let got = on_ranks(2, |rank, be| {
         run_on_rank(rank, be, |be, b| be.all_reduce_mean(b))
     });
+    assert_is_the_host_mean(got);
+}
+
+/// The CPU's collectives (threads of this process on the CPU backend, the CPU reference of a
+/// data-parallel run) give the same means, and broadcast the root's buffers.
+#[test]
+fn nccl_cpu_threads_all_reduce_mean_and_broadcast_like_gpus() {
+    let got = on_ranks_of(
+        2,
+        |_| Device::Cpu,
+        |rank, be| run_on_rank(rank, be, |be, b| be.all_reduce_mean(b)),
+    );
+    assert_is_the_host_mean(got);
+    let got = on_ranks_of(
+        2,
+        |_| Device::Cpu,
+        |rank, be| run_on_rank(rank, be, |be, b| be.broadcast(b, 1)),
+    );
+    for (rank, r) in got.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), rank_data(1), "rank {rank}");
+    }
+}
+
+/// CPU ranks that disagree on the operation or the buffers both fail naming the ranks.
+#[test]
+fn nccl_cpu_threads_that_disagree_both_fail_naming_the_ranks() {
+    let got = on_ranks_of(
+        2,
+        |_| Device::Cpu,
+        |rank, be| {
+            let mut buf = be.upload(&values(5 + 2 * rank, 1))?;
+            let count = be.all_reduce_mean(&mut [&mut buf]).unwrap_err();
+            let mut buf = be.upload(&values(5, 1))?;
+            let op = if rank == 0 {
+                be.all_reduce_mean(&mut [&mut buf])
+            } else {
+                be.broadcast(&mut [&mut buf], 0)
+            };
+            Ok((count, op.unwrap_err()))
+        },
+    );
+    for (rank, r) in got.into_iter().enumerate() {
+        let (count, op) = r.unwrap();
+        let (count, op) = (format!("{count:#}"), format!("{op:#}"));
+        assert_eq!(
+            count,
+            format!(
+                "cpu rank {rank} of 2: all_reduce_mean: ranks 0 and 1 disagree on the buffers' \
+                 counts or dtypes ([5] vs [7])"
+            )
+        );
+        assert!(
+            op.ends_with(
+                "ranks 0 and 1 disagree on the operation (all_reduce_mean vs broadcast from rank 0)"
+            ),
+            "rank {rank}: {op}"
+        );
+    }
+}
+
+/// The host's mean of [`rank_data`] 0 and 1, bit for bit, on every rank.
+fn assert_is_the_host_mean(got: Vec<Result<Buffers>>) {
     let ((a32, a16), (b32, b16)) = (rank_data(0), rank_data(1));
     // The bound: with every value in ±[0.5, 4), the sum of two is exact in f32 for f16 inputs
     // and rounded once for f32 inputs, and halving it is exact (the mean is 0 or at least one
@@ -272,6 +344,53 @@ fn in_child(test: &str, timeout_ms: u64) -> Option<String> {
     Some(text)
 }
 
+/// Rank 1 fails instead of all-reducing and aborts the group: rank 0, waiting in the
+/// all-reduce for it, is released with an error (not after the emulator's deadlock timeout of
+/// a minute), and its later collectives say the group was aborted.
+#[test]
+fn nccl_an_aborted_group_releases_the_rank_waiting_for_the_failed_one() {
+    if !devices(2) || !emulated() {
+        return;
+    }
+    if let Some(out) = in_child(
+        "nccl_an_aborted_group_releases_the_rank_waiting_for_the_failed_one",
+        60_000,
+    ) {
+        println!("{out}");
+        return;
+    }
+    aborted_group_releases_the_waiting_rank(Device::Cuda, "ended by ncclCommAbort");
+}
+
+/// The same on CPU threads (the CPU's collectives).
+#[test]
+fn nccl_cpu_threads_an_aborted_group_releases_the_waiting_rank() {
+    aborted_group_releases_the_waiting_rank(|_| Device::Cpu, artgan::backend::ABORTED);
+}
+
+fn aborted_group_releases_the_waiting_rank(device: fn(usize) -> Device, released: &str) {
+    let got = on_ranks_of(2, device, |rank, be| {
+        let mut buf = be.upload(&values(9, 2))?;
+        if rank == 1 {
+            // Failed: rank 0 waits in its all-reduce by now (or comes to it after the abort).
+            std::thread::sleep(Duration::from_millis(200));
+            be.abort_group();
+            assert!(be.group_aborted());
+            return Ok(None);
+        }
+        let first = be.all_reduce_mean(&mut [&mut buf]).unwrap_err();
+        let second = be.all_reduce_mean(&mut [&mut buf]).unwrap_err();
+        assert!(be.group_aborted());
+        Ok(Some((format!("{first:#}"), format!("{second:#}"))))
+    });
+    let (first, second) = got[0].as_ref().unwrap().clone().expect("rank 0's errors");
+    println!("rank 0: {first}\nrank 0: {second}");
+    assert!(got[1].is_ok());
+    assert!(first.contains(released), "{first}");
+    assert!(!first.contains("deadlock"), "{first}");
+    assert!(second.ends_with(artgan::backend::ABORTED), "{second}");
+}
+
 #[test]
 fn nccl_a_rank_that_never_arrives_is_a_deadlock_error_not_a_hang() {
     if !devices(2) || !emulated() {
@@ -370,19 +489,26 @@ fn nccl_a_group_of_one_device_keeps_its_values() {
 }
 
 #[test]
-fn nccl_collectives_on_the_cpu_are_an_error_naming_the_device() {
+fn nccl_cpu_collectives_before_joining_a_group_are_an_error() {
     let cpu = backend(Device::Cpu).unwrap();
     assert_eq!(cpu.group_size(), 1);
-    let e = cpu.join_group(0, 2, &NcclId([0; 128])).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "join_group: collectives need CUDA devices (given cpu)"
-    );
     let mut buf = cpu.upload(&[1.0]).unwrap();
     let e = cpu.all_reduce_mean(&mut [&mut buf]).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "all_reduce_mean: collectives need CUDA devices (given cpu)"
+        "all_reduce_mean: this thread's cpu backend has not joined a group"
+    );
+    let e = cpu.join_group(2, 2, &NcclId([0; 128])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cpu rank 2 of 2: joining the group: the rank must be below the group size"
+    );
+    // The plain reference backend has none.
+    let reference = artgan::backend::reference::ReferenceBackend;
+    let e = reference.new_group_id().err().expect("no group id");
+    assert_eq!(
+        e.to_string(),
+        "new_group_id: the reference backend has no collectives"
     );
 }
 
@@ -638,11 +764,20 @@ impl artgan::train::BatchSource for FailingOnRank1 {
     }
 }
 
-/// A GPU that fails ends the run with an error naming it (GPU 0's collective fails too: the
-/// emulator reports the rank that never came), and no checkpoint is written.
+/// A GPU that fails ends the run with an error naming it, and no checkpoint is written. It
+/// aborts the group, which releases GPU 0 from the collective it waits in for GPU 1: without
+/// that, a GPU would wait forever (here: the emulator's deadlock timeout, set to a minute, ends
+/// it with "deadlock", which the test refuses).
 #[test]
 fn nccl_data_parallel_a_failing_gpu_ends_the_run_naming_it() {
     if !devices(2) || !emulated() {
+        return;
+    }
+    if let Some(out) = in_child(
+        "nccl_data_parallel_a_failing_gpu_ends_the_run_naming_it",
+        60_000,
+    ) {
+        println!("{out}");
         return;
     }
     let cfg = tiny_run_config(1);
@@ -658,8 +793,13 @@ fn nccl_data_parallel_a_failing_gpu_ends_the_run_naming_it() {
         Ok(_) => panic!("the run went on without GPU 1"),
         Err(e) => format!("{e:#}"),
     };
+    println!("{e}");
     assert!(e.contains("cuda:1 (rank 1) failed"), "{e}");
     assert!(e.contains("failed on purpose"), "{e}");
+    assert!(
+        !e.contains("deadlock"),
+        "GPU 0 waited for the failed GPU: {e}"
+    );
     let checkpoints = dir.path().join("checkpoints");
     let written = std::fs::read_dir(&checkpoints).map_or(0, |d| d.count());
     assert_eq!(written, 0, "a checkpoint was written");
@@ -753,4 +893,84 @@ fn nccl_data_parallel_resume_is_bit_identical() {
     }
     let ema = |o: &TrainOutcome| weight_bits(o.generator_ema.as_ref().expect("EMA kept"));
     assert_eq!(ema(&straight), ema(&resumed), "EMA G");
+}
+
+/// Trains `cfg` data-parallel on `ranks` CPU threads (the CPU's collectives; each thread with
+/// its part of every batch and its own batch-norm statistics) into `dir`.
+fn train_on_cpu_threads(cfg: &TrainConfig, ranks: usize, dir: &std::path::Path) -> TrainOutcome {
+    let mut opts = RunOptions::new(dir.to_path_buf(), Device::Cpu);
+    opts.more_devices = vec![Device::Cpu; ranks - 1];
+    artgan::train::train(cfg.clone(), &mut tiny_loader(cfg), &mut opts).unwrap()
+}
+
+/// Weights of `a` and `b` that differ by more than float rounding (2e-6 + 1e-3 |w|, the CPU/GPU
+/// training-step tests' criterion), and the largest difference of any weight.
+fn loose_weights(a: &dyn Module, b: &dyn Module) -> (usize, usize, f32) {
+    let (mut loose, mut total, mut worst) = (0, 0, 0f32);
+    for ((_, x), (_, y)) in a.parameters().iter().zip(b.parameters()) {
+        for (p, q) in x.to_vec().unwrap().into_iter().zip(y.to_vec().unwrap()) {
+            let d = (p - q).abs();
+            worst = worst.max(d);
+            loose += usize::from(d > 2e-6 + 1e-3 * p.abs());
+            total += 1;
+        }
+    }
+    (loose, total, worst)
+}
+
+/// Without `--sync-bn` each GPU normalises with its own half's statistics (DDP's default): two
+/// emulated GPUs train what the CPU reference trains on two threads, each thread with its half
+/// of every batch and its own statistics, gradients averaged (the CPU's collectives).
+///
+/// The bound, as for one GPU against the CPU (tests/gpu_training_step.rs): the backends sum in
+/// different orders, so values differ by float rounding; a weight whose gradient is within that
+/// rounding of 0 may take its early Adam steps (about lr · sign(g)) the other way, so every
+/// weight is within 2 lr per step, and all but 1 ‰ within float rounding (2e-6 + 1e-3 |w|).
+/// The reference trained on the whole batch at once (one CPU thread, whole-batch statistics)
+/// fails that by far, so the comparison sees the per-half statistics.
+#[test]
+fn nccl_without_sync_bn_two_gpus_match_the_cpu_reference_with_per_half_statistics() {
+    if !devices(2) {
+        return;
+    }
+    let cfg = tiny_run_config(2);
+    let steps = 2 * 24 / cfg.batch_size;
+    let dir = |_| tempfile::tempdir().unwrap();
+    let gpus = train_on(&cfg, &[1], dir(0).path(), None, true).unwrap();
+    let halves = train_on_cpu_threads(&cfg, 2, dir(1).path());
+    let whole = train_on_cpu_threads(&cfg, 1, dir(2).path());
+    let bound = 2.0 * cfg.lr_d.max(cfg.lr_g).max(cfg.lr_g_detail) * steps as f32 + 1e-6;
+    for (what, g, c, w) in [
+        (
+            "G",
+            &gpus.generator as &dyn Module,
+            &halves.generator as &dyn Module,
+            &whole.generator as &dyn Module,
+        ),
+        (
+            "D",
+            &gpus.discriminator,
+            &halves.discriminator,
+            &whole.discriminator,
+        ),
+    ] {
+        let (loose, total, worst) = loose_weights(c, g);
+        println!(
+            "{what}: two GPUs vs the CPU's two halves: {loose} of {total} loose, worst {worst:e}"
+        );
+        assert!(
+            worst <= bound,
+            "{what}: a weight differs by {worst} > {bound}"
+        );
+        assert!(
+            loose * 1000 <= total,
+            "{what}: {loose} of {total} weights differ by more than float rounding"
+        );
+        let (loose, total, _) = loose_weights(w, g);
+        println!("{what}: two GPUs vs the CPU's whole batch: {loose} of {total} loose");
+        assert!(
+            loose * 1000 > total * 10,
+            "{what}: the whole-batch reference is as close ({loose} of {total} loose)"
+        );
+    }
 }

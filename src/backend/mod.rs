@@ -35,7 +35,7 @@ pub mod select;
 pub use adam::AdamBackend;
 pub use batch::BatchBackend;
 pub use batchnorm::BatchNormBackend;
-pub use collective::{CollectiveBackend, NcclId};
+pub use collective::{CollectiveBackend, NcclId, ABORTED};
 pub use conditional::ConditionalBackend;
 pub use conv::ConvBackend;
 pub use diffaug::DiffAugBackend;

@@ -452,6 +452,11 @@ pub fn train(
         let stopping = opts.stop_after_epoch == Some(epoch);
         if epoch % cfg.checkpoint_every == 0 || epoch == cfg.epochs || stopping {
             let files = state::checkpoint_files(&trainer, &history)?;
+            // A GPU that failed released this one from its collectives (the group was aborted):
+            // the weights just read are not one model's, so nothing is written.
+            if let Some(f) = &followers {
+                f.check()?;
+            }
             let dir = run_folder::write_checkpoint(&opts.out, epoch, &files)?;
             run_folder::prune_checkpoints(&opts.out, cfg.keep_checkpoints)?;
             say(&format!("  checkpoint {}", dir.display()));

@@ -1,5 +1,7 @@
 //! Data-parallel training on several GPUs of one machine (`--device cuda:0,1`, `cuda:all`):
-//! one worker thread, stream, backend and replica of the trainer per GPU. GPU 0 is the
+//! one worker thread, stream, backend and replica of the trainer per GPU. A list of CPUs (the
+//! library's, not the command line's) runs the same on CPU threads: the CPU reference that the
+//! GPU runs are tested against. GPU 0 is the
 //! training loop's own thread (the leader: it reads the metrics, runs the dynamic-lr rule,
 //! keeps the EMA generator that is saved, writes grids and checkpoints); each other GPU is a
 //! follower thread that mirrors the leader's data source moves and steps, taking the leader's
@@ -41,7 +43,9 @@ pub fn check(cfg: &TrainConfig, devices: &[Device]) -> Result<()> {
     if ranks < 2 {
         return Ok(());
     }
-    if devices.contains(&Device::Cpu) {
+    // All CPU: the CPU reference of a data-parallel run (threads meeting in memory; tests).
+    let cpus = devices.iter().filter(|&&d| d == Device::Cpu).count();
+    if cpus > 0 && cpus < ranks {
         bail!("data-parallel training needs CUDA devices; the device list has the CPU");
     }
     if !cfg.batch_size.is_multiple_of(ranks) {
@@ -80,15 +84,23 @@ pub struct Followers {
     /// Each follower's [`weights_digest`] after its last step.
     digests: Receiver<(usize, Device, u64)>,
     /// GPU 0's membership of the group, left when the run ends in any way.
-    _leader: Membership,
+    leader: Membership,
 }
 
-/// A backend's membership of the GPUs' group on this thread: leaves it when dropped.
-struct Membership(Device);
+/// A backend's membership of the GPUs' group on this thread. Dropped after the run finished it
+/// leaves the group; dropped on an error it aborts the group, so that GPUs waiting in a
+/// collective for this one end instead of waiting forever.
+struct Membership {
+    device: Device,
+    finished: bool,
+}
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        if let Ok(b) = backend(self.0) {
+        if let Ok(b) = backend(self.device) {
+            if !self.finished {
+                b.abort_group();
+            }
             b.leave_group();
         }
     }
@@ -105,7 +117,9 @@ pub fn start(
 ) -> Result<Followers> {
     check(cfg, devices)?;
     let ranks = devices.len();
-    let id = crate::backend::cuda::nccl_unique_id().context("data-parallel training needs NCCL")?;
+    let id = backend(devices[0])?
+        .new_group_id()
+        .context("data-parallel training needs NCCL")?;
     let (fail_tx, failed) = channel();
     let (digest_tx, digests) = channel();
     let mut orders = Vec::new();
@@ -124,7 +138,11 @@ pub fn start(
                         let _ = digest_tx.send((rank, device, digest));
                     }
                     Err(e) => {
+                        // The failure first: the leader, released by the abort, reports it.
                         let _ = fail_tx.send((rank, device, e));
+                        if let Ok(b) = backend(device) {
+                            b.abort_group();
+                        }
                     }
                 },
             )
@@ -141,7 +159,10 @@ pub fn start(
         failed,
         threads,
         digests,
-        _leader: Membership(devices[0]),
+        leader: Membership {
+            device: devices[0],
+            finished: false,
+        },
     })
 }
 
@@ -200,7 +221,7 @@ impl Followers {
             failed,
             threads,
             digests,
-            _leader,
+            leader: mut membership,
         } = self;
         drop(orders);
         for t in threads {
@@ -209,6 +230,7 @@ impl Followers {
         if let Ok((rank, device, e)) = failed.try_recv() {
             return Err(e.context(format!("{device} (rank {rank}) failed")));
         }
+        membership.finished = true;
         let want = weights_digest(leader)?;
         for (rank, device, digest) in digests.try_iter() {
             if digest != want {

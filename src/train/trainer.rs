@@ -287,6 +287,10 @@ impl Trainer {
     /// device half ([`Trainer::device_step`], eager or one CUDA graph: `graph_step`) and
     /// the host bookkeeping after it (counters, the EMA update, the metrics record).
     pub fn step_deferred(&mut self, real: &Tensor, labels: Option<&[u32]>) -> Result<()> {
+        // After another GPU failed, a step would replay a graph holding an ended communicator.
+        if self.part.ranks > 1 && crate::backend::backend(real.device())?.group_aborted() {
+            bail!("{}", crate::backend::ABORTED);
+        }
         let b = real.shape()[0];
         let classes = self.cfg.classes();
         match labels {

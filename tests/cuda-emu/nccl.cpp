@@ -11,7 +11,10 @@
 // the same sequence number) get ncclInvalidUsage and the line names each rank and what it asked;
 // ranks left waiting longer than ARTGAN_EMU_NCCL_TIMEOUT_MS (default 20000) for one that never
 // arrives get ncclSystemError: "deadlock: ranks [..] waited N ms at <call> #k for ranks [..]".
-// ncclGetLastError gives the calling thread's last such message.
+// ncclGetLastError gives the calling thread's last such message. ncclCommAbort (from any
+// thread) releases its rank from a collective it waits in, as NCCL's abort flag releases the
+// waiting kernel; any later use of that communicator (a collective, a destroy, a second abort:
+// freed memory on a GPU) is an error.
 //
 // Not emulated (an error says so): several communicators in one group (one thread driving
 // several GPUs), point-to-point calls, reduce/all-gather/reduce-scatter, integer datatypes.
@@ -77,6 +80,7 @@ struct Clique {
     std::vector<bool> joined;
     int joins = 0;
     int live = 0;            // communicators not destroyed yet
+    int aborts = 0;          // communicators aborted (the clique is then kept)
     std::string init_error;  // a failed rendezvous of ncclCommInitRank
     std::vector<unsigned long long> next;  // per rank: sequence number of its next collective
     std::map<unsigned long long, Round> rounds;
@@ -87,6 +91,9 @@ struct Comm {
     Clique* clique;
     int rank;
     int device;
+    // Set by ncclCommAbort. An aborted communicator (and its clique) is kept, not freed, so
+    // that a rank waiting in it is released and a later use is reported, not undefined.
+    bool aborted = false;
 };
 
 // One lock for every communicator: the emulator runs kernels one block at a time anyway.
@@ -233,6 +240,10 @@ ncclResult_t rendezvous(Comm* comm, const std::vector<Op>& ops) {
     const int r = comm->rank;
     const auto started = std::chrono::steady_clock::now();
     std::unique_lock<std::mutex> lk(g_mu);
+    if (comm->aborted)
+        return fail(ncclInvalidUsage, "rank " + std::to_string(r) + ": " + call_of(ops) +
+                                          " on an aborted communicator (after ncclCommAbort "
+                                          "it is freed memory on a GPU)");
     const unsigned long long k = c.next[r]++;
     Round& round = c.rounds[k];
     if (round.arrived.empty()) {
@@ -250,7 +261,8 @@ ncclResult_t rendezvous(Comm* comm, const std::vector<Op>& ops) {
         round.done = true;
         print = !round.error.empty();
         g_cv.notify_all();
-    } else if (!g_cv.wait_until(lk, started + timeout(), [&] { return round.done; })) {
+    } else if (!g_cv.wait_until(lk, started + timeout(),
+                                [&] { return round.done || comm->aborted; })) {
         std::vector<int> waiting, missing;
         for (int i = 0; i < c.nranks; ++i) (round.arrived[i] ? waiting : missing).push_back(i);
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -262,6 +274,12 @@ ncclResult_t rendezvous(Comm* comm, const std::vector<Op>& ops) {
         round.done = true;
         print = true;
         g_cv.notify_all();
+    }
+    if (!round.done) {  // released by ncclCommAbort, as a GPU's waiting kernel would be
+        return fail(ncclSystemError, "rank " + std::to_string(r) + ": " + call_of(ops) + " #" +
+                                         std::to_string(k + 1) +
+                                         " ended by ncclCommAbort while it waited for ranks",
+                    false);
     }
     const std::string error = round.error;
     const int code = round.code;
@@ -311,6 +329,7 @@ ncclResult_t collective(Comm* comm, void* stream, Op op) {
         return fail(ncclInvalidArgument, std::string(name) + ": " + why);
     };
     if (!comm) return bad("no communicator");
+    if (comm->aborted) return bad("an aborted communicator (after ncclCommAbort it is freed memory on a GPU)");
     if (!dtype_name(op.dtype))
         return bad("datatype " + std::to_string(op.dtype) +
                    " is not emulated (float16, float32 and float64 are)");
@@ -421,16 +440,33 @@ EMU_EXPORT ncclResult_t ncclCommInitRank(void** out, int nranks, ncclUniqueId id
     return ncclSuccess;
 }
 
-static ncclResult_t destroy(void* comm) {
+EMU_EXPORT ncclResult_t ncclCommDestroy(void* comm) {
     auto* cm = static_cast<Comm*>(comm);
     if (!cm) return ncclInvalidArgument;
     std::lock_guard<std::mutex> lk(g_mu);
-    if (--cm->clique->live == 0) g_cliques.erase(cm->key);
+    if (cm->aborted)
+        return fail(ncclInvalidUsage, "ncclCommDestroy of rank " + std::to_string(cm->rank) +
+                                          "'s aborted communicator (a double free on a GPU)");
+    // A clique some of whose communicators were aborted is kept (see Comm::aborted).
+    if (--cm->clique->live == 0 && cm->clique->aborts == 0) g_cliques.erase(cm->key);
     delete cm;
     return ncclSuccess;
 }
-EMU_EXPORT ncclResult_t ncclCommDestroy(void* comm) { return destroy(comm); }
-EMU_EXPORT ncclResult_t ncclCommAbort(void* comm) { return destroy(comm); }
+// From any thread, as NCCL allows: releases the rank if it waits in a collective (as the
+// abort flag NCCL's kernels poll does), and makes every later use of the communicator an error.
+EMU_EXPORT ncclResult_t ncclCommAbort(void* comm) {
+    auto* cm = static_cast<Comm*>(comm);
+    if (!cm) return ncclInvalidArgument;
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (cm->aborted)
+        return fail(ncclInvalidUsage, "ncclCommAbort of rank " + std::to_string(cm->rank) +
+                                          "'s communicator twice (a double free on a GPU)");
+    cm->aborted = true;
+    --cm->clique->live;
+    ++cm->clique->aborts;
+    g_cv.notify_all();
+    return ncclSuccess;
+}
 EMU_EXPORT ncclResult_t ncclCommFinalize(void* comm) {
     return comm ? ncclSuccess : ncclInvalidArgument;
 }

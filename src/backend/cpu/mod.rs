@@ -4,11 +4,12 @@
 //! `crate::backend::reference` (tests/cpu_fast.rs) like any other backend.
 //!
 //! Its own code, by kernel family: `conv.rs` (on the packed AVX-512/AVX2 GEMM of `gemm.rs`),
-//! `batchnorm.rs`, `elementwise.rs` (parallel maps, the EMA's in-place update) and `adam.rs`;
+//! `batchnorm.rs`, `collective.rs` (threads meeting in memory), `elementwise.rs` (parallel maps, the EMA's in-place update) and `adam.rs`;
 //! every other method is its family trait's default, the reference's code.
 
 mod adam;
 mod batchnorm;
+mod collective;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -197,7 +198,6 @@ impl LossBackend for CpuBackend {}
 impl ConditionalBackend for CpuBackend {}
 impl DiffAugBackend for CpuBackend {}
 impl ResampleBackend for CpuBackend {}
-impl CollectiveBackend for CpuBackend {}
 
 impl MemoryBackend for CpuBackend {
     fn copy(&self, s: &Storage) -> Result<Storage> {

@@ -16,7 +16,8 @@ use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 type NcclResult = c_int;
 type Comm = *mut c_void;
@@ -46,6 +47,7 @@ struct Api {
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> NcclResult,
     comm_init_rank: unsafe extern "C" fn(*mut Comm, c_int, UniqueId, c_int) -> NcclResult,
     comm_destroy: unsafe extern "C" fn(Comm) -> NcclResult,
+    comm_abort: unsafe extern "C" fn(Comm) -> NcclResult,
     all_reduce: CollectiveFn,
     broadcast: CollectiveFn,
     group_start: unsafe extern "C" fn() -> NcclResult,
@@ -78,10 +80,20 @@ fn load() -> Result<Api> {
                     .map_err(|e| anyhow!("{path} lacks {}: {e}", String::from_utf8_lossy($name)))?
             };
         }
+        let version: unsafe extern "C" fn(*mut c_int) -> NcclResult = sym!(b"ncclGetVersion");
+        let mut code = 0;
+        if version(&mut code) == 0 && !has_average(code) {
+            bail!(
+                "{path} is NCCL {}; gradient averaging needs NCCL 2.10 or later (its ncclAvg): \
+                 pip install nvidia-nccl-cu12",
+                libs::nccl_version_text(code)
+            );
+        }
         Ok(Api {
             get_unique_id: sym!(b"ncclGetUniqueId"),
             comm_init_rank: sym!(b"ncclCommInitRank"),
             comm_destroy: sym!(b"ncclCommDestroy"),
+            comm_abort: sym!(b"ncclCommAbort"),
             all_reduce: sym!(b"ncclAllReduce"),
             broadcast: sym!(b"ncclBroadcast"),
             group_start: sym!(b"ncclGroupStart"),
@@ -91,6 +103,12 @@ fn load() -> Result<Api> {
             _lib: lib,
         })
     }
+}
+
+/// Whether NCCL of version code `code` has ncclAvg (2.10 and later; codes before 2.9 use the
+/// old encoding, major*1000, so they are below 10000).
+fn has_average(code: c_int) -> bool {
+    code >= 21000
 }
 
 /// `code` as an error: NCCL's name for it and, where NCCL says more, the detail.
@@ -128,24 +146,84 @@ pub fn nccl_unique_id() -> Result<NcclId> {
     Ok(NcclId(id.0))
 }
 
+/// One rank's communicator, shared with [`abort_group`], which may end it from another thread.
+struct Slot {
+    comm: Comm,
+    /// Set once, by whoever ends the communicator first: its owner (destroy) or an abort.
+    ended: AtomicBool,
+}
+
+// SAFETY: the communicator is only used by its owner's thread, and ended exactly once (the
+// `ended` flag) by its owner or by `abort_group`, which NCCL allows from any thread.
+unsafe impl Send for Slot {}
+unsafe impl Sync for Slot {}
+
 /// This thread's communicator on one device.
 struct Member {
-    comm: Comm,
+    slot: Arc<Slot>,
     rank: usize,
     world: usize,
+    id: [u8; 128],
 }
 
 impl Drop for Member {
     fn drop(&mut self) {
-        if let Ok(api) = api() {
-            // SAFETY: the communicator is ours and used by nothing after this.
-            unsafe { (api.comm_destroy)(self.comm) };
+        let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slots) = groups.get_mut(&self.id) {
+            slots.retain(|s| !Arc::ptr_eq(s, &self.slot));
+            if slots.is_empty() {
+                groups.remove(&self.id);
+            }
+        }
+        if !self.slot.ended.swap(true, Ordering::SeqCst) {
+            if let Ok(api) = api() {
+                // SAFETY: the communicator is ours, not ended, and used by nothing after this.
+                unsafe { (api.comm_destroy)(self.slot.comm) };
+            }
         }
     }
 }
 
 thread_local! {
     static MEMBERS: RefCell<HashMap<usize, Member>> = RefCell::new(HashMap::new());
+}
+
+/// Communicators by group id.
+type Groups = HashMap<[u8; 128], Vec<Arc<Slot>>>;
+
+/// Every live communicator of this process by group id: what [`abort_group`] ends.
+static GROUPS: LazyLock<Mutex<Groups>> = LazyLock::new(Default::default);
+
+/// Ends every communicator of group `id` with ncclCommAbort, `own` (the calling thread's)
+/// first. A rank that failed calls this so that the others, whose GPUs wait in a collective for
+/// it (their threads blocked at the next synchronisation), are released instead of hanging;
+/// their next collective or step then fails ("the group was aborted"). The flags go up first;
+/// a thread that read its flag just before is at most inside one of NCCL's host calls, which
+/// only queue work, so the others are ended after a short grace.
+fn abort_group(id: &[u8; 128], own: Option<&Arc<Slot>>) {
+    let Ok(api) = api() else { return };
+    let slots = GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(id)
+        .cloned()
+        .unwrap_or_default();
+    let to_end: Vec<&Arc<Slot>> = slots
+        .iter()
+        .filter(|s| !s.ended.swap(true, Ordering::SeqCst))
+        .collect();
+    let is_own = |s: &Arc<Slot>| own.is_some_and(|o| Arc::ptr_eq(o, s));
+    for s in to_end.iter().filter(|s| is_own(s)) {
+        // SAFETY: our own communicator, ended exactly once (the flag).
+        unsafe { (api.comm_abort)(s.comm) };
+    }
+    if to_end.iter().any(|s| !is_own(s)) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for s in to_end.iter().filter(|s| !is_own(s)) {
+        // SAFETY: ended exactly once (the flag); NCCL allows ncclCommAbort from any thread.
+        unsafe { (api.comm_abort)(s.comm) };
+    }
 }
 
 impl CudaBackend {
@@ -158,11 +236,11 @@ impl CudaBackend {
         call: impl Fn(&Api, *mut c_void, usize, c_int, Comm, Stream) -> NcclResult,
     ) -> Result<()> {
         let me = format!("cuda:{}", self.ordinal);
-        let (comm, rank, world) = MEMBERS
+        let (slot, rank, world) = MEMBERS
             .with(|m| {
                 m.borrow()
                     .get(&self.ordinal)
-                    .map(|m| (m.comm, m.rank, m.world))
+                    .map(|m| (m.slot.clone(), m.rank, m.world))
             })
             .ok_or_else(|| anyhow!("{me}: {what}: this backend joined no group (join_group)"))?;
         let who = format!(
@@ -170,6 +248,10 @@ impl CudaBackend {
             bufs.len(),
             if bufs.len() == 1 { "" } else { "s" }
         );
+        if slot.ended.load(Ordering::SeqCst) {
+            bail!("{who}: {ABORTED}");
+        }
+        let comm = slot.comm;
         let api = api()?;
         let stream = self.stream.cu_stream() as Stream;
         let mut args = Vec::with_capacity(bufs.len());
@@ -203,6 +285,10 @@ impl CudaBackend {
 }
 
 impl CollectiveBackend for CudaBackend {
+    fn new_group_id(&self) -> Result<NcclId> {
+        nccl_unique_id()
+    }
+
     fn join_group(&self, rank: usize, world: usize, id: &NcclId) -> Result<()> {
         let who = format!(
             "cuda:{} rank {rank} of {world}: joining the group",
@@ -224,10 +310,23 @@ impl CollectiveBackend for CudaBackend {
             (api.comm_init_rank)(&mut comm, world as c_int, UniqueId(id.0), rank as c_int)
         };
         check(api, code, comm, &who)?;
-        MEMBERS.with(|m| {
-            m.borrow_mut()
-                .insert(self.ordinal, Member { comm, rank, world })
+        let slot = Arc::new(Slot {
+            comm,
+            ended: AtomicBool::new(false),
         });
+        GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.0)
+            .or_default()
+            .push(slot.clone());
+        let member = Member {
+            slot,
+            rank,
+            world,
+            id: id.0,
+        };
+        MEMBERS.with(|m| m.borrow_mut().insert(self.ordinal, member));
         Ok(())
     }
 
@@ -252,5 +351,39 @@ impl CollectiveBackend for CudaBackend {
 
     fn leave_group(&self) {
         MEMBERS.with(|m| m.borrow_mut().remove(&self.ordinal));
+    }
+
+    fn abort_group(&self) {
+        let own = MEMBERS.with(|m| {
+            m.borrow()
+                .get(&self.ordinal)
+                .map(|m| (m.id, m.slot.clone()))
+        });
+        if let Some((id, slot)) = own {
+            abort_group(&id, Some(&slot));
+        }
+    }
+
+    fn group_aborted(&self) -> bool {
+        MEMBERS.with(|m| {
+            m.borrow()
+                .get(&self.ordinal)
+                .is_some_and(|m| m.slot.ended.load(Ordering::SeqCst))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_average;
+
+    #[test]
+    fn ncclavg_needs_nccl_2_10() {
+        // 2.9.9 (new encoding), 2.8.4 (old encoding): no average; 2.10.3, 2.23.4, 3.0.0: yes.
+        assert!(!has_average(20909));
+        assert!(!has_average(2804));
+        assert!(has_average(21003));
+        assert!(has_average(22304));
+        assert!(has_average(30000));
     }
 }
