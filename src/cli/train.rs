@@ -55,6 +55,11 @@ pub struct TrainArgs {
     /// Classical generator's detail-stage learning rate [default: --lr / 4 for classical].
     #[arg(long)]
     pub lr_g_detail: Option<f32>,
+    /// Conditional runs: G's class parameters (each class's batch-norm gains and biases) learn
+    /// at this multiple of G's lr, so that the classes tell apart early [default: 10; 1 is the
+    /// recipe before 2026-12-08].
+    #[arg(long, value_name = "X", conflicts_with = "resume")]
+    pub class_lr_scale: Option<f32>,
     /// Dynamic learning rates (seed 001): every --lr-window D steps, if D(x) − D(G(z)) > 0.6 G's
     /// lrs go up and D's down by ×1.25 (below 0.1 the reverse), at most 4 notches either way
     /// [default: on for classical, off for dcgan].
@@ -251,6 +256,13 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.dynamic_lr = false;
     }
     cfg.lr_window = a.lr_window;
+    if let Some(x) = a.class_lr_scale {
+        cfg.class_lr_scale = x;
+    }
+    if a.condition.condition == crate::data::Condition::None {
+        // No class parameters: config.json stays as it was before the flag.
+        cfg.class_lr_scale = 1.0;
+    }
     cfg.ema = !a.no_ema;
     cfg.ema_half_life_images = a.ema_half_life;
     cfg.seed = a.seed;
@@ -545,6 +557,14 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.checkpoint_every,
             cfg.keep_checkpoints
         );
+        if cfg.classes() > 0 {
+            println!(
+                "conditional: {} classes (class-conditional batch norm in G, projection D); G's \
+                 class parameters learn at {}x its lr (--class-lr-scale)",
+                cfg.classes(),
+                cfg.class_lr_scale
+            );
+        }
         println!("writing to {}", out.display());
     }
     let mut opts = RunOptions::new(out.clone(), device);

@@ -12,8 +12,8 @@ pub mod lightweight;
 pub mod models;
 
 pub use layers::{
-    BatchNorm2d, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential, SpectralNormConv2d,
-    StateRef,
+    is_class_parameter, BatchNorm2d, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer, Sequential,
+    SpectralNormConv2d, StateRef,
 };
 pub use models::{Discriminator, DiscriminatorBody, Generator, GeneratorBody, ModelConfig, Preset};
 

@@ -64,11 +64,21 @@ pub fn build_conditional_models(
     Ok((g, d))
 }
 
-/// Adam for G: one group per stage (`main`, or `initial` + `detail`).
+/// Adam for G: one group per stage (`main`, or `initial` + `detail`); in a conditional run
+/// whose class parameters learn faster (`class_lr_scale` ≠ 1), each stage's class parameters
+/// form their own group `<stage>/classes`.
 pub fn generator_optimizer(g: &Generator, cfg: &TrainConfig) -> Result<Adam> {
     let mut opt = Adam::new(cfg.beta1, cfg.beta2, 1e-8);
+    let split = g.classes > 0 && cfg.class_lr_scale != 1.0;
     for (name, params) in g.param_groups() {
-        opt.add_group(&name, cfg.generator_base_lr(&name), params)?;
+        let (classes, rest): (Vec<_>, Vec<_>) = params
+            .into_iter()
+            .partition(|(n, _)| split && crate::nn::is_class_parameter(n));
+        opt.add_group(&name, cfg.generator_base_lr(&name), rest)?;
+        if !classes.is_empty() {
+            let group = format!("{name}{}", super::config::CLASS_GROUP_SUFFIX);
+            opt.add_group(&group, cfg.generator_base_lr(&group), classes)?;
+        }
     }
     Ok(opt)
 }

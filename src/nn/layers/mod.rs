@@ -9,7 +9,7 @@ mod norm;
 
 pub use class_embedding::ClassEmbedding;
 pub use conv::{Conv2d, ConvTranspose2d, SpectralNormConv2d, CONV_INIT_STD};
-pub use norm::{BatchNorm2d, CondBatchNorm2d};
+pub use norm::{is_class_parameter, BatchNorm2d, CondBatchNorm2d};
 
 use super::{Ctx, Mode, Module};
 use crate::backend::{Activation, BatchNormAct};

@@ -235,6 +235,12 @@ impl CondBatchNorm2d {
     }
 }
 
+/// Whether the state-dict name `name` is a class parameter: a conditional batch norm's
+/// per-class gain or bias table (what `--class-lr-scale` speeds up).
+pub fn is_class_parameter(name: &str) -> bool {
+    name.ends_with(".gain.weight") || name.ends_with(".bias.weight")
+}
+
 impl Module for CondBatchNorm2d {
     fn visit_state<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, StateRef<'a>)) {
         f(format!("{prefix}gain.weight"), StateRef::Param(&self.gain));
