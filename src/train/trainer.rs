@@ -15,6 +15,9 @@ use crate::tensor::{no_grad, FrozenParams, Tensor};
 use anyhow::{bail, Result};
 use lr_control::LrControl;
 
+pub mod twin_trace;
+use twin_trace::TraceRecorder;
+
 /// The random streams of a run, derived from its seed so they never shift each other.
 pub struct Streams {
     pub latents: Rng,
@@ -135,6 +138,8 @@ pub struct Trainer {
     /// device): it draws the whole batch's latents and DiffAugment parameters and uses its
     /// part, and averages its gradients with the other GPUs' before each Adam step.
     pub part: Part,
+    /// The host inputs of each step, kept for the PyTorch twin (off unless turned on).
+    pub trace: TraceRecorder,
 }
 
 impl Trainer {
@@ -193,6 +198,7 @@ impl Trainer {
             metrics: Default::default(),
             graphs: StepGraphs::new(cfg_graphs),
             part: Part::WHOLE,
+            trace: TraceRecorder::default(),
         })
     }
 
@@ -267,7 +273,11 @@ impl Trainer {
         let policy = self.cfg.diffaugment;
         match draws {
             Some(d) => d.diff_augment(rng, x, policy, first),
-            None => ops::diff_augment_part(x, policy, rng.next_u64(), first),
+            None => {
+                let seed = rng.next_u64();
+                self.trace.diff_augment(seed, first, x.shape());
+                ops::diff_augment_part(x, policy, seed, first)
+            }
         }
     }
 
@@ -275,9 +285,10 @@ impl Trainer {
     /// the regularizer stream so a resumed run draws the same; `None` when D has no decoders
     /// (the stream then moves exactly as before they existed).
     fn reconstruction_quarter(&mut self) -> Option<usize> {
-        self.d
-            .reconstructs()
-            .then(|| (self.streams.regularizers.next_u64() % 4) as usize)
+        let rng = &mut self.streams.regularizers;
+        let quarter = self.d.reconstructs().then(|| (rng.next_u64() % 4) as usize);
+        self.trace.quarter(quarter);
+        quarter
     }
 
     /// [`Trainer::step`] for a conditional run: `labels` are the real batch's classes, and
@@ -325,6 +336,7 @@ impl Trainer {
         if self.part.ranks > 1 {
             z = z[self.part.rank * b * nz..(self.part.rank + 1) * b * nz].to_vec();
         }
+        self.trace.begin_step(&z);
         let update_g = self.pending_d_steps + 1 >= self.cfg.d_steps;
         self.opt_d.prepare()?;
         if update_g {
@@ -405,6 +417,7 @@ impl Trainer {
         let mut loss_real = self.cfg.loss.d_real(&out_real)?;
         // A D with decoders (lightweight) also learns to reconstruct the real batch, weight 1.
         if let Some(rec) = reconstruction {
+            self.trace.reconstruction(&rec);
             loss_real = ops::add(&loss_real, &rec)?;
         }
         let fake = if update_g {
