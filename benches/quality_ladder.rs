@@ -185,7 +185,7 @@ fn main() -> Result<()> {
             let mut args: Vec<String> = vec!["train".into(), "--quiet".into()];
             args.extend(recipe.split_whitespace().map(|s| {
                 // A recipe may start with its preset's name.
-                if matches!(s, "dcgan" | "classical" | "dcgan-kaggle") {
+                if matches!(s, "dcgan" | "classical" | "dcgan-kaggle" | "lightweight") {
                     format!("--preset={s}")
                 } else {
                     s.to_string()
