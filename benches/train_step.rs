@@ -32,7 +32,7 @@
 //! the CPU) the line says `emulated`: such a figure measures nothing about GPUs.
 
 use artgan::backend::Device;
-use artgan::cli::{cuda_graphs_for_preset, resolve_cuda_graphs, train_config, TrainArgs};
+use artgan::cli::{resolve_cuda_graphs, train_config, TrainArgs};
 use artgan::rng::Rng;
 use artgan::tensor::Tensor;
 use artgan::train::{TrainConfig, Trainer};
@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     let device = args.train.device.resolve()?;
     cfg.precision = artgan::amp::resolve(args.train.precision, device)?;
     let graphs = resolve_cuda_graphs(&args.train, device)?;
-    cfg.cuda_graphs = cuda_graphs_for_preset(&args.train, graphs, cfg.model.preset);
+    cfg.cuda_graphs = graphs;
     cfg.conv_impl = args.train.device.conv_impl();
     let graphs = if cfg.cuda_graphs { "-graphs" } else { "" };
     let (batch, size) = (cfg.batch_size, cfg.model.image_size);
@@ -134,7 +134,7 @@ fn resolved_config(args: &BenchArgs, device: Device, batch: usize) -> anyhow::Re
     let mut cfg = train_config(&args.train)?;
     cfg.precision = artgan::amp::resolve(args.train.precision, device)?;
     let graphs = resolve_cuda_graphs(&args.train, device)?;
-    cfg.cuda_graphs = cuda_graphs_for_preset(&args.train, graphs, cfg.model.preset);
+    cfg.cuda_graphs = graphs;
     cfg.conv_impl = args.train.device.conv_impl();
     cfg.batch_size = batch;
     Ok(cfg)

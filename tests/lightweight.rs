@@ -12,6 +12,8 @@ use artgan::train::{TrainConfig, Trainer};
 use std::collections::HashMap;
 use std::path::Path;
 
+use artgan::nn::lightweight::QuarterWeights;
+
 mod common;
 use common::{artgan, assert_one_line_error, image_folder, stderr, tiny_model};
 
@@ -47,8 +49,10 @@ fn lightweight_models_give_the_right_shapes_at_64_128_and_256_px() {
             let logits = d.forward(&img, &mut ctx(&mut r).labeled(labels)).unwrap();
             assert_eq!(logits.shape(), &[2], "{size} px");
             for quarter in 0..4 {
+                let c = d.part_channels().expect("a D with decoders");
+                let q = QuarterWeights::new(quarter, 2, c, Device::Cpu).unwrap();
                 let (l, rec) = d
-                    .forward_real(&img, Some(quarter), &mut ctx(&mut r).labeled(labels))
+                    .forward_real(&img, Some(&q), &mut ctx(&mut r).labeled(labels))
                     .unwrap();
                 assert_eq!(l.shape(), &[2]);
                 let rec = rec.expect("a reconstruction loss").to_vec().unwrap();

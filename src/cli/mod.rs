@@ -10,8 +10,7 @@ mod train;
 
 pub use evaluate::{run_evaluate, EvaluateArgs};
 pub use train::{
-    cuda_graphs_for_preset, resolve_cuda_graphs, run_train, train_config, Switch, TrainArgs,
-    DEFAULT_EPOCHS, HIGH_LR,
+    resolve_cuda_graphs, run_train, train_config, Switch, TrainArgs, DEFAULT_EPOCHS, HIGH_LR,
 };
 
 use crate::data::{self, ExploreArgs};

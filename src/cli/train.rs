@@ -196,13 +196,6 @@ pub fn resolve_cuda_graphs(a: &TrainArgs, device: Device) -> Result<bool> {
     }
 }
 
-/// [`resolve_cuda_graphs`]'s answer for a run of `preset`: lightweight's default is off, as its
-/// step graphs cannot replay the per-step reconstruction crop yet (asked for: the trainer's
-/// error).
-pub fn cuda_graphs_for_preset(a: &TrainArgs, resolved: bool, preset: Preset) -> bool {
-    resolved && (a.cuda_graphs.is_some() || preset != Preset::Lightweight)
-}
-
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let full = ModelConfig::full(a.preset);
     let light = a.preset == Preset::Lightweight;
@@ -434,7 +427,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    cfg.cuda_graphs = cuda_graphs_for_preset(a, cuda_graphs, cfg.model.preset);
+    cfg.cuda_graphs = cuda_graphs;
     cfg.sync_bn = a.sync_bn;
     cfg.conv_impl = a.device.conv_impl();
     warn_high_lrs(&cfg);

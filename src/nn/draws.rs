@@ -1,5 +1,5 @@
 //! The host draws of a training step's device half (dropout and input-noise seeds, DiffAugment
-//! parameters) kept in device buffers, so that a CUDA graph of the step (`train::graph_step`)
+//! parameters, the lightweight D's reconstruction quarter) kept in device buffers, so that a CUDA graph of the step (`train::graph_step`)
 //! replays each step's own values instead of those seen at capture.
 //!
 //! The host draws exactly what an ordinary step draws, from the same stream in the same
@@ -12,6 +12,7 @@
 //! host-to-device copy per seed and four per DiffAugment call (a single copy of all of them
 //! would need the kernels to read at an offset; not done).
 
+use super::lightweight::QuarterWeights;
 use crate::backend::{seed_values, Device};
 use crate::ops::{self, DiffAugmentBuffers, Seed};
 use crate::rng::Rng;
@@ -41,6 +42,11 @@ enum Kind {
         h: usize,
         w: usize,
     },
+    /// The quarter D's part decoder reconstructs, for `n` samples of `c` feature channels.
+    Quarter {
+        n: usize,
+        c: usize,
+    },
 }
 
 struct Slot {
@@ -53,6 +59,7 @@ enum Values {
     /// [`seed_values`].
     Seed(Tensor),
     DiffAugment(DiffAugmentBuffers),
+    Quarter(QuarterWeights),
 }
 
 impl StepDraws {
@@ -73,7 +80,7 @@ impl StepDraws {
         self.next = 0;
         for slot in &mut self.slots {
             slot.seed = rng.next_u64();
-            match (&mut slot.kind, &slot.values) {
+            match (&mut slot.kind, &mut slot.values) {
                 (Kind::Dropout, Values::Seed(t)) => write(t, &seed_values(slot.seed, 0.0))?,
                 (Kind::Noise(std), Values::Seed(t)) => {
                     *std = noise_std;
@@ -82,6 +89,7 @@ impl StepDraws {
                 (Kind::DiffAugment { first, n, h, w }, Values::DiffAugment(b)) => {
                     b.write(&ops::diffaug_params(slot.seed, *first, *n, *h, *w))?
                 }
+                (Kind::Quarter { .. }, Values::Quarter(q)) => q.set(quarter_of(slot.seed))?,
                 _ => unreachable!("a slot's values match its kind"),
             }
         }
@@ -152,6 +160,28 @@ impl StepDraws {
         }
     }
 
+    /// The quarter D's part decoder reconstructs this step, for `n` samples whose 16×16
+    /// features have `c` channels (drawn as [`quarter_of`] one value of `rng`).
+    pub fn quarter(&mut self, rng: &mut Rng, n: usize, c: usize) -> Result<QuarterWeights> {
+        let kind = Kind::Quarter { n, c };
+        if self.recording {
+            let seed = rng.next_u64();
+            let q = QuarterWeights::new(quarter_of(seed), n, c, self.device)?;
+            self.slots.push(Slot {
+                kind,
+                seed,
+                values: Values::Quarter(q),
+            });
+        }
+        match self.take(kind)? {
+            Slot {
+                values: Values::Quarter(q),
+                ..
+            } => Ok(q.clone()),
+            _ => unreachable!("a slot's values match its kind"),
+        }
+    }
+
     fn take(&mut self, kind: Kind) -> Result<&Slot> {
         let Some(slot) = self.slots.get(self.next) else {
             bail!("the step draws more host values than its first step of this shape did");
@@ -166,6 +196,11 @@ impl StepDraws {
         self.next += 1;
         Ok(slot)
     }
+}
+
+/// The reconstruction quarter of a draw `value` of the regularizer stream.
+pub fn quarter_of(value: u64) -> usize {
+    (value % 4) as usize
 }
 
 fn write(t: &Tensor, values: &[f32]) -> Result<()> {

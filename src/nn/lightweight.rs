@@ -205,6 +205,68 @@ pub struct LightDiscriminator {
     rf_big: Sequential,
     decoder_big: Sequential,
     decoder_part: Sequential,
+    /// Channels of the 16×16 features the part decoder reads.
+    part_channels: usize,
+}
+
+/// The quarter of the real batch D's part decoder reconstructs in one step, as a weight per
+/// quarter, sample and channel: 1 on the chosen quarter, 0 on the others. They are device
+/// tensors that a CUDA graph of the step reads, so that a replay reconstructs its own step's
+/// quarter (`nn::draws` writes them before each replay). The chosen crop times 1 plus the
+/// others times 0 is that crop exactly, and so are the gradients (zeros added): the numbers
+/// are those of cropping the one quarter.
+#[derive(Clone)]
+pub struct QuarterWeights {
+    /// The chosen quarter (0..=3: top left, top right, bottom left, bottom right), as drawn.
+    pub quarter: usize,
+    /// Per quarter: `[N, C]` for the 16×16 features and `[N, 3]` for the image.
+    features: Vec<Tensor>,
+    images: Vec<Tensor>,
+}
+
+impl QuarterWeights {
+    /// Weights choosing `quarter` for `n` samples whose 16×16 features have `c` channels.
+    pub fn new(quarter: usize, n: usize, c: usize, device: Device) -> Result<Self> {
+        if quarter > 3 {
+            bail!("reconstruction: quarter {quarter} of 0..=3");
+        }
+        let make = |q: usize, width: usize| {
+            let w = if q == quarter { 1.0 } else { 0.0 };
+            Tensor::full(&[n, width], w, device)
+        };
+        Ok(QuarterWeights {
+            quarter,
+            features: (0..4).map(|q| make(q, c)).collect::<Result<_>>()?,
+            images: (0..4).map(|q| make(q, 3)).collect::<Result<_>>()?,
+        })
+    }
+
+    /// Chooses `quarter` instead (writes the device tensors in place).
+    pub fn set(&mut self, quarter: usize) -> Result<()> {
+        if quarter > 3 {
+            bail!("reconstruction: quarter {quarter} of 0..=3");
+        }
+        self.quarter = quarter;
+        for (q, t) in self.features.iter().chain(&self.images).enumerate() {
+            let w = if q % 4 == quarter { 1.0 } else { 0.0 };
+            t.backend()
+                .write(&mut t.storage_mut(), &vec![w; t.numel()])?;
+        }
+        Ok(())
+    }
+}
+
+/// `Σ_q crop(q) · weights[q]` (per sample and channel): the chosen quarter's crop.
+fn chosen_quarter(weights: &[Tensor], crop: impl Fn(usize) -> Result<Tensor>) -> Result<Tensor> {
+    let mut sum: Option<Tensor> = None;
+    for (q, w) in weights.iter().enumerate() {
+        let part = ops::channel_gate(&crop(q)?, w)?;
+        sum = Some(match sum {
+            None => part,
+            Some(s) => ops::add(&s, &part)?,
+        });
+    }
+    sum.ok_or_else(|| anyhow::anyhow!("no quarters"))
 }
 
 /// FastGAN's `SimpleDecoder`: up blocks from 8×8 `c_in` features to `out` px, conv 3×3 to RGB,
@@ -275,7 +337,13 @@ impl LightDiscriminator {
             rf_big,
             decoder_big,
             decoder_part,
+            part_channels: ch(16),
         })
+    }
+
+    /// Channels of the 16×16 features (what [`QuarterWeights::new`] needs).
+    pub fn part_channels(&self) -> usize {
+        self.part_channels
     }
 
     /// Channels of the 8×8 features (the projection's embedding width).
@@ -310,20 +378,20 @@ impl LightDiscriminator {
         x: &Tensor,
         feat_16: &Tensor,
         feat_8: &Tensor,
-        quarter: usize,
+        quarter: &QuarterWeights,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
-        if quarter > 3 {
-            bail!("reconstruction: quarter {quarter} of 0..=3");
-        }
         let half = self.image_size / 2;
         let rec_all = ops::to_f32(&self.decoder_big.forward(feat_8, ctx)?)?;
         let whole = ops::l1_loss(&rec_all, &ops::adaptive_avg_pool2d(x, half, half)?)?;
-        let (top, left) = ((quarter / 2) * 8, (quarter % 2) * 8);
-        let part = ops::crop2d(&ops::to_f32(feat_16)?, top, left, 8, 8)?;
+        let feat_16 = ops::to_f32(feat_16)?;
+        let part = chosen_quarter(&quarter.features, |q| {
+            ops::crop2d(&feat_16, (q / 2) * 8, (q % 2) * 8, 8, 8)
+        })?;
         let rec_part = ops::to_f32(&self.decoder_part.forward(&part, ctx)?)?;
-        let (top, left) = ((quarter / 2) * half, (quarter % 2) * half);
-        let target = ops::crop2d(x, top, left, half, half)?;
+        let target = chosen_quarter(&quarter.images, |q| {
+            ops::crop2d(x, (q / 2) * half, (q % 2) * half, half, half)
+        })?;
         ops::add(&whole, &ops::l1_loss(&rec_part, &target)?)
     }
 }

@@ -12,7 +12,7 @@ use super::layers::{
     forward_layers, BatchNorm2d, ClassEmbedding, CondBatchNorm2d, Conv2d, ConvTranspose2d, Layer,
     Sequential, SpectralNormConv2d, StateRef,
 };
-use super::lightweight::{self, LightDiscriminator, LightGenerator};
+use super::lightweight::{self, LightDiscriminator, LightGenerator, QuarterWeights};
 use super::{Ctx, Module};
 use crate::backend::Device;
 use crate::ops;
@@ -494,12 +494,21 @@ impl Discriminator {
         matches!(self.body, DiscriminatorBody::Lightweight(_))
     }
 
+    /// Channels of the features the part decoder crops (a D with decoders), for
+    /// [`QuarterWeights::new`].
+    pub fn part_channels(&self) -> Option<usize> {
+        match &self.body {
+            DiscriminatorBody::Lightweight(net) => Some(net.part_channels()),
+            DiscriminatorBody::Plain(_) => None,
+        }
+    }
+
     /// D on a real batch: the logits and, for a D with decoders, the reconstruction loss of
-    /// `x` (with the features' quarter `quarter`, 0..=3, for the part decoder).
+    /// `x` (with the quarter `quarter` chooses for the part decoder).
     pub fn forward_real(
         &self,
         x: &Tensor,
-        quarter: Option<usize>,
+        quarter: Option<&QuarterWeights>,
         ctx: &mut Ctx,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (DiscriminatorBody::Lightweight(net), Some(q)) = (&self.body, quarter) else {

@@ -6,7 +6,8 @@ use super::parallel::Part;
 use super::{device_metrics, ema, lr_control, TrainConfig, GRID_SIDE};
 use crate::amp::{LossScaler, Numerics, Precision, ScalerReading};
 use crate::backend::Device;
-use crate::nn::draws::StepDraws;
+use crate::nn::draws::{quarter_of, StepDraws};
+use crate::nn::lightweight::QuarterWeights;
 use crate::nn::{Ctx, Discriminator, Generator, Mode, ModelConfig, Module, Preset, StateRef};
 use crate::ops::{self, Labels};
 use crate::optim::Adam;
@@ -164,13 +165,6 @@ impl Trainer {
         if cfg.cuda_graphs && crate::backend::backend(device)?.step_capture().is_none() {
             bail!("--cuda-graphs on needs a CUDA device (this run is on {device})");
         }
-        if cfg.cuda_graphs && d.reconstructs() {
-            bail!(
-                "--cuda-graphs on does not work with --preset lightweight yet: the quarter D \
-                 reconstructs is drawn per step on the host, and a replayed graph would keep \
-                 the one of its capture (use --cuda-graphs off)"
-            );
-        }
         let cfg_graphs = cfg.cuda_graphs;
         let ema_decay = ema
             .as_ref()
@@ -284,11 +278,22 @@ impl Trainer {
     /// The quarter of the real batch D's part decoder reconstructs this step (0..=3), from
     /// the regularizer stream so a resumed run draws the same; `None` when D has no decoders
     /// (the stream then moves exactly as before they existed).
-    fn reconstruction_quarter(&mut self) -> Option<usize> {
-        let rng = &mut self.streams.regularizers;
-        let quarter = self.d.reconstructs().then(|| (rng.next_u64() % 4) as usize);
-        self.trace.quarter(quarter);
-        quarter
+    fn reconstruction_quarter(
+        &mut self,
+        real: &Tensor,
+        draws: Option<&mut StepDraws>,
+    ) -> Result<Option<QuarterWeights>> {
+        let Some(c) = self.d.part_channels() else {
+            self.trace.quarter(None);
+            return Ok(None);
+        };
+        let (rng, n) = (&mut self.streams.regularizers, real.shape()[0]);
+        let weights = match draws {
+            Some(d) => d.quarter(rng, n, c)?,
+            None => QuarterWeights::new(quarter_of(rng.next_u64()), n, c, real.device())?,
+        };
+        self.trace.quarter(Some(weights.quarter));
+        Ok(Some(weights))
     }
 
     /// [`Trainer::step`] for a conditional run: `labels` are the real batch's classes, and
@@ -404,10 +409,10 @@ impl Trainer {
         // ---- D step
         self.opt_d.zero_grad();
         let real_in = self.d_input(real, draws.as_deref_mut())?;
-        let quarter = self.reconstruction_quarter();
+        let quarter = self.reconstruction_quarter(real, draws.as_deref_mut())?;
         let (out_real, reconstruction) = self.d.forward_real(
             &real_in,
-            quarter,
+            quarter.as_ref(),
             &mut Ctx::new(Mode::Train, &mut self.streams.regularizers, self.numerics)
                 .in_part(rank)
                 .syncing_bn(sync_bn)
