@@ -169,42 +169,36 @@ fn cli_class_lr_scale_must_be_positive_and_is_recorded() {
         }
     }
     let data = data.to_str().unwrap();
-    let base = [
-        "train",
-        "--data",
-        data,
-        "--condition",
-        "artist",
-        "--labels",
-        "subfolder",
-        "--min-images",
-        "1",
-        "--image-size",
-        "32",
-        "--ngf",
-        "4",
-        "--ndf",
-        "4",
-        "--nz",
-        "8",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--quiet",
-    ];
-    let mut args = base.to_vec();
-    args.extend(["--class-lr-scale", "0", "--out", "zero"]);
+    let run = |scale: &str, out: &str| {
+        let args = common::tiny_train(&[
+            "--data",
+            data,
+            "--condition",
+            "artist",
+            "--labels",
+            "subfolder",
+            "--min-images",
+            "1",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--class-lr-scale",
+            scale,
+            "--out",
+            out,
+        ]);
+        artgan(&args, dir.path())
+    };
     assert_one_line_error(
-        &artgan(&args, dir.path()),
+        &run("0", "zero"),
         "--class-lr-scale must be a positive number, got 0",
     );
     assert!(!dir.path().join("zero").exists());
-    let mut args = base.to_vec();
-    args.extend(["--class-lr-scale", "3", "--out", "three"]);
-    let o = artgan(&args, dir.path());
+    let o = run("3", "three");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cfg = artgan::train::load_config(&dir.path().join("three")).unwrap();
     assert_eq!(cfg.class_lr_scale, 3.0);
