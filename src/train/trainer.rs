@@ -16,7 +16,10 @@ use crate::tensor::{no_grad, FrozenParams, Tensor};
 use anyhow::{bail, Result};
 use lr_control::LrControl;
 
+mod optimizers;
 pub mod twin_trace;
+
+pub use optimizers::{discriminator_optimizer, generator_optimizer};
 use twin_trace::TraceRecorder;
 
 /// The random streams of a run, derived from its seed so they never shift each other.
@@ -66,31 +69,6 @@ pub fn build_conditional_models(
         device,
     )?;
     Ok((g, d))
-}
-
-/// Adam for G: one group per stage (`main`, or `initial` + `detail`); in a conditional run
-/// whose class parameters learn faster (`class_lr_scale` ≠ 1), each stage's class parameters
-/// form their own group `<stage>/classes`.
-pub fn generator_optimizer(g: &Generator, cfg: &TrainConfig) -> Result<Adam> {
-    let mut opt = Adam::new(cfg.beta1, cfg.beta2, 1e-8);
-    let split = g.classes > 0 && cfg.class_lr_scale != 1.0;
-    for (name, params) in g.param_groups() {
-        let (classes, rest): (Vec<_>, Vec<_>) = params
-            .into_iter()
-            .partition(|(n, _)| split && crate::nn::is_class_parameter(n));
-        opt.add_group(&name, cfg.generator_base_lr(&name), rest)?;
-        if !classes.is_empty() {
-            let group = format!("{name}{}", super::config::CLASS_GROUP_SUFFIX);
-            opt.add_group(&group, cfg.generator_base_lr(&group), classes)?;
-        }
-    }
-    Ok(opt)
-}
-
-pub fn discriminator_optimizer(d: &Discriminator, cfg: &TrainConfig) -> Result<Adam> {
-    let mut opt = Adam::new(cfg.beta1, cfg.beta2, 1e-8);
-    opt.add_group("main", cfg.lr_d, d.parameters())?;
-    Ok(opt)
 }
 
 /// What one training step did (for metrics).
@@ -204,48 +182,6 @@ impl Trainer {
     /// The generator to sample with: the EMA one when kept.
     pub fn sampling_generator(&self) -> &Generator {
         self.ema.as_ref().unwrap_or(&self.g)
-    }
-
-    /// Sets every group's lr from the config's base lrs and the controller's level.
-    pub fn apply_lrs(&mut self) {
-        let (gs, ds) = if self.cfg.dynamic_lr {
-            (
-                self.lr_control.generator_scale(),
-                self.lr_control.discriminator_scale(),
-            )
-        } else {
-            (1.0, 1.0)
-        };
-        for group in &mut self.opt_g.groups {
-            group.lr = self.cfg.generator_base_lr(&group.name) * gs;
-        }
-        for group in &mut self.opt_d.groups {
-            group.lr = self.cfg.lr_d * ds;
-        }
-    }
-
-    /// Every Adam group's lr, D's groups first: what a data-parallel follower copies from
-    /// GPU 0 before each step ([`Trainer::set_group_lrs`]; GPU 0 alone runs the dynamic-lr rule).
-    pub fn group_lrs(&self) -> Vec<f32> {
-        let groups = self.opt_d.groups.iter().chain(&self.opt_g.groups);
-        groups.map(|g| g.lr).collect()
-    }
-
-    pub fn set_group_lrs(&mut self, lrs: &[f32]) {
-        let groups = self.opt_d.groups.iter_mut().chain(&mut self.opt_g.groups);
-        for (g, &lr) in groups.zip(lrs) {
-            g.lr = lr;
-        }
-    }
-
-    /// Current lrs as (D, G main/initial, G detail).
-    pub fn lrs(&self) -> (f32, f32, f32) {
-        let g = |name: &str| self.opt_g.groups.iter().find(|g| g.name == name);
-        let main = g("main")
-            .or_else(|| g("initial"))
-            .map_or(f32::NAN, |g| g.lr);
-        let detail = g("detail").map_or(main, |g| g.lr);
-        (self.opt_d.groups[0].lr, main, detail)
     }
 
     /// One D update on `real` (real → 1, G's detached fake → 0) and, every `d_steps`-th call,
